@@ -1,0 +1,651 @@
+//! Configuration: TOML text in, a checked pipeline description out.
+//!
+//! Loading goes text -> `toml::Table` (syntax errors carry a position) ->
+//! `${VAR}` expansion of every string value -> one typed struct per section
+//! and per component (chosen by its `type`) -> graph checks. Every error is a
+//! [`ConfigError`] that names the key path and, through `toml_edit` spans,
+//! the file position. Nothing here does I/O beyond reading the config file:
+//! `logferry validate` must be safe to run anywhere.
+
+mod expand;
+mod locate;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+use serde::de::DeserializeOwned;
+
+pub use expand::{ExpandError, expand};
+pub use locate::Seg;
+
+use crate::sinks::SinkConfig;
+use crate::sources::SourceConfig;
+use crate::transforms::TransformConfig;
+
+/// The configuration embedded in the binary, used when neither `--config`
+/// nor `LOGFERRY_CONFIG` is given: the shipped local example.
+pub const EMBEDDED_DEFAULT: &str = include_str!("../../examples/local.toml");
+
+/// A config problem, with where it is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// `sinks.archive.flush_interval`; empty for whole-file problems.
+    pub path: String,
+    pub message: String,
+    /// Config origin (a file path, `LOGFERRY_CONFIG` or `<embedded>`), line, column.
+    pub location: Option<(String, usize, usize)>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some((origin, line, col)) = &self.location {
+            write!(f, "{origin}:{line}:{col}: ")?;
+        }
+        if self.path.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "`{}`: {}", self.path, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// All problems found in one config (we report every one, not the first).
+#[derive(Debug, Clone)]
+pub struct ConfigErrors(pub Vec<ConfigError>);
+
+impl fmt::Display for ConfigErrors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, e) in self.0.iter().enumerate() {
+            if i > 0 {
+                writeln!(f)?;
+            }
+            write!(f, "{e}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigErrors {}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GlobalConfig {
+    /// Checkpoints and (later) disk buffers.
+    #[serde(default = "default_data_dir")]
+    pub data_dir: PathBuf,
+    /// Hard bound on record data buffered in memory across the pipeline.
+    #[serde(default = "default_memory_limit")]
+    pub memory_limit: bytesize::ByteSize,
+}
+
+fn default_data_dir() -> PathBuf {
+    PathBuf::from("/var/lib/logferry")
+}
+
+fn default_memory_limit() -> bytesize::ByteSize {
+    bytesize::ByteSize::mib(64)
+}
+
+impl Default for GlobalConfig {
+    fn default() -> Self {
+        GlobalConfig {
+            data_dir: default_data_dir(),
+            memory_limit: default_memory_limit(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ApiConfig {
+    /// Listen address of `/healthz`, `/readyz`, `/metrics`. Loopback unless
+    /// the operator says otherwise.
+    #[serde(default = "default_api_address")]
+    pub address: SocketAddr,
+}
+
+fn default_api_address() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 2020))
+}
+
+/// A named component with its wiring.
+#[derive(Debug, Clone)]
+pub struct Component<T> {
+    pub id: String,
+    pub inputs: Vec<String>,
+    pub inner: T,
+}
+
+/// A loaded, checked configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub origin: String,
+    pub global: GlobalConfig,
+    pub api: Option<ApiConfig>,
+    pub sources: Vec<Component<SourceConfig>>,
+    pub transforms: Vec<Component<TransformConfig>>,
+    pub sinks: Vec<Component<SinkConfig>>,
+}
+
+/// Collects errors with paths while loading; positions are added at the end.
+pub struct Ctx<'a> {
+    errors: Vec<(Vec<Seg>, String)>,
+    lookup: &'a dyn Fn(&str) -> Option<String>,
+}
+
+impl Ctx<'_> {
+    pub fn error(&mut self, path: &[Seg], message: impl Into<String>) {
+        self.errors.push((path.to_vec(), message.into()));
+    }
+}
+
+/// Builds the path of a component field: `key(&["sinks", "x", "bucket"])`.
+pub fn path(parts: &[&str]) -> Vec<Seg> {
+    parts.iter().map(|p| Seg::Key((*p).to_string())).collect()
+}
+
+fn path_string(path: &[Seg]) -> String {
+    let mut s = String::new();
+    for seg in path {
+        match seg {
+            Seg::Key(k) => {
+                if !s.is_empty() {
+                    s.push('.');
+                }
+                s.push_str(k);
+            }
+            Seg::Index(i) => s.push_str(&format!("[{i}]")),
+        }
+    }
+    s
+}
+
+/// Deserializes `value` into `T`, reporting the failing field's path.
+pub fn deserialize_at<T: DeserializeOwned>(ctx: &mut Ctx<'_>, base: &[Seg], value: toml::Value) -> Option<T> {
+    match serde_path_to_error::deserialize::<_, T>(value) {
+        Ok(v) => Some(v),
+        Err(err) => {
+            let mut p = base.to_vec();
+            for seg in err.path().iter() {
+                match seg {
+                    serde_path_to_error::Segment::Seq { index } => p.push(Seg::Index(*index)),
+                    serde_path_to_error::Segment::Map { key } => p.push(Seg::Key(key.clone())),
+                    serde_path_to_error::Segment::Enum { variant } => p.push(Seg::Key(variant.clone())),
+                    serde_path_to_error::Segment::Unknown => {}
+                }
+            }
+            let full = err.into_inner().to_string();
+            // toml appends "in `key`" context on further lines; the path says it.
+            let message = full.lines().next().unwrap_or_default().trim().to_string();
+            // serde names an unknown field only in its message.
+            if let Some(rest) = message.strip_prefix("unknown field `")
+                && let Some(end) = rest.find('`')
+            {
+                let key = Seg::Key(rest[..end].to_string());
+                if p.last() != Some(&key) {
+                    p.push(key);
+                }
+            }
+            ctx.errors.push((p, message));
+            None
+        }
+    }
+}
+
+/// Loads a config from a file path.
+pub fn load_file(path: &std::path::Path, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    let origin = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| {
+        ConfigErrors(vec![ConfigError {
+            path: String::new(),
+            message: format!("cannot read config file {origin}: {e}"),
+            location: None,
+        }])
+    })?;
+    load_str(&text, &origin, lookup)
+}
+
+/// Loads a config from TOML text; `origin` names it in messages.
+pub fn load_str(text: &str, origin: &str, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Config, ConfigErrors> {
+    let mut ctx = Ctx {
+        errors: Vec::new(),
+        lookup,
+    };
+    let config = load_inner(text, origin, &mut ctx);
+    if ctx.errors.is_empty()
+        && let Some(c) = config
+    {
+        return Ok(c);
+    }
+    let errors = ctx
+        .errors
+        .into_iter()
+        .map(|(p, message)| ConfigError {
+            path: path_string(&p),
+            location: locate::locate(text, &p).map(|(l, c)| (origin.to_string(), l, c)),
+            message,
+        })
+        .collect();
+    Err(ConfigErrors(errors))
+}
+
+fn load_inner(text: &str, origin: &str, ctx: &mut Ctx<'_>) -> Option<Config> {
+    let mut root: toml::Table = match text.parse::<toml::Table>() {
+        Ok(t) => t,
+        Err(e) => {
+            let message = e.message().to_string();
+            let location = e.span().map(|s| locate::line_col(text, s.start));
+            // Syntax errors have a position but no key path.
+            ctx.errors.push((Vec::new(), format!("invalid TOML: {message}")));
+            if let Some((l, c)) = location
+                && let Some(last) = ctx.errors.last_mut()
+            {
+                last.1 = format!("invalid TOML at line {l}, column {c}: {message}");
+            }
+            return None;
+        }
+    };
+    for (key, value) in root.iter_mut() {
+        expand_value(ctx, &mut vec![Seg::Key(key.clone())], value);
+    }
+
+    const SECTIONS: &[&str] = &["global", "api", "sources", "transforms", "sinks"];
+    for key in root.keys() {
+        if !SECTIONS.contains(&key.as_str()) {
+            ctx.error(
+                &path(&[key]),
+                format!("unknown section `{key}`, expected one of {}", SECTIONS.join(", ")),
+            );
+        }
+    }
+    let global = match root.remove("global") {
+        Some(v) => deserialize_at::<GlobalConfig>(ctx, &path(&["global"]), v),
+        None => Some(GlobalConfig::default()),
+    };
+    let api = match root.remove("api") {
+        Some(v) => deserialize_at::<ApiConfig>(ctx, &path(&["api"]), v).map(Some),
+        None => Some(None),
+    };
+    if let Some(g) = &global
+        && g.memory_limit.as_u64() < 1024 * 1024
+    {
+        ctx.error(&path(&["global", "memory_limit"]), "must be at least 1MiB");
+    }
+
+    let sources = components(ctx, &mut root, "sources", false, SourceConfig::build);
+    let transforms = components(ctx, &mut root, "transforms", true, TransformConfig::build);
+    let sinks = components(ctx, &mut root, "sinks", true, SinkConfig::build);
+
+    let config = Config {
+        origin: origin.to_string(),
+        global: global.unwrap_or_default(),
+        api: api.flatten(),
+        sources,
+        transforms,
+        sinks,
+    };
+    check_graph(ctx, &config);
+    Some(config)
+}
+
+fn expand_value(ctx: &mut Ctx<'_>, at: &mut Vec<Seg>, value: &mut toml::Value) {
+    match value {
+        toml::Value::String(s) => match expand(s, ctx.lookup) {
+            Ok(v) => *s = v,
+            Err(e) => ctx.error(at, e.to_string()),
+        },
+        toml::Value::Array(items) => {
+            for (i, v) in items.iter_mut().enumerate() {
+                at.push(Seg::Index(i));
+                expand_value(ctx, at, v);
+                at.pop();
+            }
+        }
+        toml::Value::Table(t) => {
+            for (k, v) in t.iter_mut() {
+                at.push(Seg::Key(k.clone()));
+                expand_value(ctx, at, v);
+                at.pop();
+            }
+        }
+        _ => {}
+    }
+}
+
+type Builder<T> = fn(&mut Ctx<'_>, &[Seg], &str, toml::Value) -> Option<T>;
+
+fn components<T>(
+    ctx: &mut Ctx<'_>,
+    root: &mut toml::Table,
+    section: &str,
+    with_inputs: bool,
+    build: Builder<T>,
+) -> Vec<Component<T>> {
+    let mut out = Vec::new();
+    let Some(value) = root.remove(section) else { return out };
+    let toml::Value::Table(table) = value else {
+        ctx.error(&path(&[section]), "must be a table of named components");
+        return out;
+    };
+    for (id, value) in table {
+        let base = path(&[section, &id]);
+        if id.is_empty() || !id.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
+            ctx.error(&base, "component names may use only letters, digits, `_` and `-`");
+        }
+        let toml::Value::Table(mut t) = value else {
+            ctx.error(&base, "must be a table");
+            continue;
+        };
+        let kind = match t.remove("type") {
+            Some(toml::Value::String(s)) => s,
+            Some(_) => {
+                ctx.error(&path(&[section, &id, "type"]), "must be a string");
+                continue;
+            }
+            None => {
+                ctx.error(&base, "missing `type`");
+                continue;
+            }
+        };
+        let inputs = if with_inputs {
+            match t.remove("inputs") {
+                Some(v) => deserialize_at::<Vec<String>>(ctx, &path(&[section, &id, "inputs"]), v).unwrap_or_default(),
+                None => {
+                    ctx.error(&base, "missing `inputs`");
+                    Vec::new()
+                }
+            }
+        } else {
+            if t.contains_key("inputs") {
+                ctx.error(&path(&[section, &id, "inputs"]), "sources take no `inputs`");
+                t.remove("inputs");
+            }
+            Vec::new()
+        };
+        if let Some(inner) = build(ctx, &base, &kind, toml::Value::Table(t)) {
+            out.push(Component { id, inputs, inner });
+        }
+    }
+    out
+}
+
+/// Every input exists, no cycles, every transform and sink is fed, names unique.
+fn check_graph(ctx: &mut Ctx<'_>, c: &Config) {
+    let mut kinds: BTreeMap<&str, &str> = BTreeMap::new();
+    for (section, ids) in [
+        ("sources", c.sources.iter().map(|x| x.id.as_str()).collect::<Vec<_>>()),
+        ("transforms", c.transforms.iter().map(|x| x.id.as_str()).collect()),
+        ("sinks", c.sinks.iter().map(|x| x.id.as_str()).collect()),
+    ] {
+        for id in ids {
+            if let Some(prev) = kinds.insert(id, section) {
+                ctx.error(
+                    &path(&[section, id]),
+                    format!("the name `{id}` is already used in `{prev}`"),
+                );
+            }
+        }
+    }
+    // An empty section after a component failed to build is already reported.
+    if c.sources.is_empty() && ctx.errors.is_empty() {
+        ctx.error(&[], "no sources configured");
+    }
+    if c.sinks.is_empty() && ctx.errors.is_empty() {
+        ctx.error(&[], "no sinks configured");
+    }
+    let mut edges: BTreeMap<&str, &[String]> = BTreeMap::new();
+    for (section, comps) in [
+        (
+            "transforms",
+            c.transforms
+                .iter()
+                .map(|x| (x.id.as_str(), &x.inputs))
+                .collect::<Vec<_>>(),
+        ),
+        ("sinks", c.sinks.iter().map(|x| (x.id.as_str(), &x.inputs)).collect()),
+    ] {
+        for (id, inputs) in comps {
+            if inputs.is_empty() {
+                ctx.error(&path(&[section, id, "inputs"]), "must name at least one input");
+            }
+            for (i, input) in inputs.iter().enumerate() {
+                match kinds.get(input.as_str()) {
+                    None => {
+                        let mut p = path(&[section, id, "inputs"]);
+                        p.push(Seg::Index(i));
+                        ctx.error(&p, format!("unknown input `{input}`"));
+                    }
+                    Some(&"sinks") => {
+                        let mut p = path(&[section, id, "inputs"]);
+                        p.push(Seg::Index(i));
+                        ctx.error(&p, format!("`{input}` is a sink and cannot be an input"));
+                    }
+                    _ => {}
+                }
+            }
+            edges.insert(id, inputs);
+        }
+    }
+    // Cycles can only run through transforms.
+    let mut done = BTreeSet::new();
+    for t in &c.transforms {
+        let mut stack = Vec::new();
+        if let Some(cycle) = find_cycle(&t.id, &edges, &mut stack, &mut done) {
+            ctx.error(
+                &path(&["transforms", &t.id, "inputs"]),
+                format!("cycle: {}", cycle.join(" -> ")),
+            );
+            break;
+        }
+    }
+    // Transforms nobody reads from are a mistake, not a no-op.
+    for t in &c.transforms {
+        let used = c
+            .transforms
+            .iter()
+            .map(|x| &x.inputs)
+            .chain(c.sinks.iter().map(|x| &x.inputs))
+            .any(|ins| ins.contains(&t.id));
+        if !used {
+            ctx.error(
+                &path(&["transforms", &t.id]),
+                "no sink or transform takes this transform as an input",
+            );
+        }
+    }
+}
+
+fn find_cycle<'a>(
+    node: &'a str,
+    edges: &BTreeMap<&'a str, &'a [String]>,
+    stack: &mut Vec<&'a str>,
+    done: &mut BTreeSet<&'a str>,
+) -> Option<Vec<String>> {
+    if let Some(pos) = stack.iter().position(|n| *n == node) {
+        let mut cycle: Vec<String> = stack[pos..].iter().map(|s| s.to_string()).collect();
+        cycle.push(node.to_string());
+        return Some(cycle);
+    }
+    if done.contains(node) {
+        return None;
+    }
+    stack.push(node);
+    if let Some(inputs) = edges.get(node) {
+        for i in inputs.iter() {
+            if let Some(c) = find_cycle(i, edges, stack, done) {
+                return Some(c);
+            }
+        }
+    }
+    stack.pop();
+    done.insert(node);
+    None
+}
+
+impl Config {
+    /// A human summary of the resolved pipeline (for `logferry validate`).
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        s.push_str(&format!(
+            "config: {}\ndata_dir: {}\nmemory_limit: {}\n",
+            self.origin,
+            self.global.data_dir.display(),
+            self.global.memory_limit.display().iec()
+        ));
+        if let Some(api) = &self.api {
+            s.push_str(&format!("api: http://{}\n", api.address));
+        }
+        for c in &self.sources {
+            s.push_str(&format!("source {} ({})\n", c.id, c.inner.describe()));
+        }
+        for c in &self.transforms {
+            s.push_str(&format!(
+                "transform {} ({}) <- {}\n",
+                c.id,
+                c.inner.describe(),
+                c.inputs.join(", ")
+            ));
+        }
+        for c in &self.sinks {
+            s.push_str(&format!(
+                "sink {} ({}) <- {}\n",
+                c.id,
+                c.inner.describe(),
+                c.inputs.join(", ")
+            ));
+        }
+        s
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn errs(text: &str) -> Vec<String> {
+        match load_str(text, "t.toml", &no_env) {
+            Ok(_) => panic!("expected errors for:\n{text}"),
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    const GOOD: &str = r#"
+[global]
+data_dir = "/tmp/x"
+memory_limit = "32MiB"
+
+[sources.app]
+type = "file"
+include = ["/var/log/app/*.log"]
+
+[transforms.meta]
+type = "enrich"
+inputs = ["app"]
+fields = { region = "${AWS_REGION:-us-east-1}" }
+
+[sinks.out]
+type = "blackhole"
+inputs = ["meta"]
+"#;
+
+    #[test]
+    fn good_config_loads() {
+        let c = load_str(GOOD, "t.toml", &no_env).unwrap();
+        assert_eq!(c.global.memory_limit.as_u64(), 32 * 1024 * 1024);
+        assert_eq!(c.sources.len(), 1);
+        assert_eq!(c.sinks[0].inputs, vec!["meta".to_string()]);
+        assert!(c.describe().contains("sink out (blackhole) <- meta"));
+    }
+
+    #[test]
+    fn embedded_default_loads() {
+        load_str(EMBEDDED_DEFAULT, "<embedded>", &no_env).unwrap();
+    }
+
+    #[test]
+    fn unknown_key_names_key_and_line() {
+        let text = GOOD.replace("memory_limit = \"32MiB\"", "memory_limit = \"32MiB\"\nbogus = 1");
+        let e = errs(&text);
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with("t.toml:5:1: `global.bogus`: unknown field `bogus`"),
+            "{}",
+            e[0]
+        );
+
+        let text = GOOD.replace("include = [", "colour = \"red\"\ninclude = [");
+        let e = errs(&text);
+        assert!(
+            e[0].starts_with("t.toml:8:1: `sources.app.colour`: unknown field `colour`"),
+            "{}",
+            e[0]
+        );
+    }
+
+    #[test]
+    fn bad_size_and_missing_input_and_unknown_type() {
+        let text = GOOD
+            .replace("\"32MiB\"", "\"32 parsecs\"")
+            .replace("inputs = [\"meta\"]", "inputs = [\"nope\"]");
+        let e = errs(&text);
+        assert!(
+            e.iter().any(|m| m.starts_with("t.toml:4:1: `global.memory_limit`")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter()
+                .any(|m| m.starts_with("t.toml:17:11: `sinks.out.inputs[0]`: unknown input `nope`")),
+            "{e:?}"
+        );
+        let e = errs(&GOOD.replace("type = \"blackhole\"", "type = \"s4\""));
+        assert!(
+            e.iter()
+                .any(|m| m.contains("`sinks.out`") && m.contains("unknown sink type `s4`")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn unset_variable_is_an_error_at_its_key() {
+        let e = errs(&GOOD.replace("${AWS_REGION:-us-east-1}", "${AWS_REGION}"));
+        assert!(
+            e[0].contains("`transforms.meta.fields.region`") && e[0].contains("AWS_REGION"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn syntax_error_has_a_position() {
+        let e = errs("[global\n");
+        assert!(e[0].contains("line 1"), "{e:?}");
+    }
+
+    #[test]
+    fn cycles_and_unused_transforms_are_reported() {
+        let text = r#"
+[sources.a]
+type = "file"
+include = ["/x"]
+[transforms.t1]
+type = "enrich"
+inputs = ["t2"]
+[transforms.t2]
+type = "enrich"
+inputs = ["t1"]
+[sinks.s]
+type = "blackhole"
+inputs = ["a"]
+"#;
+        let e = errs(text);
+        assert!(e.iter().any(|m| m.contains("cycle")), "{e:?}");
+    }
+}

@@ -1,0 +1,15 @@
+//! Logferry: a log router for containers on AWS.
+//!
+//! See `ARCHITECTURE.md` at the repository root for the pipeline, the code
+//! map and the invariants.
+
+pub mod api;
+pub mod checkpoint;
+pub mod config;
+pub mod event;
+pub mod metrics;
+pub mod sinks;
+pub mod sources;
+pub mod template;
+pub mod topology;
+pub mod transforms;

@@ -1,0 +1,166 @@
+//! The `logferry` command line.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context as _;
+use clap::{Parser, Subcommand, ValueEnum};
+
+use logferry::api::{self, Health};
+use logferry::config::{self, Config, ConfigErrors};
+use logferry::metrics::Metrics;
+use logferry::topology::{self, EnvFn, RunOptions};
+
+/// Exit code for a configuration error (sysexits EX_CONFIG).
+const EXIT_CONFIG: u8 = 78;
+
+#[derive(Parser)]
+#[command(name = "logferry", version, about = "A lean log router for containers on AWS")]
+struct Cli {
+    /// Internal log format on stderr. Level from LOGFERRY_LOG (default info).
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the pipeline.
+    Run {
+        /// Config file (TOML). Without it: LOGFERRY_CONFIG (inline TOML), else the embedded local example.
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+        /// Read every input to its end, deliver everything, save checkpoints and exit 0.
+        #[arg(long)]
+        exit_on_eof: bool,
+    },
+    /// Check a config and print the resolved pipeline.
+    Validate {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    match cli.command {
+        Command::Validate { config } => match load(config.as_deref()) {
+            Ok(c) => {
+                print!("{}", c.describe());
+                println!("config OK");
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_failure(&e),
+        },
+        Command::Run { config, exit_on_eof } => {
+            let config = match load(config.as_deref()) {
+                Ok(c) => c,
+                Err(e) => return config_failure(&e),
+            };
+            match run(config, RunOptions { exit_on_eof }) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("logferry: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn config_failure(e: &ConfigErrors) -> ExitCode {
+    eprintln!("logferry: invalid configuration:");
+    for err in &e.0 {
+        eprintln!("  {err}");
+    }
+    ExitCode::from(EXIT_CONFIG)
+}
+
+fn env_lookup(name: &str) -> Option<String> {
+    std::env::var(name).ok()
+}
+
+fn load(path: Option<&std::path::Path>) -> Result<Config, ConfigErrors> {
+    if let Some(p) = path {
+        return config::load_file(p, &env_lookup);
+    }
+    if let Some(inline) = std::env::var("LOGFERRY_CONFIG").ok().filter(|s| !s.trim().is_empty()) {
+        return config::load_str(&inline, "LOGFERRY_CONFIG", &env_lookup);
+    }
+    tracing::info!("no --config and no LOGFERRY_CONFIG: using the embedded local example");
+    config::load_str(config::EMBEDDED_DEFAULT, "<embedded>", &env_lookup)
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LOGFERRY_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Text => builder.init(),
+        LogFormat::Json => builder.json().init(),
+    }
+}
+
+fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
+    let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .thread_name("logferry-worker")
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let metrics = Arc::new(Metrics::new());
+        let health = Arc::new(Health::default());
+        let api_stop = tokio_util::sync::CancellationToken::new();
+        if let Some(api_cfg) = &config.api {
+            let addr = api::serve(api_cfg.address, metrics.clone(), health.clone(), api_stop.clone())
+                .await
+                .with_context(|| format!("cannot listen on {} (api.address)", api_cfg.address))?;
+            tracing::info!(%addr, "api listening");
+        }
+        let env: EnvFn = Arc::new(env_lookup);
+        let running = topology::start(&config, opts, metrics.clone(), env)?;
+        health.ready.store(true, std::sync::atomic::Ordering::Release);
+        tracing::info!(
+            sources = config.sources.len(),
+            transforms = config.transforms.len(),
+            sinks = config.sinks.len(),
+            exit_on_eof = opts.exit_on_eof,
+            "logferry started"
+        );
+        let shutdown = running.shutdown.clone();
+        let force = running.force.clone();
+        let signals = tokio::spawn(async move {
+            use tokio::signal::unix::{SignalKind, signal};
+            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+                return;
+            };
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            tracing::info!("shutting down: flushing sinks and saving checkpoints (signal again to stop at once)");
+            shutdown.cancel();
+            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            tracing::warn!("second signal: saving checkpoints and exiting without waiting for sinks");
+            force.cancel();
+        });
+        let result = running.wait().await;
+        signals.abort();
+        api_stop.cancel();
+        health.ready.store(false, std::sync::atomic::Ordering::Release);
+        result?;
+        tracing::info!("logferry stopped");
+        Ok(())
+    })
+}

@@ -1,0 +1,229 @@
+//! Internal metrics, exposed at `/metrics` in Prometheus text format.
+//!
+//! Why handles are resolved once: `Family::get_or_create` takes a lock and
+//! hashes the labels. Components call [`Metrics::component`] when they are
+//! built and keep the returned counters (an `Arc<AtomicU64>` each), then bump
+//! them once per batch on the data path. Names follow
+//! `logferry_<noun>_<unit>_total`; label values are component ids, file paths
+//! and a closed set of reasons, never record contents.
+
+use std::sync::Arc;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ComponentLabels {
+    pub component: String,
+    pub kind: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub component: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FileLabels {
+    pub component: String,
+    pub file: String,
+}
+
+/// Every metric family of the process, registered once.
+pub struct Metrics {
+    registry: Registry,
+    received_events: Family<ComponentLabels, Counter>,
+    received_bytes: Family<ComponentLabels, Counter>,
+    sent_events: Family<ComponentLabels, Counter>,
+    sent_bytes: Family<ComponentLabels, Counter>,
+    discarded: Family<ReasonLabels, Counter>,
+    /// Lines kept but altered: parse fallback, invalid UTF-8, truncation.
+    line_issues: Family<ReasonLabels, Counter>,
+    pub file_read_offset: Family<FileLabels, Gauge>,
+    pub file_lag: Family<FileLabels, Gauge>,
+    pub file_checkpoint_offset: Family<FileLabels, Gauge>,
+    files_open: Family<ComponentLabels, Gauge>,
+    objects_written: Family<ComponentLabels, Counter>,
+    sink_errors: Family<ReasonLabels, Counter>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let mut registry = Registry::default();
+        let m = Metrics {
+            received_events: Family::default(),
+            received_bytes: Family::default(),
+            sent_events: Family::default(),
+            sent_bytes: Family::default(),
+            discarded: Family::default(),
+            line_issues: Family::default(),
+            file_read_offset: Family::default(),
+            file_lag: Family::default(),
+            file_checkpoint_offset: Family::default(),
+            files_open: Family::default(),
+            objects_written: Family::default(),
+            sink_errors: Family::default(),
+            registry: Registry::default(),
+        };
+        registry.register(
+            "logferry_component_received_events",
+            "Records received by a component",
+            m.received_events.clone(),
+        );
+        registry.register(
+            "logferry_component_received_bytes",
+            "Bytes received by a component (sources: raw bytes read)",
+            m.received_bytes.clone(),
+        );
+        registry.register(
+            "logferry_component_sent_events",
+            "Records a component delivered downstream (sinks: made durable)",
+            m.sent_events.clone(),
+        );
+        registry.register(
+            "logferry_component_sent_bytes",
+            "Bytes a component delivered (sinks: encoded, before compression)",
+            m.sent_bytes.clone(),
+        );
+        registry.register(
+            "logferry_component_discarded_events",
+            "Records dropped on purpose, by reason",
+            m.discarded.clone(),
+        );
+        registry.register(
+            "logferry_source_line_issues",
+            "Lines kept but altered, by reason (not_json, no_match, invalid_utf8, truncated, time_missing)",
+            m.line_issues.clone(),
+        );
+        registry.register(
+            "logferry_file_read_offset_bytes",
+            "Offset up to which a file has been read",
+            m.file_read_offset.clone(),
+        );
+        registry.register(
+            "logferry_file_lag_bytes",
+            "Bytes of a file not yet read (size minus read offset)",
+            m.file_lag.clone(),
+        );
+        registry.register(
+            "logferry_file_checkpoint_offset_bytes",
+            "Offset of a file that every sink has made durable",
+            m.file_checkpoint_offset.clone(),
+        );
+        registry.register("logferry_files_open", "Files a source is tailing", m.files_open.clone());
+        registry.register(
+            "logferry_sink_objects_written",
+            "Objects (files) a sink has completed",
+            m.objects_written.clone(),
+        );
+        registry.register(
+            "logferry_sink_errors",
+            "Sink write errors, by reason",
+            m.sink_errors.clone(),
+        );
+        Metrics { registry, ..m }
+    }
+
+    /// Counter handles of one component.
+    pub fn component(&self, id: &str, kind: &str) -> ComponentMetrics {
+        let labels = ComponentLabels {
+            component: id.to_string(),
+            kind: kind.to_string(),
+        };
+        ComponentMetrics {
+            id: id.to_string(),
+            received_events: self.received_events.get_or_create(&labels).clone(),
+            received_bytes: self.received_bytes.get_or_create(&labels).clone(),
+            sent_events: self.sent_events.get_or_create(&labels).clone(),
+            sent_bytes: self.sent_bytes.get_or_create(&labels).clone(),
+            files_open: self.files_open.get_or_create(&labels).clone(),
+            objects_written: self.objects_written.get_or_create(&labels).clone(),
+            discarded: self.discarded.clone(),
+            line_issues: self.line_issues.clone(),
+            sink_errors: self.sink_errors.clone(),
+        }
+    }
+
+    /// The whole registry in the text exposition format.
+    pub fn encode(&self) -> String {
+        let mut out = String::new();
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+/// Per-component handles; cheap to clone.
+#[derive(Clone, Debug)]
+pub struct ComponentMetrics {
+    pub id: String,
+    pub received_events: Counter,
+    pub received_bytes: Counter,
+    pub sent_events: Counter,
+    pub sent_bytes: Counter,
+    pub files_open: Gauge,
+    pub objects_written: Counter,
+    discarded: Family<ReasonLabels, Counter>,
+    line_issues: Family<ReasonLabels, Counter>,
+    sink_errors: Family<ReasonLabels, Counter>,
+}
+
+impl ComponentMetrics {
+    fn labels(&self, reason: &str) -> ReasonLabels {
+        ReasonLabels {
+            component: self.id.clone(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Records dropped on purpose. Also logs, so logs and metrics agree.
+    pub fn discarded(&self, reason: &'static str, count: u64) {
+        if count == 0 {
+            return;
+        }
+        self.discarded.get_or_create(&self.labels(reason)).inc_by(count);
+        tracing::debug!(component = %self.id, reason, count, "records discarded");
+    }
+
+    /// A handle for a line issue counter (resolve once, bump per batch).
+    pub fn line_issue(&self, reason: &'static str) -> Counter {
+        self.line_issues.get_or_create(&self.labels(reason)).clone()
+    }
+
+    pub fn sink_error(&self, reason: &'static str) {
+        self.sink_errors.get_or_create(&self.labels(reason)).inc();
+    }
+}
+
+pub type SharedMetrics = Arc<Metrics>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn counters_show_up_in_text_format() {
+        let m = Metrics::new();
+        let c = m.component("app", "file");
+        c.received_events.inc_by(42);
+        c.discarded("empty_line", 3);
+        c.line_issue("not_json").inc_by(2);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"logferry_component_received_events_total{component="app",kind="file"} 42"#),
+            "{text}"
+        );
+        assert!(text.contains(r#"logferry_component_discarded_events_total{component="app",reason="empty_line"} 3"#));
+        assert!(text.contains(r#"logferry_source_line_issues_total{component="app",reason="not_json"} 2"#));
+    }
+}

@@ -1,0 +1,58 @@
+//! Sinks: where records go. Each one acknowledges a batch (by dropping its
+//! token) only once the batch is durable at the destination.
+
+pub mod blackhole;
+pub mod file;
+pub mod stdout;
+
+use crate::config::{Ctx, Seg, deserialize_at};
+
+/// The configuration of one sink, by `type`.
+#[derive(Debug, Clone)]
+pub enum SinkConfig {
+    File(file::FileSinkConfig),
+    Stdout(stdout::StdoutSinkConfig),
+    Blackhole(blackhole::BlackholeSinkConfig),
+}
+
+const KINDS: &str = "file, stdout, blackhole";
+
+impl SinkConfig {
+    pub fn build(ctx: &mut Ctx<'_>, base: &[Seg], kind: &str, value: toml::Value) -> Option<Self> {
+        match kind {
+            "file" => {
+                let c: file::FileSinkConfig = deserialize_at(ctx, base, value)?;
+                c.validate(ctx, base).then_some(SinkConfig::File(c))
+            }
+            "stdout" => deserialize_at(ctx, base, value).map(SinkConfig::Stdout),
+            "blackhole" => deserialize_at(ctx, base, value).map(SinkConfig::Blackhole),
+            other => {
+                ctx.error(base, format!("unknown sink type `{other}`, expected one of: {KINDS}"));
+                None
+            }
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            SinkConfig::File(_) => "file",
+            SinkConfig::Stdout(_) => "stdout",
+            SinkConfig::Blackhole(_) => "blackhole",
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            SinkConfig::File(c) => format!(
+                "file: {}/{}*{}, max_object_size {}, flush_interval {}",
+                c.path.display(),
+                c.key_prefix,
+                c.compression.extension(),
+                c.max_object_size.display().iec(),
+                humantime::format_duration(c.flush_interval)
+            ),
+            SinkConfig::Stdout(_) => "stdout".to_string(),
+            SinkConfig::Blackhole(_) => "blackhole".to_string(),
+        }
+    }
+}

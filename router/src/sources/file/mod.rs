@@ -1,0 +1,888 @@
+//! The file source: tails the files an application writes to a shared volume.
+//!
+//! Design constraints:
+//! - **One thread per source, blocking reads.** Regular files never block on
+//!   read in the way sockets do, and tokio's fs layer would cost a thread hop
+//!   per call. The thread hands batches to the async pipeline with
+//!   `block_on(send)`, so a slow sink blocks this thread: the files are the
+//!   queue, memory stays bounded.
+//! - **Identity is device + inode + fingerprint**, never the name. A renamed
+//!   file keeps being read through its open descriptor until it has been
+//!   quiet for `rotate_wait`; a new file at the old name is read from 0; a
+//!   truncated file (copytruncate) restarts at 0; and a new file whose first
+//!   bytes equal those of a file just truncated is the copy and continues at
+//!   the offset already delivered (no repeats, no loss).
+//! - **inotify wakes, rescans decide.** `notify` only shortens the wait; the
+//!   periodic rescan (`glob_interval`) is what finds files on volumes without
+//!   inotify (NFS, EFS).
+//! - **Checkpoints move on acks only** (see `checkpoint.rs`).
+
+pub mod config;
+pub mod parse;
+pub mod tail;
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::fs::File;
+use std::os::unix::fs::{FileExt, MetadataExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc as std_mpsc;
+use std::time::{Duration, Instant};
+
+use prometheus_client::metrics::counter::Counter;
+use thiserror::Error;
+use tokio::sync::{Semaphore, mpsc};
+use tokio_util::sync::CancellationToken;
+
+pub use config::{FileSourceConfig, ReadFrom};
+use parse::Parser;
+use tail::{LineSplitter, utf8_prefix};
+
+use crate::checkpoint::{AckTracker, Checkpoint, CheckpointError, CheckpointStore, Fingerprint};
+use crate::event::{Ack, AckToken, Batch, Records};
+use crate::metrics::{ComponentMetrics, FileLabels, Metrics};
+
+/// Bytes of a file's start that identify it.
+const FINGERPRINT_BYTES: usize = 1024;
+/// A copy is recognised only on a fingerprint at least this long.
+const MIN_COPY_FINGERPRINT: u32 = 64;
+/// How long a file that may be a copy in progress is left unread.
+const COPY_WAIT: Duration = Duration::from_secs(10);
+/// How long a copy of a live file waits for that file's truncation.
+const LIVE_COPY_WAIT: Duration = Duration::from_secs(1);
+/// Read size per call.
+const CHUNK: usize = 64 * 1024;
+/// A batch is sent once its records reach this many bytes.
+const BATCH_BYTES: usize = 256 * 1024;
+/// Bytes read from one file before the others get a turn.
+const FAIR_SHARE: u64 = 1024 * 1024;
+/// Idle wait when nothing was read (inotify usually ends it earlier).
+const IDLE_WAIT: Duration = Duration::from_millis(250);
+/// How often the checkpoint file is rewritten when something changed.
+const CHECKPOINT_EVERY: Duration = Duration::from_secs(1);
+/// Upper bound on waiting for outstanding acks at shutdown.
+const ACK_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+
+#[derive(Debug, Error)]
+pub enum SourceError {
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("the pipeline after source `{0}` stopped")]
+    Downstream(String),
+}
+
+/// What the topology hands a source.
+pub struct SourceContext {
+    pub id: String,
+    pub data_dir: PathBuf,
+    pub outputs: Vec<mpsc::Sender<Batch>>,
+    pub memory: Arc<Semaphore>,
+    pub memory_limit: usize,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+    pub force: CancellationToken,
+    pub exit_on_eof: bool,
+    pub rt: tokio::runtime::Handle,
+}
+
+/// Starts the source on its own thread.
+pub fn spawn(
+    cfg: FileSourceConfig,
+    cx: SourceContext,
+) -> std::io::Result<std::thread::JoinHandle<Result<(), SourceError>>> {
+    std::thread::Builder::new()
+        .name(format!("source-{}", cx.id))
+        .spawn(move || {
+            let span = tracing::info_span!("source", id = %cx.id, kind = "file");
+            let _g = span.enter();
+            let mut s = FileSource::new(cfg, cx)?;
+            let result = s.run();
+            if let Err(e) = &result {
+                tracing::error!(error = %e, "source stopped");
+            }
+            result
+        })
+}
+
+/// A file being tailed.
+struct Watched {
+    stream: u64,
+    path: PathBuf,
+    file: File,
+    dev: u64,
+    ino: u64,
+    fp: Fingerprint,
+    /// The bytes `fp` was computed from (to spot a copy still being written).
+    head: Vec<u8>,
+    /// Next byte to read.
+    read_pos: u64,
+    /// Just past the last byte that belongs to a batch already sent.
+    consumed: u64,
+    splitter: LineSplitter,
+    parser: Parser,
+    tracker: AckTracker,
+    /// Since when the file has had nothing new to read.
+    idle_since: Option<Instant>,
+    /// Renamed away or deleted: read to the end, then close.
+    gone: bool,
+    size: u64,
+    labels: FileLabels,
+    /// Opened before it had enough bytes to be told apart from a copy.
+    identity_pending: bool,
+}
+
+/// What a new file is, when it looks like a copy.
+enum Identity {
+    /// Still being written: look again later.
+    Wait,
+    /// A copy: continue at this offset.
+    Start(u64),
+}
+
+struct SourceCounters {
+    m: ComponentMetrics,
+    not_json: Counter,
+    invalid_utf8: Counter,
+    truncated: Counter,
+    time_missing: Counter,
+}
+
+struct FileSource {
+    cfg: FileSourceConfig,
+    cx: SourceContext,
+    exclude: globset::GlobSet,
+    store: CheckpointStore,
+    /// Saved checkpoints of files not open now, by (dev, ino).
+    saved: HashMap<(u64, u64), Checkpoint>,
+    /// Fingerprint, delivered offset and first bytes (when known) of files
+    /// that were truncated or replaced: a new file starting with the same
+    /// bytes is their copy.
+    truncated: Vec<(Fingerprint, u64, Option<Vec<u8>>)>,
+    /// New files that look like a copy of a live file: wait for its truncation.
+    deferred: HashMap<(u64, u64), Instant>,
+    files: BTreeMap<u64, Watched>,
+    by_key: HashMap<(u64, u64), u64>,
+    next_stream: u64,
+    ack_tx: std_mpsc::Sender<Ack>,
+    ack_rx: std_mpsc::Receiver<Ack>,
+    wake_rx: std_mpsc::Receiver<()>,
+    rescan_flag: Arc<AtomicBool>,
+    _watcher: Option<notify::RecommendedWatcher>,
+    watched_dirs: HashSet<PathBuf>,
+    counters: SourceCounters,
+    chunk: Vec<u8>,
+    records: Records,
+    checkpoints_dirty: bool,
+}
+
+impl FileSource {
+    fn new(cfg: FileSourceConfig, cx: SourceContext) -> Result<Self, SourceError> {
+        let store = CheckpointStore::new(&cx.data_dir, &cx.id);
+        let saved = store.load()?.into_iter().map(|c| ((c.dev, c.ino), c)).collect();
+        let (ack_tx, ack_rx) = std_mpsc::channel();
+        let (wake_tx, wake_rx) = std_mpsc::sync_channel(1);
+        let rescan_flag = Arc::new(AtomicBool::new(false));
+        let flag = rescan_flag.clone();
+        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res {
+                use notify::EventKind::*;
+                if matches!(
+                    ev.kind,
+                    Create(_) | Remove(_) | Modify(notify::event::ModifyKind::Name(_))
+                ) {
+                    flag.store(true, Ordering::Release);
+                }
+                // A full channel means a wake-up is already pending.
+                let _ = wake_tx.try_send(());
+            }
+        })
+        .map_err(|e| tracing::warn!(error = %e, "inotify unavailable; relying on rescans"))
+        .ok();
+        let m = cx.metrics.component(&cx.id, "file");
+        let counters = SourceCounters {
+            not_json: m.line_issue("not_json"),
+            invalid_utf8: m.line_issue("invalid_utf8"),
+            truncated: m.line_issue("truncated"),
+            time_missing: m.line_issue("time_missing"),
+            m,
+        };
+        Ok(FileSource {
+            exclude: cfg.exclude_set(),
+            cfg,
+            cx,
+            store,
+            saved,
+            truncated: Vec::new(),
+            deferred: HashMap::new(),
+            files: BTreeMap::new(),
+            by_key: HashMap::new(),
+            next_stream: 0,
+            ack_tx,
+            ack_rx,
+            wake_rx,
+            rescan_flag,
+            _watcher: watcher,
+            watched_dirs: HashSet::new(),
+            counters,
+            chunk: vec![0; CHUNK],
+            records: Records::default(),
+            checkpoints_dirty: false,
+        })
+    }
+
+    fn run(&mut self) -> Result<(), SourceError> {
+        self.discover(true);
+        let mut last_scan = Instant::now();
+        let mut last_checkpoint = Instant::now();
+        let result = loop {
+            if self.cx.shutdown.is_cancelled() || self.cx.force.is_cancelled() {
+                break Ok(());
+            }
+            self.drain_acks();
+            let due = last_scan.elapsed() >= self.cfg.glob_interval;
+            if !self.cx.exit_on_eof && (due || self.rescan_flag.swap(false, Ordering::AcqRel)) {
+                self.discover(false);
+                last_scan = Instant::now();
+            }
+            let progressed = match self.read_round() {
+                Ok(p) => p,
+                Err(e) => break Err(e),
+            };
+            if let Err(e) = self.housekeeping() {
+                break Err(e);
+            }
+            if self.checkpoints_dirty && last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
+                self.save_checkpoints();
+                last_checkpoint = Instant::now();
+            }
+            if self.cx.exit_on_eof && !progressed {
+                // Everything read: emit held partial lines, then finish.
+                if let Err(e) = self.flush_partials(true) {
+                    break Err(e);
+                }
+                break Ok(());
+            }
+            if !progressed {
+                let _ = self.wake_rx.recv_timeout(IDLE_WAIT);
+            }
+        };
+        // Closing our senders lets the pipeline drain; then wait for the acks.
+        self.cx.outputs.clear();
+        let deadline = Instant::now() + ACK_DRAIN_TIMEOUT;
+        while self.files.values().any(|w| w.tracker.unsettled() > 0)
+            && !self.cx.force.is_cancelled()
+            && Instant::now() < deadline
+        {
+            if let Ok(ack) = self.ack_rx.recv_timeout(Duration::from_millis(50)) {
+                self.apply_ack(ack);
+            }
+            self.drain_acks();
+        }
+        self.save_checkpoints();
+        result
+    }
+
+    fn drain_acks(&mut self) {
+        while let Ok(ack) = self.ack_rx.try_recv() {
+            self.apply_ack(ack);
+        }
+    }
+
+    fn apply_ack(&mut self, ack: Ack) {
+        if let Some(w) = self.files.get_mut(&ack.stream) {
+            if !ack.delivered {
+                tracing::warn!(file = %w.path.display(), "a batch was not delivered; this file's checkpoint stays before it");
+            }
+            if w.tracker.ack(ack.seq, ack.delivered) {
+                self.checkpoints_dirty = true;
+                let m = &self.cx.metrics;
+                m.file_checkpoint_offset
+                    .get_or_create(&w.labels)
+                    .set(w.tracker.acked().0 as i64);
+            }
+        }
+    }
+
+    /// Finds files matching the globs; notices renamed and deleted ones.
+    fn discover(&mut self, initial: bool) {
+        let mut seen: HashSet<(u64, u64)> = HashSet::new();
+        let patterns = self.cfg.include.clone();
+        for pattern in &patterns {
+            self.watch_dir_of(pattern);
+            let Ok(paths) = glob::glob(pattern) else { continue };
+            for path in paths.flatten() {
+                if self.exclude.is_match(&path) {
+                    continue;
+                }
+                let Ok(meta) = std::fs::metadata(&path) else { continue };
+                if !meta.is_file() {
+                    continue;
+                }
+                let key = (meta.dev(), meta.ino());
+                if !seen.insert(key) {
+                    continue;
+                }
+                if let Some(stream) = self.by_key.get(&key) {
+                    if let Some(w) = self.files.get_mut(stream) {
+                        if w.path != path {
+                            tracing::debug!(from = %w.path.display(), to = %path.display(), "file renamed");
+                            w.path = path;
+                        }
+                        w.gone = false;
+                    }
+                    continue;
+                }
+                self.open(path, key, meta.len(), initial);
+            }
+        }
+        for w in self.files.values_mut() {
+            if !seen.contains(&(w.dev, w.ino)) && !w.gone {
+                tracing::debug!(file = %w.path.display(), "file rotated away or deleted; reading it to its end");
+                w.gone = true;
+            }
+        }
+        // Forget saved checkpoints of files that no longer exist under the globs.
+        let before = self.saved.len();
+        self.saved.retain(|k, _| seen.contains(k));
+        self.deferred.retain(|k, _| seen.contains(k));
+        if self.saved.len() != before {
+            self.checkpoints_dirty = true;
+        }
+        self.counters.m.files_open.set(self.files.len() as i64);
+    }
+
+    fn watch_dir_of(&mut self, pattern: &str) {
+        let Some(watcher) = self._watcher.as_mut() else { return };
+        // The longest directory prefix without glob characters.
+        let mut dir = PathBuf::new();
+        for comp in Path::new(pattern).components() {
+            let s = comp.as_os_str().to_string_lossy();
+            if s.contains(['*', '?', '[', '{']) {
+                break;
+            }
+            dir.push(comp);
+        }
+        if dir.as_os_str().is_empty() || dir.is_file() {
+            dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        }
+        if dir.as_os_str().is_empty() || self.watched_dirs.contains(&dir) || !dir.is_dir() {
+            return;
+        }
+        use notify::Watcher;
+        let mode = if pattern.contains("**") {
+            notify::RecursiveMode::Recursive
+        } else {
+            notify::RecursiveMode::NonRecursive
+        };
+        if watcher.watch(&dir, mode).is_ok() {
+            self.watched_dirs.insert(dir);
+        }
+    }
+
+    fn open(&mut self, path: PathBuf, key: (u64, u64), size: u64, initial: bool) {
+        let file = match File::open(&path) {
+            Ok(f) => f,
+            Err(e) => {
+                tracing::warn!(file = %path.display(), error = %e, "cannot open file");
+                return;
+            }
+        };
+        let head = read_head(&file, size);
+        let fp = fingerprint_of(&head);
+        let start = match self.classify_copy(key, &head, size, &path) {
+            Some(Identity::Wait) => return,
+            Some(Identity::Start(offset)) => offset,
+            None => match self.saved.remove(&key) {
+                Some(cp) if cp.offset <= size && fingerprint_matches(&file, size, cp.fingerprint) => cp.offset,
+                Some(cp) => {
+                    // Same inode, other content: reused inode or truncated
+                    // while we were down. Its copy, if any, continues the
+                    // old offset.
+                    self.truncated.push((cp.fingerprint, cp.offset, None));
+                    0
+                }
+                None if initial && self.cfg.read_from == ReadFrom::End => size,
+                None => 0,
+            },
+        };
+        // Too few bytes to tell a new file from a copy that is being
+        // written: decide when it has grown (see `read_file_inner`).
+        let identity_pending = start == 0 && (size as usize) < FINGERPRINT_BYTES;
+        self.deferred.remove(&key);
+        let parser = match Parser::new(&self.cfg.parser_options()) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::error!(error = %e, "parser configuration rejected");
+                return;
+            }
+        };
+        let stream = self.next_stream;
+        self.next_stream += 1;
+        let labels = FileLabels {
+            component: self.cx.id.clone(),
+            file: path.display().to_string(),
+        };
+        tracing::debug!(file = %path.display(), offset = start, "tailing file");
+        self.by_key.insert(key, stream);
+        self.files.insert(
+            stream,
+            Watched {
+                stream,
+                path,
+                file,
+                dev: key.0,
+                ino: key.1,
+                fp,
+                head,
+                read_pos: start,
+                consumed: start,
+                splitter: LineSplitter::new(self.cfg.max_line_size.as_u64() as usize),
+                parser,
+                tracker: AckTracker::new(start, fp),
+                idle_since: None,
+                gone: false,
+                size,
+                labels,
+                identity_pending,
+            },
+        );
+        self.checkpoints_dirty = true;
+    }
+
+    /// Is a new file (first bytes `head`) a copy of a truncated or a live
+    /// file? `None` when it is not.
+    fn classify_copy(&mut self, key: (u64, u64), head: &[u8], size: u64, path: &Path) -> Option<Identity> {
+        let truncated = self
+            .truncated
+            .iter()
+            .enumerate()
+            .map(|(i, (t, _, h))| (i, relation(head, *t, h.as_deref())))
+            .find(|(_, r)| *r != Relation::Unrelated);
+        if let Some((i, rel)) = truncated {
+            let offset = self.truncated[i].1;
+            if (rel == Relation::MaybeCopy || size < offset) && self.defer(key, COPY_WAIT) {
+                return Some(Identity::Wait);
+            }
+            self.deferred.remove(&key);
+            if rel != Relation::Copy {
+                return None;
+            }
+            self.truncated.swap_remove(i);
+            tracing::info!(file = %path.display(), offset, "file is the copy of a truncated file; continuing where it was");
+            return Some(Identity::Start(offset.min(size)));
+        }
+        let live = self
+            .files
+            .values()
+            .filter(|w| !w.gone && (w.dev, w.ino) != key)
+            .map(|w| (w.consumed, relation(head, w.fp, Some(&w.head))))
+            .find(|(_, r)| *r != Relation::Unrelated);
+        if let Some((consumed, rel)) = live {
+            // A copy of a live file (copytruncate in progress): give the
+            // truncation time to show, then continue from the live file's
+            // position (a plain `cp` of a live log).
+            let wait = if rel == Relation::Copy {
+                LIVE_COPY_WAIT
+            } else {
+                COPY_WAIT
+            };
+            if self.defer(key, wait) {
+                return Some(Identity::Wait);
+            }
+            self.deferred.remove(&key);
+            return (rel == Relation::Copy).then(|| Identity::Start(consumed.min(size)));
+        }
+        self.deferred.remove(&key);
+        None
+    }
+
+    /// Starts or continues waiting on a file; true while it should wait.
+    fn defer(&mut self, key: (u64, u64), max: Duration) -> bool {
+        self.deferred.entry(key).or_insert_with(Instant::now).elapsed() < max
+    }
+
+    /// Reads a fair share of every file; true if any data was read.
+    fn read_round(&mut self) -> Result<bool, SourceError> {
+        let streams: Vec<u64> = self.files.keys().copied().collect();
+        let mut progressed = false;
+        for stream in streams {
+            progressed |= self.read_file(stream)?;
+        }
+        Ok(progressed)
+    }
+
+    fn read_file(&mut self, stream: u64) -> Result<bool, SourceError> {
+        let Some(mut w) = self.files.remove(&stream) else {
+            return Ok(false);
+        };
+        let result = self.read_file_inner(&mut w);
+        self.files.insert(stream, w);
+        result
+    }
+
+    fn read_file_inner(&mut self, w: &mut Watched) -> Result<bool, SourceError> {
+        let meta = match w.file.metadata() {
+            Ok(m) => m,
+            Err(_) => return Ok(false),
+        };
+        w.size = meta.len();
+        if meta.nlink() == 0 {
+            w.gone = true;
+        }
+        if w.identity_pending {
+            if w.size == 0 {
+                return Ok(false);
+            }
+            let head = read_head(&w.file, w.size);
+            match self.classify_copy((w.dev, w.ino), &head, w.size, &w.path) {
+                Some(Identity::Wait) => return Ok(false),
+                Some(Identity::Start(offset)) => {
+                    w.head = head;
+                    w.fp = fingerprint_of(&w.head);
+                    w.read_pos = offset;
+                    w.consumed = offset;
+                    w.tracker = AckTracker::new(offset, w.fp);
+                }
+                None => {}
+            }
+            w.identity_pending = false;
+        }
+        if w.size < w.read_pos || !self.same_start(w) {
+            self.on_truncated(w)?;
+        }
+        let mut read_total = 0u64;
+        let read_time = now_ms();
+        while read_total < FAIR_SHARE {
+            let n = match w.file.read_at(&mut self.chunk, w.read_pos) {
+                Ok(0) => break,
+                Ok(n) => n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+                Err(e) => {
+                    tracing::warn!(file = %w.path.display(), error = %e, "read failed");
+                    break;
+                }
+            };
+            read_total += n as u64;
+            let chunk_start = w.read_pos;
+            w.read_pos += n as u64;
+            let chunk = std::mem::take(&mut self.chunk);
+            let fed = {
+                let records = &mut self.records;
+                let counters = &self.counters;
+                let parser = &mut w.parser;
+                w.splitter.feed(&chunk[..n], |line, truncated| {
+                    emit_line(records, parser, counters, line, truncated, read_time);
+                })
+            };
+            self.chunk = chunk;
+            if let Some(k) = fed.complete_to {
+                w.consumed = chunk_start + k as u64;
+            }
+            if w.fp.len < FINGERPRINT_BYTES as u32 && w.read_pos > w.fp.len as u64 {
+                w.head = read_head(&w.file, w.read_pos);
+                w.fp = fingerprint_of(&w.head);
+            }
+            if self.records.buf.len() >= BATCH_BYTES {
+                self.send_batch(w)?;
+            }
+        }
+        if read_total > 0 {
+            self.counters.m.received_bytes.inc_by(read_total);
+            w.idle_since = None;
+            self.send_batch(w)?;
+        } else if w.idle_since.is_none() {
+            w.idle_since = Some(Instant::now());
+        }
+        let m = &self.cx.metrics;
+        m.file_read_offset.get_or_create(&w.labels).set(w.read_pos as i64);
+        m.file_lag
+            .get_or_create(&w.labels)
+            .set(w.size.saturating_sub(w.read_pos) as i64);
+        Ok(read_total > 0)
+    }
+
+    /// Does the file still start with the bytes we fingerprinted?
+    fn same_start(&self, w: &Watched) -> bool {
+        w.fp.len == 0 || fingerprint_matches(&w.file, w.size, w.fp)
+    }
+
+    fn on_truncated(&mut self, w: &mut Watched) -> Result<(), SourceError> {
+        tracing::info!(file = %w.path.display(), was = w.read_pos, now = w.size, "file truncated; reading it from the start");
+        // Lines already parsed belong to the old content: send them first.
+        self.send_batch(w)?;
+        self.truncated
+            .push((w.fp, w.consumed, Some(std::mem::take(&mut w.head))));
+        if self.truncated.len() > 64 {
+            self.truncated.remove(0);
+        }
+        w.splitter.reset();
+        w.read_pos = 0;
+        w.consumed = 0;
+        w.head = read_head(&w.file, w.size);
+        w.fp = fingerprint_of(&w.head);
+        Ok(())
+    }
+
+    /// Sends the records parsed so far, with an ack token covering
+    /// everything up to `w.consumed`.
+    fn send_batch(&mut self, w: &mut Watched) -> Result<(), SourceError> {
+        if self.records.is_empty() {
+            // Lines that produced no record (empty lines) are still consumed:
+            // track an empty batch so the checkpoint can pass them.
+            if w.consumed != w.tracker_end() {
+                let seq = w.tracker.push(w.consumed, w.fp);
+                w.tracker.ack(seq, true);
+                self.checkpoints_dirty = true;
+            }
+            return Ok(());
+        }
+        let mut records = std::mem::replace(
+            &mut self.records,
+            Records {
+                buf: Vec::with_capacity(BATCH_BYTES + 4096),
+                ..Records::default()
+            },
+        );
+        let count = records.len() as u64;
+        tracing::trace!(file = %w.path.display(), records = count, end = w.consumed, read_pos = w.read_pos, "sending batch");
+        let bytes = records.buf.len().min(self.cx.memory_limit).max(1);
+        let seq = w.tracker.push(w.consumed, w.fp);
+        let ack = AckToken::new(w.stream, seq, self.ack_tx.clone());
+        let memory = self.cx.memory.clone();
+        let force = self.cx.force.clone();
+        let outputs = self.cx.outputs.clone();
+        let sent = self.cx.rt.block_on(async move {
+            let permit = tokio::select! {
+                p = memory.acquire_many_owned(bytes as u32) => p.ok(),
+                _ = force.cancelled() => None,
+            };
+            let Some(permit) = permit else { return false };
+            records.permit = Some(permit);
+            let batch = Batch::new(records, Some(ack));
+            let n = outputs.len();
+            for (i, tx) in outputs.iter().enumerate() {
+                let b = if i + 1 == n { None } else { Some(batch.clone()) };
+                let b = b.unwrap_or_else(|| batch.clone());
+                tokio::select! {
+                    r = tx.send(b) => if r.is_err() { return false },
+                    _ = force.cancelled() => return false,
+                }
+            }
+            true
+        });
+        if !sent && !self.cx.force.is_cancelled() {
+            return Err(SourceError::Downstream(self.cx.id.clone()));
+        }
+        self.counters.m.received_events.inc_by(count);
+        self.counters.m.sent_events.inc_by(count);
+        Ok(())
+    }
+
+    /// Partial-line timeouts, closing of finished rotated files.
+    fn housekeeping(&mut self) -> Result<(), SourceError> {
+        self.flush_partials(false)?;
+        let rotate_wait = self.cfg.rotate_wait;
+        let exit = self.cx.exit_on_eof;
+        let done: Vec<u64> = self
+            .files
+            .values()
+            .filter(|w| {
+                w.gone
+                    && !w.splitter.has_pending()
+                    && w.tracker.unsettled() == 0
+                    && w.idle_since.is_some_and(|t| exit || t.elapsed() >= rotate_wait)
+            })
+            .map(|w| w.stream)
+            .collect();
+        for stream in done {
+            if let Some(w) = self.files.remove(&stream) {
+                tracing::debug!(file = %w.path.display(), "closing rotated file");
+                self.by_key.remove(&(w.dev, w.ino));
+                let m = &self.cx.metrics;
+                m.file_read_offset.remove(&w.labels);
+                m.file_lag.remove(&w.labels);
+                m.file_checkpoint_offset.remove(&w.labels);
+                self.checkpoints_dirty = true;
+            }
+        }
+        self.counters.m.files_open.set(self.files.len() as i64);
+        Ok(())
+    }
+
+    /// Emits held partial lines older than the timeout (or all, at the end).
+    fn flush_partials(&mut self, all: bool) -> Result<(), SourceError> {
+        let timeout = self.cfg.partial_line_timeout;
+        let streams: Vec<u64> = self
+            .files
+            .values()
+            .filter(|w| w.splitter.has_pending() && (all || w.idle_since.is_some_and(|t| t.elapsed() >= timeout)))
+            .map(|w| w.stream)
+            .collect();
+        for stream in streams {
+            let Some(mut w) = self.files.remove(&stream) else {
+                continue;
+            };
+            let read_time = now_ms();
+            {
+                let records = &mut self.records;
+                let counters = &self.counters;
+                let parser = &mut w.parser;
+                w.splitter.flush(|line, truncated| {
+                    emit_line(records, parser, counters, line, truncated, read_time);
+                });
+            }
+            w.consumed = w.read_pos;
+            let r = self.send_batch(&mut w);
+            self.files.insert(stream, w);
+            r?;
+        }
+        Ok(())
+    }
+
+    fn save_checkpoints(&mut self) {
+        let mut all: Vec<Checkpoint> = self.saved.values().cloned().collect();
+        for w in self.files.values() {
+            let (offset, fingerprint) = w.tracker.acked();
+            all.push(Checkpoint {
+                dev: w.dev,
+                ino: w.ino,
+                fingerprint,
+                offset,
+                path: w.path.display().to_string(),
+            });
+        }
+        match self.store.save(&all) {
+            Ok(()) => self.checkpoints_dirty = false,
+            Err(e) => tracing::warn!(error = %e, "cannot save checkpoints; will retry"),
+        }
+    }
+}
+
+impl Watched {
+    /// End offset of the last batch registered with the tracker.
+    fn tracker_end(&self) -> u64 {
+        self.tracker.last_pushed().unwrap_or(self.tracker.acked().0)
+    }
+}
+
+/// Turns one line into a record at the end of `records`.
+fn emit_line(
+    records: &mut Records,
+    parser: &mut Parser,
+    counters: &SourceCounters,
+    line: &[u8],
+    truncated: bool,
+    read_time: i64,
+) {
+    if line.is_empty() || line.iter().all(|b| b.is_ascii_whitespace()) {
+        counters.m.discarded("empty_line", 1);
+        return;
+    }
+    let lossy;
+    let text = match std::str::from_utf8(line) {
+        Ok(s) => s,
+        Err(_) => match utf8_prefix(line).filter(|_| truncated) {
+            Some(s) => s,
+            None => {
+                counters.invalid_utf8.inc();
+                lossy = String::from_utf8_lossy(line);
+                &lossy
+            }
+        },
+    };
+    let start = records.buf.len();
+    let parsed = parser.parse(text, read_time, &mut records.buf);
+    let mut mask = parsed.key_mask;
+    if parsed.fallback {
+        counters.not_json.inc();
+    }
+    if parsed.time_missing {
+        counters.time_missing.inc();
+    }
+    if truncated {
+        counters.truncated.inc();
+        const MARK: &str = "logferry_truncated";
+        let bit = parse::key_bit(MARK.as_bytes());
+        let rec = &records.buf[start..];
+        if rec.last() == Some(&b'}') && (mask & bit == 0 || !parse::has_top_level_key(rec, MARK)) {
+            records.buf.pop();
+            records.buf.extend_from_slice(b",\"logferry_truncated\":true}");
+            mask |= bit;
+        }
+    }
+    records.push_written(start, parsed.ts_ms, mask);
+}
+
+/// First bytes of a file (up to `FINGERPRINT_BYTES`).
+fn read_head(file: &File, size: u64) -> Vec<u8> {
+    let len = (size as usize).min(FINGERPRINT_BYTES);
+    let mut buf = vec![0u8; len];
+    if read_exact_at(file, &mut buf) { buf } else { Vec::new() }
+}
+
+fn fingerprint_of(head: &[u8]) -> Fingerprint {
+    Fingerprint {
+        crc: crc32fast::hash(head),
+        len: head.len() as u32,
+    }
+}
+
+/// How a new file's first bytes relate to a known file's.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Relation {
+    /// Starts with the same (long enough) bytes: a copy.
+    Copy,
+    /// Shorter than the known head and equal so far: maybe a copy in progress.
+    MaybeCopy,
+    Unrelated,
+}
+
+fn relation(new_head: &[u8], fp: Fingerprint, known_head: Option<&[u8]>) -> Relation {
+    if fp.len < MIN_COPY_FINGERPRINT || new_head.is_empty() {
+        return Relation::Unrelated;
+    }
+    let n = fp.len as usize;
+    if new_head.len() >= n {
+        return if crc32fast::hash(&new_head[..n]) == fp.crc {
+            Relation::Copy
+        } else {
+            Relation::Unrelated
+        };
+    }
+    match known_head {
+        Some(h) if h.starts_with(new_head) => Relation::MaybeCopy,
+        _ => Relation::Unrelated,
+    }
+}
+
+fn fingerprint_matches(file: &File, size: u64, fp: Fingerprint) -> bool {
+    if fp.len == 0 {
+        return true;
+    }
+    if size < fp.len as u64 {
+        return false;
+    }
+    let mut buf = vec![0u8; fp.len as usize];
+    read_exact_at(file, &mut buf) && crc32fast::hash(&buf) == fp.crc
+}
+
+fn read_exact_at(file: &File, buf: &mut [u8]) -> bool {
+    let mut off = 0;
+    while off < buf.len() {
+        match file.read_at(&mut buf[off..], off as u64) {
+            Ok(0) => return false,
+            Ok(n) => off += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(_) => return false,
+        }
+    }
+    true
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as i64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,217 @@
+//! Wires the configured components into a running pipeline, and takes it
+//! down in order.
+//!
+//! Every edge is a bounded channel, and every batch holds a share of the
+//! `memory_limit` semaphore until it is dropped, so a slow sink backs up into
+//! the sources, which stop reading: the files are the queue. Shutdown runs
+//! one way: sources stop and drop their senders, transforms drain and drop
+//! theirs, sinks flush and release acks, sources save checkpoints. The same
+//! path serves `--exit-on-eof`.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::Config;
+use crate::event::Batch;
+use crate::metrics::Metrics;
+use crate::sinks::SinkConfig;
+use crate::sources::SourceConfig;
+use crate::sources::file::{self, SourceContext, SourceError};
+use crate::transforms::TransformConfig;
+
+/// Batches queued per edge. Memory is bounded by the semaphore; this only
+/// keeps consumers busy.
+const CHANNEL_CAPACITY: usize = 4;
+
+/// Sends a batch to every downstream component (clones share the records).
+#[derive(Clone, Debug, Default)]
+pub struct Fanout {
+    txs: Vec<mpsc::Sender<Batch>>,
+}
+
+#[derive(Debug)]
+pub struct Closed;
+
+impl Fanout {
+    pub fn new(txs: Vec<mpsc::Sender<Batch>>) -> Self {
+        Fanout { txs }
+    }
+
+    pub async fn send(&self, batch: Batch) -> Result<(), Closed> {
+        let Some((last, rest)) = self.txs.split_last() else {
+            return Ok(());
+        };
+        for tx in rest {
+            tx.send(batch.clone()).await.map_err(|_| Closed)?;
+        }
+        last.send(batch).await.map_err(|_| Closed)
+    }
+}
+
+pub type EnvFn = Arc<dyn Fn(&str) -> Option<String> + Send + Sync>;
+
+/// How to run.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RunOptions {
+    pub exit_on_eof: bool,
+}
+
+/// A started pipeline.
+pub struct Running {
+    sources: Vec<std::thread::JoinHandle<Result<(), SourceError>>>,
+    tasks: JoinSet<()>,
+    /// Stop reading, drain, save checkpoints.
+    pub shutdown: CancellationToken,
+    /// Stop now: save checkpoints without waiting for acks.
+    pub force: CancellationToken,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot create data_dir {path}: {source}")]
+    DataDir { path: String, source: std::io::Error },
+    #[error("cannot start source `{id}`: {source}")]
+    Source { id: String, source: std::io::Error },
+}
+
+/// Starts every component. Must be called inside a multi-threaded runtime.
+pub fn start(config: &Config, opts: RunOptions, metrics: Arc<Metrics>, env: EnvFn) -> Result<Running, StartError> {
+    std::fs::create_dir_all(&config.global.data_dir).map_err(|source| StartError::DataDir {
+        path: config.global.data_dir.display().to_string(),
+        source,
+    })?;
+    let limit = (config.global.memory_limit.as_u64() as usize).min(u32::MAX as usize);
+    let memory = Arc::new(Semaphore::new(limit));
+    let shutdown = CancellationToken::new();
+    let force = CancellationToken::new();
+
+    // One inbox per transform and sink; upstreams hold clones of its sender.
+    let mut senders: HashMap<String, mpsc::Sender<Batch>> = HashMap::new();
+    let mut receivers: HashMap<String, mpsc::Receiver<Batch>> = HashMap::new();
+    for id in config
+        .transforms
+        .iter()
+        .map(|c| &c.id)
+        .chain(config.sinks.iter().map(|c| &c.id))
+    {
+        let (tx, rx) = mpsc::channel(CHANNEL_CAPACITY);
+        senders.insert(id.clone(), tx);
+        receivers.insert(id.clone(), rx);
+    }
+    let outputs_of = |id: &str| -> Vec<mpsc::Sender<Batch>> {
+        let mut out = Vec::new();
+        for (cid, inputs) in config
+            .transforms
+            .iter()
+            .map(|c| (&c.id, &c.inputs))
+            .chain(config.sinks.iter().map(|c| (&c.id, &c.inputs)))
+        {
+            if inputs.iter().any(|i| i == id)
+                && let Some(tx) = senders.get(cid)
+            {
+                out.push(tx.clone());
+            }
+        }
+        out
+    };
+
+    let mut tasks = JoinSet::new();
+    for c in &config.sinks {
+        let Some(rx) = receivers.remove(&c.id) else { continue };
+        let m = metrics.component(&c.id, c.inner.kind());
+        let span = tracing::info_span!("sink", id = %c.id, kind = c.inner.kind());
+        match &c.inner {
+            SinkConfig::File(cfg) => {
+                tasks.spawn(tracing::Instrument::instrument(
+                    crate::sinks::file::run(cfg.clone(), rx, m),
+                    span,
+                ));
+            }
+            SinkConfig::Stdout(_) => {
+                tasks.spawn(tracing::Instrument::instrument(crate::sinks::stdout::run(rx, m), span));
+            }
+            SinkConfig::Blackhole(_) => {
+                tasks.spawn(tracing::Instrument::instrument(
+                    crate::sinks::blackhole::run(rx, m),
+                    span,
+                ));
+            }
+        }
+    }
+    for c in &config.transforms {
+        let Some(rx) = receivers.remove(&c.id) else { continue };
+        let out = Fanout::new(outputs_of(&c.id));
+        let span = tracing::info_span!("transform", id = %c.id, kind = "enrich");
+        match &c.inner {
+            TransformConfig::Enrich(cfg) => {
+                tasks.spawn(tracing::Instrument::instrument(
+                    crate::transforms::enrich::run(c.id.clone(), cfg.clone(), rx, out, metrics.clone(), env.clone()),
+                    span,
+                ));
+            }
+        }
+    }
+    let mut sources = Vec::new();
+    for c in &config.sources {
+        let cx = SourceContext {
+            id: c.id.clone(),
+            data_dir: config.global.data_dir.clone(),
+            outputs: outputs_of(&c.id),
+            memory: memory.clone(),
+            memory_limit: limit,
+            metrics: metrics.clone(),
+            shutdown: shutdown.clone(),
+            force: force.clone(),
+            exit_on_eof: opts.exit_on_eof,
+            rt: tokio::runtime::Handle::current(),
+        };
+        match &c.inner {
+            SourceConfig::File(cfg) => {
+                let h = file::spawn(cfg.clone(), cx).map_err(|source| StartError::Source {
+                    id: c.id.clone(),
+                    source,
+                })?;
+                sources.push(h);
+            }
+        }
+    }
+    // Only upstream components hold senders now, so closing propagates.
+    drop(senders);
+    Ok(Running {
+        sources,
+        tasks,
+        shutdown,
+        force,
+    })
+}
+
+impl Running {
+    /// Waits until every source has finished (end of input with
+    /// `--exit-on-eof`, or after `shutdown`) and the pipeline has drained.
+    /// Returns the first source error.
+    pub async fn wait(mut self) -> Result<(), SourceError> {
+        let sources = std::mem::take(&mut self.sources);
+        let joined = tokio::task::spawn_blocking(move || {
+            let mut first = Ok(());
+            for h in sources {
+                let r = h
+                    .join()
+                    .unwrap_or_else(|_| Err(SourceError::Downstream("a source thread panicked".into())));
+                if first.is_ok() {
+                    first = r;
+                }
+            }
+            first
+        });
+        let result = joined.await.unwrap_or(Ok(()));
+        if self.force.is_cancelled() {
+            self.tasks.abort_all();
+        }
+        while self.tasks.join_next().await.is_some() {}
+        result
+    }
+}
