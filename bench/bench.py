@@ -39,9 +39,9 @@ def generate():
             rid = "%08x-%04x-%04x-%04x-%012x" % (rnd.getrandbits(32), rnd.getrandbits(16), rnd.getrandbits(16),
                                                  rnd.getrandbits(16), rnd.getrandbits(48))
             buf.append('{"ts":"%s","level":"%s","logger":"%s","msg":"%s","request_id":"%s","user_id":%d,'
-                       '"latency_ms":%.1f,"path":"%s","status":200}\n'
+                       '"latency_ms":%.1f,"path":"%s","status":200,"trace_id":"%016x"}\n'
                        % (ts, rnd.choice(levels), rnd.choice(loggers), rnd.choice(msgs), rid,
-                          rnd.randint(1, 99999), rnd.random() * 250, rnd.choice(paths)))
+                          rnd.randint(1, 99999), rnd.random() * 250, rnd.choice(paths), rnd.getrandbits(64)))
             if len(buf) >= 10000:
                 f.write("".join(buf))
                 buf.clear()
@@ -53,7 +53,7 @@ def main():
     generate()
     size = os.path.getsize(LOG)
     work = tempfile.mkdtemp(prefix="logferry-bench-")
-    env = dict(os.environ, BENCH_DATA_DIR=os.path.join(work, "data"), BENCH_LOGS=LOG, LOGFERRY_LOG="warn")
+    env = dict(os.environ, BENCH_DATA_DIR=os.path.join(work, "data"), BENCH_LOGS=LOG, LOGFERRY_LOG="info")
     cmd = ["/usr/bin/time", "-v", BIN, "run", "--config", os.path.join(ROOT, "bench", "bench.toml"), "--exit-on-eof"]
     p = subprocess.run(cmd, env=env, capture_output=True, text=True)
     shutil.rmtree(work, ignore_errors=True)
@@ -66,6 +66,10 @@ def main():
         m = re.search(re.escape(name) + r":\s*(.+)", t)
         return m.group(1).strip() if m else "0"
 
+    sent = [int(m.group(1)) for m in re.finditer(r'component=null .*?sent=(\d+)', t)]
+    if sent != [LINES]:
+        sys.stderr.write(t)
+        sys.exit(f"blackhole received {sent}, expected {LINES}")
     user = float(field("User time (seconds)"))
     sys_ = float(field("System time (seconds)"))
     wall_s = field("Elapsed (wall clock) time (h:mm:ss or m:ss)")

@@ -104,9 +104,11 @@ fn load(path: Option<&std::path::Path>) -> Result<Config, ConfigErrors> {
 fn init_logging(format: LogFormat) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LOGFERRY_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
@@ -159,6 +161,9 @@ fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         signals.abort();
         api_stop.cancel();
         health.ready.store(false, std::sync::atomic::Ordering::Release);
+        for (component, kind, received, sent) in metrics.totals() {
+            tracing::info!(%component, %kind, received, sent, "component totals");
+        }
         result?;
         tracing::info!("logferry stopped");
         Ok(())

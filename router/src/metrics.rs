@@ -49,6 +49,8 @@ pub struct Metrics {
     files_open: Family<ComponentLabels, Gauge>,
     objects_written: Family<ComponentLabels, Counter>,
     sink_errors: Family<ReasonLabels, Counter>,
+    /// Handles given out, for the summary logged at exit.
+    components: std::sync::Mutex<Vec<ComponentMetrics>>,
 }
 
 impl Default for Metrics {
@@ -74,6 +76,7 @@ impl Metrics {
             objects_written: Family::default(),
             sink_errors: Family::default(),
             registry: Registry::default(),
+            components: std::sync::Mutex::new(Vec::new()),
         };
         registry.register(
             "logferry_component_received_events",
@@ -140,8 +143,9 @@ impl Metrics {
             component: id.to_string(),
             kind: kind.to_string(),
         };
-        ComponentMetrics {
+        let handles = ComponentMetrics {
             id: id.to_string(),
+            kind: kind.to_string(),
             received_events: self.received_events.get_or_create(&labels).clone(),
             received_bytes: self.received_bytes.get_or_create(&labels).clone(),
             sent_events: self.sent_events.get_or_create(&labels).clone(),
@@ -151,7 +155,32 @@ impl Metrics {
             discarded: self.discarded.clone(),
             line_issues: self.line_issues.clone(),
             sink_errors: self.sink_errors.clone(),
+        };
+        if let Ok(mut all) = self.components.lock() {
+            if !all.iter().any(|c| c.id == id) {
+                all.push(handles.clone());
+            }
         }
+        handles
+    }
+
+    /// (component, kind, received, sent) of every component, for the exit log.
+    pub fn totals(&self) -> Vec<(String, String, u64, u64)> {
+        self.components
+            .lock()
+            .map(|all| {
+                all.iter()
+                    .map(|c| {
+                        (
+                            c.id.clone(),
+                            c.kind.clone(),
+                            c.received_events.get(),
+                            c.sent_events.get(),
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
     }
 
     /// The whole registry in the text exposition format.
@@ -167,6 +196,7 @@ impl Metrics {
 #[derive(Clone, Debug)]
 pub struct ComponentMetrics {
     pub id: String,
+    pub kind: String,
     pub received_events: Counter,
     pub received_bytes: Counter,
     pub sent_events: Counter,
