@@ -224,3 +224,27 @@ fn the_shipped_example_runs() {
     );
     assert_eq!(read_records(&slice).len(), 50);
 }
+
+#[test]
+fn objects_roll_at_max_object_size_and_never_collide() {
+    let env = Env::new();
+    append_ids(&env.logs().join("a.log"), 0..2000);
+    let cfg = env.config("*.log", "", "max_object_size = \"16KiB\"");
+    run_to_eof(&cfg, &[]);
+    let objects = logferry::sinks::file::list_objects(&env.path("out"));
+    // ~190 KB of records in 16 KiB objects.
+    assert!(objects.len() >= 10, "{} objects", objects.len());
+    for p in &objects {
+        let len = std::fs::metadata(p).unwrap().len();
+        // An object closes on the record that reaches the limit.
+        assert!(len < 16 * 1024 + 200, "{} is {len} bytes", p.display());
+    }
+    assert_eq!(id_counts(&env.records()).len(), 2000);
+    // A second run over new data adds objects; none is overwritten.
+    append_ids(&env.logs().join("a.log"), 2000..2100);
+    run_to_eof(&cfg, &[]);
+    let after = logferry::sinks::file::list_objects(&env.path("out"));
+    assert!(objects.iter().all(|p| after.contains(p)));
+    assert_eq!(id_counts(&env.records()).len(), 2100);
+    assert_eq!(env.records().len(), 2100);
+}

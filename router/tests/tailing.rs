@@ -363,3 +363,53 @@ fn metrics_count_every_line_written() {
     let (status, _) = child.wait(LONG);
     assert!(status.success());
 }
+
+#[test]
+fn read_from_end_skips_existing_lines_but_not_new_files() {
+    let env = Env::new();
+    append_ids(&env.logs().join("app.log"), 0..100);
+    let cfg = env.config("*.log", "read_from = \"end\"", "");
+    let child = spawn(&cfg, &[]);
+    // The file is open once its offset shows up in the checkpoint file.
+    wait_for("the checkpoint", LONG, || {
+        env.path("data/checkpoints/app.json").exists()
+    });
+    append_ids(&env.logs().join("app.log"), 100..110);
+    append_ids(&env.logs().join("new.log"), 110..120);
+    wait_for("new lines", LONG, || env.records().len() == 20);
+    child.signal(libc::SIGTERM);
+    let (status, _) = child.wait(LONG);
+    assert!(status.success());
+    let counts = id_counts(&env.records());
+    assert_eq!(
+        counts.keys().copied().collect::<Vec<_>>(),
+        (100..120).collect::<Vec<_>>()
+    );
+}
+
+#[test]
+fn files_with_identical_beginnings_are_both_read() {
+    // Two files present at start-up that share their first kilobytes are
+    // two files, not a file and its copy.
+    let env = Env::new();
+    let banner: String = (0..40)
+        .map(|i| format!("{{\"banner\":{i},\"text\":\"starting up, same on every file\"}}\n"))
+        .collect();
+    for (name, ids) in [("a.log", 0..100), ("b.log", 100..200)] {
+        std::fs::write(env.logs().join(name), &banner).unwrap();
+        append_ids(&env.logs().join(name), ids);
+    }
+    let cfg = env.config("*.log", "", "");
+    let child = spawn(&cfg, &[]);
+    wait_for("both files", LONG, || id_counts(&env.records()).len() == 200);
+    child.signal(libc::SIGTERM);
+    child.wait(LONG);
+    assert_each_once(&env.records(), 200);
+    let env2 = Env::new();
+    for (name, ids) in [("a.log", 0..100), ("b.log", 100..200)] {
+        std::fs::write(env2.logs().join(name), &banner).unwrap();
+        append_ids(&env2.logs().join(name), ids);
+    }
+    run_to_eof(&env2.config("*.log", "", ""), &[]);
+    assert_each_once(&env2.records(), 200);
+}

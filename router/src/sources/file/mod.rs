@@ -390,25 +390,30 @@ impl FileSource {
         };
         let head = read_head(&file, size);
         let fp = fingerprint_of(&head);
-        let start = match self.classify_copy(key, &head, size, &path) {
-            Some(Identity::Wait) => return,
-            Some(Identity::Start(offset)) => offset,
-            None => match self.saved.remove(&key) {
-                Some(cp) if cp.offset <= size && fingerprint_matches(&file, size, cp.fingerprint) => cp.offset,
-                Some(cp) => {
-                    // Same inode, other content: reused inode or truncated
-                    // while we were down. Its copy, if any, continues the
-                    // old offset.
-                    self.truncated.push((cp.fingerprint, cp.offset, None));
-                    0
-                }
-                None if initial && self.cfg.read_from == ReadFrom::End => size,
-                None => 0,
+        // Our own checkpoint of this very file comes first; copy detection
+        // only applies to files we have no record of.
+        let saved = self.saved.remove(&key);
+        let start = match saved {
+            Some(cp) if cp.offset <= size && fingerprint_matches(&file, size, cp.fingerprint) => cp.offset,
+            saved => match self.classify_copy(key, &head, size, &path, initial) {
+                Some(Identity::Wait) => return,
+                Some(Identity::Start(offset)) => offset,
+                None => match saved {
+                    Some(cp) => {
+                        // Same inode, other content: reused inode or truncated
+                        // while we were down. Its copy, if any, continues the
+                        // old offset.
+                        self.truncated.push((cp.fingerprint, cp.offset, None));
+                        0
+                    }
+                    None if initial && self.cfg.read_from == ReadFrom::End => size,
+                    None => 0,
+                },
             },
         };
         // Too few bytes to tell a new file from a copy that is being
         // written: decide when it has grown (see `read_file_inner`).
-        let identity_pending = start == 0 && (size as usize) < FINGERPRINT_BYTES;
+        let identity_pending = !initial && start == 0 && (size as usize) < FINGERPRINT_BYTES;
         self.deferred.remove(&key);
         let parser = match Parser::new(&self.cfg.parser_options()) {
             Ok(p) => p,
@@ -452,7 +457,18 @@ impl FileSource {
 
     /// Is a new file (first bytes `head`) a copy of a truncated or a live
     /// file? `None` when it is not.
-    fn classify_copy(&mut self, key: (u64, u64), head: &[u8], size: u64, path: &Path) -> Option<Identity> {
+    fn classify_copy(
+        &mut self,
+        key: (u64, u64),
+        head: &[u8],
+        size: u64,
+        path: &Path,
+        initial: bool,
+    ) -> Option<Identity> {
+        if self.cx.exit_on_eof {
+            // A backfill reads what is there; nothing is being rotated.
+            return None;
+        }
         let truncated = self
             .truncated
             .iter()
@@ -471,6 +487,10 @@ impl FileSource {
             self.truncated.swap_remove(i);
             tracing::info!(file = %path.display(), offset, "file is the copy of a truncated file; continuing where it was");
             return Some(Identity::Start(offset.min(size)));
+        }
+        if initial {
+            // Files present at start-up are not copies in progress.
+            return None;
         }
         let live = self
             .files
@@ -535,7 +555,7 @@ impl FileSource {
                 return Ok(false);
             }
             let head = read_head(&w.file, w.size);
-            match self.classify_copy((w.dev, w.ino), &head, w.size, &w.path) {
+            match self.classify_copy((w.dev, w.ino), &head, w.size, &w.path, false) {
                 Some(Identity::Wait) => return Ok(false),
                 Some(Identity::Start(offset)) => {
                     w.head = head;
