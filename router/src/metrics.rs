@@ -156,10 +156,10 @@ impl Metrics {
             line_issues: self.line_issues.clone(),
             sink_errors: self.sink_errors.clone(),
         };
-        if let Ok(mut all) = self.components.lock() {
-            if !all.iter().any(|c| c.id == id) {
-                all.push(handles.clone());
-            }
+        if let Ok(mut all) = self.components.lock()
+            && !all.iter().any(|c| c.id == id)
+        {
+            all.push(handles.clone());
         }
         handles
     }
