@@ -17,10 +17,32 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
-/// Shared readiness state.
+/// Shared readiness state: the pipeline is up and no sink reports a
+/// permanent error.
 #[derive(Debug, Default)]
 pub struct Health {
     pub ready: AtomicBool,
+    sinks: std::sync::Mutex<std::collections::BTreeMap<String, bool>>,
+}
+
+impl Health {
+    pub fn set_sink(&self, id: &str, ok: bool) {
+        if let Ok(mut m) = self.sinks.lock() {
+            m.insert(id.to_string(), ok);
+        }
+    }
+
+    /// Sinks that report a problem.
+    pub fn failing_sinks(&self) -> Vec<String> {
+        self.sinks
+            .lock()
+            .map(|m| m.iter().filter(|(_, ok)| !**ok).map(|(k, _)| k.clone()).collect())
+            .unwrap_or_default()
+    }
+
+    pub fn is_ready(&self) -> bool {
+        self.ready.load(Ordering::Acquire) && self.failing_sinks().is_empty()
+    }
 }
 
 /// Binds now (so a bad address fails start-up) and serves in the background.
@@ -66,10 +88,16 @@ fn route<B>(req: Request<B>, metrics: &Metrics, health: &Health) -> Response<Ful
     let (status, ctype, body) = match req.uri().path() {
         "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
         "/readyz" => {
-            if health.ready.load(Ordering::Acquire) {
+            if health.is_ready() {
                 (StatusCode::OK, "text/plain", "ready\n".to_string())
             } else {
-                (StatusCode::SERVICE_UNAVAILABLE, "text/plain", "not ready\n".to_string())
+                let failing = health.failing_sinks();
+                let body = if failing.is_empty() {
+                    "not ready\n".to_string()
+                } else {
+                    format!("not ready: failing sinks: {}\n", failing.join(", "))
+                };
+                (StatusCode::SERVICE_UNAVAILABLE, "text/plain", body)
             }
         }
         "/metrics" => (

@@ -47,6 +47,11 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Reach every sink (bucket writable, directory writable) and report; for readiness probes.
+    Check {
+        #[arg(long, short)]
+        config: Option<PathBuf>,
+    },
 }
 
 fn main() -> ExitCode {
@@ -59,6 +64,10 @@ fn main() -> ExitCode {
                 println!("config OK");
                 ExitCode::SUCCESS
             }
+            Err(e) => config_failure(&e),
+        },
+        Command::Check { config } => match load(config.as_deref()) {
+            Ok(c) => check(&c),
             Err(e) => config_failure(&e),
         },
         Command::Run { config, exit_on_eof } => {
@@ -76,6 +85,28 @@ fn main() -> ExitCode {
             }
         }
     }
+}
+
+fn check(config: &Config) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("logferry: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let report = rt.block_on(logferry::check::check(config));
+    let mut ok = true;
+    for c in &report {
+        match &c.result {
+            Ok(()) => println!("ok    {} ({})", c.id, c.target),
+            Err(e) => {
+                ok = false;
+                println!("FAIL  {} ({}): {e}", c.id, c.target);
+            }
+        }
+    }
+    if ok { ExitCode::SUCCESS } else { ExitCode::FAILURE }
 }
 
 fn config_failure(e: &ConfigErrors) -> ExitCode {
@@ -134,7 +165,7 @@ fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
             tracing::info!(%addr, "api listening");
         }
         let env: EnvFn = Arc::new(env_lookup);
-        let running = topology::start(&config, opts, metrics.clone(), env)?;
+        let running = topology::start(&config, opts, metrics.clone(), health.clone(), env)?;
         health.ready.store(true, std::sync::atomic::Ordering::Release);
         tracing::info!(
             sources = config.sources.len(),

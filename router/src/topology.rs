@@ -15,6 +15,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+use crate::api::Health;
 use crate::config::Config;
 use crate::event::Batch;
 use crate::metrics::Metrics;
@@ -68,6 +69,8 @@ pub struct Running {
     pub shutdown: CancellationToken,
     /// Stop now: save checkpoints without waiting for acks.
     pub force: CancellationToken,
+    /// Sinks stop retrying: the sources have saved their checkpoints.
+    sinks_stop: CancellationToken,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -79,7 +82,13 @@ pub enum StartError {
 }
 
 /// Starts every component. Must be called inside a multi-threaded runtime.
-pub fn start(config: &Config, opts: RunOptions, metrics: Arc<Metrics>, env: EnvFn) -> Result<Running, StartError> {
+pub fn start(
+    config: &Config,
+    opts: RunOptions,
+    metrics: Arc<Metrics>,
+    health: Arc<Health>,
+    env: EnvFn,
+) -> Result<Running, StartError> {
     std::fs::create_dir_all(&config.global.data_dir).map_err(|source| StartError::DataDir {
         path: config.global.data_dir.display().to_string(),
         source,
@@ -88,6 +97,7 @@ pub fn start(config: &Config, opts: RunOptions, metrics: Arc<Metrics>, env: EnvF
     let memory = Arc::new(Semaphore::new(limit));
     let shutdown = CancellationToken::new();
     let force = CancellationToken::new();
+    let sinks_stop = CancellationToken::new();
 
     // One inbox per transform and sink; upstreams hold clones of its sender.
     let mut senders: HashMap<String, mpsc::Sender<Batch>> = HashMap::new();
@@ -133,6 +143,12 @@ pub fn start(config: &Config, opts: RunOptions, metrics: Arc<Metrics>, env: EnvF
             }
             SinkConfig::Stdout(_) => {
                 tasks.spawn(tracing::Instrument::instrument(crate::sinks::stdout::run(rx, m), span));
+            }
+            SinkConfig::S3(cfg) => {
+                tasks.spawn(tracing::Instrument::instrument(
+                    crate::sinks::s3::run(c.id.clone(), cfg.clone(), rx, m, health.clone(), sinks_stop.clone()),
+                    span,
+                ));
             }
             SinkConfig::Blackhole(_) => {
                 tasks.spawn(tracing::Instrument::instrument(
@@ -186,6 +202,7 @@ pub fn start(config: &Config, opts: RunOptions, metrics: Arc<Metrics>, env: EnvF
         tasks,
         shutdown,
         force,
+        sinks_stop,
     })
 }
 
@@ -208,6 +225,9 @@ impl Running {
             first
         });
         let result = joined.await.unwrap_or(Ok(()));
+        // Sources only finish once every batch settled or they gave up
+        // waiting; whatever a sink still retries is not checkpointed.
+        self.sinks_stop.cancel();
         if self.force.is_cancelled() {
             self.tasks.abort_all();
         }

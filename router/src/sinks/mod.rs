@@ -1,8 +1,11 @@
 //! Sinks: where records go. Each one acknowledges a batch (by dropping its
 //! token) only once the batch is durable at the destination.
 
+pub mod aws;
 pub mod blackhole;
+pub mod encoding;
 pub mod file;
+pub mod s3;
 pub mod stdout;
 
 use crate::config::{Ctx, Seg, deserialize_at};
@@ -13,9 +16,10 @@ pub enum SinkConfig {
     File(file::FileSinkConfig),
     Stdout(stdout::StdoutSinkConfig),
     Blackhole(blackhole::BlackholeSinkConfig),
+    S3(s3::S3SinkConfig),
 }
 
-const KINDS: &str = "file, stdout, blackhole";
+const KINDS: &str = "s3, file, stdout, blackhole";
 
 impl SinkConfig {
     pub fn build(ctx: &mut Ctx<'_>, base: &[Seg], kind: &str, value: toml::Value) -> Option<Self> {
@@ -23,6 +27,10 @@ impl SinkConfig {
             "file" => {
                 let c: file::FileSinkConfig = deserialize_at(ctx, base, value)?;
                 c.validate(ctx, base).then_some(SinkConfig::File(c))
+            }
+            "s3" => {
+                let c: s3::S3SinkConfig = deserialize_at(ctx, base, value)?;
+                c.validate(ctx, base).then_some(SinkConfig::S3(c))
             }
             "stdout" => deserialize_at(ctx, base, value).map(SinkConfig::Stdout),
             "blackhole" => deserialize_at(ctx, base, value).map(SinkConfig::Blackhole),
@@ -38,6 +46,7 @@ impl SinkConfig {
             SinkConfig::File(_) => "file",
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::Blackhole(_) => "blackhole",
+            SinkConfig::S3(_) => "s3",
         }
     }
 
@@ -50,6 +59,18 @@ impl SinkConfig {
                 c.compression.extension(),
                 c.max_object_size.display().iec(),
                 humantime::format_duration(c.flush_interval)
+            ),
+            SinkConfig::S3(c) => format!(
+                "s3: s3://{}/{}*{}, max_object_size {}, flush_interval {}{}",
+                c.bucket,
+                c.key_prefix,
+                c.compression.extension(),
+                c.max_object_size.display().iec(),
+                humantime::format_duration(c.flush_interval),
+                c.endpoint_url
+                    .as_deref()
+                    .map(|e| format!(", endpoint {e}"))
+                    .unwrap_or_default()
             ),
             SinkConfig::Stdout(_) => "stdout".to_string(),
             SinkConfig::Blackhole(_) => "blackhole".to_string(),

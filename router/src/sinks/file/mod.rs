@@ -12,7 +12,7 @@
 
 use std::collections::HashMap;
 use std::fs::File;
-use std::io::{BufWriter, Write};
+use std::io::BufWriter;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
@@ -25,24 +25,8 @@ use crate::event::{AckToken, Batch};
 use crate::metrics::ComponentMetrics;
 use crate::template::{Renderer, Template};
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
-#[serde(rename_all = "lowercase")]
-pub enum Compression {
-    #[default]
-    Gzip,
-    Zstd,
-    None,
-}
-
-impl Compression {
-    pub fn extension(self) -> &'static str {
-        match self {
-            Compression::Gzip => ".ndjson.gz",
-            Compression::Zstd => ".ndjson.zst",
-            Compression::None => ".ndjson",
-        }
-    }
-}
+pub use super::encoding::Compression;
+use super::encoding::Encoder;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -102,44 +86,10 @@ impl FileSinkConfig {
     }
 }
 
-enum Encoder {
-    Gzip(flate2::write::GzEncoder<BufWriter<File>>),
-    Zstd(zstd::Encoder<'static, BufWriter<File>>),
-    Plain(BufWriter<File>),
-}
-
-impl Encoder {
-    fn new(c: Compression, f: File) -> std::io::Result<Self> {
-        let w = BufWriter::with_capacity(64 * 1024, f);
-        Ok(match c {
-            Compression::Gzip => Encoder::Gzip(flate2::write::GzEncoder::new(w, flate2::Compression::default())),
-            Compression::Zstd => Encoder::Zstd(zstd::Encoder::new(w, 3)?),
-            Compression::None => Encoder::Plain(w),
-        })
-    }
-
-    fn write_all(&mut self, b: &[u8]) -> std::io::Result<()> {
-        match self {
-            Encoder::Gzip(e) => e.write_all(b),
-            Encoder::Zstd(e) => e.write_all(b),
-            Encoder::Plain(e) => e.write_all(b),
-        }
-    }
-
-    fn finish(self) -> std::io::Result<File> {
-        let w = match self {
-            Encoder::Gzip(e) => e.finish()?,
-            Encoder::Zstd(e) => e.finish()?,
-            Encoder::Plain(w) => w,
-        };
-        w.into_inner().map_err(|e| e.into_error())
-    }
-}
-
 struct Object {
     tmp: PathBuf,
     path: PathBuf,
-    enc: Encoder,
+    enc: Encoder<BufWriter<File>>,
     bytes: u64,
     records: u64,
     opened: Instant,
@@ -266,7 +216,7 @@ impl FileSink {
         let tmp = dir.join(format!(".{file_name}.tmp"));
         let f = File::create(&tmp)?;
         Ok(Object {
-            enc: Encoder::new(self.cfg.compression, f)?,
+            enc: Encoder::new(self.cfg.compression, BufWriter::with_capacity(64 * 1024, f))?,
             tmp,
             path,
             bytes: 0,
@@ -288,6 +238,7 @@ impl FileSink {
         } = o;
         let result = enc
             .finish()
+            .and_then(|w| w.into_inner().map_err(|e| e.into_error()))
             .and_then(|f| f.sync_all())
             .and_then(|_| std::fs::rename(&tmp, &path))
             .and_then(|_| {

@@ -1,0 +1,109 @@
+//! AWS plumbing shared by the AWS sinks: SDK configuration (credentials,
+//! region, endpoint) and error classification.
+//!
+//! Credentials and region come from `aws-config`'s default chain, so every
+//! deployment shape works without code of ours: environment, profile, web
+//! identity (EKS IRSA), ECS task role, EC2 instance profile (IMDSv2). The
+//! SDK's standard retry mode (exponential backoff with jitter) handles
+//! throttling and transient errors inside one call; the sinks add a bounded
+//! outer retry that never drops data.
+
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use serde::Deserialize;
+
+/// The `region` / `endpoint_url` options every AWS sink takes.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct AwsOptions {
+    /// Region; default from the environment, profile or instance metadata.
+    pub region: Option<String>,
+    /// Endpoint override (LocalStack, VPC endpoints); `AWS_ENDPOINT_URL` and
+    /// `AWS_ENDPOINT_URL_<SERVICE>` work too.
+    pub endpoint_url: Option<String>,
+}
+
+/// Loads the SDK configuration for a sink.
+pub async fn sdk_config(region: Option<&str>, endpoint_url: Option<&str>) -> aws_config::SdkConfig {
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .retry_config(RetryConfig::standard().with_max_attempts(4))
+        .timeout_config(
+            TimeoutConfig::builder()
+                .connect_timeout(Duration::from_secs(5))
+                .operation_attempt_timeout(Duration::from_secs(60))
+                .build(),
+        );
+    if let Some(r) = region {
+        loader = loader.region(aws_config::Region::new(r.to_string()));
+    }
+    if let Some(e) = endpoint_url {
+        loader = loader.endpoint_url(e);
+    }
+    loader.load().await
+}
+
+/// How a failed call should be handled.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Will not succeed without an operator (missing bucket, access denied):
+    /// keep the data, report not ready, retry slowly.
+    Permanent,
+    /// Network, throttling, 5xx: retry with backoff.
+    Transient,
+}
+
+/// Classifies an SDK error by its service error code.
+pub fn classify(code: Option<&str>) -> Failure {
+    match code {
+        Some(
+            "NoSuchBucket"
+            | "AccessDenied"
+            | "AccessDeniedException"
+            | "InvalidAccessKeyId"
+            | "SignatureDoesNotMatch"
+            | "ResourceNotFoundException"
+            | "InvalidBucketName"
+            | "KMS.NotFoundException"
+            | "AuthorizationHeaderMalformed",
+        ) => Failure::Permanent,
+        _ => Failure::Transient,
+    }
+}
+
+/// Exponential backoff with full jitter, capped: the delay before attempt
+/// `attempt` (1-based) of the outer retry loop.
+pub fn backoff(attempt: u32, cap: Duration) -> Duration {
+    let base = Duration::from_millis(200).saturating_mul(1u32 << attempt.min(16));
+    let max = base.min(cap);
+    // Full jitter: uniform in [max/2, max].
+    let nanos = max.as_nanos() as u64;
+    Duration::from_nanos(nanos / 2 + fastrand::u64(0..=nanos / 2))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_and_is_capped() {
+        let cap = Duration::from_secs(30);
+        for attempt in 1..40 {
+            let d = backoff(attempt, cap);
+            assert!(d <= cap, "{d:?}");
+            let full = Duration::from_millis(200)
+                .saturating_mul(1u32 << attempt.min(16))
+                .min(cap);
+            assert!(d >= full / 2);
+        }
+    }
+
+    #[test]
+    fn permanent_errors_are_recognised() {
+        assert_eq!(classify(Some("NoSuchBucket")), Failure::Permanent);
+        assert_eq!(classify(Some("SlowDown")), Failure::Transient);
+        assert_eq!(classify(None), Failure::Transient);
+    }
+}
