@@ -106,8 +106,8 @@ impl S3SinkConfig {
             ctx.error(&at("flush_interval"), "must be at least 10ms");
             ok = false;
         }
-        if let Some(sc) = &self.storage_class {
-            if !STORAGE_CLASSES.contains(&sc.as_str()) {
+        if let Some(sc) = &self.storage_class
+            && !STORAGE_CLASSES.contains(&sc.as_str()) {
                 ctx.error(
                     &at("storage_class"),
                     format!(
@@ -117,7 +117,6 @@ impl S3SinkConfig {
                 );
                 ok = false;
             }
-        }
         match self.server_side_encryption.as_deref() {
             None | Some("AES256") | Some("aws:kms") => {}
             Some(other) => {
