@@ -23,6 +23,7 @@ pub async fn check(config: &Config) -> Vec<SinkCheck> {
     for c in &config.sinks {
         let (target, result) = match &c.inner {
             SinkConfig::S3(s) => (format!("s3://{}/{}", s.bucket, s.key_prefix), check_s3(s).await),
+            SinkConfig::CloudWatchLogs(c) => (format!("cloudwatch_logs {}", c.log_group), check_cloudwatch(c).await),
             SinkConfig::File(f) => (f.path.display().to_string(), check_dir(&f.path)),
             SinkConfig::Stdout(_) => ("stdout".to_string(), Ok(())),
             SinkConfig::Blackhole(_) => ("blackhole".to_string(), Ok(())),
@@ -74,6 +75,36 @@ async fn check_s3(s: &crate::sinks::s3::S3SinkConfig) -> Result<(), String> {
             .send()
             .await
             .map_err(|e| format!("writable, but cannot abort the probe upload: {}", describe(&e)))?;
+    }
+    Ok(())
+}
+
+async fn check_cloudwatch(c: &crate::sinks::cloudwatch_logs::CloudWatchLogsSinkConfig) -> Result<(), String> {
+    let sdk = aws::sdk_config(c.region.as_deref(), c.endpoint_url.as_deref()).await;
+    if sdk.region().is_none() {
+        return Err(
+            "no AWS region (set the sink's `region`, AWS_REGION, or run where instance metadata answers)".into(),
+        );
+    }
+    let client = aws_sdk_cloudwatchlogs::Client::new(&sdk);
+    let literal: String = c.log_group.chars().take_while(|ch| *ch != '{' && *ch != '%').collect();
+    let mut req = client.describe_log_groups().limit(5);
+    if !literal.is_empty() {
+        req = req.log_group_name_prefix(&literal);
+    }
+    let out = req.send().await.map_err(|e| match e.code() {
+        Some(code) => format!("{code}: {}", e.message().unwrap_or("")),
+        None => aws_sdk_cloudwatchlogs::error::DisplayErrorContext(&e).to_string(),
+    })?;
+    let fixed = literal == c.log_group;
+    let exists = out
+        .log_groups()
+        .iter()
+        .any(|g| g.log_group_name() == Some(literal.as_str()));
+    if fixed && !exists && !c.create_missing {
+        return Err(format!(
+            "log group {literal} does not exist and create_missing is false"
+        ));
     }
     Ok(())
 }

@@ -150,6 +150,19 @@ pub fn start(
                     span,
                 ));
             }
+            SinkConfig::CloudWatchLogs(cfg) => {
+                tasks.spawn(tracing::Instrument::instrument(
+                    crate::sinks::cloudwatch_logs::run(
+                        c.id.clone(),
+                        cfg.clone(),
+                        rx,
+                        m,
+                        health.clone(),
+                        sinks_stop.clone(),
+                    ),
+                    span,
+                ));
+            }
             SinkConfig::Blackhole(_) => {
                 tasks.spawn(tracing::Instrument::instrument(
                     crate::sinks::blackhole::run(rx, m),

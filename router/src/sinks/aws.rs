@@ -8,9 +8,19 @@
 //! throttling and transient errors inside one call; the sinks add a bounded
 //! outer retry that never drops data.
 
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use aws_config::BehaviorVersion;
+use aws_smithy_runtime_api::client::result::SdkError;
+use aws_smithy_runtime_api::http::Response;
+use aws_smithy_types::error::display::DisplayErrorContext;
+use aws_smithy_types::error::metadata::ProvideErrorMetadata;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::Health;
+use crate::metrics::ComponentMetrics;
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use serde::Deserialize;
@@ -81,6 +91,77 @@ pub fn backoff(attempt: u32, cap: Duration) -> Duration {
     // Full jitter: uniform in [max/2, max].
     let nanos = max.as_nanos() as u64;
     Duration::from_nanos(nanos / 2 + fastrand::u64(0..=nanos / 2))
+}
+
+/// Longest pause between retries of one request.
+pub const RETRY_CAP: Duration = Duration::from_secs(30);
+
+/// The operation was abandoned at shutdown; its records stay unacknowledged.
+#[derive(Debug)]
+pub struct Abandoned;
+
+/// What a sink's retry loop reports to.
+pub struct RetryCtx<'a> {
+    pub id: &'a str,
+    pub service: &'static str,
+    pub m: &'a ComponentMetrics,
+    pub health: &'a Health,
+    pub stop: &'a CancellationToken,
+    /// Set while requests fail, so a burst of errors is logged once.
+    pub failing: &'a AtomicBool,
+}
+
+impl RetryCtx<'_> {
+    /// Runs `op` until it succeeds or the sink is told to stop. Never drops
+    /// data: while this waits, the sink takes no input.
+    pub async fn run<T, E, F, Fut>(&mut self, what: &'static str, mut op: F) -> Result<T, Abandoned>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, Response>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let mut attempt = 0u32;
+        loop {
+            match op().await {
+                Ok(v) => {
+                    self.recovered();
+                    return Ok(v);
+                }
+                Err(e) => {
+                    attempt += 1;
+                    self.failed(what, e.code(), &DisplayErrorContext(&e));
+                    let pause = backoff(attempt, RETRY_CAP);
+                    tokio::select! {
+                        _ = tokio::time::sleep(pause) => {}
+                        _ = self.stop.cancelled() => return Err(Abandoned),
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn recovered(&mut self) {
+        if self.failing.swap(false, Ordering::Relaxed) {
+            tracing::info!(sink = self.id, "{} requests succeed again", self.service);
+            self.health.set_sink(self.id, true);
+        }
+    }
+
+    pub fn failed(&mut self, what: &'static str, code: Option<&str>, error: &dyn std::fmt::Display) {
+        let class = classify(code);
+        self.m.sink_error(if class == Failure::Permanent {
+            "permanent"
+        } else {
+            "transient"
+        });
+        if class == Failure::Permanent {
+            self.health.set_sink(self.id, false);
+        }
+        if !self.failing.swap(true, Ordering::Relaxed) {
+            tracing::warn!(sink = self.id, request = what, %error,
+                "{} request failed; retrying with backoff, records are kept", self.service);
+        }
+    }
 }
 
 #[cfg(test)]

@@ -3,6 +3,7 @@
 
 pub mod aws;
 pub mod blackhole;
+pub mod cloudwatch_logs;
 pub mod encoding;
 pub mod file;
 pub mod s3;
@@ -17,9 +18,10 @@ pub enum SinkConfig {
     Stdout(stdout::StdoutSinkConfig),
     Blackhole(blackhole::BlackholeSinkConfig),
     S3(s3::S3SinkConfig),
+    CloudWatchLogs(cloudwatch_logs::CloudWatchLogsSinkConfig),
 }
 
-const KINDS: &str = "s3, file, stdout, blackhole";
+const KINDS: &str = "s3, cloudwatch_logs, file, stdout, blackhole";
 
 impl SinkConfig {
     pub fn build(ctx: &mut Ctx<'_>, base: &[Seg], kind: &str, value: toml::Value) -> Option<Self> {
@@ -31,6 +33,10 @@ impl SinkConfig {
             "s3" => {
                 let c: s3::S3SinkConfig = deserialize_at(ctx, base, value)?;
                 c.validate(ctx, base).then_some(SinkConfig::S3(c))
+            }
+            "cloudwatch_logs" => {
+                let c: cloudwatch_logs::CloudWatchLogsSinkConfig = deserialize_at(ctx, base, value)?;
+                c.validate(ctx, base).then_some(SinkConfig::CloudWatchLogs(c))
             }
             "stdout" => deserialize_at(ctx, base, value).map(SinkConfig::Stdout),
             "blackhole" => deserialize_at(ctx, base, value).map(SinkConfig::Blackhole),
@@ -47,6 +53,7 @@ impl SinkConfig {
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::Blackhole(_) => "blackhole",
             SinkConfig::S3(_) => "s3",
+            SinkConfig::CloudWatchLogs(_) => "cloudwatch_logs",
         }
     }
 
@@ -71,6 +78,10 @@ impl SinkConfig {
                     .as_deref()
                     .map(|e| format!(", endpoint {e}"))
                     .unwrap_or_default()
+            ),
+            SinkConfig::CloudWatchLogs(c) => format!(
+                "cloudwatch_logs: group {}, stream {}, create_missing {}",
+                c.log_group, c.log_stream, c.create_missing
             ),
             SinkConfig::Stdout(_) => "stdout".to_string(),
             SinkConfig::Blackhole(_) => "blackhole".to_string(),

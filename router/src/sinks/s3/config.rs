@@ -107,16 +107,17 @@ impl S3SinkConfig {
             ok = false;
         }
         if let Some(sc) = &self.storage_class
-            && !STORAGE_CLASSES.contains(&sc.as_str()) {
-                ctx.error(
-                    &at("storage_class"),
-                    format!(
-                        "unknown storage class `{sc}`, expected one of {}",
-                        STORAGE_CLASSES.join(", ")
-                    ),
-                );
-                ok = false;
-            }
+            && !STORAGE_CLASSES.contains(&sc.as_str())
+        {
+            ctx.error(
+                &at("storage_class"),
+                format!(
+                    "unknown storage class `{sc}`, expected one of {}",
+                    STORAGE_CLASSES.join(", ")
+                ),
+            );
+            ok = false;
+        }
         match self.server_side_encryption.as_deref() {
             None | Some("AES256") | Some("aws:kms") => {}
             Some(other) => {

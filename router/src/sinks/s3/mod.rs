@@ -18,11 +18,10 @@
 mod config;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::error::DisplayErrorContext;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, ServerSideEncryption, StorageClass};
 use tokio::sync::mpsc;
@@ -30,16 +29,13 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::S3SinkConfig;
 
-use super::aws::{self, Failure};
+use super::aws::{self, Abandoned, RetryCtx};
 use super::encoding::{CONTENT_TYPE, Encoder};
 use crate::api::Health;
 use crate::event::{AckToken, Batch};
 use crate::metrics::ComponentMetrics;
 use crate::sources::file::parse::TimestampFormatter;
 use crate::template::{Renderer, Template};
-
-/// Longest pause between retries of one request.
-const RETRY_CAP: Duration = Duration::from_secs(30);
 
 struct Upload {
     id: String,
@@ -68,13 +64,10 @@ struct S3Sink {
     health: Arc<Health>,
     stop: CancellationToken,
     line: Vec<u8>,
-    failing: bool,
+    failing: std::sync::atomic::AtomicBool,
     /// Identifies this router in object names (task, pod or host).
     default_origin: String,
 }
-
-/// The operation was abandoned at shutdown.
-struct Abandoned;
 
 pub async fn run(
     id: String,
@@ -107,7 +100,7 @@ pub async fn run(
         health,
         stop,
         line: Vec::with_capacity(4096),
-        failing: false,
+        failing: std::sync::atomic::AtomicBool::new(false),
         default_origin: default_origin(),
         id,
         cfg,
@@ -266,14 +259,9 @@ impl S3Sink {
             upload.id.clone(),
         );
         let body = bytes::Bytes::from(body);
-        let etag = retry(
-            &self.id,
-            &mut self.failing,
-            &self.m,
-            &self.health,
-            &self.stop,
-            "UploadPart",
-            || {
+        let etag = self
+            .retry_ctx()
+            .run("UploadPart", || {
                 client
                     .upload_part()
                     .bucket(&bucket)
@@ -282,9 +270,8 @@ impl S3Sink {
                     .part_number(number)
                     .body(ByteStream::from(body.clone()))
                     .send()
-            },
-        )
-        .await;
+            })
+            .await;
         match etag {
             Ok(out) => {
                 if let Some(u) = o.upload.as_mut() {
@@ -310,14 +297,9 @@ impl S3Sink {
         // rather than wrong ones (the indexer computes them anyway).
         let (client, cfg) = (self.client.clone(), self.cfg.clone());
         let key = o.key.clone();
-        let out = retry(
-            &self.id,
-            &mut self.failing,
-            &self.m,
-            &self.health,
-            &self.stop,
-            "CreateMultipartUpload",
-            || {
+        let out = self
+            .retry_ctx()
+            .run("CreateMultipartUpload", || {
                 let mut req = client
                     .create_multipart_upload()
                     .bucket(&cfg.bucket)
@@ -334,9 +316,8 @@ impl S3Sink {
                     req = req.ssekms_key_id(kms);
                 }
                 req.send()
-            },
-        )
-        .await?;
+            })
+            .await?;
         out.upload_id().map(str::to_string).ok_or(Abandoned)
     }
 
@@ -382,14 +363,8 @@ impl S3Sink {
         let metadata = metadata(o);
         let key = o.key.clone();
         let body = bytes::Bytes::from(body);
-        retry(
-            &self.id,
-            &mut self.failing,
-            &self.m,
-            &self.health,
-            &self.stop,
-            "PutObject",
-            || {
+        self.retry_ctx()
+            .run("PutObject", || {
                 let mut req = client
                     .put_object()
                     .bucket(&cfg.bucket)
@@ -408,10 +383,9 @@ impl S3Sink {
                     req = req.ssekms_key_id(kms);
                 }
                 req.send()
-            },
-        )
-        .await
-        .map(|_| ())
+            })
+            .await
+            .map(|_| ())
     }
 
     async fn complete(&mut self, o: &mut Object) -> Result<(), Abandoned> {
@@ -425,14 +399,9 @@ impl S3Sink {
         let parts = CompletedMultipartUpload::builder()
             .set_parts(Some(upload.parts.clone()))
             .build();
-        let r = retry(
-            &self.id,
-            &mut self.failing,
-            &self.m,
-            &self.health,
-            &self.stop,
-            "CompleteMultipartUpload",
-            || {
+        let r = self
+            .retry_ctx()
+            .run("CompleteMultipartUpload", || {
                 client
                     .complete_multipart_upload()
                     .bucket(&bucket)
@@ -440,13 +409,23 @@ impl S3Sink {
                     .upload_id(&id)
                     .multipart_upload(parts.clone())
                     .send()
-            },
-        )
-        .await;
+            })
+            .await;
         if r.is_err() {
             self.abort(o).await;
         }
         r.map(|_| ())
+    }
+
+    fn retry_ctx(&self) -> RetryCtx<'_> {
+        RetryCtx {
+            id: &self.id,
+            service: "S3",
+            m: &self.m,
+            health: &self.health,
+            stop: &self.stop,
+            failing: &self.failing,
+        }
     }
 
     /// Best effort: no orphaned multipart uploads.
@@ -462,59 +441,6 @@ impl S3Sink {
                 .await;
             if let Err(e) = r {
                 tracing::warn!(key = %o.key, error = %DisplayErrorContext(&e), "cannot abort multipart upload; a bucket lifecycle rule for incomplete uploads will remove it");
-            }
-        }
-    }
-}
-
-/// Runs `op` until it succeeds or the sink is told to stop. Never drops
-/// data: while this waits, the sink takes no input.
-async fn retry<T, E, F, Fut>(
-    id: &str,
-    failing: &mut bool,
-    m: &ComponentMetrics,
-    health: &Health,
-    stop: &CancellationToken,
-    what: &'static str,
-    mut op: F,
-) -> Result<T, Abandoned>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>>>,
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    let mut attempt = 0u32;
-    loop {
-        match op().await {
-            Ok(v) => {
-                if *failing {
-                    tracing::info!(sink = id, "S3 requests succeed again");
-                    *failing = false;
-                    health.set_sink(id, true);
-                }
-                return Ok(v);
-            }
-            Err(e) => {
-                attempt += 1;
-                let class = aws::classify(e.code());
-                m.sink_error(if class == Failure::Permanent {
-                    "permanent"
-                } else {
-                    "transient"
-                });
-                if class == Failure::Permanent {
-                    health.set_sink(id, false);
-                }
-                if !*failing {
-                    tracing::warn!(sink = id, request = what, error = %DisplayErrorContext(&e),
-                        "S3 request failed; retrying with backoff, records are kept");
-                    *failing = true;
-                }
-                let pause = aws::backoff(attempt, RETRY_CAP);
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = stop.cancelled() => return Err(Abandoned),
-                }
             }
         }
     }
