@@ -5,6 +5,7 @@ pub mod aws;
 pub mod blackhole;
 pub mod encoding;
 pub mod file;
+pub mod firehose;
 pub mod s3;
 pub mod stdout;
 
@@ -17,9 +18,10 @@ pub enum SinkConfig {
     Stdout(stdout::StdoutSinkConfig),
     Blackhole(blackhole::BlackholeSinkConfig),
     S3(s3::S3SinkConfig),
+    Firehose(firehose::FirehoseSinkConfig),
 }
 
-const KINDS: &str = "s3, file, stdout, blackhole";
+const KINDS: &str = "s3, firehose, file, stdout, blackhole";
 
 impl SinkConfig {
     pub fn build(ctx: &mut Ctx<'_>, base: &[Seg], kind: &str, value: toml::Value) -> Option<Self> {
@@ -31,6 +33,10 @@ impl SinkConfig {
             "s3" => {
                 let c: s3::S3SinkConfig = deserialize_at(ctx, base, value)?;
                 c.validate(ctx, base).then_some(SinkConfig::S3(c))
+            }
+            "firehose" => {
+                let c: firehose::FirehoseSinkConfig = deserialize_at(ctx, base, value)?;
+                c.validate(ctx, base).then_some(SinkConfig::Firehose(c))
             }
             "stdout" => deserialize_at(ctx, base, value).map(SinkConfig::Stdout),
             "blackhole" => deserialize_at(ctx, base, value).map(SinkConfig::Blackhole),
@@ -47,6 +53,7 @@ impl SinkConfig {
             SinkConfig::Stdout(_) => "stdout",
             SinkConfig::Blackhole(_) => "blackhole",
             SinkConfig::S3(_) => "s3",
+            SinkConfig::Firehose(_) => "firehose",
         }
     }
 
@@ -66,6 +73,16 @@ impl SinkConfig {
                 c.key_prefix,
                 c.compression.extension(),
                 c.max_object_size.display().iec(),
+                humantime::format_duration(c.flush_interval),
+                c.endpoint_url
+                    .as_deref()
+                    .map(|e| format!(", endpoint {e}"))
+                    .unwrap_or_default()
+            ),
+            SinkConfig::Firehose(c) => format!(
+                "firehose: {}, max_record_size {}, flush_interval {}{}",
+                c.delivery_stream,
+                c.max_record_size.display().iec(),
                 humantime::format_duration(c.flush_interval),
                 c.endpoint_url
                     .as_deref()
