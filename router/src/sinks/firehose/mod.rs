@@ -254,7 +254,7 @@ struct FirehoseSink {
 pub async fn run(
     id: String,
     cfg: FirehoseSinkConfig,
-    mut input: mpsc::Receiver<Batch>,
+    input: mpsc::Receiver<Batch>,
     m: ComponentMetrics,
     health: Arc<Health>,
     stop: CancellationToken,
@@ -263,11 +263,25 @@ pub async fn run(
     if sdk.region().is_none() {
         tracing::warn!("no AWS region configured (sink `region`, AWS_REGION, profile or instance metadata)");
     }
+    let client = aws_sdk_firehose::Client::new(&sdk);
+    run_with_client(id, cfg, client, input, m, health, stop).await;
+}
+
+/// [`run`] with a ready client (tests point it at a local server).
+async fn run_with_client(
+    id: String,
+    cfg: FirehoseSinkConfig,
+    client: aws_sdk_firehose::Client,
+    mut input: mpsc::Receiver<Batch>,
+    m: ComponentMetrics,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) {
     let tick_every = (cfg.flush_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     // Validated to be at most MAX_RECORD_SIZE, so it fits a usize.
     let limit = cfg.max_record_size.as_u64().min(MAX_RECORD_SIZE) as usize;
     let mut sink = FirehoseSink {
-        client: aws_sdk_firehose::Client::new(&sdk),
+        client,
         packer: Packer::new(limit),
         queue: VecDeque::new(),
         queued_bytes: 0,
@@ -719,5 +733,265 @@ mod tests {
         HeldAck(Some(token.clone())).release();
         drop(token);
         assert!(rx.try_recv().unwrap().delivered);
+    }
+
+    /// A scripted Firehose endpoint: answers the PutRecordBatch calls in
+    /// order, records the data each call carried.
+    mod server {
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::{Arc, Mutex};
+
+        #[derive(Debug, Clone)]
+        pub enum Answer {
+            /// Accept every record.
+            Ok,
+            /// `FailedPutCount > 0`: reject the records at these indices.
+            Reject(Vec<usize>),
+            /// The whole call fails with this status and error type.
+            Error(u16, &'static str),
+        }
+
+        #[derive(Default)]
+        pub struct State {
+            pub script: Vec<Answer>,
+            /// The records (decoded data) of every call, in order.
+            pub calls: Vec<Vec<Vec<u8>>>,
+        }
+
+        pub fn start(script: Vec<Answer>) -> (String, Arc<Mutex<State>>) {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let state = Arc::new(Mutex::new(State {
+                script,
+                calls: Vec::new(),
+            }));
+            let st = state.clone();
+            std::thread::spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    let st = st.clone();
+                    std::thread::spawn(move || serve(conn, st));
+                }
+            });
+            (url, state)
+        }
+
+        fn serve(conn: TcpStream, st: Arc<Mutex<State>>) {
+            let mut w = conn.try_clone().unwrap();
+            let mut r = BufReader::new(conn);
+            loop {
+                let mut len = 0usize;
+                let mut first = true;
+                loop {
+                    let mut l = String::new();
+                    if r.read_line(&mut l).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let l = l.trim_end();
+                    if l.is_empty() && !first {
+                        break;
+                    }
+                    first = false;
+                    if let Some((k, v)) = l.split_once(':')
+                        && k.eq_ignore_ascii_case("content-length")
+                    {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let records: Vec<Vec<u8>> = req["Records"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|rec| base64(rec["Data"].as_str().unwrap()))
+                    .collect();
+                let n = records.len();
+                let answer = {
+                    let mut s = st.lock().unwrap();
+                    s.calls.push(records);
+                    if s.script.is_empty() {
+                        Answer::Ok
+                    } else {
+                        s.script.remove(0)
+                    }
+                };
+                let (status, text) = match answer {
+                    Answer::Ok => (200, put_response(n, &[])),
+                    Answer::Reject(idx) => (200, put_response(n, &idx)),
+                    Answer::Error(status, kind) => (
+                        status,
+                        serde_json::json!({"__type": kind, "message": "scripted"}).to_string(),
+                    ),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n",
+                    text.len()
+                );
+                if w.write_all(head.as_bytes())
+                    .and_then(|_| w.write_all(text.as_bytes()))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+
+        fn put_response(n: usize, rejected: &[usize]) -> String {
+            let entries: Vec<serde_json::Value> = (0..n)
+                .map(|i| {
+                    if rejected.contains(&i) {
+                        serde_json::json!({"ErrorCode": "ServiceUnavailableException", "ErrorMessage": "slow down"})
+                    } else {
+                        serde_json::json!({"RecordId": format!("r{i}")})
+                    }
+                })
+                .collect();
+            serde_json::json!({"FailedPutCount": rejected.len(), "Encrypted": false, "RequestResponses": entries})
+                .to_string()
+        }
+
+        fn base64(s: &str) -> Vec<u8> {
+            let val = |c: u8| match c {
+                b'A'..=b'Z' => c - b'A',
+                b'a'..=b'z' => c - b'a' + 26,
+                b'0'..=b'9' => c - b'0' + 52,
+                b'+' => 62,
+                b'/' => 63,
+                _ => panic!("not base64: {c}"),
+            };
+            let mut out = Vec::new();
+            for chunk in s.as_bytes().chunks(4) {
+                let digits: Vec<u8> = chunk.iter().filter(|&&c| c != b'=').map(|&c| val(c)).collect();
+                let mut acc = 0u32;
+                for (i, d) in digits.iter().enumerate() {
+                    acc |= (*d as u32) << (18 - 6 * i);
+                }
+                out.extend_from_slice(&acc.to_be_bytes()[1..digits.len()]);
+            }
+            out
+        }
+    }
+
+    use server::Answer;
+
+    struct Outcome {
+        calls: Vec<Vec<Vec<u8>>>,
+        acks: Vec<crate::event::Ack>,
+        records_sent: u64,
+        events_sent: u64,
+        healthy: bool,
+    }
+
+    /// Runs the sink against a scripted server: 3 batches of 10 lines of
+    /// 200 bytes, records of at most 1KiB (5 lines each, 6 records, one call).
+    async fn scenario(script: Vec<Answer>, stop_after: Option<Duration>) -> Outcome {
+        let (url, state) = server::start(script);
+        let conf = aws_sdk_firehose::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_firehose::config::Region::new("us-east-1"))
+            .endpoint_url(url)
+            .credentials_provider(aws_sdk_firehose::config::Credentials::new("a", "b", None, None, "test"))
+            .build();
+        let cfg = FirehoseSinkConfig {
+            delivery_stream: "s".into(),
+            region: None,
+            endpoint_url: None,
+            flush_interval: Duration::from_secs(60),
+            max_record_size: bytesize::ByteSize::kib(1),
+        };
+        let metrics = crate::metrics::Metrics::new();
+        let m = metrics.component("fh", "firehose");
+        let health = Arc::new(Health::default());
+        let stop = CancellationToken::new();
+        let (tx, rx) = mpsc::channel(8);
+        let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+        let task = tokio::spawn(run_with_client(
+            "fh".into(),
+            cfg,
+            aws_sdk_firehose::Client::from_conf(conf),
+            rx,
+            m.clone(),
+            health.clone(),
+            stop.clone(),
+        ));
+        let mut id = 0;
+        for seq in 0..3 {
+            let mut records = crate::event::Records::default();
+            for _ in 0..10 {
+                id += 1;
+                let start = records.buf.len();
+                let l = line(id, 200);
+                records.buf.extend_from_slice(&l[..l.len() - 1]);
+                records.push_written(start, 0, 0);
+            }
+            let ack = AckToken::new(0, seq, ack_tx.clone());
+            tx.send(Batch::new(records, Some(ack))).await.unwrap();
+        }
+        drop(tx);
+        drop(ack_tx);
+        if let Some(d) = stop_after {
+            tokio::time::sleep(d).await;
+            stop.cancel();
+        }
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .unwrap()
+            .unwrap();
+        let calls = state.lock().unwrap().calls.clone();
+        Outcome {
+            calls,
+            acks: ack_rx.try_iter().collect(),
+            records_sent: m.firehose_records_sent().get(),
+            events_sent: m.sent_events.get(),
+            healthy: health.failing_sinks().is_empty(),
+        }
+    }
+
+    fn lines_of(records: &[Vec<u8>]) -> usize {
+        records.iter().map(|r| r.iter().filter(|&&b| b == b'\n').count()).sum()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rejected_records_alone_are_sent_again_and_acks_wait_for_them() {
+        let o = scenario(vec![Answer::Reject(vec![0, 3])], None).await;
+        assert_eq!(o.calls.len(), 2, "one call, one retry");
+        assert_eq!(o.calls[0].len(), 6);
+        assert!(o.calls[0].iter().all(|r| r.len() == 1000 && r.ends_with(b"\n")));
+        assert_eq!(o.calls[1], vec![o.calls[0][0].clone(), o.calls[0][3].clone()]);
+        assert_eq!(lines_of(&o.calls[0]), 30);
+        assert_eq!((o.records_sent, o.events_sent), (6, 30));
+        assert_eq!(o.acks.len(), 3);
+        assert!(o.acks.iter().all(|a| a.delivered), "{:?}", o.acks);
+        assert!(o.healthy);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn whole_call_errors_are_retried_and_readiness_comes_back() {
+        let script = vec![Answer::Error(400, "ResourceNotFoundException"), Answer::Reject(vec![5])];
+        let o = scenario(script, None).await;
+        assert_eq!(o.calls.iter().map(Vec::len).collect::<Vec<_>>(), [6, 6, 1]);
+        assert_eq!(o.calls[0], o.calls[1]);
+        assert_eq!(o.calls[2][0], o.calls[0][5]);
+        assert_eq!((o.records_sent, o.events_sent), (6, 30));
+        assert!(o.acks.iter().all(|a| a.delivered) && o.acks.len() == 3);
+        assert!(o.healthy, "ready again once everything is accepted");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_never_accepted_fail_their_batches_at_stop() {
+        // Record 2 (the first half of batch 1) is always rejected.
+        let script = vec![Answer::Reject(vec![2]); 100];
+        let o = scenario(script, Some(Duration::from_secs(2))).await;
+        assert!(o.calls.len() >= 2);
+        assert!(
+            o.calls[1..].iter().all(|c| c.len() == 1),
+            "only the rejected record is resent"
+        );
+        assert_eq!((o.records_sent, o.events_sent), (5, 25));
+        let mut acks: Vec<(u64, bool)> = o.acks.iter().map(|a| (a.seq, a.delivered)).collect();
+        acks.sort();
+        assert_eq!(acks, [(0, true), (1, false), (2, true)]);
     }
 }
