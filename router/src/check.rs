@@ -24,6 +24,7 @@ pub async fn check(config: &Config) -> Vec<SinkCheck> {
         let (target, result) = match &c.inner {
             SinkConfig::S3(s) => (format!("s3://{}/{}", s.bucket, s.key_prefix), check_s3(s).await),
             SinkConfig::CloudWatchLogs(c) => (format!("cloudwatch_logs {}", c.log_group), check_cloudwatch(c).await),
+            SinkConfig::Firehose(f) => (format!("firehose:{}", f.delivery_stream), check_firehose(f).await),
             SinkConfig::File(f) => (f.path.display().to_string(), check_dir(&f.path)),
             SinkConfig::Stdout(_) => ("stdout".to_string(), Ok(())),
             SinkConfig::Blackhole(_) => ("blackhole".to_string(), Ok(())),
@@ -109,6 +110,36 @@ async fn check_cloudwatch(c: &crate::sinks::cloudwatch_logs::CloudWatchLogsSinkC
     Ok(())
 }
 
+async fn check_firehose(f: &crate::sinks::firehose::FirehoseSinkConfig) -> Result<(), String> {
+    let sdk = aws::sdk_config(f.region.as_deref(), f.endpoint_url.as_deref()).await;
+    if sdk.region().is_none() {
+        return Err(
+            "no AWS region (set the sink's `region`, AWS_REGION, or run where instance metadata answers)".into(),
+        );
+    }
+    let client = aws_sdk_firehose::Client::new(&sdk);
+    let out = client
+        .describe_delivery_stream()
+        .delivery_stream_name(&f.delivery_stream)
+        .send()
+        .await
+        .map_err(|e| describe(&e))?;
+    let status = out
+        .delivery_stream_description()
+        .map(|d| d.delivery_stream_status().as_str().to_string())
+        .unwrap_or_else(|| "unknown (no description returned)".to_string());
+    if status == "ACTIVE" {
+        Ok(())
+    } else {
+        Err(format!(
+            "delivery stream `{}` is {status}, not ACTIVE",
+            f.delivery_stream
+        ))
+    }
+}
+
+/// Every AWS SDK crate shares `aws-smithy-runtime-api`'s error type, so this
+/// serves the Firehose client too.
 fn describe<E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static>(
     e: &aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> String {

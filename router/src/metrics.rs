@@ -22,6 +22,11 @@ pub struct ComponentLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabels {
+    pub component: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub component: String,
     pub reason: String,
@@ -49,6 +54,8 @@ pub struct Metrics {
     files_open: Family<ComponentLabels, Gauge>,
     objects_written: Family<ComponentLabels, Counter>,
     sink_errors: Family<ReasonLabels, Counter>,
+    /// Firehose records (each many log records) the delivery stream accepted.
+    firehose_records_sent: Family<SinkLabels, Counter>,
     /// Handles given out, for the summary logged at exit.
     components: std::sync::Mutex<Vec<ComponentMetrics>>,
 }
@@ -75,6 +82,7 @@ impl Metrics {
             files_open: Family::default(),
             objects_written: Family::default(),
             sink_errors: Family::default(),
+            firehose_records_sent: Family::default(),
             registry: Registry::default(),
             components: std::sync::Mutex::new(Vec::new()),
         };
@@ -134,6 +142,11 @@ impl Metrics {
             "Sink write errors, by reason",
             m.sink_errors.clone(),
         );
+        registry.register(
+            "logferry_firehose_records_sent",
+            "Firehose records (newline-delimited log records packed together) a delivery stream accepted",
+            m.firehose_records_sent.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -155,6 +168,7 @@ impl Metrics {
             discarded: self.discarded.clone(),
             line_issues: self.line_issues.clone(),
             sink_errors: self.sink_errors.clone(),
+            firehose_records_sent: self.firehose_records_sent.clone(),
         };
         if let Ok(mut all) = self.components.lock()
             && !all.iter().any(|c| c.id == id)
@@ -206,6 +220,7 @@ pub struct ComponentMetrics {
     discarded: Family<ReasonLabels, Counter>,
     line_issues: Family<ReasonLabels, Counter>,
     sink_errors: Family<ReasonLabels, Counter>,
+    firehose_records_sent: Family<SinkLabels, Counter>,
 }
 
 impl ComponentMetrics {
@@ -233,6 +248,16 @@ impl ComponentMetrics {
     pub fn sink_error(&self, reason: &'static str) {
         self.sink_errors.get_or_create(&self.labels(reason)).inc();
     }
+
+    /// The handle of `logferry_firehose_records_sent_total` for this
+    /// component (a Firehose sink resolves it once, at start).
+    pub fn firehose_records_sent(&self) -> Counter {
+        self.firehose_records_sent
+            .get_or_create(&SinkLabels {
+                component: self.id.clone(),
+            })
+            .clone()
+    }
 }
 
 pub type SharedMetrics = Arc<Metrics>;
@@ -255,5 +280,11 @@ mod tests {
         );
         assert!(text.contains(r#"logferry_component_discarded_events_total{component="app",reason="empty_line"} 3"#));
         assert!(text.contains(r#"logferry_source_line_issues_total{component="app",reason="not_json"} 2"#));
+        m.component("fh", "firehose").firehose_records_sent().inc_by(7);
+        let text = m.encode();
+        assert!(
+            text.contains(r#"logferry_firehose_records_sent_total{component="fh"} 7"#),
+            "{text}"
+        );
     }
 }

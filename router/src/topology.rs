@@ -163,6 +163,12 @@ pub fn start(
                     span,
                 ));
             }
+            SinkConfig::Firehose(cfg) => {
+                tasks.spawn(tracing::Instrument::instrument(
+                    crate::sinks::firehose::run(c.id.clone(), cfg.clone(), rx, m, health.clone(), sinks_stop.clone()),
+                    span,
+                ));
+            }
             SinkConfig::Blackhole(_) => {
                 tasks.spawn(tracing::Instrument::instrument(
                     crate::sinks::blackhole::run(rx, m),

@@ -77,6 +77,11 @@ pub fn classify(code: Option<&str>) -> Failure {
             | "ResourceNotFoundException"
             | "InvalidBucketName"
             | "KMS.NotFoundException"
+            | "KMS.AccessDeniedException"
+            | "KMS.DisabledException"
+            | "KMS.InvalidStateException"
+            | "KMS.OptInRequired"
+            | "InvalidKMSResourceException"
             | "AuthorizationHeaderMalformed",
         ) => Failure::Permanent,
         _ => Failure::Transient,
@@ -185,6 +190,8 @@ mod tests {
     fn permanent_errors_are_recognised() {
         assert_eq!(classify(Some("NoSuchBucket")), Failure::Permanent);
         assert_eq!(classify(Some("SlowDown")), Failure::Transient);
+        assert_eq!(classify(Some("KMS.DisabledException")), Failure::Permanent);
+        assert_eq!(classify(Some("ServiceUnavailableException")), Failure::Transient);
         assert_eq!(classify(None), Failure::Transient);
     }
 }

@@ -6,6 +6,7 @@ pub mod blackhole;
 pub mod cloudwatch_logs;
 pub mod encoding;
 pub mod file;
+pub mod firehose;
 pub mod s3;
 pub mod stdout;
 
@@ -19,9 +20,10 @@ pub enum SinkConfig {
     Blackhole(blackhole::BlackholeSinkConfig),
     S3(s3::S3SinkConfig),
     CloudWatchLogs(cloudwatch_logs::CloudWatchLogsSinkConfig),
+    Firehose(firehose::FirehoseSinkConfig),
 }
 
-const KINDS: &str = "s3, cloudwatch_logs, file, stdout, blackhole";
+const KINDS: &str = "s3, cloudwatch_logs, firehose, file, stdout, blackhole";
 
 impl SinkConfig {
     pub fn build(ctx: &mut Ctx<'_>, base: &[Seg], kind: &str, value: toml::Value) -> Option<Self> {
@@ -37,6 +39,10 @@ impl SinkConfig {
             "cloudwatch_logs" => {
                 let c: cloudwatch_logs::CloudWatchLogsSinkConfig = deserialize_at(ctx, base, value)?;
                 c.validate(ctx, base).then_some(SinkConfig::CloudWatchLogs(c))
+            }
+            "firehose" => {
+                let c: firehose::FirehoseSinkConfig = deserialize_at(ctx, base, value)?;
+                c.validate(ctx, base).then_some(SinkConfig::Firehose(c))
             }
             "stdout" => deserialize_at(ctx, base, value).map(SinkConfig::Stdout),
             "blackhole" => deserialize_at(ctx, base, value).map(SinkConfig::Blackhole),
@@ -54,6 +60,7 @@ impl SinkConfig {
             SinkConfig::Blackhole(_) => "blackhole",
             SinkConfig::S3(_) => "s3",
             SinkConfig::CloudWatchLogs(_) => "cloudwatch_logs",
+            SinkConfig::Firehose(_) => "firehose",
         }
     }
 
@@ -82,6 +89,16 @@ impl SinkConfig {
             SinkConfig::CloudWatchLogs(c) => format!(
                 "cloudwatch_logs: group {}, stream {}, create_missing {}",
                 c.log_group, c.log_stream, c.create_missing
+            ),
+            SinkConfig::Firehose(c) => format!(
+                "firehose: {}, max_record_size {}, flush_interval {}{}",
+                c.delivery_stream,
+                c.max_record_size.display().iec(),
+                humantime::format_duration(c.flush_interval),
+                c.endpoint_url
+                    .as_deref()
+                    .map(|e| format!(", endpoint {e}"))
+                    .unwrap_or_default()
             ),
             SinkConfig::Stdout(_) => "stdout".to_string(),
             SinkConfig::Blackhole(_) => "blackhole".to_string(),

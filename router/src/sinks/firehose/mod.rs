@@ -1,0 +1,997 @@
+//! `type = "firehose"`: log records into an Amazon Data Firehose delivery
+//! stream (Direct PUT).
+//!
+//! Why aggregation: Firehose bills and limits per record (each is rounded up
+//! to 5 KiB, and a PutRecordBatch call takes at most 500), so one log record
+//! per Firehose record would be slow and costly. The sink packs encoded log
+//! records, newline-delimited, into Firehose records of up to
+//! `max_record_size` (Firehose's limit, 1,000 KiB, by default). The
+//! destination receives the same NDJSON as the other sinks write, and a
+//! Firehose record never splits a log record. A single log record longer than
+//! the limit cannot be sent at all: it is dropped and counted
+//! (`over_size_limit`); a dead-letter directory for such records comes with
+//! a later issue.
+//!
+//! Closed Firehose records queue until they fill one PutRecordBatch call (500
+//! records, 4 MiB) or the oldest waiting log record is `flush_interval` old;
+//! everything is flushed when the input closes. Memory outside
+//! `memory_limit` stays near one call plus the record being filled.
+//!
+//! Acknowledgement: every Firehose record holds a clone of the `AckToken` of
+//! each batch it has log records of, and drops it only once the delivery
+//! stream accepted the record, so a batch is acknowledged when the last
+//! Firehose record carrying any of its log records is in. A clone dropped any
+//! other way (abandoned at shutdown, task aborted) marks its batch failed, so
+//! the checkpoint never passes data Firehose does not have.
+//!
+//! Errors never drop data, as in the S3 sink: a failed call is retried with
+//! capped, jittered backoff while the sink takes no input (the files are the
+//! queue); permanent errors (no such stream, access denied) are logged once
+//! per burst and make `/readyz` fail. A partly failed call
+//! (`FailedPutCount > 0`) is retried with only the rejected records, after a
+//! backoff too. Retrying stops only when the sink is told to stop.
+
+mod config;
+
+use std::collections::VecDeque;
+use std::future::Future;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use aws_sdk_firehose::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_firehose::primitives::Blob;
+use aws_sdk_firehose::types::Record;
+use prometheus_client::metrics::counter::Counter;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use config::{FirehoseSinkConfig, MAX_RECORD_SIZE};
+
+use super::aws::{self, Failure};
+use crate::api::Health;
+use crate::event::{AckToken, Batch};
+use crate::metrics::ComponentMetrics;
+
+/// PutRecordBatch limits: records per call, and data bytes per call.
+pub const MAX_CALL_RECORDS: usize = 500;
+pub const MAX_CALL_BYTES: usize = 4 * 1024 * 1024;
+
+/// Longest pause between retries of one call.
+const RETRY_CAP: Duration = Duration::from_secs(30);
+
+/// How often an over-size log record is logged (it is always counted).
+const OVERSIZE_WARN_EVERY: Duration = Duration::from_secs(60);
+
+/// One Firehose record: log records, each ending in `\n`, and the tags (ack
+/// clones) of the batches they came from, one per batch.
+#[derive(Debug)]
+struct Rec<T> {
+    data: Vec<u8>,
+    lines: u64,
+    tags: Vec<T>,
+}
+
+impl<T> Rec<T> {
+    fn new() -> Self {
+        Rec {
+            data: Vec::new(),
+            lines: 0,
+            tags: Vec::new(),
+        }
+    }
+}
+
+/// What [`Packer::push`] did with a log record.
+#[derive(Debug)]
+enum Pushed<T> {
+    /// Appended to the open record.
+    Added,
+    /// The open record was full: here it is; the log record starts the next.
+    Closed(Rec<T>),
+    /// Longer than a Firehose record may be: not taken.
+    Oversize,
+}
+
+/// Packs log records into Firehose records of at most `limit` bytes, in
+/// order. No I/O; the tag type is generic so tests can follow batches.
+#[derive(Debug)]
+struct Packer<T> {
+    limit: usize,
+    open: Rec<T>,
+    /// Tag of the batch being packed.
+    tag: Option<T>,
+    /// `open` already holds a clone of `tag`.
+    tagged: bool,
+}
+
+impl<T: Clone> Packer<T> {
+    fn new(limit: usize) -> Self {
+        Packer {
+            limit,
+            open: Rec::new(),
+            tag: None,
+            tagged: false,
+        }
+    }
+
+    /// Starts the log records of a batch; every Firehose record that gets
+    /// one of them gets a clone of `tag`.
+    fn begin(&mut self, tag: Option<T>) {
+        self.tag = tag;
+        self.tagged = false;
+    }
+
+    /// Ends the batch; returns its tag.
+    fn end(&mut self) -> Option<T> {
+        self.tagged = false;
+        self.tag.take()
+    }
+
+    /// Adds one encoded log record, newline included.
+    fn push(&mut self, line: &[u8]) -> Pushed<T> {
+        if line.len() > self.limit {
+            return Pushed::Oversize;
+        }
+        let closed = (self.open.data.len() + line.len() > self.limit).then(|| self.take_open());
+        self.open.data.extend_from_slice(line);
+        self.open.lines += 1;
+        if !self.tagged {
+            if let Some(t) = &self.tag {
+                self.open.tags.push(t.clone());
+            }
+            self.tagged = true;
+        }
+        match closed {
+            Some(r) => Pushed::Closed(r),
+            None => Pushed::Added,
+        }
+    }
+
+    /// Closes the open record, if it has anything.
+    fn take(&mut self) -> Option<Rec<T>> {
+        (self.open.lines > 0).then(|| self.take_open())
+    }
+
+    fn take_open(&mut self) -> Rec<T> {
+        self.tagged = false;
+        std::mem::replace(&mut self.open, Rec::new())
+    }
+}
+
+/// How many of the queued records (sizes in order) go into the next
+/// PutRecordBatch call: as many as fit in 500 records and 4 MiB, at least
+/// one.
+fn next_call(sizes: impl IntoIterator<Item = usize>) -> usize {
+    let (mut n, mut bytes) = (0usize, 0usize);
+    for s in sizes {
+        if n == MAX_CALL_RECORDS || (n > 0 && bytes + s > MAX_CALL_BYTES) {
+            break;
+        }
+        n += 1;
+        bytes += s;
+    }
+    n
+}
+
+/// Whether the queue makes a full call: 500 records, or so many bytes that
+/// another record of up to `record_limit` bytes might not fit.
+fn call_ready(records: usize, bytes: usize, record_limit: usize) -> bool {
+    records >= MAX_CALL_RECORDS || (records > 0 && bytes + record_limit > MAX_CALL_BYTES)
+}
+
+/// Indices of the records of a PutRecordBatch call to send again: those
+/// whose response entry has an `ErrorCode`. When the response cannot be
+/// matched to the records (wrong length, or a failure count without
+/// codes), all of them: a duplicate is better than a loss.
+fn failed_indices(sent: usize, failed_put_count: i32, codes: &[Option<&str>]) -> Vec<usize> {
+    if codes.len() != sent {
+        return if failed_put_count > 0 {
+            (0..sent).collect()
+        } else {
+            Vec::new()
+        };
+    }
+    let failed: Vec<usize> = codes
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| c.is_some())
+        .map(|(i, _)| i)
+        .collect();
+    if failed.is_empty() && failed_put_count > 0 {
+        return (0..sent).collect();
+    }
+    failed
+}
+
+/// An ack clone a Firehose record holds. Dropped without [`HeldAck::release`]
+/// (the record was not accepted), it marks its batch failed.
+#[derive(Debug)]
+struct HeldAck(Option<AckToken>);
+
+impl Clone for HeldAck {
+    fn clone(&self) -> Self {
+        HeldAck(self.0.clone())
+    }
+}
+
+impl HeldAck {
+    /// The record is in the delivery stream: drop the clone as delivered.
+    fn release(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for HeldAck {
+    fn drop(&mut self) {
+        if let Some(a) = &self.0 {
+            a.fail();
+        }
+    }
+}
+
+/// The operation was abandoned at shutdown.
+struct Abandoned;
+
+struct FirehoseSink {
+    id: String,
+    cfg: FirehoseSinkConfig,
+    client: aws_sdk_firehose::Client,
+    packer: Packer<HeldAck>,
+    /// Closed records waiting for a call, and their bytes.
+    queue: VecDeque<Rec<HeldAck>>,
+    queued_bytes: usize,
+    /// When the oldest log record not yet sent arrived.
+    oldest: Option<Instant>,
+    m: ComponentMetrics,
+    records_sent: Counter,
+    health: Arc<Health>,
+    stop: CancellationToken,
+    line: Vec<u8>,
+    failing: bool,
+    last_oversize_warn: Option<Instant>,
+}
+
+pub async fn run(
+    id: String,
+    cfg: FirehoseSinkConfig,
+    input: mpsc::Receiver<Batch>,
+    m: ComponentMetrics,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) {
+    let sdk = aws::sdk_config(cfg.region.as_deref(), cfg.endpoint_url.as_deref()).await;
+    if sdk.region().is_none() {
+        tracing::warn!("no AWS region configured (sink `region`, AWS_REGION, profile or instance metadata)");
+    }
+    let client = aws_sdk_firehose::Client::new(&sdk);
+    run_with_client(id, cfg, client, input, m, health, stop).await;
+}
+
+/// [`run`] with a ready client (tests point it at a local server).
+async fn run_with_client(
+    id: String,
+    cfg: FirehoseSinkConfig,
+    client: aws_sdk_firehose::Client,
+    mut input: mpsc::Receiver<Batch>,
+    m: ComponentMetrics,
+    health: Arc<Health>,
+    stop: CancellationToken,
+) {
+    let tick_every = (cfg.flush_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    // Validated to be at most MAX_RECORD_SIZE, so it fits a usize.
+    let limit = cfg.max_record_size.as_u64().min(MAX_RECORD_SIZE) as usize;
+    let mut sink = FirehoseSink {
+        client,
+        packer: Packer::new(limit),
+        queue: VecDeque::new(),
+        queued_bytes: 0,
+        oldest: None,
+        records_sent: m.firehose_records_sent(),
+        m,
+        health,
+        stop,
+        line: Vec::with_capacity(4096),
+        failing: false,
+        last_oversize_warn: None,
+        id,
+        cfg,
+    };
+    sink.health.set_sink(&sink.id, true);
+    let mut tick = tokio::time::interval(tick_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let abandoned = loop {
+        let r = tokio::select! {
+            b = input.recv() => match b {
+                Some(batch) => sink.write_batch(batch).await,
+                None => break false,
+            },
+            _ = tick.tick() => sink.flush_if_due().await,
+        };
+        if r.is_err() {
+            break true;
+        }
+    };
+    // Abandoned: the records still held drop as failed (see `HeldAck`).
+    if !abandoned {
+        let _ = sink.flush_all().await;
+    }
+    tracing::info!(
+        records_sent = sink.records_sent.get(),
+        events_sent = sink.m.sent_events.get(),
+        "firehose sink finished"
+    );
+}
+
+impl FirehoseSink {
+    /// Packs a batch; sends every call that became full on the way.
+    async fn write_batch(&mut self, batch: Batch) -> Result<(), Abandoned> {
+        let n = batch.len();
+        self.m.received_events.inc_by(n as u64);
+        self.packer.begin(batch.ack.clone().map(|a| HeldAck(Some(a))));
+        let mut oversize = 0u64;
+        let mut result = Ok(());
+        for i in 0..n {
+            self.line.clear();
+            batch.encode(i, &mut self.line);
+            self.line.push(b'\n');
+            self.m.received_bytes.inc_by(self.line.len() as u64);
+            match self.packer.push(&self.line) {
+                Pushed::Oversize => {
+                    oversize += 1;
+                    continue;
+                }
+                Pushed::Added => {}
+                Pushed::Closed(rec) => {
+                    self.enqueue(rec);
+                    if let Err(a) = self.send_ready().await {
+                        result = Err(a);
+                        break;
+                    }
+                }
+            }
+            self.oldest.get_or_insert_with(Instant::now);
+        }
+        if let Some(tag) = self.packer.end() {
+            tag.release();
+        }
+        if result.is_err() {
+            // Not all of its records were packed.
+            batch.fail();
+        }
+        if oversize > 0 {
+            // No dead-letter directory yet (a later issue): counted only.
+            self.m.discarded("over_size_limit", oversize);
+            if self
+                .last_oversize_warn
+                .is_none_or(|t| t.elapsed() >= OVERSIZE_WARN_EVERY)
+            {
+                self.last_oversize_warn = Some(Instant::now());
+                tracing::warn!(
+                    sink = %self.id,
+                    count = oversize,
+                    max_record_size = self.packer.limit,
+                    "log records longer than a Firehose record dropped (counted as over_size_limit)"
+                );
+            }
+        }
+        result
+    }
+
+    fn enqueue(&mut self, rec: Rec<HeldAck>) {
+        self.queued_bytes += rec.data.len();
+        self.queue.push_back(rec);
+    }
+
+    /// Sends full calls while the queue has them.
+    async fn send_ready(&mut self) -> Result<(), Abandoned> {
+        while call_ready(self.queue.len(), self.queued_bytes, self.packer.limit) {
+            self.send_next().await?;
+        }
+        Ok(())
+    }
+
+    async fn flush_if_due(&mut self) -> Result<(), Abandoned> {
+        match self.oldest {
+            Some(t) if t.elapsed() >= self.cfg.flush_interval => self.flush_all().await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Closes the open record and sends everything.
+    async fn flush_all(&mut self) -> Result<(), Abandoned> {
+        if let Some(rec) = self.packer.take() {
+            self.enqueue(rec);
+        }
+        while !self.queue.is_empty() {
+            self.send_next().await?;
+        }
+        self.oldest = None;
+        Ok(())
+    }
+
+    async fn send_next(&mut self) -> Result<(), Abandoned> {
+        let n = next_call(self.queue.iter().map(|r| r.data.len()));
+        let recs: Vec<Rec<HeldAck>> = self.queue.drain(..n).collect();
+        self.queued_bytes -= recs.iter().map(|r| r.data.len()).sum::<usize>();
+        self.put(recs).await
+    }
+
+    /// One PutRecordBatch call, until every record is accepted: rejected
+    /// records alone are sent again after a backoff.
+    async fn put(&mut self, recs: Vec<Rec<HeldAck>>) -> Result<(), Abandoned> {
+        // The record data moves into the request; `held` keeps the rest.
+        let mut held = Vec::with_capacity(recs.len());
+        let mut records = Vec::with_capacity(recs.len());
+        for r in recs {
+            let bytes = r.data.len();
+            // `data`, the only required field, is set: building cannot fail.
+            // Should it, the record is dropped here and its acks fail.
+            match Record::builder().data(Blob::new(r.data)).build() {
+                Ok(rec) => {
+                    records.push(rec);
+                    held.push((r.lines, bytes, r.tags));
+                }
+                Err(e) => tracing::error!(error = %e, "cannot build a Firehose record"),
+            }
+        }
+        let (client, stream) = (self.client.clone(), self.cfg.delivery_stream.clone());
+        let mut attempt = 0u32;
+        while !records.is_empty() {
+            let out = retry(
+                &self.id,
+                &mut self.failing,
+                &self.m,
+                &self.health,
+                &self.stop,
+                "PutRecordBatch",
+                || {
+                    client
+                        .put_record_batch()
+                        .delivery_stream_name(&stream)
+                        .set_records(Some(records.clone()))
+                        .send()
+                },
+            )
+            .await?;
+            let codes: Vec<Option<&str>> = out.request_responses().iter().map(|e| e.error_code()).collect();
+            let failed = failed_indices(records.len(), out.failed_put_count(), &codes);
+            let first_code = failed
+                .first()
+                .and_then(|&i| codes.get(i).copied().flatten())
+                .map(str::to_string);
+            let (mut again_records, mut again_held) = (Vec::new(), Vec::new());
+            let mut next_failed = failed.iter().peekable();
+            for (i, (rec, h)) in records.drain(..).zip(held.drain(..)).enumerate() {
+                if next_failed.next_if_eq(&&i).is_some() {
+                    again_records.push(rec);
+                    again_held.push(h);
+                } else {
+                    self.accepted(h);
+                }
+            }
+            records = again_records;
+            held = again_held;
+            if records.is_empty() {
+                break;
+            }
+            attempt += 1;
+            let class = aws::classify(first_code.as_deref());
+            self.m.sink_error(if class == Failure::Permanent {
+                "permanent"
+            } else {
+                "transient"
+            });
+            if class == Failure::Permanent {
+                self.health.set_sink(&self.id, false);
+            }
+            if !self.failing {
+                tracing::warn!(
+                    sink = %self.id,
+                    rejected = records.len(),
+                    code = first_code.as_deref().unwrap_or("none"),
+                    "Firehose rejected records; sending those again with backoff, records are kept"
+                );
+                self.failing = true;
+            }
+            let pause = aws::backoff(attempt, RETRY_CAP);
+            tokio::select! {
+                _ = tokio::time::sleep(pause) => {}
+                _ = self.stop.cancelled() => return Err(Abandoned),
+            }
+        }
+        if self.failing {
+            tracing::info!(sink = %self.id, "Firehose accepts records again");
+            self.failing = false;
+            self.health.set_sink(&self.id, true);
+        }
+        Ok(())
+    }
+
+    /// A record is in the delivery stream: count it, release its acks.
+    fn accepted(&mut self, (lines, bytes, tags): (u64, usize, Vec<HeldAck>)) {
+        self.m.sent_events.inc_by(lines);
+        self.m.sent_bytes.inc_by(bytes as u64);
+        self.records_sent.inc();
+        for t in tags {
+            t.release();
+        }
+    }
+}
+
+/// Runs `op` until it succeeds or the sink is told to stop. Never drops
+/// data: while this waits, the sink takes no input. Unlike the S3 sink's,
+/// success does not end a failure burst: a call can succeed with rejected
+/// records, so [`FirehoseSink::put`] decides.
+async fn retry<T, E, F, Fut>(
+    id: &str,
+    failing: &mut bool,
+    m: &ComponentMetrics,
+    health: &Health,
+    stop: &CancellationToken,
+    what: &'static str,
+    mut op: F,
+) -> Result<T, Abandoned>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, aws_sdk_firehose::error::SdkError<E, aws_sdk_firehose::config::http::HttpResponse>>>,
+    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+{
+    let mut attempt = 0u32;
+    loop {
+        match op().await {
+            Ok(v) => return Ok(v),
+            Err(e) => {
+                attempt += 1;
+                let class = aws::classify(e.code());
+                m.sink_error(if class == Failure::Permanent {
+                    "permanent"
+                } else {
+                    "transient"
+                });
+                if class == Failure::Permanent {
+                    health.set_sink(id, false);
+                }
+                if !*failing {
+                    tracing::warn!(sink = id, request = what, error = %DisplayErrorContext(&e),
+                        "Firehose request failed; retrying with backoff, records are kept");
+                    *failing = true;
+                }
+                let pause = aws::backoff(attempt, RETRY_CAP);
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = stop.cancelled() => return Err(Abandoned),
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line(id: usize, len: usize) -> Vec<u8> {
+        // `{"i":N,"p":"xxx"}\n` padded to exactly `len` bytes.
+        let head = format!("{{\"i\":{id},\"p\":\"");
+        let pad = len - head.len() - 3;
+        let mut l = head.into_bytes();
+        l.extend(std::iter::repeat_n(b'x', pad));
+        l.extend_from_slice(b"\"}\n");
+        assert_eq!(l.len(), len);
+        l
+    }
+
+    /// Packs batches of line lengths; returns the records (with tag = batch
+    /// number) and how many lines were refused.
+    fn pack(limit: usize, batches: &[Vec<usize>]) -> (Vec<Rec<usize>>, usize) {
+        let mut p = Packer::new(limit);
+        let (mut out, mut oversize, mut id) = (Vec::new(), 0, 0);
+        for (b, lens) in batches.iter().enumerate() {
+            p.begin(Some(b));
+            for &len in lens {
+                id += 1;
+                match p.push(&line(id, len)) {
+                    Pushed::Added => {}
+                    Pushed::Closed(r) => out.push(r),
+                    Pushed::Oversize => oversize += 1,
+                }
+            }
+            assert_eq!(p.end(), Some(b));
+        }
+        out.extend(p.take());
+        (out, oversize)
+    }
+
+    fn ids(rec: &Rec<usize>) -> Vec<usize> {
+        rec.data
+            .split(|&b| b == b'\n')
+            .filter(|l| !l.is_empty())
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_slice(l).unwrap();
+                v["i"].as_u64().unwrap() as usize
+            })
+            .collect()
+    }
+
+    #[test]
+    fn packs_up_to_the_limit_exactly_in_order() {
+        // 10 lines of 100 bytes, limit 300: 3+3+3+1, each full record exactly 300.
+        let (recs, oversize) = pack(300, &[vec![100; 10]]);
+        assert_eq!(oversize, 0);
+        let sizes: Vec<usize> = recs.iter().map(|r| r.data.len()).collect();
+        assert_eq!(sizes, [300, 300, 300, 100]);
+        let all: Vec<usize> = recs.iter().flat_map(ids).collect();
+        assert_eq!(all, (1..=10).collect::<Vec<_>>());
+        assert_eq!(recs.iter().map(|r| r.lines).sum::<u64>(), 10);
+        assert!(recs.iter().all(|r| r.data.ends_with(b"\n")));
+    }
+
+    #[test]
+    fn the_default_limit_holds_to_the_byte() {
+        let limit = MAX_RECORD_SIZE as usize;
+        assert_eq!(limit, 1_024_000);
+        // A line of exactly the limit fits alone; one byte more does not fit at all.
+        let (recs, oversize) = pack(limit, &[vec![limit, 1000, limit + 1, 24_000, limit - 1000]]);
+        assert_eq!(oversize, 1);
+        let sizes: Vec<usize> = recs.iter().map(|r| r.data.len()).collect();
+        assert_eq!(sizes, [limit, 25_000, limit - 1000]);
+        assert_eq!(recs.iter().flat_map(ids).collect::<Vec<_>>(), [1, 2, 4, 5]);
+    }
+
+    #[test]
+    fn oversize_lines_are_refused_and_the_rest_continue() {
+        let (recs, oversize) = pack(200, &[vec![50, 201, 50, 1000, 50]]);
+        assert_eq!(oversize, 2);
+        assert_eq!(recs.len(), 1);
+        assert_eq!(ids(&recs[0]), [1, 3, 5]);
+        // A batch of nothing but oversize lines leaves no record and no tag.
+        let (recs, oversize) = pack(200, &[vec![300, 300]]);
+        assert_eq!((recs.len(), oversize), (0, 2));
+    }
+
+    #[test]
+    fn every_record_holds_the_tag_of_each_batch_it_has_lines_of() {
+        // Batch 0: 5 lines of 100 (records 0,1 and part of 2), batch 1: 2 lines
+        // (rest of record 2), batch 2: 4 lines (record 3, 4).
+        let (recs, _) = pack(200, &[vec![100; 5], vec![50, 50], vec![100; 4]]);
+        let tags: Vec<Vec<usize>> = recs.iter().map(|r| r.tags.clone()).collect();
+        assert_eq!(tags, [vec![0], vec![0], vec![0, 1], vec![2], vec![2]]);
+        // An empty batch tags nothing.
+        let (recs, _) = pack(200, &[vec![100], vec![], vec![100]]);
+        assert_eq!(recs[0].tags, [0, 2]);
+    }
+
+    fn plan(sizes: &[usize]) -> Vec<Vec<usize>> {
+        let mut rest = sizes;
+        let mut calls = Vec::new();
+        while !rest.is_empty() {
+            let n = next_call(rest.iter().copied());
+            assert!(n > 0);
+            calls.push(rest[..n].to_vec());
+            rest = &rest[n..];
+        }
+        calls
+    }
+
+    #[test]
+    fn calls_hold_at_most_500_records_and_4_mib() {
+        let calls = plan(&vec![100; 1201]);
+        assert_eq!(calls.iter().map(Vec::len).collect::<Vec<_>>(), [500, 500, 201]);
+
+        let full = MAX_RECORD_SIZE as usize;
+        let calls = plan(&[full; 9]);
+        assert_eq!(calls.iter().map(Vec::len).collect::<Vec<_>>(), [4, 4, 1]);
+
+        // Exactly 4 MiB fits; a byte more starts the next call.
+        let calls = plan(&[MAX_CALL_BYTES - 10, 10, 1]);
+        assert_eq!(calls, [vec![MAX_CALL_BYTES - 10, 10], vec![1]]);
+        let calls = plan(&[1_000_000, 1_000_000, 1_000_000, 1_000_000, 194_305]);
+        assert_eq!(calls.len(), 2);
+
+        let mixed: Vec<usize> = (0..3000).map(|i| (i * 7919) % full + 1).collect();
+        let calls = plan(&mixed);
+        assert_eq!(calls.concat(), mixed, "order kept, nothing lost");
+        for c in &calls {
+            assert!(c.len() <= MAX_CALL_RECORDS && c.iter().sum::<usize>() <= MAX_CALL_BYTES);
+        }
+    }
+
+    #[test]
+    fn a_call_is_ready_when_it_cannot_grow() {
+        let full = MAX_RECORD_SIZE as usize;
+        assert!(!call_ready(0, 0, full));
+        assert!(!call_ready(3, 3 * full, full));
+        assert!(call_ready(4, 4 * full, full));
+        assert!(call_ready(500, 500 * 100, 1024));
+        assert!(!call_ready(499, 499 * 100, 1024));
+    }
+
+    #[test]
+    fn only_records_with_an_error_code_are_retried() {
+        let codes = [None, Some("ServiceUnavailableException"), None, Some("InternalFailure")];
+        assert_eq!(failed_indices(4, 2, &codes), [1, 3]);
+        assert!(failed_indices(4, 0, &[None; 4]).is_empty());
+        // Responses that do not line up with the records: send all again.
+        assert_eq!(failed_indices(3, 1, &[Some("X")]), [0, 1, 2]);
+        assert_eq!(failed_indices(3, 1, &[None, None, None]), [0, 1, 2]);
+        assert!(failed_indices(3, 0, &[]).is_empty());
+    }
+
+    #[test]
+    fn dropped_unreleased_acks_fail_their_batch() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let token = AckToken::new(1, 7, tx.clone());
+        let held = HeldAck(Some(token.clone()));
+        let second = held.clone();
+        drop(token);
+        held.release();
+        assert!(rx.try_recv().is_err(), "a clone is still held");
+        drop(second);
+        assert!(!rx.try_recv().unwrap().delivered);
+
+        let token = AckToken::new(1, 8, tx);
+        HeldAck(Some(token.clone())).release();
+        drop(token);
+        assert!(rx.try_recv().unwrap().delivered);
+    }
+
+    /// A scripted Firehose endpoint: answers the PutRecordBatch calls in
+    /// order, records the data each call carried.
+    mod server {
+        use std::io::{BufRead, BufReader, Read, Write};
+        use std::net::{TcpListener, TcpStream};
+        use std::sync::{Arc, Mutex};
+
+        #[derive(Debug, Clone)]
+        pub enum Answer {
+            /// Accept every record.
+            Ok,
+            /// `FailedPutCount > 0`: reject the records at these indices.
+            Reject(Vec<usize>),
+            /// The whole call fails with this status and error type.
+            Error(u16, &'static str),
+        }
+
+        #[derive(Default)]
+        pub struct State {
+            pub script: Vec<Answer>,
+            /// The records (decoded data) of every call, in order.
+            pub calls: Vec<Vec<Vec<u8>>>,
+        }
+
+        pub fn start(script: Vec<Answer>) -> (String, Arc<Mutex<State>>) {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let state = Arc::new(Mutex::new(State {
+                script,
+                calls: Vec::new(),
+            }));
+            let st = state.clone();
+            std::thread::spawn(move || {
+                for conn in listener.incoming().flatten() {
+                    let st = st.clone();
+                    std::thread::spawn(move || serve(conn, st));
+                }
+            });
+            (url, state)
+        }
+
+        fn serve(conn: TcpStream, st: Arc<Mutex<State>>) {
+            let mut w = conn.try_clone().unwrap();
+            let mut r = BufReader::new(conn);
+            loop {
+                let mut len = 0usize;
+                let mut first = true;
+                loop {
+                    let mut l = String::new();
+                    if r.read_line(&mut l).unwrap_or(0) == 0 {
+                        return;
+                    }
+                    let l = l.trim_end();
+                    if l.is_empty() && !first {
+                        break;
+                    }
+                    first = false;
+                    if let Some((k, v)) = l.split_once(':')
+                        && k.eq_ignore_ascii_case("content-length")
+                    {
+                        len = v.trim().parse().unwrap();
+                    }
+                }
+                let mut body = vec![0; len];
+                r.read_exact(&mut body).unwrap();
+                let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
+                let records: Vec<Vec<u8>> = req["Records"]
+                    .as_array()
+                    .unwrap()
+                    .iter()
+                    .map(|rec| base64(rec["Data"].as_str().unwrap()))
+                    .collect();
+                let n = records.len();
+                let answer = {
+                    let mut s = st.lock().unwrap();
+                    s.calls.push(records);
+                    if s.script.is_empty() {
+                        Answer::Ok
+                    } else {
+                        s.script.remove(0)
+                    }
+                };
+                let (status, text) = match answer {
+                    Answer::Ok => (200, put_response(n, &[])),
+                    Answer::Reject(idx) => (200, put_response(n, &idx)),
+                    Answer::Error(status, kind) => (
+                        status,
+                        serde_json::json!({"__type": kind, "message": "scripted"}).to_string(),
+                    ),
+                };
+                let head = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n",
+                    text.len()
+                );
+                if w.write_all(head.as_bytes())
+                    .and_then(|_| w.write_all(text.as_bytes()))
+                    .is_err()
+                {
+                    return;
+                }
+            }
+        }
+
+        fn put_response(n: usize, rejected: &[usize]) -> String {
+            let entries: Vec<serde_json::Value> = (0..n)
+                .map(|i| {
+                    if rejected.contains(&i) {
+                        serde_json::json!({"ErrorCode": "ServiceUnavailableException", "ErrorMessage": "slow down"})
+                    } else {
+                        serde_json::json!({"RecordId": format!("r{i}")})
+                    }
+                })
+                .collect();
+            serde_json::json!({"FailedPutCount": rejected.len(), "Encrypted": false, "RequestResponses": entries})
+                .to_string()
+        }
+
+        fn base64(s: &str) -> Vec<u8> {
+            let val = |c: u8| match c {
+                b'A'..=b'Z' => c - b'A',
+                b'a'..=b'z' => c - b'a' + 26,
+                b'0'..=b'9' => c - b'0' + 52,
+                b'+' => 62,
+                b'/' => 63,
+                _ => panic!("not base64: {c}"),
+            };
+            let mut out = Vec::new();
+            for chunk in s.as_bytes().chunks(4) {
+                let digits: Vec<u8> = chunk.iter().filter(|&&c| c != b'=').map(|&c| val(c)).collect();
+                let mut acc = 0u32;
+                for (i, d) in digits.iter().enumerate() {
+                    acc |= (*d as u32) << (18 - 6 * i);
+                }
+                out.extend_from_slice(&acc.to_be_bytes()[1..digits.len()]);
+            }
+            out
+        }
+    }
+
+    use server::Answer;
+
+    struct Outcome {
+        calls: Vec<Vec<Vec<u8>>>,
+        acks: Vec<crate::event::Ack>,
+        records_sent: u64,
+        events_sent: u64,
+        healthy: bool,
+    }
+
+    /// Runs the sink against a scripted server: 3 batches of 10 lines of
+    /// 200 bytes, records of at most 1KiB (5 lines each, 6 records, one call).
+    async fn scenario(script: Vec<Answer>, stop_after: Option<Duration>) -> Outcome {
+        let (url, state) = server::start(script);
+        let conf = aws_sdk_firehose::Config::builder()
+            .behavior_version_latest()
+            .region(aws_sdk_firehose::config::Region::new("us-east-1"))
+            .endpoint_url(url)
+            .credentials_provider(aws_sdk_firehose::config::Credentials::new("a", "b", None, None, "test"))
+            .build();
+        let cfg = FirehoseSinkConfig {
+            delivery_stream: "s".into(),
+            region: None,
+            endpoint_url: None,
+            flush_interval: Duration::from_secs(60),
+            max_record_size: bytesize::ByteSize::kib(1),
+        };
+        let metrics = crate::metrics::Metrics::new();
+        let m = metrics.component("fh", "firehose");
+        let health = Arc::new(Health::default());
+        let stop = CancellationToken::new();
+        let (tx, rx) = mpsc::channel(8);
+        let (ack_tx, ack_rx) = std::sync::mpsc::channel();
+        let task = tokio::spawn(run_with_client(
+            "fh".into(),
+            cfg,
+            aws_sdk_firehose::Client::from_conf(conf),
+            rx,
+            m.clone(),
+            health.clone(),
+            stop.clone(),
+        ));
+        let mut id = 0;
+        for seq in 0..3 {
+            let mut records = crate::event::Records::default();
+            for _ in 0..10 {
+                id += 1;
+                let start = records.buf.len();
+                let l = line(id, 200);
+                records.buf.extend_from_slice(&l[..l.len() - 1]);
+                records.push_written(start, 0, 0);
+            }
+            let ack = AckToken::new(0, seq, ack_tx.clone());
+            tx.send(Batch::new(records, Some(ack))).await.unwrap();
+        }
+        drop(tx);
+        drop(ack_tx);
+        if let Some(d) = stop_after {
+            tokio::time::sleep(d).await;
+            stop.cancel();
+        }
+        tokio::time::timeout(Duration::from_secs(30), task)
+            .await
+            .unwrap()
+            .unwrap();
+        let calls = state.lock().unwrap().calls.clone();
+        Outcome {
+            calls,
+            acks: ack_rx.try_iter().collect(),
+            records_sent: m.firehose_records_sent().get(),
+            events_sent: m.sent_events.get(),
+            healthy: health.failing_sinks().is_empty(),
+        }
+    }
+
+    fn lines_of(records: &[Vec<u8>]) -> usize {
+        records.iter().map(|r| r.iter().filter(|&&b| b == b'\n').count()).sum()
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn rejected_records_alone_are_sent_again_and_acks_wait_for_them() {
+        let o = scenario(vec![Answer::Reject(vec![0, 3])], None).await;
+        assert_eq!(o.calls.len(), 2, "one call, one retry");
+        assert_eq!(o.calls[0].len(), 6);
+        assert!(o.calls[0].iter().all(|r| r.len() == 1000 && r.ends_with(b"\n")));
+        assert_eq!(o.calls[1], vec![o.calls[0][0].clone(), o.calls[0][3].clone()]);
+        assert_eq!(lines_of(&o.calls[0]), 30);
+        assert_eq!((o.records_sent, o.events_sent), (6, 30));
+        assert_eq!(o.acks.len(), 3);
+        assert!(o.acks.iter().all(|a| a.delivered), "{:?}", o.acks);
+        assert!(o.healthy);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn whole_call_errors_are_retried_and_readiness_comes_back() {
+        let script = vec![Answer::Error(400, "ResourceNotFoundException"), Answer::Reject(vec![5])];
+        let o = scenario(script, None).await;
+        assert_eq!(o.calls.iter().map(Vec::len).collect::<Vec<_>>(), [6, 6, 1]);
+        assert_eq!(o.calls[0], o.calls[1]);
+        assert_eq!(o.calls[2][0], o.calls[0][5]);
+        assert_eq!((o.records_sent, o.events_sent), (6, 30));
+        assert!(o.acks.iter().all(|a| a.delivered) && o.acks.len() == 3);
+        assert!(o.healthy, "ready again once everything is accepted");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn records_never_accepted_fail_their_batches_at_stop() {
+        // Record 2 (the first half of batch 1) is always rejected.
+        let script = vec![Answer::Reject(vec![2]); 100];
+        let o = scenario(script, Some(Duration::from_secs(2))).await;
+        assert!(o.calls.len() >= 2);
+        assert!(
+            o.calls[1..].iter().all(|c| c.len() == 1),
+            "only the rejected record is resent"
+        );
+        assert_eq!((o.records_sent, o.events_sent), (5, 25));
+        let mut acks: Vec<(u64, bool)> = o.acks.iter().map(|a| (a.seq, a.delivered)).collect();
+        acks.sort();
+        assert_eq!(acks, [(0, true), (1, false), (2, true)]);
+    }
+}
