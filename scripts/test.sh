@@ -14,9 +14,15 @@ if ! command -v cc >/dev/null; then
   exit 1
 fi
 
+# 1. Unit, property and binary tests (Rust).
 if cargo nextest --version >/dev/null 2>&1; then
   cargo nextest run --workspace --profile ci "$@"
 else
   echo "cargo-nextest not found; using cargo test (install it with: cargo install cargo-nextest --locked)" >&2
   cargo test --workspace "$@"
 fi
+
+# 2. End to end against LocalStack: installs it (Python 3.13 venv under
+#    ~/.cache/logferry) when missing, starts it on loopback, runs the pytest
+#    scenarios with the release binary, stops it.
+localstack-tests/run.sh
