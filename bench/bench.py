@@ -1,8 +1,15 @@
 """Throughput and memory benchmark of `logferry run --exit-on-eof`.
 
-Generates LINES (default 2,000,000) realistic JSON app-log lines of ~250 bytes
-once under bench/data/, runs file -> json -> enrich -> blackhole, and reports
-lines/s, MB/s, CPU seconds (user+sys) and peak RSS from /usr/bin/time -v.
+`bench/run.sh`: generates LINES (default 2,000,000) realistic JSON app-log
+lines of ~250 bytes once under bench/data/, runs file -> json -> enrich ->
+blackhole, and reports lines/s, MB/s, CPU seconds (user+sys) and peak RSS
+from /usr/bin/time -v.
+
+`bench/run.sh s3`: LINES default 500,000, file -> json -> enrich -> gzip ->
+S3 on a LocalStack started for the run (localstack-tests/localstack.sh);
+reports delivered lines/s, router CPU seconds per MB delivered, compressed
+size and peak RSS, and checks the delivered count in the bucket.
+
 Not a test: figures vary with the machine; nothing here asserts a speed.
 """
 import os
@@ -14,7 +21,8 @@ import sys
 import tempfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-LINES = int(os.environ.get("LINES", "2000000"))
+MODE = sys.argv[1] if len(sys.argv) > 1 else "blackhole"
+LINES = int(os.environ.get("LINES", "500000" if MODE == "s3" else "2000000"))
 DATA = os.path.join(ROOT, "bench", "data")
 LOG = os.path.join(DATA, f"app-{LINES}.log")
 BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "logferry")
@@ -49,14 +57,59 @@ def generate():
     os.rename(tmp, LOG)
 
 
+LS = os.path.join(ROOT, "localstack-tests", "localstack.sh")
+VENV_PY = os.path.join(os.environ.get("LOGFERRY_CACHE", os.path.expanduser("~/.cache/logferry")),
+                       "localstack-venv", "bin", "python")
+S3_SCRIPT = """
+import sys, boto3
+s3 = boto3.client("s3", endpoint_url=sys.argv[1], region_name="us-east-1",
+                  aws_access_key_id="test", aws_secret_access_key="test")
+if sys.argv[2] == "create":
+    s3.create_bucket(Bucket=sys.argv[3])
+else:
+    import gzip
+    n = size = 0
+    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=sys.argv[3]):
+        for o in page.get("Contents", []):
+            size += o["Size"]
+            body = s3.get_object(Bucket=sys.argv[3], Key=o["Key"])["Body"].read()
+            n += gzip.decompress(body).count(b"\\n")
+    print(n, size)
+"""
+
+
+def s3_helper(endpoint, *args):
+    out = subprocess.run([VENV_PY, "-c", S3_SCRIPT, endpoint, *args], check=True, capture_output=True, text=True)
+    return out.stdout.split()
+
+
 def main():
     generate()
     size = os.path.getsize(LOG)
     work = tempfile.mkdtemp(prefix="logferry-bench-")
     env = dict(os.environ, BENCH_DATA_DIR=os.path.join(work, "data"), BENCH_LOGS=LOG, LOGFERRY_LOG="info")
-    cmd = ["/usr/bin/time", "-v", BIN, "run", "--config", os.path.join(ROOT, "bench", "bench.toml"), "--exit-on-eof"]
-    p = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    shutil.rmtree(work, ignore_errors=True)
+    config = "bench.toml"
+    sink = "null"
+    endpoint = None
+    if MODE == "s3":
+        port = os.environ.get("BENCH_LOCALSTACK_PORT", "4588")
+        ls_env = dict(os.environ, LOCALSTACK_PORT=port)
+        subprocess.run([LS, "install"], check=True, env=ls_env)
+        endpoint = subprocess.run([LS, "start"], check=True, env=ls_env, capture_output=True, text=True).stdout.split()[-1]
+        bucket = "logferry-bench"
+        s3_helper(endpoint, "create", bucket)
+        env.update(BENCH_BUCKET=bucket, BENCH_ENDPOINT=endpoint, AWS_ACCESS_KEY_ID="test",
+                   AWS_SECRET_ACCESS_KEY="test", AWS_EC2_METADATA_DISABLED="true")
+        config = "bench-s3.toml"
+        sink = "archive"
+    try:
+        cmd = ["/usr/bin/time", "-v", BIN, "run", "--config", os.path.join(ROOT, "bench", config), "--exit-on-eof"]
+        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        stored = s3_helper(endpoint, "count", "logferry-bench") if endpoint else None
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+        if endpoint:
+            subprocess.run([LS, "stop"], env=dict(os.environ, LOCALSTACK_PORT=os.environ.get("BENCH_LOCALSTACK_PORT", "4588")))
     if p.returncode != 0:
         sys.stderr.write(p.stderr)
         sys.exit(p.returncode)
@@ -66,10 +119,12 @@ def main():
         m = re.search(re.escape(name) + r":\s*(.+)", t)
         return m.group(1).strip() if m else "0"
 
-    sent = [int(m.group(1)) for m in re.finditer(r'component=null .*?sent=(\d+)', t)]
+    sent = [int(m.group(1)) for m in re.finditer(r'component=%s .*?sent=(\d+)' % sink, t)]
     if sent != [LINES]:
         sys.stderr.write(t)
-        sys.exit(f"blackhole received {sent}, expected {LINES}")
+        sys.exit(f"sink {sink} delivered {sent}, expected {LINES}")
+    if stored is not None and int(stored[0]) != LINES:
+        sys.exit(f"the bucket holds {stored[0]} records, expected {LINES}")
     user = float(field("User time (seconds)"))
     sys_ = float(field("System time (seconds)"))
     wall_s = field("Elapsed (wall clock) time (h:mm:ss or m:ss)")
@@ -85,6 +140,10 @@ def main():
     print(f"lines/cpu-s     {LINES / cpu:,.0f}")
     print(f"MB/s            {mb / wall:,.1f} (wall), {mb / cpu:,.1f} per cpu-s")
     print(f"peak RSS        {rss_kib / 1024:.1f} MiB")
+    if stored is not None:
+        print(f"delivered       {int(stored[0]):,} records in S3, {int(stored[1]) / 1e6:.1f} MB gzip "
+              f"({size / max(int(stored[1]), 1):.1f}x)")
+        print(f"cpu-s per MB    {cpu / mb:.4f} (router process, gzip included)")
 
 
 if __name__ == "__main__":

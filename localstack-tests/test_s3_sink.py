@@ -142,3 +142,38 @@ def test_check_reaches_the_bucket(router, bucket, endpoint, tmp_path):
     assert done.returncode != 0, done.stdout + done.stderr
     said = done.stdout + done.stderr
     assert "archive" in said, f"check did not name the sink: {said}"
+
+
+def test_large_object_goes_up_as_multipart_with_sse(router, s3, bucket, endpoint, tmp_path):
+    """An object past one part streams up as a multipart upload (parts >= 5 MiB), is whole
+    and in order when read back, carries the requested encryption and storage class, and
+    leaves no unfinished upload behind."""
+    import gzip
+    import json
+    import os
+
+    logs = tmp_path / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    n = 60_000
+    with open(logs / "big.log", "w") as f:
+        for i in range(n):
+            # Random hex compresses poorly, so ~12 MB of lines give > 5 MiB of gzip.
+            f.write(json.dumps({"id": i, "ts": "2026-11-25T11:00:00Z", "blob": os.urandom(100).hex()}) + "\n")
+    config = configs.pipeline(tmp_path) + configs.s3_sink(bucket, endpoint, key_prefix="big/%Y/%m/%d/%H/").replace(
+        'max_object_size = "50MiB"',
+        'max_object_size = "200MiB"\nmultipart_part_size = "5MiB"\nserver_side_encryption = "AES256"\nstorage_class = "STANDARD_IA"',
+    ).replace('flush_interval = "1s"', 'flush_interval = "60s"')
+    done = router.run(config, env={**DUMMY_CREDENTIALS, "AWS_EC2_METADATA_DISABLED": "true"})
+    assert done.returncode == 0, done.stderr
+    keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket).get("Contents", [])]
+    assert len(keys) == 1, keys
+    head = s3.head_object(Bucket=bucket, Key=keys[0])
+    assert "-" in head["ETag"], f"not a multipart object: {head['ETag']}"
+    assert head["ContentLength"] > 5 * 1024 * 1024
+    assert head.get("ServerSideEncryption") == "AES256"
+    assert head.get("StorageClass") == "STANDARD_IA"
+    assert head["ContentEncoding"] == "gzip"
+    body = s3.get_object(Bucket=bucket, Key=keys[0])["Body"].read()
+    ids = [json.loads(line)["id"] for line in gzip.decompress(body).splitlines()]
+    assert ids == list(range(n))
+    assert not s3.list_multipart_uploads(Bucket=bucket).get("Uploads")

@@ -130,28 +130,63 @@ pub struct Renderer {
     template: Template,
     cached_sec: Option<i64>,
     cached_time: Vec<String>,
+    /// Key bits of the template's top-level fields.
+    field_mask: u64,
+    /// Within one batch, records that carry none of the template's fields
+    /// take them from the batch's shared fragments: the result only changes
+    /// with the second. `(second, rendered)` of the last such record.
+    batch_cache: Option<(i64, String)>,
 }
 
 impl Renderer {
     pub fn new(template: Template) -> Self {
+        let field_mask = template
+            .fields()
+            .map(|f| crate::sources::file::parse::key_bit(f.split('.').next().unwrap_or(f).as_bytes()))
+            .fold(0, |m, b| m | b);
         Renderer {
             template,
             cached_sec: None,
             cached_time: Vec::new(),
+            field_mask,
+            batch_cache: None,
         }
+    }
+
+    /// Call before rendering the records of a new batch.
+    pub fn begin_batch(&mut self) {
+        self.batch_cache = None;
     }
 
     pub fn template(&self) -> &Template {
         &self.template
     }
 
-    /// Renders for record `i` of `batch` into `out` (cleared first).
+    /// Renders for record `i` of `batch` into `out` (cleared first). Call
+    /// [`Renderer::begin_batch`] when `batch` changes.
     pub fn render(&mut self, batch: &Batch, i: usize, out: &mut String) {
-        self.render_with(
-            batch.ts_ms(i),
-            |path| batch.lookup(i, path).map(|v| v.into_owned()),
-            out,
-        )
+        let ts = batch.ts_ms(i);
+        let sec = ts.div_euclid(1000);
+        let from_batch = batch.records.meta[i].key_mask & self.field_mask == 0;
+        if from_batch
+            && let Some((s, cached)) = &self.batch_cache
+            && *s == sec
+        {
+            out.clear();
+            out.push_str(cached);
+            return;
+        }
+        self.render_with(ts, |path| batch.lookup(i, path).map(|v| v.into_owned()), out);
+        if from_batch {
+            match &mut self.batch_cache {
+                Some((s, cached)) => {
+                    *s = sec;
+                    cached.clear();
+                    cached.push_str(out);
+                }
+                None => self.batch_cache = Some((sec, out.clone())),
+            }
+        }
     }
 
     /// Renders with an explicit time and field lookup.

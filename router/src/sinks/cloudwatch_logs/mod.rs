@@ -157,6 +157,8 @@ fn add_batch(
     let mut group = String::new();
     let mut stream = String::new();
     let mut touched: Vec<StreamKey> = Vec::new();
+    group_r.begin_batch();
+    stream_r.begin_batch();
     for i in 0..batch.len() {
         group_r.render(batch, i, &mut group);
         stream_r.render(batch, i, &mut stream);

@@ -38,6 +38,8 @@ pub struct FileSinkConfig {
     pub key_prefix: String,
     #[serde(default)]
     pub compression: Compression,
+    /// gzip 1-9 (default 2) or zstd 1-19 (default 3).
+    pub compression_level: Option<u32>,
     /// Uncompressed bytes after which an object is closed.
     #[serde(default = "default_max_object_size")]
     pub max_object_size: ByteSize,
@@ -144,6 +146,7 @@ impl FileSink {
         self.m.received_events.inc_by(n as u64);
         let mut key = String::new();
         let mut touched: Vec<String> = Vec::new();
+        self.renderer.begin_batch();
         let mut failed = false;
         for i in 0..n {
             self.renderer.render(&batch, i, &mut key);
@@ -216,7 +219,11 @@ impl FileSink {
         let tmp = dir.join(format!(".{file_name}.tmp"));
         let f = File::create(&tmp)?;
         Ok(Object {
-            enc: Encoder::new(self.cfg.compression, BufWriter::with_capacity(64 * 1024, f))?,
+            enc: Encoder::new(
+                self.cfg.compression,
+                self.cfg.compression_level,
+                BufWriter::with_capacity(64 * 1024, f),
+            )?,
             tmp,
             path,
             bytes: 0,

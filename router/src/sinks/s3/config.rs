@@ -18,6 +18,8 @@ pub struct S3SinkConfig {
     pub key_prefix: String,
     #[serde(default)]
     pub compression: Compression,
+    /// gzip 1-9 (default 2) or zstd 1-19 (default 3).
+    pub compression_level: Option<u32>,
     /// Uncompressed bytes after which an object is closed.
     #[serde(default = "default_max_object_size")]
     pub max_object_size: ByteSize,

@@ -134,6 +134,7 @@ impl S3Sink {
         self.m.received_events.inc_by(n as u64);
         let mut key = String::new();
         let mut touched: Vec<String> = Vec::new();
+        self.renderer.begin_batch();
         let mut full = Vec::new();
         for i in 0..n {
             self.renderer.render(&batch, i, &mut key);
@@ -142,7 +143,11 @@ impl S3Sink {
             self.line.push(b'\n');
             if !self.open.contains_key(&key) {
                 let origin = origin_of(&batch, i).unwrap_or_else(|| self.default_origin.clone());
-                match Encoder::new(self.cfg.compression, Vec::with_capacity(64 * 1024)) {
+                match Encoder::new(
+                    self.cfg.compression,
+                    self.cfg.compression_level,
+                    Vec::with_capacity(64 * 1024),
+                ) {
                     Ok(enc) => {
                         let name = format!(
                             "{key}{origin}-{}{}",

@@ -167,6 +167,7 @@ struct FileSource {
     ack_tx: std_mpsc::Sender<Ack>,
     ack_rx: std_mpsc::Receiver<Ack>,
     wake_rx: std_mpsc::Receiver<()>,
+    _wake_keepalive: std_mpsc::SyncSender<()>,
     rescan_flag: Arc<AtomicBool>,
     _watcher: Option<notify::RecommendedWatcher>,
     watched_dirs: HashSet<PathBuf>,
@@ -182,6 +183,9 @@ impl FileSource {
         let saved = store.load()?.into_iter().map(|c| ((c.dev, c.ino), c)).collect();
         let (ack_tx, ack_rx) = std_mpsc::channel();
         let (wake_tx, wake_rx) = std_mpsc::sync_channel(1);
+        // Held so the channel stays connected even if the watcher's thread
+        // ends; a disconnected channel would make every idle wait return at once.
+        let wake_keepalive = wake_tx.clone();
         let rescan_flag = Arc::new(AtomicBool::new(false));
         let flag = rescan_flag.clone();
         let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
@@ -221,6 +225,7 @@ impl FileSource {
             ack_tx,
             ack_rx,
             wake_rx,
+            _wake_keepalive: wake_keepalive,
             rescan_flag,
             _watcher: watcher,
             watched_dirs: HashSet::new(),
@@ -264,7 +269,7 @@ impl FileSource {
                 break Ok(());
             }
             if !progressed {
-                let _ = self.wake_rx.recv_timeout(IDLE_WAIT);
+                self.idle_wait();
             }
         };
         // Closing our senders lets the pipeline drain; then wait for the acks.
@@ -281,6 +286,16 @@ impl FileSource {
         }
         self.save_checkpoints();
         result
+    }
+
+    /// Waits for a watcher event or `IDLE_WAIT`. Never returns early for
+    /// lack of a watcher (no inotify, or its thread ended when a watched
+    /// directory went away): that would spin.
+    fn idle_wait(&self) {
+        match self.wake_rx.recv_timeout(IDLE_WAIT) {
+            Ok(()) | Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(IDLE_WAIT),
+        }
     }
 
     fn drain_acks(&mut self) {
