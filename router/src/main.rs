@@ -12,6 +12,38 @@ use logferry::config::{self, Config, ConfigErrors};
 use logferry::metrics::Metrics;
 use logferry::topology::{self, EnvFn, RunOptions};
 
+/// Like `eprintln!`/`println!`, but a closed stream is not a panic: a router
+/// whose log pipe went away must keep routing.
+macro_rules! err_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr(), $($arg)*);
+    }};
+}
+macro_rules! out_line {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// stderr for `tracing` that swallows write errors. `tracing-subscriber`
+/// reports a failed write with `eprintln!`, which panics when stderr is a
+/// broken pipe, taking down whichever task was logging.
+struct QuietStderr;
+
+impl std::io::Write for QuietStderr {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let _ = std::io::stderr().write_all(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        let _ = std::io::stderr().flush();
+        Ok(())
+    }
+}
+
 /// Exit code for a configuration error (sysexits EX_CONFIG).
 const EXIT_CONFIG: u8 = 78;
 
@@ -61,7 +93,7 @@ fn main() -> ExitCode {
         Command::Validate { config } => match load(config.as_deref()) {
             Ok(c) => {
                 print!("{}", c.describe());
-                println!("config OK");
+                out_line!("config OK");
                 ExitCode::SUCCESS
             }
             Err(e) => config_failure(&e),
@@ -79,7 +111,7 @@ fn main() -> ExitCode {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     tracing::error!("{e:#}");
-                    eprintln!("logferry: {e:#}");
+                    err_line!("logferry: {e:#}");
                     ExitCode::FAILURE
                 }
             }
@@ -91,7 +123,7 @@ fn check(config: &Config) -> ExitCode {
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("logferry: cannot start the async runtime: {e}");
+            err_line!("logferry: cannot start the async runtime: {e}");
             return ExitCode::FAILURE;
         }
     };
@@ -99,10 +131,10 @@ fn check(config: &Config) -> ExitCode {
     let mut ok = true;
     for c in &report {
         match &c.result {
-            Ok(()) => println!("ok    {} ({})", c.id, c.target),
+            Ok(()) => out_line!("ok    {} ({})", c.id, c.target),
             Err(e) => {
                 ok = false;
-                println!("FAIL  {} ({}): {e}", c.id, c.target);
+                out_line!("FAIL  {} ({}): {e}", c.id, c.target);
             }
         }
     }
@@ -110,9 +142,9 @@ fn check(config: &Config) -> ExitCode {
 }
 
 fn config_failure(e: &ConfigErrors) -> ExitCode {
-    eprintln!("logferry: invalid configuration:");
+    err_line!("logferry: invalid configuration:");
     for err in &e.0 {
-        eprintln!("  {err}");
+        err_line!("  {err}");
     }
     ExitCode::from(EXIT_CONFIG)
 }
@@ -138,7 +170,7 @@ fn init_logging(format: LogFormat) {
     use std::io::IsTerminal;
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr)
+        .with_writer(|| QuietStderr)
         .with_ansi(std::io::stderr().is_terminal());
     match format {
         LogFormat::Text => builder.init(),
@@ -182,11 +214,11 @@ fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
                 return;
             };
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-            tracing::info!("shutting down: flushing sinks and saving checkpoints (signal again to stop at once)");
             shutdown.cancel();
+            tracing::info!("shutting down: flushing sinks and saving checkpoints (signal again to stop at once)");
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-            tracing::warn!("second signal: saving checkpoints and exiting without waiting for sinks");
             force.cancel();
+            tracing::warn!("second signal: saving checkpoints and exiting without waiting for sinks");
         });
         let result = running.wait().await;
         signals.abort();

@@ -413,3 +413,39 @@ fn files_with_identical_beginnings_are_both_read() {
     run_to_eof(&env2.config("*.log", "", ""), &[]);
     assert_each_once(&env2.records(), 200);
 }
+
+#[test]
+fn a_closed_stderr_does_not_stop_the_router() {
+    // A container runtime may close the router's log pipe; logging must not
+    // panic and SIGTERM must still drain and exit 0.
+    let env = Env::new();
+    append_ids(&env.logs().join("app.log"), 0..100);
+    let cfg = env.config("*.log", "", "");
+    let mut child = std::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env("LOGFERRY_LOG", "debug")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("records", LONG, || env.records().len() == 100);
+    drop(child.stderr.take());
+    append_ids(&env.logs().join("app.log"), 100..200);
+    wait_for("records after stderr closed", LONG, || env.records().len() == 200);
+    // SAFETY: kill(2) on our own child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if start.elapsed() > LONG {
+            let _ = child.kill();
+            panic!("router did not exit after SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    assert!(status.success(), "{status:?}");
+    assert_each_once(&env.records(), 200);
+}
