@@ -305,22 +305,16 @@ impl S3Sink {
         let out = self
             .retry_ctx()
             .run("CreateMultipartUpload", || {
-                let mut req = client
+                client
                     .create_multipart_upload()
                     .bucket(&cfg.bucket)
                     .key(&key)
                     .content_type(CONTENT_TYPE)
-                    .set_content_encoding(cfg.compression.content_encoding().map(str::to_string));
-                if let Some(sc) = &cfg.storage_class {
-                    req = req.storage_class(StorageClass::from(sc.as_str()));
-                }
-                if let Some(sse) = &cfg.server_side_encryption {
-                    req = req.server_side_encryption(ServerSideEncryption::from(sse.as_str()));
-                }
-                if let Some(kms) = &cfg.kms_key_id {
-                    req = req.ssekms_key_id(kms);
-                }
-                req.send()
+                    .set_content_encoding(cfg.compression.content_encoding().map(str::to_string))
+                    .set_storage_class(cfg.storage_class.as_deref().map(StorageClass::from))
+                    .set_server_side_encryption(cfg.server_side_encryption.as_deref().map(ServerSideEncryption::from))
+                    .set_ssekms_key_id(cfg.kms_key_id.clone())
+                    .send()
             })
             .await?;
         out.upload_id().map(str::to_string).ok_or(Abandoned)
@@ -370,24 +364,18 @@ impl S3Sink {
         let body = bytes::Bytes::from(body);
         self.retry_ctx()
             .run("PutObject", || {
-                let mut req = client
+                client
                     .put_object()
                     .bucket(&cfg.bucket)
                     .key(&key)
                     .content_type(CONTENT_TYPE)
                     .set_content_encoding(cfg.compression.content_encoding().map(str::to_string))
                     .set_metadata(Some(metadata.clone()))
-                    .body(ByteStream::from(body.clone()));
-                if let Some(sc) = &cfg.storage_class {
-                    req = req.storage_class(StorageClass::from(sc.as_str()));
-                }
-                if let Some(sse) = &cfg.server_side_encryption {
-                    req = req.server_side_encryption(ServerSideEncryption::from(sse.as_str()));
-                }
-                if let Some(kms) = &cfg.kms_key_id {
-                    req = req.ssekms_key_id(kms);
-                }
-                req.send()
+                    .body(ByteStream::from(body.clone()))
+                    .set_storage_class(cfg.storage_class.as_deref().map(StorageClass::from))
+                    .set_server_side_encryption(cfg.server_side_encryption.as_deref().map(ServerSideEncryption::from))
+                    .set_ssekms_key_id(cfg.kms_key_id.clone())
+                    .send()
             })
             .await
             .map(|_| ())
