@@ -97,82 +97,138 @@ impl CheckpointStore {
 
     /// Atomically replaces the checkpoint file.
     pub fn save(&self, files: &[Checkpoint]) -> Result<(), CheckpointError> {
-        let err = |source| CheckpointError::Write {
-            path: self.path.clone(),
-            source,
-        };
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        fs::create_dir_all(dir).map_err(err)?;
-        let tmp = self.path.with_extension("json.tmp");
         let body = serde_json::to_vec(&CheckpointFile {
             version: 1,
             files: files.to_vec(),
         })
         .expect("checkpoints always serialize");
-        {
-            let mut f = fs::File::create(&tmp).map_err(err)?;
-            f.write_all(&body).map_err(err)?;
-            f.sync_all().map_err(err)?;
-        }
-        fs::rename(&tmp, &self.path).map_err(err)?;
-        if let Ok(d) = fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-        Ok(())
+        write_atomic(&self.path, &body).map_err(|source| CheckpointError::Write {
+            path: self.path.clone(),
+            source,
+        })
     }
 }
 
-/// In-order acknowledgement of the batches of one file.
+/// Replaces `path` with `body` so that a crash leaves the old or the new
+/// content, never half: temp file beside it, fsync, rename, fsync of the
+/// directory. Creates the directory if needed.
+pub fn write_atomic(path: &Path, body: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir)?;
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    let tmp = PathBuf::from(tmp);
+    {
+        let mut f = fs::File::create(&tmp)?;
+        f.write_all(body)?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    if let Ok(d) = fs::File::open(dir) {
+        let _ = d.sync_all();
+    }
+    Ok(())
+}
+
+/// Outcomes of items handed out in order, settled in any order: the items
+/// of the longest fully delivered prefix are released, in order. A failed
+/// item holds everything after it.
 #[derive(Debug)]
-pub struct AckTracker {
+pub struct InOrder<T> {
     /// Sequence number of `pending[0]`.
     base: u64,
-    /// (end offset, fingerprint at that point, outcome) per batch in flight.
-    pending: VecDeque<(u64, Fingerprint, Option<bool>)>,
-    acked: u64,
-    acked_fp: Fingerprint,
+    pending: VecDeque<(T, Option<bool>)>,
     unsettled: usize,
 }
 
-impl AckTracker {
-    pub fn new(offset: u64, fingerprint: Fingerprint) -> Self {
-        AckTracker {
+impl<T> Default for InOrder<T> {
+    fn default() -> Self {
+        InOrder {
             base: 0,
             pending: VecDeque::new(),
-            acked: offset,
-            acked_fp: fingerprint,
             unsettled: 0,
         }
     }
+}
 
-    /// Registers a batch that ends at `end`; returns its sequence number.
-    pub fn push(&mut self, end: u64, fp: Fingerprint) -> u64 {
-        self.pending.push_back((end, fp, None));
+impl<T> InOrder<T> {
+    /// Registers an item; returns its sequence number.
+    pub fn push(&mut self, item: T) -> u64 {
+        self.pending.push_back((item, None));
         self.unsettled += 1;
         self.base + self.pending.len() as u64 - 1
     }
 
-    /// Records an outcome; returns true when the acknowledged offset moved.
-    pub fn ack(&mut self, seq: u64, delivered: bool) -> bool {
+    /// Records an outcome and passes each newly released item to `release`;
+    /// returns true when anything was released.
+    pub fn ack(&mut self, seq: u64, delivered: bool, mut release: impl FnMut(T)) -> bool {
         let Some(idx) = seq.checked_sub(self.base) else {
             return false;
         };
         let Some(entry) = self.pending.get_mut(idx as usize) else {
             return false;
         };
-        if entry.2.is_none() {
+        if entry.1.is_none() {
             self.unsettled -= 1;
         }
-        entry.2 = Some(delivered);
+        entry.1 = Some(delivered);
         let mut moved = false;
-        while let Some(&(end, fp, Some(true))) = self.pending.front() {
-            self.acked = end;
-            self.acked_fp = fp;
-            self.pending.pop_front();
+        while self.pending.front().is_some_and(|e| e.1 == Some(true)) {
+            if let Some((item, _)) = self.pending.pop_front() {
+                release(item);
+            }
             self.base += 1;
             moved = true;
         }
         moved
+    }
+
+    /// The newest item registered and not yet released.
+    pub fn last(&self) -> Option<&T> {
+        self.pending.back().map(|e| &e.0)
+    }
+
+    /// Items still waiting for an outcome.
+    pub fn unsettled(&self) -> usize {
+        self.unsettled
+    }
+
+    /// True when a failed item holds the ones after it.
+    pub fn has_failed(&self) -> bool {
+        self.pending.iter().any(|e| e.1 == Some(false))
+    }
+}
+
+/// In-order acknowledgement of the batches of one file.
+#[derive(Debug)]
+pub struct AckTracker {
+    /// (end offset, fingerprint at that point) per batch in flight.
+    pending: InOrder<(u64, Fingerprint)>,
+    acked: u64,
+    acked_fp: Fingerprint,
+}
+
+impl AckTracker {
+    pub fn new(offset: u64, fingerprint: Fingerprint) -> Self {
+        AckTracker {
+            pending: InOrder::default(),
+            acked: offset,
+            acked_fp: fingerprint,
+        }
+    }
+
+    /// Registers a batch that ends at `end`; returns its sequence number.
+    pub fn push(&mut self, end: u64, fp: Fingerprint) -> u64 {
+        self.pending.push((end, fp))
+    }
+
+    /// Records an outcome; returns true when the acknowledged offset moved.
+    pub fn ack(&mut self, seq: u64, delivered: bool) -> bool {
+        let (acked, acked_fp) = (&mut self.acked, &mut self.acked_fp);
+        self.pending.ack(seq, delivered, |(end, fp)| {
+            *acked = end;
+            *acked_fp = fp;
+        })
     }
 
     /// Offset (and fingerprint) every sink has made durable.
@@ -182,17 +238,17 @@ impl AckTracker {
 
     /// End offset of the newest batch registered, if any is in flight.
     pub fn last_pushed(&self) -> Option<u64> {
-        self.pending.back().map(|e| e.0)
+        self.pending.last().map(|e| e.0)
     }
 
     /// Batches still waiting for an outcome.
     pub fn unsettled(&self) -> usize {
-        self.unsettled
+        self.pending.unsettled()
     }
 
     /// True when a failed batch blocks this file's checkpoint.
     pub fn has_failed(&self) -> bool {
-        self.pending.iter().any(|e| e.2 == Some(false))
+        self.pending.has_failed()
     }
 }
 
@@ -246,6 +302,7 @@ mod tests {
         store.save(std::slice::from_ref(&cp)).unwrap();
         assert_eq!(store.load().unwrap(), vec![cp]);
         assert!(!store.path().with_extension("json.tmp").exists());
+        assert_eq!(std::fs::read_dir(dir.path().join("checkpoints")).unwrap().count(), 1);
         std::fs::write(store.path(), b"{not json").unwrap();
         assert!(store.load().unwrap().is_empty());
         assert!(store.path().with_extension("json.corrupt").exists());

@@ -118,6 +118,11 @@ impl Fields {
         self.entries.len()
     }
 
+    /// OR of the key bits of every field (see `parse::key_bit`).
+    pub fn mask(&self) -> u64 {
+        self.mask
+    }
+
     /// Value of a field for templates: top-level key, or a dotted path into
     /// an object value (`kubernetes.pod_name`).
     pub fn lookup(&self, path: &str) -> Option<Cow<'_, str>> {

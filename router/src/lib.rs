@@ -4,6 +4,7 @@
 //! map and the invariants.
 
 pub mod api;
+pub mod buffer;
 pub mod check;
 pub mod checkpoint;
 pub mod config;

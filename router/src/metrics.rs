@@ -56,6 +56,10 @@ pub struct Metrics {
     sink_errors: Family<ReasonLabels, Counter>,
     /// Firehose records (each many log records) the delivery stream accepted.
     firehose_records_sent: Family<SinkLabels, Counter>,
+    buffer_bytes: Family<SinkLabels, Gauge>,
+    buffer_records: Family<SinkLabels, Gauge>,
+    buffer_corrupt_frames: Family<SinkLabels, Counter>,
+    buffer_torn_writes: Family<SinkLabels, Counter>,
     /// Handles given out, for the summary logged at exit.
     components: std::sync::Mutex<Vec<ComponentMetrics>>,
 }
@@ -83,6 +87,10 @@ impl Metrics {
             objects_written: Family::default(),
             sink_errors: Family::default(),
             firehose_records_sent: Family::default(),
+            buffer_bytes: Family::default(),
+            buffer_records: Family::default(),
+            buffer_corrupt_frames: Family::default(),
+            buffer_torn_writes: Family::default(),
             registry: Registry::default(),
             components: std::sync::Mutex::new(Vec::new()),
         };
@@ -147,7 +155,40 @@ impl Metrics {
             "Firehose records (newline-delimited log records packed together) a delivery stream accepted",
             m.firehose_records_sent.clone(),
         );
+        registry.register(
+            "logferry_buffer_bytes",
+            "Bytes in a sink's disk buffer the sink has not acknowledged yet",
+            m.buffer_bytes.clone(),
+        );
+        registry.register(
+            "logferry_buffer_records",
+            "Records in a sink's disk buffer the sink has not acknowledged yet",
+            m.buffer_records.clone(),
+        );
+        registry.register(
+            "logferry_buffer_corrupt_frames",
+            "Damaged regions of a disk buffer skipped on read (bad length or checksum)",
+            m.buffer_corrupt_frames.clone(),
+        );
+        registry.register(
+            "logferry_buffer_torn_writes",
+            "Incomplete frames cut from the end of a disk buffer at start-up (crash mid-write; never acknowledged)",
+            m.buffer_torn_writes.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// Handles of the disk buffer in front of sink `id`.
+    pub fn buffer(&self, id: &str) -> BufferMetrics {
+        let labels = SinkLabels {
+            component: id.to_string(),
+        };
+        BufferMetrics {
+            bytes: self.buffer_bytes.get_or_create(&labels).clone(),
+            records: self.buffer_records.get_or_create(&labels).clone(),
+            corrupt_frames: self.buffer_corrupt_frames.get_or_create(&labels).clone(),
+            torn_writes: self.buffer_torn_writes.get_or_create(&labels).clone(),
+        }
     }
 
     /// Counter handles of one component.
@@ -258,6 +299,15 @@ impl ComponentMetrics {
             })
             .clone()
     }
+}
+
+/// Handles of one disk buffer.
+#[derive(Clone, Debug)]
+pub struct BufferMetrics {
+    pub bytes: Gauge,
+    pub records: Gauge,
+    pub corrupt_frames: Counter,
+    pub torn_writes: Counter,
 }
 
 pub type SharedMetrics = Arc<Metrics>;

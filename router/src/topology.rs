@@ -16,6 +16,8 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::Health;
+use crate::buffer::BufferConfig;
+use crate::buffer::disk::{self, DiskBuffer};
 use crate::config::Config;
 use crate::event::Batch;
 use crate::metrics::Metrics;
@@ -79,6 +81,8 @@ pub enum StartError {
     DataDir { path: String, source: std::io::Error },
     #[error("cannot start source `{id}`: {source}")]
     Source { id: String, source: std::io::Error },
+    #[error("cannot start the buffer of sink `{id}`: {source}")]
+    Buffer { id: String, source: disk::DiskBufferError },
 }
 
 /// Starts every component. Must be called inside a multi-threaded runtime.
@@ -133,6 +137,26 @@ pub fn start(
     for c in &config.sinks {
         let Some(rx) = receivers.remove(&c.id) else { continue };
         let m = metrics.component(&c.id, c.inner.kind());
+        // A disk buffer takes the inbox; the sink reads what it replays.
+        let rx = match c.buffer {
+            BufferConfig::Memory => rx,
+            BufferConfig::Disk(b) => {
+                let buffer = DiskBuffer {
+                    sink_id: c.id.clone(),
+                    dir: config.global.data_dir.join("buffers").join(&c.id),
+                    config: b,
+                    memory: memory.clone(),
+                    memory_limit: limit,
+                    metrics: m.clone(),
+                    gauges: metrics.buffer(&c.id),
+                    // Not `sinks_stop`: that fires once the sources are done,
+                    // which a disk buffer makes early; it drains first.
+                    stop: force.clone(),
+                };
+                let id = c.id.clone();
+                disk::spawn(buffer, rx, &mut tasks).map_err(|source| StartError::Buffer { id, source })?
+            }
+        };
         let span = tracing::info_span!("sink", id = %c.id, kind = c.inner.kind());
         match &c.inner {
             SinkConfig::File(cfg) => {

@@ -21,6 +21,7 @@ use serde::de::DeserializeOwned;
 pub use expand::{ExpandError, expand};
 pub use locate::Seg;
 
+use crate::buffer::BufferConfig;
 use crate::sinks::SinkConfig;
 use crate::sources::SourceConfig;
 use crate::transforms::TransformConfig;
@@ -118,6 +119,8 @@ fn default_api_address() -> SocketAddr {
 pub struct Component<T> {
     pub id: String,
     pub inputs: Vec<String>,
+    /// `buffer` of a sink; always the default for sources and transforms.
+    pub buffer: BufferConfig,
     pub inner: T,
 }
 
@@ -367,8 +370,19 @@ fn components<T>(
             }
             Vec::new()
         };
+        // Sinks only: elsewhere `buffer` stays and is an unknown field.
+        let raw_buffer = if section == "sinks" { t.remove("buffer") } else { None };
+        let buffer = match raw_buffer {
+            Some(v) => BufferConfig::build(ctx, &path(&[section, &id, "buffer"]), v).unwrap_or_default(),
+            None => BufferConfig::default(),
+        };
         if let Some(inner) = build(ctx, &base, &kind, toml::Value::Table(t)) {
-            out.push(Component { id, inputs, inner });
+            out.push(Component {
+                id,
+                inputs,
+                buffer,
+                inner,
+            });
         }
     }
     out
@@ -512,11 +526,14 @@ impl Config {
             ));
         }
         for c in &self.sinks {
+            let buffer = c.buffer.describe();
             s.push_str(&format!(
-                "sink {} ({}) <- {}\n",
+                "sink {} ({}) <- {}{}{}\n",
                 c.id,
                 c.inner.describe(),
-                c.inputs.join(", ")
+                c.inputs.join(", "),
+                if buffer.is_empty() { "" } else { "; " },
+                buffer
             ));
         }
         s
