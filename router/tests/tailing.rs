@@ -41,18 +41,8 @@ fn sigterm_mid_file_then_restart_loses_and_repeats_nothing() {
 #[test]
 fn kill_9_mid_file_then_restart_loses_nothing() {
     let env = Env::new();
-    let log = env.logs().join("app.log");
-    append_ids(&log, 0..300_000);
     let cfg = env.config("*.log", "", "");
-    let child = spawn(&cfg, &[]);
-    wait_for("some output", LONG, || env.records().len() > 1000);
-    child.signal(libc::SIGKILL);
-    let _ = child.wait(LONG);
-    run_to_eof(&cfg, &[]);
-    let counts = id_counts(&env.records());
-    let missing = (0..300_000).filter(|i| !counts.contains_key(i)).count();
-    assert_eq!(missing, 0, "records lost after kill -9");
-    let repeats: usize = counts.values().map(|c| c - 1).sum();
+    let repeats = kill_9_then_restart_loses_nothing(&env, &cfg, 300_000);
     eprintln!("kill -9: {repeats} repeated records (allowed: at least once)");
 }
 

@@ -118,6 +118,23 @@ pub fn run_to_eof(config: &Path, envs: &[(&str, &str)]) -> Output {
     out
 }
 
+/// Writes ids `0..n` to `logs/app.log`, runs the router with `config`,
+/// kills it with SIGKILL once some output exists, runs it again to the end
+/// and checks that no id was lost. Returns how many records were repeated
+/// (allowed: at least once).
+pub fn kill_9_then_restart_loses_nothing(env: &Env, config: &Path, n: u64) -> usize {
+    append_ids(&env.logs().join("app.log"), 0..n);
+    let child = spawn(config, &[]);
+    wait_for("some output", Duration::from_secs(90), || env.records().len() > 1000);
+    child.signal(libc::SIGKILL);
+    let _ = child.wait(Duration::from_secs(90));
+    run_to_eof(config, &[]);
+    let counts = id_counts(&env.records());
+    let missing = (0..n).filter(|i| !counts.contains_key(i)).count();
+    assert_eq!(missing, 0, "records lost after kill -9");
+    counts.values().map(|c| c - 1).sum()
+}
+
 /// A router running in the background; killed on drop so a failing test
 /// leaves no process behind.
 pub struct Router {

@@ -84,20 +84,21 @@ fn ids(b: &Batch) -> Vec<u64> {
 }
 
 impl Run {
-    fn token(&self, seq: u64) -> AckToken {
-        AckToken::new(0, seq, self.up_tx.clone())
-    }
-
-    async fn send(&self, b: Batch) {
-        self.tx.as_ref().unwrap().send(b).await.unwrap();
-    }
-
     /// Sends batches `0..n` of `per` records each (batch `k` has ids
-    /// `k*per..(k+1)*per`), upstream ack seq = `k`.
+    /// `k*per..(k+1)*per`, upstream ack seq `k`) from a task of its own.
+    fn producer(&self, n: u64, per: u64, pad: usize) -> tokio::task::JoinHandle<()> {
+        let tx = self.tx.clone().unwrap();
+        let up = self.up_tx.clone();
+        tokio::spawn(async move {
+            for k in 0..n {
+                let b = batch(k * per..(k + 1) * per, pad, Some(AckToken::new(0, k, up.clone())));
+                tx.send(b).await.unwrap();
+            }
+        })
+    }
+
     async fn send_n(&self, n: u64, per: u64, pad: usize) {
-        for k in 0..n {
-            self.send(batch(k * per..(k + 1) * per, pad, Some(self.token(k)))).await;
-        }
+        self.producer(n, per, pad).await.unwrap();
     }
 
     async fn recv(&mut self) -> Option<Batch> {
@@ -174,21 +175,7 @@ async fn delivers_in_order_and_removes_acked_segments() {
     let dir = tempfile::tempdir().unwrap();
     // 1 MiB segments; ~6 MiB of records.
     let mut run = start(dir.path(), ByteSize::mib(8), WhenFull::Block);
-    let producer = {
-        let tx = run.tx.clone().unwrap();
-        let up = run.up_tx.clone();
-        tokio::spawn(async move {
-            for k in 0..100u64 {
-                tx.send(batch(
-                    k * 100..(k + 1) * 100,
-                    600,
-                    Some(AckToken::new(0, k, up.clone())),
-                ))
-                .await
-                .unwrap();
-            }
-        })
-    };
+    let producer = run.producer(100, 100, 600);
     let mut got = Vec::new();
     while got.len() < 10_000 {
         let b = run.recv().await.unwrap();
@@ -316,21 +303,7 @@ async fn block_stops_taking_input_at_max_size_and_resumes() {
     let dir = tempfile::tempdir().unwrap();
     let mut run = start(dir.path(), ByteSize::mib(1), WhenFull::Block);
     // 40 batches of ~100 KiB: four times max_size.
-    let producer = {
-        let tx = run.tx.clone().unwrap();
-        let up = run.up_tx.clone();
-        tokio::spawn(async move {
-            for k in 0..40u64 {
-                tx.send(batch(
-                    k * 100..(k + 1) * 100,
-                    1000,
-                    Some(AckToken::new(0, k, up.clone())),
-                ))
-                .await
-                .unwrap();
-            }
-        })
-    };
+    let producer = run.producer(40, 100, 1000);
     // The sink takes nothing: about max_size is taken in, then the inbox
     // fills and stays full.
     let tx = run.tx.clone().unwrap();
@@ -380,4 +353,32 @@ async fn drop_newest_drops_counts_and_releases_acks() {
     let got = run.finish().await;
     assert_eq!(got.len() as f64 + dropped, 4000.0);
     assert_eq!(got, (0..got.len() as u64).collect::<Vec<_>>(), "the oldest are kept");
+}
+
+/// Throughput through the buffer (writer fsync included), for the record:
+/// `cargo test --release -p logferry --lib buffer_throughput -- --ignored --nocapture`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "a measurement, not a test"]
+async fn buffer_throughput() {
+    let dir = tempfile::tempdir_in(std::env::var("BUFFER_BENCH_DIR").unwrap_or_else(|_| ".".into())).unwrap();
+    let mut run = start(dir.path(), ByteSize::mib(256), WhenFull::Block);
+    // Batches like the file source's: 256 KiB of ~200-byte records.
+    let (batches, per) = (800u64, 1300u64);
+    let started = std::time::Instant::now();
+    let producer = run.producer(batches, per, 170);
+    let (mut records, mut bytes) = (0u64, 0u64);
+    while records < batches * per {
+        let b = run.recv().await.unwrap();
+        records += b.len() as u64;
+        bytes += b.records.buf.len() as u64;
+    }
+    producer.await.unwrap();
+    let secs = started.elapsed().as_secs_f64();
+    eprintln!(
+        "disk buffer: {records} records, {:.0} MiB in {secs:.2}s: {:.0} MiB/s, {:.0} records/s",
+        bytes as f64 / 1048576.0,
+        bytes as f64 / 1048576.0 / secs,
+        records as f64 / secs
+    );
+    assert!(run.finish().await.is_empty());
 }

@@ -76,11 +76,12 @@ impl SegmentWriter {
         if r.is_err() {
             self.unsynced = (0, 0);
             self.end = self.len;
-            if let Some(f) = &self.file
-                && f.set_len(self.len).is_err()
-            {
-                // Its end cannot be restored: leave the segment (the reader
-                // skips a damaged tail) and go on in a new one.
+            let restored = self.file.as_ref().is_some_and(|f| f.set_len(self.len).is_ok());
+            if !restored {
+                // No open segment whose end could be restored (creating it
+                // failed, or cutting it did): leave that number (the reader
+                // skips a missing segment, and a damaged tail) and go on in a
+                // new one.
                 self.file = None;
                 self.seq += 1;
                 self.len = 0;
