@@ -200,6 +200,16 @@ impl Shared {
     }
 }
 
+/// Runs file I/O off the async workers. `None` only when the runtime is
+/// shutting down (the process is exiting); a panic in `f` is resumed.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
+    match tokio::task::spawn_blocking(f).await {
+        Ok(v) => Some(v),
+        Err(e) if e.is_panic() => std::panic::resume_unwind(e.into_panic()),
+        Err(_) => None,
+    }
+}
+
 /// Starts the disk buffer in front of a sink: recovers the directory (cuts a
 /// torn tail, finds the position), spawns the writer, the reader and the
 /// acker into `tasks`, and returns the receiver the sink reads instead of

@@ -10,9 +10,9 @@ use std::time::Duration;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-use super::Shared;
 use super::frame;
 use super::segment::{Position, save_position, segment_path};
+use super::{Shared, blocking};
 use crate::checkpoint::InOrder;
 use crate::event::{Ack, AckToken, Batch, Records};
 use crate::metrics::{BufferMetrics, ComponentMetrics};
@@ -189,19 +189,19 @@ impl Emitter {
         let off = self.pos.offset;
         let read = {
             let file = file.clone();
-            tokio::task::spawn_blocking(move || frame::read_at(&file, off, end)).await
+            blocking(move || frame::read_at(&file, off, end)).await
         };
         match read {
-            Ok(Ok(Some((records, len)))) => {
+            None => Flow::Stop,
+            Some(Ok(Some((records, len)))) => {
                 self.read_errors = 0;
                 self.emit(records, len).await
             }
-            Ok(Ok(None)) => {
+            Some(Ok(None)) => {
                 self.skip_damage(file, end).await;
                 Flow::Go
             }
-            Ok(Err(e)) => self.read_error(e).await,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+            Some(Err(e)) => self.read_error(e).await,
         }
     }
 
@@ -264,18 +264,18 @@ impl Emitter {
     /// No valid frame at the current offset: step to the next one, count it.
     async fn skip_damage(&mut self, file: Arc<File>, end: u64) {
         let off = self.pos.offset;
-        let next = tokio::task::spawn_blocking(move || {
+        let next = blocking(move || {
             let mut scratch = vec![0u8; SCRATCH];
             frame::next_valid(&file, off + 1, end, &mut scratch)
         })
         .await;
         let next = match next {
-            Ok(Ok(n)) => n.unwrap_or(end),
-            Ok(Err(e)) => {
+            Some(Ok(n)) => n.unwrap_or(end),
+            Some(Err(e)) => {
                 tracing::warn!(error = %e, "cannot read the disk buffer past a damaged frame; skipping to the end of the segment");
                 end
             }
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+            None => return,
         };
         self.skip_to(next);
     }
@@ -414,7 +414,7 @@ impl Acker {
     /// order: a crash in between leaves a segment start-up removes).
     async fn persist(&mut self, finished: Vec<u64>) {
         let (dir, pos) = (self.dir.clone(), self.pos);
-        let r = tokio::task::spawn_blocking(move || -> io::Result<()> {
+        let r = blocking(move || -> io::Result<()> {
             save_position(&dir, pos)?;
             for s in finished {
                 match std::fs::remove_file(segment_path(&dir, s)) {
@@ -426,10 +426,10 @@ impl Acker {
         })
         .await;
         match r {
-            Ok(Ok(())) => self.saved = pos,
-            Ok(Err(e)) => tracing::warn!(error = %e, dir = %self.dir.display(),
+            Some(Ok(())) => self.saved = pos,
+            Some(Err(e)) => tracing::warn!(error = %e, dir = %self.dir.display(),
                 "cannot save the disk buffer position; acknowledged data may be re-delivered after a restart"),
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+            None => {}
         }
     }
 }

@@ -225,6 +225,29 @@ async fn restart_resumes_at_the_acked_position() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_batch_the_sink_fails_while_draining_stays_for_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = start(dir.path(), ByteSize::mib(64), WhenFull::Block);
+    run.send_n(10, 10, 50).await;
+    run.tx = None;
+    drop(run.recv().await.unwrap());
+    let failed = run.recv().await.unwrap();
+    failed.fail();
+    drop(failed);
+    // The reader stops feeding the sink (when it learns of the failure:
+    // how many it sent before is a race) and closes the sink's channel.
+    while let Some(b) = run.recv().await {
+        assert!(ids(&b)[0] >= 20);
+    }
+    tokio::time::timeout(LIMIT, async { while run.tasks.join_next().await.is_some() {} })
+        .await
+        .expect("buffer tasks end");
+    // The position stays before the failed batch.
+    let run = start(dir.path(), ByteSize::mib(64), WhenFull::Block);
+    assert_eq!(run.finish().await, (10..100).collect::<Vec<_>>());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_then_torn_tail_loses_nothing_acknowledged() {
     let dir = tempfile::tempdir().unwrap();
     let mut run = start(dir.path(), ByteSize::mib(64), WhenFull::Block);

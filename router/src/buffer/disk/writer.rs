@@ -9,9 +9,9 @@ use std::sync::Arc;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::Shared;
 use super::frame::{Encoder, FRAME_TARGET, FrameSpan, HEADER_LEN};
 use super::segment::segment_path;
+use super::{Shared, blocking};
 use crate::buffer::{DiskBufferConfig, WhenFull};
 use crate::event::Batch;
 use crate::metrics::ComponentMetrics;
@@ -260,20 +260,19 @@ impl Writer {
     }
 
     async fn commit(&mut self, group: &mut Vec<Batch>) {
-        let mut seg = self
-            .seg
-            .take()
-            .expect("the segment writer is put back after each commit");
+        let Some(mut seg) = self.seg.take() else {
+            // Lost to a runtime shutting down: nothing can be written.
+            group.drain(..).for_each(|b| b.fail());
+            return;
+        };
         let batches = std::mem::take(group);
-        let joined = tokio::task::spawn_blocking(move || {
+        let joined = blocking(move || {
             let (done, r) = seg.commit(&batches);
             (seg, batches, done, r)
         })
         .await;
-        let (seg, batches, done, r) = match joined {
-            Ok(v) => v,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
-        };
+        // Only when the process is exiting; the sources are gone by then.
+        let Some((seg, batches, done, r)) = joined else { return };
         self.shared.committed(seg.seq, seg.len, done.bytes, done.records);
         self.seg = Some(seg);
         if done.too_large > 0 {
