@@ -46,6 +46,8 @@ pub struct Metrics {
     sent_events: Family<ComponentLabels, Counter>,
     sent_bytes: Family<ComponentLabels, Counter>,
     discarded: Family<ReasonLabels, Counter>,
+    /// Discarded records written to the dead-letter directory.
+    dead_letters: Family<ReasonLabels, Counter>,
     /// Lines kept but altered: parse fallback, invalid UTF-8, truncation.
     line_issues: Family<ReasonLabels, Counter>,
     pub file_read_offset: Family<FileLabels, Gauge>,
@@ -75,6 +77,7 @@ impl Metrics {
             sent_events: Family::default(),
             sent_bytes: Family::default(),
             discarded: Family::default(),
+            dead_letters: Family::default(),
             line_issues: Family::default(),
             file_read_offset: Family::default(),
             file_lag: Family::default(),
@@ -110,6 +113,11 @@ impl Metrics {
             "logferry_component_discarded_events",
             "Records dropped on purpose, by reason",
             m.discarded.clone(),
+        );
+        registry.register(
+            "logferry_dead_letter_records",
+            "Records rejected for good and written to the dead-letter directory, by reason",
+            m.dead_letters.clone(),
         );
         registry.register(
             "logferry_source_line_issues",
@@ -166,6 +174,7 @@ impl Metrics {
             files_open: self.files_open.get_or_create(&labels).clone(),
             objects_written: self.objects_written.get_or_create(&labels).clone(),
             discarded: self.discarded.clone(),
+            dead_letters: self.dead_letters.clone(),
             line_issues: self.line_issues.clone(),
             sink_errors: self.sink_errors.clone(),
             firehose_records_sent: self.firehose_records_sent.clone(),
@@ -218,6 +227,7 @@ pub struct ComponentMetrics {
     pub files_open: Gauge,
     pub objects_written: Counter,
     discarded: Family<ReasonLabels, Counter>,
+    dead_letters: Family<ReasonLabels, Counter>,
     line_issues: Family<ReasonLabels, Counter>,
     sink_errors: Family<ReasonLabels, Counter>,
     firehose_records_sent: Family<SinkLabels, Counter>,
@@ -238,6 +248,11 @@ impl ComponentMetrics {
         }
         self.discarded.get_or_create(&self.labels(reason)).inc_by(count);
         tracing::debug!(component = %self.id, reason, count, "records discarded");
+    }
+
+    /// Discarded records that were written to the dead-letter directory.
+    pub fn dead_letters(&self, reason: &'static str, count: u64) {
+        self.dead_letters.get_or_create(&self.labels(reason)).inc_by(count);
     }
 
     /// A handle for a line issue counter (resolve once, bump per batch).

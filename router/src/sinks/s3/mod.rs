@@ -29,6 +29,7 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::S3SinkConfig;
 
+use super::SinkContext;
 use super::aws::{self, Abandoned, RetryCtx};
 use super::encoding::{CONTENT_TYPE, Encoder};
 use crate::api::Health;
@@ -69,14 +70,10 @@ struct S3Sink {
     default_origin: String,
 }
 
-pub async fn run(
-    id: String,
-    cfg: S3SinkConfig,
-    mut input: mpsc::Receiver<Batch>,
-    m: ComponentMetrics,
-    health: Arc<Health>,
-    stop: CancellationToken,
-) {
+pub async fn run(cfg: S3SinkConfig, mut input: mpsc::Receiver<Batch>, cx: SinkContext) {
+    let SinkContext {
+        id, m, health, stop, ..
+    } = cx;
     let template = match Template::parse(&cfg.key_prefix) {
         Ok(t) => t,
         Err(e) => {

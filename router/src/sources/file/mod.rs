@@ -83,6 +83,12 @@ pub struct SourceContext {
     pub shutdown: CancellationToken,
     pub force: CancellationToken,
     pub exit_on_eof: bool,
+    /// Drain on `shutdown` (see `lifecycle.rs`): read until quiet this long...
+    pub drain_quiet: Duration,
+    /// ...but stop reading this long after the stop request at the latest...
+    pub drain_read_budget: Duration,
+    /// ...and stop waiting for acks this long after it.
+    pub drain_timeout: Duration,
     pub rt: tokio::runtime::Handle,
 }
 
@@ -240,9 +246,25 @@ impl FileSource {
         self.discover(true);
         let mut last_scan = Instant::now();
         let mut last_checkpoint = Instant::now();
+        let mut last_progress = Instant::now();
+        let mut drain_started: Option<Instant> = None;
         let result = loop {
-            if self.cx.shutdown.is_cancelled() || self.cx.force.is_cancelled() {
+            if self.cx.force.is_cancelled() {
                 break Ok(());
+            }
+            if self.cx.shutdown.is_cancelled() {
+                // Draining: the app may still be writing its last lines.
+                let started = *drain_started.get_or_insert_with(|| {
+                    tracing::debug!("draining: reading until the files are quiet");
+                    Instant::now()
+                });
+                let quiet_since = last_progress.max(started);
+                if quiet_since.elapsed() >= self.cx.drain_quiet || started.elapsed() >= self.cx.drain_read_budget {
+                    if let Err(e) = self.flush_partials(true) {
+                        break Err(e);
+                    }
+                    break Ok(());
+                }
             }
             self.drain_acks();
             let due = last_scan.elapsed() >= self.cfg.glob_interval;
@@ -261,6 +283,9 @@ impl FileSource {
                 self.save_checkpoints();
                 last_checkpoint = Instant::now();
             }
+            if progressed {
+                last_progress = Instant::now();
+            }
             if self.cx.exit_on_eof && !progressed {
                 // Everything read: emit held partial lines, then finish.
                 if let Err(e) = self.flush_partials(true) {
@@ -274,7 +299,10 @@ impl FileSource {
         };
         // Closing our senders lets the pipeline drain; then wait for the acks.
         self.cx.outputs.clear();
-        let deadline = Instant::now() + ACK_DRAIN_TIMEOUT;
+        let deadline = match drain_started {
+            Some(t) => t + self.cx.drain_timeout,
+            None => Instant::now() + ACK_DRAIN_TIMEOUT,
+        };
         while self.files.values().any(|w| w.tracker.unsettled() > 0)
             && !self.cx.force.is_cancelled()
             && Instant::now() < deadline
@@ -283,6 +311,13 @@ impl FileSource {
                 self.apply_ack(ack);
             }
             self.drain_acks();
+        }
+        let unsettled: usize = self.files.values().map(|w| w.tracker.unsettled()).sum();
+        if unsettled > 0 && !self.cx.force.is_cancelled() {
+            tracing::warn!(
+                batches = unsettled,
+                "stopping with batches not yet delivered; the checkpoint stays before them, so they are read again at the next start"
+            );
         }
         self.save_checkpoints();
         result
