@@ -10,6 +10,7 @@ pub mod config;
 pub mod dead_letter;
 pub mod event;
 pub mod lifecycle;
+pub mod memory;
 pub mod metrics;
 pub mod sinks;
 pub mod sources;

@@ -150,6 +150,7 @@ pub fn start(
             m: m.clone(),
             health: health.clone(),
             stop: sinks_stop.clone(),
+            memory: memory.clone(),
         };
         let task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match &c.inner {
             SinkConfig::File(cfg) => Box::pin(crate::sinks::file::run(cfg.clone(), rx, m)),

@@ -29,6 +29,8 @@ pub struct SinkContext {
     pub stop: CancellationToken,
     /// Where records rejected for good go.
     pub dead: Arc<DeadLetters>,
+    /// `global.memory_limit`, for what the sink buffers (see `memory.rs`).
+    pub memory: Arc<tokio::sync::Semaphore>,
 }
 
 /// The configuration of one sink, by `type`.

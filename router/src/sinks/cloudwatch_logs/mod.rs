@@ -31,6 +31,7 @@ use super::aws::{self, Abandoned, RetryCtx};
 use crate::api::Health;
 use crate::dead_letter::DeadLetters;
 use crate::event::{AckToken, Batch};
+use crate::memory::Charge;
 use crate::metrics::ComponentMetrics;
 use crate::template::{Renderer, Template};
 
@@ -78,7 +79,10 @@ pub async fn run(cfg: CloudWatchLogsSinkConfig, mut input: mpsc::Receiver<Batch>
         health,
         stop,
         dead,
+        memory,
     } = cx;
+    // Queued events count against memory_limit; without room, send early.
+    let mut charge = Charge::new(memory);
     let (Ok(group_t), Ok(stream_t)) = (Template::parse(&cfg.log_group), Template::parse(&cfg.log_stream)) else {
         tracing::error!("invalid log_group or log_stream template");
         return;
@@ -117,10 +121,12 @@ pub async fn run(cfg: CloudWatchLogsSinkConfig, mut input: mpsc::Receiver<Batch>
             },
             _ = tick.tick() => false,
         };
+        let tight = !charge.resize(pending.values().map(|p| p.bytes).sum());
         let ready: Vec<StreamKey> = pending
             .iter()
             .filter(|(_, p)| {
                 closing
+                    || tight
                     || p.events.len() >= MAX_EVENTS
                     || p.bytes >= MAX_BATCH_BYTES
                     || p.opened.is_some_and(|t| t.elapsed() >= cfg.flush_interval)

@@ -55,6 +55,7 @@ use super::aws::{self, Failure};
 use crate::api::Health;
 use crate::dead_letter::DeadLetters;
 use crate::event::{AckToken, Batch};
+use crate::memory::Charge;
 use crate::metrics::ComponentMetrics;
 
 /// PutRecordBatch limits: records per call, and data bytes per call.
@@ -251,6 +252,8 @@ struct FirehoseSink {
     line: Vec<u8>,
     failing: bool,
     dead: Arc<DeadLetters>,
+    /// Queued and packed bytes, against `memory_limit`.
+    charge: Charge,
 }
 
 pub async fn run(cfg: FirehoseSinkConfig, input: mpsc::Receiver<Batch>, cx: SinkContext) {
@@ -275,6 +278,7 @@ async fn run_with_client(
         health,
         stop,
         dead,
+        memory,
     } = cx;
     let tick_every = (cfg.flush_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     // Validated to be at most MAX_RECORD_SIZE, so it fits a usize.
@@ -292,6 +296,7 @@ async fn run_with_client(
         line: Vec::with_capacity(4096),
         failing: false,
         dead,
+        charge: Charge::new(memory),
         id,
         cfg,
     };
@@ -305,6 +310,11 @@ async fn run_with_client(
                 None => break false,
             },
             _ = tick.tick() => sink.flush_if_due().await,
+        };
+        // Without room in memory_limit for what waits here, send it now.
+        let r = match r {
+            Ok(()) if !sink.charge.resize(sink.queued_bytes + sink.packer.open.data.len()) => sink.flush_all().await,
+            r => r,
         };
         if r.is_err() {
             break true;
@@ -921,6 +931,7 @@ mod tests {
                 health: health.clone(),
                 stop: stop.clone(),
                 dead: Arc::new(DeadLetters::new(dead_letter_dir, "fh", m.clone())),
+                memory: Arc::new(tokio::sync::Semaphore::new(64 << 20)),
             },
         ));
         let mut id = 0;
