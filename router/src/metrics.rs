@@ -53,6 +53,11 @@ pub struct Metrics {
     pub file_read_offset: Family<FileLabels, Gauge>,
     pub file_lag: Family<FileLabels, Gauge>,
     pub file_checkpoint_offset: Family<FileLabels, Gauge>,
+    /// Bytes of a file not yet durable in every sink: size minus checkpoint.
+    pub file_checkpoint_lag: Family<FileLabels, Gauge>,
+    acked_events: Family<ComponentLabels, Counter>,
+    failed_events: Family<ComponentLabels, Counter>,
+    unacked_events: Family<ComponentLabels, Gauge>,
     files_open: Family<ComponentLabels, Gauge>,
     objects_written: Family<ComponentLabels, Counter>,
     sink_errors: Family<ReasonLabels, Counter>,
@@ -82,6 +87,10 @@ impl Metrics {
             file_read_offset: Family::default(),
             file_lag: Family::default(),
             file_checkpoint_offset: Family::default(),
+            file_checkpoint_lag: Family::default(),
+            acked_events: Family::default(),
+            failed_events: Family::default(),
+            unacked_events: Family::default(),
             files_open: Family::default(),
             objects_written: Family::default(),
             sink_errors: Family::default(),
@@ -139,6 +148,26 @@ impl Metrics {
             "Offset of a file that every sink has made durable",
             m.file_checkpoint_offset.clone(),
         );
+        registry.register(
+            "logferry_file_checkpoint_lag_bytes",
+            "Bytes of a file not yet durable in every sink (size minus checkpoint offset)",
+            m.file_checkpoint_lag.clone(),
+        );
+        registry.register(
+            "logferry_source_acked_events",
+            "Records every sink made durable (end-to-end acknowledged)",
+            m.acked_events.clone(),
+        );
+        registry.register(
+            "logferry_source_failed_events",
+            "Records a sink gave up on (left behind the checkpoint, read again at the next start)",
+            m.failed_events.clone(),
+        );
+        registry.register(
+            "logferry_source_unacked_events",
+            "Records sent downstream and not yet acknowledged",
+            m.unacked_events.clone(),
+        );
         registry.register("logferry_files_open", "Files a source is tailing", m.files_open.clone());
         registry.register(
             "logferry_sink_objects_written",
@@ -172,6 +201,9 @@ impl Metrics {
             sent_events: self.sent_events.get_or_create(&labels).clone(),
             sent_bytes: self.sent_bytes.get_or_create(&labels).clone(),
             files_open: self.files_open.get_or_create(&labels).clone(),
+            acked_events: self.acked_events.get_or_create(&labels).clone(),
+            failed_events: self.failed_events.get_or_create(&labels).clone(),
+            unacked_events: self.unacked_events.get_or_create(&labels).clone(),
             objects_written: self.objects_written.get_or_create(&labels).clone(),
             discarded: self.discarded.clone(),
             dead_letters: self.dead_letters.clone(),
@@ -225,6 +257,9 @@ pub struct ComponentMetrics {
     pub sent_events: Counter,
     pub sent_bytes: Counter,
     pub files_open: Gauge,
+    pub acked_events: Counter,
+    pub failed_events: Counter,
+    pub unacked_events: Gauge,
     pub objects_written: Counter,
     discarded: Family<ReasonLabels, Counter>,
     dead_letters: Family<ReasonLabels, Counter>,

@@ -340,6 +340,13 @@ impl FileSource {
     }
 
     fn apply_ack(&mut self, ack: Ack) {
+        let m = &self.counters.m;
+        m.unacked_events.dec_by(i64::from(ack.records));
+        if ack.delivered {
+            m.acked_events.inc_by(u64::from(ack.records));
+        } else {
+            m.failed_events.inc_by(u64::from(ack.records));
+        }
         if let Some(w) = self.files.get_mut(&ack.stream) {
             if !ack.delivered {
                 tracing::warn!(file = %w.path.display(), "a batch was not delivered; this file's checkpoint stays before it");
@@ -347,9 +354,11 @@ impl FileSource {
             if w.tracker.ack(ack.seq, ack.delivered) {
                 self.checkpoints_dirty = true;
                 let m = &self.cx.metrics;
-                m.file_checkpoint_offset
+                let acked = w.tracker.acked().0;
+                m.file_checkpoint_offset.get_or_create(&w.labels).set(acked as i64);
+                m.file_checkpoint_lag
                     .get_or_create(&w.labels)
-                    .set(w.tracker.acked().0 as i64);
+                    .set(w.size.saturating_sub(acked) as i64);
             }
         }
     }
@@ -669,6 +678,9 @@ impl FileSource {
         m.file_lag
             .get_or_create(&w.labels)
             .set(w.size.saturating_sub(w.read_pos) as i64);
+        m.file_checkpoint_lag
+            .get_or_create(&w.labels)
+            .set(w.size.saturating_sub(w.tracker.acked().0) as i64);
         Ok(read_total > 0)
     }
 
@@ -718,7 +730,7 @@ impl FileSource {
         tracing::trace!(file = %w.path.display(), records = count, end = w.consumed, read_pos = w.read_pos, "sending batch");
         let bytes = records.buf.len().min(self.cx.memory_limit).max(1);
         let seq = w.tracker.push(w.consumed, w.fp);
-        let ack = AckToken::new(w.stream, seq, self.ack_tx.clone());
+        let ack = AckToken::with_records(w.stream, seq, count as u32, self.ack_tx.clone());
         let memory = self.cx.memory.clone();
         let force = self.cx.force.clone();
         let outputs = self.cx.outputs.clone();
@@ -746,6 +758,7 @@ impl FileSource {
         }
         self.counters.m.received_events.inc_by(count);
         self.counters.m.sent_events.inc_by(count);
+        self.counters.m.unacked_events.inc_by(count as i64);
         Ok(())
     }
 
@@ -773,6 +786,7 @@ impl FileSource {
                 m.file_read_offset.remove(&w.labels);
                 m.file_lag.remove(&w.labels);
                 m.file_checkpoint_offset.remove(&w.labels);
+                m.file_checkpoint_lag.remove(&w.labels);
                 self.checkpoints_dirty = true;
             }
         }
