@@ -164,3 +164,60 @@ fn validate_shows_the_lifecycle_and_rejects_a_bad_one() {
         "{stderr}"
     );
 }
+
+#[test]
+fn a_second_signal_stops_at_once_and_keeps_the_checkpoint_behind_undelivered_data() {
+    let env = Env::new();
+    let log = env.logs().join("app.log");
+    append_ids(&log, 0..1000);
+    // An S3 endpoint that refuses connections: the sink retries forever.
+    let port = free_port();
+    let cfg = env.write_config(&format!(
+        r#"
+[global]
+data_dir = "{data}"
+
+[lifecycle]
+drain_quiet = "500ms"
+drain_timeout = "60s"
+
+[sources.app]
+type = "file"
+include = ["{logs}/*.log"]
+
+[sinks.s3]
+type = "s3"
+inputs = ["app"]
+bucket = "logferry-test"
+region = "us-east-1"
+endpoint_url = "http://127.0.0.1:{port}"
+force_path_style = true
+flush_interval = "200ms"
+"#,
+        data = env.path("data").display(),
+        logs = env.logs().display(),
+    ));
+    let child = spawn(
+        &cfg,
+        &[
+            ("AWS_ACCESS_KEY_ID", "test"),
+            ("AWS_SECRET_ACCESS_KEY", "test"),
+            ("AWS_EC2_METADATA_DISABLED", "true"),
+        ],
+    );
+    wait_for("the sink to fail", LONG, || child.stderr().contains("retrying"));
+    child.signal(libc::SIGTERM);
+    wait_for("the drain", LONG, || child.stderr().contains("stop requested"));
+    std::thread::sleep(Duration::from_secs(1));
+    child.signal(libc::SIGINT);
+    let signalled = Instant::now();
+    let (status, err) = child.wait(LONG);
+    assert!(status.success(), "{status:?}\n{err}");
+    assert!(
+        signalled.elapsed() < Duration::from_secs(20),
+        "a second signal must not wait for the 60 s drain\n{err}"
+    );
+    let saved = std::fs::read_to_string(env.path("data/checkpoints/app.json")).unwrap();
+    let doc: serde_json::Value = serde_json::from_str(&saved).unwrap();
+    assert_eq!(doc["files"][0]["offset"], 0, "nothing was delivered: {saved}");
+}
