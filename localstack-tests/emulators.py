@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import secrets
+import socket
 import threading
 import time
 from dataclasses import dataclass, field
@@ -29,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-__all__ = ["Request", "ImdsEmulator", "EcsMetadataEmulator"]
+__all__ = ["Request", "ImdsEmulator", "EcsMetadataEmulator", "TcpProxy"]
 
 
 @dataclass(frozen=True)
@@ -450,6 +451,15 @@ class EcsMetadataEmulator(_Emulator):
             "EphemeralStorageMetrics": {"Utilized": 261, "Reserved": 20496},
         }
 
+    def set_app_status(self, status: str) -> None:
+        """What ECS shows once the application container exits: `KnownStatus` (and, for a
+        stopped container, `DesiredStatus`) become `STOPPED`, with an exit code."""
+        self._app_doc["KnownStatus"] = status
+        if status == "STOPPED":
+            self._app_doc["DesiredStatus"] = "STOPPED"
+            self._app_doc["ExitCode"] = 0
+            self._app_doc["FinishedAt"] = _utc(datetime.now(timezone.utc))
+
     def _handle(self, method: str, path: str, headers: dict[str, str]) -> _Response:
         path = path.split("?", 1)[0].rstrip("/")
         base = f"/v4/{self.endpoint_id}"
@@ -465,3 +475,106 @@ class EcsMetadataEmulator(_Emulator):
         if make is None:
             return _Response(404, b"404 page not found")
         return _Response(200, json.dumps(make(), indent=2).encode(), "application/json")
+
+
+class TcpProxy:
+    """A loopback TCP forwarder to `target` that can be taken down and brought back on the
+    same port: the router's `endpoint_url` points here, so a test can cut the sink off (the
+    port refuses connections and open connections are reset) without stopping LocalStack,
+    whose state would not survive a restart.
+    """
+
+    def __init__(self, target: str) -> None:
+        host, _, port = target.replace("http://", "").rstrip("/").rpartition(":")
+        self.target = (host or "127.0.0.1", int(port))
+        self._lock = threading.Lock()
+        self._conns: list[socket.socket] = []
+        self._listener: socket.socket | None = None
+        probe = socket.socket()
+        probe.bind(("127.0.0.1", 0))
+        self.port = probe.getsockname()[1]
+        probe.close()
+        self.up()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    @property
+    def is_up(self) -> bool:
+        return self._listener is not None
+
+    def up(self) -> None:
+        with self._lock:
+            if self._listener is not None:
+                return
+            ls = socket.socket()
+            ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            ls.bind(("127.0.0.1", self.port))
+            ls.listen(64)
+            self._listener = ls
+        threading.Thread(target=self._accept, args=(ls,), daemon=True).start()
+
+    def down(self) -> None:
+        with self._lock:
+            ls, self._listener = self._listener, None
+            conns, self._conns = self._conns, []
+        if ls is not None:
+            try:
+                ls.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            ls.close()
+        for c in conns:
+            try:
+                c.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            c.close()
+
+    def close(self) -> None:
+        self.down()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _accept(self, ls: socket.socket) -> None:
+        while True:
+            try:
+                client, _ = ls.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=10)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._listener is not ls:
+                    client.close()
+                    upstream.close()
+                    return
+                self._conns += [client, upstream]
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pump, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pump(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while True:
+                data = src.recv(65536)
+                if not data:
+                    break
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass

@@ -152,12 +152,15 @@ pub struct Ack {
     pub stream: u64,
     pub seq: u64,
     pub delivered: bool,
+    /// Records in the batch (for the acked/unacked metrics).
+    pub records: u32,
 }
 
 #[derive(Debug)]
 struct AckInner {
     stream: u64,
     seq: u64,
+    records: u32,
     failed: AtomicBool,
     tx: std::sync::mpsc::Sender<Ack>,
 }
@@ -169,6 +172,7 @@ impl Drop for AckInner {
             stream: self.stream,
             seq: self.seq,
             delivered: !self.failed.load(Ordering::Acquire),
+            records: self.records,
         });
     }
 }
@@ -179,9 +183,15 @@ pub struct AckToken(Arc<AckInner>);
 
 impl AckToken {
     pub fn new(stream: u64, seq: u64, tx: std::sync::mpsc::Sender<Ack>) -> Self {
+        Self::with_records(stream, seq, 0, tx)
+    }
+
+    /// A token that also reports how many records its batch holds.
+    pub fn with_records(stream: u64, seq: u64, records: u32, tx: std::sync::mpsc::Sender<Ack>) -> Self {
         AckToken(Arc::new(AckInner {
             stream,
             seq,
+            records,
             failed: AtomicBool::new(false),
             tx,
         }))
@@ -370,7 +380,8 @@ mod tests {
             Ack {
                 stream: 7,
                 seq: 3,
-                delivered: false
+                delivered: false,
+                records: 0,
             }
         );
         assert!(rx.try_recv().is_err());

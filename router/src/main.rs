@@ -208,6 +208,7 @@ fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         );
         let shutdown = running.shutdown.clone();
         let force = running.force.clone();
+        let (quiet, timeout) = (config.lifecycle.drain_quiet, config.lifecycle.drain_timeout);
         let signals = tokio::spawn(async move {
             use tokio::signal::unix::{SignalKind, signal};
             let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
@@ -215,7 +216,11 @@ fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
             };
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
             shutdown.cancel();
-            tracing::info!("shutting down: flushing sinks and saving checkpoints (signal again to stop at once)");
+            tracing::info!(
+                drain_quiet = %humantime::format_duration(quiet),
+                drain_timeout = %humantime::format_duration(timeout),
+                "stop requested: reading until the inputs are quiet, then flushing sinks and saving checkpoints (signal again to stop at once)"
+            );
             tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
             force.cancel();
             tracing::warn!("second signal: saving checkpoints and exiting without waiting for sinks");

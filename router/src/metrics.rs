@@ -46,11 +46,18 @@ pub struct Metrics {
     sent_events: Family<ComponentLabels, Counter>,
     sent_bytes: Family<ComponentLabels, Counter>,
     discarded: Family<ReasonLabels, Counter>,
+    /// Discarded records written to the dead-letter directory.
+    dead_letters: Family<ReasonLabels, Counter>,
     /// Lines kept but altered: parse fallback, invalid UTF-8, truncation.
     line_issues: Family<ReasonLabels, Counter>,
     pub file_read_offset: Family<FileLabels, Gauge>,
     pub file_lag: Family<FileLabels, Gauge>,
     pub file_checkpoint_offset: Family<FileLabels, Gauge>,
+    /// Bytes of a file not yet durable in every sink: size minus checkpoint.
+    pub file_checkpoint_lag: Family<FileLabels, Gauge>,
+    acked_events: Family<ComponentLabels, Counter>,
+    failed_events: Family<ComponentLabels, Counter>,
+    unacked_events: Family<ComponentLabels, Gauge>,
     files_open: Family<ComponentLabels, Gauge>,
     objects_written: Family<ComponentLabels, Counter>,
     sink_errors: Family<ReasonLabels, Counter>,
@@ -79,10 +86,15 @@ impl Metrics {
             sent_events: Family::default(),
             sent_bytes: Family::default(),
             discarded: Family::default(),
+            dead_letters: Family::default(),
             line_issues: Family::default(),
             file_read_offset: Family::default(),
             file_lag: Family::default(),
             file_checkpoint_offset: Family::default(),
+            file_checkpoint_lag: Family::default(),
+            acked_events: Family::default(),
+            failed_events: Family::default(),
+            unacked_events: Family::default(),
             files_open: Family::default(),
             objects_written: Family::default(),
             sink_errors: Family::default(),
@@ -120,6 +132,11 @@ impl Metrics {
             m.discarded.clone(),
         );
         registry.register(
+            "logferry_dead_letter_records",
+            "Records rejected for good and written to the dead-letter directory, by reason",
+            m.dead_letters.clone(),
+        );
+        registry.register(
             "logferry_source_line_issues",
             "Lines kept but altered, by reason (not_json, no_match, invalid_utf8, truncated, time_missing)",
             m.line_issues.clone(),
@@ -138,6 +155,26 @@ impl Metrics {
             "logferry_file_checkpoint_offset_bytes",
             "Offset of a file that every sink has made durable",
             m.file_checkpoint_offset.clone(),
+        );
+        registry.register(
+            "logferry_file_checkpoint_lag_bytes",
+            "Bytes of a file not yet durable in every sink (size minus checkpoint offset)",
+            m.file_checkpoint_lag.clone(),
+        );
+        registry.register(
+            "logferry_source_acked_events",
+            "Records every sink made durable (end-to-end acknowledged)",
+            m.acked_events.clone(),
+        );
+        registry.register(
+            "logferry_source_failed_events",
+            "Records a sink gave up on (left behind the checkpoint, read again at the next start)",
+            m.failed_events.clone(),
+        );
+        registry.register(
+            "logferry_source_unacked_events",
+            "Records sent downstream and not yet acknowledged",
+            m.unacked_events.clone(),
         );
         registry.register("logferry_files_open", "Files a source is tailing", m.files_open.clone());
         registry.register(
@@ -205,8 +242,12 @@ impl Metrics {
             sent_events: self.sent_events.get_or_create(&labels).clone(),
             sent_bytes: self.sent_bytes.get_or_create(&labels).clone(),
             files_open: self.files_open.get_or_create(&labels).clone(),
+            acked_events: self.acked_events.get_or_create(&labels).clone(),
+            failed_events: self.failed_events.get_or_create(&labels).clone(),
+            unacked_events: self.unacked_events.get_or_create(&labels).clone(),
             objects_written: self.objects_written.get_or_create(&labels).clone(),
             discarded: self.discarded.clone(),
+            dead_letters: self.dead_letters.clone(),
             line_issues: self.line_issues.clone(),
             sink_errors: self.sink_errors.clone(),
             firehose_records_sent: self.firehose_records_sent.clone(),
@@ -257,8 +298,12 @@ pub struct ComponentMetrics {
     pub sent_events: Counter,
     pub sent_bytes: Counter,
     pub files_open: Gauge,
+    pub acked_events: Counter,
+    pub failed_events: Counter,
+    pub unacked_events: Gauge,
     pub objects_written: Counter,
     discarded: Family<ReasonLabels, Counter>,
+    dead_letters: Family<ReasonLabels, Counter>,
     line_issues: Family<ReasonLabels, Counter>,
     sink_errors: Family<ReasonLabels, Counter>,
     firehose_records_sent: Family<SinkLabels, Counter>,
@@ -279,6 +324,11 @@ impl ComponentMetrics {
         }
         self.discarded.get_or_create(&self.labels(reason)).inc_by(count);
         tracing::debug!(component = %self.id, reason, count, "records discarded");
+    }
+
+    /// Discarded records that were written to the dead-letter directory.
+    pub fn dead_letters(&self, reason: &'static str, count: u64) {
+        self.dead_letters.get_or_create(&self.labels(reason)).inc_by(count);
     }
 
     /// A handle for a line issue counter (resolve once, bump per batch).

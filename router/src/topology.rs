@@ -19,9 +19,10 @@ use crate::api::Health;
 use crate::buffer::BufferConfig;
 use crate::buffer::disk::{self, DiskBuffer};
 use crate::config::Config;
+use crate::dead_letter::DeadLetters;
 use crate::event::Batch;
 use crate::metrics::Metrics;
-use crate::sinks::SinkConfig;
+use crate::sinks::{SinkConfig, SinkContext};
 use crate::sources::SourceConfig;
 use crate::sources::file::{self, SourceContext, SourceError};
 use crate::transforms::TransformConfig;
@@ -29,6 +30,9 @@ use crate::transforms::TransformConfig;
 /// Batches queued per edge. Memory is bounded by the semaphore; this only
 /// keeps consumers busy.
 const CHANNEL_CAPACITY: usize = 4;
+/// How long sinks may take to wind down once the sources have saved their
+/// checkpoints.
+const SINK_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
 
 /// Sends a batch to every downstream component (clones share the records).
 #[derive(Clone, Debug, Default)]
@@ -73,6 +77,10 @@ pub struct Running {
     pub force: CancellationToken,
     /// Sinks stop retrying: the sources have saved their checkpoints.
     sinks_stop: CancellationToken,
+    /// Polls `[lifecycle.exit_when]`; cancels `shutdown` when one holds.
+    lifecycle: tokio::task::JoinHandle<()>,
+    /// Some sink has a disk buffer.
+    disk_buffers: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -158,48 +166,27 @@ pub fn start(
             }
         };
         let span = tracing::info_span!("sink", id = %c.id, kind = c.inner.kind());
-        match &c.inner {
-            SinkConfig::File(cfg) => {
-                tasks.spawn(tracing::Instrument::instrument(
-                    crate::sinks::file::run(cfg.clone(), rx, m),
-                    span,
-                ));
-            }
-            SinkConfig::Stdout(_) => {
-                tasks.spawn(tracing::Instrument::instrument(crate::sinks::stdout::run(rx, m), span));
-            }
-            SinkConfig::S3(cfg) => {
-                tasks.spawn(tracing::Instrument::instrument(
-                    crate::sinks::s3::run(c.id.clone(), cfg.clone(), rx, m, health.clone(), sinks_stop.clone()),
-                    span,
-                ));
-            }
-            SinkConfig::CloudWatchLogs(cfg) => {
-                tasks.spawn(tracing::Instrument::instrument(
-                    crate::sinks::cloudwatch_logs::run(
-                        c.id.clone(),
-                        cfg.clone(),
-                        rx,
-                        m,
-                        health.clone(),
-                        sinks_stop.clone(),
-                    ),
-                    span,
-                ));
-            }
-            SinkConfig::Firehose(cfg) => {
-                tasks.spawn(tracing::Instrument::instrument(
-                    crate::sinks::firehose::run(c.id.clone(), cfg.clone(), rx, m, health.clone(), sinks_stop.clone()),
-                    span,
-                ));
-            }
-            SinkConfig::Blackhole(_) => {
-                tasks.spawn(tracing::Instrument::instrument(
-                    crate::sinks::blackhole::run(rx, m),
-                    span,
-                ));
-            }
-        }
+        let cx = SinkContext {
+            id: c.id.clone(),
+            dead: Arc::new(DeadLetters::new(
+                config.global.dead_letter_dir.as_deref(),
+                &c.id,
+                m.clone(),
+            )),
+            m: m.clone(),
+            health: health.clone(),
+            stop: sinks_stop.clone(),
+            memory: memory.clone(),
+        };
+        let task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match &c.inner {
+            SinkConfig::File(cfg) => Box::pin(crate::sinks::file::run(cfg.clone(), rx, m)),
+            SinkConfig::Stdout(_) => Box::pin(crate::sinks::stdout::run(rx, m)),
+            SinkConfig::Blackhole(_) => Box::pin(crate::sinks::blackhole::run(rx, m)),
+            SinkConfig::S3(cfg) => Box::pin(crate::sinks::s3::run(cfg.clone(), rx, cx)),
+            SinkConfig::CloudWatchLogs(cfg) => Box::pin(crate::sinks::cloudwatch_logs::run(cfg.clone(), rx, cx)),
+            SinkConfig::Firehose(cfg) => Box::pin(crate::sinks::firehose::run(cfg.clone(), rx, cx)),
+        };
+        tasks.spawn(tracing::Instrument::instrument(task, span));
     }
     for c in &config.transforms {
         let Some(rx) = receivers.remove(&c.id) else { continue };
@@ -226,6 +213,9 @@ pub fn start(
             shutdown: shutdown.clone(),
             force: force.clone(),
             exit_on_eof: opts.exit_on_eof,
+            drain_quiet: config.lifecycle.drain_quiet,
+            drain_read_budget: config.lifecycle.read_budget(),
+            drain_timeout: config.lifecycle.drain_timeout,
             rt: tokio::runtime::Handle::current(),
         };
         match &c.inner {
@@ -240,7 +230,14 @@ pub fn start(
     }
     // Only upstream components hold senders now, so closing propagates.
     drop(senders);
+    let lifecycle = if opts.exit_on_eof {
+        tokio::spawn(async {})
+    } else {
+        tokio::spawn(crate::lifecycle::watch(config.lifecycle.clone(), env, shutdown.clone()))
+    };
     Ok(Running {
+        disk_buffers: config.sinks.iter().any(|c| c.buffer != BufferConfig::Memory),
+        lifecycle,
         sources,
         tasks,
         shutdown,
@@ -271,10 +268,29 @@ impl Running {
         // Sources only finish once every batch settled or they gave up
         // waiting; whatever a sink still retries is not checkpointed.
         self.sinks_stop.cancel();
+        self.lifecycle.abort();
         if self.force.is_cancelled() {
             self.tasks.abort_all();
         }
-        while self.tasks.join_next().await.is_some() {}
+        // A sink in the middle of a request gets a moment to finish it; its
+        // records are not in any checkpoint, so cutting it short loses nothing.
+        let settle = async { while self.tasks.join_next().await.is_some() {} };
+        // At the end of `--exit-on-eof` (no shutdown asked) a disk buffer
+        // still hands its backlog to its sink: delivery, not a stuck request,
+        // so it is waited for (it ends when drained or when the sink fails).
+        let settle_for = if self.disk_buffers && !self.shutdown.is_cancelled() {
+            std::time::Duration::MAX
+        } else {
+            SINK_SETTLE
+        };
+        if tokio::time::timeout(settle_for, settle).await.is_err() {
+            tracing::warn!("sinks still busy after the sources stopped; aborting them");
+            // Disk buffers first: an aborted sink drops its batches, and
+            // those drops must not count as acks (see `buffer::disk`).
+            self.force.cancel();
+            self.tasks.abort_all();
+            while self.tasks.join_next().await.is_some() {}
+        }
         result
     }
 }

@@ -347,6 +347,15 @@ fn metrics_count_every_line_written() {
     wait_for("checkpoint", LONG, || {
         get("logferry_file_checkpoint_offset_bytes", &["app.log"]) == Some(size)
     });
+    assert_eq!(get("logferry_file_checkpoint_lag_bytes", &["app.log"]), Some(0.0));
+    wait_for("every record acknowledged", LONG, || {
+        get("logferry_source_acked_events_total", &["component=\"app\""]) == Some(7500.0)
+    });
+    assert_eq!(get("logferry_source_unacked_events", &["component=\"app\""]), Some(0.0));
+    assert_eq!(
+        get("logferry_source_failed_events_total", &["component=\"app\""]),
+        Some(0.0)
+    );
     assert_eq!(http_get(port, "/healthz").unwrap().0, 200);
     assert_eq!(http_get(port, "/readyz").unwrap().0, 200);
     child.signal(libc::SIGTERM);

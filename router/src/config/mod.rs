@@ -22,6 +22,7 @@ pub use expand::{ExpandError, expand};
 pub use locate::Seg;
 
 use crate::buffer::BufferConfig;
+use crate::lifecycle::LifecycleConfig;
 use crate::sinks::SinkConfig;
 use crate::sources::SourceConfig;
 use crate::transforms::TransformConfig;
@@ -82,6 +83,10 @@ pub struct GlobalConfig {
     /// Hard bound on record data buffered in memory across the pipeline.
     #[serde(default = "default_memory_limit")]
     pub memory_limit: bytesize::ByteSize,
+    /// Where records a sink rejects for good are written (NDJSON, with the
+    /// reason). Without it they are counted and dropped.
+    #[serde(default)]
+    pub dead_letter_dir: Option<PathBuf>,
 }
 
 fn default_data_dir() -> PathBuf {
@@ -97,6 +102,7 @@ impl Default for GlobalConfig {
         GlobalConfig {
             data_dir: default_data_dir(),
             memory_limit: default_memory_limit(),
+            dead_letter_dir: None,
         }
     }
 }
@@ -130,6 +136,7 @@ pub struct Config {
     pub origin: String,
     pub global: GlobalConfig,
     pub api: Option<ApiConfig>,
+    pub lifecycle: LifecycleConfig,
     pub sources: Vec<Component<SourceConfig>>,
     pub transforms: Vec<Component<TransformConfig>>,
     pub sinks: Vec<Component<SinkConfig>>,
@@ -257,7 +264,7 @@ fn load_inner(text: &str, origin: &str, ctx: &mut Ctx<'_>) -> Option<Config> {
         expand_value(ctx, &mut vec![Seg::Key(key.clone())], value);
     }
 
-    const SECTIONS: &[&str] = &["global", "api", "sources", "transforms", "sinks"];
+    const SECTIONS: &[&str] = &["global", "api", "lifecycle", "sources", "transforms", "sinks"];
     for key in root.keys() {
         if !SECTIONS.contains(&key.as_str()) {
             ctx.error(
@@ -274,6 +281,11 @@ fn load_inner(text: &str, origin: &str, ctx: &mut Ctx<'_>) -> Option<Config> {
         Some(v) => deserialize_at::<ApiConfig>(ctx, &path(&["api"]), v).map(Some),
         None => Some(None),
     };
+    let lifecycle = match root.remove("lifecycle") {
+        Some(v) => deserialize_at::<LifecycleConfig>(ctx, &path(&["lifecycle"]), v)
+            .filter(|l| l.validate(ctx, &path(&["lifecycle"]))),
+        None => Some(LifecycleConfig::default()),
+    };
     if let Some(g) = &global
         && g.memory_limit.as_u64() < 1024 * 1024
     {
@@ -288,6 +300,7 @@ fn load_inner(text: &str, origin: &str, ctx: &mut Ctx<'_>) -> Option<Config> {
         origin: origin.to_string(),
         global: global.unwrap_or_default(),
         api: api.flatten(),
+        lifecycle: lifecycle.unwrap_or_default(),
         sources,
         transforms,
         sinks,
@@ -511,9 +524,14 @@ impl Config {
             self.global.data_dir.display(),
             self.global.memory_limit.display().iec()
         ));
+        if let Some(dir) = &self.global.dead_letter_dir {
+            s.push_str(&format!("dead_letter_dir: {}\n", dir.display()));
+        }
         if let Some(api) = &self.api {
             s.push_str(&format!("api: http://{}\n", api.address));
         }
+        s.push_str(&self.lifecycle.describe());
+        s.push('\n');
         for c in &self.sources {
             s.push_str(&format!("source {} ({})\n", c.id, c.inner.describe()));
         }

@@ -10,7 +10,28 @@ pub mod firehose;
 pub mod s3;
 pub mod stdout;
 
+use std::sync::Arc;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::api::Health;
 use crate::config::{Ctx, Seg, deserialize_at};
+use crate::dead_letter::DeadLetters;
+use crate::metrics::ComponentMetrics;
+
+/// What every sink is handed besides its config and input.
+pub struct SinkContext {
+    pub id: String,
+    pub m: ComponentMetrics,
+    /// `/readyz`: a sink marks itself failing while a permanent error lasts.
+    pub health: Arc<Health>,
+    /// Stop retrying: the sources have saved checkpoints without what is left.
+    pub stop: CancellationToken,
+    /// Where records rejected for good go.
+    pub dead: Arc<DeadLetters>,
+    /// `global.memory_limit`, for what the sink buffers (see `memory.rs`).
+    pub memory: Arc<tokio::sync::Semaphore>,
+}
 
 /// The configuration of one sink, by `type`.
 #[derive(Debug, Clone)]

@@ -26,9 +26,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::CloudWatchLogsSinkConfig;
 
+use super::SinkContext;
 use super::aws::{self, Abandoned, RetryCtx};
 use crate::api::Health;
+use crate::dead_letter::DeadLetters;
 use crate::event::{AckToken, Batch};
+use crate::memory::Charge;
 use crate::metrics::ComponentMetrics;
 use crate::template::{Renderer, Template};
 
@@ -66,16 +69,20 @@ struct Shared {
     health: Arc<Health>,
     stop: CancellationToken,
     failing: AtomicBool,
+    dead: Arc<DeadLetters>,
 }
 
-pub async fn run(
-    id: String,
-    cfg: CloudWatchLogsSinkConfig,
-    mut input: mpsc::Receiver<Batch>,
-    m: ComponentMetrics,
-    health: Arc<Health>,
-    stop: CancellationToken,
-) {
+pub async fn run(cfg: CloudWatchLogsSinkConfig, mut input: mpsc::Receiver<Batch>, cx: SinkContext) {
+    let SinkContext {
+        id,
+        m,
+        health,
+        stop,
+        dead,
+        memory,
+    } = cx;
+    // Queued events count against memory_limit; without room, send early.
+    let mut charge = Charge::new(memory);
     let (Ok(group_t), Ok(stream_t)) = (Template::parse(&cfg.log_group), Template::parse(&cfg.log_stream)) else {
         tracing::error!("invalid log_group or log_stream template");
         return;
@@ -89,6 +96,7 @@ pub async fn run(
         stop,
         failing: AtomicBool::new(false),
         cfg: cfg.clone(),
+        dead,
     });
     health.set_sink(&id, true);
     let mut group_r = Renderer::new(group_t);
@@ -113,10 +121,12 @@ pub async fn run(
             },
             _ = tick.tick() => false,
         };
+        let tight = !charge.resize(pending.values().map(|p| p.bytes).sum());
         let ready: Vec<StreamKey> = pending
             .iter()
             .filter(|(_, p)| {
                 closing
+                    || tight
                     || p.events.len() >= MAX_EVENTS
                     || p.bytes >= MAX_BATCH_BYTES
                     || p.opened.is_some_and(|t| t.elapsed() >= cfg.flush_interval)
@@ -231,10 +241,10 @@ pub fn truncate_message(message: &mut String, max: usize) {
 }
 
 /// Why events were left out of a request.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct Dropped {
-    pub too_old: u64,
-    pub too_new: u64,
+    pub too_old: Vec<Event>,
+    pub too_new: Vec<Event>,
 }
 
 /// Takes out what CloudWatch would reject, sorts by time, and cuts the rest
@@ -246,17 +256,16 @@ pub fn plan_requests(mut events: Vec<Event>, now_ms: i64, retention_days: Option
     }
     let newest = now_ms + MAX_AHEAD_MS;
     let mut dropped = Dropped::default();
-    events.retain(|e| {
+    let (kept, rejected): (Vec<Event>, Vec<Event>) =
+        events.into_iter().partition(|e| (oldest..=newest).contains(&e.ts));
+    events = kept;
+    for e in rejected {
         if e.ts < oldest {
-            dropped.too_old += 1;
-            false
-        } else if e.ts > newest {
-            dropped.too_new += 1;
-            false
+            dropped.too_old.push(e);
         } else {
-            true
+            dropped.too_new.push(e);
         }
-    });
+    }
     // Stable: events of the same millisecond keep their file order.
     events.sort_by_key(|e| e.ts);
     let mut requests: Vec<Vec<Event>> = Vec::new();
@@ -314,8 +323,10 @@ async fn send_stream_inner(
     }
     let now = now_ms();
     let (requests, dropped) = plan_requests(events, now, s.cfg.retention_days);
-    s.m.discarded("too_old", dropped.too_old);
-    s.m.discarded("too_new", dropped.too_new);
+    s.dead
+        .send("too_old", dropped.too_old.iter().map(|e| e.message.as_bytes()));
+    s.dead
+        .send("too_new", dropped.too_new.iter().map(|e| e.message.as_bytes()));
     for req in requests {
         let n = req.len() as u64;
         let bytes: usize = req.iter().map(|e| e.message.len()).sum();
@@ -361,14 +372,30 @@ async fn send_stream_inner(
         };
         let mut rejected = 0u64;
         if let Some(info) = out.rejected_log_events_info() {
-            let total = n as i64;
-            let too_new = info.too_new_log_event_start_index().map_or(0, |i| total - i64::from(i));
-            let too_old = info.too_old_log_event_end_index().map_or(0, |i| i64::from(i) + 1);
-            let expired = info.expired_log_event_end_index().map_or(0, |i| i64::from(i) + 1);
-            s.m.discarded("rejected_too_new", too_new.max(0) as u64);
-            s.m.discarded("rejected_too_old", too_old.max(0) as u64);
-            s.m.discarded("rejected_expired", expired.max(0) as u64);
-            rejected = (too_new.max(0) + too_old.max(expired).max(0)) as u64;
+            // Indices into the sorted request: too new from a start index to
+            // the end, too old / expired from the start to an end index.
+            let n_events = input.len();
+            let new_from = info
+                .too_new_log_event_start_index()
+                .map_or(n_events, |i| (i.max(0) as usize).min(n_events));
+            let old_to = info
+                .too_old_log_event_end_index()
+                .map_or(0, |i| (i64::from(i) + 1).max(0) as usize);
+            let expired_to = info
+                .expired_log_event_end_index()
+                .map_or(0, |i| (i64::from(i) + 1).max(0) as usize);
+            fn msg(e: &InputLogEvent) -> &[u8] {
+                e.message().as_bytes()
+            }
+            let old_to = old_to.min(new_from);
+            let expired_to = expired_to.min(new_from);
+            s.dead.send("rejected_too_new", input[new_from..].iter().map(msg));
+            s.dead.send("rejected_too_old", input[..old_to].iter().map(msg));
+            s.dead.send(
+                "rejected_expired",
+                input[old_to.min(expired_to)..expired_to].iter().map(msg),
+            );
+            rejected = ((n_events - new_from) + old_to.max(expired_to)) as u64;
         }
         s.m.sent_events.inc_by(n.saturating_sub(rejected));
         s.m.sent_bytes.inc_by(bytes as u64);
@@ -453,11 +480,11 @@ mod tests {
             ev(NOW - 3 * 24 * 3600 * 1000, 1),
         ];
         let (reqs, dropped) = plan_requests(events.clone(), NOW, None);
-        assert_eq!(dropped, Dropped { too_old: 1, too_new: 1 });
+        assert_eq!((dropped.too_old.len(), dropped.too_new.len()), (1, 1));
         // The 3-day-old event and the recent one span more than 24 h.
         assert_eq!(reqs.len(), 2);
         let (reqs, dropped) = plan_requests(events, NOW, Some(1));
-        assert_eq!(dropped, Dropped { too_old: 2, too_new: 1 });
+        assert_eq!((dropped.too_old.len(), dropped.too_new.len()), (2, 1));
         assert_eq!(reqs.len(), 1);
     }
 
@@ -505,7 +532,7 @@ mod tests {
             let total = events.len() as u64;
             let (reqs, dropped) = plan_requests(events, NOW, None);
             let kept: u64 = reqs.iter().map(|r| r.len() as u64).sum();
-            prop_assert_eq!(kept + dropped.too_old + dropped.too_new, total);
+            prop_assert_eq!(kept + (dropped.too_old.len() + dropped.too_new.len()) as u64, total);
             for r in &reqs {
                 prop_assert!(!r.is_empty() && r.len() <= MAX_EVENTS);
                 prop_assert!(r.iter().map(|e| e.message.len() + EVENT_OVERHEAD).sum::<usize>() <= MAX_BATCH_BYTES);

@@ -28,6 +28,14 @@ pub struct FirehoseSinkConfig {
     /// log record longer than this is dropped and counted.
     #[serde(default = "default_max_record_size")]
     pub max_record_size: ByteSize,
+    /// Calls a record Firehose keeps rejecting (`FailedPutCount`) is sent
+    /// again before it goes to the dead letters; 0 retries forever.
+    #[serde(default = "default_max_record_retries")]
+    pub max_record_retries: u32,
+}
+
+fn default_max_record_retries() -> u32 {
+    20
 }
 
 fn default_flush_interval() -> Duration {

@@ -8,9 +8,8 @@
 //! `max_record_size` (Firehose's limit, 1,000 KiB, by default). The
 //! destination receives the same NDJSON as the other sinks write, and a
 //! Firehose record never splits a log record. A single log record longer than
-//! the limit cannot be sent at all: it is dropped and counted
-//! (`over_size_limit`); a dead-letter directory for such records comes with
-//! a later issue.
+//! the limit cannot be sent at all: it goes to the dead letters
+//! (`over_size_limit`, see `dead_letter.rs`).
 //!
 //! Closed Firehose records queue until they fill one PutRecordBatch call (500
 //! records, 4 MiB) or the oldest waiting log record is `flush_interval` old;
@@ -29,7 +28,11 @@
 //! queue); permanent errors (no such stream, access denied) are logged once
 //! per burst and make `/readyz` fail. A partly failed call
 //! (`FailedPutCount > 0`) is retried with only the rejected records, after a
-//! backoff too. Retrying stops only when the sink is told to stop.
+//! backoff too. A record still rejected after `max_record_retries` such
+//! attempts goes to the dead letters (`retries_exhausted`) so that one
+//! poisoned record cannot hold the stream forever; whole-call failures
+//! (stream missing, access denied, network) are retried until the sink is
+//! told to stop, since they say nothing about the records.
 
 mod config;
 
@@ -47,9 +50,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::{FirehoseSinkConfig, MAX_RECORD_SIZE};
 
+use super::SinkContext;
 use super::aws::{self, Failure};
 use crate::api::Health;
+use crate::dead_letter::DeadLetters;
 use crate::event::{AckToken, Batch};
+use crate::memory::Charge;
 use crate::metrics::ComponentMetrics;
 
 /// PutRecordBatch limits: records per call, and data bytes per call.
@@ -58,9 +64,6 @@ pub const MAX_CALL_BYTES: usize = 4 * 1024 * 1024;
 
 /// Longest pause between retries of one call.
 const RETRY_CAP: Duration = Duration::from_secs(30);
-
-/// How often an over-size log record is logged (it is always counted).
-const OVERSIZE_WARN_EVERY: Duration = Duration::from_secs(60);
 
 /// One Firehose record: log records, each ending in `\n`, and the tags (ack
 /// clones) of the batches they came from, one per batch.
@@ -248,35 +251,35 @@ struct FirehoseSink {
     stop: CancellationToken,
     line: Vec<u8>,
     failing: bool,
-    last_oversize_warn: Option<Instant>,
+    dead: Arc<DeadLetters>,
+    /// Queued and packed bytes, against `memory_limit`.
+    charge: Charge,
 }
 
-pub async fn run(
-    id: String,
-    cfg: FirehoseSinkConfig,
-    input: mpsc::Receiver<Batch>,
-    m: ComponentMetrics,
-    health: Arc<Health>,
-    stop: CancellationToken,
-) {
+pub async fn run(cfg: FirehoseSinkConfig, input: mpsc::Receiver<Batch>, cx: SinkContext) {
     let sdk = aws::sdk_config(cfg.region.as_deref(), cfg.endpoint_url.as_deref()).await;
     if sdk.region().is_none() {
         tracing::warn!("no AWS region configured (sink `region`, AWS_REGION, profile or instance metadata)");
     }
     let client = aws_sdk_firehose::Client::new(&sdk);
-    run_with_client(id, cfg, client, input, m, health, stop).await;
+    run_with_client(cfg, client, input, cx).await;
 }
 
 /// [`run`] with a ready client (tests point it at a local server).
 async fn run_with_client(
-    id: String,
     cfg: FirehoseSinkConfig,
     client: aws_sdk_firehose::Client,
     mut input: mpsc::Receiver<Batch>,
-    m: ComponentMetrics,
-    health: Arc<Health>,
-    stop: CancellationToken,
+    cx: SinkContext,
 ) {
+    let SinkContext {
+        id,
+        m,
+        health,
+        stop,
+        dead,
+        memory,
+    } = cx;
     let tick_every = (cfg.flush_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     // Validated to be at most MAX_RECORD_SIZE, so it fits a usize.
     let limit = cfg.max_record_size.as_u64().min(MAX_RECORD_SIZE) as usize;
@@ -292,7 +295,8 @@ async fn run_with_client(
         stop,
         line: Vec::with_capacity(4096),
         failing: false,
-        last_oversize_warn: None,
+        dead,
+        charge: Charge::new(memory),
         id,
         cfg,
     };
@@ -306,6 +310,11 @@ async fn run_with_client(
                 None => break false,
             },
             _ = tick.tick() => sink.flush_if_due().await,
+        };
+        // Without room in memory_limit for what waits here, send it now.
+        let r = match r {
+            Ok(()) if !sink.charge.resize(sink.queued_bytes + sink.packer.open.data.len()) => sink.flush_all().await,
+            r => r,
         };
         if r.is_err() {
             break true;
@@ -328,7 +337,6 @@ impl FirehoseSink {
         let n = batch.len();
         self.m.received_events.inc_by(n as u64);
         self.packer.begin(batch.ack.clone().map(|a| HeldAck(Some(a))));
-        let mut oversize = 0u64;
         let mut result = Ok(());
         for i in 0..n {
             self.line.clear();
@@ -337,7 +345,7 @@ impl FirehoseSink {
             self.m.received_bytes.inc_by(self.line.len() as u64);
             match self.packer.push(&self.line) {
                 Pushed::Oversize => {
-                    oversize += 1;
+                    self.dead.send("over_size_limit", [&self.line[..]]);
                     continue;
                 }
                 Pushed::Added => {}
@@ -357,22 +365,6 @@ impl FirehoseSink {
         if result.is_err() {
             // Not all of its records were packed.
             batch.fail();
-        }
-        if oversize > 0 {
-            // No dead-letter directory yet (a later issue): counted only.
-            self.m.discarded("over_size_limit", oversize);
-            if self
-                .last_oversize_warn
-                .is_none_or(|t| t.elapsed() >= OVERSIZE_WARN_EVERY)
-            {
-                self.last_oversize_warn = Some(Instant::now());
-                tracing::warn!(
-                    sink = %self.id,
-                    count = oversize,
-                    max_record_size = self.packer.limit,
-                    "log records longer than a Firehose record dropped (counted as over_size_limit)"
-                );
-            }
         }
         result
     }
@@ -475,6 +467,18 @@ impl FirehoseSink {
                 break;
             }
             attempt += 1;
+            let limit = self.cfg.max_record_retries;
+            if limit > 0 && attempt > limit {
+                for (rec, h) in records.drain(..).zip(held.drain(..)) {
+                    let lines = rec.data().as_ref().split_inclusive(|b| *b == b'\n');
+                    self.dead.send("retries_exhausted", lines);
+                    // Dropped on purpose and counted: the batches may move on.
+                    for t in h.2 {
+                        t.release();
+                    }
+                }
+                break;
+            }
             let class = aws::classify(first_code.as_deref());
             self.m.sink_error(if class == Failure::Permanent {
                 "permanent"
@@ -887,6 +891,15 @@ mod tests {
     /// Runs the sink against a scripted server: 3 batches of 10 lines of
     /// 200 bytes, records of at most 1KiB (5 lines each, 6 records, one call).
     async fn scenario(script: Vec<Answer>, stop_after: Option<Duration>) -> Outcome {
+        scenario_with(script, stop_after, 0, None).await
+    }
+
+    async fn scenario_with(
+        script: Vec<Answer>,
+        stop_after: Option<Duration>,
+        max_record_retries: u32,
+        dead_letter_dir: Option<&std::path::Path>,
+    ) -> Outcome {
         let (url, state) = server::start(script);
         let conf = aws_sdk_firehose::Config::builder()
             .behavior_version_latest()
@@ -900,6 +913,7 @@ mod tests {
             endpoint_url: None,
             flush_interval: Duration::from_secs(60),
             max_record_size: bytesize::ByteSize::kib(1),
+            max_record_retries,
         };
         let metrics = crate::metrics::Metrics::new();
         let m = metrics.component("fh", "firehose");
@@ -908,13 +922,17 @@ mod tests {
         let (tx, rx) = mpsc::channel(8);
         let (ack_tx, ack_rx) = std::sync::mpsc::channel();
         let task = tokio::spawn(run_with_client(
-            "fh".into(),
             cfg,
             aws_sdk_firehose::Client::from_conf(conf),
             rx,
-            m.clone(),
-            health.clone(),
-            stop.clone(),
+            SinkContext {
+                id: "fh".into(),
+                m: m.clone(),
+                health: health.clone(),
+                stop: stop.clone(),
+                dead: Arc::new(DeadLetters::new(dead_letter_dir, "fh", m.clone())),
+                memory: Arc::new(tokio::sync::Semaphore::new(64 << 20)),
+            },
         ));
         let mut id = 0;
         for seq in 0..3 {
@@ -993,5 +1011,24 @@ mod tests {
         let mut acks: Vec<(u64, bool)> = o.acks.iter().map(|a| (a.seq, a.delivered)).collect();
         acks.sort();
         assert_eq!(acks, [(0, true), (1, false), (2, true)]);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_record_rejected_past_the_bound_goes_to_the_dead_letters() {
+        let dir = tempfile::tempdir().unwrap();
+        let script = vec![Answer::Reject(vec![2]); 100];
+        let o = scenario_with(script, None, 2, Some(dir.path())).await;
+        assert_eq!(o.calls.len(), 3, "the call and two retries");
+        assert_eq!((o.records_sent, o.events_sent), (5, 25));
+        assert!(o.acks.iter().all(|a| a.delivered) && o.acks.len() == 3, "{:?}", o.acks);
+        let files: Vec<_> = std::fs::read_dir(dir.path().join("fh")).unwrap().flatten().collect();
+        let text = std::fs::read_to_string(files[0].path()).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines.len(), 5, "the rejected Firehose record held 5 log records");
+        assert!(
+            lines
+                .iter()
+                .all(|l| l["reason"] == "retries_exhausted" && l["record"].is_object())
+        );
     }
 }

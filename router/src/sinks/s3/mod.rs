@@ -29,10 +29,12 @@ use tokio_util::sync::CancellationToken;
 
 pub use config::S3SinkConfig;
 
+use super::SinkContext;
 use super::aws::{self, Abandoned, RetryCtx};
 use super::encoding::{CONTENT_TYPE, Encoder};
 use crate::api::Health;
 use crate::event::{AckToken, Batch};
+use crate::memory::Charge;
 use crate::metrics::ComponentMetrics;
 use crate::sources::file::parse::TimestampFormatter;
 use crate::template::{Renderer, Template};
@@ -67,16 +69,19 @@ struct S3Sink {
     failing: std::sync::atomic::AtomicBool,
     /// Identifies this router in object names (task, pod or host).
     default_origin: String,
+    /// Compressed bytes held in open objects, against `memory_limit`.
+    charge: Charge,
 }
 
-pub async fn run(
-    id: String,
-    cfg: S3SinkConfig,
-    mut input: mpsc::Receiver<Batch>,
-    m: ComponentMetrics,
-    health: Arc<Health>,
-    stop: CancellationToken,
-) {
+pub async fn run(cfg: S3SinkConfig, mut input: mpsc::Receiver<Batch>, cx: SinkContext) {
+    let SinkContext {
+        id,
+        m,
+        health,
+        stop,
+        memory,
+        ..
+    } = cx;
     let template = match Template::parse(&cfg.key_prefix) {
         Ok(t) => t,
         Err(e) => {
@@ -102,6 +107,7 @@ pub async fn run(
         line: Vec::with_capacity(4096),
         failing: std::sync::atomic::AtomicBool::new(false),
         default_origin: default_origin(),
+        charge: Charge::new(memory),
         id,
         cfg,
     };
@@ -120,6 +126,9 @@ pub async fn run(
             break;
         }
         if sink.upload_full_parts().await.is_err() {
+            break;
+        }
+        if sink.relieve_memory().await.is_err() {
             break;
         }
     }
@@ -208,6 +217,29 @@ impl S3Sink {
             }
         }
         full
+    }
+
+    /// Charges the open objects' compressed bytes to the memory limit; when
+    /// it has no room, completes the largest objects early until it fits.
+    async fn relieve_memory(&mut self) -> Result<(), Abandoned> {
+        loop {
+            let buffered: usize = self.open.values().map(|o| o.enc.get_ref().len()).sum();
+            if self.charge.resize(buffered) {
+                return Ok(());
+            }
+            let Some(key) = self
+                .open
+                .iter()
+                .max_by_key(|(_, o)| o.enc.get_ref().len())
+                .map(|(k, _)| k.clone())
+            else {
+                return Ok(());
+            };
+            if let Some(o) = self.open.remove(&key) {
+                tracing::debug!(key = %o.key, "memory_limit reached: completing an object early");
+                self.finish(o).await?;
+            }
+        }
     }
 
     fn take_expired(&mut self) -> Vec<Object> {

@@ -83,6 +83,12 @@ pub struct SourceContext {
     pub shutdown: CancellationToken,
     pub force: CancellationToken,
     pub exit_on_eof: bool,
+    /// Drain on `shutdown` (see `lifecycle.rs`): read until quiet this long...
+    pub drain_quiet: Duration,
+    /// ...but stop reading this long after the stop request at the latest...
+    pub drain_read_budget: Duration,
+    /// ...and stop waiting for acks this long after it.
+    pub drain_timeout: Duration,
     pub rt: tokio::runtime::Handle,
 }
 
@@ -240,9 +246,25 @@ impl FileSource {
         self.discover(true);
         let mut last_scan = Instant::now();
         let mut last_checkpoint = Instant::now();
+        let mut last_progress = Instant::now();
+        let mut drain_started: Option<Instant> = None;
         let result = loop {
-            if self.cx.shutdown.is_cancelled() || self.cx.force.is_cancelled() {
+            if self.cx.force.is_cancelled() {
                 break Ok(());
+            }
+            if self.cx.shutdown.is_cancelled() {
+                // Draining: the app may still be writing its last lines.
+                let started = *drain_started.get_or_insert_with(|| {
+                    tracing::debug!("draining: reading until the files are quiet");
+                    Instant::now()
+                });
+                let quiet_since = last_progress.max(started);
+                if quiet_since.elapsed() >= self.cx.drain_quiet || started.elapsed() >= self.cx.drain_read_budget {
+                    if let Err(e) = self.flush_partials(true) {
+                        break Err(e);
+                    }
+                    break Ok(());
+                }
             }
             self.drain_acks();
             let due = last_scan.elapsed() >= self.cfg.glob_interval;
@@ -261,6 +283,9 @@ impl FileSource {
                 self.save_checkpoints();
                 last_checkpoint = Instant::now();
             }
+            if progressed {
+                last_progress = Instant::now();
+            }
             if self.cx.exit_on_eof && !progressed {
                 // Everything read: emit held partial lines, then finish.
                 if let Err(e) = self.flush_partials(true) {
@@ -274,7 +299,10 @@ impl FileSource {
         };
         // Closing our senders lets the pipeline drain; then wait for the acks.
         self.cx.outputs.clear();
-        let deadline = Instant::now() + ACK_DRAIN_TIMEOUT;
+        let deadline = match drain_started {
+            Some(t) => t + self.cx.drain_timeout,
+            None => Instant::now() + ACK_DRAIN_TIMEOUT,
+        };
         while self.files.values().any(|w| w.tracker.unsettled() > 0)
             && !self.cx.force.is_cancelled()
             && Instant::now() < deadline
@@ -283,6 +311,13 @@ impl FileSource {
                 self.apply_ack(ack);
             }
             self.drain_acks();
+        }
+        let unsettled: usize = self.files.values().map(|w| w.tracker.unsettled()).sum();
+        if unsettled > 0 && !self.cx.force.is_cancelled() {
+            tracing::warn!(
+                batches = unsettled,
+                "stopping with batches not yet delivered; the checkpoint stays before them, so they are read again at the next start"
+            );
         }
         self.save_checkpoints();
         result
@@ -305,6 +340,13 @@ impl FileSource {
     }
 
     fn apply_ack(&mut self, ack: Ack) {
+        let m = &self.counters.m;
+        m.unacked_events.dec_by(i64::from(ack.records));
+        if ack.delivered {
+            m.acked_events.inc_by(u64::from(ack.records));
+        } else {
+            m.failed_events.inc_by(u64::from(ack.records));
+        }
         if let Some(w) = self.files.get_mut(&ack.stream) {
             if !ack.delivered {
                 tracing::warn!(file = %w.path.display(), "a batch was not delivered; this file's checkpoint stays before it");
@@ -312,9 +354,11 @@ impl FileSource {
             if w.tracker.ack(ack.seq, ack.delivered) {
                 self.checkpoints_dirty = true;
                 let m = &self.cx.metrics;
-                m.file_checkpoint_offset
+                let acked = w.tracker.acked().0;
+                m.file_checkpoint_offset.get_or_create(&w.labels).set(acked as i64);
+                m.file_checkpoint_lag
                     .get_or_create(&w.labels)
-                    .set(w.tracker.acked().0 as i64);
+                    .set(w.size.saturating_sub(acked) as i64);
             }
         }
     }
@@ -634,6 +678,9 @@ impl FileSource {
         m.file_lag
             .get_or_create(&w.labels)
             .set(w.size.saturating_sub(w.read_pos) as i64);
+        m.file_checkpoint_lag
+            .get_or_create(&w.labels)
+            .set(w.size.saturating_sub(w.tracker.acked().0) as i64);
         Ok(read_total > 0)
     }
 
@@ -683,7 +730,7 @@ impl FileSource {
         tracing::trace!(file = %w.path.display(), records = count, end = w.consumed, read_pos = w.read_pos, "sending batch");
         let bytes = records.buf.len().min(self.cx.memory_limit).max(1);
         let seq = w.tracker.push(w.consumed, w.fp);
-        let ack = AckToken::new(w.stream, seq, self.ack_tx.clone());
+        let ack = AckToken::with_records(w.stream, seq, count as u32, self.ack_tx.clone());
         let memory = self.cx.memory.clone();
         let force = self.cx.force.clone();
         let outputs = self.cx.outputs.clone();
@@ -711,6 +758,7 @@ impl FileSource {
         }
         self.counters.m.received_events.inc_by(count);
         self.counters.m.sent_events.inc_by(count);
+        self.counters.m.unacked_events.inc_by(count as i64);
         Ok(())
     }
 
@@ -738,6 +786,7 @@ impl FileSource {
                 m.file_read_offset.remove(&w.labels);
                 m.file_lag.remove(&w.labels);
                 m.file_checkpoint_offset.remove(&w.labels);
+                m.file_checkpoint_lag.remove(&w.labels);
                 self.checkpoints_dirty = true;
             }
         }

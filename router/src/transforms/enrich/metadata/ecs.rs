@@ -24,7 +24,7 @@ use tokio::time::Instant;
 use super::{Detect, EnvLookup, Partial, error_chain, lookup, string_field};
 
 /// Injected by the ECS agent (EC2 launch type, agent >= 1.39) and by Fargate (platform >= 1.4).
-pub(super) const URI_ENV: &str = "ECS_CONTAINER_METADATA_URI_V4";
+pub const URI_ENV: &str = "ECS_CONTAINER_METADATA_URI_V4";
 
 /// Metadata documents are a few KiB; anything near this is not the agent.
 const MAX_BODY: usize = 1 << 20;
@@ -75,6 +75,8 @@ struct ContainerDoc {
     /// agent's own. Older agents omit it.
     #[serde(rename = "Type")]
     kind: Option<String>,
+    /// `PULLED`, `RUNNING`, `STOPPED`, ... (the lifecycle's app-exit check).
+    known_status: Option<String>,
 }
 
 impl ContainerDoc {
@@ -135,6 +137,22 @@ pub(super) async fn collect(
         None => Partial::found(fields),
         Some(why) => Partial::failed(fields, why),
     }
+}
+
+/// The `KnownStatus` of the task's container named `name` (`None` when the
+/// task has no such container), for `[lifecycle.exit_when]`.
+pub async fn container_status(base: &str, name: &str, timeout: Duration) -> Result<Option<String>, String> {
+    let deadline = Instant::now() + timeout;
+    let client = http_client(deadline);
+    let url = format!("{}/task", base.trim().trim_end_matches('/'));
+    let task = get_json::<TaskDoc>(&client, &url, deadline)
+        .await
+        .map_err(|e| error_chain(&e))?;
+    Ok(task
+        .containers
+        .into_iter()
+        .find(|c| c.name.as_deref() == Some(name))
+        .map(|c| c.known_status.unwrap_or_default()))
 }
 
 fn default_app_container<'a>(containers: &'a [ContainerDoc], me: &ContainerDoc) -> Option<&'a ContainerDoc> {
@@ -568,17 +586,20 @@ pub(super) mod tests {
             docker_id: Some(String::new()),
             name: Some("router".into()),
             kind: None,
+            known_status: None,
         };
         let containers = vec![
             ContainerDoc {
                 docker_id: Some(String::new()),
                 name: Some("router".into()),
                 kind: None,
+                known_status: None,
             },
             ContainerDoc {
                 docker_id: Some(String::new()),
                 name: Some("app".into()),
                 kind: None,
+                known_status: None,
             },
         ];
         let pick = default_app_container(&containers, &me).and_then(|c| c.name.as_deref());

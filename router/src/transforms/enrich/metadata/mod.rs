@@ -16,6 +16,8 @@
 
 mod ec2;
 mod ecs;
+
+pub use ecs::{URI_ENV as ECS_METADATA_URI_ENV, container_status as ecs_container_status};
 mod kubernetes;
 #[cfg(test)]
 mod testserver;
