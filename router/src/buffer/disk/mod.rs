@@ -63,7 +63,12 @@
 //! waits for its acks, so the position file is final (and the buffer empty).
 //! If the sink fails a batch while draining, the reader stops feeding it: the
 //! rest stays on disk for the next start. The `stop` token (stop now) ends
-//! all of it at once; the position is saved and the data stays on disk.
+//! all of it at once; the position is saved and the data stays on disk. The
+//! topology waits for the drain after `--exit-on-eof`, and after a shutdown
+//! (signal, app exit) only for its settle time before cancelling `stop`: what
+//! is on disk is durable, so cutting the replay short loses nothing. `stop`
+//! must be cancelled before a sink is torn down: a dropped batch reports
+//! "delivered", and after `stop` the acker takes no acks any more.
 
 mod frame;
 mod reader;
