@@ -133,19 +133,22 @@ impl Run {
         while let Some(b) = self.recv().await {
             got.extend(ids(&b));
         }
+        self.join().await;
+        got
+    }
+
+    /// Waits for every buffer task to end.
+    async fn join(&mut self) {
         tokio::time::timeout(LIMIT, async { while self.tasks.join_next().await.is_some() {} })
             .await
             .expect("buffer tasks end");
-        got
     }
 
     /// Stops now (as on a forced exit) and waits for the tasks.
     async fn stop(mut self) {
         self.stop.cancel();
         self.tx = None;
-        tokio::time::timeout(LIMIT, async { while self.tasks.join_next().await.is_some() {} })
-            .await
-            .expect("buffer tasks end");
+        self.join().await;
     }
 }
 
@@ -239,9 +242,7 @@ async fn a_batch_the_sink_fails_while_draining_stays_for_the_next_start() {
     while let Some(b) = run.recv().await {
         assert!(ids(&b)[0] >= 20);
     }
-    tokio::time::timeout(LIMIT, async { while run.tasks.join_next().await.is_some() {} })
-        .await
-        .expect("buffer tasks end");
+    run.join().await;
     // The position stays before the failed batch.
     let run = start(dir.path(), ByteSize::mib(64), WhenFull::Block);
     assert_eq!(run.finish().await, (10..100).collect::<Vec<_>>());
