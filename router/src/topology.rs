@@ -81,6 +81,9 @@ pub struct Running {
     lifecycle: tokio::task::JoinHandle<()>,
     /// Some sink has a disk buffer.
     disk_buffers: bool,
+    /// When `shutdown` was cancelled, and how long the whole drain may take.
+    drain_started: Arc<std::sync::OnceLock<std::time::Instant>>,
+    drain_timeout: std::time::Duration,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -230,12 +233,26 @@ pub fn start(
     }
     // Only upstream components hold senders now, so closing propagates.
     drop(senders);
+    let drain_started = Arc::new(std::sync::OnceLock::new());
     let lifecycle = if opts.exit_on_eof {
         tokio::spawn(async {})
     } else {
-        tokio::spawn(crate::lifecycle::watch(config.lifecycle.clone(), env, shutdown.clone()))
+        let (watch, started, stop) = (
+            crate::lifecycle::watch(config.lifecycle.clone(), env, shutdown.clone()),
+            drain_started.clone(),
+            shutdown.clone(),
+        );
+        tokio::spawn(async move {
+            let note = async move {
+                stop.cancelled().await;
+                let _ = started.set(std::time::Instant::now());
+            };
+            tokio::join!(watch, note);
+        })
     };
     Ok(Running {
+        drain_started,
+        drain_timeout: config.lifecycle.drain_timeout,
         disk_buffers: config.sinks.iter().any(|c| c.buffer != BufferConfig::Memory),
         lifecycle,
         sources,
@@ -278,10 +295,14 @@ impl Running {
         // At the end of `--exit-on-eof` (no shutdown asked) a disk buffer
         // still hands its backlog to its sink: delivery, not a stuck request,
         // so it is waited for (it ends when drained or when the sink fails).
-        let settle_for = if self.disk_buffers && !self.shutdown.is_cancelled() {
-            std::time::Duration::MAX
-        } else {
-            SINK_SETTLE
+        // After a stop request the backlog is worth the rest of the drain
+        // time: on Fargate the buffer's volume goes away with the task.
+        let settle_for = match (self.disk_buffers, self.drain_started.get()) {
+            (true, _) if !self.shutdown.is_cancelled() => std::time::Duration::MAX,
+            (true, Some(t)) if !self.force.is_cancelled() => (*t + self.drain_timeout)
+                .saturating_duration_since(std::time::Instant::now())
+                .max(SINK_SETTLE),
+            _ => SINK_SETTLE,
         };
         if tokio::time::timeout(settle_for, settle).await.is_err() {
             tracing::warn!("sinks still busy after the sources stopped; aborting them");
