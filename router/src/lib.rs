@@ -8,6 +8,7 @@ pub mod check;
 pub mod checkpoint;
 pub mod config;
 pub mod event;
+pub mod healthcheck;
 pub mod metrics;
 pub mod sinks;
 pub mod sources;
