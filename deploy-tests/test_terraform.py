@@ -347,3 +347,40 @@ def test_renderer_subset():
     for bad, variables in [("${nope}", {}), ("${x}", {"x": [1]}), ("%{ if x }", {"x": True}), ("${upper(x)}", {"x": "a"})]:
         with pytest.raises(tftemplate.TemplateError):
             r(bad, variables)
+
+
+# -- what `terraform validate` would catch first, without the provider ------------------------
+
+
+def _text(root: Path) -> str:
+    # Comments out: a reference in a comment is not one.
+    return "\n".join(re.sub(r"(?m)^\s*#.*$", "", p.read_text()) for p in sorted(root.glob("*.tf")))
+
+
+@pytest.mark.parametrize("root", ROOTS, ids=lambda p: rel(p))
+def test_references_resolve(root):
+    """Every var.x, local.x, module.m.out and resource reference names something declared,
+    every module argument is a variable of that module and every required one is set."""
+    parsed = hcl.load_dir(root)
+    text = _text(root)
+    variables = set(hcl.blocks(parsed, "variable"))
+    locals_ = {k for block in parsed.get("locals", []) for k in block if not k.startswith("__")}
+    modules = hcl.blocks(parsed, "module")
+    declared = set(hcl.resources(parsed)) | {f"data.{k}" for k in hcl.resources(parsed, "data")}
+
+    assert set(re.findall(r"\bvar\.(\w+)", text)) <= variables, set(re.findall(r"\bvar\.(\w+)", text)) - variables
+    assert set(re.findall(r"\blocal\.(\w+)", text)) <= locals_, set(re.findall(r"\blocal\.(\w+)", text)) - locals_
+    refs = set(re.findall(r"(?<![\w.])((?:data\.)?aws_\w+\.\w+)", text))
+    assert refs <= declared, f"{rel(root)}: undeclared {sorted(refs - declared)}"
+    for mod, out in re.findall(r"\bmodule\.(\w+)\.(\w+)", text):
+        assert mod in modules, f"{rel(root)}: module.{mod} is not declared"
+        source = (root / hcl.value(modules[mod]["source"], hcl.no_refs)).resolve()
+        outputs = hcl.blocks(hcl.load_dir(source), "output")
+        assert out in outputs, f"{rel(root)}: module.{mod} has no output {out}"
+    for name, body in modules.items():
+        source = (root / hcl.value(body["source"], hcl.no_refs)).resolve()
+        mod_vars = hcl.blocks(hcl.load_dir(source), "variable")
+        args = {k for k in body if k != "source" and not k.startswith("__")}
+        assert args <= set(mod_vars), f"{rel(root)}: module {name} has no variables {args - set(mod_vars)}"
+        required = {k for k, v in mod_vars.items() if "default" not in v}
+        assert required <= args, f"{rel(root)}: module {name} needs {required - args}"
