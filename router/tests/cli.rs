@@ -255,7 +255,9 @@ fn healthcheck_passes_against_a_running_router_and_fails_on_a_closed_port() {
     let port = free_port();
     let cfg = env.config("*.log", "", &format!("\n[api]\naddress = \"127.0.0.1:{port}\"\n"));
     let router = spawn(&cfg, &[]);
-    wait_for("the api", std::time::Duration::from_secs(60), || http_get(port, "/healthz").is_some());
+    wait_for("the api", std::time::Duration::from_secs(60), || {
+        http_get(port, "/healthz").is_some()
+    });
     let url = format!("http://127.0.0.1:{port}/healthz");
     let healthcheck = |url: &str| Command::new(BIN).args(["healthcheck", "--url", url]).output().unwrap();
 
@@ -276,5 +278,8 @@ fn healthcheck_passes_against_a_running_router_and_fails_on_a_closed_port() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr).into_owned();
     assert_eq!(err.lines().count(), 1, "{err}");
-    assert!(err.starts_with("logferry healthcheck: unhealthy: GET ") && err.contains(&url), "{err}");
+    assert!(
+        err.starts_with("logferry healthcheck: unhealthy: GET ") && err.contains(&url),
+        "{err}"
+    );
 }

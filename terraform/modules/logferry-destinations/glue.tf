@@ -34,7 +34,7 @@ resource "aws_glue_catalog_table" "logs" {
     "projection.datehour.range"         = "${var.glue_projection_start},NOW"
     "projection.datehour.interval"      = "1"
     "projection.datehour.interval.unit" = "HOURS"
-    "storage.location.template"         = "s3://${aws_s3_bucket.logs.id}/${var.logs_prefix}$${cluster}/$${datehour}/"
+    "storage.location.template"         = "s3://${local.bucket_id}/${var.logs_prefix}$${cluster}/$${datehour}/"
   }
 
   partition_keys {
@@ -47,7 +47,7 @@ resource "aws_glue_catalog_table" "logs" {
   }
 
   storage_descriptor {
-    location      = "s3://${aws_s3_bucket.logs.id}/${var.logs_prefix}"
+    location      = "s3://${local.bucket_id}/${var.logs_prefix}"
     input_format  = local.text_input
     output_format = local.text_output
 
@@ -114,7 +114,7 @@ resource "aws_glue_catalog_table" "index" {
     "projection.hour.type"        = "integer"
     "projection.hour.range"       = "0,23"
     "projection.hour.digits"      = "2"
-    "storage.location.template"   = "s3://${aws_s3_bucket.logs.id}/${var.index_prefix}dt=$${dt}/hour=$${hour}/"
+    "storage.location.template"   = "s3://${local.bucket_id}/${var.index_prefix}dt=$${dt}/hour=$${hour}/"
   }
 
   partition_keys {
@@ -127,7 +127,7 @@ resource "aws_glue_catalog_table" "index" {
   }
 
   storage_descriptor {
-    location      = "s3://${aws_s3_bucket.logs.id}/${var.index_prefix}"
+    location      = "s3://${local.bucket_id}/${var.index_prefix}"
     input_format  = local.text_input
     output_format = local.text_output
 

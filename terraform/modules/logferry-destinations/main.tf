@@ -9,7 +9,9 @@ locals {
   log_group_name = var.log_group_name != "" ? var.log_group_name : "/logferry/${var.name_prefix}"
   indexer        = var.indexer_zip_path != ""
   indexer_name   = "${var.name_prefix}-indexer"
-  bucket_arn     = aws_s3_bucket.logs.arn
+  # The bucket this module made, or the existing one named by bucket_name.
+  bucket_id  = var.create_bucket ? aws_s3_bucket.logs[0].id : var.bucket_name
+  bucket_arn = "arn:${local.partition}:s3:::${local.bucket_id}"
 }
 
 # -- S3 --------------------------------------------------------------------------------------
@@ -21,20 +23,23 @@ resource "aws_s3_bucket" "logs" {
   # checkov:skip=CKV_AWS_145:SSE-KMS is available through kms_key_arn; the default is SSE-S3 so routers need no KMS permission.
   # checkov:skip=CKV_AWS_19:Encrypted by aws_s3_bucket_server_side_encryption_configuration.logs (SSE-S3, or SSE-KMS with kms_key_arn); checkov cannot evaluate its conditional.
   # checkov:skip=CKV2_AWS_62:Event notifications are configured (to SQS) when the indexer is enabled.
+  count         = var.create_bucket ? 1 : 0
   bucket        = var.bucket_name
   force_destroy = var.force_destroy
   tags          = var.tags
 }
 
 resource "aws_s3_bucket_ownership_controls" "logs" {
-  bucket = aws_s3_bucket.logs.id
+  count  = var.create_bucket ? 1 : 0
+  bucket = aws_s3_bucket.logs[0].id
   rule {
     object_ownership = "BucketOwnerEnforced"
   }
 }
 
 resource "aws_s3_bucket_public_access_block" "logs" {
-  bucket                  = aws_s3_bucket.logs.id
+  count                   = var.create_bucket ? 1 : 0
+  bucket                  = aws_s3_bucket.logs[0].id
   block_public_acls       = true
   block_public_policy     = true
   ignore_public_acls      = true
@@ -42,7 +47,8 @@ resource "aws_s3_bucket_public_access_block" "logs" {
 }
 
 resource "aws_s3_bucket_server_side_encryption_configuration" "logs" {
-  bucket = aws_s3_bucket.logs.id
+  count  = var.create_bucket ? 1 : 0
+  bucket = aws_s3_bucket.logs[0].id
   rule {
     apply_server_side_encryption_by_default {
       sse_algorithm     = var.kms_key_arn == "" ? "AES256" : "aws:kms"
@@ -71,14 +77,16 @@ data "aws_iam_policy_document" "bucket" {
 }
 
 resource "aws_s3_bucket_policy" "logs" {
-  bucket     = aws_s3_bucket.logs.id
+  count      = var.create_bucket ? 1 : 0
+  bucket     = aws_s3_bucket.logs[0].id
   policy     = data.aws_iam_policy_document.bucket.json
   depends_on = [aws_s3_bucket_public_access_block.logs]
 }
 
 resource "aws_s3_bucket_lifecycle_configuration" "logs" {
+  count = var.create_bucket ? 1 : 0
   # checkov:skip=CKV_AWS_300:The first rule aborts incomplete multipart uploads bucket-wide after 1 day; checkov loses static rules next to dynamic ones.
-  bucket = aws_s3_bucket.logs.id
+  bucket = aws_s3_bucket.logs[0].id
 
   rule {
     id     = "incomplete-multipart-uploads"
@@ -275,7 +283,7 @@ resource "aws_sqs_queue_policy" "indexer" {
 
 resource "aws_s3_bucket_notification" "logs" {
   count  = local.indexer ? 1 : 0
-  bucket = aws_s3_bucket.logs.id
+  bucket = local.bucket_id
   queue {
     queue_arn = aws_sqs_queue.indexer[0].arn
     events    = ["s3:ObjectCreated:*"]

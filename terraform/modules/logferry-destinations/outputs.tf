@@ -1,11 +1,11 @@
 output "bucket_name" {
   description = "The log bucket."
-  value       = aws_s3_bucket.logs.id
+  value       = local.bucket_id
 }
 
 output "bucket_arn" {
   description = "ARN of the log bucket."
-  value       = aws_s3_bucket.logs.arn
+  value       = local.bucket_arn
 }
 
 output "logs_prefix" {

@@ -16,8 +16,14 @@ variable "tags" {
 
 # -- S3 --------------------------------------------------------------------------------------
 
+variable "create_bucket" {
+  description = "Create the log bucket (encryption, public access block, ownership, TLS-only policy, lifecycle). False: use the existing bucket bucket_name as is (the indexer's notification then replaces that bucket's notification configuration)."
+  type        = bool
+  default     = true
+}
+
 variable "bucket_name" {
-  description = "Name of the log bucket this module creates."
+  description = "Name of the log bucket (created, or existing with create_bucket = false)."
   type        = string
 
   validation {
