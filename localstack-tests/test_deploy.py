@@ -1,6 +1,7 @@
 """What ships is what is tested: the router runs with the exact environment, command and
-config of `task-definitions/fargate-sidecar.json` and of the `eks/` manifests (ConfigMap +
-the router container's env), against LocalStack and the metadata emulators.
+config of `task-definitions/fargate-sidecar.json`, of the `eks/` manifests (ConfigMap + the
+router container's env), and of the config `terraform/examples/ecs-fargate` renders into
+LOGFERRY_CONFIG (S3 and CloudWatch Logs), against LocalStack and the metadata emulators.
 
 Overrides, and only these, each because the test is not inside a task or a pod:
 - paths: the shared log volume (`/var/log/app`), the data volume (`/var/lib/logferry`), and
@@ -8,7 +9,9 @@ Overrides, and only these, each because the test is not inside a task or a pod:
   (`/etc/podinfo/labels`) become directories under the test's tmp dir;
 - the API port: `127.0.0.1:2020` becomes a free loopback port (other routers may run on this
   machine); the container health check gets the same URL through `--url`;
-- `LOGFERRY_BUCKET`: the test's throwaway bucket;
+- `LOGFERRY_BUCKET`: the test's throwaway bucket; in the Terraform-rendered config the bucket,
+  the log group (created first, as Terraform would) and the region (`us-east-1`, where the
+  test's LocalStack clients are) are the test's;
 - what the platform injects, played by the test: ECS sets `ECS_CONTAINER_METADATA_URI_V4`
   (the ECS v4 emulator), `AWS_REGION`, and task-role credentials (here static dummy keys, as
   LocalStack accepts any); Kubernetes resolves the downward-API `fieldRef`s (the test's pod
@@ -22,6 +25,7 @@ silently testing something else.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
 import subprocess
@@ -33,7 +37,7 @@ import pytest
 import yaml
 
 import workload
-from conftest import DUMMY_CREDENTIALS, REGION, REPO
+from conftest import DUMMY_CREDENTIALS, REGION, REPO, unique
 from emulators import EcsMetadataEmulator
 from workload import AppWriter
 
@@ -145,6 +149,79 @@ def test_deploy_ecs_fargate_task_definition(router, s3, bucket, endpoint, tmp_pa
     assert_hourly_keys(objects, f"logs/{expected_ecs['ecs_cluster']}/", started_at, datetime.now(timezone.utc))
     workload.assert_fields(records, {**expected_ecs, "environment": "production"}, "ECS")
     assert expected_ecs["ecs_task_definition"].startswith(doc["family"] + ":")
+
+
+def rendered_terraform_config(example: str) -> str:
+    """The example's LOGFERRY_CONFIG, rendered by deploy-tests/render.py (its venv is made by
+    deploy-tests/run.sh, which scripts/test.sh runs before this suite)."""
+    venv = Path(os.environ.get("LOGFERRY_CACHE", Path.home() / ".cache" / "logferry")) / "deploy-venv"
+    python = venv / "bin" / "python"
+    if not python.exists():
+        pytest.skip(f"{venv} is missing: run deploy-tests/run.sh once (it renders the Terraform config)")
+    done = subprocess.run([str(python), str(REPO / "deploy-tests" / "render.py"), example],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def override_value(config: str, key: str, new: str, what: str) -> str:
+    """`key = "..."` (one line) gets the value `new`."""
+    lines = re.findall(rf'^{re.escape(key)} = "[^"]*"$', config, re.M)
+    assert len(lines) == 1, f"override of {what}: {key} occurs {len(lines)} times"
+    return config.replace(lines[0], f"{key} = {q(new)}")
+
+
+def test_deploy_terraform_ecs_fargate_config_to_s3_and_cloudwatch(router, s3, logs, bucket, endpoint, tmp_path, started_at):
+    config = rendered_terraform_config("ecs-fargate")
+    port = free_port()
+    config = override_paths(config, tmp_path, port)
+    config = override_value(config, "bucket", bucket, "the bucket")
+    group = unique("/logferry/test")
+    config = override_value(config, "log_group", group, "the log group")
+    regions = set(re.findall(r'^region = "([^"]+)"$', config, re.M))
+    assert len(regions) == 1, regions
+    config = config.replace(f'region = "{regions.pop()}"', f'region = "{REGION}"')
+    # Terraform (logferry-destinations) creates the group; the sink only adds streams.
+    logs.create_log_group(logGroupName=group)
+    with EcsMetadataEmulator(router_container=ROUTER, region=REGION, availability_zone=f"{REGION}a") as ecs:
+        env = {
+            "LOGFERRY_CONFIG": config,
+            **DUMMY_CREDENTIALS,
+            "ECS_CONTAINER_METADATA_URI_V4": ecs.uri,
+            "AWS_REGION": REGION,
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
+        app = AppWriter(tmp_path / "logs")
+        app.write_json(200)
+        app.write_text(50)
+        # The module's container command: `run`, config from LOGFERRY_CONFIG.
+        running = router.start_args("run", env=env)
+        workload.wait_for_open(running, app.json_path)
+        app.write_json(150)
+        read_everything_then_stop(running, app, port)
+        expected_ecs = ecs.expected_fields()
+
+    objects = workload.S3Objects(s3, bucket).list()
+    records = workload.assert_exactly_once(objects, app.expected)
+    assert_hourly_keys(objects, f"logs/{expected_ecs['ecs_cluster']}/", started_at, datetime.now(timezone.utc))
+    workload.assert_fields(records, {**expected_ecs, "environment": "demo"}, "ECS")
+
+    stream = f"{expected_ecs['container_name']}/{expected_ecs['ecs_task_id']}"
+    streams = [s["logStreamName"] for s in logs.describe_log_streams(logGroupName=group)["logStreams"]]
+    assert streams == [stream]
+    events, token = [], None
+    while True:
+        kw = {"logGroupName": group, "logStreamName": stream, "startFromHead": True}
+        if token:
+            kw["nextToken"] = token
+        page = logs.get_log_events(**kw)
+        events += page["events"]
+        if not page["events"] or page["nextForwardToken"] == token:
+            break
+        token = page["nextForwardToken"]
+    ids = [workload.record_id(json.loads(e["message"])) for e in events]
+    assert sorted(ids) == sorted(app.expected), f"{len(ids)} events for {len(app.expected)} lines"
 
 
 def pod_values() -> dict[str, str]:
