@@ -24,6 +24,7 @@ EXAMPLES = sorted(p for p in (TF / "examples").iterdir() if p.is_dir())
 ROOTS = MODULES + EXAMPLES
 TF_FILES = sorted(TF.rglob("*.tf"))
 SIDECAR = TF / "modules" / "logferry-sidecar"
+IAM = TF / "modules" / "logferry-iam"
 SIDECAR_SOURCE = "../../modules/logferry-sidecar"
 TEMPLATE = SIDECAR / "templates" / "logferry.toml.tftpl"
 TERRAFORM = shutil.which("terraform")
@@ -264,8 +265,14 @@ ALL_OPTIONS = {
 }
 
 
+def uses_sidecar(example: Path) -> bool:
+    modules = hcl.blocks(hcl.load_dir(example), "module").values()
+    return any(hcl.value(m["source"], hcl.no_refs) == SIDECAR_SOURCE for m in modules)
+
+
 def render_cases() -> list[tuple[str, dict[str, object]]]:
-    cases = [(ex.name, template_vars(sidecar_inputs(ex))) for ex in EXAMPLES]
+    cases = [(ex.name, template_vars(sidecar_inputs(ex))) for ex in EXAMPLES if uses_sidecar(ex)]
+    assert len(cases) >= 2, "the ECS examples use the sidecar module"
     defaults = hcl.variable_defaults(hcl.load_dir(SIDECAR))
     cases.append(("all-options", template_vars({**defaults, **ALL_OPTIONS})))
     return cases
@@ -303,9 +310,14 @@ def test_renderer_matches_terraform_templatefile(rendered, tmp_path):
 
 
 def test_iam_statements_follow_the_sinks():
-    """The policy document has one dynamic statement per sink, each gated on its variable,
-    with exactly the actions the sinks call."""
-    parsed = hcl.load_dir(SIDECAR)
+    """The policy document (logferry-iam, which logferry-sidecar and eks-irsa use) has one
+    dynamic statement per sink, each gated on its variable, with exactly the actions the sinks
+    call."""
+    sidecar_iam = hcl.blocks(hcl.load_dir(SIDECAR), "module")["iam"]
+    assert hcl.value(sidecar_iam["source"], hcl.no_refs) == "../logferry-iam"
+    for name in hcl.blocks(hcl.load_dir(IAM), "variable"):
+        assert sidecar_iam[name] == f"${{var.{name}}}", f"logferry-sidecar passes {name} on as is"
+    parsed = hcl.load_dir(IAM)
     doc = hcl.resources(parsed, "data")["aws_iam_policy_document.router"]
     statements = {}
     for dyn in doc["dynamic"]:

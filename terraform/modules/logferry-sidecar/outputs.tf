@@ -25,7 +25,7 @@ output "app_depends_on" {
 
 output "iam_policy_json" {
   description = "IAM policy with exactly the permissions the chosen sinks use: attach it to the task role (Fargate) or the instance role (EC2 with instance-profile credentials)."
-  value       = data.aws_iam_policy_document.router.json
+  value       = module.iam.json
 }
 
 output "config" {
