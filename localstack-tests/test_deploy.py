@@ -1,5 +1,6 @@
 """What ships is what is tested: the router runs with the exact environment, command and
-config of `task-definitions/fargate-sidecar.json`, of the `eks/` manifests (ConfigMap + the
+config of `task-definitions/*.json` (Fargate with task credentials, EC2 with the instance
+profile behind IMDSv2), of the `eks/` manifests (ConfigMap + the
 router container's env), and of the config `terraform/examples/ecs-fargate` renders into
 LOGFERRY_CONFIG (S3 and CloudWatch Logs), against LocalStack and the metadata emulators.
 
@@ -13,8 +14,9 @@ Overrides, and only these, each because the test is not inside a task or a pod:
   the log group (created first, as Terraform would) and the region (`us-east-1`, where the
   test's LocalStack clients are) are the test's;
 - what the platform injects, played by the test: ECS sets `ECS_CONTAINER_METADATA_URI_V4`
-  (the ECS v4 emulator), `AWS_REGION`, and task-role credentials (here static dummy keys, as
-  LocalStack accepts any); Kubernetes resolves the downward-API `fieldRef`s (the test's pod
+  (the ECS v4 emulator); Fargate also `AWS_REGION` and task-role credentials (here static
+  dummy keys, as LocalStack accepts any); on EC2 the instance profile is the IMDSv2 emulator
+  (`AWS_EC2_METADATA_SERVICE_ENDPOINT`); Kubernetes resolves the downward-API `fieldRef`s (the test's pod
   values) and writes the labels file from the pod template's labels; the EKS node's instance
   profile is the IMDSv2 emulator (`AWS_EC2_METADATA_SERVICE_ENDPOINT`);
 - `AWS_ENDPOINT_URL`: LocalStack instead of the AWS endpoints.
@@ -42,6 +44,7 @@ from emulators import EcsMetadataEmulator
 from workload import AppWriter
 
 TASK_DEFINITION = REPO / "task-definitions" / "fargate-sidecar.json"
+TASK_DEFINITION_EC2 = REPO / "task-definitions" / "ec2-sidecar-instance-profile.json"
 EKS = REPO / "eks"
 ROUTER = "logferry"
 HOUR_KEY = r"\d{4}/\d{2}/\d{2}/\d{2}/[^/]+\.ndjson\.gz"
@@ -108,8 +111,11 @@ def assert_hourly_keys(objects, prefix: str, since: datetime, until: datetime) -
         workload.assert_s3_object_contract(obj)
 
 
-def test_deploy_ecs_fargate_task_definition(router, s3, bucket, endpoint, tmp_path, started_at, logferry_bin):
-    doc = json.loads(TASK_DEFINITION.read_text())
+def run_task_definition(path: Path, platform_env: dict[str, str], launch_type: str, router, s3, bucket, endpoint,
+                        tmp_path, started_at, logferry_bin) -> tuple[list[dict], dict[str, str]]:
+    """Runs the router container of the task definition at `path` as ECS would, with the
+    app's writes; returns the records in S3 and the ECS fields the emulator implies."""
+    doc = json.loads(path.read_text())
     (container,) = [c for c in doc["containerDefinitions"] if c["name"] == ROUTER]
     (app_def,) = [c for c in doc["containerDefinitions"] if c["name"] != ROUTER]
     env = {e["name"]: e["value"] for e in container["environment"]}
@@ -118,15 +124,9 @@ def test_deploy_ecs_fargate_task_definition(router, s3, bucket, endpoint, tmp_pa
     env["LOGFERRY_BUCKET"] = bucket
     with EcsMetadataEmulator(
         family=doc["family"], router_container=ROUTER, app_container=app_def["name"], region=REGION,
-        availability_zone=f"{REGION}a", launch_type="FARGATE",
+        availability_zone=f"{REGION}a", launch_type=launch_type,
     ) as ecs:
-        env.update({
-            **DUMMY_CREDENTIALS,
-            "ECS_CONTAINER_METADATA_URI_V4": ecs.uri,
-            "AWS_REGION": REGION,
-            "AWS_ENDPOINT_URL": endpoint,
-            "AWS_EC2_METADATA_DISABLED": "true",
-        })
+        env.update({**platform_env, "ECS_CONTAINER_METADATA_URI_V4": ecs.uri, "AWS_ENDPOINT_URL": endpoint})
         app = AppWriter(tmp_path / "logs")
         app.write_json(150)
         app.write_text(50)
@@ -149,6 +149,24 @@ def test_deploy_ecs_fargate_task_definition(router, s3, bucket, endpoint, tmp_pa
     assert_hourly_keys(objects, f"logs/{expected_ecs['ecs_cluster']}/", started_at, datetime.now(timezone.utc))
     workload.assert_fields(records, {**expected_ecs, "environment": "production"}, "ECS")
     assert expected_ecs["ecs_task_definition"].startswith(doc["family"] + ":")
+    return records, expected_ecs
+
+
+def test_deploy_ecs_fargate_task_definition(router, s3, bucket, endpoint, tmp_path, started_at, logferry_bin):
+    # Fargate injects AWS_REGION and the task role's credentials (here: static dummy keys).
+    platform = {**DUMMY_CREDENTIALS, "AWS_REGION": REGION, "AWS_EC2_METADATA_DISABLED": "true"}
+    run_task_definition(TASK_DEFINITION, platform, "FARGATE", router, s3, bucket, endpoint, tmp_path, started_at,
+                        logferry_bin)
+
+
+def test_deploy_ecs_ec2_task_definition_with_instance_profile(router, imds, s3, bucket, endpoint, tmp_path, started_at,
+                                                             logferry_bin):
+    # EC2 launch type, no task role: credentials and region come from the instance (IMDSv2).
+    platform = {"AWS_EC2_METADATA_SERVICE_ENDPOINT": imds.url}
+    records, _ = run_task_definition(TASK_DEFINITION_EC2, platform, "EC2", router, s3, bucket, endpoint, tmp_path,
+                                     started_at, logferry_bin)
+    assert imds.credentials_served(), f"the router never used the instance profile: {imds.paths()}"
+    workload.assert_fields(records, imds.expected_fields(), "EC2")
 
 
 def rendered_terraform_config(example: str) -> str:
