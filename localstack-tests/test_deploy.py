@@ -41,6 +41,7 @@ import yaml
 import workload
 from conftest import DUMMY_CREDENTIALS, REGION, REPO, unique
 from emulators import EcsMetadataEmulator
+from test_cloudwatch_sink import read_stream
 from workload import AppWriter
 
 TASK_DEFINITION = REPO / "task-definitions" / "fargate-sidecar.json"
@@ -111,6 +112,16 @@ def assert_hourly_keys(objects, prefix: str, since: datetime, until: datetime) -
         workload.assert_s3_object_contract(obj)
 
 
+def assert_ecs_delivery(s3, bucket: str, app: AppWriter, expected_ecs: dict[str, str], environment: str,
+                        started_at: datetime) -> list[dict]:
+    """Every line once in S3, under logs/<cluster>/<hour>/, with the ECS fields."""
+    objects = workload.S3Objects(s3, bucket).list()
+    records = workload.assert_exactly_once(objects, app.expected)
+    assert_hourly_keys(objects, f"logs/{expected_ecs['ecs_cluster']}/", started_at, datetime.now(timezone.utc))
+    workload.assert_fields(records, {**expected_ecs, "environment": environment}, "ECS")
+    return records
+
+
 def run_task_definition(path: Path, platform_env: dict[str, str], launch_type: str, router, s3, bucket, endpoint,
                         tmp_path, started_at, logferry_bin) -> tuple[list[dict], dict[str, str]]:
     """Runs the router container of the task definition at `path` as ECS would, with the
@@ -144,10 +155,7 @@ def run_task_definition(path: Path, platform_env: dict[str, str], launch_type: s
         read_everything_then_stop(running, app, port)
         expected_ecs = ecs.expected_fields()
 
-    objects = workload.S3Objects(s3, bucket).list()
-    records = workload.assert_exactly_once(objects, app.expected)
-    assert_hourly_keys(objects, f"logs/{expected_ecs['ecs_cluster']}/", started_at, datetime.now(timezone.utc))
-    workload.assert_fields(records, {**expected_ecs, "environment": "production"}, "ECS")
+    records = assert_ecs_delivery(s3, bucket, app, expected_ecs, "production", started_at)
     assert expected_ecs["ecs_task_definition"].startswith(doc["family"] + ":")
     return records, expected_ecs
 
@@ -220,24 +228,12 @@ def test_deploy_terraform_ecs_fargate_config_to_s3_and_cloudwatch(router, s3, lo
         read_everything_then_stop(running, app, port)
         expected_ecs = ecs.expected_fields()
 
-    objects = workload.S3Objects(s3, bucket).list()
-    records = workload.assert_exactly_once(objects, app.expected)
-    assert_hourly_keys(objects, f"logs/{expected_ecs['ecs_cluster']}/", started_at, datetime.now(timezone.utc))
-    workload.assert_fields(records, {**expected_ecs, "environment": "demo"}, "ECS")
+    assert_ecs_delivery(s3, bucket, app, expected_ecs, "demo", started_at)
 
     stream = f"{expected_ecs['container_name']}/{expected_ecs['ecs_task_id']}"
     streams = [s["logStreamName"] for s in logs.describe_log_streams(logGroupName=group)["logStreams"]]
     assert streams == [stream]
-    events, token = [], None
-    while True:
-        kw = {"logGroupName": group, "logStreamName": stream, "startFromHead": True}
-        if token:
-            kw["nextToken"] = token
-        page = logs.get_log_events(**kw)
-        events += page["events"]
-        if not page["events"] or page["nextForwardToken"] == token:
-            break
-        token = page["nextForwardToken"]
+    events = read_stream(logs, group, stream)
     ids = [workload.record_id(json.loads(e["message"])) for e in events]
     assert sorted(ids) == sorted(app.expected), f"{len(ids)} events for {len(app.expected)} lines"
 
