@@ -279,12 +279,16 @@ class Router:
 
     def start(self, config: str | Path, *, env: dict[str, str] | None = None) -> RunningRouter:
         """`logferry run --config F` in the background; stop it with `.terminate()`."""
+        return self.start_args("run", "--config", str(self._config_path(config)), env=env)
+
+    def start_args(self, *args: str, env: dict[str, str] | None = None) -> RunningRouter:
+        """`logferry ARGS...` in the background (e.g. a container's exact command)."""
         self._n += 1
         out = self.dir / f"router-{self._n}.stdout"
         err = self.dir / f"router-{self._n}.stderr"
         with open(out, "wb") as o, open(err, "wb") as e:
             proc = subprocess.Popen(
-                [str(self.binary), "run", "--config", str(self._config_path(config))],
+                [str(self.binary), *args],
                 env=self.env(env),
                 cwd=self.dir,
                 stdin=subprocess.DEVNULL,

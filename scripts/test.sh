@@ -22,7 +22,13 @@ else
   cargo test --workspace "$@"
 fi
 
-# 2. End to end against LocalStack: installs it (Python 3.13 venv under
+# 2. Deployment files (terraform/, task-definitions/, eks/, router/Dockerfile): terraform fmt,
+#    HCL parsing, checkov, Kubernetes schemas, the ECS API model, and `logferry validate` on
+#    every config they ship. Own venvs under ~/.cache/logferry (installed when missing);
+#    builds the release binary the LocalStack step reuses.
+deploy-tests/run.sh
+
+# 3. End to end against LocalStack: installs it (Python 3.13 venv under
 #    ~/.cache/logferry) when missing, starts it on loopback, runs the pytest
 #    scenarios with the release binary, stops it.
 localstack-tests/run.sh

@@ -10,6 +10,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod dead_letter;
 pub mod event;
+pub mod healthcheck;
 pub mod lifecycle;
 pub mod memory;
 pub mod metrics;

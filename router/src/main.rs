@@ -84,12 +84,18 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// GET the health endpoint once (2 s timeout): exit 0 on 2xx, else 1. For container health checks.
+    Healthcheck {
+        #[arg(long, default_value = logferry::healthcheck::DEFAULT_URL)]
+        url: String,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     init_logging(cli.log_format);
     match cli.command {
+        Command::Healthcheck { url } => logferry::healthcheck::main(&url),
         Command::Validate { config } => match load(config.as_deref()) {
             Ok(c) => {
                 print!("{}", c.describe());

@@ -248,3 +248,38 @@ fn objects_roll_at_max_object_size_and_never_collide() {
     assert_eq!(id_counts(&env.records()).len(), 2100);
     assert_eq!(env.records().len(), 2100);
 }
+
+#[test]
+fn healthcheck_passes_against_a_running_router_and_fails_on_a_closed_port() {
+    let env = Env::new();
+    let port = free_port();
+    let cfg = env.config("*.log", "", &format!("\n[api]\naddress = \"127.0.0.1:{port}\"\n"));
+    let router = spawn(&cfg, &[]);
+    wait_for("the api", std::time::Duration::from_secs(60), || {
+        http_get(port, "/healthz").is_some()
+    });
+    let url = format!("http://127.0.0.1:{port}/healthz");
+    let healthcheck = |url: &str| Command::new(BIN).args(["healthcheck", "--url", url]).output().unwrap();
+
+    let out = healthcheck(&url);
+    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(out.stderr.is_empty() && out.stdout.is_empty());
+    // Not 2xx: unhealthy, and the line says why.
+    let out = healthcheck(&format!("http://127.0.0.1:{port}/no-such-path"));
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(err.contains("HTTP status 404"), "{err}");
+
+    router.signal(libc::SIGTERM);
+    let (status, _) = router.wait(std::time::Duration::from_secs(60));
+    assert!(status.success());
+    // Nothing listens any more: exit 1 with exactly one line naming the URL.
+    let out = healthcheck(&url);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(
+        err.starts_with("logferry healthcheck: unhealthy: GET ") && err.contains(&url),
+        "{err}"
+    );
+}

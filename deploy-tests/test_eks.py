@@ -1,0 +1,172 @@
+"""eks/: every manifest against the Kubernetes 1.29 and 1.31 schemas (strict: unknown fields
+fail), the kustomizations, the sidecar contract (native and classic), and the ConfigMaps'
+router configs through `logferry validate`."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import REPO, assert_valid
+
+EKS = REPO / "eks"
+# kustomization.yaml files are kustomize's, not API objects.
+MANIFESTS = sorted(p for p in EKS.rglob("*.yaml") if p.name != "kustomization.yaml")
+KUSTOMIZATIONS = sorted(EKS.rglob("kustomization.yaml"))
+KUBERNETES_VERSIONS = ["1.29", "1.31"]
+# What the router's kubernetes enrichment reads (its defaults, from the source).
+METADATA_RS = REPO / "router" / "src" / "transforms" / "enrich" / "metadata" / "mod.rs"
+HEALTHCHECK = ["/usr/local/bin/logferry", "healthcheck"]
+# (deployment, configmap, variant) per sidecar flavour.
+VARIANTS = [
+    (EKS / "deployment.yaml", EKS / "configmap.yaml", "native"),
+    (EKS / "classic" / "deployment.yaml", EKS / "classic" / "configmap.yaml", "classic"),
+]
+
+
+def rel(p: Path) -> str:
+    return str(p.relative_to(REPO))
+
+
+def docs(path: Path) -> list[dict]:
+    return [d for d in yaml.safe_load_all(path.read_text()) if d]
+
+
+def pod_spec(deployment: Path) -> dict:
+    (dep,) = docs(deployment)
+    return dep["spec"]["template"]["spec"]
+
+
+def router_container(spec: dict, variant: str) -> dict:
+    pool = spec.get("initContainers", []) if variant == "native" else spec["containers"]
+    (router,) = [c for c in pool if c["name"] == "logferry"]
+    return router
+
+
+def configmap_config(path: Path) -> str:
+    (cm,) = docs(path)
+    return cm["data"]["logferry.toml"]
+
+
+def router_defaults() -> tuple[set[str], str]:
+    """The downward-API env var names and the labels file path the router reads by default."""
+    src = METADATA_RS.read_text()
+    names = set(re.findall(r'^\s+\w+: "([A-Z_]+)"\.to_owned\(\),', src, re.M))
+    labels = re.search(r'pub const DEFAULT_LABELS_FILE: &str = "([^"]+)";', src)
+    assert names and labels, f"cannot find the kubernetes defaults in {rel(METADATA_RS)}"
+    return names, labels.group(1)
+
+
+@pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
+@pytest.mark.parametrize("path", MANIFESTS, ids=rel)
+def test_manifest_is_valid_for_kubernetes(path, version):
+    import kubernetes_validate
+
+    for doc in docs(path):
+        try:
+            kubernetes_validate.validate(doc, version, strict=True)
+        except kubernetes_validate.ValidationError as e:
+            pytest.fail(f"{rel(path)} ({doc.get('kind')}) is not valid for Kubernetes {version}: {e}")
+
+
+def test_the_validator_rejects_a_misspelt_field():
+    import kubernetes_validate
+
+    (dep,) = docs(EKS / "deployment.yaml")
+    dep["spec"]["template"]["spec"]["initContainers"][0]["restartPolcy"] = "Always"
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(dep, "1.31", strict=True)
+
+
+@pytest.mark.parametrize("path", KUSTOMIZATIONS, ids=rel)
+def test_kustomization_resources_exist(path):
+    (k,) = docs(path)
+    assert k["kind"] == "Kustomization"
+    for res in k["resources"]:
+        target = (path.parent / res).resolve()
+        assert target.is_file() or (target / "kustomization.yaml").is_file(), f"{rel(path)}: {res} does not exist"
+
+
+def test_irsa_overlay_names_the_service_account_it_ships():
+    (k,) = docs(EKS / "irsa" / "kustomization.yaml")
+    (sa,) = docs(EKS / "irsa" / "serviceaccount.yaml")
+    assert sa["kind"] == "ServiceAccount"
+    assert re.fullmatch(r"arn:aws:iam::\d{12}:role/.+", sa["metadata"]["annotations"]["eks.amazonaws.com/role-arn"])
+    (patch,) = k["patches"]
+    (dep,) = docs(EKS / "deployment.yaml")
+    assert patch["target"] == {"kind": "Deployment", "name": dep["metadata"]["name"]}
+    ops = yaml.safe_load(patch["patch"])
+    assert {"op": "add", "path": "/spec/template/spec/serviceAccountName", "value": sa["metadata"]["name"]} in ops
+
+
+@pytest.mark.parametrize("deployment,configmap,variant", VARIANTS, ids=[v[2] for v in VARIANTS])
+def test_sidecar_contract(deployment, configmap, variant):
+    spec = pod_spec(deployment)
+    router = router_container(spec, variant)
+    if variant == "native":
+        assert router["restartPolicy"] == "Always", "a native sidecar is an init container with restartPolicy Always"
+        assert not spec.get("shareProcessNamespace")
+    else:
+        assert spec["shareProcessNamespace"] is True
+        assert "process_gone" in configmap_config(configmap)
+
+    # The config it mounts is the ConfigMap of its variant.
+    (cm,) = docs(configmap)
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["name"]: m for m in router["volumeMounts"]}
+    config_arg = router["args"][router["args"].index("--config") + 1]
+    (config_mount,) = [m for m in mounts.values() if config_arg.startswith(m["mountPath"] + "/")]
+    assert volumes[config_mount["name"]]["configMap"]["name"] == cm["metadata"]["name"]
+
+    # Downward API: exactly the env vars and labels file the router reads.
+    names, labels_file = router_defaults()
+    env = {e["name"]: e for e in router["env"]}
+    assert names <= set(env), f"missing downward-API env: {names - set(env)}"
+    (podinfo,) = [m for m in mounts.values() if labels_file.startswith(m["mountPath"] + "/")]
+    items = volumes[podinfo["name"]]["downwardAPI"]["items"]
+    assert {"path": Path(labels_file).name, "fieldRef": {"fieldPath": "metadata.labels"}} in items
+    config = configmap_config(configmap)
+    assert f'labels_file = "{labels_file}"' in config
+    app = [c for c in spec["containers"] if c["name"] != "logferry"]
+    assert env["CONTAINER_NAME"]["value"] in {c["name"] for c in app}
+
+    # The shared log volume: written by the app, read-only for the router, and the glob in it.
+    (include,) = re.findall(r'include = \["([^"]+)"\]', config)
+    (logs,) = [m for m in mounts.values() if include.startswith(m["mountPath"] + "/")]
+    assert logs["readOnly"] is True
+    assert any(m["name"] == logs["name"] and not m.get("readOnly") for c in app for m in c["volumeMounts"])
+    # data_dir is a writable volume (the root file system is read-only).
+    (data_dir,) = re.findall(r'data_dir = "([^"]+)"', config)
+    assert mounts_at(router, data_dir) and not mounts_at(router, data_dir).get("readOnly")
+
+    # Probes: the API is on loopback, so they exec the binary's healthcheck, on the API's port.
+    (api,) = re.findall(r'address = "(127\.0\.0\.1:\d+)"', config)
+    assert router["livenessProbe"]["exec"]["command"][:2] == HEALTHCHECK
+    ready = router["readinessProbe"]["exec"]["command"]
+    assert ready[:2] == HEALTHCHECK and ready[ready.index("--url") + 1] == f"http://{api}/readyz"
+    assert api == "127.0.0.1:2020", "the healthcheck's default URL is http://127.0.0.1:2020/healthz"
+
+    # Resources and hardening.
+    assert router["resources"]["requests"] == {"cpu": "50m", "memory": "64Mi"}
+    assert router["resources"]["limits"]["memory"] == "128Mi"
+    sc = router["securityContext"]
+    assert sc["runAsNonRoot"] and sc["runAsUser"] != 0 and sc["readOnlyRootFilesystem"]
+    assert sc["allowPrivilegeEscalation"] is False and sc["capabilities"]["drop"] == ["ALL"]
+    assert sc["seccompProfile"]["type"] == "RuntimeDefault"
+    assert spec["automountServiceAccountToken"] is False
+
+
+def mounts_at(container: dict, path: str) -> dict:
+    return next((m for m in container["volumeMounts"] if m["mountPath"] == path), {})
+
+
+@pytest.mark.parametrize("deployment,configmap,variant", VARIANTS, ids=[v[2] for v in VARIANTS])
+def test_configmap_config_passes_logferry_validate(deployment, configmap, variant, validate):
+    router = router_container(pod_spec(deployment), variant)
+    # The literal env of the container (LOGFERRY_BUCKET feeds ${LOGFERRY_BUCKET}).
+    env = {e["name"]: e["value"] for e in router["env"] if "value" in e}
+    result = validate(configmap_config(configmap), f"eks-{variant}.toml", env)
+    assert_valid(result, rel(configmap), uses_lifecycle="[lifecycle]" in configmap_config(configmap))

@@ -1,0 +1,398 @@
+"""terraform/: formatting, parsing, documentation, checkov, and the router config each example
+renders (with the module's template, the example's values) passing `logferry validate`."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+import hcl
+import tfdocs
+import tftemplate
+from conftest import REPO, assert_valid
+
+TF = REPO / "terraform"
+MODULES = sorted(p for p in (TF / "modules").iterdir() if p.is_dir())
+EXAMPLES = sorted(p for p in (TF / "examples").iterdir() if p.is_dir())
+ROOTS = MODULES + EXAMPLES
+TF_FILES = sorted(TF.rglob("*.tf"))
+SIDECAR = TF / "modules" / "logferry-sidecar"
+IAM = TF / "modules" / "logferry-iam"
+SIDECAR_SOURCE = "../../modules/logferry-sidecar"
+TEMPLATE = SIDECAR / "templates" / "logferry.toml.tftpl"
+TERRAFORM = shutil.which("terraform")
+TF_TIMEOUT = 120  # hang guard
+
+
+def rel(p: Path) -> str:
+    return str(p.relative_to(REPO))
+
+
+def terraform(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    assert TERRAFORM
+    env = {**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1"}
+    return subprocess.run(
+        [TERRAFORM, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TF_TIMEOUT
+    )
+
+
+# -- terraform itself ------------------------------------------------------------------------
+
+
+@pytest.mark.skipif(TERRAFORM is None, reason="no terraform binary on PATH: fmt check skipped")
+def test_terraform_fmt():
+    done = terraform("fmt", "-check", "-recursive", "-diff", str(TF), cwd=REPO)
+    assert done.returncode == 0, f"terraform fmt -check found unformatted files:\n{done.stdout}{done.stderr}"
+
+
+def _aws_provider_mirror() -> Path | None:
+    """A local provider mirror holding hashicorp/aws, if this machine has one."""
+    for d in [os.environ.get("TF_PLUGIN_CACHE_DIR"), Path.home() / ".terraform.d" / "plugins"]:
+        if d and (Path(d) / "registry.terraform.io" / "hashicorp" / "aws").is_dir():
+            return Path(d)
+    return None
+
+
+@pytest.mark.parametrize("root", EXAMPLES, ids=lambda p: p.name)
+def test_terraform_validate(root, tmp_path):
+    """Needs the AWS provider, which cannot be downloaded on these machines; runs where a
+    local mirror (TF_PLUGIN_CACHE_DIR or ~/.terraform.d/plugins) holds it."""
+    if TERRAFORM is None:
+        pytest.skip("no terraform binary on PATH")
+    mirror = _aws_provider_mirror()
+    if mirror is None:
+        pytest.skip("the hashicorp/aws provider is not available offline here (no TF_PLUGIN_CACHE_DIR or "
+                    "~/.terraform.d/plugins mirror): terraform validate skipped")
+    # A copy, so no .terraform/ or lock file lands in the repository.
+    work = tmp_path / "terraform"
+    shutil.copytree(TF, work)
+    cwd = work / "examples" / root.name
+    done = terraform("init", "-backend=false", "-input=false", f"-plugin-dir={mirror}", cwd=cwd)
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = terraform("validate", "-no-color", cwd=cwd)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+# -- parsing and documentation ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", TF_FILES, ids=rel)
+def test_every_tf_file_parses(path):
+    parsed = hcl.load_file(path)
+    assert parsed, f"{rel(path)} parsed to nothing"
+
+
+@pytest.mark.parametrize("root", ROOTS, ids=lambda p: rel(p))
+def test_module_layout_and_documentation(root):
+    for name in ["main.tf", "variables.tf", "outputs.tf", "versions.tf", "README.md"]:
+        assert (root / name).is_file(), f"{rel(root)} lacks {name}"
+    parsed = hcl.load_dir(root)
+    variables = hcl.blocks(parsed, "variable")
+    outputs = hcl.blocks(parsed, "output")
+    assert variables and outputs
+    for name, body in variables.items():
+        assert "description" in body and "type" in body, f"{rel(root)}: variable {name} needs a description and a type"
+    for name, body in outputs.items():
+        assert "description" in body, f"{rel(root)}: output {name} needs a description"
+    # The terraform-docs section is generated from the .tf files and up to date.
+    readme = (root / "README.md").read_text()
+    assert tfdocs.current(readme) == tfdocs.generate(root), (
+        f"{rel(root)}/README.md: the terraform-docs section is out of date; run "
+        "~/.cache/logferry/deploy-venv/bin/python deploy-tests/tfdocs.py"
+    )
+
+
+@pytest.mark.parametrize("root", ROOTS, ids=lambda p: rel(p))
+def test_aws_provider_is_pinned(root):
+    tf = hcl.load_file(root / "versions.tf")["terraform"][0]
+    providers = tf["required_providers"][0]
+    aws = providers["aws"]
+    assert hcl.value(aws["source"], hcl.no_refs) == "hashicorp/aws"
+    constraint = hcl.value(aws["version"], hcl.no_refs)
+    assert re.search(r"(~>|<)\s*\d", constraint), f"{rel(root)}: the AWS provider needs an upper bound, got {constraint!r}"
+
+
+def test_every_variable_with_a_closed_set_of_values_is_validated():
+    """The sidecar's config-facing variables are the ones a typo would break at run time."""
+    variables = hcl.blocks(hcl.load_dir(SIDECAR), "variable")
+    for name in ["image", "region", "api_address", "log_include", "parser", "s3_compression",
+                 "s3_key_prefix", "memory_limit", "s3_flush_interval", "s3_bucket"]:
+        assert "validation" in variables[name], f"variable {name} has no validation"
+
+
+# -- checkov ---------------------------------------------------------------------------------
+
+
+def _checkov() -> str:
+    exe = os.environ.get("LOGFERRY_CHECKOV") or shutil.which("checkov")
+    if not exe or not Path(exe).exists():
+        pytest.fail("checkov not found; run deploy-tests/run.sh (it installs checkov) or set LOGFERRY_CHECKOV",
+                    pytrace=False)
+    return exe
+
+
+def run_checkov(directory: Path, framework: str, tmp_path: Path) -> list[dict]:
+    done = subprocess.run(
+        [_checkov(), "-d", str(directory), "--framework", framework, "--quiet", "--compact",
+         "--output", "json", "--skip-download"],
+        capture_output=True, text=True, timeout=600,
+        env={**os.environ, "HOME": str(tmp_path), "BC_SKIP_MAPPING": "TRUE", "CHECKOV_RUN_SCA_PACKAGE_SCAN_V2": "false"},
+    )
+    assert done.returncode in (0, 1), f"checkov failed to run:\n{done.stderr[-4000:]}"
+    out = json.loads(done.stdout)
+    return out if isinstance(out, list) else [out]
+
+
+@pytest.mark.parametrize("directory,framework", [(TF, "terraform"), (REPO / "eks", "kubernetes")],
+                         ids=["terraform", "eks"])
+def test_checkov_is_clean(directory, framework, tmp_path):
+    reports = run_checkov(directory, framework, tmp_path)
+    failed, skipped = [], []
+    for r in reports:
+        results = r.get("results", {})
+        failed += results.get("failed_checks", [])
+        skipped += results.get("skipped_checks", [])
+    assert reports and any(r.get("summary", {}).get("passed", 0) for r in reports), "checkov checked nothing"
+    assert not failed, "checkov failures:\n" + "\n".join(
+        f"{c['check_id']} {c['check_name']}: {c['file_path']}:{c['file_line_range']} {c['resource']}" for c in failed
+    )
+    for c in skipped:
+        reason = (c.get("check_result") or {}).get("suppress_comment", "")
+        assert reason and reason != "No comment provided", f"{c['check_id']} skipped without a reason in {c['file_path']}"
+
+
+# -- the router config, rendered as templatefile would ---------------------------------------
+
+
+def _templatefile_call() -> tuple[str, dict[str, str]]:
+    """The sidecar's `templatefile(path, {k = var.k, ...})`: the template path and the map."""
+    locals_ = {}
+    for block in hcl.load_dir(SIDECAR).get("locals", []):
+        locals_.update(block)
+    call = locals_["config"]
+    m = re.fullmatch(r'\$\{templatefile\("\$\{path\.module\}/([^"]+)", \{(.*)\}\)\}', call, re.S)
+    assert m, f"local.config is not a templatefile(...) call: {call[:200]}"
+    pairs = dict(re.findall(r"(\w+)\s*=\s*([^,}]+)", m.group(2)))
+    return m.group(1), {k: v.strip() for k, v in pairs.items()}
+
+
+def test_template_variables_are_the_module_variables():
+    """Each template variable is the module variable of the same name, so rendering with the
+    module's inputs is exactly what Terraform does."""
+    path, pairs = _templatefile_call()
+    assert SIDECAR / path == TEMPLATE
+    variables = hcl.blocks(hcl.load_dir(SIDECAR), "variable")
+    assert pairs
+    for key, expr in pairs.items():
+        assert expr == f"var.{key}", f"template variable {key} = {expr}: use var.{key}"
+        assert key in variables
+
+
+# Outputs of logferry-destinations the examples pass on, by their definition there:
+# bucket_name is the bucket_name input; the log group is /logferry/<name_prefix> by default.
+def _destinations_output(name: str, dest_inputs: dict[str, object]) -> object:
+    if name == "bucket_name":
+        return dest_inputs["bucket_name"]
+    if name == "log_group_name":
+        return dest_inputs.get("log_group_name") or f"/logferry/{dest_inputs['name_prefix']}"
+    raise hcl.Unresolvable(f"module.destinations.{name}")
+
+
+def example_inputs(example: Path) -> dict[str, object]:
+    """The example's variables: defaults, then its terraform.tfvars.example."""
+    values = hcl.variable_defaults(hcl.load_dir(example))
+    tfvars = example / "terraform.tfvars.example"
+    for k, v in hcl.load_file(tfvars).items():
+        if not k.startswith("__"):  # __comments__
+            values[k] = hcl.value(v, hcl.no_refs)
+    return values
+
+
+def sidecar_inputs(example: Path) -> dict[str, object]:
+    """What the example passes to the sidecar module, resolved, plus the module's defaults."""
+    parsed = hcl.load_dir(example)
+    modules = hcl.blocks(parsed, "module")
+    res = hcl.resources(parsed)
+    ex_vars = example_inputs(example)
+
+    def ref(expr: str) -> object:
+        parts = expr.split(".")
+        if parts[0] == "var" and len(parts) == 2:
+            return ex_vars[parts[1]]
+        if parts[0] == "module" and len(parts) == 3:
+            body = modules[parts[1]]
+            dest = {k: hcl.value(v, ref) for k, v in body.items() if k != "source" and not k.startswith("__")}
+            return _destinations_output(parts[2], dest)
+        if len(parts) == 3 and f"{parts[0]}.{parts[1]}" in res:
+            return hcl.value(res[f"{parts[0]}.{parts[1]}"][parts[2]], ref)
+        raise hcl.Unresolvable(expr)
+
+    (call,) = [b for b in modules.values() if hcl.value(b["source"], hcl.no_refs) == SIDECAR_SOURCE]
+    given = {k: hcl.value(v, ref) for k, v in call.items() if k != "source" and not k.startswith("__")}
+    defaults = hcl.variable_defaults(hcl.load_dir(SIDECAR))
+    required = set(hcl.blocks(hcl.load_dir(SIDECAR), "variable")) - set(defaults)
+    assert required <= set(given), f"{example.name} does not set {required - set(given)}"
+    return {**defaults, **given}
+
+
+def template_vars(inputs: dict[str, object]) -> dict[str, object]:
+    _, pairs = _templatefile_call()
+    return {k: inputs[k] for k in pairs}
+
+
+# Every sink and option on, to cover the template's branches.
+ALL_OPTIONS = {
+    "image": "123456789012.dkr.ecr.us-east-1.amazonaws.com/logferry:0.1.0",
+    "region": "us-east-1",
+    "app_container_name": "web",
+    "time_key": "ts",
+    "environment": "staging",
+    "enrich_ec2": True,
+    "parser": "logfmt",
+    "log_include": ["/var/log/app/*.log", "/var/log/app/**/*.json"],
+    "s3_bucket": "acme-logs",
+    "s3_kms_key_arn": "arn:aws:kms:us-east-1:123456789012:key/1234abcd-12ab-34cd-56ef-1234567890ab",
+    "s3_compression": "zstd",
+    "cloudwatch_log_group": "/logferry/staging",
+    "firehose_delivery_stream": "logferry-staging",
+}
+
+
+def uses_sidecar(example: Path) -> bool:
+    modules = hcl.blocks(hcl.load_dir(example), "module").values()
+    return any(hcl.value(m["source"], hcl.no_refs) == SIDECAR_SOURCE for m in modules)
+
+
+def render_cases() -> list[tuple[str, dict[str, object]]]:
+    cases = [(ex.name, template_vars(sidecar_inputs(ex))) for ex in EXAMPLES if uses_sidecar(ex)]
+    assert len(cases) >= 2, "the ECS examples use the sidecar module"
+    defaults = hcl.variable_defaults(hcl.load_dir(SIDECAR))
+    cases.append(("all-options", template_vars({**defaults, **ALL_OPTIONS})))
+    return cases
+
+
+@pytest.fixture(scope="module", params=render_cases(), ids=lambda c: c[0])
+def rendered(request) -> tuple[str, dict[str, object], str]:
+    name, variables = request.param
+    return name, variables, tftemplate.render(TEMPLATE.read_text(), variables)
+
+
+def test_rendered_config_passes_logferry_validate(rendered, validate):
+    name, variables, text = rendered
+    result = validate(text, f"{name}.toml")
+    assert_valid(result, f"the config rendered for {name}")
+    # The sinks the inputs ask for, and no others.
+    for var, sink in [("s3_bucket", "sink archive (s3"), ("cloudwatch_log_group", "sink cloudwatch (cloudwatch_logs"),
+                      ("firehose_delivery_stream", "sink firehose (firehose")]:
+        assert (sink in result.stdout) == (variables[var] != ""), f"{name}: {sink}?\n{result.stdout}"
+
+
+@pytest.mark.skipif(TERRAFORM is None, reason="no terraform binary: the renderer is not cross-checked")
+def test_renderer_matches_terraform_templatefile(rendered, tmp_path):
+    """Our renderer against the real templatefile (terraform console needs no provider)."""
+    name, variables, text = rendered
+    (tmp_path / "vars.json").write_text(json.dumps(variables))
+    expr = f'base64encode(templatefile("{TEMPLATE}", jsondecode(file("{tmp_path / "vars.json"}"))))'
+    done = subprocess.run(
+        [TERRAFORM, "console"], input=expr + "\n", cwd=tmp_path, capture_output=True, text=True,
+        timeout=TF_TIMEOUT, env={**os.environ, "CHECKPOINT_DISABLE": "1"},
+    )
+    assert done.returncode == 0, done.stderr
+    want = base64.b64decode(done.stdout.strip().strip('"')).decode()
+    assert text == want, f"{name}: the renderer differs from terraform's templatefile"
+
+
+def test_iam_statements_follow_the_sinks():
+    """The policy document (logferry-iam, which logferry-sidecar and eks-irsa use) has one
+    dynamic statement per sink, each gated on its variable, with exactly the actions the sinks
+    call."""
+    sidecar_iam = hcl.blocks(hcl.load_dir(SIDECAR), "module")["iam"]
+    assert hcl.value(sidecar_iam["source"], hcl.no_refs) == "../logferry-iam"
+    for name in hcl.blocks(hcl.load_dir(IAM), "variable"):
+        assert sidecar_iam[name] == f"${{var.{name}}}", f"logferry-sidecar passes {name} on as is"
+    parsed = hcl.load_dir(IAM)
+    doc = hcl.resources(parsed, "data")["aws_iam_policy_document.router"]
+    statements = {}
+    for dyn in doc["dynamic"]:
+        ((name, body),) = [(hcl.label(k), v) for k, v in dyn.items() if not k.startswith("__")]
+        assert name == "statement"
+        content = body["content"][0]
+        statements[hcl.value(content["sid"], hcl.no_refs)] = (body["for_each"], content["actions"])
+    actions = {sid: sorted(hcl.value(a, hcl.no_refs)) for sid, (_, a) in statements.items()}
+    assert actions == {
+        "S3WriteUnderPrefix": ["s3:AbortMultipartUpload", "s3:PutObject"],
+        "KmsForS3Objects": ["kms:Decrypt", "kms:GenerateDataKey"],
+        "CloudWatchLogsWrite": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+        "FirehosePut": ["firehose:PutRecordBatch"],
+    }
+    gates = {sid: fe for sid, (fe, _) in statements.items()}
+    assert "var.s3_bucket" in gates["S3WriteUnderPrefix"]
+    assert "var.s3_kms_key_arn" in gates["KmsForS3Objects"]
+    assert "var.cloudwatch_log_group" in gates["CloudWatchLogsWrite"]
+    assert "var.firehose_delivery_stream" in gates["FirehosePut"]
+
+
+# -- the renderer itself ---------------------------------------------------------------------
+
+
+def test_renderer_subset():
+    r = tftemplate.render
+    assert r("a=${x}\n", {"x": "1"}) == "a=1\n"
+    assert r("${jsonencode(x)}", {"x": ["a<b", "c"]}) == '["a\\u003cb","c"]'
+    assert r("${b} ${n}", {"b": True, "n": 64}) == "true 64"
+    assert r("x\n%{ if s != \"\" ~}\ny=${s}\n%{ endif ~}\nz\n", {"s": "1"}) == "x\ny=1\nz\n"
+    assert r("x\n%{ if s != \"\" ~}\ny=${s}\n%{ endif ~}\nz\n", {"s": ""}) == "x\nz\n"
+    assert r("%{ for p in l }[${p}]%{ endfor }", {"l": ["a", "b"]}) == "[a][b]"
+    assert r("$${VAR} %%{x}", {}) == "${VAR} %{x}"
+    assert r("a  ${~ x ~}  b", {"x": "-"}) == "a-b"
+    # Strip markers reach one line only (checked against terraform 1.11).
+    assert r("a \n\n  ${~ x ~}  \n\n b", {"x": "-"}) == "a \n\n-\n b"
+    assert r("a\n%{ if x ~}\n\n  b\n%{~ endif ~}\n\nc\n", {"x": True}) == "a\n\n  b\nc\n"
+    assert r("a\n%{ if x ~}\nb\n%{ endif ~}\n\nc\n", {"x": False}) == "a\n\nc\n"
+    for bad, variables in [("${nope}", {}), ("${x}", {"x": [1]}), ("%{ if x }", {"x": True}), ("${upper(x)}", {"x": "a"})]:
+        with pytest.raises(tftemplate.TemplateError):
+            r(bad, variables)
+
+
+# -- what `terraform validate` would catch first, without the provider ------------------------
+
+
+def _text(root: Path) -> str:
+    # Comments out: a reference in a comment is not one.
+    return "\n".join(re.sub(r"(?m)^\s*#.*$", "", p.read_text()) for p in sorted(root.glob("*.tf")))
+
+
+@pytest.mark.parametrize("root", ROOTS, ids=lambda p: rel(p))
+def test_references_resolve(root):
+    """Every var.x, local.x, module.m.out and resource reference names something declared,
+    every module argument is a variable of that module and every required one is set."""
+    parsed = hcl.load_dir(root)
+    text = _text(root)
+    variables = set(hcl.blocks(parsed, "variable"))
+    locals_ = {k for block in parsed.get("locals", []) for k in block if not k.startswith("__")}
+    modules = hcl.blocks(parsed, "module")
+    declared = set(hcl.resources(parsed)) | {f"data.{k}" for k in hcl.resources(parsed, "data")}
+
+    assert set(re.findall(r"\bvar\.(\w+)", text)) <= variables, set(re.findall(r"\bvar\.(\w+)", text)) - variables
+    assert set(re.findall(r"\blocal\.(\w+)", text)) <= locals_, set(re.findall(r"\blocal\.(\w+)", text)) - locals_
+    refs = set(re.findall(r"(?<![\w.])((?:data\.)?aws_\w+\.\w+)", text))
+    assert refs <= declared, f"{rel(root)}: undeclared {sorted(refs - declared)}"
+    for mod, out in re.findall(r"\bmodule\.(\w+)\.(\w+)", text):
+        assert mod in modules, f"{rel(root)}: module.{mod} is not declared"
+        source = (root / hcl.value(modules[mod]["source"], hcl.no_refs)).resolve()
+        outputs = hcl.blocks(hcl.load_dir(source), "output")
+        assert out in outputs, f"{rel(root)}: module.{mod} has no output {out}"
+    for name, body in modules.items():
+        source = (root / hcl.value(body["source"], hcl.no_refs)).resolve()
+        mod_vars = hcl.blocks(hcl.load_dir(source), "variable")
+        args = {k for k in body if k != "source" and not k.startswith("__")}
+        assert args <= set(mod_vars), f"{rel(root)}: module {name} has no variables {args - set(mod_vars)}"
+        required = {k for k, v in mod_vars.items() if "default" not in v}
+        assert required <= args, f"{rel(root)}: module {name} needs {required - args}"

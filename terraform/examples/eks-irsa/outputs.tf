@@ -1,0 +1,9 @@
+output "role_arn" {
+  description = "Put it in eks/irsa/serviceaccount.yaml (annotation eks.amazonaws.com/role-arn)."
+  value       = aws_iam_role.router.arn
+}
+
+output "bucket_name" {
+  description = "Put it in the router container's LOGFERRY_BUCKET (eks/deployment.yaml)."
+  value       = module.destinations.bucket_name
+}

@@ -1,0 +1,298 @@
+variable "name_prefix" {
+  description = "Prefix of every resource name (queue, function, roles, stream, Glue database)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z][a-z0-9-]{1,30}$", var.name_prefix))
+    error_message = "name_prefix must be 2-31 lower-case letters, digits or hyphens, starting with a letter."
+  }
+}
+
+variable "tags" {
+  description = "Tags for every resource."
+  type        = map(string)
+  default     = {}
+}
+
+# -- S3 --------------------------------------------------------------------------------------
+
+variable "create_bucket" {
+  description = "Create the log bucket (encryption, public access block, ownership, TLS-only policy, lifecycle). False: use the existing bucket bucket_name as is (the indexer's notification then replaces that bucket's notification configuration)."
+  type        = bool
+  default     = true
+}
+
+variable "bucket_name" {
+  description = "Name of the log bucket (created, or existing with create_bucket = false)."
+  type        = string
+
+  validation {
+    condition     = can(regex("^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$", var.bucket_name))
+    error_message = "bucket_name must be a valid S3 bucket name."
+  }
+}
+
+variable "force_destroy" {
+  description = "Let terraform destroy delete a bucket that still holds logs."
+  type        = bool
+  default     = false
+}
+
+variable "kms_key_arn" {
+  description = "KMS key for the bucket's default encryption (SSE-KMS); empty: SSE-S3 (AES256). The indexer gets kms:Decrypt/GenerateDataKey on it."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.kms_key_arn == "" || can(regex("^arn:aws[a-z-]*:kms:", var.kms_key_arn))
+    error_message = "kms_key_arn must be empty or a KMS key ARN."
+  }
+}
+
+variable "logs_prefix" {
+  description = "Key prefix the routers write under (the static part of the s3 sink's key_prefix); the indexer is notified for objects under it and the Glue logs table reads it."
+  type        = string
+  default     = "logs/"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9!_.*'()/-]+/$", var.logs_prefix)) && !startswith(var.logs_prefix, "/")
+    error_message = "logs_prefix must be a relative key prefix ending with /."
+  }
+}
+
+variable "transition_days" {
+  description = "Days after which log objects move to transition_storage_class (0: never)."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = var.transition_days >= 0
+    error_message = "transition_days must be >= 0."
+  }
+}
+
+variable "transition_storage_class" {
+  description = "Storage class of the lifecycle transition."
+  type        = string
+  default     = "STANDARD_IA"
+
+  validation {
+    condition     = contains(["STANDARD_IA", "ONEZONE_IA", "INTELLIGENT_TIERING", "GLACIER_IR", "GLACIER", "DEEP_ARCHIVE"], var.transition_storage_class)
+    error_message = "transition_storage_class must be an S3 storage class for lifecycle transitions."
+  }
+}
+
+variable "expiration_days" {
+  description = "Days after which log objects (and index documents) are deleted (0: never)."
+  type        = number
+  default     = 365
+
+  validation {
+    condition     = var.expiration_days >= 0
+    error_message = "expiration_days must be >= 0."
+  }
+}
+
+# -- CloudWatch Logs -------------------------------------------------------------------------
+
+variable "create_log_group" {
+  description = "Create a CloudWatch log group for the routers' cloudwatch_logs sink."
+  type        = bool
+  default     = true
+}
+
+variable "log_group_name" {
+  description = "Name of that log group (default /logferry/<name_prefix>)."
+  type        = string
+  default     = ""
+}
+
+variable "log_group_retention_days" {
+  description = "Retention of the log group (and of the indexer's own log group)."
+  type        = number
+  default     = 30
+
+  validation {
+    condition     = contains([1, 3, 5, 7, 14, 30, 60, 90, 120, 150, 180, 365, 400, 545, 731, 1096, 1827, 2192, 2557, 2922, 3288, 3653], var.log_group_retention_days)
+    error_message = "log_group_retention_days must be a retention CloudWatch Logs accepts (1, 3, 5, 7, 14, 30, ... 3653)."
+  }
+}
+
+variable "log_group_kms_key_arn" {
+  description = "KMS key for the log group (its key policy must allow logs.<region>.amazonaws.com); empty: CloudWatch's own encryption."
+  type        = string
+  default     = ""
+}
+
+# -- Firehose --------------------------------------------------------------------------------
+
+variable "create_firehose" {
+  description = "Create a Firehose delivery stream (Direct PUT) into the bucket, for the routers' firehose sink."
+  type        = bool
+  default     = false
+}
+
+variable "firehose_prefix" {
+  description = "Key prefix of what Firehose delivers."
+  type        = string
+  default     = "firehose/!{timestamp:yyyy/MM/dd/HH}/"
+}
+
+variable "firehose_error_prefix" {
+  description = "Key prefix of records Firehose could not deliver."
+  type        = string
+  default     = "firehose-errors/!{firehose:error-output-type}/!{timestamp:yyyy/MM/dd}/"
+}
+
+variable "firehose_buffering_size" {
+  description = "Firehose buffer size in MiB."
+  type        = number
+  default     = 64
+
+  validation {
+    condition     = var.firehose_buffering_size >= 1 && var.firehose_buffering_size <= 128
+    error_message = "firehose_buffering_size must be 1-128 MiB."
+  }
+}
+
+variable "firehose_buffering_interval" {
+  description = "Firehose buffer interval in seconds."
+  type        = number
+  default     = 300
+
+  validation {
+    condition     = var.firehose_buffering_interval >= 0 && var.firehose_buffering_interval <= 900
+    error_message = "firehose_buffering_interval must be 0-900 seconds."
+  }
+}
+
+variable "firehose_compression" {
+  description = "Compression of what Firehose writes."
+  type        = string
+  default     = "GZIP"
+
+  validation {
+    condition     = contains(["UNCOMPRESSED", "GZIP", "ZIP", "Snappy", "HADOOP_SNAPPY"], var.firehose_compression)
+    error_message = "firehose_compression must be UNCOMPRESSED, GZIP, ZIP, Snappy or HADOOP_SNAPPY."
+  }
+}
+
+# -- the indexer Lambda ----------------------------------------------------------------------
+
+variable "indexer_zip_path" {
+  description = "Path of the indexer's bootstrap.zip (lambda/build.sh writes target/lambda/bootstrap/bootstrap.zip). Empty: no indexer, no queue, no notification."
+  type        = string
+  default     = ""
+}
+
+variable "index_prefix" {
+  description = "Where the indexer writes index documents (INDEX_PREFIX)."
+  type        = string
+  default     = "_index/"
+
+  validation {
+    condition     = endswith(var.index_prefix, "/") && !startswith(var.index_prefix, "/")
+    error_message = "index_prefix must be a relative prefix ending with /."
+  }
+}
+
+variable "quarantine_prefix" {
+  description = "Where the indexer copies objects it cannot read (QUARANTINE_PREFIX)."
+  type        = string
+  default     = "_quarantine/"
+
+  validation {
+    condition     = endswith(var.quarantine_prefix, "/") && !startswith(var.quarantine_prefix, "/")
+    error_message = "quarantine_prefix must be a relative prefix ending with /."
+  }
+}
+
+variable "indexer_environment" {
+  description = "Further indexer settings: MAX_DECOMPRESSED_BYTES, MAX_BAD_LINE_RATIO, DISTINCT_FIELDS, DISTINCT_CAP, TOKEN_FIELDS, BLOOM_FP_RATE."
+  type        = map(string)
+  default = {
+    DISTINCT_FIELDS = "ecs_cluster,ecs_task_id,container_name,kubernetes.pod_name,level"
+    TOKEN_FIELDS    = "msg,log,message"
+  }
+
+  validation {
+    condition = alltrue([for k in keys(var.indexer_environment) : contains(
+      ["MAX_DECOMPRESSED_BYTES", "MAX_BAD_LINE_RATIO", "DISTINCT_FIELDS", "DISTINCT_CAP", "TOKEN_FIELDS", "BLOOM_FP_RATE"], k
+    )])
+    error_message = "indexer_environment takes only MAX_DECOMPRESSED_BYTES, MAX_BAD_LINE_RATIO, DISTINCT_FIELDS, DISTINCT_CAP, TOKEN_FIELDS, BLOOM_FP_RATE (the prefixes have their own variables)."
+  }
+}
+
+variable "indexer_memory_size" {
+  description = "Indexer memory (MiB)."
+  type        = number
+  default     = 512
+
+  validation {
+    condition     = var.indexer_memory_size >= 128 && var.indexer_memory_size <= 10240
+    error_message = "indexer_memory_size must be 128-10240 MiB."
+  }
+}
+
+variable "indexer_timeout" {
+  description = "Indexer timeout (seconds); the queue's visibility timeout is six times this."
+  type        = number
+  default     = 120
+
+  validation {
+    condition     = var.indexer_timeout >= 10 && var.indexer_timeout <= 900
+    error_message = "indexer_timeout must be 10-900 seconds."
+  }
+}
+
+variable "indexer_reserved_concurrency" {
+  description = "Reserved concurrency of the indexer (bounds S3 reads and cost)."
+  type        = number
+  default     = 10
+
+  validation {
+    condition     = var.indexer_reserved_concurrency >= 1
+    error_message = "indexer_reserved_concurrency must be >= 1."
+  }
+}
+
+variable "indexer_max_receive_count" {
+  description = "Receives before a notification moves to the dead-letter queue."
+  type        = number
+  default     = 5
+
+  validation {
+    condition     = var.indexer_max_receive_count >= 1 && var.indexer_max_receive_count <= 1000
+    error_message = "indexer_max_receive_count must be 1-1000."
+  }
+}
+
+# -- Glue / Athena ---------------------------------------------------------------------------
+
+variable "create_glue_tables" {
+  description = "Create a Glue database with two tables using partition projection (no crawler): `logs` over the delivered NDJSON, `log_index` over the index documents."
+  type        = bool
+  default     = false
+}
+
+variable "glue_cluster_names" {
+  description = "Values of the first partition of the logs table: the ECS cluster names (or Kubernetes namespaces) in the s3 sink's key_prefix <logs_prefix>{ecs_cluster}/%Y/%m/%d/%H/."
+  type        = list(string)
+  default     = []
+
+  validation {
+    condition     = alltrue([for c in var.glue_cluster_names : can(regex("^[A-Za-z0-9._=:@+-]+$", c))])
+    error_message = "glue_cluster_names must hold key-safe names (the router writes other characters as _)."
+  }
+}
+
+variable "glue_projection_start" {
+  description = "First hour the logs table's date projection covers (yyyy/MM/dd/HH); the index table starts on the same day."
+  type        = string
+  default     = "2026/01/01/00"
+
+  validation {
+    condition     = can(regex("^[0-9]{4}/[0-9]{2}/[0-9]{2}/[0-9]{2}$", var.glue_projection_start))
+    error_message = "glue_projection_start must be yyyy/MM/dd/HH."
+  }
+}
