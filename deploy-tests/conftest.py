@@ -30,11 +30,6 @@ class Validated:
     stdout: str
     stderr: str
 
-    @property
-    def lifecycle_rejected(self) -> bool:
-        """The binary does not know `[lifecycle]` yet (built before that work is merged)."""
-        return self.returncode != 0 and "lifecycle" in self.stderr
-
 
 @pytest.fixture(scope="session")
 def logferry_bin() -> Path:
@@ -70,13 +65,7 @@ def validate(logferry_bin, tmp_path_factory):
     return run
 
 
-def assert_valid(result: Validated, what: str, *, uses_lifecycle: bool = False) -> None:
-    """The config passed `logferry validate`. A config that uses `[lifecycle]` is xfailed (not
-    passed) when the binary predates lifecycle support; any other failure fails."""
-    if uses_lifecycle and result.lifecycle_rejected:
-        pytest.xfail(
-            f"{what} uses [lifecycle], which this logferry binary does not accept yet "
-            f"(lifecycle support is merged separately): {result.stderr.strip()}"
-        )
+def assert_valid(result: Validated, what: str) -> None:
+    """The config passed `logferry validate`."""
     assert result.returncode == 0, f"{what}: logferry validate failed:\n{result.stderr}"
     assert "config OK" in result.stdout, result.stdout

@@ -169,4 +169,4 @@ def test_configmap_config_passes_logferry_validate(deployment, configmap, varian
     # The literal env of the container (LOGFERRY_BUCKET feeds ${LOGFERRY_BUCKET}).
     env = {e["name"]: e["value"] for e in router["env"] if "value" in e}
     result = validate(configmap_config(configmap), f"eks-{variant}.toml", env)
-    assert_valid(result, rel(configmap), uses_lifecycle="[lifecycle]" in configmap_config(configmap))
+    assert_valid(result, rel(configmap))

@@ -329,7 +329,7 @@ def test_iam_statements_follow_the_sinks():
     assert actions == {
         "S3WriteUnderPrefix": ["s3:AbortMultipartUpload", "s3:PutObject"],
         "KmsForS3Objects": ["kms:Decrypt", "kms:GenerateDataKey"],
-        "CloudWatchLogsWrite": ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"],
+        "CloudWatchLogsWrite": ["logs:CreateLogStream", "logs:PutLogEvents"],
         "FirehosePut": ["firehose:PutRecordBatch"],
     }
     gates = {sid: fe for sid, (fe, _) in statements.items()}

@@ -37,9 +37,9 @@ data "aws_iam_policy_document" "router" {
     for_each = var.cloudwatch_log_group == "" ? [] : [1]
     content {
       sid = "CloudWatchLogsWrite"
-      # CreateLogGroup on this one group only: the sink asks for the group before it creates
-      # a stream, and Terraform's group answers "already exists".
-      actions   = ["logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents"]
+      # No CreateLogGroup: the group is Terraform's; the sink takes AccessDenied on
+      # CreateLogGroup as "it exists" and goes on to CreateLogStream.
+      actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
       resources = ["${local.log_group_arn}:*"]
     }
   }
