@@ -19,15 +19,6 @@ fn lifecycle(quiet: &str, timeout: &str, extra: &str) -> String {
     )
 }
 
-fn assert_each_once(records: &[serde_json::Value], n: u64) {
-    let counts = id_counts(records);
-    let missing: Vec<u64> = (0..n).filter(|i| !counts.contains_key(i)).take(10).collect();
-    let repeated: Vec<(&u64, &usize)> = counts.iter().filter(|(_, c)| **c > 1).take(10).collect();
-    assert!(missing.is_empty(), "missing ids (first 10): {missing:?}");
-    assert!(repeated.is_empty(), "repeated ids (first 10): {repeated:?}");
-    assert_eq!(counts.len() as u64, n);
-}
-
 #[test]
 fn sigterm_while_the_app_writes_its_last_lines_delivers_them_all() {
     let env = Env::new();

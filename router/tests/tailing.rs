@@ -11,15 +11,6 @@ use common::*;
 
 const LONG: Duration = Duration::from_secs(90);
 
-fn assert_each_once(records: &[serde_json::Value], n: u64) {
-    let counts = id_counts(records);
-    let missing: Vec<u64> = (0..n).filter(|i| !counts.contains_key(i)).take(10).collect();
-    let repeated: Vec<(&u64, &usize)> = counts.iter().filter(|(_, c)| **c > 1).take(10).collect();
-    assert!(missing.is_empty(), "missing ids (first 10): {missing:?}");
-    assert!(repeated.is_empty(), "repeated ids (first 10): {repeated:?}");
-    assert_eq!(counts.len() as u64, n);
-}
-
 #[test]
 fn sigterm_mid_file_then_restart_loses_and_repeats_nothing() {
     let env = Env::new();
