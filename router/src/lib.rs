@@ -9,6 +9,7 @@ pub mod checkpoint;
 pub mod config;
 pub mod event;
 pub mod metrics;
+pub mod query;
 pub mod sinks;
 pub mod sources;
 pub mod template;

@@ -84,6 +84,8 @@ enum Command {
         #[arg(long, short)]
         config: Option<PathBuf>,
     },
+    /// Search the archive in S3 through the indexer's index.
+    Query(Box<logferry::query::QueryArgs>),
 }
 
 fn main() -> ExitCode {
@@ -102,6 +104,7 @@ fn main() -> ExitCode {
             Ok(c) => check(&c),
             Err(e) => config_failure(&e),
         },
+        Command::Query(args) => logferry::query::main(*args),
         Command::Run { config, exit_on_eof } => {
             let config = match load(config.as_deref()) {
                 Ok(c) => c,
