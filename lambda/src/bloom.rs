@@ -125,7 +125,7 @@ impl Bloom {
     pub fn shrink_to_fit(&mut self, items: u64, fp_rate: f64) {
         let blocks = self.blocks();
         let best = (1..blocks)
-            .filter(|d| blocks % d == 0)
+            .filter(|d| blocks.is_multiple_of(*d))
             .find(|&d| expected_fp_rate(d, self.k, items) <= fp_rate);
         if let Some(d) = best {
             self.fold(d);
@@ -151,7 +151,7 @@ impl Bloom {
         if doc.hash != HASH_NAME {
             return Err(BloomError::UnknownHash(doc.hash.clone()));
         }
-        if doc.m == 0 || doc.m % BLOCK_BITS != 0 || doc.k == 0 || doc.k > 64 {
+        if doc.m == 0 || !doc.m.is_multiple_of(BLOCK_BITS) || doc.k == 0 || doc.k > 64 {
             return Err(BloomError::Shape { m: doc.m, k: doc.k });
         }
         let bytes = base64::engine::general_purpose::STANDARD

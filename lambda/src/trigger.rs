@@ -168,6 +168,20 @@ mod tests {
         })
     }
 
+    fn obj(bucket: &str, key: &str) -> ObjectRef {
+        ObjectRef {
+            bucket: bucket.into(),
+            key: key.into(),
+        }
+    }
+
+    fn direct(ev: Value) -> Vec<ObjectRef> {
+        match parse(ev).expect("parses") {
+            Invocation::Direct(objs) => objs,
+            Invocation::Sqs(_) => panic!("not a direct invocation"),
+        }
+    }
+
     #[test]
     fn keys_are_url_decoded() {
         assert_eq!(
@@ -188,16 +202,7 @@ mod tests {
             s3_record("b", "logs/a+b.gz", "ObjectCreated:Put"),
             s3_record("b", "logs/gone.gz", "ObjectRemoved:Delete"),
         ]});
-        let Invocation::Direct(objs) = parse(ev).expect("parses") else {
-            panic!("not direct")
-        };
-        assert_eq!(
-            objs,
-            [ObjectRef {
-                bucket: "b".into(),
-                key: "logs/a b.gz".into()
-            }]
-        );
+        assert_eq!(direct(ev), [obj("b", "logs/a b.gz")]);
     }
 
     #[test]
@@ -237,16 +242,7 @@ mod tests {
             "account": "1", "time": "2026-01-02T03:04:05Z", "region": "us-east-1", "resources": [],
             "detail": {"version": "0", "bucket": {"name": "b"}, "object": {"key": "logs/x+y%20z.gz", "size": 3, "etag": "e"},
                        "request-id": "r", "requester": "1", "reason": "PutObject"}});
-        let Invocation::Direct(objs) = parse(ev).expect("parses") else {
-            panic!("not direct")
-        };
-        assert_eq!(
-            objs,
-            [ObjectRef {
-                bucket: "b".into(),
-                key: "logs/x y z.gz".into()
-            }]
-        );
+        assert_eq!(direct(ev), [obj("b", "logs/x y z.gz")]);
         assert!(matches!(parse(json!({"hello": 1})), Err(TriggerError::Unknown(_))));
     }
 }

@@ -17,6 +17,7 @@ use std::process::ExitCode;
 
 use aws_sdk_s3::Client;
 use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use chrono::{DateTime, Utc};
 use clap::{ArgGroup, Args, ValueEnum};
 use logferry_indexer::doc::{INDEX_VERSION, IndexDoc};
@@ -27,6 +28,9 @@ use tokio::task::JoinHandle;
 use tokio_util::io::SyncIoBridge;
 
 use self::plan::{Query, Verdict, partitions};
+
+/// The matching records of one object: time and the stored line.
+type Matches = Vec<(DateTime<Utc>, Vec<u8>)>;
 
 /// Objects fetched at once.
 pub const FETCH_CONCURRENCY: usize = 8;
@@ -246,7 +250,7 @@ pub async fn run(args: &QueryArgs, out: &mut dyn Write) -> Result<Summary, Query
 
     // 3. Fetch, match, print.
     let progress = progress_bar(candidates.len() as u64);
-    let mut pending: VecDeque<JoinHandle<Result<Vec<(DateTime<Utc>, Vec<u8>)>, String>>> = VecDeque::new();
+    let mut pending: VecDeque<JoinHandle<Result<Matches, String>>> = VecDeque::new();
     let mut next = candidates.into_iter();
     let per_object_limit = args.limit.unwrap_or(u64::MAX);
     let mut remaining = args.limit.unwrap_or(u64::MAX);
@@ -345,15 +349,18 @@ async fn list(s3: &Client, bucket: &str, prefix: &str) -> Result<Vec<String>, Qu
     Ok(keys)
 }
 
-async fn get_bytes(s3: &Client, bucket: &str, key: &str) -> Result<Vec<u8>, String> {
-    let got = s3
-        .get_object()
+async fn get_object(s3: &Client, bucket: &str, key: &str) -> Result<GetObjectOutput, String> {
+    s3.get_object()
         .bucket(bucket)
         .key(key)
         .send()
         .await
-        .map_err(|e| format!("GetObject s3://{bucket}/{key}: {}", DisplayErrorContext(&e)))?;
-    let body = got
+        .map_err(|e| format!("GetObject s3://{bucket}/{key}: {}", DisplayErrorContext(&e)))
+}
+
+async fn get_bytes(s3: &Client, bucket: &str, key: &str) -> Result<Vec<u8>, String> {
+    let body = get_object(s3, bucket, key)
+        .await?
         .body
         .collect()
         .await
@@ -400,20 +407,9 @@ async fn fetch_docs(s3: &Client, bucket: &str, keys: Vec<String>, summary: &mut 
 
 /// Streams one object and returns its matching records (the stored lines),
 /// in time order, at most `limit`.
-async fn scan_object(
-    s3: &Client,
-    doc: &IndexDoc,
-    q: &Query,
-    limit: u64,
-) -> Result<Vec<(DateTime<Utc>, Vec<u8>)>, String> {
+async fn scan_object(s3: &Client, doc: &IndexDoc, q: &Query, limit: u64) -> Result<Matches, String> {
     let (bucket, key) = (&doc.bucket, &doc.key);
-    let got = s3
-        .get_object()
-        .bucket(bucket)
-        .key(key)
-        .send()
-        .await
-        .map_err(|e| format!("GetObject s3://{bucket}/{key}: {}", DisplayErrorContext(&e)))?;
+    let got = get_object(s3, bucket, key).await?;
     let encoding = Encoding::detect(got.content_encoding(), key);
     let body = SyncIoBridge::new(got.body.into_async_read());
     let (q, fields, name) = (q.clone(), doc.tokens.fields.clone(), format!("s3://{bucket}/{key}"));
