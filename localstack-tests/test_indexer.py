@@ -156,10 +156,14 @@ def run_router(router, tmp: Path, bucket: str, endpoint: str, name: str, task: s
     """One `logferry run --exit-on-eof` of an ECS task `task` over `lines`, into `bucket`."""
     work = tmp / name
     write_app_log(work / "logs" / "app.log", lines)
+    # One object per run, whatever the clock: no time in the key prefix (a run crossing a
+    # minute would write two), and no flush before the end of input.
+    sink = configs.s3_sink(bucket, endpoint, key_prefix=f"logs/{{ecs_cluster}}/{{ecs_task_id}}/{name}/")
+    assert 'flush_interval = "1s"' in sink
     config = (
         configs.pipeline(work)
         + f'fields = {{ ecs_cluster = "c1", ecs_task_id = {configs.q(task)}, container_name = "app" }}\n'
-        + configs.s3_sink(bucket, endpoint)
+        + sink.replace('flush_interval = "1s"', 'flush_interval = "1h"')
     )
     done = router.run(router.write_config(config, name=f"{name}.toml"), env=ROUTER_ENV)
     assert done.returncode == 0, done.stderr[-4000:]
@@ -195,7 +199,7 @@ def test_router_objects_are_indexed_and_queried(router, indexer, s3, sqs, notifi
     run_router(router, tmp_path, bucket, endpoint, "a2", "task-a", a2)
 
     objects = list_keys(s3, bucket, "logs/")
-    assert len(objects) == 3, objects
+    assert [k.split("/")[3] for k in objects] == ["a1", "a2", "b1"], objects
     messages = receive(sqs, queue_url, set(objects))
 
     fn = indexer()
