@@ -170,6 +170,63 @@ mod tests {
         assert_eq!(q(&[], None).verdict(&untimed), Verdict::OutOfRange);
     }
 
+    mod soundness {
+        use super::*;
+        use proptest::prelude::*;
+
+        // Small vocabularies so that matches, near-misses (`time` in
+        // `timeout`) and misses all happen.
+        const WORDS: &[&str] = &[
+            "timeout", "timeouts", "time", "out", "Timeout", "ok", "café", "a_b", "42",
+        ];
+        const SEPS: &[&str] = &[" ", ", ", "-", "=", "/", ""];
+        const TASKS: &[&str] = &["t1", "t2", "t3"];
+
+        fn text() -> impl Strategy<Value = String> {
+            proptest::collection::vec((0..WORDS.len(), 0..SEPS.len()), 0..6).prop_map(|parts| {
+                parts
+                    .into_iter()
+                    .map(|(w, s)| format!("{}{}", WORDS[w], SEPS[s]))
+                    .collect()
+            })
+        }
+
+        fn record() -> impl Strategy<Value = Value> {
+            (0..TASKS.len(), text(), proptest::option::of(text()), 0u32..120).prop_map(|(task, msg, log, minute)| {
+                let mut r = json!({
+                    "@timestamp": format!("2026-03-07T{:02}:{:02}:00Z", 3 + minute / 60, minute % 60),
+                    "ecs_task_id": TASKS[task],
+                    "msg": msg,
+                });
+                if let Some(l) = log {
+                    r["log"] = json!(l);
+                }
+                r
+            })
+        }
+
+        proptest! {
+            /// An object the index skips holds no record the query would print.
+            #[test]
+            fn a_skipped_object_never_holds_a_match(
+                records in proptest::collection::vec(record(), 1..20),
+                task in proptest::option::of(0..TASKS.len()),
+                grep in proptest::option::of(text()),
+            ) {
+                let d = doc(&records);
+                let wheres: Vec<(&str, &str)> = task.map(|t| ("ecs_task_id", TASKS[t])).into_iter().collect();
+                let query = q(&wheres, grep.as_deref().filter(|g| !g.is_empty()));
+                let any_match = records.iter().any(|r| match r {
+                    Value::Object(m) => query.matches(m, &d.tokens.fields).is_some(),
+                    _ => false,
+                });
+                if any_match {
+                    prop_assert_eq!(query.verdict(&d), Verdict::Open);
+                }
+            }
+        }
+    }
+
     #[test]
     fn record_matching() {
         let fields = vec!["msg".to_string(), "log".to_string()];
