@@ -16,8 +16,11 @@
 //!   but not `timeouts`. That is what makes pruning by the token filter exact.
 
 use std::borrow::Cow;
+use std::collections::HashSet;
+use std::fmt;
 
-use serde_json::Value;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde_json::{Map, Value};
 
 /// Longer tokens are neither indexed nor used to prune (random blobs would only
 /// fill the filter).
@@ -48,6 +51,89 @@ pub fn value_text(v: &Value) -> Option<Cow<'_, str>> {
 /// The text of the field at `path`, if it has one.
 pub fn field_text<'v>(record: &'v serde_json::Map<String, Value>, path: &str) -> Option<Cow<'v, str>> {
     lookup(record, path).and_then(value_text)
+}
+
+/// The top-level fields a reader needs for a set of dotted paths: each path
+/// and each of its dotted prefixes (`a.b.c` needs `a`, `a.b`, `a.b.c`), so
+/// that [`lookup`] on a record parsed by [`parse_fields`] finds what it would
+/// find on the whole record.
+#[derive(Clone, Debug, Default)]
+pub struct FieldSet {
+    keys: HashSet<String>,
+}
+
+impl FieldSet {
+    pub fn new<'a>(paths: impl IntoIterator<Item = &'a str>) -> Self {
+        let mut keys = HashSet::new();
+        for path in paths {
+            keys.insert(path.to_string());
+            keys.extend(path.match_indices('.').map(|(i, _)| path[..i].to_string()));
+        }
+        FieldSet { keys }
+    }
+}
+
+/// Parses one NDJSON line into the fields of `wanted` only. The whole line is
+/// still checked to be one JSON object (anything else is an error), but the
+/// other fields are skipped without building values. A key given twice keeps
+/// its last value, as a full parse would.
+pub fn parse_fields(line: &[u8], wanted: &FieldSet) -> Result<Map<String, Value>, serde_json::Error> {
+    let mut de = serde_json::Deserializer::from_slice(line);
+    let record = Sparse(wanted).deserialize(&mut de)?;
+    de.end()?;
+    Ok(record)
+}
+
+struct Sparse<'s>(&'s FieldSet);
+
+impl<'de> DeserializeSeed<'de> for Sparse<'_> {
+    type Value = Map<String, Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+        d.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Sparse<'_> {
+    type Value = Map<String, Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut out = Map::new();
+        while let Some(Key(key)) = map.next_key()? {
+            if self.0.keys.contains(key.as_ref()) {
+                out.insert(key.into_owned(), map.next_value()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(out)
+    }
+}
+
+/// A key, borrowed from the line unless it has escapes.
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> serde::Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(v.to_string())))
+            }
+        }
+        d.deserialize_str(V)
+    }
 }
 
 #[inline]
@@ -116,6 +202,36 @@ mod tests {
         assert_eq!(field_text(&r, "z"), None);
         assert_eq!(field_text(&r, "kubernetes"), None);
         assert_eq!(field_text(&r, "kubernetes.nope"), None);
+    }
+
+    #[test]
+    fn sparse_parse_sees_what_a_full_parse_sees() {
+        let paths = ["@timestamp", "kubernetes.pod_name", "a.b", "msg"];
+        let set = FieldSet::new(paths);
+        let lines: [&[u8]; 6] = [
+            br#"{"@timestamp":"t","kubernetes":{"pod_name":"p","x":[1,{"y":2}]},"a.b":3,"zz":{"q":"\u00e9"},"msg":"m"}"#,
+            br#"{"m\u0073g":"escaped key","msg":"last wins","msg":"really"}"#,
+            br#"  {"a":{"b":true}}  "#,
+            br#"{}"#,
+            br#"{"kubernetes":"not an object"}"#,
+            br#"{"other":[1,2,3],"n":1e3}"#,
+        ];
+        for line in lines {
+            let full: Map<String, Value> = serde_json::from_slice(line).expect("valid");
+            let sparse = parse_fields(line, &set).expect("valid");
+            for p in paths {
+                assert_eq!(
+                    field_text(&sparse, p),
+                    field_text(&full, p),
+                    "{p} in {}",
+                    String::from_utf8_lossy(line)
+                );
+            }
+            assert!(!sparse.contains_key("zz") && !sparse.contains_key("other"));
+        }
+        for bad in [&b"[1,2]"[..], b"{\"a\":1} x", b"{\"a\":", b"nope", b"{\"a\":tru}"] {
+            assert!(parse_fields(bad, &set).is_err(), "{}", String::from_utf8_lossy(bad));
+        }
     }
 
     #[test]

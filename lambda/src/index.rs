@@ -17,7 +17,7 @@ use serde_json::{Map, Value};
 use crate::bloom::{Bloom, MAX_BLOCKS, hashes_for};
 use crate::config::IndexOptions;
 use crate::doc::{Distinct, INDEX_VERSION, IndexDoc, QuarantineReason, TokenIndex, format_time, parse_time};
-use crate::fields::{field_text, indexable, tokens};
+use crate::fields::{FieldSet, field_text, indexable, parse_fields, tokens};
 
 /// Longest line read; a longer one counts as a bad line (its bytes are read
 /// and dropped, never held).
@@ -248,6 +248,8 @@ struct DistinctAcc {
 /// Accumulates the statistics of one object, record by record.
 struct Builder<'o> {
     opts: &'o IndexOptions,
+    /// The fields read from each record (the others are only validated).
+    wanted: FieldSet,
     lines: u64,
     records: u64,
     bad_lines: u64,
@@ -262,8 +264,13 @@ struct Builder<'o> {
 
 impl<'o> Builder<'o> {
     fn new(opts: &'o IndexOptions) -> Self {
+        let wanted = ["@timestamp", "level"]
+            .into_iter()
+            .chain(opts.distinct_fields.iter().map(String::as_str))
+            .chain(opts.token_fields.iter().map(String::as_str));
         Builder {
             opts,
+            wanted: FieldSet::new(wanted),
             lines: 0,
             records: 0,
             bad_lines: 0,
@@ -289,7 +296,7 @@ impl<'o> Builder<'o> {
             return; // blank lines are neither records nor errors
         }
         self.lines += 1;
-        let Ok(record) = serde_json::from_slice::<Map<String, Value>>(line) else {
+        let Ok(record) = parse_fields(line, &self.wanted) else {
             self.bad_lines += 1;
             return;
         };

@@ -21,7 +21,7 @@ use aws_sdk_s3::operation::get_object::GetObjectOutput;
 use chrono::{DateTime, Utc};
 use clap::{ArgGroup, Args, ValueEnum};
 use logferry_indexer::doc::{INDEX_VERSION, IndexDoc};
-use logferry_indexer::fields::field_text;
+use logferry_indexer::fields::{FieldSet, field_text, parse_fields};
 use logferry_indexer::index::{Encoding, Line, MAX_LINE_BYTES, decoder, read_line};
 use serde_json::{Map, Value};
 use tokio::task::JoinHandle;
@@ -413,6 +413,12 @@ async fn scan_object(s3: &Client, doc: &IndexDoc, q: &Query, limit: u64) -> Resu
     let encoding = Encoding::detect(got.content_encoding(), key);
     let body = SyncIoBridge::new(got.body.into_async_read());
     let (q, fields, name) = (q.clone(), doc.tokens.fields.clone(), format!("s3://{bucket}/{key}"));
+    // Only the fields a match looks at are built; the line is printed as stored.
+    let wanted = FieldSet::new(
+        std::iter::once("@timestamp")
+            .chain(q.wheres.iter().map(|(f, _)| f.as_str()))
+            .chain(fields.iter().map(String::as_str)),
+    );
     tokio::task::spawn_blocking(move || {
         let mut reader =
             std::io::BufReader::with_capacity(256 * 1024, decoder(encoding, body).map_err(|e| format!("{name}: {e}"))?);
@@ -422,7 +428,7 @@ async fn scan_object(s3: &Client, doc: &IndexDoc, q: &Query, limit: u64) -> Resu
             if line != Line::Complete {
                 continue;
             }
-            let Ok(record) = serde_json::from_slice::<Map<String, Value>>(&buf) else {
+            let Ok(record) = parse_fields(&buf, &wanted) else {
                 continue;
             };
             if let Some(t) = q.matches(&record, &fields) {
