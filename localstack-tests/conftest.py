@@ -8,8 +8,9 @@ pass for the wrong reason (real credentials, a default region) or talk to a real
 every router process starts from PATH, a HOME inside the test's tmp dir and `LOGFERRY_LOG`,
 plus exactly what the test passes; the scenario then proves which credential source was used.
 
-`run.sh` sets `LOCALSTACK_ENDPOINT` and `LOGFERRY_BIN`; run by hand, the defaults are
-http://127.0.0.1:4566 and the repo's `target/release/logferry`.
+`run.sh` sets `LOCALSTACK_ENDPOINT`, `LOGFERRY_BIN` and `LOGFERRY_INDEXER_BIN`; run by hand, the
+defaults are http://127.0.0.1:4566, the repo's `target/release/logferry` and
+`target/lambda/bootstrap/bootstrap`.
 """
 
 from __future__ import annotations
@@ -113,6 +114,11 @@ def firehose(aws_client):
 @pytest.fixture(scope="session")
 def iam(aws_client):
     return aws_client("iam")
+
+
+@pytest.fixture(scope="session")
+def sqs(aws_client):
+    return aws_client("sqs")
 
 
 def unique(prefix: str) -> str:
@@ -316,6 +322,20 @@ def logferry_bin() -> Path:
         pytest.fail(
             f"router binary {path} not found; build it (cargo build --release -p logferry) "
             "or set LOGFERRY_BIN",
+            pytrace=False,
+        )
+    return path
+
+
+@pytest.fixture(scope="session")
+def indexer_bin() -> Path:
+    """The indexer Lambda's `bootstrap` (run.sh builds it with lambda/build.sh)."""
+    path = Path(
+        os.environ.get("LOGFERRY_INDEXER_BIN", REPO / "target" / "lambda" / "bootstrap" / "bootstrap")
+    )
+    if not (path.is_file() and os.access(path, os.X_OK)):
+        pytest.fail(
+            f"indexer binary {path} not found; build it (lambda/build.sh) or set LOGFERRY_INDEXER_BIN",
             pytrace=False,
         )
     return path

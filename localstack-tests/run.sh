@@ -3,7 +3,8 @@
 # mode), run pytest over localstack-tests/, always stop LocalStack, exit with pytest's status.
 # Extra arguments go to pytest (e.g. `run.sh -k firehose -x`).
 #
-# LOGFERRY_BIN=/path/to/logferry skips the build and tests that binary instead.
+# LOGFERRY_BIN=/path/to/logferry skips the build and tests that binary instead;
+# LOGFERRY_INDEXER_BIN=/path/to/bootstrap likewise for the indexer Lambda (lambda/build.sh).
 # LOCALSTACK_ENDPOINT=http://host:port uses a LocalStack that is already running.
 set -euo pipefail
 
@@ -17,6 +18,12 @@ if [[ -z ${LOGFERRY_BIN:-} ]]; then
   export LOGFERRY_BIN=$repo/target/release/logferry
 fi
 [[ -x $LOGFERRY_BIN ]] || { echo "run.sh: no router binary at $LOGFERRY_BIN" >&2; exit 1; }
+# The indexer Lambda (glibc 2.34 build through cargo-lambda), once per run.
+if [[ -z ${LOGFERRY_INDEXER_BIN:-} ]]; then
+  LOGFERRY_INDEXER_BIN=$("$repo/lambda/build.sh" | tail -n 1)
+  export LOGFERRY_INDEXER_BIN
+fi
+[[ -x $LOGFERRY_INDEXER_BIN ]] || { echo "run.sh: no indexer binary at $LOGFERRY_INDEXER_BIN" >&2; exit 1; }
 
 "$ls_sh" install
 venv_python=${LOGFERRY_CACHE:-$HOME/.cache/logferry}/localstack-venv/bin/python
@@ -33,7 +40,7 @@ trap 'exit 143' TERM
 # Not exported as LOCALSTACK_ENDPOINT here: for localstack.sh that variable means "not ours,
 # do not stop it". pytest gets it below.
 endpoint=$("$ls_sh" start | tail -n 1)
-echo "run.sh: LocalStack at $endpoint; router $LOGFERRY_BIN" >&2
+echo "run.sh: LocalStack at $endpoint; router $LOGFERRY_BIN; indexer $LOGFERRY_INDEXER_BIN" >&2
 
 cd "$here"
 status=0

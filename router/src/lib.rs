@@ -14,6 +14,7 @@ pub mod healthcheck;
 pub mod lifecycle;
 pub mod memory;
 pub mod metrics;
+pub mod query;
 pub mod sinks;
 pub mod sources;
 pub mod template;

@@ -89,6 +89,8 @@ enum Command {
         #[arg(long, default_value = logferry::healthcheck::DEFAULT_URL)]
         url: String,
     },
+    /// Search the archive in S3 through the indexer's index.
+    Query(Box<logferry::query::QueryArgs>),
 }
 
 fn main() -> ExitCode {
@@ -108,6 +110,7 @@ fn main() -> ExitCode {
             Ok(c) => check(&c),
             Err(e) => config_failure(&e),
         },
+        Command::Query(args) => logferry::query::main(*args),
         Command::Run { config, exit_on_eof } => {
             let config = match load(config.as_deref()) {
                 Ok(c) => c,

@@ -1,0 +1,218 @@
+//! The indexer's configuration, from environment variables (see lambda/README.md).
+
+/// Options of one indexing pass (what goes into an index document).
+#[derive(Clone, Debug, PartialEq)]
+pub struct IndexOptions {
+    /// Decompressed bytes after which an object is quarantined (gzip bombs).
+    pub max_decompressed_bytes: u64,
+    /// Share of unparseable lines above which an object is quarantined.
+    pub max_bad_line_ratio: f64,
+    /// Fields whose distinct values are recorded (dotted paths).
+    pub distinct_fields: Vec<String>,
+    /// Distinct values kept per field; past that the field is marked incomplete.
+    pub distinct_cap: usize,
+    /// Fields whose tokens go into the token filter.
+    pub token_fields: Vec<String>,
+    /// Target false-positive rate of the token filter.
+    pub bloom_fp_rate: f64,
+}
+
+/// The whole configuration of the function.
+#[derive(Clone, Debug, PartialEq)]
+pub struct IndexerConfig {
+    /// Where index documents go (`_index/`); objects under it are ignored.
+    pub index_prefix: String,
+    /// Where bad objects are copied (`_quarantine/`); objects under it are ignored.
+    pub quarantine_prefix: String,
+    pub index: IndexOptions,
+}
+
+pub const DEFAULT_INDEX_PREFIX: &str = "_index/";
+pub const DEFAULT_QUARANTINE_PREFIX: &str = "_quarantine/";
+pub const DEFAULT_MAX_DECOMPRESSED_BYTES: u64 = 2 * 1024 * 1024 * 1024;
+pub const DEFAULT_MAX_BAD_LINE_RATIO: f64 = 0.1;
+pub const DEFAULT_DISTINCT_FIELDS: &str =
+    "ecs_cluster,ecs_task_id,container_name,kubernetes.namespace_name,kubernetes.pod_name";
+pub const DEFAULT_DISTINCT_CAP: usize = 100;
+pub const DEFAULT_TOKEN_FIELDS: &str = "log,msg,message,request_id,trace_id";
+pub const DEFAULT_BLOOM_FP_RATE: f64 = 0.01;
+
+impl Default for IndexOptions {
+    fn default() -> Self {
+        IndexOptions {
+            max_decompressed_bytes: DEFAULT_MAX_DECOMPRESSED_BYTES,
+            max_bad_line_ratio: DEFAULT_MAX_BAD_LINE_RATIO,
+            distinct_fields: split_list(DEFAULT_DISTINCT_FIELDS),
+            distinct_cap: DEFAULT_DISTINCT_CAP,
+            token_fields: split_list(DEFAULT_TOKEN_FIELDS),
+            bloom_fp_rate: DEFAULT_BLOOM_FP_RATE,
+        }
+    }
+}
+
+/// A bad environment variable, by name.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("{name}={value:?}: {reason}")]
+pub struct ConfigError {
+    pub name: &'static str,
+    pub value: String,
+    pub reason: String,
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',')
+        .map(str::trim)
+        .filter(|f| !f.is_empty())
+        .map(str::to_string)
+        .collect()
+}
+
+/// A prefix ends with `/` (or is a bare key prefix the user chose with one).
+fn prefix(name: &'static str, value: String) -> Result<String, ConfigError> {
+    let v = value.trim_start_matches('/').to_string();
+    if v.is_empty() {
+        return Err(ConfigError {
+            name,
+            value,
+            reason: "must not be empty".into(),
+        });
+    }
+    Ok(if v.ends_with('/') { v } else { format!("{v}/") })
+}
+
+impl IndexerConfig {
+    /// Reads the configuration through `env` (the process environment in
+    /// production, a map in tests).
+    pub fn from_lookup(env: &dyn Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| env(name).filter(|v| !v.trim().is_empty());
+        let index_prefix = prefix(
+            "INDEX_PREFIX",
+            get("INDEX_PREFIX").unwrap_or_else(|| DEFAULT_INDEX_PREFIX.into()),
+        )?;
+        let quarantine_prefix = prefix(
+            "QUARANTINE_PREFIX",
+            get("QUARANTINE_PREFIX").unwrap_or_else(|| DEFAULT_QUARANTINE_PREFIX.into()),
+        )?;
+        if index_prefix.starts_with(&quarantine_prefix) || quarantine_prefix.starts_with(&index_prefix) {
+            return Err(ConfigError {
+                name: "QUARANTINE_PREFIX",
+                value: quarantine_prefix,
+                reason: format!("must not overlap INDEX_PREFIX {index_prefix:?}"),
+            });
+        }
+        let mut index = IndexOptions::default();
+        if let Some(v) = get("MAX_DECOMPRESSED_BYTES") {
+            let size: bytesize::ByteSize = v.trim().parse().map_err(|e| ConfigError {
+                name: "MAX_DECOMPRESSED_BYTES",
+                value: v.clone(),
+                reason: format!("not a size ({e}); e.g. 2GiB"),
+            })?;
+            if size.as_u64() == 0 {
+                return Err(ConfigError {
+                    name: "MAX_DECOMPRESSED_BYTES",
+                    value: v,
+                    reason: "must be > 0".into(),
+                });
+            }
+            index.max_decompressed_bytes = size.as_u64();
+        }
+        if let Some(v) = get("MAX_BAD_LINE_RATIO") {
+            index.max_bad_line_ratio = ratio("MAX_BAD_LINE_RATIO", &v, 0.0, 1.0)?;
+        }
+        if let Some(v) = get("DISTINCT_FIELDS") {
+            index.distinct_fields = split_list(&v);
+        }
+        if let Some(v) = get("DISTINCT_CAP") {
+            index.distinct_cap = v.trim().parse().ok().filter(|n| *n > 0).ok_or_else(|| ConfigError {
+                name: "DISTINCT_CAP",
+                value: v.clone(),
+                reason: "must be a whole number > 0".into(),
+            })?;
+        }
+        if let Some(v) = get("TOKEN_FIELDS") {
+            index.token_fields = split_list(&v);
+        }
+        if let Some(v) = get("BLOOM_FP_RATE") {
+            index.bloom_fp_rate = ratio("BLOOM_FP_RATE", &v, 1e-6, 0.5)?;
+        }
+        Ok(IndexerConfig {
+            index_prefix,
+            quarantine_prefix,
+            index,
+        })
+    }
+
+    /// Objects the indexer itself writes (or that are quarantined) are never indexed.
+    pub fn is_own_key(&self, key: &str) -> bool {
+        key.starts_with(&self.index_prefix) || key.starts_with(&self.quarantine_prefix)
+    }
+}
+
+fn ratio(name: &'static str, v: &str, min: f64, max: f64) -> Result<f64, ConfigError> {
+    match v.trim().parse::<f64>() {
+        Ok(x) if (min..=max).contains(&x) => Ok(x),
+        _ => Err(ConfigError {
+            name,
+            value: v.to_string(),
+            reason: format!("must be a number in [{min}, {max}]"),
+        }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn cfg(vars: &[(&str, &str)]) -> Result<IndexerConfig, ConfigError> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        IndexerConfig::from_lookup(&move |k: &str| map.get(k).cloned())
+    }
+
+    #[test]
+    fn defaults() {
+        let c = cfg(&[]).expect("defaults are valid");
+        assert_eq!(c.index_prefix, "_index/");
+        assert_eq!(c.quarantine_prefix, "_quarantine/");
+        assert_eq!(c.index.max_decompressed_bytes, 2 << 30);
+        assert_eq!(c.index.distinct_fields.len(), 5);
+        assert_eq!(
+            c.index.token_fields,
+            ["log", "msg", "message", "request_id", "trace_id"]
+        );
+        assert!(c.is_own_key("_index/dt=2026-01-01/hour=00/x.json"));
+        assert!(c.is_own_key("_quarantine/logs/a.gz"));
+        assert!(!c.is_own_key("logs/_index/a.gz"));
+    }
+
+    #[test]
+    fn parses_and_names_bad_values() {
+        let c = cfg(&[
+            ("INDEX_PREFIX", "idx"),
+            ("MAX_DECOMPRESSED_BYTES", "64KiB"),
+            ("DISTINCT_FIELDS", " a , b.c ,"),
+            ("BLOOM_FP_RATE", "0.001"),
+        ])
+        .expect("valid");
+        assert_eq!(c.index_prefix, "idx/");
+        assert_eq!(c.index.max_decompressed_bytes, 65536);
+        assert_eq!(c.index.distinct_fields, ["a", "b.c"]);
+        assert_eq!(
+            cfg(&[("MAX_DECOMPRESSED_BYTES", "1000")])
+                .expect("plain number")
+                .index
+                .max_decompressed_bytes,
+            1000
+        );
+        for (name, bad) in [
+            ("MAX_DECOMPRESSED_BYTES", "lots"),
+            ("MAX_BAD_LINE_RATIO", "1.5"),
+            ("DISTINCT_CAP", "0"),
+            ("BLOOM_FP_RATE", "0"),
+            ("QUARANTINE_PREFIX", "_index/q/"),
+        ] {
+            let e = cfg(&[(name, bad)]).expect_err(bad);
+            assert_eq!(e.name, name);
+        }
+    }
+}
