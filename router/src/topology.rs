@@ -194,15 +194,25 @@ pub fn start(
     for c in &config.transforms {
         let Some(rx) = receivers.remove(&c.id) else { continue };
         let out = Fanout::new(outputs_of(&c.id));
-        let span = tracing::info_span!("transform", id = %c.id, kind = "enrich");
-        match &c.inner {
-            TransformConfig::Enrich(cfg) => {
-                tasks.spawn(tracing::Instrument::instrument(
-                    crate::transforms::enrich::run(c.id.clone(), cfg.clone(), rx, out, metrics.clone(), env.clone()),
-                    span,
-                ));
-            }
-        }
+        let span = tracing::info_span!("transform", id = %c.id, kind = c.inner.kind());
+        let task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match &c.inner {
+            TransformConfig::Enrich(cfg) => Box::pin(crate::transforms::enrich::run(
+                c.id.clone(),
+                (**cfg).clone(),
+                rx,
+                out,
+                metrics.clone(),
+                env.clone(),
+            )),
+            TransformConfig::Filter(cfg) => Box::pin(crate::transforms::filter::run(
+                c.id.clone(),
+                cfg.clone(),
+                rx,
+                out,
+                metrics.clone(),
+            )),
+        };
+        tasks.spawn(tracing::Instrument::instrument(task, span));
     }
     let mut sources = Vec::new();
     for c in &config.sources {

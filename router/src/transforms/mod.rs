@@ -1,13 +1,15 @@
 //! Transforms: steps between sources and sinks.
 
 pub mod enrich;
+pub mod filter;
 
 use crate::config::{Ctx, Seg, deserialize_at};
 
 /// The configuration of one transform, by `type`.
 #[derive(Debug, Clone)]
 pub enum TransformConfig {
-    Enrich(enrich::EnrichConfig),
+    Enrich(Box<enrich::EnrichConfig>),
+    Filter(filter::FilterConfig),
 }
 
 impl TransformConfig {
@@ -15,12 +17,16 @@ impl TransformConfig {
         match kind {
             "enrich" => {
                 let c: enrich::EnrichConfig = deserialize_at(ctx, base, value)?;
-                c.validate(ctx, base).then_some(TransformConfig::Enrich(c))
+                c.validate(ctx, base).then_some(TransformConfig::Enrich(Box::new(c)))
+            }
+            "filter" => {
+                let c: filter::FilterConfig = deserialize_at(ctx, base, value)?;
+                c.validate(ctx, base).then_some(TransformConfig::Filter(c))
             }
             other => {
                 ctx.error(
                     base,
-                    format!("unknown transform type `{other}`, expected one of: enrich"),
+                    format!("unknown transform type `{other}`, expected one of: enrich, filter"),
                 );
                 None
             }
@@ -36,6 +42,14 @@ impl TransformConfig {
                 c.kubernetes,
                 c.fields.len()
             ),
+            TransformConfig::Filter(c) => c.describe(),
+        }
+    }
+
+    pub fn kind(&self) -> &'static str {
+        match self {
+            TransformConfig::Enrich(_) => "enrich",
+            TransformConfig::Filter(_) => "filter",
         }
     }
 }
