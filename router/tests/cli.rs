@@ -9,15 +9,11 @@ use common::*;
 fn validate(text: &str) -> (i32, String, String) {
     let env = Env::new();
     let p = env.write_config(text);
-    let out = Command::new(BIN)
-        .args(["validate", "--config"])
-        .arg(&p)
-        .output()
-        .unwrap();
+    let (code, stdout, stderr) = validate_config(&p);
     (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).replace(&p.display().to_string(), "CFG"),
+        code.unwrap_or(-1),
+        stdout,
+        stderr.replace(&p.display().to_string(), "CFG"),
     )
 }
 

@@ -131,25 +131,15 @@ fn validate_shows_the_lifecycle_and_rejects_a_bad_one() {
     let env = Env::new();
     let extra = "[lifecycle.exit_when]\necs_container_stopped = \"app\"\n";
     let cfg = env.config("*.log", "", &lifecycle("2s", "25s", extra));
-    let out = std::process::Command::new(BIN)
-        .args(["validate", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));
+    let (code, stdout, stderr) = validate_config(&cfg);
+    assert_eq!(code, Some(0), "{stdout}{stderr}");
     assert!(
         stdout.contains("lifecycle: drain_quiet 2s, drain_timeout 25s, exit when ECS container \"app\" STOPPED"),
         "{stdout}"
     );
     let cfg = env.config("*.log", "", &lifecycle("30s", "25s", ""));
-    let out = std::process::Command::new(BIN)
-        .args(["validate", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let (code, _, stderr) = validate_config(&cfg);
+    assert_eq!(code, Some(78), "{stderr}");
     assert!(
         stderr.contains("`lifecycle.drain_quiet`: must be shorter than drain_timeout"),
         "{stderr}"

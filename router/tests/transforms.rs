@@ -50,12 +50,7 @@ compression = "none"
     let saved: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(env.path("data/checkpoints/app.json")).unwrap()).unwrap();
     assert_eq!(saved["files"][0]["offset"], size);
-    let validate = std::process::Command::new(BIN)
-        .args(["validate", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let stdout = String::from_utf8_lossy(&validate.stdout);
+    let (_, stdout, _) = validate_config(&cfg);
     assert!(
         stdout.contains("transform important (filter: keep records matching all of 1 condition(s)) <- app"),
         "{stdout}"
@@ -70,13 +65,8 @@ fn a_filter_condition_with_two_tests_is_a_config_error() {
         "",
         "\n[transforms.f]\ntype = \"filter\"\ninputs = [\"app\"]\nconditions = [{ field = \"a\", equals = \"x\", exists = true }]\n",
     );
-    let out = std::process::Command::new(BIN)
-        .args(["validate", "--config"])
-        .arg(&cfg)
-        .output()
-        .unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(78), "{stderr}");
+    let (code, _, stderr) = validate_config(&cfg);
+    assert_eq!(code, Some(78), "{stderr}");
     assert!(
         stderr.contains("`transforms.f.conditions[0]`: needs exactly one of equals, regex, exists, level_at_least"),
         "{stderr}"

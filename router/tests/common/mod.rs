@@ -283,3 +283,17 @@ pub fn assert_each_once(records: &[serde_json::Value], n: u64) {
     assert!(repeated.is_empty(), "repeated ids (first 10): {repeated:?}");
     assert_eq!(counts.len() as u64, n);
 }
+
+/// `logferry validate --config <path>`: (exit code, stdout, stderr).
+pub fn validate_config(path: &Path) -> (Option<i32>, String, String) {
+    let out = Command::new(BIN)
+        .args(["validate", "--config"])
+        .arg(path)
+        .output()
+        .expect("run logferry validate");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
