@@ -286,6 +286,17 @@ impl Batch {
                 .any(|f| f.entries.iter().any(|e| e.key == key))
     }
 
+    /// Does record `i`, as `encode` writes it, have a top-level field `path`
+    /// (of any type)? A dotted path is present when it holds a scalar.
+    pub fn has_field(&self, i: usize, path: &str) -> bool {
+        if path.contains('.') {
+            return self.lookup(i, path).is_some();
+        }
+        let meta = self.records.meta[i];
+        (meta.key_mask & key_bit(path.as_bytes()) != 0 && has_top_level_key(self.records.text(i), path))
+            || self.fields.iter().any(|f| f.entries.iter().any(|e| e.key == path))
+    }
+
     /// Value of a field of record `i` for templates, resolved as `encode`
     /// writes it: the record's own field first, then the first fragment that
     /// has it.
@@ -314,22 +325,24 @@ impl Batch {
     }
 }
 
+/// A batch of JSON object lines, as a parser would emit them (tests).
+#[cfg(test)]
+pub(crate) fn batch_of(lines: &[&str]) -> Batch {
+    let mut r = Records::default();
+    for l in lines {
+        let start = r.buf.len();
+        r.buf.extend_from_slice(l.as_bytes());
+        let v: serde_json::Value = serde_json::from_str(l).unwrap();
+        let mask = v.as_object().unwrap().keys().fold(0, |m, k| m | key_bit(k.as_bytes()));
+        r.push_written(start, 0, mask);
+    }
+    Batch::new(r, None)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use serde_json::json;
-
-    fn batch_of(lines: &[&str]) -> Batch {
-        let mut r = Records::default();
-        for l in lines {
-            let start = r.buf.len();
-            r.buf.extend_from_slice(l.as_bytes());
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let mask = v.as_object().unwrap().keys().fold(0, |m, k| m | key_bit(k.as_bytes()));
-            r.push_written(start, 0, mask);
-        }
-        Batch::new(r, None)
-    }
 
     fn encode_all(b: &Batch) -> Vec<serde_json::Value> {
         (0..b.len())

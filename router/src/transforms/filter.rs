@@ -61,7 +61,8 @@ pub struct Condition {
     /// The field's value matches this regular expression.
     #[serde(default, with = "opt_regex")]
     pub regex: Option<Regex>,
-    /// The field is present (`true`) or absent (`false`).
+    /// The field is present (`true`) or absent (`false`); a dotted path is
+    /// present when it holds a scalar.
     pub exists: Option<bool>,
     /// The field is a log level at least this severe
     /// (trace < debug < info < warn < error < fatal; common spellings accepted).
@@ -152,11 +153,12 @@ impl FilterConfig {
     /// Does record `i` of `batch` pass?
     pub fn passes(&self, batch: &Batch, i: usize) -> bool {
         let hit = |c: &Condition| {
-            let v = batch.lookup(i, &c.field);
             if let Some(want) = c.exists {
-                return v.is_some() == want || (want && object_field_present(batch, i, &c.field));
+                return batch.has_field(i, &c.field) == want;
             }
-            let Some(v) = v else { return false };
+            let Some(v) = batch.lookup(i, &c.field) else {
+                return false;
+            };
             if let Some(e) = &c.equals {
                 return v == e.as_str();
             }
@@ -174,16 +176,6 @@ impl FilterConfig {
         };
         matched == (self.action == Action::Keep)
     }
-}
-
-/// `lookup` sees scalars only; `exists` must also see an object or array.
-fn object_field_present(batch: &Batch, i: usize, field: &str) -> bool {
-    if field.contains('.') {
-        return false;
-    }
-    let mut out = Vec::new();
-    batch.encode(i, &mut out);
-    crate::sources::file::parse::has_top_level_key(&out, field)
 }
 
 pub async fn run(
@@ -257,19 +249,7 @@ pub fn retain(batch: Batch, keep: &[bool]) -> Batch {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::sources::file::parse::key_bit;
-
-    fn batch_of(lines: &[&str]) -> Batch {
-        let mut r = Records::default();
-        for l in lines {
-            let start = r.buf.len();
-            r.buf.extend_from_slice(l.as_bytes());
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            let mask = v.as_object().unwrap().keys().fold(0, |m, k| m | key_bit(k.as_bytes()));
-            r.push_written(start, 0, mask);
-        }
-        Batch::new(r, None)
-    }
+    use crate::event::batch_of;
 
     fn cfg(toml_text: &str) -> FilterConfig {
         toml::from_str(toml_text).unwrap()
@@ -297,6 +277,8 @@ mod tests {
         assert_eq!(kept(&c, &b), [1]);
         let c = cfg("conditions = [{ field = \"obj\", exists = true }]");
         assert_eq!(kept(&c, &b), [2], "an object-valued field exists too");
+        let c = cfg("conditions = [{ field = \"obj\", exists = false }]");
+        assert_eq!(kept(&c, &b), [0, 1, 3], "and is not absent");
         let c = cfg("conditions = [{ field = \"level\", exists = false }]");
         assert_eq!(kept(&c, &b), [3]);
         let c = cfg("conditions = [{ field = \"k.ns\", equals = \"prod\" }]");
