@@ -18,8 +18,11 @@ import random
 import re
 import shutil
 import signal
+import socket
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -166,8 +169,6 @@ def checkpoint_total(data_dir: Path, source: str = "app") -> int:
 
 
 def free_port() -> int:
-    import socket
-
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     port = s.getsockname()[1]
@@ -176,9 +177,6 @@ def free_port() -> int:
 
 
 def http_status(url: str) -> int | None:
-    import urllib.error
-    import urllib.request
-
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
             return r.status
@@ -186,6 +184,17 @@ def http_status(url: str) -> int | None:
         return e.code
     except OSError:
         return None
+
+
+def metric(api_port: int, name: str, labels: str = r"[^}]*") -> float | None:
+    """One sample of `name{labels}` from the router's /metrics; None when absent or unreachable."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/metrics", timeout=5) as r:
+            text = r.read().decode()
+    except OSError:
+        return None
+    m = re.search(rf"^{name}\{{{labels}\}} (\d+(?:\.\d+)?)$", text, re.M)
+    return float(m.group(1)) if m else None
 
 
 # -- configs ---------------------------------------------------------------------------------
@@ -315,22 +324,11 @@ def test_memory_bound_with_the_sink_blocked(router, s3, bucket, endpoint, tmp_pa
             app.write(100_000)
         size = app.path.stat().st_size
 
-        def read_offset() -> float | None:
-            import urllib.request
-
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/metrics", timeout=5) as r:
-                    text = r.read().decode()
-            except OSError:
-                return None
-            m = re.search(r"^logferry_file_read_offset_bytes\{[^}]*\} (\d+)", text, re.M)
-            return float(m.group(1)) if m else None
-
         # The router reads until the limit is full, then stops: the offset stays put.
         last = [None]
 
         def settled():
-            off = read_offset()
+            off = metric(api_port, "logferry_file_read_offset_bytes")
             same = off is not None and off == last[0]
             last[0] = off
             return same and off
@@ -376,18 +374,11 @@ def test_disk_buffer_corruption_is_skipped_counted_and_the_rest_delivered(router
         running = router.start(cfg, env=ENV)
         numbers = Numbers(s3, bucket)
 
-        def metrics_text() -> str:
-            import urllib.request
-
-            with urllib.request.urlopen(f"http://127.0.0.1:{api_port}/metrics", timeout=5) as r:
-                return r.read().decode()
-
         def drained():
             # The damage counted first (the gauges start at 0 before the buffer is read).
-            m = metrics_text()
-            corrupt = re.search(r'^logferry_buffer_corrupt_frames_total\{component="archive"\} (\d+)', m, re.M)
-            empty = re.search(r'^logferry_buffer_bytes\{component="archive"\} 0$', m, re.M)
-            return corrupt and int(corrupt.group(1)) >= 1 and empty
+            archive = 'component="archive"'
+            corrupt = metric(api_port, "logferry_buffer_corrupt_frames_total", archive) or 0
+            return corrupt >= 1 and metric(api_port, "logferry_buffer_bytes", archive) == 0
 
         poll(drained, timeout=180, what="the damage counted and the buffer drained")
         assert "damaged data in the disk buffer" in running.stderr
