@@ -170,15 +170,15 @@ pub async fn watch(cfg: LifecycleConfig, env: EnvFn, stop: CancellationToken) {
             return;
         }
         if let Some(name) = &cfg.exit_when.process_gone {
-            let name = name.clone();
-            let running = tokio::task::spawn_blocking(move || process_running(&name))
+            let scan = name.clone();
+            let running = tokio::task::spawn_blocking(move || process_running(&scan))
                 .await
                 .unwrap_or(true);
             if running && !seen_process {
                 seen_process = true;
-                tracing::info!(process = %cfg.exit_when.process_gone.as_deref().unwrap_or(""), "watching the application's process");
+                tracing::info!(process = %name, "watching the application's process");
             } else if !running && seen_process {
-                tracing::info!(process = %cfg.exit_when.process_gone.as_deref().unwrap_or(""), "exit condition: the application's process is gone; draining");
+                tracing::info!(process = %name, "exit condition: the application's process is gone; draining");
                 stop.cancel();
                 return;
             }
