@@ -210,6 +210,11 @@ pub struct Batch {
     /// Enrichment fragments, applied in order at encoding time.
     pub fields: Vec<Arc<Fields>>,
     pub ack: Option<AckToken>,
+    /// The Fluent tag the records arrived with (forward source). Not written
+    /// into records: it is there for templates (`{tag}`) and conditions
+    /// (`field = "tag"`), after the record's own `tag` field and the
+    /// enrichment fragments.
+    pub tag: Option<Arc<str>>,
 }
 
 impl Batch {
@@ -218,6 +223,7 @@ impl Batch {
             records: Arc::new(records),
             fields: Vec::new(),
             ack,
+            tag: None,
         }
     }
 
@@ -295,6 +301,7 @@ impl Batch {
         let meta = self.records.meta[i];
         (meta.key_mask & key_bit(path.as_bytes()) != 0 && has_top_level_key(self.records.text(i), path))
             || self.fields.iter().any(|f| f.entries.iter().any(|e| e.key == path))
+            || (path == "tag" && self.tag.is_some())
     }
 
     /// Value of a field of record `i` for templates, resolved as `encode`
@@ -308,7 +315,10 @@ impl Batch {
         {
             return Some(v);
         }
-        self.fields.iter().find_map(|f| f.lookup(path))
+        self.fields.iter().find_map(|f| f.lookup(path)).or_else(|| match &self.tag {
+            Some(tag) if path == "tag" => Some(Cow::Borrowed(&**tag)),
+            _ => None,
+        })
     }
 
     /// Bytes of record `i` as encoded, without computing it exactly: used
@@ -343,6 +353,18 @@ pub(crate) fn batch_of(lines: &[&str]) -> Batch {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn tag_is_looked_up_after_record_and_fields_but_never_written() {
+        let mut b = batch_of(&[r#"{"log":"a"}"#, r#"{"log":"b","tag":"own"}"#]);
+        assert_eq!(b.lookup(0, "tag"), None);
+        assert!(!b.has_field(0, "tag"));
+        b.tag = Some(Arc::from("app-firelens-1"));
+        assert_eq!(b.lookup(0, "tag").as_deref(), Some("app-firelens-1"));
+        assert!(b.has_field(0, "tag"));
+        assert_eq!(b.lookup(1, "tag").as_deref(), Some("own"));
+        assert_eq!(encode_all(&b), vec![json!({"log": "a"}), json!({"log": "b", "tag": "own"})]);
+    }
 
     fn encode_all(b: &Batch) -> Vec<serde_json::Value> {
         (0..b.len())

@@ -205,7 +205,12 @@ pub async fn run(
 /// The batch with only the records whose `keep` flag is set; same fields and
 /// ack. An empty batch still travels: its ack moves the checkpoint.
 pub fn retain(batch: Batch, keep: &[bool]) -> Batch {
-    let Batch { records, fields, ack } = batch;
+    let Batch {
+        records,
+        fields,
+        ack,
+        tag,
+    } = batch;
     let records = match Arc::try_unwrap(records) {
         Ok(mut owned) => {
             // Compact in place, keeping the permit.
@@ -243,6 +248,7 @@ pub fn retain(batch: Batch, keep: &[bool]) -> Batch {
         records: Arc::new(records),
         fields,
         ack,
+        tag,
     }
 }
 
