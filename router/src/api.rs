@@ -17,15 +17,89 @@ use tokio_util::sync::CancellationToken;
 
 use crate::metrics::Metrics;
 
-/// Shared readiness state: the pipeline is up and no sink reports a
-/// permanent error.
+/// Shared health state. Ready: the pipeline is up, no sink reports a
+/// permanent error, and deliveries are not stalled. Healthy (live): no
+/// pipeline task has stopped on its own and deliveries have not been stalled
+/// for so long that only a restart can help (see `watchdog.rs`).
 #[derive(Debug, Default)]
 pub struct Health {
     pub ready: AtomicBool,
     sinks: std::sync::Mutex<std::collections::BTreeMap<String, bool>>,
+    /// Set by the topology once the pipeline winds down: tasks ending then
+    /// are expected.
+    pub stopping: AtomicBool,
+    /// Transforms and sinks whose task panicked while running.
+    stopped: std::sync::Mutex<Vec<String>>,
+    /// Written by the watchdog.
+    stall: std::sync::Mutex<Stall>,
+}
+
+/// What the watchdog last saw.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Stall {
+    /// Seconds records have waited with no acknowledgement.
+    pub seconds: u64,
+    pub waiting: i64,
+    /// Past `api.stall_timeout`: not ready.
+    pub stalled: bool,
+    /// Past `api.wedged_timeout`: not healthy.
+    pub wedged: bool,
+}
+
+/// Reports a pipeline task that panicked to [`Health`]: dropped while the
+/// panic unwinds. (A task that returns early drops its inbox, so its
+/// upstream's next send fails and the source stops the process with an
+/// error; a panic is caught the same way, but only at that next send.)
+pub struct TaskGuard {
+    id: String,
+    health: Arc<Health>,
+}
+
+impl Drop for TaskGuard {
+    fn drop(&mut self) {
+        if std::thread::panicking() && !self.health.stopping.load(Ordering::Acquire) {
+            tracing::error!(component = %self.id, "a pipeline component panicked; /healthz now fails");
+            if let Ok(mut s) = self.health.stopped.lock() {
+                s.push(std::mem::take(&mut self.id));
+            }
+        }
+    }
 }
 
 impl Health {
+    /// A guard for the task of component `id` (see [`TaskGuard`]).
+    pub fn guard(self: &Arc<Self>, id: &str) -> TaskGuard {
+        TaskGuard {
+            id: id.to_string(),
+            health: self.clone(),
+        }
+    }
+
+    pub fn set_stall(&self, stall: Stall) {
+        if let Ok(mut s) = self.stall.lock() {
+            *s = stall;
+        }
+    }
+
+    pub fn stall(&self) -> Stall {
+        self.stall.lock().map(|s| *s).unwrap_or_default()
+    }
+
+    /// Why the process should be restarted, if it should.
+    pub fn unhealthy(&self) -> Option<String> {
+        let stopped = self.stopped.lock().map(|s| s.clone()).unwrap_or_default();
+        if !stopped.is_empty() {
+            return Some(format!("component(s) panicked: {}", stopped.join(", ")));
+        }
+        let stall = self.stall();
+        stall.wedged.then(|| {
+            format!(
+                "no delivery for {} s with {} record(s) waiting",
+                stall.seconds, stall.waiting
+            )
+        })
+    }
+
     pub fn set_sink(&self, id: &str, ok: bool) {
         if let Ok(mut m) = self.sinks.lock() {
             m.insert(id.to_string(), ok);
@@ -41,7 +115,10 @@ impl Health {
     }
 
     pub fn is_ready(&self) -> bool {
-        self.ready.load(Ordering::Acquire) && self.failing_sinks().is_empty()
+        self.ready.load(Ordering::Acquire)
+            && self.failing_sinks().is_empty()
+            && !self.stall().stalled
+            && self.unhealthy().is_none()
     }
 }
 
@@ -86,16 +163,37 @@ pub async fn serve(
 
 fn route<B>(req: Request<B>, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match req.uri().path() {
-        "/healthz" => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+        "/healthz" => match health.unhealthy() {
+            None => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+            Some(why) => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("unhealthy: {why}\n"),
+            ),
+        },
         "/readyz" => {
             if health.is_ready() {
                 (StatusCode::OK, "text/plain", "ready\n".to_string())
             } else {
+                let mut why = Vec::new();
                 let failing = health.failing_sinks();
-                let body = if failing.is_empty() {
+                if !failing.is_empty() {
+                    why.push(format!("failing sinks: {}", failing.join(", ")));
+                }
+                let stall = health.stall();
+                if stall.stalled {
+                    why.push(format!(
+                        "no delivery for {} s with {} record(s) waiting",
+                        stall.seconds, stall.waiting
+                    ));
+                }
+                if let Some(u) = health.unhealthy() {
+                    why.push(u);
+                }
+                let body = if why.is_empty() {
                     "not ready\n".to_string()
                 } else {
-                    format!("not ready: failing sinks: {}\n", failing.join(", "))
+                    format!("not ready: {}\n", why.join("; "))
                 };
                 (StatusCode::SERVICE_UNAVAILABLE, "text/plain", body)
             }
@@ -113,4 +211,79 @@ fn route<B>(req: Request<B>, metrics: &Metrics, health: &Health) -> Response<Ful
         resp.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
     }
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn get(path: &str, health: &Health) -> (StatusCode, String) {
+        let req = Request::builder().uri(path).body(()).unwrap();
+        let resp = route(req, &Metrics::new(), health);
+        let status = resp.status();
+        let body = futures_body(resp);
+        (status, body)
+    }
+
+    fn futures_body(resp: Response<Full<Bytes>>) -> String {
+        use http_body_util::BodyExt;
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        let bytes = rt.block_on(resp.into_body().collect()).unwrap().to_bytes();
+        String::from_utf8(bytes.to_vec()).unwrap()
+    }
+
+    #[test]
+    fn a_stall_fails_readyz_and_a_wedge_fails_healthz() {
+        let health = Health::default();
+        health.ready.store(true, Ordering::Release);
+        assert_eq!(get("/readyz", &health).0, StatusCode::OK);
+        health.set_stall(Stall {
+            seconds: 75,
+            waiting: 1234,
+            stalled: true,
+            wedged: false,
+        });
+        let (status, body) = get("/readyz", &health);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "not ready: no delivery for 75 s with 1234 record(s) waiting\n");
+        assert_eq!(get("/healthz", &health), (StatusCode::OK, "ok\n".to_string()));
+        health.set_stall(Stall {
+            seconds: 700,
+            waiting: 9,
+            stalled: true,
+            wedged: true,
+        });
+        let (status, body) = get("/healthz", &health);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "unhealthy: no delivery for 700 s with 9 record(s) waiting\n");
+        health.set_stall(Stall::default());
+        assert_eq!(get("/healthz", &health).0, StatusCode::OK);
+    }
+
+    #[test]
+    fn a_panicked_task_fails_healthz_but_a_finished_one_does_not() {
+        let health = Arc::new(Health::default());
+        drop(health.guard("done"));
+        assert_eq!(get("/healthz", &health).0, StatusCode::OK);
+        let h = health.clone();
+        let joined = std::thread::spawn(move || {
+            let _g = h.guard("cw");
+            panic!("boom");
+        })
+        .join();
+        assert!(joined.is_err());
+        let (status, body) = get("/healthz", &health);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(body, "unhealthy: component(s) panicked: cw\n");
+        // Once the pipeline winds down, ends are expected.
+        let health = Arc::new(Health::default());
+        health.stopping.store(true, Ordering::Release);
+        let h = health.clone();
+        let _ = std::thread::spawn(move || {
+            let _g = h.guard("cw");
+            panic!("boom");
+        })
+        .join();
+        assert_eq!(get("/healthz", &health).0, StatusCode::OK);
+    }
 }

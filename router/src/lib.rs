@@ -20,3 +20,4 @@ pub mod sources;
 pub mod template;
 pub mod topology;
 pub mod transforms;
+pub mod watchdog;

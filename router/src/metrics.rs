@@ -61,6 +61,15 @@ pub struct Metrics {
     files_open: Family<ComponentLabels, Gauge>,
     objects_written: Family<ComponentLabels, Counter>,
     sink_errors: Family<ReasonLabels, Counter>,
+    /// Requests sent again after an error or a partial rejection.
+    retries: Family<ComponentLabels, Counter>,
+    /// Seconds since a file's checkpoint last caught up with what was read.
+    pub file_checkpoint_age: Family<FileLabels, Gauge>,
+    /// `global.memory_limit` bytes held by batches and sink buffers.
+    pub memory_used: Gauge,
+    pub memory_limit: Gauge,
+    /// How long records have waited with no acknowledgement at all.
+    pub delivery_stalled: Gauge,
     /// Firehose records (each many log records) the delivery stream accepted.
     firehose_records_sent: Family<SinkLabels, Counter>,
     buffer_bytes: Family<SinkLabels, Gauge>,
@@ -98,6 +107,11 @@ impl Metrics {
             files_open: Family::default(),
             objects_written: Family::default(),
             sink_errors: Family::default(),
+            retries: Family::default(),
+            file_checkpoint_age: Family::default(),
+            memory_used: Gauge::default(),
+            memory_limit: Gauge::default(),
+            delivery_stalled: Gauge::default(),
             firehose_records_sent: Family::default(),
             buffer_bytes: Family::default(),
             buffer_records: Family::default(),
@@ -188,6 +202,31 @@ impl Metrics {
             m.sink_errors.clone(),
         );
         registry.register(
+            "logferry_component_retries",
+            "Requests a sink sent again after an error or a partial rejection",
+            m.retries.clone(),
+        );
+        registry.register(
+            "logferry_file_checkpoint_age_seconds",
+            "Seconds since a file's checkpoint last caught up with everything read from it (0 when it has)",
+            m.file_checkpoint_age.clone(),
+        );
+        registry.register(
+            "logferry_memory_used_bytes",
+            "Bytes of global.memory_limit held by batches in flight and sink buffers",
+            m.memory_used.clone(),
+        );
+        registry.register(
+            "logferry_memory_limit_bytes",
+            "global.memory_limit",
+            m.memory_limit.clone(),
+        );
+        registry.register(
+            "logferry_delivery_stalled_seconds",
+            "Seconds records have been waiting while no sink acknowledged anything (0 when delivering or idle)",
+            m.delivery_stalled.clone(),
+        );
+        registry.register(
             "logferry_firehose_records_sent",
             "Firehose records (newline-delimited log records packed together) a delivery stream accepted",
             m.firehose_records_sent.clone(),
@@ -250,6 +289,7 @@ impl Metrics {
             dead_letters: self.dead_letters.clone(),
             line_issues: self.line_issues.clone(),
             sink_errors: self.sink_errors.clone(),
+            retries: self.retries.get_or_create(&labels).clone(),
             firehose_records_sent: self.firehose_records_sent.clone(),
         };
         if let Ok(mut all) = self.components.lock()
@@ -258,6 +298,22 @@ impl Metrics {
             all.push(handles.clone());
         }
         handles
+    }
+
+    /// Records settled (acknowledged or given up) and records still waiting,
+    /// over every source: what the watchdog tells progress by.
+    pub fn delivery_progress(&self) -> (u64, i64) {
+        self.components
+            .lock()
+            .map(|all| {
+                all.iter().fold((0, 0), |(settled, waiting), c| {
+                    (
+                        settled + c.acked_events.get() + c.failed_events.get(),
+                        waiting + c.unacked_events.get().max(0),
+                    )
+                })
+            })
+            .unwrap_or_default()
     }
 
     /// (component, kind, received, sent) of every component, for the exit log.
@@ -302,6 +358,7 @@ pub struct ComponentMetrics {
     pub failed_events: Counter,
     pub unacked_events: Gauge,
     pub objects_written: Counter,
+    pub retries: Counter,
     discarded: Family<ReasonLabels, Counter>,
     dead_letters: Family<ReasonLabels, Counter>,
     line_issues: Family<ReasonLabels, Counter>,

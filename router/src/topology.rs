@@ -79,6 +79,9 @@ pub struct Running {
     sinks_stop: CancellationToken,
     /// Polls `[lifecycle.exit_when]`; cancels `shutdown` when one holds.
     lifecycle: tokio::task::JoinHandle<()>,
+    /// Samples memory use and delivery progress (see `watchdog.rs`).
+    watchdog: tokio::task::JoinHandle<()>,
+    health: Arc<Health>,
     /// Some sink has a disk buffer.
     disk_buffers: bool,
     /// When `shutdown` was cancelled, and how long the whole drain may take.
@@ -189,7 +192,14 @@ pub fn start(
             SinkConfig::CloudWatchLogs(cfg) => Box::pin(crate::sinks::cloudwatch_logs::run(cfg.clone(), rx, cx)),
             SinkConfig::Firehose(cfg) => Box::pin(crate::sinks::firehose::run(cfg.clone(), rx, cx)),
         };
-        tasks.spawn(tracing::Instrument::instrument(task, span));
+        let guard = health.guard(&c.id);
+        tasks.spawn(tracing::Instrument::instrument(
+            async move {
+                let _guard = guard;
+                task.await
+            },
+            span,
+        ));
     }
     for c in &config.transforms {
         let Some(rx) = receivers.remove(&c.id) else { continue };
@@ -212,7 +222,14 @@ pub fn start(
                 metrics.clone(),
             )),
         };
-        tasks.spawn(tracing::Instrument::instrument(task, span));
+        let guard = health.guard(&c.id);
+        tasks.spawn(tracing::Instrument::instrument(
+            async move {
+                let _guard = guard;
+                task.await
+            },
+            span,
+        ));
     }
     let mut sources = Vec::new();
     for c in &config.sources {
@@ -260,7 +277,16 @@ pub fn start(
             tokio::join!(watch, note);
         })
     };
+    let watchdog = tokio::spawn(crate::watchdog::run(
+        crate::config::ApiConfig::thresholds(config.api.as_ref()),
+        metrics,
+        health.clone(),
+        memory,
+        limit,
+    ));
     Ok(Running {
+        watchdog,
+        health,
         drain_started,
         drain_timeout: config.lifecycle.drain_timeout,
         disk_buffers: config.sinks.iter().any(|c| c.buffer != BufferConfig::Memory),
@@ -294,8 +320,10 @@ impl Running {
         let result = joined.await.unwrap_or(Ok(()));
         // Sources only finish once every batch settled or they gave up
         // waiting; whatever a sink still retries is not checkpointed.
+        self.health.stopping.store(true, std::sync::atomic::Ordering::Release);
         self.sinks_stop.cancel();
         self.lifecycle.abort();
+        self.watchdog.abort();
         if self.force.is_cancelled() {
             self.tasks.abort_all();
         }

@@ -114,6 +114,32 @@ pub struct ApiConfig {
     /// the operator says otherwise.
     #[serde(default = "default_api_address")]
     pub address: SocketAddr,
+    /// Records waiting this long with no acknowledgement make `/readyz`
+    /// fail ("0s": never).
+    #[serde(default = "default_stall_timeout", with = "humantime_serde")]
+    pub stall_timeout: std::time::Duration,
+    /// ...and this long make `/healthz` fail, so the orchestrator restarts
+    /// the router ("0s": never).
+    #[serde(default = "default_wedged_timeout", with = "humantime_serde")]
+    pub wedged_timeout: std::time::Duration,
+}
+
+fn default_stall_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(60)
+}
+
+fn default_wedged_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(600)
+}
+
+impl ApiConfig {
+    /// The watchdog's thresholds; the defaults when there is no `[api]`.
+    pub fn thresholds(api: Option<&ApiConfig>) -> crate::watchdog::Thresholds {
+        crate::watchdog::Thresholds {
+            stall: api.map_or_else(default_stall_timeout, |a| a.stall_timeout),
+            wedged: api.map_or_else(default_wedged_timeout, |a| a.wedged_timeout),
+        }
+    }
 }
 
 fn default_api_address() -> SocketAddr {

@@ -154,6 +154,8 @@ impl RetryCtx<'_> {
 
     pub fn failed(&mut self, what: &'static str, code: Option<&str>, error: &dyn std::fmt::Display) {
         let class = classify(code);
+        // Every failure here is followed by another attempt (or the stop).
+        self.m.retries.inc();
         self.m.sink_error(if class == Failure::Permanent {
             "permanent"
         } else {

@@ -480,6 +480,7 @@ impl FirehoseSink {
                 break;
             }
             let class = aws::classify(first_code.as_deref());
+            self.m.retries.inc();
             self.m.sink_error(if class == Failure::Permanent {
                 "permanent"
             } else {
@@ -547,6 +548,7 @@ where
             Err(e) => {
                 attempt += 1;
                 let class = aws::classify(e.code());
+                m.retries.inc();
                 m.sink_error(if class == Failure::Permanent {
                     "permanent"
                 } else {

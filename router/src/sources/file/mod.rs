@@ -133,6 +133,9 @@ struct Watched {
     tracker: AckTracker,
     /// Since when the file has had nothing new to read.
     idle_since: Option<Instant>,
+    /// Last time every batch sent from this file was settled (the
+    /// checkpoint age is measured from it).
+    settled_at: Instant,
     /// Renamed away or deleted: read to the end, then close.
     gone: bool,
     size: u64,
@@ -508,6 +511,7 @@ impl FileSource {
                 parser,
                 tracker: AckTracker::new(start, fp),
                 idle_since: None,
+                settled_at: Instant::now(),
                 gone: false,
                 size,
                 labels,
@@ -684,6 +688,13 @@ impl FileSource {
         m.file_checkpoint_lag
             .get_or_create(&w.labels)
             .set(w.size.saturating_sub(w.tracker.acked().0) as i64);
+        let now = Instant::now();
+        if w.tracker.unsettled() == 0 {
+            w.settled_at = now;
+        }
+        m.file_checkpoint_age
+            .get_or_create(&w.labels)
+            .set(now.saturating_duration_since(w.settled_at).as_secs() as i64);
         Ok(read_total > 0)
     }
 
@@ -790,6 +801,7 @@ impl FileSource {
                 m.file_lag.remove(&w.labels);
                 m.file_checkpoint_offset.remove(&w.labels);
                 m.file_checkpoint_lag.remove(&w.labels);
+                m.file_checkpoint_age.remove(&w.labels);
                 self.checkpoints_dirty = true;
             }
         }
