@@ -71,6 +71,7 @@ def test_metrics_match_deliveries_and_an_outage_shows_as_retries_and_a_stall(rou
             "sink received": metric(api_port, "logferry_component_received_events_total", snk),
             "sink sent": metric(api_port, "logferry_component_sent_events_total", snk),
             "sink bytes": metric(api_port, "logferry_component_sent_bytes_total", snk),
+            "sink bytes in": metric(api_port, "logferry_component_received_bytes_total", snk),
             "objects": metric(api_port, "logferry_sink_objects_written_total", snk),
             "unacked": metric(api_port, "logferry_source_unacked_events", src),
             "retries": metric(api_port, "logferry_component_retries_total", snk),
@@ -84,7 +85,8 @@ def test_metrics_match_deliveries_and_an_outage_shows_as_retries_and_a_stall(rou
             "source bytes": app.path.stat().st_size,
             "sink received": first,
             "sink sent": first,
-            "sink bytes": s3_bytes(s3, bucket),
+            "sink bytes": (out_bytes := s3_bytes(s3, bucket)),
+            "sink bytes in": out_bytes - first,  # the same records, without their newlines
             "objects": len(numbers.seen_keys),
             "unacked": 0,
             "retries": 0,

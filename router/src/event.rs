@@ -330,6 +330,19 @@ impl Batch {
         self.records.meta[i].len as usize + self.fields.iter().map(|f| f.joined.len() + 1).sum::<usize>()
     }
 
+    /// Bytes of the batch as encoded (records plus the fields spliced into
+    /// each), without encoding it: exact unless a field collides with a
+    /// record's own key. What the per-component byte counters count.
+    pub fn bytes(&self) -> u64 {
+        let per_record: usize = self
+            .fields
+            .iter()
+            .filter(|f| !f.is_empty())
+            .map(|f| f.joined.len() + 1)
+            .sum();
+        (self.records.buf.len() + per_record * self.len()) as u64
+    }
+
     /// Marks the batch failed (see [`AckToken::fail`]).
     pub fn fail(&self) {
         if let Some(ack) = &self.ack {
@@ -356,6 +369,21 @@ pub(crate) fn batch_of(lines: &[&str]) -> Batch {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    #[test]
+    fn bytes_counts_the_encoded_records_without_encoding_them() {
+        let mut b = batch_of(&[r#"{"log":"a"}"#, r#"{"log":"bc"}"#]);
+        b.fields.push(Arc::new(Fields::new([("k".to_string(), json!("v"))])));
+        b.fields.push(Arc::new(Fields::default()));
+        let encoded: usize = (0..b.len())
+            .map(|i| {
+                let mut out = Vec::new();
+                b.encode(i, &mut out);
+                out.len()
+            })
+            .sum();
+        assert_eq!(b.bytes(), encoded as u64);
+    }
 
     #[test]
     fn tag_is_looked_up_after_record_and_fields_but_never_written() {

@@ -15,6 +15,7 @@ pub async fn run(mut input: mpsc::Receiver<Batch>, m: ComponentMetrics) {
         let n = batch.len() as u64;
         let bytes: usize = (0..batch.len()).map(|i| batch.approx_len(i) + 1).sum();
         m.received_events.inc_by(n);
+        m.received_bytes.inc_by(batch.bytes());
         m.sent_events.inc_by(n);
         m.sent_bytes.inc_by(bytes as u64);
         // Dropping the batch acknowledges it.

@@ -23,6 +23,7 @@ pub async fn run(mut input: mpsc::Receiver<Batch>, m: ComponentMetrics) {
         }
         let n = batch.len() as u64;
         m.received_events.inc_by(n);
+        m.received_bytes.inc_by(batch.bytes());
         let r = tokio::task::block_in_place(|| {
             let mut out = std::io::stdout().lock();
             out.write_all(&buf).and_then(|_| out.flush())

@@ -190,15 +190,18 @@ pub async fn run(
     while let Some(batch) = input.recv().await {
         let n = batch.len();
         m.received_events.inc_by(n as u64);
+        m.received_bytes.inc_by(batch.bytes());
         keep.clear();
         keep.extend((0..n).map(|i| cfg.passes(&batch, i)));
         let kept = keep.iter().filter(|k| **k).count();
         m.discarded("filtered", (n - kept) as u64);
         let batch = if kept == n { batch } else { retain(batch, &keep) };
+        let bytes = batch.bytes();
         if output.send(batch).await.is_err() {
             break;
         }
         m.sent_events.inc_by(kept as u64);
+        m.sent_bytes.inc_by(bytes);
     }
 }
 

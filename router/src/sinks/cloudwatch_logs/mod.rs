@@ -164,6 +164,7 @@ fn add_batch(
     m: &ComponentMetrics,
 ) {
     m.received_events.inc_by(batch.len() as u64);
+    m.received_bytes.inc_by(batch.bytes());
     let mut group = String::new();
     let mut stream = String::new();
     let mut touched: Vec<StreamKey> = Vec::new();

@@ -144,6 +144,7 @@ impl FileSink {
     fn write_batch(&mut self, batch: Batch) {
         let n = batch.len();
         self.m.received_events.inc_by(n as u64);
+        self.m.received_bytes.inc_by(batch.bytes());
         let mut key = String::new();
         let mut touched: Vec<String> = Vec::new();
         self.renderer.begin_batch();

@@ -141,6 +141,7 @@ impl S3Sink {
     fn write_batch(&mut self, batch: Batch) -> Vec<Object> {
         let n = batch.len();
         self.m.received_events.inc_by(n as u64);
+        self.m.received_bytes.inc_by(batch.bytes());
         let mut key = String::new();
         let mut touched: Vec<String> = Vec::new();
         self.renderer.begin_batch();

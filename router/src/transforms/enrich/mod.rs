@@ -162,14 +162,17 @@ pub async fn run(
     while let Some(mut batch) = input.recv().await {
         let n = batch.len() as u64;
         m.received_events.inc_by(n);
+        m.received_bytes.inc_by(batch.bytes());
         let fields = rx.borrow().clone();
         if !fields.is_empty() {
             batch.fields.push(fields);
         }
+        let bytes = batch.bytes();
         if output.send(batch).await.is_err() {
             break;
         }
         m.sent_events.inc_by(n);
+        m.sent_bytes.inc_by(bytes);
     }
     refresher.abort();
 }
