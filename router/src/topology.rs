@@ -79,6 +79,9 @@ pub struct Running {
     sinks_stop: CancellationToken,
     /// Polls `[lifecycle.exit_when]`; cancels `shutdown` when one holds.
     lifecycle: tokio::task::JoinHandle<()>,
+    /// Held while running: one router per data_dir (released by the kernel
+    /// when the process dies, so a kill -9 never leaves it stale).
+    _data_dir_lock: std::fs::File,
     /// Samples memory use and delivery progress (see `watchdog.rs`).
     watchdog: tokio::task::JoinHandle<()>,
     health: Arc<Health>,
@@ -93,6 +96,10 @@ pub struct Running {
 pub enum StartError {
     #[error("cannot create data_dir {path}: {source}")]
     DataDir { path: String, source: std::io::Error },
+    #[error(
+        "data_dir {path} is in use by another logferry process{holder}: two routers sharing checkpoints and buffers would deliver twice or lose records; give each its own data_dir"
+    )]
+    DataDirLocked { path: String, holder: String },
     #[error("cannot start source `{id}`: {source}")]
     Source { id: String, source: std::io::Error },
     #[error("cannot start the buffer of sink `{id}`: {source}")]
@@ -111,6 +118,7 @@ pub fn start(
         path: config.global.data_dir.display().to_string(),
         source,
     })?;
+    let data_dir_lock = lock_data_dir(&config.global.data_dir)?;
     let limit = (config.global.memory_limit.as_u64() as usize).min(u32::MAX as usize);
     let memory = Arc::new(Semaphore::new(limit));
     let shutdown = CancellationToken::new();
@@ -285,6 +293,7 @@ pub fn start(
         limit,
     ));
     Ok(Running {
+        _data_dir_lock: data_dir_lock,
         watchdog,
         health,
         drain_started,
@@ -297,6 +306,44 @@ pub fn start(
         force,
         sinks_stop,
     })
+}
+
+/// Takes `<data_dir>/lock` (an advisory `flock`) and writes our pid into it.
+fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
+    use std::io::{Read, Seek, Write};
+    let path = dir.join("lock");
+    let err = |source| StartError::DataDir {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&path)
+        .map_err(err)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(std::fs::TryLockError::WouldBlock) => {
+            let mut pid = String::new();
+            let _ = file.read_to_string(&mut pid);
+            let pid = pid.trim();
+            return Err(StartError::DataDirLocked {
+                path: dir.display().to_string(),
+                holder: if pid.is_empty() {
+                    String::new()
+                } else {
+                    format!(" (pid {pid})")
+                },
+            });
+        }
+        Err(std::fs::TryLockError::Error(e)) => return Err(err(e)),
+    }
+    file.set_len(0).map_err(err)?;
+    file.seek(std::io::SeekFrom::Start(0)).map_err(err)?;
+    writeln!(file, "{}", std::process::id()).map_err(err)?;
+    Ok(file)
 }
 
 impl Running {

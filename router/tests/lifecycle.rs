@@ -202,3 +202,31 @@ flush_interval = "200ms"
     let doc: serde_json::Value = serde_json::from_str(&saved).unwrap();
     assert_eq!(doc["files"][0]["offset"], 0, "nothing was delivered: {saved}");
 }
+
+#[test]
+fn a_second_router_on_the_same_data_dir_is_refused_until_the_first_is_gone() {
+    let env = Env::new();
+    append_ids(&env.logs().join("app.log"), 0..100);
+    let cfg = env.config("*.log", "", "");
+    let first = spawn(&cfg, &[]);
+    wait_for("first records", LONG, || env.records().len() == 100);
+    let second = std::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&second.stderr);
+    assert_eq!(second.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("is in use by another logferry process (pid {})", first.pid())),
+        "{err}"
+    );
+    // kill -9 leaves no stale lock: the kernel drops it with the process.
+    first.signal(libc::SIGKILL);
+    let _ = first.wait(LONG);
+    append_ids(&env.logs().join("app.log"), 100..200);
+    run_to_eof(&cfg, &[]);
+    // At least once: the kill may come before the checkpoint of the first 100.
+    let counts = id_counts(&env.records());
+    assert!((0..200).all(|i| counts.contains_key(&i)), "records lost: {counts:?}");
+}
