@@ -105,15 +105,17 @@ impl Route {
             h.resize(n, false);
         }
         let all_needed = read.last().copied().unwrap_or(true);
-        for i in 0..n {
-            let mut any = false;
-            for (r, (_, rule)) in self.routes.iter().enumerate() {
-                if (all_needed || read.get(r).copied().unwrap_or(true)) && rule.holds(batch, i) {
-                    hits[r][i] = true;
-                    any = true;
-                }
+        let (routes, rest) = hits.split_at_mut(outputs - 1);
+        let Some(unmatched) = rest.first_mut() else { return };
+        unmatched.fill(true);
+        for ((_, rule), (h, r)) in self.routes.iter().zip(routes.iter_mut().zip(read)) {
+            if !(all_needed || *r) {
+                continue;
             }
-            hits[outputs - 1][i] = !any;
+            for (i, (hit, un)) in h.iter_mut().zip(unmatched.iter_mut()).enumerate() {
+                *hit = rule.holds(batch, i);
+                *un &= !*hit;
+            }
         }
     }
 }
