@@ -278,4 +278,27 @@ audit = { field = "tag", regex = "^audit" }
             assert!(text.contains(line), "{line} in\n{text}");
         }
     }
+
+    /// A record whose only matching route is read by nobody goes nowhere:
+    /// it is counted, not sent to `_unmatched`.
+    #[tokio::test]
+    async fn a_record_only_an_unread_route_takes_is_counted_as_unrouted() {
+        let r = route(ROUTES).unwrap();
+        let metrics = Arc::new(Metrics::new());
+        let (in_tx, in_rx) = mpsc::channel(4);
+        let (err_tx, mut err_rx) = mpsc::channel(4);
+        let (rest_tx, mut rest_rx) = mpsc::channel(4);
+        let outs = vec![Fanout::default(), Fanout::new(vec![err_tx]), Fanout::new(vec![rest_tx])];
+        let task = tokio::spawn(run("r".into(), r, in_rx, outs, metrics.clone()));
+        in_tx.send(batch_of(LINES)).await.unwrap();
+        drop(in_tx);
+        task.await.unwrap();
+        let errors = err_rx.recv().await.unwrap();
+        let rest = rest_rx.recv().await.unwrap();
+        assert_eq!((errors.len(), rest.len()), (2, 2), "ids 1, 2 and ids 0, 4");
+        let text = metrics.encode();
+        let line = r#"logferry_component_discarded_events_total{component="r",reason="unrouted"} 1"#;
+        assert!(text.contains(line), "{text}");
+        assert!(text.contains(r#"logferry_component_sent_events_total{component="r",kind="route"} 4"#));
+    }
 }
