@@ -68,14 +68,21 @@ audit = {{ field = "tag", regex = "^audit" }}
         stdout.contains("transform r (route: audit: tag =~ /^audit/; errors: level >= error; else _unmatched) <- app"),
         "{stdout}"
     );
-    assert!(stdout.contains("sink cw (") && stdout.contains(") <- r.errors"), "{stdout}");
+    assert!(
+        stdout.contains("sink cw (") && stdout.contains(") <- r.errors"),
+        "{stdout}"
+    );
 
     run_to_eof(&cfg, &[]);
     let all = read_records(&env.path("out/all"));
     assert_each_once(&all, 5000);
     let errors = read_records(&env.path("out/cw"));
     let want_errors: Vec<u64> = (0..5000).filter(|i| i % 5 >= 3).collect();
-    assert_eq!(ids(&errors), want_errors, "exactly the error and fatal records, once each");
+    assert_eq!(
+        ids(&errors),
+        want_errors,
+        "exactly the error and fatal records, once each"
+    );
     // Neither an error nor audit: the `_unmatched` output. The audit output
     // is read by nobody, so audit records that are not errors go only to `all`.
     let rest = read_records(&env.path("out/rest"));

@@ -765,12 +765,19 @@ inputs = ["r.errors"]
             "{}",
             c.describe()
         );
-        load_str(&ROUTED.replace("\"r.errors\"", "\"r._unmatched\", \"r.audit\""), "t.toml", &no_env).unwrap();
+        load_str(
+            &ROUTED.replace("\"r.errors\"", "\"r._unmatched\", \"r.audit\""),
+            "t.toml",
+            &no_env,
+        )
+        .unwrap();
 
         let e = errs(&ROUTED.replace("\"r.errors\"", "\"r.warnings\""));
         assert_eq!(
             e,
-            ["t.toml:15:11: `sinks.cw.inputs[0]`: route `r` has no output `warnings` (outputs: audit, errors, _unmatched)"]
+            [
+                "t.toml:15:11: `sinks.cw.inputs[0]`: route `r` has no output `warnings` (outputs: audit, errors, _unmatched)"
+            ]
         );
         let e = errs(&ROUTED.replace("\"r.errors\"", "\"q.errors\""));
         assert_eq!(
@@ -788,7 +795,9 @@ inputs = ["r.errors"]
         let e = errs(&ROUTED.replace("\"r.errors\"", "\"r\""));
         assert_eq!(
             e,
-            ["t.toml:15:11: `sinks.cw.inputs[0]`: `r` is a route: name one of its outputs, e.g. `r.audit` (outputs: audit, errors, _unmatched)"]
+            [
+                "t.toml:15:11: `sinks.cw.inputs[0]`: `r` is a route: name one of its outputs, e.g. `r.audit` (outputs: audit, errors, _unmatched)"
+            ]
         );
     }
 

@@ -201,18 +201,14 @@ impl RuleConfig {
             || self.exists.is_some()
             || self.level_at_least.is_some();
         match (single, &self.all, &self.any) {
-            (false, Some(list), None) => {
-                validate_list(ctx, p, "all", list).then(|| Rule {
-                    conditions: list.clone(),
-                    match_: Match::All,
-                })
-            }
-            (false, None, Some(list)) => {
-                validate_list(ctx, p, "any", list).then(|| Rule {
-                    conditions: list.clone(),
-                    match_: Match::Any,
-                })
-            }
+            (false, Some(list), None) => validate_list(ctx, p, "all", list).then(|| Rule {
+                conditions: list.clone(),
+                match_: Match::All,
+            }),
+            (false, None, Some(list)) => validate_list(ctx, p, "any", list).then(|| Rule {
+                conditions: list.clone(),
+                match_: Match::Any,
+            }),
             (true, None, None) => {
                 let c = Condition {
                     field: self.field.clone(),

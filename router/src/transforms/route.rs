@@ -60,11 +60,12 @@ impl RouteConfig {
         for (name, rule) in &self.routes {
             p.push(Seg::Key(name.clone()));
             if name == UNMATCHED {
-                ctx.error(&p, format!("`{UNMATCHED}` is reserved for the records no route matched"));
+                ctx.error(
+                    &p,
+                    format!("`{UNMATCHED}` is reserved for the records no route matched"),
+                );
                 ok = false;
-            } else if name.is_empty()
-                || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-            {
+            } else if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
                 ctx.error(&p, "route names may use only letters, digits, `_` and `-`");
                 ok = false;
             }
@@ -127,7 +128,13 @@ struct Output {
 }
 
 /// `outputs` holds one fanout per entry of [`Route::outputs`], in order.
-pub async fn run(id: String, cfg: Route, mut input: mpsc::Receiver<Batch>, outputs: Vec<Fanout>, metrics: Arc<Metrics>) {
+pub async fn run(
+    id: String,
+    cfg: Route,
+    mut input: mpsc::Receiver<Batch>,
+    outputs: Vec<Fanout>,
+    metrics: Arc<Metrics>,
+) {
     let m = metrics.component(&id, "route");
     let outputs: Vec<Output> = cfg
         .outputs()
@@ -157,7 +164,11 @@ pub async fn run(id: String, cfg: Route, mut input: mpsc::Receiver<Batch>, outpu
         // Nothing to send: dropping `batch` here acknowledges it.
         let mut batch = Some(batch);
         for (k, &(o, count)) in targets.iter().enumerate() {
-            let Some(whole) = (if k + 1 == targets.len() { batch.take() } else { batch.clone() }) else {
+            let Some(whole) = (if k + 1 == targets.len() {
+                batch.take()
+            } else {
+                batch.clone()
+            }) else {
                 break;
             };
             let sub = if count == n { whole } else { retain(whole, &hits[o]) };
@@ -180,7 +191,8 @@ mod tests {
         let c: RouteConfig = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
         let lookup = |_: &str| None;
         let mut ctx = crate::config::Ctx::for_tests(&lookup);
-        c.build(&mut ctx, &path(&["transforms", "r"])).ok_or_else(|| ctx.messages())
+        c.build(&mut ctx, &path(&["transforms", "r"]))
+            .ok_or_else(|| ctx.messages())
     }
 
     const ROUTES: &str = r#"
@@ -226,11 +238,17 @@ audit = { field = "tag", regex = "^audit" }
         let e = route("routes = {}").unwrap_err();
         assert_eq!(e, ["`transforms.r.routes`: must name at least one route"]);
         let e = route("[routes]\n_unmatched = { level_at_least = \"warn\" }").unwrap_err();
-        assert!(e[0].starts_with("`transforms.r.routes._unmatched`: `_unmatched` is reserved"), "{e:?}");
+        assert!(
+            e[0].starts_with("`transforms.r.routes._unmatched`: `_unmatched` is reserved"),
+            "{e:?}"
+        );
         let e = route("[routes]\n\"a.b\" = { level_at_least = \"warn\" }").unwrap_err();
         assert!(e[0].contains("route names may use only"), "{e:?}");
         let e = route("[routes]\nx = { field = \"a\", equals = \"1\", exists = true }").unwrap_err();
-        assert!(e[0].starts_with("`transforms.r.routes.x`: needs exactly one of"), "{e:?}");
+        assert!(
+            e[0].starts_with("`transforms.r.routes.x`: needs exactly one of"),
+            "{e:?}"
+        );
     }
 
     /// Sub-batches carry clones of the token: the source hears once, after
@@ -242,7 +260,11 @@ audit = { field = "tag", regex = "^audit" }
         let (in_tx, in_rx) = mpsc::channel(4);
         let (audit_tx, mut audit_rx) = mpsc::channel(4);
         let (err_tx, mut err_rx) = mpsc::channel(4);
-        let outs = vec![Fanout::new(vec![audit_tx]), Fanout::new(vec![err_tx]), Fanout::default()];
+        let outs = vec![
+            Fanout::new(vec![audit_tx]),
+            Fanout::new(vec![err_tx]),
+            Fanout::default(),
+        ];
         let task = tokio::spawn(run("r".into(), r, in_rx, outs, metrics.clone()));
         let (ack_tx, ack_rx) = std::sync::mpsc::channel();
 

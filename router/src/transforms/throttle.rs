@@ -202,13 +202,7 @@ impl Limiter {
     }
 }
 
-pub async fn run(
-    id: String,
-    cfg: Throttle,
-    mut input: mpsc::Receiver<Batch>,
-    output: Fanout,
-    metrics: Arc<Metrics>,
-) {
+pub async fn run(id: String, cfg: Throttle, mut input: mpsc::Receiver<Batch>, output: Fanout, metrics: Arc<Metrics>) {
     let m = metrics.component(&id, "throttle");
     let mut limiter = Limiter::new(cfg.threshold, cfg.window, cfg.max_keys);
     let mut renderer = cfg.key.clone().map(Renderer::new);
@@ -266,7 +260,8 @@ mod tests {
         let c: ThrottleConfig = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
         let lookup = |_: &str| None;
         let mut ctx = crate::config::Ctx::for_tests(&lookup);
-        c.build(&mut ctx, &path(&["transforms", "t"])).ok_or_else(|| ctx.messages())
+        c.build(&mut ctx, &path(&["transforms", "t"]))
+            .ok_or_else(|| ctx.messages())
     }
 
     #[test]
@@ -314,7 +309,10 @@ mod tests {
         );
         let e = throttle("threshold = 0\nwindow = \"0s\"\nkey_field = \"{a\"\nmax_keys = 0").unwrap_err();
         assert_eq!(e.len(), 4, "{e:?}");
-        assert!(e[0].starts_with("`transforms.t.threshold`: must be at least 1"), "{e:?}");
+        assert!(
+            e[0].starts_with("`transforms.t.threshold`: must be at least 1"),
+            "{e:?}"
+        );
         assert!(e[1].starts_with("`transforms.t.window`"), "{e:?}");
         assert!(e[2].starts_with("`transforms.t.max_keys`"), "{e:?}");
         assert!(e[3].starts_with("`transforms.t.key_field`: unclosed"), "{e:?}");
@@ -325,8 +323,10 @@ mod tests {
 
     #[tokio::test]
     async fn excess_is_dropped_and_counted_excluded_records_pass_and_the_batch_is_acked() {
-        let t = throttle("threshold = 2\nwindow = \"1h\"\nkey_field = \"pod\"\nexclude = { field = \"level\", equals = \"error\" }")
-            .unwrap();
+        let t = throttle(
+            "threshold = 2\nwindow = \"1h\"\nkey_field = \"pod\"\nexclude = { field = \"level\", equals = \"error\" }",
+        )
+        .unwrap();
         let metrics = Arc::new(Metrics::new());
         let (in_tx, in_rx) = mpsc::channel(4);
         let (out_tx, mut out_rx) = mpsc::channel(4);
@@ -362,6 +362,9 @@ mod tests {
         let text = metrics.encode();
         let line = r#"logferry_component_discarded_events_total{component="t",reason="throttled"} 4"#;
         assert!(text.contains(line), "{text}");
-        assert!(!text.contains("pod=") && !text.contains("\"a\""), "no key values in labels");
+        assert!(
+            !text.contains("pod=") && !text.contains("\"a\""),
+            "no key values in labels"
+        );
     }
 }
