@@ -13,15 +13,18 @@
 //!
 //! Why the last branch takes the batch itself: when the route is the only
 //! holder of the records, the last sub-batch is compacted in place and keeps
-//! the batch's share of `memory_limit`; earlier branches copy, as a filter
-//! does for a shared batch.
+//! the batch's share of `memory_limit`; earlier branches copy, and a copy
+//! takes its own share when the limit has room. It never waits for one: the
+//! memory it would wait for may be held by the batches queued in front of
+//! this transform, so a full limit lets a copy through uncharged rather than
+//! deadlock.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
-use tokio::sync::mpsc;
+use tokio::sync::{Semaphore, mpsc};
 
 use crate::config::{Ctx, Seg};
 use crate::event::Batch;
@@ -121,6 +124,21 @@ impl Route {
     }
 }
 
+/// A sub-batch `retain` had to copy carries no share of `memory_limit`;
+/// it takes one from the original's semaphore when there is room. Never
+/// waits: the permits it would wait for may be held by the batches queued
+/// in front of this very transform.
+fn charge_copy(mut sub: Batch, memory: Option<&Arc<Semaphore>>) -> Batch {
+    if let Some(r) = Arc::get_mut(&mut sub.records)
+        && r.permit.is_none()
+        && let Some(sem) = memory
+    {
+        let bytes = r.buf.len().clamp(1, u32::MAX as usize) as u32;
+        r.permit = sem.clone().try_acquire_many_owned(bytes).ok();
+    }
+    sub
+}
+
 /// One named output of the running transform.
 struct Output {
     fanout: Fanout,
@@ -161,6 +179,7 @@ pub async fn run(
             .map(|(o, h)| (o, h.iter().filter(|x| **x).count()))
             .filter(|(_, count)| *count > 0)
             .collect();
+        let memory = batch.records.permit.as_ref().map(|p| p.semaphore().clone());
         // Nothing to send: dropping `batch` here acknowledges it.
         let mut batch = Some(batch);
         for (k, &(o, count)) in targets.iter().enumerate() {
@@ -171,7 +190,11 @@ pub async fn run(
             }) else {
                 break;
             };
-            let sub = if count == n { whole } else { retain(whole, &hits[o]) };
+            let sub = if count == n {
+                whole
+            } else {
+                charge_copy(retain(whole, &hits[o]), memory.as_ref())
+            };
             if outputs[o].fanout.send(sub).await.is_err() {
                 break 'batches;
             }
@@ -322,5 +345,29 @@ audit = { field = "tag", regex = "^audit" }
         let line = r#"logferry_component_discarded_events_total{component="r",reason="unrouted"} 1"#;
         assert!(text.contains(line), "{text}");
         assert!(text.contains(r#"logferry_component_sent_events_total{component="r",kind="route"} 4"#));
+    }
+
+    /// Copies for partial branches take their share of `memory_limit` from
+    /// the original's semaphore, and give it back when dropped.
+    #[test]
+    fn copied_sub_batches_are_charged_to_the_memory_limit() {
+        let sem = Arc::new(Semaphore::new(10_000));
+        let mut b = batch_of(LINES);
+        let bytes = b.records.buf.len();
+        let permit = sem.clone().try_acquire_many_owned(bytes as u32).unwrap();
+        Arc::get_mut(&mut b.records).unwrap().permit = Some(permit);
+        let memory = b.records.permit.as_ref().map(|p| p.semaphore().clone());
+        let copy = charge_copy(retain(b.clone(), &[true, false, false, false, false]), memory.as_ref());
+        assert_eq!(copy.len(), 1);
+        assert_eq!(sem.available_permits(), 10_000 - bytes - LINES[0].len());
+        let owned = charge_copy(retain(b, &[false, true, true, false, false]), memory.as_ref());
+        assert_eq!(owned.len(), 2);
+        assert_eq!(
+            sem.available_permits(),
+            10_000 - bytes - LINES[0].len(),
+            "the compacted original keeps its own permit, nothing more"
+        );
+        drop((copy, owned));
+        assert_eq!(sem.available_permits(), 10_000);
     }
 }
