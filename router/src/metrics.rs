@@ -32,6 +32,13 @@ pub struct ReasonLabels {
     pub reason: String,
 }
 
+/// A named output of a component (a route).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct OutputLabels {
+    pub component: String,
+    pub output: String,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FileLabels {
     pub component: String,
@@ -76,6 +83,8 @@ pub struct Metrics {
     buffer_records: Family<SinkLabels, Gauge>,
     buffer_corrupt_frames: Family<SinkLabels, Counter>,
     buffer_torn_writes: Family<SinkLabels, Counter>,
+    /// Records a route sent to each of its named outputs.
+    route_output_events: Family<OutputLabels, Counter>,
     /// Handles given out, for the summary logged at exit.
     components: std::sync::Mutex<Vec<ComponentMetrics>>,
 }
@@ -117,6 +126,7 @@ impl Metrics {
             buffer_records: Family::default(),
             buffer_corrupt_frames: Family::default(),
             buffer_torn_writes: Family::default(),
+            route_output_events: Family::default(),
             registry: Registry::default(),
             components: std::sync::Mutex::new(Vec::new()),
         };
@@ -251,6 +261,11 @@ impl Metrics {
             "Incomplete frames cut from the end of a disk buffer at start-up (crash mid-write; never acknowledged)",
             m.buffer_torn_writes.clone(),
         );
+        registry.register(
+            "logferry_route_output_events",
+            "Records a route transform sent to one of its outputs (a record matching several routes counts in each)",
+            m.route_output_events.clone(),
+        );
         Metrics { registry, ..m }
     }
 
@@ -265,6 +280,16 @@ impl Metrics {
             corrupt_frames: self.buffer_corrupt_frames.get_or_create(&labels).clone(),
             torn_writes: self.buffer_torn_writes.get_or_create(&labels).clone(),
         }
+    }
+
+    /// The counter of records route `id` sends to its output `output`.
+    pub fn route_output(&self, id: &str, output: &str) -> Counter {
+        self.route_output_events
+            .get_or_create(&OutputLabels {
+                component: id.to_string(),
+                output: output.to_string(),
+            })
+            .clone()
     }
 
     /// Counter handles of one component.

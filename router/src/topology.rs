@@ -48,6 +48,11 @@ impl Fanout {
         Fanout { txs }
     }
 
+    /// No component reads from this output.
+    pub fn is_empty(&self) -> bool {
+        self.txs.is_empty()
+    }
+
     pub async fn send(&self, batch: Batch) -> Result<(), Closed> {
         let Some((last, rest)) = self.txs.split_last() else {
             return Ok(());
@@ -138,6 +143,8 @@ pub fn start(
         senders.insert(id.clone(), tx);
         receivers.insert(id.clone(), rx);
     }
+    // `id` is a component or one named output of it (`route.errors`): the
+    // inboxes of every component whose `inputs` name it exactly.
     let outputs_of = |id: &str| -> Vec<mpsc::Sender<Batch>> {
         let mut out = Vec::new();
         for (cid, inputs) in config
@@ -223,6 +230,27 @@ pub fn start(
                 env.clone(),
             )),
             TransformConfig::Filter(cfg) => Box::pin(crate::transforms::filter::run(
+                c.id.clone(),
+                cfg.clone(),
+                rx,
+                out,
+                metrics.clone(),
+            )),
+            TransformConfig::Route(cfg) => {
+                // Each named output is its own fanout, read as `id.output`.
+                let outs = cfg
+                    .outputs()
+                    .map(|o| Fanout::new(outputs_of(&format!("{}.{o}", c.id))))
+                    .collect();
+                Box::pin(crate::transforms::route::run(
+                    c.id.clone(),
+                    cfg.clone(),
+                    rx,
+                    outs,
+                    metrics.clone(),
+                ))
+            }
+            TransformConfig::Throttle(cfg) => Box::pin(crate::transforms::throttle::run(
                 c.id.clone(),
                 cfg.clone(),
                 rx,

@@ -174,9 +174,27 @@ pub struct Ctx<'a> {
     lookup: &'a dyn Fn(&str) -> Option<String>,
 }
 
-impl Ctx<'_> {
+impl<'a> Ctx<'a> {
     pub fn error(&mut self, path: &[Seg], message: impl Into<String>) {
         self.errors.push((path.to_vec(), message.into()));
+    }
+
+    /// A context for unit tests of one component's `validate`.
+    #[cfg(test)]
+    pub(crate) fn for_tests(lookup: &'a dyn Fn(&str) -> Option<String>) -> Self {
+        Ctx {
+            errors: Vec::new(),
+            lookup,
+        }
+    }
+
+    /// The errors so far as `` `path`: message `` (tests).
+    #[cfg(test)]
+    pub(crate) fn messages(&self) -> Vec<String> {
+        self.errors
+            .iter()
+            .map(|(p, m)| format!("`{}`: {m}", path_string(p)))
+            .collect()
     }
 }
 
@@ -451,7 +469,13 @@ fn check_graph(ctx: &mut Ctx<'_>, c: &Config) {
     if c.sinks.is_empty() && ctx.errors.is_empty() {
         ctx.error(&[], "no sinks configured");
     }
-    let mut edges: BTreeMap<&str, &[String]> = BTreeMap::new();
+    // Transforms with named outputs (routes), which must be read through one.
+    let named: BTreeMap<&str, Vec<&str>> = c
+        .transforms
+        .iter()
+        .filter_map(|t| Some((t.id.as_str(), t.inner.named_outputs()?)))
+        .collect();
+    let mut edges: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
     for (section, comps) in [
         (
             "transforms",
@@ -467,21 +491,13 @@ fn check_graph(ctx: &mut Ctx<'_>, c: &Config) {
                 ctx.error(&path(&[section, id, "inputs"]), "must name at least one input");
             }
             for (i, input) in inputs.iter().enumerate() {
-                match kinds.get(input.as_str()) {
-                    None => {
-                        let mut p = path(&[section, id, "inputs"]);
-                        p.push(Seg::Index(i));
-                        ctx.error(&p, format!("unknown input `{input}`"));
-                    }
-                    Some(&"sinks") => {
-                        let mut p = path(&[section, id, "inputs"]);
-                        p.push(Seg::Index(i));
-                        ctx.error(&p, format!("`{input}` is a sink and cannot be an input"));
-                    }
-                    _ => {}
+                let mut p = path(&[section, id, "inputs"]);
+                p.push(Seg::Index(i));
+                if let Some(message) = check_input(input, &kinds, &named) {
+                    ctx.error(&p, message);
                 }
             }
-            edges.insert(id, inputs);
+            edges.insert(id, inputs.iter().map(|i| input_component(i)).collect());
         }
     }
     // Cycles can only run through transforms.
@@ -503,7 +519,7 @@ fn check_graph(ctx: &mut Ctx<'_>, c: &Config) {
             .iter()
             .map(|x| &x.inputs)
             .chain(c.sinks.iter().map(|x| &x.inputs))
-            .any(|ins| ins.contains(&t.id));
+            .any(|ins| ins.iter().any(|i| input_component(i) == t.id));
         if !used {
             ctx.error(
                 &path(&["transforms", &t.id]),
@@ -513,9 +529,47 @@ fn check_graph(ctx: &mut Ctx<'_>, c: &Config) {
     }
 }
 
+/// The component an input names: `r` for `r.errors`.
+fn input_component(input: &str) -> &str {
+    input.split_once('.').map_or(input, |(c, _)| c)
+}
+
+/// What is wrong with one entry of `inputs`, if anything.
+fn check_input(input: &str, kinds: &BTreeMap<&str, &str>, named: &BTreeMap<&str, Vec<&str>>) -> Option<String> {
+    let (component, output) = match input.split_once('.') {
+        Some((c, o)) => (c, Some(o)),
+        None => (input, None),
+    };
+    let Some(section) = kinds.get(component) else {
+        return Some(match output {
+            Some(_) => format!("unknown input `{input}`: there is no component `{component}`"),
+            None => format!("unknown input `{input}`"),
+        });
+    };
+    if *section == "sinks" {
+        return Some(format!("`{component}` is a sink and cannot be an input"));
+    }
+    match (named.get(component), output) {
+        (None, None) => None,
+        (None, Some(o)) => Some(format!(
+            "`{component}` is not a route and has no output `{o}`; use `{component}` as the input"
+        )),
+        (Some(outs), None) => Some(format!(
+            "`{component}` is a route: name one of its outputs, e.g. `{component}.{}` (outputs: {})",
+            outs.first().copied().unwrap_or_default(),
+            outs.join(", ")
+        )),
+        (Some(outs), Some(o)) if !outs.contains(&o) => Some(format!(
+            "route `{component}` has no output `{o}` (outputs: {})",
+            outs.join(", ")
+        )),
+        (Some(_), Some(_)) => None,
+    }
+}
+
 fn find_cycle<'a>(
     node: &'a str,
-    edges: &BTreeMap<&'a str, &'a [String]>,
+    edges: &BTreeMap<&'a str, Vec<&'a str>>,
     stack: &mut Vec<&'a str>,
     done: &mut BTreeSet<&'a str>,
 ) -> Option<Vec<String>> {
@@ -708,5 +762,76 @@ inputs = ["a"]
 "#;
         let e = errs(text);
         assert!(e.iter().any(|m| m.contains("cycle")), "{e:?}");
+    }
+
+    const ROUTED: &str = r#"
+[sources.app]
+type = "file"
+include = ["/x"]
+[transforms.r]
+type = "route"
+inputs = ["app"]
+routes.errors = { level_at_least = "error" }
+routes.audit = { field = "tag", regex = "^audit" }
+[sinks.s3]
+type = "blackhole"
+inputs = ["app"]
+[sinks.cw]
+type = "blackhole"
+inputs = ["r.errors"]
+"#;
+
+    #[test]
+    fn route_outputs_are_inputs_and_bad_ones_name_route_and_output() {
+        let c = load_str(ROUTED, "t.toml", &no_env).unwrap();
+        assert!(
+            c.describe().contains(
+                "transform r (route: audit: tag =~ /^audit/; errors: level >= error; else _unmatched) <- app"
+            ),
+            "{}",
+            c.describe()
+        );
+        load_str(
+            &ROUTED.replace("\"r.errors\"", "\"r._unmatched\", \"r.audit\""),
+            "t.toml",
+            &no_env,
+        )
+        .unwrap();
+
+        let e = errs(&ROUTED.replace("\"r.errors\"", "\"r.warnings\""));
+        assert_eq!(
+            e,
+            [
+                "t.toml:15:11: `sinks.cw.inputs[0]`: route `r` has no output `warnings` (outputs: audit, errors, _unmatched)"
+            ]
+        );
+        let e = errs(&ROUTED.replace("\"r.errors\"", "\"q.errors\""));
+        assert_eq!(
+            e,
+            [
+                "t.toml:15:11: `sinks.cw.inputs[0]`: unknown input `q.errors`: there is no component `q`",
+                "t.toml:5:13: `transforms.r`: no sink or transform takes this transform as an input",
+            ]
+        );
+        let e = errs(&ROUTED.replace("\"r.errors\"", "\"app.errors\""));
+        assert!(
+            e[0].ends_with("`app` is not a route and has no output `errors`; use `app` as the input"),
+            "{e:?}"
+        );
+        let e = errs(&ROUTED.replace("\"r.errors\"", "\"r\""));
+        assert_eq!(
+            e,
+            [
+                "t.toml:15:11: `sinks.cw.inputs[0]`: `r` is a route: name one of its outputs, e.g. `r.audit` (outputs: audit, errors, _unmatched)"
+            ]
+        );
+    }
+
+    #[test]
+    fn cycles_through_route_outputs_are_found() {
+        let text = ROUTED.replace("inputs = [\"app\"]\nroutes", "inputs = [\"app\", \"t\"]\nroutes")
+            + "[transforms.t]\ntype = \"filter\"\ninputs = [\"r.audit\"]\nconditions = [{ field = \"a\", exists = true }]\n";
+        let e = errs(&text);
+        assert!(e.iter().any(|m| m.contains("cycle: r -> t -> r")), "{e:?}");
     }
 }

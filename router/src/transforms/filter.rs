@@ -13,7 +13,6 @@
 
 use std::sync::Arc;
 
-use regex::Regex;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
@@ -21,6 +20,8 @@ use crate::config::{Ctx, Seg};
 use crate::event::{Batch, Records};
 use crate::metrics::Metrics;
 use crate::topology::Fanout;
+use crate::transforms::condition;
+pub use crate::transforms::condition::{Condition, Match, level_rank};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -42,97 +43,9 @@ pub enum Action {
     Drop,
 }
 
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Match {
-    #[default]
-    All,
-    Any,
-}
-
-/// One test on one field (dotted paths reach into objects:
-/// `kubernetes.namespace_name`). Exactly one test per condition.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct Condition {
-    pub field: String,
-    /// The field's value (string, number or boolean, as text) equals this.
-    pub equals: Option<String>,
-    /// The field's value matches this regular expression.
-    #[serde(default, with = "opt_regex")]
-    pub regex: Option<Regex>,
-    /// The field is present (`true`) or absent (`false`); a dotted path is
-    /// present when it holds a scalar.
-    pub exists: Option<bool>,
-    /// The field is a log level at least this severe
-    /// (trace < debug < info < warn < error < fatal; common spellings accepted).
-    pub level_at_least: Option<String>,
-}
-
-mod opt_regex {
-    use regex::Regex;
-    use serde::{Deserialize, Deserializer};
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Regex>, D::Error> {
-        let s = String::deserialize(d)?;
-        Regex::new(&s).map(Some).map_err(serde::de::Error::custom)
-    }
-}
-
-/// Severity rank of a level name, case-insensitive; `None` for unknown ones.
-pub fn level_rank(level: &str) -> Option<u8> {
-    let l = level.trim().to_ascii_lowercase();
-    Some(match l.as_str() {
-        "trace" | "finest" | "finer" => 0,
-        "debug" | "fine" | "dbg" => 1,
-        "info" | "information" | "informational" | "notice" => 2,
-        "warn" | "warning" => 3,
-        "error" | "err" | "severe" => 4,
-        "fatal" | "critical" | "crit" | "alert" | "emergency" | "emerg" | "panic" => 5,
-        _ => return None,
-    })
-}
-
 impl FilterConfig {
     pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
-        let mut ok = true;
-        if self.conditions.is_empty() {
-            let mut p = base.to_vec();
-            p.push(Seg::Key("conditions".into()));
-            ctx.error(&p, "must hold at least one condition");
-            ok = false;
-        }
-        for (i, c) in self.conditions.iter().enumerate() {
-            let mut p = base.to_vec();
-            p.push(Seg::Key("conditions".into()));
-            p.push(Seg::Index(i));
-            let tests = [
-                c.equals.is_some(),
-                c.regex.is_some(),
-                c.exists.is_some(),
-                c.level_at_least.is_some(),
-            ];
-            if tests.iter().filter(|t| **t).count() != 1 {
-                ctx.error(&p, "needs exactly one of equals, regex, exists, level_at_least");
-                ok = false;
-            }
-            if c.field.is_empty() {
-                ctx.error(&p, "`field` must not be empty");
-                ok = false;
-            }
-            if let Some(l) = &c.level_at_least
-                && level_rank(l).is_none()
-            {
-                let mut p = p.clone();
-                p.push(Seg::Key("level_at_least".into()));
-                ctx.error(
-                    &p,
-                    format!("unknown level `{l}` (trace, debug, info, warn, error, fatal)"),
-                );
-                ok = false;
-            }
-        }
-        ok
+        condition::validate_list(ctx, base, "conditions", &self.conditions)
     }
 
     pub fn describe(&self) -> String {
@@ -152,29 +65,7 @@ impl FilterConfig {
 
     /// Does record `i` of `batch` pass?
     pub fn passes(&self, batch: &Batch, i: usize) -> bool {
-        let hit = |c: &Condition| {
-            if let Some(want) = c.exists {
-                return batch.has_field(i, &c.field) == want;
-            }
-            let Some(v) = batch.lookup(i, &c.field) else {
-                return false;
-            };
-            if let Some(e) = &c.equals {
-                return v == e.as_str();
-            }
-            if let Some(r) = &c.regex {
-                return r.is_match(&v);
-            }
-            if let Some(l) = &c.level_at_least {
-                return matches!((level_rank(&v), level_rank(l)), (Some(a), Some(b)) if a >= b);
-            }
-            false
-        };
-        let matched = match self.match_ {
-            Match::All => self.conditions.iter().all(hit),
-            Match::Any => self.conditions.iter().any(hit),
-        };
-        matched == (self.action == Action::Keep)
+        condition::holds_all_or_any(&self.conditions, self.match_, batch, i) == (self.action == Action::Keep)
     }
 }
 

@@ -1,7 +1,10 @@
 //! Transforms: steps between sources and sinks.
 
+pub mod condition;
 pub mod enrich;
 pub mod filter;
+pub mod route;
+pub mod throttle;
 
 use crate::config::{Ctx, Seg, deserialize_at};
 
@@ -10,6 +13,8 @@ use crate::config::{Ctx, Seg, deserialize_at};
 pub enum TransformConfig {
     Enrich(Box<enrich::EnrichConfig>),
     Filter(filter::FilterConfig),
+    Route(route::Route),
+    Throttle(throttle::Throttle),
 }
 
 impl TransformConfig {
@@ -23,10 +28,18 @@ impl TransformConfig {
                 let c: filter::FilterConfig = deserialize_at(ctx, base, value)?;
                 c.validate(ctx, base).then_some(TransformConfig::Filter(c))
             }
+            "route" => {
+                let c: route::RouteConfig = deserialize_at(ctx, base, value)?;
+                c.build(ctx, base).map(TransformConfig::Route)
+            }
+            "throttle" => {
+                let c: throttle::ThrottleConfig = deserialize_at(ctx, base, value)?;
+                c.build(ctx, base).map(TransformConfig::Throttle)
+            }
             other => {
                 ctx.error(
                     base,
-                    format!("unknown transform type `{other}`, expected one of: enrich, filter"),
+                    format!("unknown transform type `{other}`, expected one of: enrich, filter, route, throttle"),
                 );
                 None
             }
@@ -43,6 +56,8 @@ impl TransformConfig {
                 c.fields.len()
             ),
             TransformConfig::Filter(c) => c.describe(),
+            TransformConfig::Route(c) => c.describe(),
+            TransformConfig::Throttle(c) => c.describe(),
         }
     }
 
@@ -50,6 +65,17 @@ impl TransformConfig {
         match self {
             TransformConfig::Enrich(_) => "enrich",
             TransformConfig::Filter(_) => "filter",
+            TransformConfig::Route(_) => "route",
+            TransformConfig::Throttle(_) => "throttle",
+        }
+    }
+
+    /// The named outputs downstream components must pick from (`r.errors`);
+    /// `None` for a transform with one unnamed output.
+    pub fn named_outputs(&self) -> Option<Vec<&str>> {
+        match self {
+            TransformConfig::Route(r) => Some(r.outputs().collect()),
+            _ => None,
         }
     }
 }
