@@ -167,6 +167,7 @@ pub async fn run(
     'batches: while let Some(batch) = input.recv().await {
         let n = batch.len();
         m.received_events.inc_by(n as u64);
+        m.received_bytes.inc_by(batch.bytes());
         cfg.classify(&batch, &read, &mut hits);
         let unrouted = (0..n)
             .filter(|&i| !hits.iter().zip(&read).any(|(h, r)| *r && h[i]))
@@ -195,11 +196,13 @@ pub async fn run(
             } else {
                 charge_copy(retain(whole, &hits[o]), memory.as_ref())
             };
+            let bytes = sub.bytes();
             if outputs[o].fanout.send(sub).await.is_err() {
                 break 'batches;
             }
             outputs[o].sent.inc_by(count as u64);
             m.sent_events.inc_by(count as u64);
+            m.sent_bytes.inc_by(bytes);
         }
     }
 }

@@ -212,6 +212,7 @@ pub async fn run(id: String, cfg: Throttle, mut input: mpsc::Receiver<Batch>, ou
     while let Some(batch) = input.recv().await {
         let n = batch.len();
         m.received_events.inc_by(n as u64);
+        m.received_bytes.inc_by(batch.bytes());
         let now = Instant::now();
         if let Some(r) = &mut renderer {
             r.begin_batch();
@@ -243,10 +244,12 @@ pub async fn run(id: String, cfg: Throttle, mut input: mpsc::Receiver<Batch>, ou
             continue;
         }
         let batch = if kept == n { batch } else { retain(batch, &keep) };
+        let bytes = batch.bytes();
         if output.send(batch).await.is_err() {
             break;
         }
         m.sent_events.inc_by(kept as u64);
+        m.sent_bytes.inc_by(bytes);
     }
 }
 
