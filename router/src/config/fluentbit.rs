@@ -111,7 +111,9 @@ impl Section {
     }
 
     fn name(&self) -> String {
-        self.get("name").map(|e| e.value.to_ascii_lowercase()).unwrap_or_default()
+        self.get("name")
+            .map(|e| e.value.to_ascii_lowercase())
+            .unwrap_or_default()
     }
 }
 
@@ -228,8 +230,9 @@ impl Parser<'_> {
                 continue;
             }
             let Some(idx) = current else {
-                self.errors
-                    .push(pos.error(format!("`{line}` is outside a section; start one with [INPUT], [OUTPUT], ...")));
+                self.errors.push(pos.error(format!(
+                    "`{line}` is outside a section; start one with [INPUT], [OUTPUT], ..."
+                )));
                 continue;
             };
             let (key, value) = split_key(line);
@@ -302,17 +305,20 @@ struct Translation {
 impl Translation {
     /// Points each error at the Fluent Bit line its key came from.
     fn relocate(&self, errors: ConfigErrors) -> ConfigErrors {
+        // Every generated transform feeds a sink or transform, so "unused"
+        // only follows from a component that failed and is reported already.
+        let unused = |e: &ConfigError| e.message.starts_with("no sink or transform takes");
+        let keep_unused = errors.0.iter().all(unused);
         let errors = errors
             .0
             .into_iter()
+            .filter(|e| keep_unused || !unused(e))
             .map(|mut e| {
                 let best = self
                     .origins
                     .iter()
                     .filter(|(p, _)| {
-                        e.path == *p
-                            || e.path.starts_with(&format!("{p}."))
-                            || e.path.starts_with(&format!("{p}["))
+                        e.path == *p || e.path.starts_with(&format!("{p}.")) || e.path.starts_with(&format!("{p}["))
                     })
                     .max_by_key(|(p, _)| p.len());
                 if let Some((_, pos)) = best {
@@ -554,9 +560,7 @@ fn cw_template(v: &str, pos: &Pos) -> Result<String, ConfigError> {
         };
         let name = &after[..end];
         if name.starts_with("tag[") {
-            return Err(pos.error(format!(
-                "`$({name})`: parts of the tag are not supported; use `$(tag)`"
-            )));
+            return Err(pos.error(format!("`$({name})`: parts of the tag are not supported; use `$(tag)`")));
         }
         out.push('{');
         out.push_str(&record_key(&format!("${name}")));
@@ -636,14 +640,18 @@ impl Tr {
                 match k.as_str() {
                     "flush" => match fb_seconds(&e.value) {
                         Some(v) if v > 0.0 => *flush = Some(v),
-                        _ => self.errors.push(e.pos.error(format!("Flush `{}` is not a time", e.value))),
+                        _ => self
+                            .errors
+                            .push(e.pos.error(format!("Flush `{}` is not a time", e.value))),
                     },
                     "grace" => match fb_seconds(&e.value) {
                         Some(v) => {
                             lifecycle.insert("drain_timeout".into(), s(&duration(v)));
                             self.origin("lifecycle.drain_timeout", &e.pos);
                         }
-                        None => self.errors.push(e.pos.error(format!("Grace `{}` is not a time", e.value))),
+                        None => self
+                            .errors
+                            .push(e.pos.error(format!("Grace `{}` is not a time", e.value))),
                     },
                     "storage.path" => {
                         global.insert("data_dir".into(), s(&e.value));
@@ -654,7 +662,9 @@ impl Tr {
                             api_on = Some(on);
                             api_pos = Some(e.pos.clone());
                         }
-                        None => self.errors.push(e.pos.error(format!("HTTP_Server `{}` is not on/off", e.value))),
+                        None => self
+                            .errors
+                            .push(e.pos.error(format!("HTTP_Server `{}` is not on/off", e.value))),
                     },
                     "http_listen" => listen = e.value.clone(),
                     "http_port" => port = e.value.clone(),
@@ -670,7 +680,11 @@ impl Tr {
         if api_on == Some(true)
             && let Some(pos) = api_pos
         {
-            let host = if listen.contains(':') { format!("[{listen}]") } else { listen };
+            let host = if listen.contains(':') {
+                format!("[{listen}]")
+            } else {
+                listen
+            };
             let mut api = toml::Table::new();
             api.insert("address".into(), s(&format!("{host}:{port}")));
             self.root.insert("api".into(), toml::Value::Table(api));
@@ -711,13 +725,21 @@ impl Tr {
                 } else {
                     let listen = sec.get("listen").map_or("0.0.0.0", |e| e.value.as_str());
                     let port = sec.get("port").map_or("24224", |e| e.value.as_str());
-                    let host = if listen.contains(':') { format!("[{listen}]") } else { listen.to_string() };
+                    let host = if listen.contains(':') {
+                        format!("[{listen}]")
+                    } else {
+                        listen.to_string()
+                    };
                     t.insert("address".into(), s(&format!("{host}:{port}")));
                     if let Some(e) = sec.get("port").or(sec.get("listen")) {
                         self.origin(&format!("{base}.address"), &e.pos);
                     }
                 }
-                for (fb, ours) in [("shared_key", "shared_key"), ("self_hostname", "self_hostname")] {
+                for (fb, ours) in [
+                    ("shared_key", "shared_key"),
+                    ("self_hostname", "self_hostname"),
+                    ("unix_perm", "unix_perm"),
+                ] {
                     if let Some(e) = sec.get(fb) {
                         t.insert(ours.into(), s(&e.value));
                         self.origin(&format!("{base}.{ours}"), &e.pos);
@@ -740,6 +762,7 @@ impl Tr {
                     &what,
                     &[
                         "unix_path",
+                        "unix_perm",
                         "listen",
                         "port",
                         "shared_key",
@@ -840,10 +863,7 @@ impl Tr {
                     let mut t = toml::Table::new();
                     t.insert("type".into(), s("filter"));
                     t.insert("action".into(), s(action));
-                    t.insert(
-                        "match".into(),
-                        s(if any.unwrap_or(legacy_any) { "any" } else { "all" }),
-                    );
+                    t.insert("match".into(), s(if any.unwrap_or(legacy_any) { "any" } else { "all" }));
                     let mut origins = vec![(String::new(), sec.pos.clone())];
                     let mut conds = Vec::new();
                     for (i, (c, pos)) in rules.into_iter().enumerate() {
@@ -853,7 +873,11 @@ impl Tr {
                     t.insert("conditions".into(), toml::Value::Array(conds));
                     let base = alias(sec).unwrap_or_else(|| format!("filter{n}_grep"));
                     steps.push(Step {
-                        name: if action == "keep" { base } else { format!("{base}_exclude") },
+                        name: if action == "keep" {
+                            base
+                        } else {
+                            format!("{base}_exclude")
+                        },
                         table: t,
                         origins,
                     });
@@ -861,7 +885,12 @@ impl Tr {
                 if steps.is_empty() {
                     self.errors.push(sec.pos.error("grep without Regex or Exclude"));
                 }
-                self.check_keys(sec, &what, &["match", "match_regex", "regex", "exclude", "logical_op"], &[]);
+                self.check_keys(
+                    sec,
+                    &what,
+                    &["match", "match_regex", "regex", "exclude", "logical_op"],
+                    &[],
+                );
             }
             "" => {
                 self.errors.push(sec.pos.error("[FILTER] without `Name`"));
@@ -953,7 +982,9 @@ impl Tr {
                         Ok(v) => set(&mut t, &mut origins, "log_group", s(&v), &e.pos),
                         Err(err) => self.errors.push(err),
                     },
-                    None => self.errors.push(sec.pos.error("cloudwatch_logs needs `log_group_name`")),
+                    None => self
+                        .errors
+                        .push(sec.pos.error("cloudwatch_logs needs `log_group_name`")),
                 }
                 match (sec.get("log_stream_name"), sec.get("log_stream_prefix")) {
                     (Some(e), _) => match cw_template(&e.value, &e.pos) {
@@ -965,14 +996,17 @@ impl Tr {
                         Ok(v) => set(&mut t, &mut origins, "log_stream", s(&format!("{v}{{tag}}")), &e.pos),
                         Err(err) => self.errors.push(err),
                     },
-                    (None, None) => self
-                        .errors
-                        .push(sec.pos.error("cloudwatch_logs needs `log_stream_name` or `log_stream_prefix`")),
+                    (None, None) => self.errors.push(
+                        sec.pos
+                            .error("cloudwatch_logs needs `log_stream_name` or `log_stream_prefix`"),
+                    ),
                 }
                 if let Some(e) = sec.get("log_retention_days") {
                     match e.value.parse::<i64>() {
                         Ok(d) => set(&mut t, &mut origins, "retention_days", toml::Value::Integer(d), &e.pos),
-                        Err(_) => self.errors.push(e.pos.error(format!("`{}` is not a number of days", e.value))),
+                        Err(_) => self
+                            .errors
+                            .push(e.pos.error(format!("`{}` is not a number of days", e.value))),
                     }
                 }
                 if let Some(e) = sec.get("log_group_class") {
@@ -985,7 +1019,8 @@ impl Tr {
                 if let Some(e) = sec.get("auto_create_group")
                     && is_true(&e.value).is_none()
                 {
-                    self.errors.push(e.pos.error(format!("auto_create_group `{}` is not on/off", e.value)));
+                    self.errors
+                        .push(e.pos.error(format!("auto_create_group `{}` is not on/off", e.value)));
                 }
                 let mut known = common.to_vec();
                 known.extend([
@@ -1013,13 +1048,22 @@ impl Tr {
                     None => self.errors.push(sec.pos.error("s3 needs `bucket`")),
                 }
                 // Fluent Bit's default layout, the object name aside.
-                let (format, pos) = sec.get("s3_key_format").map_or(
-                    ("/fluent-bit-logs/$TAG/%Y/%m/%d/%H/%M/%S", sec.pos.clone()),
-                    |e| (e.value.as_str(), e.pos.clone()),
-                );
+                let (format, pos) = sec
+                    .get("s3_key_format")
+                    .map_or(("/fluent-bit-logs/$TAG/%Y/%m/%d/%H/%M/%S", sec.pos.clone()), |e| {
+                        (e.value.as_str(), e.pos.clone())
+                    });
                 match s3_key_prefix(format, &pos) {
                     Ok(p) => set(&mut t, &mut origins, "key_prefix", s(&p), &pos),
                     Err(err) => self.errors.push(err),
+                }
+                if let Some((_, object)) = format.rsplit_once('/')
+                    && !object.is_empty()
+                {
+                    self.notes.push(format!(
+                        "{}:{}: s3_key_format: the object name `{object}` is Logferry's own (a UUIDv7 and the compression's extension)",
+                        pos.file, pos.line
+                    ));
                 }
                 let compression = sec.get("compression");
                 match compression.map(|e| e.value.to_ascii_lowercase()) {
@@ -1037,18 +1081,25 @@ impl Tr {
                         )));
                     }
                 }
-                for (fb, ours) in [("total_file_size", "max_object_size"), ("upload_chunk_size", "multipart_part_size")] {
+                for (fb, ours) in [
+                    ("total_file_size", "max_object_size"),
+                    ("upload_chunk_size", "multipart_part_size"),
+                ] {
                     if let Some(e) = sec.get(fb) {
                         match fb_size(&e.value) {
                             Some(b) => set(&mut t, &mut origins, ours, toml::Value::Integer(b as i64), &e.pos),
-                            None => self.errors.push(e.pos.error(format!("{} `{}` is not a size", e.key, e.value))),
+                            None => self
+                                .errors
+                                .push(e.pos.error(format!("{} `{}` is not a size", e.key, e.value))),
                         }
                     }
                 }
                 if let Some(e) = sec.get("upload_timeout") {
                     match fb_seconds(&e.value) {
                         Some(v) => set(&mut t, &mut origins, "flush_interval", s(&duration(v)), &e.pos),
-                        None => self.errors.push(e.pos.error(format!("upload_timeout `{}` is not a time", e.value))),
+                        None => self
+                            .errors
+                            .push(e.pos.error(format!("upload_timeout `{}` is not a time", e.value))),
                     }
                 }
                 if let Some(e) = sec.get("storage_class") {
@@ -1086,7 +1137,12 @@ impl Tr {
                 );
             }
             _ => {
-                self.check_keys(sec, &what, &["match", "match_regex"], &["format", "json_date_key", "json_date_format"]);
+                self.check_keys(
+                    sec,
+                    &what,
+                    &["match", "match_regex"],
+                    &["format", "json_date_key", "json_date_format"],
+                );
             }
         }
         Some(Output {
@@ -1192,7 +1248,10 @@ fn translate(sections: &[Section]) -> Result<Translation, ConfigErrors> {
                             k += 1;
                         }
                         let mut t = step.table.clone();
-                        t.insert("inputs".into(), toml::Value::Array(inputs.iter().map(|i| s(i)).collect()));
+                        t.insert(
+                            "inputs".into(),
+                            toml::Value::Array(inputs.iter().map(|i| s(i)).collect()),
+                        );
                         for (key, pos) in &step.origins {
                             let path = if key.is_empty() {
                                 format!("transforms.{id}")
@@ -1216,14 +1275,20 @@ fn translate(sections: &[Section]) -> Result<Translation, ConfigErrors> {
             c.insert("regex".into(), s(&o.matches.regex()));
             let mut t = toml::Table::new();
             t.insert("type".into(), s("filter"));
-            t.insert("inputs".into(), toml::Value::Array(inputs.iter().map(|i| s(i)).collect()));
+            t.insert(
+                "inputs".into(),
+                toml::Value::Array(inputs.iter().map(|i| s(i)).collect()),
+            );
             t.insert("conditions".into(), toml::Value::Array(vec![toml::Value::Table(c)]));
             tr.origin(&format!("transforms.{id}"), &o.match_pos);
             transforms.insert(id.clone(), toml::Value::Table(t));
             inputs = vec![id];
         }
         let mut t = o.table;
-        t.insert("inputs".into(), toml::Value::Array(inputs.iter().map(|i| s(i)).collect()));
+        t.insert(
+            "inputs".into(),
+            toml::Value::Array(inputs.iter().map(|i| s(i)).collect()),
+        );
         for (key, pos) in &o.origins {
             let path = if key.is_empty() {
                 format!("sinks.{}", o.name)
@@ -1255,4 +1320,274 @@ fn translate(sections: &[Section]) -> Result<Translation, ConfigErrors> {
         origins: tr.origins,
         notes: tr.notes,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::sinks::SinkConfig;
+    use crate::transforms::TransformConfig;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "REGION" => Some("eu-west-1".into()),
+            "GROUP" => Some("/ecs/from-env".into()),
+            _ => None,
+        }
+    }
+
+    struct Dir(tempfile::TempDir);
+
+    impl Dir {
+        fn new(files: &[(&str, &str)]) -> Dir {
+            let d = tempfile::tempdir().unwrap();
+            for (name, text) in files {
+                let p = d.path().join(name);
+                std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+                std::fs::write(p, text).unwrap();
+            }
+            Dir(d)
+        }
+
+        fn path(&self, name: &str) -> PathBuf {
+            self.0.path().join(name)
+        }
+
+        fn load(&self) -> Result<FluentBitConfig, ConfigErrors> {
+            load(&self.path("fluent-bit.conf"), &env)
+        }
+
+        fn errors(&self) -> Vec<String> {
+            match self.load() {
+                Ok(c) => panic!("expected errors, got:\n{}", c.toml),
+                Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+            }
+        }
+    }
+
+    const FORWARD: &str = "[INPUT]\n    Name forward\n    unix_path /tmp/fluent.sock\n\n";
+
+    fn cw(extra: &str) -> String {
+        format!(
+            "{FORWARD}[OUTPUT]\n    Name cloudwatch_logs\n    Match app-firelens*\n    log_group_name /ecs/web\n    log_stream_prefix app-\n    region eu-west-1\n{extra}"
+        )
+    }
+
+    #[test]
+    fn sections_keys_any_case_and_indent_comments_and_variables() {
+        let text = "# generated\n@SET group=/ecs/set\n[input]\nNAME   forward\n\t  UNIX_PATH  /tmp/a.sock\n[Output]\n  name cloudwatch\n  MATCH *\n  Log_Group_Name ${group}\n  log_stream_name ${REGION}-$(tag)\n";
+        let d = Dir::new(&[("fluent-bit.conf", text)]);
+        let c = d.load().unwrap();
+        let SinkConfig::CloudWatchLogs(s) = &c.config.sinks[0].inner else {
+            panic!("{:?}", c.config.sinks)
+        };
+        assert_eq!(s.log_group, "/ecs/set");
+        assert_eq!(s.log_stream, "eu-west-1-{tag}");
+        // Match * needs no tag filter.
+        assert!(c.config.transforms.is_empty());
+        assert_eq!(c.config.sinks[0].inputs, vec!["input1_forward".to_string()]);
+    }
+
+    #[test]
+    fn includes_are_relative_to_the_including_file_and_globs_sorted() {
+        let main = format!("{FORWARD}@INCLUDE conf.d/*.conf\n@INCLUDE sub/one.conf\n");
+        let d = Dir::new(&[
+            ("fluent-bit.conf", &main),
+            (
+                "conf.d/b.conf",
+                "[OUTPUT]\n    Name null\n    Match b\n    Alias second\n",
+            ),
+            (
+                "conf.d/a.conf",
+                "[OUTPUT]\n    Name null\n    Match a\n    Alias first\n",
+            ),
+            ("sub/one.conf", "@INCLUDE two.conf\n"),
+            (
+                "sub/two.conf",
+                "[OUTPUT]\n    Name stdout\n    Match *\n    Alias third\n",
+            ),
+        ]);
+        let c = d.load().unwrap();
+        let ids: Vec<&str> = c.config.sinks.iter().map(|s| s.id.as_str()).collect();
+        assert_eq!(ids, ["first", "second", "third"]);
+        // Each named output kept only its own tag.
+        assert!(c.toml.contains(r#"regex = "^a$$""#), "{}", c.toml);
+    }
+
+    #[test]
+    fn parse_errors_name_file_and_line() {
+        let d = Dir::new(&[(
+            "fluent-bit.conf",
+            "Name forward\n[INPUT]\n    Name forward\n    unix_path ${NOPE}\n@REQUIRE x\n[PARSER]\n@INCLUDE missing.conf\n",
+        )]);
+        let e = d.errors();
+        let f = d.path("fluent-bit.conf").display().to_string();
+        assert!(
+            e[0].starts_with(&format!("{f}:1:1: `Name forward` is outside a section")),
+            "{e:?}"
+        );
+        assert!(
+            e[1].starts_with(&format!("{f}:4:5: environment variable `NOPE` is not set")),
+            "{e:?}"
+        );
+        assert!(
+            e[2].starts_with(&format!("{f}:5:1: unknown directive `@REQUIRE`")),
+            "{e:?}"
+        );
+        assert!(
+            e[3].starts_with(&format!("{f}:6:1: section [PARSER] is not supported")),
+            "{e:?}"
+        );
+        assert!(
+            e[4].starts_with(&format!("{f}:7:1: cannot read Fluent Bit config")),
+            "{e:?}"
+        );
+        assert_eq!(e.len(), 5, "{e:?}");
+    }
+
+    #[test]
+    fn include_loops_are_errors() {
+        let d = Dir::new(&[
+            ("fluent-bit.conf", "@INCLUDE a.conf\n"),
+            ("a.conf", "@INCLUDE fluent-bit.conf\n"),
+        ]);
+        let e = d.errors();
+        assert!(e[0].contains("a.conf:1:1: @INCLUDE loop"), "{e:?}");
+    }
+
+    #[test]
+    fn loader_errors_point_at_the_fluent_bit_line() {
+        let d = Dir::new(&[("fluent-bit.conf", &cw("    log_retention_days 31\n"))]);
+        let e = d.errors();
+        let f = d.path("fluent-bit.conf").display().to_string();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].starts_with(&format!(
+                "{f}:11:5: `sinks.output1_cloudwatch_logs.retention_days`: 31 is not"
+            )),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn unsupported_plugins_and_keys_are_errors_with_their_line() {
+        let d = Dir::new(&[("fluent-bit.conf", &cw("    log_key log\n    Retry_Limit 5\n"))]);
+        let e = d.errors();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains(":11:5: `log_key` of [OUTPUT] cloudwatch_logs is not supported"),
+            "{e:?}"
+        );
+        let d = Dir::new(&[("fluent-bit.conf", "[INPUT]\n    Name tail\n    Path /var/log/*.log\n")]);
+        let e = d.errors();
+        assert!(e[0].contains(":1:1: input plugin `tail` is not supported"), "{e:?}");
+        assert!(e[0].contains("forward"), "{e:?}");
+        let d = Dir::new(&[(
+            "fluent-bit.conf",
+            &format!("{FORWARD}[OUTPUT]\n    Name es\n    Match *\n"),
+        )]);
+        assert!(d.errors()[0].contains(":5:1: output plugin `es` is not supported"));
+    }
+
+    #[test]
+    fn a_filter_on_part_of_an_outputs_tags_is_an_error() {
+        let text = format!(
+            "{FORWARD}[FILTER]\n    Name grep\n    Match app-firelens*\n    Regex log x\n\n[OUTPUT]\n    Name stdout\n    Match *\n"
+        );
+        let d = Dir::new(&[("fluent-bit.conf", &text)]);
+        let e = d.errors();
+        assert!(
+            e[0].contains(":5:1: this filter (Match app-firelens*) applies to only some"),
+            "{e:?}"
+        );
+        // A disjoint filter is simply not in the chain.
+        let text = format!(
+            "{FORWARD}[FILTER]\n    Name grep\n    Match web-firelens*\n    Regex log x\n\n[OUTPUT]\n    Name stdout\n    Match app-firelens*\n"
+        );
+        let d = Dir::new(&[("fluent-bit.conf", &text)]);
+        let c = d.load().unwrap();
+        assert_eq!(c.config.transforms.len(), 1, "{}", c.toml);
+    }
+
+    #[test]
+    fn firelens_chain_values_and_dollars_survive() {
+        let text = format!(
+            "{FORWARD}[INPUT]\n    Name forward\n    Listen 127.0.0.1\n    Port 24224\n    Mem_Buf_Limit 5MB\n[INPUT]\n    Name forward\n    Listen 127.0.0.1\n    Port 24225\n    Mem_Buf_Limit 3M\n[FILTER]\n    Name grep\n    Match app-firelens*\n    Regex log [Ee]rror\n    Regex $kubernetes['labels']['tier'] ^web$\n    Logical_Op or\n[FILTER]\n    Name record_modifier\n    Match *\n    Record price a$b\n[OUTPUT]\n    Name s3\n    Match app-firelens*\n    bucket b-logs\n    s3_key_format /x/$TAG/%Y/\n    total_file_size 2M\n    upload_timeout 90s\n    endpoint http://127.0.0.1:4566\n"
+        );
+        let d = Dir::new(&[("fluent-bit.conf", &text)]);
+        let c = d.load().unwrap();
+        assert_eq!(c.config.global.memory_limit.as_u64(), 8_000_000);
+        let ids: Vec<(&str, &Vec<String>)> = c.config.transforms.iter().map(|t| (t.id.as_str(), &t.inputs)).collect();
+        assert_eq!(ids.len(), 3, "{ids:?}");
+        let TransformConfig::Filter(g) = &c
+            .config
+            .transforms
+            .iter()
+            .find(|t| t.id == "filter1_grep")
+            .unwrap()
+            .inner
+        else {
+            panic!()
+        };
+        assert_eq!(g.match_, crate::transforms::filter::Match::Any);
+        assert_eq!(g.conditions[1].field, "kubernetes.labels.tier");
+        assert!(g.conditions[0].regex.as_ref().unwrap().is_match("an Error"));
+        let TransformConfig::Enrich(m) = &c
+            .config
+            .transforms
+            .iter()
+            .find(|t| t.id == "filter2_record_modifier")
+            .unwrap()
+            .inner
+        else {
+            panic!()
+        };
+        assert_eq!(m.fields["price"], serde_json::json!("a$b"));
+        let TransformConfig::Filter(tag) = &c
+            .config
+            .transforms
+            .iter()
+            .find(|t| t.id == "output1_s3_match")
+            .unwrap()
+            .inner
+        else {
+            panic!()
+        };
+        let re = tag.conditions[0].regex.as_ref().unwrap();
+        assert!(re.is_match("app-firelens-0f9c6a4f") && !re.is_match("xapp-firelens") && !re.is_match("app-firelen"));
+        let SinkConfig::S3(s3) = &c.config.sinks[0].inner else {
+            panic!()
+        };
+        assert_eq!(s3.key_prefix, "x/{tag}/%Y/");
+        assert_eq!(s3.max_object_size.as_u64(), 2_000_000);
+        assert_eq!(s3.flush_interval, std::time::Duration::from_secs(90));
+        assert_eq!(s3.compression, crate::sinks::encoding::Compression::None);
+        assert!(s3.force_path_style);
+        assert_eq!(s3.endpoint_url.as_deref(), Some("http://127.0.0.1:4566"));
+    }
+
+    #[test]
+    fn s3_key_formats_that_do_not_map_are_errors() {
+        for (format, msg) in [
+            ("/logs/$TAG[1]/%Y/x", "`$TAG[n]`"),
+            ("/logs/$UUID/x", "`$UUID` is supported only in the object name"),
+        ] {
+            let text =
+                format!("{FORWARD}[OUTPUT]\n    Name s3\n    Match *\n    bucket b-logs\n    s3_key_format {format}\n");
+            let d = Dir::new(&[("fluent-bit.conf", &text)]);
+            let e = d.errors();
+            assert!(e[0].contains(":9:5: ") && e[0].contains(msg), "{e:?}");
+        }
+    }
+
+    #[test]
+    fn sizes_and_times() {
+        assert_eq!(fb_size("5M"), Some(5_000_000));
+        assert_eq!(fb_size("1.5k"), Some(1500));
+        assert_eq!(fb_size("4096"), Some(4096));
+        assert_eq!(fb_size("5 parsecs"), None);
+        assert_eq!(fb_seconds("10m"), Some(600.0));
+        assert_eq!(fb_seconds("0.5"), Some(0.5));
+        assert_eq!(fb_seconds("soon"), None);
+    }
 }
