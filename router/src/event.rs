@@ -315,13 +315,10 @@ impl Batch {
         {
             return Some(v);
         }
-        self.fields
-            .iter()
-            .find_map(|f| f.lookup(path))
-            .or_else(|| match &self.tag {
-                Some(tag) if path == "tag" => Some(Cow::Borrowed(&**tag)),
-                _ => None,
-            })
+        self.fields.iter().find_map(|f| f.lookup(path)).or_else(|| match &self.tag {
+            Some(tag) if path == "tag" => Some(Cow::Borrowed(&**tag)),
+            _ => None,
+        })
     }
 
     /// Bytes of record `i` as encoded, without computing it exactly: used
@@ -366,10 +363,7 @@ mod tests {
         assert_eq!(b.lookup(0, "tag").as_deref(), Some("app-firelens-1"));
         assert!(b.has_field(0, "tag"));
         assert_eq!(b.lookup(1, "tag").as_deref(), Some("own"));
-        assert_eq!(
-            encode_all(&b),
-            vec![json!({"log": "a"}), json!({"log": "b", "tag": "own"})]
-        );
+        assert_eq!(encode_all(&b), vec![json!({"log": "a"}), json!({"log": "b", "tag": "own"})]);
     }
 
     fn encode_all(b: &Batch) -> Vec<serde_json::Value> {

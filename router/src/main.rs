@@ -141,7 +141,6 @@ fn main() -> ExitCode {
                     for note in &c.notes {
                         tracing::info!("fluent-bit: {note}");
                     }
-                    tracing::debug!(toml = %c.toml, "fluent bit config translated");
                     c.config
                 }),
                 None => load(config.as_deref()),
