@@ -204,9 +204,8 @@ fn run(
         if cx.force.is_cancelled() {
             break;
         }
-        let idle_eof = cx.exit_on_eof
-            && sh.had_connection.load(Ordering::Acquire)
-            && sh.reading.load(Ordering::Acquire) == 0;
+        let idle_eof =
+            cx.exit_on_eof && sh.had_connection.load(Ordering::Acquire) && sh.reading.load(Ordering::Acquire) == 0;
         if stopping.is_none() && (cx.shutdown.is_cancelled() || idle_eof) {
             let now = Instant::now();
             let deadline = if cx.shutdown.is_cancelled() {
@@ -391,7 +390,11 @@ impl Conn {
         let end = match self.handshake().await {
             Ok(()) => self.read_loop().await,
             Err(reason) => {
-                self.refuse(reason);
+                // A connection closed before it said anything (a TCP health
+                // probe) is no failure.
+                if let Some(reason) = reason {
+                    self.refuse(reason);
+                }
                 End::Broken
             }
         };
@@ -422,34 +425,35 @@ impl Conn {
         self.outputs.clear();
     }
 
-    /// With `shared_key`: HELO, the client's PING, our PONG.
-    async fn handshake(&mut self) -> Result<(), &'static str> {
-        let Some(key) = self.sh.shared_key.clone() else { return Ok(()) };
-        let nonce = random_hex().map_err(|_| "handshake_error")?;
-        self.writer
-            .write_all(&proto::helo(&nonce))
-            .await
-            .map_err(|_| "handshake_error")?;
+    /// With `shared_key`: HELO, the client's PING, our PONG. `Err(None)`:
+    /// the client left without a word.
+    async fn handshake(&mut self) -> Result<(), Option<&'static str>> {
+        let Some(key) = self.sh.shared_key.clone() else {
+            return Ok(());
+        };
+        let nonce = random_hex().map_err(|_| Some("handshake_error"))?;
+        self.writer.write_all(&proto::helo(&nonce)).await.map_err(|_| None)?;
         let mut scanner = FrameScanner::new(6);
         let len = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
             loop {
                 match scanner.scan(&self.buf, 64 * 1024) {
                     Ok(Some(len)) => return Ok(len),
                     Ok(None) => {}
-                    Err(_) => return Err("auth_failed"),
+                    Err(_) => return Err(Some("auth_failed")),
                 }
                 self.buf.reserve(4096);
                 tokio::select! {
                     r = self.reader.read_buf(&mut self.buf) => match r {
-                        Ok(0) | Err(_) => return Err("auth_failed"),
+                        Ok(0) | Err(_) if self.buf.is_empty() => return Err(None),
+                        Ok(0) | Err(_) => return Err(Some("auth_failed")),
                         Ok(_) => {}
                     },
-                    _ = self.sh.kill.cancelled() => return Err("auth_failed"),
+                    _ = self.sh.kill.cancelled() => return Err(None),
                 }
             }
         })
         .await
-        .map_err(|_| "auth_failed")??;
+        .map_err(|_| Some("auth_failed"))??;
         let frame = self.buf.get(..len).unwrap_or_default();
         let verdict = match proto::parse_ping(frame) {
             Err(_) => Err("invalid PING"),
@@ -457,7 +461,12 @@ impl Conn {
                 let want = proto::shared_key_digest(ping.salt, ping.hostname, nonce.as_bytes(), key.as_bytes());
                 if want.as_bytes() == ping.digest {
                     let host = self.sh.self_hostname.as_bytes();
-                    Ok(proto::shared_key_digest(ping.salt, host, nonce.as_bytes(), key.as_bytes()))
+                    Ok(proto::shared_key_digest(
+                        ping.salt,
+                        host,
+                        nonce.as_bytes(),
+                        key.as_bytes(),
+                    ))
                 } else {
                     Err("shared_key mismatch")
                 }
@@ -469,7 +478,7 @@ impl Conn {
             Err(reason) => proto::pong(false, reason, "", ""),
         };
         let _ = self.writer.write_all(&reply).await;
-        verdict.map(|_| ()).map_err(|_| "auth_failed")
+        verdict.map(|_| ()).map_err(|_| Some("auth_failed"))
     }
 
     async fn read_loop(&mut self) -> End {
@@ -630,7 +639,9 @@ impl Conn {
         let now = chrono::Utc::now().timestamp_millis();
         while !entries.done() {
             let before = self.records.len();
-            let r = self.dec.decode_some(bytes, &mut entries, &mut self.records, BATCH_BYTES, now);
+            let r = self
+                .dec
+                .decode_some(bytes, &mut entries, &mut self.records, BATCH_BYTES, now);
             if let Err(e) = r {
                 self.count_issues();
                 return Err(Some(e));
@@ -723,7 +734,9 @@ impl Conn {
 
     /// A batch settled: answer the chunks it completes.
     async fn on_ack(&mut self, ack: Ack) -> std::io::Result<()> {
-        let Some(ids) = self.batches.remove(&ack.seq) else { return Ok(()) };
+        let Some(ids) = self.batches.remove(&ack.seq) else {
+            return Ok(());
+        };
         for id in ids {
             let Some(c) = self.chunks.get_mut(&id) else { continue };
             c.batches = c.batches.saturating_sub(1);
@@ -738,9 +751,14 @@ impl Conn {
     /// Answers a chunk whose records are all settled (unless one failed:
     /// then silence makes the client resend).
     async fn settle_chunk(&mut self, id: u64) -> std::io::Result<()> {
-        let Some(c) = self.chunks.remove(&id) else { return Ok(()) };
+        let Some(c) = self.chunks.remove(&id) else {
+            return Ok(());
+        };
         if c.failed {
-            tracing::debug!(conn = self.id, "a chunk was not delivered; not acknowledged, the client resends it");
+            tracing::debug!(
+                conn = self.id,
+                "a chunk was not delivered; not acknowledged, the client resends it"
+            );
             return Ok(());
         }
         self.writer.write_all(&proto::ack_response(&c.chunk)).await

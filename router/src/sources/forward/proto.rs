@@ -823,7 +823,14 @@ fn escape_into(out: &mut Vec<u8>, s: &str) {
         out.extend_from_slice(bytes.get(start..i).unwrap_or_default());
         start = i + 1;
         if esc.is_empty() {
-            out.extend_from_slice(&[b'\\', b'u', b'0', b'0', HEX[usize::from(b >> 4)], HEX[usize::from(b & 0xf)]]);
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]);
         } else {
             out.extend_from_slice(esc);
         }
@@ -1027,7 +1034,10 @@ pub(crate) mod tests {
         assert_eq!(&frame[f.tag.clone()], b"app.web");
         assert_eq!(f.mode, Mode::Message);
         assert_eq!(&frame[f.chunk.clone().unwrap()], b"abc=");
-        assert_eq!(vals, vec![json!({"@timestamp": "2026-11-25T23:15:47.123Z", "log": "hello", "n": -3})]);
+        assert_eq!(
+            vals,
+            vec![json!({"@timestamp": "2026-11-25T23:15:47.123Z", "log": "hello", "n": -3})]
+        );
         assert_eq!(r.meta[0].ts_ms, i64::from(SECS) * 1000 + 123);
         for k in ["@timestamp", "log", "n"] {
             assert_ne!(r.meta[0].key_mask & key_bit(k.as_bytes()), 0, "{k}");
@@ -1108,9 +1118,15 @@ pub(crate) mod tests {
             V::B(b"not gzip".to_vec()),
             V::M(vec![(V::S("compressed"), V::S("gzip"))]),
         ]));
-        assert_eq!(decode(&frame).unwrap_err(), FrameError::Malformed("invalid gzip payload"));
+        assert_eq!(
+            decode(&frame).unwrap_err(),
+            FrameError::Malformed("invalid gzip payload")
+        );
         let mut out = Vec::new();
-        assert_eq!(gunzip(&gz(&vec![0u8; 10_000]), 9_999, &mut out), Err(FrameError::TooLarge));
+        assert_eq!(
+            gunzip(&gz(&vec![0u8; 10_000]), 9_999, &mut out),
+            Err(FrameError::TooLarge)
+        );
         assert!(gunzip(&gz(&vec![0u8; 10_000]), 10_000, &mut out).is_ok());
         let frame = bytes(&V::A(vec![
             V::S("t"),
@@ -1128,8 +1144,14 @@ pub(crate) mod tests {
             V::M(vec![
                 (V::S("s"), V::S("a\"b\\c\nd\u{1}é")),
                 (V::S("bin"), V::B(vec![0x66, 0xff, 0x6f])),
-                (V::S("arr"), V::A(vec![V::Nil, V::F(1.5), V::F(f64::NAN), V::Int(u32::MAX as i64 * 4)])),
-                (V::S("obj"), V::M(vec![(V::Int(7), V::S("seven")), (V::S("k"), V::M(vec![]))])),
+                (
+                    V::S("arr"),
+                    V::A(vec![V::Nil, V::F(1.5), V::F(f64::NAN), V::Int(u32::MAX as i64 * 4)]),
+                ),
+                (
+                    V::S("obj"),
+                    V::M(vec![(V::Int(7), V::S("seven")), (V::S("k"), V::M(vec![]))]),
+                ),
                 (V::Int(5), V::S("int key")),
                 (V::S("ext"), V::T(1, 500_000_000)),
                 (V::S("s"), V::S("duplicate")),
@@ -1167,13 +1189,19 @@ pub(crate) mod tests {
         let frame = bytes(&V::A(vec![
             V::S("t"),
             V::A(vec![
-                V::A(vec![V::Int(1), V::M(vec![(V::S("a"), V::Int(1)), (V::S("@timestamp"), V::S("mine"))])]),
+                V::A(vec![
+                    V::Int(1),
+                    V::M(vec![(V::S("a"), V::Int(1)), (V::S("@timestamp"), V::S("mine"))]),
+                ]),
                 V::A(vec![V::Int(1), V::M(vec![])]),
                 V::A(vec![V::Int(1), V::M(vec![(V::S("@timestamp"), V::S("only"))])]),
             ]),
         ]));
         let (_, vals, r, _) = decode(&frame).unwrap();
-        assert_eq!(std::str::from_utf8(r.text(0)).unwrap(), r#"{"a":1,"@timestamp":"mine"}"#);
+        assert_eq!(
+            std::str::from_utf8(r.text(0)).unwrap(),
+            r#"{"a":1,"@timestamp":"mine"}"#
+        );
         assert_eq!(vals[1], json!({"@timestamp": "1970-01-01T00:00:01.000Z"}));
         assert_eq!(std::str::from_utf8(r.text(2)).unwrap(), r#"{"@timestamp":"only"}"#);
     }
@@ -1183,7 +1211,10 @@ pub(crate) mod tests {
         let big: &'static str = Box::leak("x".repeat(2000).into_boxed_str());
         let frame = bytes(&V::A(vec![
             V::S("t"),
-            V::A(vec![V::A(vec![V::Int(1), rec(big)]), V::A(vec![V::Int(1), rec("small")])]),
+            V::A(vec![
+                V::A(vec![V::Int(1), rec(big)]),
+                V::A(vec![V::Int(1), rec("small")]),
+            ]),
         ]));
         let (_, vals, _, issues) = decode(&frame).unwrap();
         assert_eq!(vals.len(), 1);
@@ -1199,21 +1230,47 @@ pub(crate) mod tests {
             (V::A(vec![V::Int(1), V::Int(1), rec("a")]), "tag not a string"),
             (V::A(vec![V::S("t"), V::Int(1), V::S("not a map")]), "record not a map"),
             (V::A(vec![V::S("t"), V::S("x"), rec("a")]), "time a string"),
-            (V::A(vec![V::S("t"), V::A(vec![V::A(vec![V::Int(1)])])]), "entry too short"),
-            (V::A(vec![V::S("t"), V::A(vec![V::A(vec![V::S("x"), rec("a")])])]), "entry time"),
-            (V::A(vec![V::S("t"), V::A(vec![V::A(vec![V::Int(1), V::Int(2)])])]), "entry record"),
+            (
+                V::A(vec![V::S("t"), V::A(vec![V::A(vec![V::Int(1)])])]),
+                "entry too short",
+            ),
+            (
+                V::A(vec![V::S("t"), V::A(vec![V::A(vec![V::S("x"), rec("a")])])]),
+                "entry time",
+            ),
+            (
+                V::A(vec![V::S("t"), V::A(vec![V::A(vec![V::Int(1), V::Int(2)])])]),
+                "entry record",
+            ),
             (V::A(vec![V::S("t"), V::B(vec![0x92, 0x01])]), "truncated packed entry"),
             (V::A(vec![V::S("t"), V::B(vec![0xc1])]), "reserved marker in packed"),
-            (V::A(vec![V::S("t"), V::Int(1), rec("a"), V::S("opt")]), "option not a map"),
-            (V::A(vec![V::S("t"), V::Int(1), rec("a"), V::M(vec![(V::S("chunk"), V::Int(1))])]), "chunk int"),
             (
-                V::A(vec![V::S("t"), V::A(vec![]), V::M(vec![(V::S("compressed"), V::S("gzip"))])]),
+                V::A(vec![V::S("t"), V::Int(1), rec("a"), V::S("opt")]),
+                "option not a map",
+            ),
+            (
+                V::A(vec![
+                    V::S("t"),
+                    V::Int(1),
+                    rec("a"),
+                    V::M(vec![(V::S("chunk"), V::Int(1))]),
+                ]),
+                "chunk int",
+            ),
+            (
+                V::A(vec![
+                    V::S("t"),
+                    V::A(vec![]),
+                    V::M(vec![(V::S("compressed"), V::S("gzip"))]),
+                ]),
                 "gzip forward",
             ),
         ];
         for (v, what) in cases {
             let frame = bytes(&v);
-            let r = FrameScanner::new(4).scan(&frame, 1 << 20).and_then(|_| decode(&frame).map(|_| ()));
+            let r = FrameScanner::new(4)
+                .scan(&frame, 1 << 20)
+                .and_then(|_| decode(&frame).map(|_| ()));
             assert!(matches!(r, Err(FrameError::Malformed(_))), "{what}: {r:?}");
         }
     }
@@ -1281,7 +1338,10 @@ pub(crate) mod tests {
             V::S(""),
         ]));
         let p = parse_ping(&ping).unwrap();
-        assert_eq!((p.hostname, p.salt, p.digest), (&b"client"[..], &b"salt"[..], d.as_bytes()));
+        assert_eq!(
+            (p.hostname, p.salt, p.digest),
+            (&b"client"[..], &b"salt"[..], d.as_bytes())
+        );
         assert!(parse_ping(&bytes(&V::A(vec![V::S("PONG"), V::S("a"), V::S("b"), V::S("c")]))).is_err());
         assert_eq!(ack_response(b"c1"), bytes(&V::M(vec![(V::S("ack"), V::S("c1"))])));
     }
