@@ -24,7 +24,10 @@ impl SourceConfig {
                 c.validate(ctx, base).then_some(SourceConfig::Forward(c))
             }
             other => {
-                ctx.error(base, format!("unknown source type `{other}`, expected one of: file, forward"));
+                ctx.error(
+                    base,
+                    format!("unknown source type `{other}`, expected one of: file, forward"),
+                );
                 None
             }
         }

@@ -121,7 +121,10 @@ impl ForwardSourceConfig {
             }
         }
         if self.shared_key.as_deref() == Some("") {
-            ctx.error(&at("shared_key"), "must not be empty (omit it to accept clients without a handshake)");
+            ctx.error(
+                &at("shared_key"),
+                "must not be empty (omit it to accept clients without a handshake)",
+            );
             ok = false;
         }
         if self.self_hostname.is_some() && self.shared_key.is_none() {
@@ -147,7 +150,11 @@ impl ForwardSourceConfig {
 
     pub fn describe(&self) -> String {
         let mut parts = Vec::new();
-        if let Some(a) = self.address.as_deref().or(self.path.is_none().then_some(DEFAULT_ADDRESS)) {
+        if let Some(a) = self
+            .address
+            .as_deref()
+            .or(self.path.is_none().then_some(DEFAULT_ADDRESS))
+        {
             parts.push(format!("tcp {a}"));
         }
         if let Some(p) = &self.path {
@@ -195,11 +202,15 @@ mod tests {
     #[test]
     fn path_alone_means_no_tcp_and_both_may_be_set() {
         let c = load("path = \"/tmp/f.sock\"").unwrap();
-        let crate::sources::SourceConfig::Forward(f) = &c.sources[0].inner else { panic!() };
+        let crate::sources::SourceConfig::Forward(f) = &c.sources[0].inner else {
+            panic!()
+        };
         assert_eq!(f.tcp_address(), None);
         assert_eq!(f.unix_mode(), 0o666);
         let c = load("path = \"/tmp/f.sock\"\naddress = \"0.0.0.0:24225\"\nunix_perm = \"0600\"").unwrap();
-        let crate::sources::SourceConfig::Forward(f) = &c.sources[0].inner else { panic!() };
+        let crate::sources::SourceConfig::Forward(f) = &c.sources[0].inner else {
+            panic!()
+        };
         assert_eq!(f.tcp_address(), Some("0.0.0.0:24225".parse().unwrap()));
         assert_eq!(f.unix_mode(), 0o600);
     }
@@ -207,8 +218,15 @@ mod tests {
     #[test]
     fn bad_values_name_their_key_and_line() {
         let errs = load("address = \"localhost\"\nmax_connections = 0\nshared_key = \"\"").unwrap_err();
-        assert!(errs.iter().any(|e| e.contains("t.toml:3:") && e.contains("sources.fw.address")), "{errs:?}");
-        assert!(errs.iter().any(|e| e.contains("sources.fw.max_connections")), "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("t.toml:3:") && e.contains("sources.fw.address")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("sources.fw.max_connections")),
+            "{errs:?}"
+        );
         assert!(errs.iter().any(|e| e.contains("sources.fw.shared_key")), "{errs:?}");
         let errs = load("self_hostname = \"me\"\nmax_frame_size = \"10B\"\nunix_perm = \"0999\"").unwrap_err();
         assert!(errs.iter().any(|e| e.contains("sources.fw.self_hostname")), "{errs:?}");
