@@ -307,7 +307,10 @@ impl Translation {
     fn relocate(&self, errors: ConfigErrors) -> ConfigErrors {
         // Every generated transform feeds a sink or transform, so "unused"
         // only follows from a component that failed and is reported already.
-        let unused = |e: &ConfigError| e.message.starts_with("no sink or transform takes");
+        // Likewise every input named exists unless its component failed.
+        let unused = |e: &ConfigError| {
+            e.message.starts_with("no sink or transform takes") || e.message.starts_with("unknown input `")
+        };
         let keep_unused = errors.0.iter().all(unused);
         let errors = errors
             .0
@@ -828,6 +831,18 @@ impl Tr {
             }
             "grep" => {
                 let op = sec.get("logical_op").map(|e| e.value.to_ascii_lowercase());
+                for e in sec.all("regex").chain(sec.all("exclude")) {
+                    let (_, re) = split_key(&e.value);
+                    if let Err(err) = regex::Regex::new(re) {
+                        // The regex crate explains on its last line.
+                        let text = err.to_string();
+                        let why = text.lines().last().unwrap_or_default().trim();
+                        let why = why.strip_prefix("error: ").unwrap_or(why).to_string();
+                        self.errors.push(e.pos.error(format!(
+                            "grep: `{re}` is not a regular expression Logferry reads: {why}"
+                        )));
+                    }
+                }
                 let rules = |key: &str| -> Vec<(toml::Value, Pos)> {
                     sec.all(key)
                         .map(|e| {
@@ -1487,6 +1502,20 @@ mod tests {
             &format!("{FORWARD}[OUTPUT]\n    Name es\n    Match *\n"),
         )]);
         assert!(d.errors()[0].contains(":5:1: output plugin `es` is not supported"));
+    }
+
+    #[test]
+    fn a_bad_grep_regex_is_one_error_at_its_line() {
+        let text = format!(
+            "{FORWARD}[FILTER]\n    Name grep\n    Match *\n    Regex log *failure*\n[OUTPUT]\n    Name stdout\n    Match *\n"
+        );
+        let d = Dir::new(&[("fluent-bit.conf", &text)]);
+        let e = d.errors();
+        assert_eq!(e.len(), 1, "{e:?}");
+        assert!(
+            e[0].contains(":8:5: grep: `*failure*` is not a regular expression Logferry reads: repetition operator missing expression"),
+            "{e:?}"
+        );
     }
 
     #[test]
