@@ -801,7 +801,7 @@ impl Tr {
     fn filter(&mut self, n: usize, sec: &Section) -> Option<Filter> {
         let name = sec.name();
         let what = format!("[FILTER] {name}");
-        let (matches, _) = TagMatch::of(sec).unwrap_or((TagMatch::Glob(String::new()), sec.pos.clone()));
+        let matches = TagMatch::of(sec).map(|(m, _)| m);
         let mut steps = Vec::new();
         match name.as_str() {
             "record_modifier" => {
@@ -918,14 +918,14 @@ impl Tr {
                 return None;
             }
         }
-        if TagMatch::of(sec).is_none() {
+        let Some(matches) = matches else {
             // Fluent Bit ignores a filter without Match; so do we, loudly.
             self.notes.push(format!(
                 "{}:{}: {what} has no Match and applies to nothing (as in Fluent Bit)",
                 sec.pos.file, sec.pos.line
             ));
             return None;
-        }
+        };
         Some(Filter {
             matches,
             pos: sec.pos.clone(),
@@ -1502,6 +1502,34 @@ mod tests {
             &format!("{FORWARD}[OUTPUT]\n    Name es\n    Match *\n"),
         )]);
         assert!(d.errors()[0].contains(":5:1: output plugin `es` is not supported"));
+    }
+
+    #[test]
+    fn service_section_maps_onto_global_lifecycle_api_and_flush() {
+        let text = format!(
+            "[SERVICE]\n    Flush 0.5\n    Grace 12\n    HTTP_Server On\n    storage.path /data/fb\n    Daemon off\n{}",
+            cw("")
+        );
+        let d = Dir::new(&[("fluent-bit.conf", &text)]);
+        let c = d.load().unwrap().config;
+        assert_eq!(c.lifecycle.drain_timeout, std::time::Duration::from_secs(12));
+        assert_eq!(c.api.unwrap().address.to_string(), "0.0.0.0:2020");
+        assert_eq!(c.global.data_dir, PathBuf::from("/data/fb"));
+        let SinkConfig::CloudWatchLogs(s) = &c.sinks[0].inner else {
+            panic!()
+        };
+        assert_eq!(s.flush_interval, std::time::Duration::from_millis(500));
+        let d = Dir::new(&[(
+            "fluent-bit.conf",
+            &format!(
+                "[SERVICE]\n    Grace soon\n    Plugins_File p.conf\n    Colour red\n{}",
+                cw("")
+            ),
+        )]);
+        let e = d.errors();
+        assert!(e[0].contains(":2:5: Grace `soon` is not a time"), "{e:?}");
+        assert!(e[1].contains(":4:5: `Colour` of [SERVICE] is not supported"), "{e:?}");
+        assert_eq!(e.len(), 2, "{e:?}");
     }
 
     #[test]
