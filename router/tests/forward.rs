@@ -526,3 +526,38 @@ fn a_chunk_whose_batch_failed_is_never_acked() {
     let (status, stderr) = router.wait(Duration::from_secs(60));
     assert!(status.success(), "{stderr}");
 }
+
+#[test]
+fn a_stop_closes_the_listener_and_drains_open_connections() {
+    let env = Env::new();
+    let (port, api) = (free_port(), free_port());
+    let cfg = config(&env, &format!("address = \"127.0.0.1:{port}\""), api);
+    // A long quiet period: the open connection is still read after the stop.
+    let text =
+        std::fs::read_to_string(&cfg).unwrap() + "\n[lifecycle]\ndrain_quiet = \"30s\"\ndrain_timeout = \"60s\"\n";
+    std::fs::write(&cfg, text).unwrap();
+    let router = spawn(&cfg, &[]);
+    wait_listening(port);
+    let mut open = tcp(port);
+    send_acked(
+        &mut *open,
+        &V::A(vec![s("t"), V::Int(1), record(1, "before"), chunk_opt("b")]),
+        "b",
+    );
+    router.signal(libc::SIGTERM);
+    wait_for("the listener to close", Duration::from_secs(60), || {
+        TcpStream::connect(("127.0.0.1", port)).is_err()
+    });
+    // Still served: a chunk sent during the drain is delivered and acked.
+    send_acked(
+        &mut *open,
+        &V::A(vec![s("t"), V::Int(1), record(2, "during"), chunk_opt("d")]),
+        "d",
+    );
+    assert_eq!(ids_with(&env.records(), "during"), vec![2]);
+    // The client leaving ends the drain early.
+    drop(open);
+    let (status, stderr) = router.wait(Duration::from_secs(60));
+    assert!(status.success(), "{stderr}");
+    assert_eq!(env.records().len(), 2);
+}

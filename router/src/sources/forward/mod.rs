@@ -555,6 +555,11 @@ impl Conn {
             }
         }
         self.buf.drain(..consumed);
+        // One large frame must not leave its buffer behind for the
+        // connection's lifetime.
+        if self.buf.capacity() > 4 * READ_CHUNK && self.buf.len() < READ_CHUNK {
+            self.buf.shrink_to(2 * READ_CHUNK);
+        }
         self.send_batch().await.map_err(|_| End::Broken)
     }
 
@@ -690,43 +695,55 @@ impl Conn {
         if self.records.is_empty() {
             return Ok(());
         }
-        let mut records = std::mem::replace(
-            &mut self.records,
-            Records {
-                buf: Vec::with_capacity(BATCH_BYTES + 4096),
-                ..Records::default()
-            },
-        );
-        let count = records.len() as u64;
-        let seq = self.next_seq;
-        self.next_seq += 1;
-        let held = std::mem::take(&mut self.in_batch);
-        for id in &held {
-            if let Some(c) = self.chunks.get_mut(id) {
-                c.batches += 1;
-            }
+        let mut records = std::mem::take(&mut self.records);
+        // The next batch likely looks like this one: reserve about as much.
+        let len = records.buf.len();
+        self.records
+            .buf
+            .reserve((len + len / 8).min(BATCH_BYTES + BATCH_BYTES / 4));
+        // Permits cover what the batch holds, not what it could: a few
+        // records from a slow client do not keep a whole batch's buffer.
+        if records.buf.capacity() > records.buf.len() + records.buf.len() / 4 + 4096 {
+            records.buf.shrink_to_fit();
         }
-        if !held.is_empty() {
-            self.batches.insert(seq, held);
-        }
-        let tx = self.sh.ack_tx.lock().map(|t| t.clone()).map_err(|_| ())?;
-        let ack = AckToken::with_records(self.id, seq, count as u32, tx);
-        let bytes = records.buf.len().min(self.sh.memory_limit).max(1);
+        records.meta.shrink_to_fit();
+        let held = records.buf.capacity() + records.meta.capacity() * std::mem::size_of::<crate::event::RecordMeta>();
+        let bytes = held.min(self.sh.memory_limit).max(1);
         let permit = tokio::select! {
             p = self.sh.memory.clone().acquire_many_owned(bytes as u32) => p.map_err(|_| ())?,
             _ = self.sh.kill.cancelled() => return Err(()),
         };
         records.permit = Some(permit);
+        let count = records.len() as u64;
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let chunks = std::mem::take(&mut self.in_batch);
+        for id in &chunks {
+            if let Some(c) = self.chunks.get_mut(id) {
+                c.batches += 1;
+            }
+        }
+        if !chunks.is_empty() {
+            self.batches.insert(seq, chunks);
+        }
+        let tx = self.sh.ack_tx.lock().map(|t| t.clone()).map_err(|_| ())?;
+        // From here on the token reports (once) whatever becomes of the batch.
+        self.sh.outstanding.fetch_add(1, Ordering::AcqRel);
+        let ack = AckToken::with_records(self.id, seq, count as u32, tx);
         let mut batch = Batch::new(records, Some(ack));
         batch.tag = self.tag.clone();
-        self.sh.outstanding.fetch_add(1, Ordering::AcqRel);
         self.sh.m.unacked_events.inc_by(count as i64);
         self.sh.m.received_events.inc_by(count);
         self.sh.m.sent_events.inc_by(count);
         for tx in &self.outputs {
-            tokio::select! {
-                r = tx.send(batch.clone()) => r.map_err(|_| ())?,
-                _ = self.sh.kill.cancelled() => return Err(()),
+            let sent = tokio::select! {
+                r = tx.send(batch.clone()) => r.is_ok(),
+                _ = self.sh.kill.cancelled() => false,
+            };
+            if !sent {
+                // Never delivered: its chunks must not be answered.
+                batch.fail();
+                return Err(());
             }
         }
         Ok(())
