@@ -1587,7 +1587,7 @@ mod tests {
             panic!()
         };
         assert_eq!(g.match_, crate::transforms::filter::Match::Any);
-        assert_eq!(g.conditions[1].field, "kubernetes.labels.tier");
+        assert!(c.toml.contains(r#"field = "kubernetes.labels.tier""#), "{}", c.toml);
         assert!(g.conditions[0].regex.as_ref().unwrap().is_match("an Error"));
         let TransformConfig::Enrich(m) = &c
             .config
