@@ -70,6 +70,9 @@ enum Command {
         /// Config file (TOML). Without it: LOGFERRY_CONFIG (inline TOML), else the embedded local example.
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// A FireLens router's Fluent Bit config (classic format) instead of --config.
+        #[arg(long, value_name = "FILE", conflicts_with = "config")]
+        fluent_bit_config: Option<PathBuf>,
         /// Read every input to its end, deliver everything, save checkpoints and exit 0.
         #[arg(long)]
         exit_on_eof: bool,
@@ -78,6 +81,9 @@ enum Command {
     Validate {
         #[arg(long, short)]
         config: Option<PathBuf>,
+        /// A FireLens router's Fluent Bit config (classic format) instead of --config.
+        #[arg(long, value_name = "FILE", conflicts_with = "config")]
+        fluent_bit_config: Option<PathBuf>,
     },
     /// Reach every sink (bucket writable, directory writable) and report; for readiness probes.
     Check {
@@ -98,7 +104,21 @@ fn main() -> ExitCode {
     init_logging(cli.log_format);
     match cli.command {
         Command::Healthcheck { url } => logferry::healthcheck::main(&url),
-        Command::Validate { config } => match load(config.as_deref()) {
+        Command::Validate {
+            config,
+            fluent_bit_config: Some(fb),
+        } => match load_fluent_bit(&fb, config.is_some()) {
+            Ok(c) => {
+                print!("{}", c.config.describe());
+                for note in &c.notes {
+                    out_line!("fluent-bit: {note}");
+                }
+                out_line!("config OK");
+                ExitCode::SUCCESS
+            }
+            Err(e) => config_failure(&e),
+        },
+        Command::Validate { config, .. } => match load(config.as_deref()) {
             Ok(c) => {
                 print!("{}", c.describe());
                 out_line!("config OK");
@@ -111,8 +131,21 @@ fn main() -> ExitCode {
             Err(e) => config_failure(&e),
         },
         Command::Query(args) => logferry::query::main(*args),
-        Command::Run { config, exit_on_eof } => {
-            let config = match load(config.as_deref()) {
+        Command::Run {
+            config,
+            fluent_bit_config,
+            exit_on_eof,
+        } => {
+            let loaded = match &fluent_bit_config {
+                Some(fb) => load_fluent_bit(fb, config.is_some()).map(|c| {
+                    for note in &c.notes {
+                        tracing::info!("fluent-bit: {note}");
+                    }
+                    c.config
+                }),
+                None => load(config.as_deref()),
+            };
+            let config = match loaded {
                 Ok(c) => c,
                 Err(e) => return config_failure(&e),
             };
@@ -171,6 +204,20 @@ fn load(path: Option<&std::path::Path>) -> Result<Config, ConfigErrors> {
     }
     tracing::info!("no --config and no LOGFERRY_CONFIG: using the embedded local example");
     config::load_str(config::EMBEDDED_DEFAULT, "<embedded>", &env_lookup)
+}
+
+/// `--fluent-bit-config`: exclusive with `--config` (clap checks that too)
+/// and with `LOGFERRY_CONFIG`, so two configs never silently compete.
+fn load_fluent_bit(path: &std::path::Path, has_config: bool) -> Result<config::FluentBitConfig, ConfigErrors> {
+    let inline = std::env::var("LOGFERRY_CONFIG").ok().filter(|s| !s.trim().is_empty());
+    if has_config || inline.is_some() {
+        return Err(ConfigErrors(vec![config::ConfigError {
+            path: String::new(),
+            message: "--fluent-bit-config cannot be combined with --config or LOGFERRY_CONFIG".into(),
+            location: None,
+        }]));
+    }
+    config::load_fluent_bit(path, &env_lookup)
 }
 
 fn init_logging(format: LogFormat) {

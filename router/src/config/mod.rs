@@ -8,6 +8,7 @@
 //! `logferry validate` must be safe to run anywhere.
 
 mod expand;
+pub mod fluentbit;
 mod locate;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,6 +20,7 @@ use serde::Deserialize;
 use serde::de::DeserializeOwned;
 
 pub use expand::{ExpandError, expand};
+pub use fluentbit::{FluentBitConfig, load as load_fluent_bit};
 pub use locate::Seg;
 
 use crate::buffer::BufferConfig;
