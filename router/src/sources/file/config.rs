@@ -80,6 +80,7 @@ impl FileSourceConfig {
             regex: self.regex.clone(),
             time_key: self.time_key.clone(),
             time_format: self.time_format.parse().unwrap_or(TimeFormat::Auto),
+            max_line_size: Some(self.max_line_size.as_u64() as usize),
         }
     }
 

@@ -36,7 +36,7 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{FileSourceConfig, ReadFrom};
-use parse::Parser;
+use parse::{Parsed, Parser, Step};
 use tail::{LineSplitter, utf8_prefix};
 
 use crate::checkpoint::{AckTracker, Checkpoint, CheckpointError, CheckpointStore, Fingerprint};
@@ -126,8 +126,12 @@ struct Watched {
     head: Vec<u8>,
     /// Next byte to read.
     read_pos: u64,
-    /// Just past the last byte that belongs to a batch already sent.
+    /// Just past the last byte that belongs to a batch already sent: the
+    /// end of the last complete line, or the start of the oldest partial
+    /// line the parser holds (CRI `P` parts), whichever is first.
     consumed: u64,
+    /// Just past the last complete line read (its `\n`).
+    lines_to: u64,
     splitter: LineSplitter,
     parser: Parser,
     tracker: AckTracker,
@@ -504,6 +508,7 @@ impl FileSource {
                 head,
                 read_pos: start,
                 consumed: start,
+                lines_to: start,
                 splitter: LineSplitter::new(self.cfg.max_line_size.as_u64() as usize),
                 parser,
                 tracker: AckTracker::new(start, fp),
@@ -624,6 +629,7 @@ impl FileSource {
                     w.fp = fingerprint_of(&w.head);
                     w.read_pos = offset;
                     w.consumed = offset;
+                    w.lines_to = offset;
                     w.tracker = AckTracker::new(offset, w.fp);
                 }
                 None => {}
@@ -653,14 +659,17 @@ impl FileSource {
                 let records = &mut self.records;
                 let counters = &self.counters;
                 let parser = &mut w.parser;
-                w.splitter.feed(&chunk[..n], |line, truncated| {
-                    emit_line(records, parser, counters, line, truncated, read_time);
+                let mut line_start = w.lines_to;
+                w.splitter.feed(&chunk[..n], |line, truncated, end| {
+                    emit_line(records, parser, counters, line, truncated, line_start, read_time);
+                    line_start = chunk_start + end as u64;
                 })
             };
             self.chunk = chunk;
             if let Some(k) = fed.complete_to {
-                w.consumed = chunk_start + k as u64;
+                w.lines_to = chunk_start + k as u64;
             }
+            w.consumed = w.parser.held_from().unwrap_or(w.lines_to);
             if w.fp.len < FINGERPRINT_BYTES as u32 && w.read_pos > w.fp.len as u64 {
                 w.head = read_head(&w.file, w.read_pos);
                 w.fp = fingerprint_of(&w.head);
@@ -702,8 +711,10 @@ impl FileSource {
             self.truncated.remove(0);
         }
         w.splitter.reset();
+        w.parser.reset_held();
         w.read_pos = 0;
         w.consumed = 0;
+        w.lines_to = 0;
         w.head = read_head(&w.file, w.size);
         w.fp = fingerprint_of(&w.head);
         Ok(())
@@ -776,6 +787,7 @@ impl FileSource {
             .filter(|w| {
                 w.gone
                     && !w.splitter.has_pending()
+                    && !w.parser.has_held()
                     && w.tracker.unsettled() == 0
                     && w.idle_since.is_some_and(|t| exit || t.elapsed() >= rotate_wait)
             })
@@ -803,7 +815,10 @@ impl FileSource {
         let streams: Vec<u64> = self
             .files
             .values()
-            .filter(|w| w.splitter.has_pending() && (all || w.idle_since.is_some_and(|t| t.elapsed() >= timeout)))
+            .filter(|w| {
+                (w.splitter.has_pending() || w.parser.has_held())
+                    && (all || w.idle_since.is_some_and(|t| t.elapsed() >= timeout))
+            })
             .map(|w| w.stream)
             .collect();
         for stream in streams {
@@ -815,10 +830,21 @@ impl FileSource {
                 let records = &mut self.records;
                 let counters = &self.counters;
                 let parser = &mut w.parser;
+                let line_start = w.lines_to;
+                // The last line first: it may be the part that completes a
+                // held partial line.
                 w.splitter.flush(|line, truncated| {
-                    emit_line(records, parser, counters, line, truncated, read_time);
+                    emit_line(records, parser, counters, line, truncated, line_start, read_time);
                 });
+                loop {
+                    let start = records.buf.len();
+                    let Some((parsed, cut)) = parser.flush_held(&mut records.buf) else {
+                        break;
+                    };
+                    push_record(records, counters, start, parsed, cut);
+                }
             }
+            w.lines_to = w.read_pos;
             w.consumed = w.read_pos;
             let r = self.send_batch(&mut w);
             self.files.insert(stream, w);
@@ -853,13 +879,16 @@ impl Watched {
     }
 }
 
-/// Turns one line into a record at the end of `records`.
+/// Turns one line into a record at the end of `records` (or hands it to the
+/// parser to hold, when it is part of a partial line). `line_start` is its
+/// offset in the file.
 fn emit_line(
     records: &mut Records,
     parser: &mut Parser,
     counters: &SourceCounters,
     line: &[u8],
     truncated: bool,
+    line_start: u64,
     read_time: i64,
 ) {
     if line.is_empty() || line.iter().all(|b| b.is_ascii_whitespace()) {
@@ -879,7 +908,15 @@ fn emit_line(
         },
     };
     let start = records.buf.len();
-    let parsed = parser.parse(text, read_time, &mut records.buf);
+    match parser.parse_at(text, line_start, truncated, read_time, &mut records.buf) {
+        Step::Record { parsed, cut } => push_record(records, counters, start, parsed, truncated || cut),
+        Step::Held => {}
+    }
+}
+
+/// Counts what the parser reported about the record it wrote at `start`,
+/// marks it if truncated, and registers it.
+fn push_record(records: &mut Records, counters: &SourceCounters, start: usize, parsed: Parsed, truncated: bool) {
     let mut mask = parsed.key_mask;
     if parsed.fallback {
         counters.not_json.inc();
