@@ -18,6 +18,7 @@
 //! - **Checkpoints move on acks only** (see `checkpoint.rs`).
 
 pub mod config;
+pub mod kubernetes;
 pub mod parse;
 pub mod tail;
 
@@ -35,12 +36,12 @@ use thiserror::Error;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-pub use config::{FileSourceConfig, ReadFrom};
+pub use config::{FileSourceConfig, KubernetesMetadata, ReadFrom};
 use parse::{Parsed, Parser, Step};
 use tail::{LineSplitter, utf8_prefix};
 
 use crate::checkpoint::{AckTracker, Checkpoint, CheckpointError, CheckpointStore, Fingerprint};
-use crate::event::{Ack, AckToken, Batch, Records};
+use crate::event::{Ack, AckToken, Batch, Fields, Records};
 use crate::metrics::{ComponentMetrics, FileLabels, Metrics};
 
 /// Bytes of a file's start that identify it.
@@ -143,6 +144,8 @@ struct Watched {
     labels: FileLabels,
     /// Opened before it had enough bytes to be told apart from a copy.
     identity_pending: bool,
+    /// Added to every batch of this file (`kubernetes_metadata`).
+    fields: Option<Arc<Fields>>,
 }
 
 /// What a new file is, when it looks like a copy.
@@ -159,6 +162,7 @@ struct SourceCounters {
     invalid_utf8: Counter,
     truncated: Counter,
     time_missing: Counter,
+    kubernetes_name: Counter,
 }
 
 struct FileSource {
@@ -222,6 +226,7 @@ impl FileSource {
             invalid_utf8: m.line_issue("invalid_utf8"),
             truncated: m.line_issue("truncated"),
             time_missing: m.line_issue("time_missing"),
+            kubernetes_name: m.line_issue("kubernetes_name"),
             m,
         };
         Ok(FileSource {
@@ -494,6 +499,18 @@ impl FileSource {
             component: self.cx.id.clone(),
             file: path.display().to_string(),
         };
+        let fields = match self.cfg.kubernetes_metadata {
+            KubernetesMetadata::None => None,
+            KubernetesMetadata::Path => {
+                let f = kubernetes::fields_for(&path);
+                if f.is_none() {
+                    // Counted once per file, not per line.
+                    self.counters.kubernetes_name.inc();
+                    tracing::debug!(file = %path.display(), "not a kubelet container log name; no kubernetes fields");
+                }
+                f
+            }
+        };
         tracing::debug!(file = %path.display(), offset = start, "tailing file");
         self.by_key.insert(key, stream);
         self.files.insert(
@@ -517,6 +534,7 @@ impl FileSource {
                 size,
                 labels,
                 identity_pending,
+                fields,
             },
         );
         self.checkpoints_dirty = true;
@@ -748,6 +766,7 @@ impl FileSource {
         let memory = self.cx.memory.clone();
         let force = self.cx.force.clone();
         let outputs = self.cx.outputs.clone();
+        let fields = w.fields.clone();
         let sent = self.cx.rt.block_on(async move {
             let permit = tokio::select! {
                 p = memory.acquire_many_owned(bytes as u32) => p.ok(),
@@ -755,7 +774,8 @@ impl FileSource {
             };
             let Some(permit) = permit else { return false };
             records.permit = Some(permit);
-            let batch = Batch::new(records, Some(ack));
+            let mut batch = Batch::new(records, Some(ack));
+            batch.fields.extend(fields);
             let n = outputs.len();
             for (i, tx) in outputs.iter().enumerate() {
                 let b = if i + 1 == n { None } else { Some(batch.clone()) };
