@@ -213,7 +213,7 @@ fn sorted_pairs(mut v: Vec<(String, String)>) -> Vec<(String, String)> {
 }
 
 #[test]
-fn held_parts_complete_live_and_are_flushed_at_the_end_of_a_backfill() {
+fn held_parts_complete_live_and_the_rest_is_flushed_at_the_drain() {
     let env = Env::new();
     let real = install(
         &env,
@@ -264,4 +264,38 @@ fn kubernetes_metadata_rejects_unknown_values() {
     assert_ne!(code, Some(0));
     assert!(err.contains("kubernetes_metadata"), "{err}");
     assert!(err.contains("path"), "{err}");
+}
+
+#[test]
+fn a_stream_quiet_mid_line_is_flushed_while_the_other_keeps_writing() {
+    let env = Env::new();
+    let real = install(&env, "cri", CRI_NAME, b"2026-11-26T03:00:00Z stderr P never finished\n");
+    let cfg = config(&env, &["cri"], "partial_line_timeout = \"300ms\"");
+    let router = spawn(&cfg, &[]);
+    // stdout keeps the file busy (never idle for the timeout); the stderr
+    // part must still come out, marked incomplete, and the checkpoint pass it.
+    let mut n = 0;
+    wait_for("the stale stderr part", LONG, || {
+        let mut f = std::fs::OpenOptions::new().append(true).open(&real).unwrap();
+        f.write_all(format!("2026-11-26T03:00:01Z stdout F busy {n}\n").as_bytes())
+            .unwrap();
+        n += 1;
+        std::thread::sleep(Duration::from_millis(50));
+        env.records().iter().any(|r| r["stream"] == "stderr")
+    });
+    let size = std::fs::metadata(&real).unwrap().len();
+    wait_for("the checkpoint past the part", LONG, || {
+        checkpoint_offset(&env).is_some_and(|o| o >= size)
+    });
+    router.signal(libc::SIGTERM);
+    let (status, err) = router.wait(LONG);
+    assert!(status.success(), "{err}");
+    let records = env.records();
+    let stderr: Vec<&Value> = records.iter().filter(|r| r["stream"] == "stderr").collect();
+    assert_eq!(stderr.len(), 1);
+    assert_eq!(
+        (&stderr[0]["log"], &stderr[0]["logtag"]),
+        (&json!("never finished"), &json!("P"))
+    );
+    assert_eq!(records.len(), n + 1, "every busy line once, plus the flushed part");
 }

@@ -830,18 +830,32 @@ impl FileSource {
     }
 
     /// Emits held partial lines older than the timeout (or all, at the end).
+    /// A file quiet for the timeout gets its last line and every joined part
+    /// emitted; in a busy file, a joined line whose last part is that old is
+    /// emitted alone (its stream went quiet mid-line while the other one
+    /// writes), so the checkpoint is not held back for good.
     fn flush_partials(&mut self, all: bool) -> Result<(), SourceError> {
         let timeout = self.cfg.partial_line_timeout;
-        let streams: Vec<u64> = self
+        let cutoff = if all {
+            i64::MAX
+        } else {
+            now_ms().saturating_sub(timeout.as_millis() as i64)
+        };
+        let streams: Vec<(u64, bool)> = self
             .files
             .values()
-            .filter(|w| {
-                (w.splitter.has_pending() || w.parser.has_held())
-                    && (all || w.idle_since.is_some_and(|t| t.elapsed() >= timeout))
+            .filter_map(|w| {
+                let quiet = all || w.idle_since.is_some_and(|t| t.elapsed() >= timeout);
+                if quiet && (w.splitter.has_pending() || w.parser.has_held()) {
+                    Some((w.stream, true))
+                } else if w.parser.has_held_since(cutoff) {
+                    Some((w.stream, false))
+                } else {
+                    None
+                }
             })
-            .map(|w| w.stream)
             .collect();
-        for stream in streams {
+        for (stream, whole) in streams {
             let Some(mut w) = self.files.remove(&stream) else {
                 continue;
             };
@@ -851,21 +865,26 @@ impl FileSource {
                 let counters = &self.counters;
                 let parser = &mut w.parser;
                 let line_start = w.lines_to;
-                // The last line first: it may be the part that completes a
-                // held partial line.
-                w.splitter.flush(|line, truncated| {
-                    emit_line(records, parser, counters, line, truncated, line_start, read_time);
-                });
+                if whole {
+                    // The last line first: it may be the part that completes
+                    // a held partial line.
+                    w.splitter.flush(|line, truncated| {
+                        emit_line(records, parser, counters, line, truncated, line_start, read_time);
+                    });
+                }
+                let cutoff = if whole { i64::MAX } else { cutoff };
                 loop {
                     let start = records.buf.len();
-                    let Some((parsed, cut)) = parser.flush_held(&mut records.buf) else {
+                    let Some((parsed, cut)) = parser.flush_held(cutoff, &mut records.buf) else {
                         break;
                     };
                     push_record(records, counters, start, parsed, cut);
                 }
             }
-            w.lines_to = w.read_pos;
-            w.consumed = w.read_pos;
+            if whole {
+                w.lines_to = w.read_pos;
+            }
+            w.consumed = w.parser.held_from().unwrap_or(w.lines_to);
             let r = self.send_batch(&mut w);
             self.files.insert(stream, w);
             r?;

@@ -58,7 +58,14 @@ pub(super) fn parse(p: &mut Parser, line: &str, out: &mut Vec<u8>) -> Option<Par
 }
 
 /// `parse` with `P` parts joined per stream; `None` when the line is not CRI.
-pub(super) fn parse_at(p: &mut Parser, line: &str, start: u64, cut: bool, out: &mut Vec<u8>) -> Option<Step> {
+pub(super) fn parse_at(
+    p: &mut Parser,
+    line: &str,
+    start: u64,
+    cut: bool,
+    now_ms: i64,
+    out: &mut Vec<u8>,
+) -> Option<Step> {
     let l = split(line)?;
     let slot = slot_of(Some(l.stream));
     if l.tag == "F" && !p.partials.is_open(slot) {
@@ -67,7 +74,8 @@ pub(super) fn parse_at(p: &mut Parser, line: &str, start: u64, cut: bool, out: &
             cut: false,
         });
     }
-    p.partials.push(slot, start, l.ts_ms, Some(l.stream), l.content, cut);
+    p.partials
+        .push(slot, start, l.ts_ms, Some(l.stream), l.content, cut, now_ms);
     if l.tag == "P" {
         return Some(Step::Held);
     }
@@ -273,13 +281,13 @@ pub(super) mod tests {
         assert_eq!(out.len(), 1);
         assert_eq!(p.held_from(), Some(lines[0].len() as u64 + 1));
         let mut buf = Vec::new();
-        let (parsed, cut) = p.flush_held(&mut buf).unwrap();
+        let (parsed, cut) = p.flush_held(i64::MAX, &mut buf).unwrap();
         let v = (Value::Object(check_output(&buf, &parsed)), cut);
         assert_eq!(
             rec(&v),
             ("2016-10-06T00:17:09.669Z", "stdout", "P", "open-1 open-2", false)
         );
-        assert_eq!((p.held_from(), p.flush_held(&mut buf)), (None, None));
+        assert_eq!((p.held_from(), p.flush_held(i64::MAX, &mut buf)), (None, None));
         // reset_held forgets (truncated file).
         let (_, mut p) = feed(ParserKind::Cri, 1024, &lines[1..]);
         p.reset_held();

@@ -157,7 +157,14 @@ pub(super) fn parse(p: &mut Parser, line: &str, out: &mut Vec<u8>) -> Option<Par
 
 /// `parse` with entries whose `log` lacks the newline joined per stream to
 /// the entry that has it; `None` when the line is not a Docker record.
-pub(super) fn parse_at(p: &mut Parser, line: &str, start: u64, cut: bool, out: &mut Vec<u8>) -> Option<Step> {
+pub(super) fn parse_at(
+    p: &mut Parser,
+    line: &str,
+    start: u64,
+    cut: bool,
+    now_ms: i64,
+    out: &mut Vec<u8>,
+) -> Option<Step> {
     let (ts_ms, log, stream) = read(&mut p.scratch, line)?;
     let log = match log {
         Text::Borrowed(s) => s,
@@ -169,7 +176,8 @@ pub(super) fn parse_at(p: &mut Parser, line: &str, start: u64, cut: bool, out: &
         let parsed = write(&mut p.fmt, p.ts_bit | p.log_bit, ts_ms, strip_newline(log), stream, out);
         return Some(Step::Record { parsed, cut: false });
     }
-    p.partials.push(slot, start, ts_ms, stream, strip_newline(log), cut);
+    p.partials
+        .push(slot, start, ts_ms, stream, strip_newline(log), cut, now_ms);
     if !ends {
         return Some(Step::Held);
     }
@@ -351,7 +359,7 @@ mod tests {
         let start: usize = lines[..6].iter().map(|l| l.len() + 1).sum();
         assert_eq!(p.held_from(), Some(start as u64));
         let mut buf = Vec::new();
-        let (parsed, cut) = p.flush_held(&mut buf).unwrap();
+        let (parsed, cut) = p.flush_held(i64::MAX, &mut buf).unwrap();
         assert!(!cut);
         assert_eq!(
             Value::Object(check_output(&buf, &parsed)),

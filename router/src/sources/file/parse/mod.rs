@@ -225,8 +225,8 @@ impl Parser {
     /// line was already cut (it marks the joined record).
     pub fn parse_at(&mut self, line: &str, start: u64, truncated: bool, read_time_ms: i64, out: &mut Vec<u8>) -> Step {
         let step = match self.kind {
-            ParserKind::Cri => cri::parse_at(self, line, start, truncated, out),
-            ParserKind::Docker => docker::parse_at(self, line, start, truncated, out),
+            ParserKind::Cri => cri::parse_at(self, line, start, truncated, read_time_ms, out),
+            ParserKind::Docker => docker::parse_at(self, line, start, truncated, read_time_ms, out),
             _ => None,
         };
         step.unwrap_or_else(|| Step::Record {
@@ -244,10 +244,16 @@ impl Parser {
         self.partials.held_from().is_some()
     }
 
-    /// Appends the oldest held partial line, as joined so far, as a record
-    /// (end of input, or the partial-line timeout); `None` when none is held.
-    pub fn flush_held(&mut self, out: &mut Vec<u8>) -> Option<(Parsed, bool)> {
-        let i = self.partials.oldest()?;
+    /// Is a partial line held whose last part was read at or before `cutoff_ms`?
+    pub fn has_held_since(&self, cutoff_ms: i64) -> bool {
+        self.partials.oldest_touched_by(cutoff_ms).is_some()
+    }
+
+    /// Appends the oldest held partial line whose last part was read at or
+    /// before `cutoff_ms` (`i64::MAX`: any), as joined so far, as a record
+    /// (end of input, or the partial-line timeout); `None` when none is.
+    pub fn flush_held(&mut self, cutoff_ms: i64, out: &mut Vec<u8>) -> Option<(Parsed, bool)> {
+        let i = self.partials.oldest_touched_by(cutoff_ms)?;
         Some(match self.kind {
             ParserKind::Docker => docker::write_joined(self, i, out),
             _ => cri::write_joined(self, i, "P", out),

@@ -32,6 +32,8 @@ pub(super) struct Slot {
     pub text: String,
     /// Parts did not fit in `max` bytes.
     pub truncated: bool,
+    /// When the last part was read (Unix ms).
+    pub touched_ms: i64,
 }
 
 /// The partial lines of one file, see the module docs.
@@ -63,10 +65,22 @@ impl Partials {
     }
 
     /// Adds a part to the stream's line; the first part sets its start, time
-    /// and stream. `cut`: the part was already truncated.
-    pub fn push(&mut self, slot: usize, start: u64, ts_ms: i64, stream: Option<&str>, part: &str, cut: bool) {
+    /// and stream. `cut`: the part was already truncated; `now_ms`: when it
+    /// was read.
+    #[allow(clippy::too_many_arguments)]
+    pub fn push(
+        &mut self,
+        slot: usize,
+        start: u64,
+        ts_ms: i64,
+        stream: Option<&str>,
+        part: &str,
+        cut: bool,
+        now_ms: i64,
+    ) {
         let max = self.max;
         let Some(s) = self.slots.get_mut(slot) else { return };
+        s.touched_ms = now_ms;
         if !s.active {
             s.active = true;
             s.start = start;
@@ -108,8 +122,14 @@ impl Partials {
 
     /// The open slot whose first part is the oldest.
     pub fn oldest(&self) -> Option<usize> {
+        self.oldest_touched_by(i64::MAX)
+    }
+
+    /// Like `oldest`, among the slots whose last part was read at or before
+    /// `cutoff_ms`.
+    pub fn oldest_touched_by(&self, cutoff_ms: i64) -> Option<usize> {
         (0..self.slots.len())
-            .filter(|i| self.slots[*i].active)
+            .filter(|i| self.slots[*i].active && self.slots[*i].touched_ms <= cutoff_ms)
             .min_by_key(|i| self.slots[*i].start)
     }
 
@@ -135,9 +155,11 @@ mod tests {
     fn joins_per_stream_and_tracks_the_oldest_start() {
         let mut p = Partials::new(100);
         assert_eq!(p.held_from(), None);
-        p.push(1, 40, 7, Some("stderr"), "err-a ", false);
-        p.push(0, 10 + 50, 8, Some("stdout"), "out-a ", false);
-        p.push(0, 90, 9, Some("stdout"), "out-b", true);
+        p.push(1, 40, 7, Some("stderr"), "err-a ", false, 100);
+        p.push(0, 10 + 50, 8, Some("stdout"), "out-a ", false, 100);
+        p.push(0, 90, 9, Some("stdout"), "out-b", true, 200);
+        assert_eq!((p.oldest_touched_by(150), p.oldest_touched_by(99)), (Some(1), None));
+        assert_eq!(p.oldest_touched_by(200), Some(1));
         assert_eq!((p.held_from(), p.oldest()), (Some(40), Some(1)));
         let s = p.take(0);
         assert_eq!(
@@ -154,13 +176,13 @@ mod tests {
     #[test]
     fn caps_at_max_on_a_char_boundary() {
         let mut p = Partials::new(5);
-        p.push(0, 0, 0, None, "abcé", false);
-        p.push(0, 9, 0, None, "more", false);
+        p.push(0, 0, 0, None, "abcé", false, 0);
+        p.push(0, 9, 0, None, "more", false, 0);
         let s = p.take(0);
         // "abcé" is 5 bytes and fits; nothing of "more" does.
         assert_eq!((s.text.as_str(), s.truncated), ("abcé", true));
         let mut p = Partials::new(4);
-        p.push(2, 0, 0, Some("other"), "abcé", false);
+        p.push(2, 0, 0, Some("other"), "abcé", false, 0);
         let s = p.take(2);
         assert_eq!((s.text.as_str(), s.truncated), ("abc", true));
     }
