@@ -673,21 +673,21 @@ impl FileSource {
             let chunk_start = w.read_pos;
             w.read_pos += n as u64;
             let chunk = std::mem::take(&mut self.chunk);
-            let fed = {
+            {
                 let records = &mut self.records;
                 let counters = &self.counters;
-                let parser = &mut w.parser;
-                let mut line_start = w.lines_to;
-                w.splitter.feed(&chunk[..n], |line, truncated, end| {
-                    emit_line(records, parser, counters, line, truncated, line_start, read_time);
-                    line_start = chunk_start + end as u64;
-                })
-            };
-            self.chunk = chunk;
-            if let Some(k) = fed.complete_to {
-                w.lines_to = chunk_start + k as u64;
+                w.consumed = feed_chunk(
+                    &mut w.splitter,
+                    &mut w.parser,
+                    &mut w.lines_to,
+                    chunk_start,
+                    &chunk[..n],
+                    |parser, line, truncated, line_start| {
+                        emit_line(records, parser, counters, line, truncated, line_start, read_time);
+                    },
+                );
             }
-            w.consumed = w.parser.held_from().unwrap_or(w.lines_to);
+            self.chunk = chunk;
             if w.fp.len < FINGERPRINT_BYTES as u32 && w.read_pos > w.fp.len as u64 {
                 w.head = read_head(&w.file, w.read_pos);
                 w.fp = fingerprint_of(&w.head);
@@ -918,6 +918,29 @@ impl Watched {
     }
 }
 
+/// Splits a chunk read at file offset `chunk_start` into lines, hands each
+/// to `emit(parser, line, truncated, line_start)`, advances `lines_to` past
+/// the last complete line, and returns the offset a batch may end at: never
+/// past the first part of a partial line the parser holds.
+fn feed_chunk(
+    splitter: &mut LineSplitter,
+    parser: &mut Parser,
+    lines_to: &mut u64,
+    chunk_start: u64,
+    chunk: &[u8],
+    mut emit: impl FnMut(&mut Parser, &[u8], bool, u64),
+) -> u64 {
+    let mut line_start = *lines_to;
+    let fed = splitter.feed(chunk, |line, truncated, end| {
+        emit(parser, line, truncated, line_start);
+        line_start = chunk_start + end as u64;
+    });
+    if let Some(k) = fed.complete_to {
+        *lines_to = chunk_start + k as u64;
+    }
+    parser.held_from().unwrap_or(*lines_to)
+}
+
 /// Turns one line into a record at the end of `records` (or hands it to the
 /// parser to hold, when it is part of a partial line). `line_start` is its
 /// offset in the file.
@@ -1048,4 +1071,104 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse::{ParserKind, ParserOptions};
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A CRI line: (stream, is P, content).
+    fn cri_line((stdout, p, text): &(bool, bool, String)) -> String {
+        let stream = if *stdout { "stdout" } else { "stderr" };
+        let tag = if *p { "P" } else { "F" };
+        format!("2026-11-26T00:00:00Z {stream} {tag} {text}\n")
+    }
+
+    /// Reads `data` in chunks cut at `cuts`; returns the joined `log` values
+    /// and the batch end offset after each chunk.
+    fn read(data: &[u8], cuts: &[usize]) -> (Vec<String>, Vec<u64>, Parser) {
+        let mut splitter = LineSplitter::new(1 << 20);
+        let mut parser = Parser::new(&ParserOptions {
+            kind: ParserKind::Cri,
+            ..Default::default()
+        })
+        .unwrap();
+        let (mut logs, mut ends, mut lines_to, mut prev) = (Vec::new(), Vec::new(), 0u64, 0usize);
+        for &cut in cuts.iter().chain([data.len()].iter()) {
+            let cut = cut.clamp(prev, data.len());
+            let end = feed_chunk(
+                &mut splitter,
+                &mut parser,
+                &mut lines_to,
+                prev as u64,
+                &data[prev..cut],
+                |p, line, t, start| {
+                    let mut out = Vec::new();
+                    if let Step::Record { .. } = p.parse_at(std::str::from_utf8(line).unwrap(), start, t, 0, &mut out) {
+                        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+                        logs.push(v["log"].as_str().unwrap().to_string());
+                    }
+                },
+            );
+            ends.push(end);
+            prev = cut;
+        }
+        (logs, ends, parser)
+    }
+
+    proptest! {
+        /// Whatever the chunking: the same joined records; batch ends never
+        /// decrease and stop at the first byte of a held sequence; restarting
+        /// from the last end and completing the held sequences yields exactly
+        /// the records that were held (nothing lost, nothing twice).
+        #[test]
+        fn joined_records_and_batch_ends_do_not_depend_on_chunking(
+            lines in proptest::collection::vec((any::<bool>(), any::<bool>(), "[a-z]{0,12}"), 0..40),
+            cuts in proptest::collection::vec(0usize..2000, 0..8),
+        ) {
+            let text: String = lines.iter().map(cri_line).collect();
+            let data = text.as_bytes();
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let (whole, _, _) = read(data, &[]);
+            let (logs, ends, parser) = read(data, &cuts);
+            prop_assert_eq!(&logs, &whole);
+            prop_assert!(ends.windows(2).all(|w| w[0] <= w[1]), "{:?}", ends);
+            // The first line of the oldest open sequence starts at the last end.
+            let last = *ends.last().unwrap();
+            let mut offset = 0u64;
+            let mut open: [Option<u64>; 2] = [None, None];
+            for l in &lines {
+                let i = usize::from(!l.0);
+                if l.1 { open[i].get_or_insert(offset); } else { open[i] = None; }
+                offset += cri_line(l).len() as u64;
+            }
+            let first_held = open.iter().flatten().min().copied();
+            prop_assert_eq!(last, first_held.unwrap_or(data.len() as u64));
+            prop_assert_eq!(parser.held_from(), first_held);
+            // Restart at `last`, with every open sequence completed: every
+            // record of the completed file arrives (some twice: at least once).
+            let mut completion = String::new();
+            for (i, o) in open.iter().enumerate() {
+                if o.is_some() {
+                    completion.push_str(&cri_line(&(i == 0, false, "END".into())));
+                }
+            }
+            let (again, _, p2) = read(format!("{}{completion}", &text[last as usize..]).as_bytes(), &[]);
+            prop_assert!(!p2.has_held());
+            let (reference, _, _) = read(format!("{text}{completion}").as_bytes(), &[]);
+            let mut delivered: Vec<&String> = logs.iter().chain(&again).collect();
+            for r in &reference {
+                let pos = delivered.iter().position(|d| *d == r);
+                prop_assert!(pos.is_some(), "lost {:?}", r);
+                if let Some(pos) = pos {
+                    delivered.swap_remove(pos);
+                }
+            }
+            // Each held sequence arrives once, completed.
+            prop_assert_eq!(again.iter().filter(|l| l.ends_with("END")).count(), open.iter().flatten().count());
+        }
+    }
 }
