@@ -4,6 +4,7 @@ router configs through `logferry validate`."""
 
 from __future__ import annotations
 
+import fnmatch
 import re
 from pathlib import Path
 
@@ -170,3 +171,70 @@ def test_configmap_config_passes_logferry_validate(deployment, configmap, varian
     env = {e["name"]: e["value"] for e in router["env"] if "value" in e}
     result = validate(configmap_config(configmap), f"eks-{variant}.toml", env)
     assert_valid(result, rel(configmap))
+
+
+# -- node daemon (eks/daemonset/) ------------------------------------------------------------
+
+DAEMON = EKS / "daemonset"
+
+
+def daemon_parts() -> tuple[dict, dict, str]:
+    (ds,) = docs(DAEMON / "daemonset.yaml")
+    spec = ds["spec"]["template"]["spec"]
+    (router,) = spec["containers"]
+    return spec, router, configmap_config(DAEMON / "configmap.yaml")
+
+
+def test_daemonset_node_contract():
+    spec, router, config = daemon_parts()
+    (k,) = docs(DAEMON / "kustomization.yaml")
+    assert set(k["resources"]) == {p.name for p in DAEMON.glob("*.yaml") if p.name != "kustomization.yaml"}
+    (sa,) = docs(DAEMON / "serviceaccount.yaml")
+    assert spec["serviceAccountName"] == sa["metadata"]["name"]
+    assert spec["automountServiceAccountToken"] is False and sa["automountServiceAccountToken"] is False
+    assert spec["priorityClassName"] == "system-node-critical"
+    assert {"operator": "Exists"} in spec["tolerations"], "must run on every node, whatever its taints"
+    assert not spec.get("hostNetwork") and not spec.get("hostPID")
+
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in router["volumeMounts"]}
+    # /var/log read-only at the host's own path, so /var/log/containers symlinks resolve.
+    varlog = mounts["/var/log"]
+    assert varlog["readOnly"] is True and volumes[varlog["name"]]["hostPath"]["path"] == "/var/log"
+    (include,) = re.findall(r'include = \["([^"]+)"\]', config)
+    assert include == "/var/log/containers/*.log"
+    assert 'parser = "cri"' in config and 'kubernetes_metadata = "path"' in config
+    assert re.search(r"^kubernetes = false$", config, re.M), "the downward API would describe the daemon itself"
+    # Checkpoints on the host, writable.
+    (data_dir,) = re.findall(r'data_dir = "([^"]+)"', config)
+    data = mounts[data_dir]
+    assert not data.get("readOnly") and volumes[data["name"]]["hostPath"]["path"] == data_dir
+    # The config is this ConfigMap.
+    (cm,) = docs(DAEMON / "configmap.yaml")
+    config_arg = router["args"][router["args"].index("--config") + 1]
+    assert volumes[mounts[str(Path(config_arg).parent)]["name"]]["configMap"]["name"] == cm["metadata"]["name"]
+
+    # Its own logs are excluded: the daemon's pods are <daemonset>-xxxxx, container logferry.
+    (ds,) = docs(DAEMON / "daemonset.yaml")
+    (exclude,) = re.findall(r'exclude = \["([^"]+)"\]', config)
+    own = f"/var/log/containers/{ds['metadata']['name']}-x7k2p_kube-system_{router['name']}-{'a' * 64}.log"
+    other = f"/var/log/containers/web-1_prod_app-{'a' * 64}.log"
+    assert fnmatch.fnmatchcase(own, exclude) and not fnmatch.fnmatchcase(other, exclude)
+    assert "{kubernetes.namespace_name}/{kubernetes.pod_name}/" in config
+
+    # Probes on the loopback API; resources; hardening (uid 0 without capabilities).
+    (api,) = re.findall(r'address = "(127\.0\.0\.1:\d+)"', config)
+    assert router["livenessProbe"]["exec"]["command"][:2] == HEALTHCHECK
+    ready = router["readinessProbe"]["exec"]["command"]
+    assert ready[:2] == HEALTHCHECK and ready[ready.index("--url") + 1] == f"http://{api}/readyz"
+    assert router["resources"]["requests"] and router["resources"]["limits"]["memory"]
+    sc = router["securityContext"]
+    assert sc["readOnlyRootFilesystem"] and sc["allowPrivilegeEscalation"] is False
+    assert sc["capabilities"] == {"drop": ["ALL"]}, "reads root-owned logs as their owner, no capability needed"
+    assert sc["seccompProfile"]["type"] == "RuntimeDefault"
+
+
+def test_daemonset_config_passes_logferry_validate(validate):
+    _, router, config = daemon_parts()
+    env = {e["name"]: e["value"] for e in router["env"] if "value" in e}
+    assert_valid(validate(config, "eks-daemonset.toml", env), rel(DAEMON / "configmap.yaml"))

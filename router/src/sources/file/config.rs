@@ -19,6 +19,17 @@ pub enum ReadFrom {
     End,
 }
 
+/// Where Kubernetes metadata of a file's records comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum KubernetesMetadata {
+    #[default]
+    None,
+    /// The kubelet's container log name,
+    /// `<pod>_<namespace>_<container>-<id>.log` (see `kubernetes.rs`).
+    Path,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileSourceConfig {
@@ -51,6 +62,10 @@ pub struct FileSourceConfig {
     /// How long to keep reading a rotated or deleted file after its last data.
     #[serde(default = "default_rotate_wait", with = "humantime_serde")]
     pub rotate_wait: Duration,
+    /// `"path"`: a `kubernetes` object from each file's name (node daemon
+    /// over `/var/log/containers/*.log`).
+    #[serde(default)]
+    pub kubernetes_metadata: KubernetesMetadata,
 }
 
 fn default_time_format() -> String {
@@ -80,6 +95,7 @@ impl FileSourceConfig {
             regex: self.regex.clone(),
             time_key: self.time_key.clone(),
             time_format: self.time_format.parse().unwrap_or(TimeFormat::Auto),
+            max_line_size: Some(self.max_line_size.as_u64() as usize),
         }
     }
 

@@ -18,6 +18,7 @@
 //! - **Checkpoints move on acks only** (see `checkpoint.rs`).
 
 pub mod config;
+pub mod kubernetes;
 pub mod parse;
 pub mod tail;
 
@@ -35,12 +36,12 @@ use thiserror::Error;
 use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
-pub use config::{FileSourceConfig, ReadFrom};
-use parse::Parser;
+pub use config::{FileSourceConfig, KubernetesMetadata, ReadFrom};
+use parse::{Parsed, Parser, Step};
 use tail::{LineSplitter, utf8_prefix};
 
 use crate::checkpoint::{AckTracker, Checkpoint, CheckpointError, CheckpointStore, Fingerprint};
-use crate::event::{Ack, AckToken, Batch, Records};
+use crate::event::{Ack, AckToken, Batch, Fields, Records};
 use crate::metrics::{ComponentMetrics, FileLabels, Metrics};
 
 /// Bytes of a file's start that identify it.
@@ -126,8 +127,12 @@ struct Watched {
     head: Vec<u8>,
     /// Next byte to read.
     read_pos: u64,
-    /// Just past the last byte that belongs to a batch already sent.
+    /// Just past the last byte that belongs to a batch already sent: the
+    /// end of the last complete line, or the start of the oldest partial
+    /// line the parser holds (CRI `P` parts), whichever is first.
     consumed: u64,
+    /// Just past the last complete line read (its `\n`).
+    lines_to: u64,
     splitter: LineSplitter,
     parser: Parser,
     tracker: AckTracker,
@@ -142,6 +147,8 @@ struct Watched {
     labels: FileLabels,
     /// Opened before it had enough bytes to be told apart from a copy.
     identity_pending: bool,
+    /// Added to every batch of this file (`kubernetes_metadata`).
+    fields: Option<Arc<Fields>>,
 }
 
 /// What a new file is, when it looks like a copy.
@@ -158,6 +165,7 @@ struct SourceCounters {
     invalid_utf8: Counter,
     truncated: Counter,
     time_missing: Counter,
+    kubernetes_name: Counter,
 }
 
 struct FileSource {
@@ -221,6 +229,7 @@ impl FileSource {
             invalid_utf8: m.line_issue("invalid_utf8"),
             truncated: m.line_issue("truncated"),
             time_missing: m.line_issue("time_missing"),
+            kubernetes_name: m.line_issue("kubernetes_name"),
             m,
         };
         Ok(FileSource {
@@ -493,6 +502,18 @@ impl FileSource {
             component: self.cx.id.clone(),
             file: path.display().to_string(),
         };
+        let fields = match self.cfg.kubernetes_metadata {
+            KubernetesMetadata::None => None,
+            KubernetesMetadata::Path => {
+                let f = kubernetes::fields_for(&path);
+                if f.is_none() {
+                    // Counted once per file, not per line.
+                    self.counters.kubernetes_name.inc();
+                    tracing::debug!(file = %path.display(), "not a kubelet container log name; no kubernetes fields");
+                }
+                f
+            }
+        };
         tracing::debug!(file = %path.display(), offset = start, "tailing file");
         self.by_key.insert(key, stream);
         self.files.insert(
@@ -507,6 +528,7 @@ impl FileSource {
                 head,
                 read_pos: start,
                 consumed: start,
+                lines_to: start,
                 splitter: LineSplitter::new(self.cfg.max_line_size.as_u64() as usize),
                 parser,
                 tracker: AckTracker::new(start, fp),
@@ -516,6 +538,7 @@ impl FileSource {
                 size,
                 labels,
                 identity_pending,
+                fields,
             },
         );
         self.checkpoints_dirty = true;
@@ -628,6 +651,7 @@ impl FileSource {
                     w.fp = fingerprint_of(&w.head);
                     w.read_pos = offset;
                     w.consumed = offset;
+                    w.lines_to = offset;
                     w.tracker = AckTracker::new(offset, w.fp);
                 }
                 None => {}
@@ -653,18 +677,21 @@ impl FileSource {
             let chunk_start = w.read_pos;
             w.read_pos += n as u64;
             let chunk = std::mem::take(&mut self.chunk);
-            let fed = {
+            {
                 let records = &mut self.records;
                 let counters = &self.counters;
-                let parser = &mut w.parser;
-                w.splitter.feed(&chunk[..n], |line, truncated| {
-                    emit_line(records, parser, counters, line, truncated, read_time);
-                })
-            };
-            self.chunk = chunk;
-            if let Some(k) = fed.complete_to {
-                w.consumed = chunk_start + k as u64;
+                w.consumed = feed_chunk(
+                    &mut w.splitter,
+                    &mut w.parser,
+                    &mut w.lines_to,
+                    chunk_start,
+                    &chunk[..n],
+                    |parser, line, truncated, line_start| {
+                        emit_line(records, parser, counters, line, truncated, line_start, read_time);
+                    },
+                );
             }
+            self.chunk = chunk;
             if w.fp.len < FINGERPRINT_BYTES as u32 && w.read_pos > w.fp.len as u64 {
                 w.head = read_head(&w.file, w.read_pos);
                 w.fp = fingerprint_of(&w.head);
@@ -713,8 +740,10 @@ impl FileSource {
             self.truncated.remove(0);
         }
         w.splitter.reset();
+        w.parser.reset_held();
         w.read_pos = 0;
         w.consumed = 0;
+        w.lines_to = 0;
         w.head = read_head(&w.file, w.size);
         w.fp = fingerprint_of(&w.head);
         Ok(())
@@ -748,6 +777,7 @@ impl FileSource {
         let memory = self.cx.memory.clone();
         let force = self.cx.force.clone();
         let outputs = self.cx.outputs.clone();
+        let fields = w.fields.clone();
         let sent = self.cx.rt.block_on(async move {
             let permit = tokio::select! {
                 p = memory.acquire_many_owned(bytes as u32) => p.ok(),
@@ -755,7 +785,8 @@ impl FileSource {
             };
             let Some(permit) = permit else { return false };
             records.permit = Some(permit);
-            let batch = Batch::new(records, Some(ack));
+            let mut batch = Batch::new(records, Some(ack));
+            batch.fields.extend(fields);
             let n = outputs.len();
             for (i, tx) in outputs.iter().enumerate() {
                 let b = if i + 1 == n { None } else { Some(batch.clone()) };
@@ -787,6 +818,7 @@ impl FileSource {
             .filter(|w| {
                 w.gone
                     && !w.splitter.has_pending()
+                    && !w.parser.has_held()
                     && w.tracker.unsettled() == 0
                     && w.idle_since.is_some_and(|t| exit || t.elapsed() >= rotate_wait)
             })
@@ -810,15 +842,32 @@ impl FileSource {
     }
 
     /// Emits held partial lines older than the timeout (or all, at the end).
+    /// A file quiet for the timeout gets its last line and every joined part
+    /// emitted; in a busy file, a joined line whose last part is that old is
+    /// emitted alone (its stream went quiet mid-line while the other one
+    /// writes), so the checkpoint is not held back for good.
     fn flush_partials(&mut self, all: bool) -> Result<(), SourceError> {
         let timeout = self.cfg.partial_line_timeout;
-        let streams: Vec<u64> = self
+        let cutoff = if all {
+            i64::MAX
+        } else {
+            now_ms().saturating_sub(timeout.as_millis() as i64)
+        };
+        let streams: Vec<(u64, bool)> = self
             .files
             .values()
-            .filter(|w| w.splitter.has_pending() && (all || w.idle_since.is_some_and(|t| t.elapsed() >= timeout)))
-            .map(|w| w.stream)
+            .filter_map(|w| {
+                let quiet = all || w.idle_since.is_some_and(|t| t.elapsed() >= timeout);
+                if quiet && (w.splitter.has_pending() || w.parser.has_held()) {
+                    Some((w.stream, true))
+                } else if w.parser.has_held_since(cutoff) {
+                    Some((w.stream, false))
+                } else {
+                    None
+                }
+            })
             .collect();
-        for stream in streams {
+        for (stream, whole) in streams {
             let Some(mut w) = self.files.remove(&stream) else {
                 continue;
             };
@@ -827,11 +876,27 @@ impl FileSource {
                 let records = &mut self.records;
                 let counters = &self.counters;
                 let parser = &mut w.parser;
-                w.splitter.flush(|line, truncated| {
-                    emit_line(records, parser, counters, line, truncated, read_time);
-                });
+                let line_start = w.lines_to;
+                if whole {
+                    // The last line first: it may be the part that completes
+                    // a held partial line.
+                    w.splitter.flush(|line, truncated| {
+                        emit_line(records, parser, counters, line, truncated, line_start, read_time);
+                    });
+                }
+                let cutoff = if whole { i64::MAX } else { cutoff };
+                loop {
+                    let start = records.buf.len();
+                    let Some((parsed, cut)) = parser.flush_held(cutoff, &mut records.buf) else {
+                        break;
+                    };
+                    push_record(records, counters, start, parsed, cut);
+                }
             }
-            w.consumed = w.read_pos;
+            if whole {
+                w.lines_to = w.read_pos;
+            }
+            w.consumed = w.parser.held_from().unwrap_or(w.lines_to);
             let r = self.send_batch(&mut w);
             self.files.insert(stream, w);
             r?;
@@ -865,13 +930,39 @@ impl Watched {
     }
 }
 
-/// Turns one line into a record at the end of `records`.
+/// Splits a chunk read at file offset `chunk_start` into lines, hands each
+/// to `emit(parser, line, truncated, line_start)`, advances `lines_to` past
+/// the last complete line, and returns the offset a batch may end at: never
+/// past the first part of a partial line the parser holds.
+fn feed_chunk(
+    splitter: &mut LineSplitter,
+    parser: &mut Parser,
+    lines_to: &mut u64,
+    chunk_start: u64,
+    chunk: &[u8],
+    mut emit: impl FnMut(&mut Parser, &[u8], bool, u64),
+) -> u64 {
+    let mut line_start = *lines_to;
+    let fed = splitter.feed(chunk, |line, truncated, end| {
+        emit(parser, line, truncated, line_start);
+        line_start = chunk_start + end as u64;
+    });
+    if let Some(k) = fed.complete_to {
+        *lines_to = chunk_start + k as u64;
+    }
+    parser.held_from().unwrap_or(*lines_to)
+}
+
+/// Turns one line into a record at the end of `records` (or hands it to the
+/// parser to hold, when it is part of a partial line). `line_start` is its
+/// offset in the file.
 fn emit_line(
     records: &mut Records,
     parser: &mut Parser,
     counters: &SourceCounters,
     line: &[u8],
     truncated: bool,
+    line_start: u64,
     read_time: i64,
 ) {
     if line.is_empty() || line.iter().all(|b| b.is_ascii_whitespace()) {
@@ -891,7 +982,15 @@ fn emit_line(
         },
     };
     let start = records.buf.len();
-    let parsed = parser.parse(text, read_time, &mut records.buf);
+    match parser.parse_at(text, line_start, truncated, read_time, &mut records.buf) {
+        Step::Record { parsed, cut } => push_record(records, counters, start, parsed, truncated || cut),
+        Step::Held => {}
+    }
+}
+
+/// Counts what the parser reported about the record it wrote at `start`,
+/// marks it if truncated, and registers it.
+fn push_record(records: &mut Records, counters: &SourceCounters, start: usize, parsed: Parsed, truncated: bool) {
     let mut mask = parsed.key_mask;
     if parsed.fallback {
         counters.not_json.inc();
@@ -984,4 +1083,104 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_millis() as i64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse::{ParserKind, ParserOptions};
+    use super::*;
+    use proptest::prelude::*;
+
+    /// A CRI line: (stream, is P, content).
+    fn cri_line((stdout, p, text): &(bool, bool, String)) -> String {
+        let stream = if *stdout { "stdout" } else { "stderr" };
+        let tag = if *p { "P" } else { "F" };
+        format!("2026-11-26T00:00:00Z {stream} {tag} {text}\n")
+    }
+
+    /// Reads `data` in chunks cut at `cuts`; returns the joined `log` values
+    /// and the batch end offset after each chunk.
+    fn read(data: &[u8], cuts: &[usize]) -> (Vec<String>, Vec<u64>, Parser) {
+        let mut splitter = LineSplitter::new(1 << 20);
+        let mut parser = Parser::new(&ParserOptions {
+            kind: ParserKind::Cri,
+            ..Default::default()
+        })
+        .unwrap();
+        let (mut logs, mut ends, mut lines_to, mut prev) = (Vec::new(), Vec::new(), 0u64, 0usize);
+        for &cut in cuts.iter().chain([data.len()].iter()) {
+            let cut = cut.clamp(prev, data.len());
+            let end = feed_chunk(
+                &mut splitter,
+                &mut parser,
+                &mut lines_to,
+                prev as u64,
+                &data[prev..cut],
+                |p, line, t, start| {
+                    let mut out = Vec::new();
+                    if let Step::Record { .. } = p.parse_at(std::str::from_utf8(line).unwrap(), start, t, 0, &mut out) {
+                        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+                        logs.push(v["log"].as_str().unwrap().to_string());
+                    }
+                },
+            );
+            ends.push(end);
+            prev = cut;
+        }
+        (logs, ends, parser)
+    }
+
+    proptest! {
+        /// Whatever the chunking: the same joined records; batch ends never
+        /// decrease and stop at the first byte of a held sequence; restarting
+        /// from the last end and completing the held sequences yields exactly
+        /// the records that were held (nothing lost, nothing twice).
+        #[test]
+        fn joined_records_and_batch_ends_do_not_depend_on_chunking(
+            lines in proptest::collection::vec((any::<bool>(), any::<bool>(), "[a-z]{0,12}"), 0..40),
+            cuts in proptest::collection::vec(0usize..2000, 0..8),
+        ) {
+            let text: String = lines.iter().map(cri_line).collect();
+            let data = text.as_bytes();
+            let mut cuts = cuts;
+            cuts.sort_unstable();
+            let (whole, _, _) = read(data, &[]);
+            let (logs, ends, parser) = read(data, &cuts);
+            prop_assert_eq!(&logs, &whole);
+            prop_assert!(ends.windows(2).all(|w| w[0] <= w[1]), "{:?}", ends);
+            // The first line of the oldest open sequence starts at the last end.
+            let last = *ends.last().unwrap();
+            let mut offset = 0u64;
+            let mut open: [Option<u64>; 2] = [None, None];
+            for l in &lines {
+                let i = usize::from(!l.0);
+                if l.1 { open[i].get_or_insert(offset); } else { open[i] = None; }
+                offset += cri_line(l).len() as u64;
+            }
+            let first_held = open.iter().flatten().min().copied();
+            prop_assert_eq!(last, first_held.unwrap_or(data.len() as u64));
+            prop_assert_eq!(parser.held_from(), first_held);
+            // Restart at `last`, with every open sequence completed: every
+            // record of the completed file arrives (some twice: at least once).
+            let mut completion = String::new();
+            for (i, o) in open.iter().enumerate() {
+                if o.is_some() {
+                    completion.push_str(&cri_line(&(i == 0, false, "END".into())));
+                }
+            }
+            let (again, _, p2) = read(format!("{}{completion}", &text[last as usize..]).as_bytes(), &[]);
+            prop_assert!(!p2.has_held());
+            let (reference, _, _) = read(format!("{text}{completion}").as_bytes(), &[]);
+            let mut delivered: Vec<&String> = logs.iter().chain(&again).collect();
+            for r in &reference {
+                let pos = delivered.iter().position(|d| *d == r);
+                prop_assert!(pos.is_some(), "lost {:?}", r);
+                if let Some(pos) = pos {
+                    delivered.swap_remove(pos);
+                }
+            }
+            // Each held sequence arrives once, completed.
+            prop_assert_eq!(again.iter().filter(|l| l.ends_with("END")).count(), open.iter().flatten().count());
+        }
+    }
 }

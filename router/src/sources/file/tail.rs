@@ -45,24 +45,26 @@ impl LineSplitter {
         self.truncating = false;
     }
 
-    /// Splits `chunk`; `emit(line, truncated)` gets each complete line without
-    /// its `\n` (a `\r` before it is removed too). Held bytes are capped at
+    /// Splits `chunk`; `emit(line, truncated, end)` gets each complete line
+    /// without its `\n` (a `\r` before it is removed too) and the index in
+    /// `chunk` just past that `\n` (where the next line starts). Held bytes are capped at
     /// `max_line + 1`, the extra byte leaving room for a `\r` that turns out
     /// to end the line, so chunking never changes what is truncated.
-    pub fn feed(&mut self, chunk: &[u8], mut emit: impl FnMut(&[u8], bool)) -> Fed {
+    pub fn feed(&mut self, chunk: &[u8], mut emit: impl FnMut(&[u8], bool, usize)) -> Fed {
         let mut start = 0;
         let mut fed = Fed::default();
         let cap = self.max_line + 1;
         for nl in memchr::memchr_iter(b'\n', chunk) {
             let piece = &chunk[start..nl];
+            let mut emit_here = |line: &[u8], truncated: bool| emit(line, truncated, nl + 1);
             if self.pending.is_empty() && !self.truncating {
-                self.emit_complete(piece, false, &mut emit);
+                self.emit_complete(piece, false, &mut emit_here);
             } else {
                 let room = cap.saturating_sub(self.pending.len());
                 let overflow = self.truncating || piece.len() > room;
                 self.pending.extend_from_slice(&piece[..piece.len().min(room)]);
                 let line = std::mem::take(&mut self.pending);
-                self.emit_complete(&line, overflow, &mut emit);
+                self.emit_complete(&line, overflow, &mut emit_here);
                 self.pending = line;
                 self.pending.clear();
                 self.truncating = false;
@@ -130,7 +132,7 @@ mod tests {
         let mut s = LineSplitter::new(max);
         let mut out = Vec::new();
         for c in chunks {
-            s.feed(c, |l, t| out.push((l.to_vec(), t)));
+            s.feed(c, |l, t, _| out.push((l.to_vec(), t)));
         }
         (out, s)
     }
@@ -188,7 +190,16 @@ mod tests {
             let mut offset = 0;
             let mut consumed = 0;
             for c in &chunks {
-                let fed = s.feed(c, |l, t| out.push((l.to_vec(), t)));
+                let mut ends = Vec::new();
+                let fed = s.feed(c, |l, t, end| {
+                    out.push((l.to_vec(), t));
+                    ends.push(end);
+                });
+                // Each line ends at a newline, and the last at `complete_to`.
+                for end in &ends {
+                    prop_assert_eq!(c[end - 1], b'\n');
+                }
+                prop_assert_eq!(ends.last().copied(), fed.complete_to);
                 if let Some(k) = fed.complete_to {
                     prop_assert_eq!(data[offset + k - 1], b'\n');
                     consumed = offset + k;

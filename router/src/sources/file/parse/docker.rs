@@ -15,13 +15,18 @@
 //! (`attrs` from `--log-opt labels`) are skipped: the message and its time
 //! are what make the line a Docker record; the rest is optional metadata.
 //! Carrying `attrs` through is left to enrichment.
+//!
+//! Why an entry whose `log` lacks the newline is held (`parse_at`): Docker
+//! cuts lines over 16 KiB into entries of which only the last ends in `\n`;
+//! they are joined per stream into one record (see `partial.rs`).
 
 use std::fmt;
 
 use serde::de::{DeserializeSeed, Deserializer as _, IgnoredAny, MapAccess, Visitor};
 
-use super::time::parse_rfc3339;
-use super::{Parsed, Parser, json, key_bit};
+use super::partial::slot_of;
+use super::time::{TimestampFormatter, parse_rfc3339};
+use super::{Parsed, Parser, Step, json, key_bit};
 
 /// Where a string value ended up.
 #[derive(Clone, Copy)]
@@ -125,35 +130,101 @@ fn strip_newline(s: &str) -> &str {
     }
 }
 
-pub(super) fn parse(p: &mut Parser, line: &str, out: &mut Vec<u8>) -> Option<Parsed> {
+/// Reads a record: (time, `log`, `stream`); `None` when it is not one.
+fn read<'a>(scratch: &mut String, line: &'a str) -> Option<(i64, Text<'a>, Option<&'a str>)> {
     let text = line.trim_ascii();
     let mut de = serde_json::Deserializer::from_str(text);
-    let rec = (&mut de).deserialize_map(RecordVisitor(&mut p.scratch)).ok()?;
+    let rec = (&mut de).deserialize_map(RecordVisitor(scratch)).ok()?;
     de.end().ok()?;
-    let ts_ms = rec.time?;
-    let log = match rec.log? {
+    Some((rec.time?, rec.log?, rec.stream))
+}
+
+pub(super) fn parse(p: &mut Parser, line: &str, out: &mut Vec<u8>) -> Option<Parsed> {
+    let (ts_ms, log, stream) = read(&mut p.scratch, line)?;
+    let log = match log {
         Text::Borrowed(s) => s,
         Text::Scratch => p.scratch.as_str(),
     };
-    let log = strip_newline(log);
-    // Field by field: `log` may borrow `p.scratch`.
+    Some(write(
+        &mut p.fmt,
+        p.ts_bit | p.log_bit,
+        ts_ms,
+        strip_newline(log),
+        stream,
+        out,
+    ))
+}
+
+/// `parse` with entries whose `log` lacks the newline joined per stream to
+/// the entry that has it; `None` when the line is not a Docker record.
+pub(super) fn parse_at(
+    p: &mut Parser,
+    line: &str,
+    start: u64,
+    cut: bool,
+    now_ms: i64,
+    out: &mut Vec<u8>,
+) -> Option<Step> {
+    let (ts_ms, log, stream) = read(&mut p.scratch, line)?;
+    let log = match log {
+        Text::Borrowed(s) => s,
+        Text::Scratch => p.scratch.as_str(),
+    };
+    let slot = slot_of(stream);
+    let ends = log.ends_with('\n');
+    if ends && !p.partials.is_open(slot) {
+        let parsed = write(&mut p.fmt, p.ts_bit | p.log_bit, ts_ms, strip_newline(log), stream, out);
+        return Some(Step::Record { parsed, cut: false });
+    }
+    p.partials
+        .push(slot, start, ts_ms, stream, strip_newline(log), cut, now_ms);
+    if !ends {
+        return Some(Step::Held);
+    }
+    let (parsed, cut) = write_joined(p, slot, out);
+    Some(Step::Record { parsed, cut })
+}
+
+/// Writes the joined line of `slot` and closes it.
+pub(super) fn write_joined(p: &mut Parser, slot: usize, out: &mut Vec<u8>) -> (Parsed, bool) {
+    let s = p.partials.take(slot);
+    let parsed = write(
+        &mut p.fmt,
+        p.ts_bit | p.log_bit,
+        s.ts_ms,
+        &s.text,
+        s.stream.as_deref(),
+        out,
+    );
+    let cut = s.truncated;
+    p.partials.put_back(slot, s);
+    (parsed, cut)
+}
+
+fn write(
+    fmt: &mut TimestampFormatter,
+    mut key_mask: u64,
+    ts_ms: i64,
+    log: &str,
+    stream: Option<&str>,
+    out: &mut Vec<u8>,
+) -> Parsed {
     out.extend_from_slice(b"{\"@timestamp\":\"");
-    p.fmt.write(ts_ms, out);
+    fmt.write(ts_ms, out);
     out.extend_from_slice(b"\",\"log\":");
     json::write_str(out, log);
-    let mut key_mask = p.ts_bit | p.log_bit;
-    if let Some(stream) = rec.stream {
+    if let Some(stream) = stream {
         out.extend_from_slice(b",\"stream\":");
         json::write_str(out, stream);
         key_mask |= key_bit(b"stream");
     }
     out.push(b'}');
-    Some(Parsed {
+    Parsed {
         ts_ms,
         key_mask,
         fallback: false,
         time_missing: false,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -254,5 +325,64 @@ mod tests {
             (a["log"].as_str(), b["log"].as_str()),
             (Some("first\tline"), Some("2nd"))
         );
+    }
+
+    #[test]
+    fn entries_without_newline_are_joined_per_stream() {
+        use super::super::cri::tests::feed;
+        let lines = [
+            r#"{"log":"aaaa","stream":"stdout","time":"2019-04-25T10:00:00.1Z"}"#,
+            r#"{"log":"eeee","stream":"stderr","time":"2019-04-25T10:00:00.2Z"}"#,
+            r#"{"log":"bb\"b","stream":"stdout","time":"2019-04-25T10:00:00.3Z"}"#,
+            r#"{"log":"cc\n","stream":"stdout","time":"2019-04-25T10:00:00.4Z"}"#,
+            r#"{"log":"whole\n","stream":"stdout","time":"2019-04-25T10:00:00.5Z"}"#,
+            r#"{"log":"ff\n","stream":"stderr","time":"2019-04-25T10:00:00.6Z"}"#,
+            r#"{"log":"x","time":"2019-04-25T10:00:00.7Z"}"#,
+        ];
+        let (out, mut p) = feed(ParserKind::Docker, 1024, &lines);
+        let got: Vec<Value> = out
+            .iter()
+            .map(|(v, cut)| {
+                assert!(!cut);
+                v.clone()
+            })
+            .collect();
+        assert_eq!(
+            got,
+            vec![
+                json!({"@timestamp": "2019-04-25T10:00:00.100Z", "log": "aaaabb\"bcc", "stream": "stdout"}),
+                json!({"@timestamp": "2019-04-25T10:00:00.500Z", "log": "whole", "stream": "stdout"}),
+                json!({"@timestamp": "2019-04-25T10:00:00.200Z", "log": "eeeeff", "stream": "stderr"}),
+            ]
+        );
+        // The last entry has no stream and no newline: held from its line.
+        let start: usize = lines[..6].iter().map(|l| l.len() + 1).sum();
+        assert_eq!(p.held_from(), Some(start as u64));
+        let mut buf = Vec::new();
+        let (parsed, cut) = p.flush_held(i64::MAX, &mut buf).unwrap();
+        assert!(!cut);
+        assert_eq!(
+            Value::Object(check_output(&buf, &parsed)),
+            json!({"@timestamp": "2019-04-25T10:00:00.700Z", "log": "x"})
+        );
+    }
+
+    #[test]
+    fn joined_entries_over_the_limit_are_cut() {
+        use super::super::cri::tests::feed;
+        let part = r#"{"log":"0123456789","stream":"stdout","time":"2019-04-25T10:00:00Z"}"#;
+        let last = r#"{"log":"end\n","stream":"stdout","time":"2019-04-25T10:00:00Z"}"#;
+        let (out, p) = feed(
+            ParserKind::Docker,
+            64,
+            &[part; 10].iter().copied().chain([last]).collect::<Vec<_>>(),
+        );
+        assert_eq!(out.len(), 1);
+        assert_eq!(
+            out[0].0["log"].as_str().unwrap(),
+            "0123456789".repeat(7).get(..64).unwrap()
+        );
+        assert!(out[0].1);
+        assert!(!p.has_held());
     }
 }

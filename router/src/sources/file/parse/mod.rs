@@ -23,13 +23,14 @@
 //!
 //! Why one [`Parser`] per file: it holds reusable buffers (so steady-state
 //! parsing does not allocate), the formatter's one-second cache (records of
-//! one file share seconds), and later per-file state such as joining CRI
-//! partial lines.
+//! one file share seconds), and the per-file state of joining partial lines
+//! (`partial.rs`).
 
 mod cri;
 mod docker;
 mod json;
 mod logfmt;
+mod partial;
 mod regex_parser;
 mod time;
 
@@ -63,6 +64,8 @@ pub struct ParserOptions {
     /// Field that carries the event time (json, logfmt and regex records).
     pub time_key: Option<String>,
     pub time_format: TimeFormat,
+    /// Bound on a joined partial line (cri, docker); `None`: 1 MiB.
+    pub max_line_size: Option<usize>,
 }
 
 /// A parser configuration that cannot work.
@@ -93,6 +96,16 @@ pub struct Parsed {
     /// `time_key` is configured (json, logfmt, regex) but was absent or
     /// unparseable in this record, fallbacks included.
     pub time_missing: bool,
+}
+
+/// What [`Parser::parse_at`] made of a line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Step {
+    /// One object was appended; `cut` when it joins parts that exceeded
+    /// the size bound and were truncated.
+    Record { parsed: Parsed, cut: bool },
+    /// A partial line, held until the part that ends it; nothing appended.
+    Held,
 }
 
 /// Bit of a top-level key in [`Parsed::key_mask`].
@@ -145,6 +158,8 @@ pub struct Parser {
     scratch: String,
     ts_bit: u64,
     log_bit: u64,
+    /// Partial lines being joined (cri, docker).
+    partials: partial::Partials,
 }
 
 impl Parser {
@@ -170,6 +185,7 @@ impl Parser {
             scratch: String::new(),
             ts_bit: key_bit(TS_KEY.as_bytes()),
             log_bit: key_bit(b"log"),
+            partials: partial::Partials::new(opts.max_line_size.unwrap_or(1024 * 1024)),
         })
     }
 
@@ -199,6 +215,54 @@ impl Parser {
                 p
             }
         }
+    }
+
+    /// Like [`Parser::parse`], but joins partial lines (`cri` and `docker`):
+    /// a part is [`Step::Held`] until the part that ends its line arrives,
+    /// then the joined line is one record with the first part's time.
+    /// `start` is the file offset of the line's first byte, reported back by
+    /// [`Parser::held_from`] while the line is held; `truncated` says the
+    /// line was already cut (it marks the joined record).
+    pub fn parse_at(&mut self, line: &str, start: u64, truncated: bool, read_time_ms: i64, out: &mut Vec<u8>) -> Step {
+        let step = match self.kind {
+            ParserKind::Cri => cri::parse_at(self, line, start, truncated, read_time_ms, out),
+            ParserKind::Docker => docker::parse_at(self, line, start, truncated, read_time_ms, out),
+            _ => None,
+        };
+        step.unwrap_or_else(|| Step::Record {
+            parsed: self.parse(line, read_time_ms, out),
+            cut: false,
+        })
+    }
+
+    /// File offset of the first byte of the oldest held partial line.
+    pub fn held_from(&self) -> Option<u64> {
+        self.partials.held_from()
+    }
+
+    pub fn has_held(&self) -> bool {
+        self.partials.held_from().is_some()
+    }
+
+    /// Is a partial line held whose last part was read at or before `cutoff_ms`?
+    pub fn has_held_since(&self, cutoff_ms: i64) -> bool {
+        self.partials.oldest_touched_by(cutoff_ms).is_some()
+    }
+
+    /// Appends the oldest held partial line whose last part was read at or
+    /// before `cutoff_ms` (`i64::MAX`: any), as joined so far, as a record
+    /// (end of input, or the partial-line timeout); `None` when none is.
+    pub fn flush_held(&mut self, cutoff_ms: i64, out: &mut Vec<u8>) -> Option<(Parsed, bool)> {
+        let i = self.partials.oldest_touched_by(cutoff_ms)?;
+        Some(match self.kind {
+            ParserKind::Docker => docker::write_joined(self, i, out),
+            _ => cri::write_joined(self, i, "P", out),
+        })
+    }
+
+    /// Forgets held partial lines (the file was truncated or replaced).
+    pub fn reset_held(&mut self) {
+        self.partials.clear();
     }
 
     /// Does `time_key` apply to this parser's records (and so can be missing)?

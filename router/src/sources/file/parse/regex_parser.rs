@@ -126,6 +126,7 @@ mod tests {
             regex: Some(re.to_string()),
             time_key: time_key.map(String::from),
             time_format,
+            max_line_size: None,
         })
         .unwrap()
     }
