@@ -405,6 +405,9 @@ fn bad_frames_close_only_their_connection() {
         "c1",
     );
     assert_eq!(ids_with(&env.records(), "after"), vec![7]);
+    // Fluent Bit metrics (fluent_signal = 1) are no records: acked, counted, dropped.
+    let opt = V::M(vec![(s("fluent_signal"), V::Int(1)), (s("chunk"), s("sig"))]);
+    send_acked(&mut *ok, &V::A(vec![s("metrics"), V::B(vec![1, 2, 3]), opt]), "sig");
     let m = http_get(api, "/metrics").unwrap().1;
     let reason = |r: &str| {
         metric(
@@ -415,6 +418,7 @@ fn bad_frames_close_only_their_connection() {
     };
     assert_eq!(reason("malformed_frame"), Some(3.0), "{m}");
     assert_eq!(reason("frame_too_large"), Some(1.0), "{m}");
+    assert_eq!(reason("unsupported_signal"), Some(1.0), "{m}");
     // Nothing of the refused frames was delivered.
     assert_eq!(env.records().len(), 1);
 }

@@ -567,6 +567,17 @@ impl Conn {
     /// is gone.
     async fn frame(&mut self, frame: &[u8]) -> Result<(), Option<FrameError>> {
         let f = proto::parse_frame(frame)?;
+        if f.signal != 0 {
+            // Fluent Bit metrics or traces: not log records. Dropped,
+            // counted, and acknowledged so the client does not resend them
+            // forever.
+            self.sh.m.discarded("unsupported_signal", 1);
+            if let Some(r) = f.chunk.clone() {
+                let reply = proto::ack_response(frame.get(r).unwrap_or_default());
+                self.writer.write_all(&reply).await.map_err(|_| None)?;
+            }
+            return Ok(());
+        }
         let inflated = std::mem::take(&mut self.inflated);
         self.frame_entries(frame, &f, inflated).await
     }
