@@ -268,8 +268,20 @@ fn every_mode_over_tcp_and_unix_is_delivered_before_its_chunk_is_acked() {
         &format!("address = \"127.0.0.1:{port}\"\npath = \"{}\"", sock.display()),
         api,
     );
+    // A stale socket file from an earlier run is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists());
     let router = spawn(&cfg, &[]);
     wait_listening(port);
+    // ...but a live one is not taken over: a second router fails to start.
+    let other = env.path("other.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&format!("127.0.0.1:{port}"), "127.0.0.1:0");
+    let text = text.replace(&format!("127.0.0.1:{api}"), "127.0.0.1:0");
+    std::fs::write(&other, text).unwrap();
+    let (status, stderr) = spawn(&other, &[]).wait(Duration::from_secs(60));
+    assert!(!status.success() && stderr.contains("in use"), "{stderr}");
     let mode = std::fs::metadata(&sock).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,

@@ -80,7 +80,17 @@ pub fn spawn(
     let mut socket_file = None;
     if let Some(path) = &cfg.path {
         match std::fs::symlink_metadata(path) {
-            Ok(md) if md.file_type().is_socket() => std::fs::remove_file(path)?,
+            // A socket nobody listens on is left from a previous run; one
+            // that answers belongs to a live process.
+            Ok(md) if md.file_type().is_socket() => {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        format!("{} is in use by another process", path.display()),
+                    ));
+                }
+                std::fs::remove_file(path)?
+            }
             Ok(_) => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::AlreadyExists,
