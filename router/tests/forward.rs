@@ -280,7 +280,10 @@ fn every_mode_over_tcp_and_unix_is_delivered_before_its_chunk_is_acked() {
         .replace(&format!("127.0.0.1:{port}"), "127.0.0.1:0");
     let text = text.replace(&format!("127.0.0.1:{api}"), "127.0.0.1:0");
     // Its own data_dir: only the socket is shared.
-    let text = text.replace(&env.path("data").display().to_string(), &env.path("data2").display().to_string());
+    let text = text.replace(
+        &env.path("data").display().to_string(),
+        &env.path("data2").display().to_string(),
+    );
     std::fs::write(&other, text).unwrap();
     let (status, stderr) = spawn(&other, &[]).wait(Duration::from_secs(60));
     assert!(!status.success() && stderr.contains("in use"), "{stderr}");

@@ -998,6 +998,10 @@ pub(crate) mod tests {
     /// Frames a test value, parses, checks and decodes it the way a
     /// connection does.
     fn decode(frame: &[u8]) -> Result<(Frame, Vec<Value>, Records, Issues), FrameError> {
+        decode_with(frame, 1024)
+    }
+
+    fn decode_with(frame: &[u8], max_record: usize) -> Result<(Frame, Vec<Value>, Records, Issues), FrameError> {
         let mut s = FrameScanner::new(4);
         assert_eq!(s.scan(frame, 1 << 20)?, Some(frame.len()), "frame end");
         let f = parse_frame(frame)?;
@@ -1018,7 +1022,7 @@ pub(crate) mod tests {
                 (frame, f.entries.clone())
             }
         };
-        let mut d = Decoder::new(1024);
+        let mut d = Decoder::new(max_record);
         let mut r = Records::default();
         let mut e = Entries::new(range, f.mode);
         while !e.done() {
@@ -1402,7 +1406,7 @@ pub(crate) mod tests {
             let first = sc.scan(&frame[..cut], 1 << 24).unwrap();
             let end = match first { Some(n) => n, None => sc.scan(&frame, 1 << 24).unwrap().unwrap() };
             proptest::prop_assert_eq!(end, frame.len());
-            let (_, vals, r, issues) = decode(&frame).unwrap();
+            let (_, vals, r, issues) = decode_with(&frame, 1 << 24).unwrap();
             proptest::prop_assert_eq!(issues, Issues::default());
             proptest::prop_assert_eq!(vals.len(), records.len());
             for (i, (got, m)) in vals.iter().zip(&records).enumerate() {
