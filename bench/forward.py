@@ -10,6 +10,9 @@ unacknowledged like Fluent Bit's `require_ack_response`, counts the acks,
 then closes, which ends the run. Reports records/s, MB/s (msgpack bytes sent),
 router CPU seconds and peak RSS.
 
+MODE=message sends one Message-mode frame per record instead, without acks (the Docker
+fluentd log driver's shape).
+
 Needs `msgpack`: run with the LocalStack test venv's python (run.sh does,
 after `localstack-tests/localstack.sh install`).
 Not a test: figures vary with the machine; nothing here asserts a speed.
@@ -31,9 +34,12 @@ import msgpack
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORDS = int(os.environ.get("RECORDS", "1000000"))
 CHUNK = int(os.environ.get("CHUNK", "1000"))
+# MODE=message: one Message-mode frame per record without acks, as the Docker fluentd log
+# driver and fluent-logger send them.
+MODE = os.environ.get("MODE", "packed")
 WINDOW = int(os.environ.get("WINDOW", "16"))
 DATA = os.path.join(ROOT, "bench", "data")
-FRAMES = os.path.join(DATA, f"forward-{RECORDS}-{CHUNK}.msgpack")
+FRAMES = os.path.join(DATA, f"forward-{MODE}-{RECORDS}-{CHUNK}.msgpack")
 BIN = os.path.join(os.environ.get("CARGO_TARGET_DIR", os.path.join(ROOT, "target")), "release", "logferry")
 
 
@@ -62,7 +68,12 @@ def generate():
                           "request_id": rid, "user_id": rnd.randint(1, 99999),
                           "latency_ms": round(rnd.random() * 250, 1), "path": rnd.choice(paths), "status": 200,
                           "trace_id": "%016x" % rnd.getrandbits(64), "container_name": "app", "source": "stdout"}
-                entries.append(msgpack.packb([t, record]))
+                if MODE == "message":
+                    f.write(msgpack.packb(["app.bench", t, record]))
+                else:
+                    entries.append(msgpack.packb([t, record]))
+            if MODE == "message":
+                continue
             f.write(msgpack.packb(["app.bench", b"".join(entries), {"chunk": "c%d" % c, "size": len(entries)}],
                                   use_bin_type=True))
     os.rename(tmp, FRAMES)
@@ -86,6 +97,22 @@ def client(sock_path, data, out):
     s.connect(sock_path)
     window = threading.Semaphore(WINDOW)
     acks = [0]
+    if MODE == "message":
+        # No acks to wait for: stream everything, then close.
+        sent = 0
+        batch = []
+        for fr in data:
+            batch.append(fr)
+            if len(batch) == 1000:
+                b = b"".join(batch)
+                s.sendall(b)
+                sent += len(b)
+                batch.clear()
+        b = b"".join(batch)
+        s.sendall(b)
+        s.close()
+        out.update(acks=0, frames=0, bytes=sent + len(b))
+        return
 
     def reader():
         u = msgpack.Unpacker(raw=False)
@@ -148,8 +175,12 @@ def main():
     cpu = float(field("User time (seconds)")) + float(field("System time (seconds)"))
     rss_kib = int(field("Maximum resident set size (kbytes)"))
     mb = got["bytes"] / 1e6
-    print(f"records         {RECORDS:,} in {got['frames']:,} PackedForward chunks "
-          f"({got['bytes'] / RECORDS:.0f} msgpack bytes/record, {mb:.0f} MB), all acked")
+    if MODE == "message":
+        print(f"records         {RECORDS:,} Message-mode frames, no acks "
+              f"({got['bytes'] / RECORDS:.0f} msgpack bytes/record, {mb:.0f} MB)")
+    else:
+        print(f"records         {RECORDS:,} in {got['frames']:,} PackedForward chunks "
+              f"({got['bytes'] / RECORDS:.0f} msgpack bytes/record, {mb:.0f} MB), all acked")
     print(f"wall            {wall:.2f} s (first byte sent to router exit)")
     print(f"router cpu      {cpu:.2f} s (user {field('User time (seconds)')}, sys {field('System time (seconds)')})")
     print(f"records/s       {RECORDS / wall:,.0f} (wall), {RECORDS / cpu:,.0f} per router cpu-s")

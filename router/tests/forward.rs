@@ -268,8 +268,25 @@ fn every_mode_over_tcp_and_unix_is_delivered_before_its_chunk_is_acked() {
         &format!("address = \"127.0.0.1:{port}\"\npath = \"{}\"", sock.display()),
         api,
     );
+    // A stale socket file from an earlier run is replaced.
+    drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+    assert!(sock.exists());
     let router = spawn(&cfg, &[]);
     wait_listening(port);
+    // ...but a live one is not taken over: a second router fails to start.
+    let other = env.path("other.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace(&format!("127.0.0.1:{port}"), "127.0.0.1:0");
+    let text = text.replace(&format!("127.0.0.1:{api}"), "127.0.0.1:0");
+    // Its own data_dir: only the socket is shared.
+    let text = text.replace(
+        &env.path("data").display().to_string(),
+        &env.path("data2").display().to_string(),
+    );
+    std::fs::write(&other, text).unwrap();
+    let (status, stderr) = spawn(&other, &[]).wait(Duration::from_secs(60));
+    assert!(!status.success() && stderr.contains("in use"), "{stderr}");
     let mode = std::fs::metadata(&sock).unwrap();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
@@ -405,6 +422,9 @@ fn bad_frames_close_only_their_connection() {
         "c1",
     );
     assert_eq!(ids_with(&env.records(), "after"), vec![7]);
+    // Fluent Bit metrics (fluent_signal = 1) are no records: acked, counted, dropped.
+    let opt = V::M(vec![(s("fluent_signal"), V::Int(1)), (s("chunk"), s("sig"))]);
+    send_acked(&mut *ok, &V::A(vec![s("metrics"), V::B(vec![1, 2, 3]), opt]), "sig");
     let m = http_get(api, "/metrics").unwrap().1;
     let reason = |r: &str| {
         metric(
@@ -415,6 +435,7 @@ fn bad_frames_close_only_their_connection() {
     };
     assert_eq!(reason("malformed_frame"), Some(3.0), "{m}");
     assert_eq!(reason("frame_too_large"), Some(1.0), "{m}");
+    assert_eq!(reason("unsupported_signal"), Some(1.0), "{m}");
     // Nothing of the refused frames was delivered.
     assert_eq!(env.records().len(), 1);
 }

@@ -80,7 +80,17 @@ pub fn spawn(
     let mut socket_file = None;
     if let Some(path) = &cfg.path {
         match std::fs::symlink_metadata(path) {
-            Ok(md) if md.file_type().is_socket() => std::fs::remove_file(path)?,
+            // A socket nobody listens on is left from a previous run; one
+            // that answers belongs to a live process.
+            Ok(md) if md.file_type().is_socket() => {
+                if std::os::unix::net::UnixStream::connect(path).is_ok() {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::AddrInUse,
+                        format!("{} is in use by another process", path.display()),
+                    ));
+                }
+                std::fs::remove_file(path)?
+            }
             Ok(_) => {
                 return Err(std::io::Error::new(
                     std::io::ErrorKind::AlreadyExists,
@@ -567,6 +577,17 @@ impl Conn {
     /// is gone.
     async fn frame(&mut self, frame: &[u8]) -> Result<(), Option<FrameError>> {
         let f = proto::parse_frame(frame)?;
+        if f.signal != 0 {
+            // Fluent Bit metrics or traces: not log records. Dropped,
+            // counted, and acknowledged so the client does not resend them
+            // forever.
+            self.sh.m.discarded("unsupported_signal", 1);
+            if let Some(r) = f.chunk.clone() {
+                let reply = proto::ack_response(frame.get(r).unwrap_or_default());
+                self.writer.write_all(&reply).await.map_err(|_| None)?;
+            }
+            return Ok(());
+        }
         let inflated = std::mem::take(&mut self.inflated);
         self.frame_entries(frame, &f, inflated).await
     }

@@ -379,6 +379,9 @@ pub struct Frame {
     pub chunk: Option<Range<usize>>,
     /// `compressed: "gzip"`.
     pub gzip: bool,
+    /// Fluent Bit's `fluent_signal` option: 0 (or absent) for logs; metrics
+    /// and traces are not records.
+    pub signal: u64,
 }
 
 /// Reads a complete frame's shape; `frame` is exactly one value.
@@ -427,6 +430,7 @@ pub fn parse_frame(frame: &[u8]) -> Result<Frame, FrameError> {
     };
     let mut chunk = None;
     let mut gzip = false;
+    let mut signal = 0;
     if n > used {
         match c.head()? {
             Head::Nil => {}
@@ -440,6 +444,10 @@ pub fn parse_frame(frame: &[u8]) -> Result<Frame, FrameError> {
                                 chunk = Some(c.pos - len..c.pos);
                             }
                             _ => return Err(bad("chunk option is not a short string")),
+                        },
+                        Some(b"fluent_signal") => match c.head()? {
+                            Head::Uint(v) => signal = v,
+                            _ => return Err(bad("fluent_signal is not an integer")),
                         },
                         Some(b"compressed") => match c.raw_str()? {
                             Some(b"gzip") => gzip = true,
@@ -469,6 +477,7 @@ pub fn parse_frame(frame: &[u8]) -> Result<Frame, FrameError> {
         count,
         chunk,
         gzip,
+        signal,
     })
 }
 
@@ -930,6 +939,7 @@ pub(crate) mod tests {
         Int(i64),
         F(f64),
         S(&'static str),
+        Str(String),
         Raw(Vec<u8>),
         B(Vec<u8>),
         A(Vec<V>),
@@ -947,6 +957,7 @@ pub(crate) mod tests {
             }
             V::F(f) => e::write_f64(out, *f).unwrap(),
             V::S(s) => e::write_str(out, s).unwrap(),
+            V::Str(s) => e::write_str(out, s).unwrap(),
             V::Raw(b) => {
                 e::write_str_len(out, b.len() as u32).unwrap();
                 out.extend_from_slice(b);
@@ -987,6 +998,10 @@ pub(crate) mod tests {
     /// Frames a test value, parses, checks and decodes it the way a
     /// connection does.
     fn decode(frame: &[u8]) -> Result<(Frame, Vec<Value>, Records, Issues), FrameError> {
+        decode_with(frame, 1024)
+    }
+
+    fn decode_with(frame: &[u8], max_record: usize) -> Result<(Frame, Vec<Value>, Records, Issues), FrameError> {
         let mut s = FrameScanner::new(4);
         assert_eq!(s.scan(frame, 1 << 20)?, Some(frame.len()), "frame end");
         let f = parse_frame(frame)?;
@@ -1007,7 +1022,7 @@ pub(crate) mod tests {
                 (frame, f.entries.clone())
             }
         };
-        let mut d = Decoder::new(1024);
+        let mut d = Decoder::new(max_record);
         let mut r = Records::default();
         let mut e = Entries::new(range, f.mode);
         while !e.done() {
@@ -1344,5 +1359,76 @@ pub(crate) mod tests {
         );
         assert!(parse_ping(&bytes(&V::A(vec![V::S("PONG"), V::S("a"), V::S("b"), V::S("c")]))).is_err());
         assert_eq!(ack_response(b"c1"), bytes(&V::M(vec![(V::S("ack"), V::S("c1"))])));
+    }
+
+    /// Arbitrary values with unique string keys, and what JSON they mean.
+    fn value() -> impl proptest::strategy::Strategy<Value = (V, Value)> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            any::<i64>().prop_map(|i| (V::Int(i), json!(i))),
+            // Quarters: exact in binary and in short decimals, so the
+            // comparison does not hinge on serde_json's float parsing.
+            any::<i32>().prop_map(|i| (V::F(f64::from(i) / 4.0), json!(f64::from(i) / 4.0))),
+            "\\PC{0,12}".prop_map(|s| (V::Str(s.clone()), json!(s))),
+            Just((V::Nil, Value::Null)),
+        ];
+        leaf.prop_recursive(4, 48, 6, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..6).prop_map(|items| {
+                    let (vs, js): (Vec<V>, Vec<Value>) = items.into_iter().unzip();
+                    (V::A(vs), Value::Array(js))
+                }),
+                proptest::collection::btree_map("[a-z@_]{1,6}", inner, 0..6).prop_map(|m| {
+                    let js: serde_json::Map<String, Value> =
+                        m.iter().map(|(k, (_, j))| (k.clone(), j.clone())).collect();
+                    let vs = m.into_iter().map(|(k, (v, _))| (V::Str(k), v)).collect();
+                    (V::M(vs), Value::Object(js))
+                }),
+            ]
+        })
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn any_record_decodes_to_the_json_it_means(
+            records in proptest::collection::vec(
+                proptest::collection::btree_map("[a-z_]{1,8}", value(), 0..8), 1..5),
+            split in 0usize..4096,
+        ) {
+            let entries: Vec<V> = records
+                .iter()
+                .map(|m| V::A(vec![V::Int(1), V::M(m.iter().map(|(k, (v, _))| (V::Str(k.clone()), v.clone())).collect())]))
+                .collect();
+            let frame = bytes(&V::A(vec![V::S("t"), V::A(entries)]));
+            // The scanner finds the same end wherever the bytes are cut.
+            let mut sc = FrameScanner::new(4);
+            let cut = split.min(frame.len());
+            let first = sc.scan(&frame[..cut], 1 << 24).unwrap();
+            let end = match first { Some(n) => n, None => sc.scan(&frame, 1 << 24).unwrap().unwrap() };
+            proptest::prop_assert_eq!(end, frame.len());
+            let (_, vals, r, issues) = decode_with(&frame, 1 << 24).unwrap();
+            proptest::prop_assert_eq!(issues, Issues::default());
+            proptest::prop_assert_eq!(vals.len(), records.len());
+            for (i, (got, m)) in vals.iter().zip(&records).enumerate() {
+                let mut want: serde_json::Map<String, Value> = m.iter().map(|(k, (_, j))| (k.clone(), j.clone())).collect();
+                want.insert("@timestamp".into(), json!("1970-01-01T00:00:01.000Z"));
+                proptest::prop_assert_eq!(got, &Value::Object(want));
+                for k in m.keys() {
+                    proptest::prop_assert!(r.meta[i].key_mask & key_bit(k.as_bytes()) != 0);
+                }
+                proptest::prop_assert!(!r.text(i).contains(&b'\n'));
+            }
+        }
+    }
+
+    #[test]
+    fn fluent_signal_frames_are_recognised() {
+        let frame = bytes(&V::A(vec![
+            V::S("metrics"),
+            V::B(vec![1, 2, 3]),
+            V::M(vec![(V::S("fluent_signal"), V::Int(1)), (V::S("chunk"), V::S("m1"))]),
+        ]));
+        let f = parse_frame(&frame).unwrap();
+        assert_eq!((f.signal, f.mode), (1, Mode::PackedForward));
     }
 }
