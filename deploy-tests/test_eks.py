@@ -234,6 +234,20 @@ def test_daemonset_node_contract():
     assert sc["seccompProfile"]["type"] == "RuntimeDefault"
 
 
+def test_daemonset_takes_sidecars_on_the_node_port():
+    _, router, config = daemon_parts()
+    (address,) = re.findall(r'address = "(\$\{POD_IP[^"]*)"', config)
+    port = int(address.rsplit(":", 1)[1])
+    (p,) = router["ports"]
+    assert p["containerPort"] == p["hostPort"] == port and p["protocol"] == "TCP"
+    env = {e["name"]: e for e in router["env"]}
+    assert env["POD_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.podIP"
+    assert re.search(r'inputs = \["containers", "sidecars"\]', config)
+    (np,) = docs(DAEMON / "networkpolicy.yaml")
+    (rule,) = np["spec"]["ingress"]
+    assert rule["ports"] == [{"protocol": "TCP", "port": port}], "nothing else is open"
+
+
 def test_daemonset_config_passes_logferry_validate(validate):
     _, router, config = daemon_parts()
     env = {e["name"]: e["value"] for e in router["env"] if "value" in e}
