@@ -143,23 +143,7 @@ pub async fn run(cfg: ForwardSinkConfig, mut input: mpsc::Receiver<Batch>, cx: S
         stop,
     };
     let delivery = tokio::spawn(tracing::Instrument::in_current_span(sender.run(rx)));
-    let tag = cfg
-        .tag
-        .as_deref()
-        .and_then(|t| Template::parse(t).ok())
-        .map(Renderer::new);
-    let mut sink = ForwardSink {
-        open: Open::new(&cfg, &memory),
-        cfg,
-        tag,
-        chunks: tx,
-        memory,
-        m,
-        dead,
-        line: Vec::with_capacity(4096),
-        entry: Vec::with_capacity(4096),
-        tag_buf: String::new(),
-    };
+    let mut sink = ForwardSink::new(cfg, tx, memory, m, dead);
     let tick_every = (sink.cfg.flush_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut tick = tokio::time::interval(tick_every);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -215,6 +199,34 @@ impl Open {
 }
 
 impl ForwardSink {
+    fn new(
+        cfg: Arc<ForwardSinkConfig>,
+        chunks: mpsc::Sender<Chunk>,
+        memory: Arc<tokio::sync::Semaphore>,
+        m: ComponentMetrics,
+        dead: Arc<DeadLetters>,
+    ) -> Self {
+        // Validated with the config: a template that does not parse is
+        // never here.
+        let tag = cfg
+            .tag
+            .as_deref()
+            .and_then(|t| Template::parse(t).ok())
+            .map(Renderer::new);
+        ForwardSink {
+            open: Open::new(&cfg, &memory),
+            cfg,
+            tag,
+            chunks,
+            memory,
+            m,
+            dead,
+            line: Vec::with_capacity(4096),
+            entry: Vec::with_capacity(4096),
+            tag_buf: String::new(),
+        }
+    }
+
     async fn write_batch(&mut self, batch: Batch) -> Result<(), Abandoned> {
         let n = batch.len();
         self.m.received_events.inc_by(n as u64);
@@ -235,11 +247,12 @@ impl ForwardSink {
                     self.tag_buf.push_str(batch.tag.as_deref().unwrap_or(DEFAULT_TAG));
                 }
             }
-            if self.open.events > 0 && self.open.tag != self.tag_buf {
-                if let Err(a) = self.close().await {
-                    result = Err(a);
-                    break;
-                }
+            if self.open.events > 0
+                && self.open.tag != self.tag_buf
+                && let Err(a) = self.close().await
+            {
+                result = Err(a);
+                break;
             }
             self.entry.clear();
             if let Err(e) = proto::write_entry(&mut self.entry, batch.ts_ms(i), &self.line) {
@@ -313,5 +326,108 @@ impl ForwardSink {
         };
         // When delivery has stopped, the chunk comes back and drops: its acks fail.
         self.chunks.send(chunk).await.map_err(|_| Abandoned)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Ack, batch_of};
+    use crate::metrics::Metrics;
+
+    fn sink(extra: &str, memory: usize) -> (ForwardSink, mpsc::Receiver<Chunk>) {
+        let cfg: ForwardSinkConfig = toml::from_str(&format!("host = \"h\"\n{extra}")).unwrap();
+        let m = Metrics::new().component("fw", "forward");
+        let dead = Arc::new(DeadLetters::new(None, "fw", m.clone()));
+        let (tx, rx) = mpsc::channel(64);
+        let sem = Arc::new(tokio::sync::Semaphore::new(memory));
+        (ForwardSink::new(Arc::new(cfg), tx, sem, m, dead), rx)
+    }
+
+    fn with_ack(mut b: Batch, seq: u64) -> (Batch, std::sync::mpsc::Receiver<Ack>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        b.ack = Some(AckToken::new(1, seq, tx));
+        (b, rx)
+    }
+
+    /// The records of a chunk's event stream, as JSON.
+    fn records(c: &Chunk) -> Vec<serde_json::Value> {
+        let stream = if c.gzip { proto::gunzip(&c.body) } else { c.body.clone() };
+        let mut cur = &stream[..];
+        let mut out = Vec::new();
+        while !cur.is_empty() {
+            let e = rmpv::decode::read_value(&mut cur).unwrap();
+            let rec = &e.as_array().unwrap()[1];
+            let mut json = Vec::new();
+            rmpv::encode::write_value(&mut json, rec).unwrap();
+            out.push(rmp_serde::from_slice(&json).unwrap());
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn tags_split_chunks_and_acks_wait_for_delivery() {
+        let (mut s, mut rx) = sink("compression = \"gzip\"", usize::MAX >> 4);
+        let (mut b1, acks1) = with_ack(batch_of(&[r#"{"a":1}"#, r#"{"a":2}"#]), 1);
+        b1.tag = Some(Arc::from("one"));
+        let (mut b2, acks2) = with_ack(batch_of(&[r#"{"a":3}"#]), 2);
+        b2.tag = Some(Arc::from("two"));
+        let (b3, acks3) = with_ack(batch_of(&[r#"{"a":4}"#]), 3);
+        s.write_batch(b1).await.ok().unwrap();
+        s.write_batch(b2).await.ok().unwrap();
+        s.write_batch(b3).await.ok().unwrap();
+        s.close().await.ok().unwrap();
+        let chunks: Vec<Chunk> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        let tags: Vec<&str> = chunks.iter().map(|c| c.tag.as_str()).collect();
+        assert_eq!(tags, ["one", "two", DEFAULT_TAG]);
+        assert_eq!(records(&chunks[0]), vec![serde_json::json!({"a":1}), serde_json::json!({"a":2})]);
+        assert_eq!(chunks[0].events, 2);
+        assert!(chunks.iter().all(|c| c.id.is_some() && c.gzip));
+        // Nothing is acknowledged before delivery.
+        assert!(acks1.try_recv().is_err() && acks2.try_recv().is_err());
+        let mut it = chunks.into_iter();
+        it.next().unwrap().delivered(&s.m);
+        assert!(acks1.try_recv().unwrap().delivered);
+        // A chunk dropped undelivered fails its batch.
+        drop(it.next());
+        assert!(!acks2.try_recv().unwrap().delivered);
+        it.next().unwrap().delivered(&s.m);
+        assert!(acks3.try_recv().unwrap().delivered);
+        assert_eq!(s.m.sent_events.get(), 3);
+    }
+
+    #[tokio::test]
+    async fn a_full_memory_limit_sends_chunks_early() {
+        // Room for about one record: every chunk closes after one event.
+        let (mut s, mut rx) = sink("", 40);
+        let (b, acks) = with_ack(batch_of(&[r#"{"msg":"0123456789abcdef"}"#; 5]), 1);
+        s.write_batch(b).await.ok().unwrap();
+        s.close().await.ok().unwrap();
+        let chunks: Vec<Chunk> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert_eq!(chunks.iter().map(|c| c.events).sum::<u64>(), 5);
+        assert!(chunks.len() >= 4, "{} chunks", chunks.len());
+        for c in chunks {
+            assert!(acks.try_recv().is_err(), "acked before the last chunk");
+            c.delivered(&s.m);
+        }
+        assert!(acks.try_recv().unwrap().delivered);
+    }
+
+    #[tokio::test]
+    async fn chunks_close_at_max_chunk_size_keeping_order() {
+        let (mut s, mut rx) = sink("max_chunk_size = \"1KiB\"\ntag = \"t.{k}\"", usize::MAX >> 4);
+        let lines: Vec<String> = (0..100).map(|i| format!(r#"{{"k":"x","i":{i}}}"#)).collect();
+        let refs: Vec<&str> = lines.iter().map(String::as_str).collect();
+        s.write_batch(batch_of(&refs)).await.ok().unwrap();
+        s.close().await.ok().unwrap();
+        let chunks: Vec<Chunk> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
+        assert!(chunks.len() > 1);
+        let mut all = Vec::new();
+        for c in &chunks {
+            assert_eq!(c.tag, "t.x");
+            assert!(c.body.len() < 1024 + 64, "{}", c.body.len());
+            all.extend(records(c).into_iter().map(|r| r["i"].as_u64().unwrap()));
+        }
+        assert_eq!(all, (0..100).collect::<Vec<_>>());
     }
 }
