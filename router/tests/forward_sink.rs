@@ -40,6 +40,8 @@ struct Behaviour {
     /// Acks wait until this is set (when `gate` is used).
     gate: Option<Arc<AtomicBool>>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Hang up after each message, as a server closing idle connections.
+    close_after_message: bool,
 }
 
 struct Server {
@@ -208,6 +210,9 @@ fn serve<S: Read + Write>(
             gzip,
             events,
         });
+        if b.close_after_message {
+            return Ok(());
+        }
         let Some(chunk) = chunk else { continue };
         if b.drop_first && conn == 0 {
             continue; // never acked; the sink must time out and resend
@@ -327,6 +332,9 @@ fn gzip_chunks_decode_and_tag_template_splits_chunks() {
         None,
     );
     run_to_eof(&cfg, &[]);
+    // Without acks the router may exit before the server has read the last
+    // chunk from its socket.
+    wait_for("the server to read everything", LONG, || server.records().len() as u64 >= n);
     let seen = server.seen();
     let counts = check_records(&all_events(&seen), n);
     assert!(counts.values().all(|c| *c == 1));
@@ -512,5 +520,39 @@ fn tls_refuses_a_certificate_for_another_name() {
         metric(&metrics_of(api), "logferry_sink_errors_total", &["reason=\"tls\""]).unwrap_or(0.0) >= 1.0
     });
     assert!(server.seen().is_empty());
+    drop(router);
+}
+
+#[test]
+fn a_connection_the_server_closed_while_idle_is_not_written_into() {
+    // Without acks nothing would tell the sink that a chunk written into a
+    // connection the server already closed was lost.
+    let env = Env::new();
+    let server = Server::start(Behaviour {
+        close_after_message: true,
+        ..Behaviour::default()
+    });
+    let api = free_port();
+    let cfg = config(&env, server.port, "require_ack = false", Some(api));
+    let log = env.logs().join("app.log");
+    let line = |i: u64| format!("{{\"id\":{i},\"ts\":{}}}\n", T0 + i as i64);
+    std::fs::write(&log, line(0)).unwrap();
+    let router = spawn(&cfg, &[]);
+    for i in 1..4 {
+        wait_for("the previous record", LONG, || server.records().len() as u64 == i);
+        // The server hung up after it; the next record goes over a new connection.
+        std::fs::OpenOptions::new()
+            .append(true)
+            .open(&log)
+            .unwrap()
+            .write_all(line(i).as_bytes())
+            .unwrap();
+    }
+    wait_for("every record", LONG, || server.records().len() == 4);
+    let conns: std::collections::HashSet<usize> = server.seen().iter().map(|s| s.conn).collect();
+    assert_eq!(conns.len(), 4, "one connection per message");
+    // Seen before writing: a reconnect, not a failed write and a retry.
+    let m = metrics_of(api);
+    assert_eq!(metric(&m, "logferry_sink_errors_total", &["component=\"fw\""]), None, "{m}");
     drop(router);
 }

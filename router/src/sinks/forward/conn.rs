@@ -167,6 +167,24 @@ impl Conn {
             .map_err(|_| SendError::Timeout(timeout))?
     }
 
+    /// Has the server closed this idle connection? Servers close idle
+    /// connections, and a write into one may still succeed locally and be
+    /// lost; checking first turns that into a reconnect.
+    async fn closed_by_peer(&mut self) -> bool {
+        let mut buf = [0u8; 512];
+        // A zero timeout still polls the read once: only data or EOF already
+        // there are seen, nothing is waited for.
+        match tokio::time::timeout(Duration::ZERO, self.io.read(&mut buf)).await {
+            Err(_) => false,
+            Ok(Ok(0)) | Ok(Err(_)) => true,
+            Ok(Ok(n)) => {
+                // A late reply (an ack of a chunk sent again): keep it.
+                self.rbuf.extend_from_slice(&buf[..n]);
+                self.rbuf.len() > proto::MAX_REPLY
+            }
+        }
+    }
+
     /// Writes one chunk and, when it asked for one, waits for its ack.
     pub async fn send(&mut self, chunk: &Chunk, ack_timeout: Duration) -> Result<(), SendError> {
         let head = proto::message_head(&chunk.tag, chunk.body.len());
@@ -268,6 +286,12 @@ impl Sender {
     ) -> Result<(), SendError> {
         if self.cfg.tls.enabled && tls.is_none() {
             *tls = Some(tls::connector(&self.cfg.tls).map_err(SendError::Tls)?);
+        }
+        if let Some(c) = conn.as_mut()
+            && c.closed_by_peer().await
+        {
+            tracing::debug!(sink = %self.id, "the server closed the idle connection; reconnecting");
+            *conn = None;
         }
         if conn.is_none() {
             *conn = Some(Conn::open(&self.cfg, tls.as_ref()).await?);
