@@ -20,7 +20,7 @@
 set -euo pipefail
 
 LS_SPEC='localstack-core[runtime]==4.14.0'
-LS_EXTRA=(boto3 pytest)
+LS_EXTRA=(boto3 pytest fluent-logger==0.11.1 msgpack==1.1.1)
 EXCLUDE_NEWER=2026-02-27
 SERVICES=s3,logs,firehose,sqs,sts,iam
 REQUIRED=(s3 logs firehose)

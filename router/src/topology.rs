@@ -240,6 +240,13 @@ pub fn start(
                 })?;
                 sources.push(h);
             }
+            SourceConfig::Forward(cfg) => {
+                let h = crate::sources::forward::spawn(cfg.clone(), cx).map_err(|source| StartError::Source {
+                    id: c.id.clone(),
+                    source,
+                })?;
+                sources.push(h);
+            }
         }
     }
     // Only upstream components hold senders now, so closing propagates.

@@ -556,3 +556,92 @@ fn a_connection_the_server_closed_while_idle_is_not_written_into() {
     assert_eq!(metric(&m, "logferry_sink_errors_total", &["component=\"fw\""]), None, "{m}");
     drop(router);
 }
+
+/// `logferry run --config C --exit-on-eof` with a hang guard.
+fn run_to_eof_within(config: &Path, limit: Duration) {
+    let mut child = std::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(config)
+        .arg("--exit-on-eof")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            let mut err = String::new();
+            child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+            assert!(status.success(), "{status:?}\n{err}");
+            return;
+        }
+        if start.elapsed() > limit {
+            let _ = child.kill();
+            panic!("logferry --exit-on-eof did not finish within {limit:?}: acks not flowing?");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn round_trip_through_a_logferry_forward_source() {
+    // Logferry A: file -> forward sink; Logferry B: forward source -> file sink.
+    let a = Env::new();
+    let b = Env::new();
+    let n = 4000;
+    write_logs(&a, n);
+    let port = free_port();
+    let b_cfg = b.write_config(&format!(
+        r#"
+[global]
+data_dir = "{data}"
+
+[sources.in]
+type = "forward"
+address = "127.0.0.1:{port}"
+shared_key = "round"
+
+[sinks.out]
+type = "file"
+inputs = ["in"]
+path = "{out}"
+key_prefix = "{{tag}}/"
+compression = "none"
+flush_interval = "200ms"
+"#,
+        data = b.path("data").display(),
+        out = b.path("out").display(),
+    ));
+    let b_router = spawn(&b_cfg, &[]);
+    wait_for("B listening", LONG, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    let a_cfg = config(
+        &a,
+        port,
+        "shared_key = \"round\"\ncompression = \"gzip\"\ntag = \"app.{level}\"\nmax_chunk_size = \"32KiB\"",
+        None,
+    );
+    // A ends only once B acknowledged everything (B acks after its file
+    // sink made the records durable).
+    run_to_eof_within(&a_cfg, LONG);
+    let records = b.records();
+    let events: Vec<(i64, serde_json::Value)> = records
+        .iter()
+        .map(|r| (r["id"].as_u64().unwrap() as i64 + T0, r.clone()))
+        .collect();
+    let counts = check_records(&events, n);
+    assert!(counts.values().all(|c| *c == 1), "a record arrived twice");
+    // The tag travelled with the batches: B's key prefix is `{tag}/`.
+    let dirs: std::collections::BTreeSet<String> = std::fs::read_dir(b.path("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .filter(|d| !d.starts_with('.'))
+        .collect();
+    assert_eq!(dirs, ["app.info".to_string(), "app.warn".to_string()].into());
+    // A's checkpoint reached the end: a second run sends nothing again (what
+    // it sent, it would wait for B to make durable before exiting).
+    run_to_eof_within(&a_cfg, LONG);
+    assert_eq!(b.records().len() as u64, n);
+    b_router.signal(libc::SIGTERM);
+    let (status, err) = b_router.wait(LONG);
+    assert!(status.success(), "{err}");
+}

@@ -1,6 +1,7 @@
 //! Sources: where records come from.
 
 pub mod file;
+pub mod forward;
 
 use crate::config::{Ctx, Seg, deserialize_at};
 
@@ -8,6 +9,7 @@ use crate::config::{Ctx, Seg, deserialize_at};
 #[derive(Debug, Clone)]
 pub enum SourceConfig {
     File(file::FileSourceConfig),
+    Forward(forward::ForwardSourceConfig),
 }
 
 impl SourceConfig {
@@ -17,8 +19,15 @@ impl SourceConfig {
                 let c: file::FileSourceConfig = deserialize_at(ctx, base, value)?;
                 c.validate(ctx, base).then_some(SourceConfig::File(c))
             }
+            "forward" => {
+                let c: forward::ForwardSourceConfig = deserialize_at(ctx, base, value)?;
+                c.validate(ctx, base).then_some(SourceConfig::Forward(c))
+            }
             other => {
-                ctx.error(base, format!("unknown source type `{other}`, expected one of: file"));
+                ctx.error(
+                    base,
+                    format!("unknown source type `{other}`, expected one of: file, forward"),
+                );
                 None
             }
         }
@@ -30,6 +39,7 @@ impl SourceConfig {
                 "file: include {:?}, parser {:?}, read_from {:?}",
                 c.include, c.parser, c.read_from
             ),
+            SourceConfig::Forward(c) => c.describe(),
         }
     }
 }

@@ -1,0 +1,238 @@
+//! `[sources.<id>] type = "forward"`.
+//!
+//! Why both `address` and `path`: the Docker `fluentd` log driver and
+//! FireLens talk TCP, while a sidecar sharing a volume with the app can use a
+//! unix socket and avoid the network stack; one source may listen on both.
+//! Why loopback by default: anything that can connect can write logs under
+//! any tag, so listening on other interfaces must be asked for.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+use crate::config::{Ctx, Seg};
+
+/// The TCP address used when neither `address` nor `path` is set.
+pub const DEFAULT_ADDRESS: &str = "127.0.0.1:24224";
+
+/// Longest unix socket path the kernel takes (`sun_path` less its NUL).
+const MAX_UNIX_PATH: usize = 107;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardSourceConfig {
+    /// TCP listen address (`ip:port`); default `127.0.0.1:24224` when `path`
+    /// is not set.
+    pub address: Option<String>,
+    /// Unix socket path; a stale socket file there is removed at start.
+    pub path: Option<PathBuf>,
+    /// Permissions of the unix socket file, octal.
+    #[serde(default = "default_unix_perm")]
+    pub unix_perm: String,
+    /// Enables the HELO/PING/PONG handshake: clients must prove this key.
+    pub shared_key: Option<String>,
+    /// The name this server gives in PONG (default: the host name).
+    pub self_hostname: Option<String>,
+    /// Largest message (one msgpack array) a client may send; larger ones
+    /// close the connection.
+    #[serde(default = "default_max_frame_size")]
+    pub max_frame_size: ByteSize,
+    /// Largest record, as JSON; larger ones are dropped and counted.
+    #[serde(default = "default_max_record_size")]
+    pub max_record_size: ByteSize,
+    /// Connections served at once; more wait in the listen backlog.
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+}
+
+fn default_unix_perm() -> String {
+    "0666".to_string()
+}
+
+fn default_max_frame_size() -> ByteSize {
+    ByteSize::mib(16)
+}
+
+fn default_max_record_size() -> ByteSize {
+    ByteSize::mib(1)
+}
+
+fn default_max_connections() -> usize {
+    256
+}
+
+impl ForwardSourceConfig {
+    /// The TCP address to listen on, if any (the default applies only when
+    /// no unix socket is configured). `None` also for an invalid address,
+    /// which `validate` rejects.
+    pub fn tcp_address(&self) -> Option<SocketAddr> {
+        match (&self.address, &self.path) {
+            (Some(a), _) => a.parse().ok(),
+            (None, None) => DEFAULT_ADDRESS.parse().ok(),
+            (None, Some(_)) => None,
+        }
+    }
+
+    /// `unix_perm` as a mode; `validate` rejects what does not parse.
+    pub fn unix_mode(&self) -> u32 {
+        u32::from_str_radix(&self.unix_perm, 8).unwrap_or(0o666)
+    }
+
+    /// Checks what serde cannot; returns false after reporting problems.
+    pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
+        let at = |k: &str| {
+            let mut p = base.to_vec();
+            p.push(Seg::Key(k.to_string()));
+            p
+        };
+        let mut ok = true;
+        if let Some(a) = &self.address
+            && a.parse::<SocketAddr>().is_err()
+        {
+            ctx.error(
+                &at("address"),
+                format!("`{a}` is not an `ip:port` address (e.g. \"127.0.0.1:24224\", \"[::1]:24224\")"),
+            );
+            ok = false;
+        }
+        if let Some(p) = &self.path {
+            let len = p.as_os_str().len();
+            if len == 0 {
+                ctx.error(&at("path"), "must not be empty");
+                ok = false;
+            } else if len > MAX_UNIX_PATH {
+                ctx.error(
+                    &at("path"),
+                    format!("unix socket paths are limited to {MAX_UNIX_PATH} bytes, this one has {len}"),
+                );
+                ok = false;
+            }
+        } else if self.unix_perm != default_unix_perm() {
+            ctx.error(&at("unix_perm"), "only used with `path`");
+            ok = false;
+        }
+        match u32::from_str_radix(&self.unix_perm, 8) {
+            Ok(m) if m <= 0o777 => {}
+            _ => {
+                ctx.error(&at("unix_perm"), "must be an octal mode such as \"0660\"");
+                ok = false;
+            }
+        }
+        if self.shared_key.as_deref() == Some("") {
+            ctx.error(
+                &at("shared_key"),
+                "must not be empty (omit it to accept clients without a handshake)",
+            );
+            ok = false;
+        }
+        if self.self_hostname.is_some() && self.shared_key.is_none() {
+            ctx.error(&at("self_hostname"), "only used with `shared_key`");
+            ok = false;
+        }
+        let frame = self.max_frame_size.as_u64();
+        if !(1024..=256 * 1024 * 1024).contains(&frame) {
+            ctx.error(&at("max_frame_size"), "must be between 1KiB and 256MiB");
+            ok = false;
+        }
+        let record = self.max_record_size.as_u64();
+        if !(64..=64 * 1024 * 1024).contains(&record) {
+            ctx.error(&at("max_record_size"), "must be between 64B and 64MiB");
+            ok = false;
+        }
+        if !(1..=65536).contains(&self.max_connections) {
+            ctx.error(&at("max_connections"), "must be between 1 and 65536");
+            ok = false;
+        }
+        ok
+    }
+
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        if let Some(a) = self
+            .address
+            .as_deref()
+            .or(self.path.is_none().then_some(DEFAULT_ADDRESS))
+        {
+            parts.push(format!("tcp {a}"));
+        }
+        if let Some(p) = &self.path {
+            parts.push(format!("unix {} (mode {})", p.display(), self.unix_perm));
+        }
+        let auth = if self.shared_key.is_some() {
+            "shared_key handshake"
+        } else {
+            "no handshake"
+        };
+        format!(
+            "forward: {}, {auth}, max_frame_size {}, max_record_size {}, max_connections {}",
+            parts.join(" + "),
+            self.max_frame_size,
+            self.max_record_size,
+            self.max_connections
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_str;
+
+    fn load(source: &str) -> Result<crate::config::Config, Vec<String>> {
+        let text = format!(
+            "[sources.fw]\ntype = \"forward\"\n{source}\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"fw\"]\n"
+        );
+        load_str(&text, "t.toml", &|_| None).map_err(|e| e.0.iter().map(|e| e.to_string()).collect())
+    }
+
+    #[test]
+    fn defaults_listen_on_loopback_tcp() {
+        let c = load("").unwrap();
+        let crate::sources::SourceConfig::Forward(f) = &c.sources[0].inner else {
+            panic!("not a forward source")
+        };
+        assert_eq!(f.tcp_address(), Some("127.0.0.1:24224".parse().unwrap()));
+        assert_eq!(f.max_frame_size.as_u64(), 16 * 1024 * 1024);
+        assert_eq!(f.max_record_size.as_u64(), 1024 * 1024);
+        assert_eq!(f.max_connections, 256);
+        assert!(c.sources[0].inner.describe().contains("tcp 127.0.0.1:24224"));
+    }
+
+    #[test]
+    fn path_alone_means_no_tcp_and_both_may_be_set() {
+        let c = load("path = \"/tmp/f.sock\"").unwrap();
+        let crate::sources::SourceConfig::Forward(f) = &c.sources[0].inner else {
+            panic!()
+        };
+        assert_eq!(f.tcp_address(), None);
+        assert_eq!(f.unix_mode(), 0o666);
+        let c = load("path = \"/tmp/f.sock\"\naddress = \"0.0.0.0:24225\"\nunix_perm = \"0600\"").unwrap();
+        let crate::sources::SourceConfig::Forward(f) = &c.sources[0].inner else {
+            panic!()
+        };
+        assert_eq!(f.tcp_address(), Some("0.0.0.0:24225".parse().unwrap()));
+        assert_eq!(f.unix_mode(), 0o600);
+    }
+
+    #[test]
+    fn bad_values_name_their_key_and_line() {
+        let errs = load("address = \"localhost\"\nmax_connections = 0\nshared_key = \"\"").unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("t.toml:3:") && e.contains("sources.fw.address")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("sources.fw.max_connections")),
+            "{errs:?}"
+        );
+        assert!(errs.iter().any(|e| e.contains("sources.fw.shared_key")), "{errs:?}");
+        let errs = load("self_hostname = \"me\"\nmax_frame_size = \"10B\"\nunix_perm = \"0999\"").unwrap_err();
+        assert!(errs.iter().any(|e| e.contains("sources.fw.self_hostname")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.contains("sources.fw.max_frame_size")), "{errs:?}");
+        assert!(errs.iter().any(|e| e.contains("sources.fw.unix_perm")), "{errs:?}");
+        let errs = load("adress = \"127.0.0.1:1\"").unwrap_err();
+        assert!(errs.iter().any(|e| e.contains("adress")), "{errs:?}");
+    }
+}

@@ -1,0 +1,1348 @@
+//! The forward protocol's messages: framing, validation and decoding into
+//! JSON object text. No I/O here.
+//!
+//! Why a resumable scanner before any decoding: a TCP read ends anywhere, and
+//! a frame can be 16 MiB. [`FrameScanner`] walks msgpack headers (never
+//! payloads) and keeps its place between reads, so finding a frame's end is
+//! linear in the frame, a length header beyond `max_frame_size` is refused
+//! before its bytes arrive, and nesting depth is bounded once for every later
+//! pass.
+//!
+//! Why a whole-frame check before the first record leaves: records are sent
+//! downstream in batches as they are decoded, and a frame rejected halfway
+//! would have delivered its front while the client resends all of it. So
+//! [`parse_frame`] and [`check_entries`] settle the frame's shape and every
+//! entry's types first; [`Decoder::decode_some`] then cannot meet a
+//! structural error, only values to alter (invalid UTF-8) or records to drop
+//! (too large), which it counts.
+//!
+//! Why records are written as JSON text directly: the rest of the router moves
+//! object text (see `event.rs`); building a `serde_json::Value` per record
+//! would double the work on the hot path.
+
+use std::io::Read;
+use std::ops::Range;
+
+use rmp::Marker;
+use serde_json::ser::{CompactFormatter, Formatter};
+
+use crate::sources::file::parse::{TimestampFormatter, key_bit};
+
+/// Deepest nesting of arrays and maps accepted anywhere in a frame.
+pub const MAX_DEPTH: usize = 64;
+/// Longest tag accepted.
+const MAX_TAG: usize = 1024;
+
+/// Why a frame was refused. The connection is closed: after a framing error
+/// the byte stream cannot be trusted to resynchronise.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum FrameError {
+    #[error("frame larger than max_frame_size")]
+    TooLarge,
+    #[error("malformed frame: {0}")]
+    Malformed(&'static str),
+}
+
+impl FrameError {
+    /// Metric reason.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            FrameError::TooLarge => "frame_too_large",
+            FrameError::Malformed(_) => "malformed_frame",
+        }
+    }
+}
+
+fn bad(what: &'static str) -> FrameError {
+    FrameError::Malformed(what)
+}
+
+/// One msgpack header: the kind of value and how its payload is sized.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum Head {
+    Nil,
+    Bool(bool),
+    Uint(u64),
+    Int(i64),
+    F32(f32),
+    F64(f64),
+    Str(usize),
+    Bin(usize),
+    Array(u64),
+    Map(u64),
+    Ext(i8, usize),
+}
+
+impl Head {
+    /// Payload bytes after the header (strings, binaries, extensions).
+    fn payload(&self) -> usize {
+        match *self {
+            Head::Str(n) | Head::Bin(n) | Head::Ext(_, n) => n,
+            _ => 0,
+        }
+    }
+}
+
+fn be(buf: &[u8], at: usize, n: usize) -> Option<u64> {
+    let bytes = buf.get(at..at.checked_add(n)?)?;
+    Some(bytes.iter().fold(0u64, |acc, &b| (acc << 8) | u64::from(b)))
+}
+
+/// Reads the header at `pos`: `Ok(None)` when `buf` ends inside it.
+fn head(buf: &[u8], pos: usize) -> Result<Option<(Head, usize)>, FrameError> {
+    let Some(&first) = buf.get(pos) else { return Ok(None) };
+    let at = pos + 1;
+    // (head, extra header bytes) or an early "need more".
+    macro_rules! num {
+        ($n:expr, $f:expr) => {
+            match be(buf, at, $n) {
+                Some(v) => ($f(v), 1 + $n),
+                None => return Ok(None),
+            }
+        };
+    }
+    let (h, len) = match Marker::from_u8(first) {
+        Marker::FixPos(v) => (Head::Uint(u64::from(v)), 1),
+        Marker::FixNeg(v) => (Head::Int(i64::from(v)), 1),
+        Marker::FixMap(n) => (Head::Map(u64::from(n)), 1),
+        Marker::FixArray(n) => (Head::Array(u64::from(n)), 1),
+        Marker::FixStr(n) => (Head::Str(usize::from(n)), 1),
+        Marker::Null => (Head::Nil, 1),
+        Marker::Reserved => return Err(bad("reserved marker 0xc1")),
+        Marker::False => (Head::Bool(false), 1),
+        Marker::True => (Head::Bool(true), 1),
+        Marker::Bin8 => num!(1, |v| Head::Bin(v as usize)),
+        Marker::Bin16 => num!(2, |v| Head::Bin(v as usize)),
+        Marker::Bin32 => num!(4, |v| Head::Bin(v as usize)),
+        Marker::Str8 => num!(1, |v| Head::Str(v as usize)),
+        Marker::Str16 => num!(2, |v| Head::Str(v as usize)),
+        Marker::Str32 => num!(4, |v| Head::Str(v as usize)),
+        Marker::Array16 => num!(2, Head::Array),
+        Marker::Array32 => num!(4, Head::Array),
+        Marker::Map16 => num!(2, Head::Map),
+        Marker::Map32 => num!(4, Head::Map),
+        Marker::U8 => num!(1, Head::Uint),
+        Marker::U16 => num!(2, Head::Uint),
+        Marker::U32 => num!(4, Head::Uint),
+        Marker::U64 => num!(8, Head::Uint),
+        Marker::I8 => num!(1, |v| Head::Int(i64::from(v as u8 as i8))),
+        Marker::I16 => num!(2, |v| Head::Int(i64::from(v as u16 as i16))),
+        Marker::I32 => num!(4, |v| Head::Int(i64::from(v as u32 as i32))),
+        Marker::I64 => num!(8, |v| Head::Int(v as i64)),
+        Marker::F32 => num!(4, |v| Head::F32(f32::from_bits(v as u32))),
+        Marker::F64 => num!(8, |v: u64| Head::F64(f64::from_bits(v))),
+        Marker::FixExt1 | Marker::FixExt2 | Marker::FixExt4 | Marker::FixExt8 | Marker::FixExt16 => {
+            let size = match Marker::from_u8(first) {
+                Marker::FixExt1 => 1,
+                Marker::FixExt2 => 2,
+                Marker::FixExt4 => 4,
+                Marker::FixExt8 => 8,
+                _ => 16,
+            };
+            match buf.get(at) {
+                Some(&t) => (Head::Ext(t as i8, size), 2),
+                None => return Ok(None),
+            }
+        }
+        Marker::Ext8 | Marker::Ext16 | Marker::Ext32 => {
+            let n = match Marker::from_u8(first) {
+                Marker::Ext8 => 1,
+                Marker::Ext16 => 2,
+                _ => 4,
+            };
+            match (be(buf, at, n), buf.get(at + n)) {
+                (Some(size), Some(&t)) => (Head::Ext(t as i8, size as usize), 2 + n),
+                _ => return Ok(None),
+            }
+        }
+    };
+    Ok(Some((h, len)))
+}
+
+/// Finds where one msgpack value (a frame: a top-level array) ends in a
+/// growing buffer, resuming where the last call stopped.
+#[derive(Debug)]
+pub struct FrameScanner {
+    /// Next header to read.
+    pos: usize,
+    /// Values still expected by each open container.
+    stack: Vec<u64>,
+    /// Largest element count of the top-level array (0: any).
+    max_top: u64,
+}
+
+impl FrameScanner {
+    /// `max_top`: the most elements the top-level array may have (0: any,
+    /// and the top-level value may be anything).
+    pub fn new(max_top: u64) -> Self {
+        FrameScanner {
+            pos: 0,
+            stack: Vec::new(),
+            max_top,
+        }
+    }
+
+    /// Bytes of the first complete value of `buf`, or `None` until it has
+    /// arrived. `buf` must start with the value and only grow between calls
+    /// (call [`FrameScanner::reset`] after consuming a frame).
+    pub fn scan(&mut self, buf: &[u8], max: usize) -> Result<Option<usize>, FrameError> {
+        loop {
+            let Some((h, hl)) = head(buf, self.pos)? else {
+                return if buf.len() > max {
+                    Err(FrameError::TooLarge)
+                } else {
+                    Ok(None)
+                };
+            };
+            if self.pos == 0 && self.max_top > 0 {
+                match h {
+                    Head::Array(n) if (1..=self.max_top).contains(&n) => {}
+                    Head::Array(_) => return Err(bad("not a forward message (wrong array length)")),
+                    _ => return Err(bad("not a forward message (not an array)")),
+                }
+            }
+            let end = self.pos + hl + h.payload();
+            if end > max {
+                return Err(FrameError::TooLarge);
+            }
+            if end > buf.len() {
+                return Ok(None);
+            }
+            self.pos = end;
+            let open = match h {
+                Head::Array(n) if n > 0 => Some(n),
+                Head::Map(n) if n > 0 => Some(n.saturating_mul(2)),
+                _ => None,
+            };
+            if let Some(n) = open {
+                if self.stack.len() >= MAX_DEPTH {
+                    return Err(bad("nested too deep"));
+                }
+                self.stack.push(n);
+                continue;
+            }
+            // A complete value: close every container it completes.
+            loop {
+                match self.stack.last_mut() {
+                    None => {
+                        let len = self.pos;
+                        self.reset();
+                        return Ok(Some(len));
+                    }
+                    Some(top) => {
+                        *top -= 1;
+                        if *top > 0 {
+                            break;
+                        }
+                        self.stack.pop();
+                    }
+                }
+            }
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.pos = 0;
+        self.stack.clear();
+    }
+}
+
+/// Reads validated msgpack bytes; every method still checks bounds.
+struct Cur<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Cur<'a> {
+    fn head(&mut self) -> Result<Head, FrameError> {
+        let (h, len) = head(self.buf, self.pos)?.ok_or(bad("truncated"))?;
+        self.pos += len;
+        Ok(h)
+    }
+
+    fn payload(&mut self, n: usize) -> Result<&'a [u8], FrameError> {
+        let end = self.pos.checked_add(n).ok_or(bad("truncated"))?;
+        let s = self.buf.get(self.pos..end).ok_or(bad("truncated"))?;
+        self.pos = end;
+        Ok(s)
+    }
+
+    /// Skips one value (its depth was bounded by the scanner).
+    fn skip(&mut self) -> Result<(), FrameError> {
+        let mut pending: u64 = 1;
+        while pending > 0 {
+            pending -= 1;
+            let h = self.head()?;
+            match h {
+                Head::Array(n) => pending = pending.checked_add(n).ok_or(bad("too many elements"))?,
+                Head::Map(n) => {
+                    pending = pending
+                        .checked_add(n.saturating_mul(2))
+                        .ok_or(bad("too many elements"))?
+                }
+                other => {
+                    self.payload(other.payload())?;
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A string or binary value's bytes.
+    fn raw_str(&mut self) -> Result<Option<&'a [u8]>, FrameError> {
+        match self.head()? {
+            Head::Str(n) | Head::Bin(n) => Ok(Some(self.payload(n)?)),
+            _ => Ok(None),
+        }
+    }
+
+    /// An event time: integer seconds, EventTime (ext 0: seconds and
+    /// nanoseconds), a float, `nil` (now), or Fluent Bit's `[time, metadata]`.
+    fn time(&mut self) -> Result<EventTime, FrameError> {
+        let h = self.head()?;
+        if h != Head::Array(2) {
+            return self.flat_time(h);
+        }
+        let h = self.head()?;
+        let t = self.flat_time(h)?;
+        match self.head()? {
+            Head::Map(n) => {
+                for _ in 0..n.saturating_mul(2) {
+                    self.skip()?;
+                }
+            }
+            _ => return Err(bad("event metadata is not a map")),
+        }
+        Ok(t)
+    }
+
+    fn flat_time(&mut self, h: Head) -> Result<EventTime, FrameError> {
+        Ok(match h {
+            Head::Uint(s) => EventTime::At(i64::try_from(s).unwrap_or(i64::MAX).saturating_mul(1000)),
+            Head::Int(s) => EventTime::At(s.saturating_mul(1000)),
+            Head::F32(f) => EventTime::At((f64::from(f) * 1000.0) as i64),
+            Head::F64(f) => EventTime::At((f * 1000.0) as i64),
+            Head::Nil => EventTime::Now,
+            Head::Ext(0, 8) => {
+                let b = self.payload(8)?;
+                let secs = be(b, 0, 4).unwrap_or(0) as i64;
+                let nanos = be(b, 4, 4).unwrap_or(0) as i64;
+                EventTime::At(secs * 1000 + nanos / 1_000_000)
+            }
+            _ => return Err(bad("event time is not an integer or EventTime")),
+        })
+    }
+
+    /// Skips the members of a container whose header was read.
+    fn skip_members(&mut self, h: Head) -> Result<(), FrameError> {
+        let n = match h {
+            Head::Array(n) => n,
+            Head::Map(n) => n.saturating_mul(2),
+            _ => 0,
+        };
+        for _ in 0..n {
+            self.skip()?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum EventTime {
+    /// Unix milliseconds.
+    At(i64),
+    Now,
+}
+
+/// How a frame carries its events.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `[tag, time, record(, option)]`
+    Message,
+    /// `[tag, [[time, record], ...](, option)]`
+    Forward,
+    /// `[tag, <concatenated [time, record] entries>(, option)]`, maybe gzip.
+    PackedForward,
+}
+
+/// A frame's parts, as byte ranges of the frame.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Frame {
+    pub tag: Range<usize>,
+    pub mode: Mode,
+    /// Message: the time and record; Forward: the entries (after the
+    /// array header); PackedForward: the payload.
+    pub entries: Range<usize>,
+    /// Entries in Forward mode (1 for Message; unknown for packed).
+    pub count: u64,
+    /// The `chunk` option, to be answered with `{"ack": chunk}`.
+    pub chunk: Option<Range<usize>>,
+    /// `compressed: "gzip"`.
+    pub gzip: bool,
+}
+
+/// Reads a complete frame's shape; `frame` is exactly one value.
+pub fn parse_frame(frame: &[u8]) -> Result<Frame, FrameError> {
+    let mut c = Cur { buf: frame, pos: 0 };
+    let n = match c.head()? {
+        Head::Array(n) if (2..=4).contains(&n) => n,
+        _ => return Err(bad("not a forward message")),
+    };
+    let tag = match c.head()? {
+        Head::Str(len) | Head::Bin(len) if len <= MAX_TAG => {
+            c.payload(len)?;
+            c.pos - len..c.pos
+        }
+        Head::Str(_) | Head::Bin(_) => return Err(bad("tag longer than 1024 bytes")),
+        _ => return Err(bad("tag is not a string")),
+    };
+    let second = c.pos;
+    let (mode, entries, count, used) = match c.head()? {
+        Head::Array(m) => {
+            let start = c.pos;
+            for _ in 0..m {
+                c.skip()?;
+            }
+            (Mode::Forward, start..c.pos, m, 2)
+        }
+        Head::Str(len) | Head::Bin(len) => {
+            c.payload(len)?;
+            (Mode::PackedForward, c.pos - len..c.pos, 0, 2)
+        }
+        _ => {
+            if n < 3 {
+                return Err(bad("message mode needs a time and a record"));
+            }
+            c.pos = second;
+            c.time()?;
+            match c.head()? {
+                Head::Map(_) => {}
+                _ => return Err(bad("record is not a map")),
+            }
+            c.pos = second;
+            c.skip()?;
+            c.skip()?;
+            (Mode::Message, second..c.pos, 1, 3)
+        }
+    };
+    let mut chunk = None;
+    let mut gzip = false;
+    if n > used {
+        match c.head()? {
+            Head::Nil => {}
+            Head::Map(pairs) => {
+                for _ in 0..pairs {
+                    let key = c.raw_str()?;
+                    match key {
+                        Some(b"chunk") => match c.head()? {
+                            Head::Str(len) | Head::Bin(len) if len <= MAX_TAG => {
+                                c.payload(len)?;
+                                chunk = Some(c.pos - len..c.pos);
+                            }
+                            _ => return Err(bad("chunk option is not a short string")),
+                        },
+                        Some(b"compressed") => match c.raw_str()? {
+                            Some(b"gzip") => gzip = true,
+                            Some(b"text") => {}
+                            _ => return Err(bad("unsupported compression (only gzip)")),
+                        },
+                        _ => c.skip()?,
+                    }
+                }
+            }
+            _ => return Err(bad("option is not a map")),
+        }
+        if n > used + 1 {
+            return Err(bad("too many elements"));
+        }
+    }
+    if c.pos != frame.len() {
+        return Err(bad("trailing bytes"));
+    }
+    if gzip && mode != Mode::PackedForward {
+        return Err(bad("compressed is only valid with packed entries"));
+    }
+    Ok(Frame {
+        tag,
+        mode,
+        entries,
+        count,
+        chunk,
+        gzip,
+    })
+}
+
+/// Inflates a CompressedPackedForward payload (one or more gzip members)
+/// into `out`, refusing more than `max` bytes.
+pub fn gunzip(payload: &[u8], max: usize, out: &mut Vec<u8>) -> Result<(), FrameError> {
+    out.clear();
+    let mut dec = flate2::read::MultiGzDecoder::new(payload).take(max as u64 + 1);
+    dec.read_to_end(out).map_err(|_| bad("invalid gzip payload"))?;
+    if out.len() > max {
+        out.clear();
+        return Err(FrameError::TooLarge);
+    }
+    Ok(())
+}
+
+/// Checks that `bytes` (a Forward entry list of `count`, or packed entries
+/// when `count` is `None`) holds only `[time, record-map]` entries; returns
+/// how many.
+pub fn check_entries(bytes: &[u8], count: Option<u64>) -> Result<u64, FrameError> {
+    let mut pos = 0;
+    let mut n = 0u64;
+    let mut scanner = FrameScanner::new(0);
+    loop {
+        match count {
+            Some(c) if n == c => break,
+            None if pos == bytes.len() => break,
+            _ => {}
+        }
+        let rest = bytes.get(pos..).ok_or(bad("truncated entry"))?;
+        // Well-formedness and depth of packed entries (Forward ones were
+        // scanned with the frame).
+        if count.is_none() {
+            match scanner.scan(rest, usize::MAX)? {
+                Some(_) => {}
+                None => {
+                    scanner.reset();
+                    return Err(bad("truncated entry"));
+                }
+            }
+        }
+        let mut c = Cur { buf: rest, pos: 0 };
+        match c.head()? {
+            Head::Array(len) if len >= 2 => {
+                c.time()?;
+                match c.head()? {
+                    Head::Map(pairs) => {
+                        for _ in 0..pairs.saturating_mul(2) {
+                            c.skip()?;
+                        }
+                    }
+                    _ => return Err(bad("record is not a map")),
+                }
+                for _ in 2..len {
+                    c.skip()?;
+                }
+            }
+            _ => return Err(bad("entry is not [time, record]")),
+        }
+        pos += c.pos;
+        n += 1;
+    }
+    Ok(n)
+}
+
+/// Where decoding of a frame's entries stands.
+#[derive(Debug, Clone)]
+pub struct Entries {
+    pos: usize,
+    end: usize,
+    /// Message mode: the time and record stand alone, without `[ ]`.
+    bare: bool,
+}
+
+impl Entries {
+    pub fn new(range: Range<usize>, mode: Mode) -> Self {
+        Entries {
+            pos: range.start,
+            end: range.end,
+            bare: mode == Mode::Message,
+        }
+    }
+
+    pub fn done(&self) -> bool {
+        self.pos >= self.end
+    }
+}
+
+/// What one [`Decoder::decode_some`] call altered or dropped.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Issues {
+    /// Strings with invalid UTF-8, kept with U+FFFD.
+    pub invalid_utf8: u64,
+    /// Keys repeated in a record: the first one kept.
+    pub duplicate_key: u64,
+    /// Values with no JSON form (extension types), written as `null`.
+    pub unsupported: u64,
+    /// Records over `max_record_size`, dropped.
+    pub too_large: u64,
+}
+
+/// Writes records as JSON object text; one per connection (it holds the
+/// timestamp formatter's cache and scratch space).
+pub struct Decoder {
+    fmt: TimestampFormatter,
+    ts_bit: u64,
+    max_record: usize,
+    /// Top-level key texts of the record being written (ranges of `out`).
+    keys: Vec<Range<usize>>,
+    pub issues: Issues,
+}
+
+impl Decoder {
+    pub fn new(max_record: usize) -> Self {
+        Decoder {
+            fmt: TimestampFormatter::new(),
+            ts_bit: key_bit(b"@timestamp"),
+            max_record,
+            keys: Vec::new(),
+            issues: Issues::default(),
+        }
+    }
+
+    /// Decodes entries of a checked frame (`bytes` holds them at the
+    /// positions `entries` tracks) into `records` until its buffer holds
+    /// `budget` bytes or the entries end. `now_ms` stands in for a `nil` time.
+    pub fn decode_some(
+        &mut self,
+        bytes: &[u8],
+        entries: &mut Entries,
+        records: &mut crate::event::Records,
+        budget: usize,
+        now_ms: i64,
+    ) -> Result<(), FrameError> {
+        let end = entries.end.min(bytes.len());
+        let mut c = Cur {
+            buf: bytes.get(..end).ok_or(bad("truncated"))?,
+            pos: entries.pos,
+        };
+        while c.pos < end && records.buf.len() < budget {
+            let extra = if entries.bare {
+                0
+            } else {
+                match c.head()? {
+                    Head::Array(n) if n >= 2 => n - 2,
+                    _ => return Err(bad("entry is not [time, record]")),
+                }
+            };
+            let ts_ms = match c.time()? {
+                EventTime::At(ms) => ms,
+                _ => now_ms,
+            };
+            self.record(&mut c, ts_ms.max(0), records)?;
+            for _ in 0..extra {
+                c.skip()?;
+            }
+            if entries.bare {
+                // The option map (if any) follows; the message has one event.
+                entries.pos = entries.end;
+                return Ok(());
+            }
+            entries.pos = c.pos;
+        }
+        Ok(())
+    }
+
+    /// Writes one record map as `{"@timestamp":"…",…}` and pushes it.
+    fn record(&mut self, c: &mut Cur<'_>, ts_ms: i64, records: &mut crate::event::Records) -> Result<(), FrameError> {
+        let Head::Map(pairs) = c.head()? else {
+            return Err(bad("record is not a map"));
+        };
+        let out = &mut records.buf;
+        let start = out.len();
+        out.extend_from_slice(b"{\"@timestamp\":\"");
+        self.fmt.write(ts_ms, out);
+        out.push(b'"');
+        let spliced = out.len() - start;
+        let mut mask = self.ts_bit;
+        let mut own_ts = false;
+        self.keys.clear();
+        for _ in 0..pairs {
+            let before = out.len();
+            out.push(b',');
+            let key_start = out.len();
+            let key_bytes: &[u8] = match c.head()? {
+                Head::Str(n) | Head::Bin(n) => c.payload(n)?,
+                other => {
+                    // Integer or other scalar keys: their text, quoted.
+                    let mut text = Vec::new();
+                    self.scalar(other, c, &mut text)?;
+                    let s = String::from_utf8_lossy(&text).trim_matches('"').to_string();
+                    write_json_str(out, s.as_bytes(), &mut self.issues);
+                    let bit = key_bit(s.as_bytes());
+                    if self.duplicate(out, key_start, bit, mask) {
+                        out.truncate(before);
+                        c.skip()?;
+                        continue;
+                    }
+                    mask |= bit;
+                    self.keys.push(key_start..out.len());
+                    out.push(b':');
+                    self.value(c, out)?;
+                    continue;
+                }
+            };
+            let lossy = String::from_utf8_lossy(key_bytes);
+            write_json_str(out, key_bytes, &mut self.issues);
+            let bit = key_bit(lossy.as_bytes());
+            let is_ts = lossy == "@timestamp";
+            if (is_ts && own_ts) || (!is_ts && self.duplicate(out, key_start, bit, mask)) {
+                self.issues.duplicate_key += 1;
+                out.truncate(before);
+                c.skip()?;
+                continue;
+            }
+            own_ts |= is_ts;
+            mask |= bit;
+            self.keys.push(key_start..out.len());
+            out.push(b':');
+            self.value(c, out)?;
+        }
+        out.push(b'}');
+        if own_ts {
+            // The record's own `@timestamp` wins: drop the spliced one and
+            // its comma (the record has at least that member).
+            out.drain(start + 1..start + spliced + 1);
+        }
+        if out.len() - start > self.max_record {
+            out.truncate(start);
+            self.issues.too_large += 1;
+            return Ok(());
+        }
+        records.push_written(start, ts_ms, mask);
+        Ok(())
+    }
+
+    /// Is the key just written at `key_start..` already in this record?
+    fn duplicate(&self, out: &[u8], key_start: usize, bit: u64, mask: u64) -> bool {
+        if mask & bit == 0 {
+            return false;
+        }
+        let Some(key) = out.get(key_start..) else { return false };
+        self.keys.iter().any(|r| out.get(r.clone()) == Some(key))
+    }
+
+    fn value(&mut self, c: &mut Cur<'_>, out: &mut Vec<u8>) -> Result<(), FrameError> {
+        match c.head()? {
+            Head::Array(n) => {
+                out.push(b'[');
+                for i in 0..n {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    self.value(c, out)?;
+                }
+                out.push(b']');
+            }
+            Head::Map(n) => {
+                out.push(b'{');
+                for i in 0..n {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    match c.head()? {
+                        Head::Str(len) | Head::Bin(len) => {
+                            let k = c.payload(len)?;
+                            write_json_str(out, k, &mut self.issues);
+                        }
+                        other => {
+                            let mut text = Vec::new();
+                            self.scalar(other, c, &mut text)?;
+                            let s = String::from_utf8_lossy(&text).trim_matches('"').to_string();
+                            write_json_str(out, s.as_bytes(), &mut self.issues);
+                        }
+                    }
+                    out.push(b':');
+                    self.value(c, out)?;
+                }
+                out.push(b'}');
+            }
+            other => self.scalar(other, c, out)?,
+        }
+        Ok(())
+    }
+
+    /// A non-container value (containers as keys are written as `null`).
+    fn scalar(&mut self, h: Head, c: &mut Cur<'_>, out: &mut Vec<u8>) -> Result<(), FrameError> {
+        let mut f = CompactFormatter;
+        // Writing into a Vec cannot fail.
+        let _ = match h {
+            Head::Nil => f.write_null(out),
+            Head::Bool(b) => f.write_bool(out, b),
+            Head::Uint(v) => f.write_u64(out, v),
+            Head::Int(v) => f.write_i64(out, v),
+            Head::F32(v) if v.is_finite() => f.write_f32(out, v),
+            Head::F64(v) if v.is_finite() => f.write_f64(out, v),
+            Head::F32(_) | Head::F64(_) => f.write_null(out),
+            Head::Str(n) | Head::Bin(n) => {
+                let s = c.payload(n)?;
+                write_json_str(out, s, &mut self.issues);
+                Ok(())
+            }
+            Head::Ext(0, 8) => {
+                let b = c.payload(8)?;
+                let secs = be(b, 0, 4).unwrap_or(0) as f64;
+                let nanos = be(b, 4, 4).unwrap_or(0) as f64;
+                f.write_f64(out, secs + nanos / 1e9)
+            }
+            Head::Ext(_, n) => {
+                c.payload(n)?;
+                self.issues.unsupported += 1;
+                f.write_null(out)
+            }
+            Head::Array(_) | Head::Map(_) => {
+                // Only reached for a container used as a map key.
+                c.skip_members(h)?;
+                self.issues.unsupported += 1;
+                f.write_null(out)
+            }
+        };
+        Ok(())
+    }
+}
+
+/// Appends `s` as a JSON string; invalid UTF-8 becomes U+FFFD, counted.
+fn write_json_str(out: &mut Vec<u8>, s: &[u8], issues: &mut Issues) {
+    match std::str::from_utf8(s) {
+        Ok(s) => escape_into(out, s),
+        Err(_) => {
+            issues.invalid_utf8 += 1;
+            escape_into(out, &String::from_utf8_lossy(s));
+        }
+    }
+}
+
+fn escape_into(out: &mut Vec<u8>, s: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = s.as_bytes();
+    out.reserve(bytes.len() + 2);
+    out.push(b'"');
+    let mut start = 0;
+    for (i, &b) in bytes.iter().enumerate() {
+        let esc: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(bytes.get(start..i).unwrap_or_default());
+        start = i + 1;
+        if esc.is_empty() {
+            out.extend_from_slice(&[
+                b'\\',
+                b'u',
+                b'0',
+                b'0',
+                HEX[usize::from(b >> 4)],
+                HEX[usize::from(b & 0xf)],
+            ]);
+        } else {
+            out.extend_from_slice(esc);
+        }
+    }
+    out.extend_from_slice(bytes.get(start..).unwrap_or_default());
+    out.push(b'"');
+}
+
+/// `{"ack": chunk}`.
+pub fn ack_response(chunk: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(chunk.len() + 8);
+    // Writing into a Vec cannot fail.
+    let _ = rmp::encode::write_map_len(&mut out, 1);
+    let _ = rmp::encode::write_str(&mut out, "ack");
+    let _ = rmp::encode::write_str_len(&mut out, chunk.len() as u32);
+    out.extend_from_slice(chunk);
+    out
+}
+
+/// The client's `["PING", hostname, salt, digest, username, password]`.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Ping<'a> {
+    pub hostname: &'a [u8],
+    pub salt: &'a [u8],
+    pub digest: &'a [u8],
+}
+
+pub fn parse_ping(frame: &[u8]) -> Result<Ping<'_>, FrameError> {
+    let mut c = Cur { buf: frame, pos: 0 };
+    match c.head()? {
+        Head::Array(n) if (4..=6).contains(&n) => {}
+        _ => return Err(bad("expected PING")),
+    }
+    if c.raw_str()? != Some(b"PING".as_slice()) {
+        return Err(bad("expected PING"));
+    }
+    let mut field = || c.raw_str().and_then(|s| s.ok_or(bad("PING field is not a string")));
+    Ok(Ping {
+        hostname: field()?,
+        salt: field()?,
+        digest: field()?,
+    })
+}
+
+/// `sha512_hex(salt + hostname + nonce + shared_key)`, as both sides prove
+/// the key.
+pub fn shared_key_digest(salt: &[u8], hostname: &[u8], nonce: &[u8], key: &[u8]) -> String {
+    use sha2::{Digest, Sha512};
+    let mut h = Sha512::new();
+    h.update(salt);
+    h.update(hostname);
+    h.update(nonce);
+    h.update(key);
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// `["HELO", {"nonce": nonce, "auth": "", "keepalive": true}]` (no user
+/// authentication).
+pub fn helo(nonce: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = rmp::encode::write_array_len(&mut out, 2);
+    let _ = rmp::encode::write_str(&mut out, "HELO");
+    let _ = rmp::encode::write_map_len(&mut out, 3);
+    let _ = rmp::encode::write_str(&mut out, "nonce");
+    let _ = rmp::encode::write_str(&mut out, nonce);
+    let _ = rmp::encode::write_str(&mut out, "auth");
+    let _ = rmp::encode::write_str(&mut out, "");
+    let _ = rmp::encode::write_str(&mut out, "keepalive");
+    let _ = rmp::encode::write_bool(&mut out, true);
+    out
+}
+
+/// `["PONG", ok, reason, hostname, digest]`.
+pub fn pong(ok: bool, reason: &str, hostname: &str, digest: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    // Writing into a Vec cannot fail.
+    let _ = rmp::encode::write_array_len(&mut out, 5);
+    let _ = rmp::encode::write_str(&mut out, "PONG");
+    let _ = rmp::encode::write_bool(&mut out, ok);
+    let _ = rmp::encode::write_str(&mut out, reason);
+    let _ = rmp::encode::write_str(&mut out, hostname);
+    let _ = rmp::encode::write_str(&mut out, digest);
+    out
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::event::Records;
+    use serde_json::{Value, json};
+
+    /// A msgpack value for building test frames.
+    #[derive(Debug, Clone)]
+    pub(crate) enum V {
+        Nil,
+        Int(i64),
+        F(f64),
+        S(&'static str),
+        Raw(Vec<u8>),
+        B(Vec<u8>),
+        A(Vec<V>),
+        M(Vec<(V, V)>),
+        /// EventTime: seconds, nanoseconds.
+        T(u32, u32),
+    }
+
+    pub(crate) fn enc(v: &V, out: &mut Vec<u8>) {
+        use rmp::encode as e;
+        match v {
+            V::Nil => e::write_nil(out).unwrap(),
+            V::Int(i) => {
+                e::write_sint(out, *i).unwrap();
+            }
+            V::F(f) => e::write_f64(out, *f).unwrap(),
+            V::S(s) => e::write_str(out, s).unwrap(),
+            V::Raw(b) => {
+                e::write_str_len(out, b.len() as u32).unwrap();
+                out.extend_from_slice(b);
+            }
+            V::B(b) => e::write_bin(out, b).unwrap(),
+            V::A(items) => {
+                e::write_array_len(out, items.len() as u32).unwrap();
+                items.iter().for_each(|i| enc(i, out));
+            }
+            V::M(pairs) => {
+                e::write_map_len(out, pairs.len() as u32).unwrap();
+                for (k, v) in pairs {
+                    enc(k, out);
+                    enc(v, out);
+                }
+            }
+            V::T(s, ns) => {
+                e::write_ext_meta(out, 8, 0).unwrap();
+                out.extend_from_slice(&s.to_be_bytes());
+                out.extend_from_slice(&ns.to_be_bytes());
+            }
+        }
+    }
+
+    pub(crate) fn bytes(v: &V) -> Vec<u8> {
+        let mut out = Vec::new();
+        enc(v, &mut out);
+        out
+    }
+
+    fn rec(log: &'static str) -> V {
+        V::M(vec![(V::S("log"), V::S(log)), (V::S("n"), V::Int(-3))])
+    }
+
+    /// 2026-11-25T23:15:47Z
+    const SECS: u32 = 1_795_648_547;
+
+    /// Frames a test value, parses, checks and decodes it the way a
+    /// connection does.
+    fn decode(frame: &[u8]) -> Result<(Frame, Vec<Value>, Records, Issues), FrameError> {
+        let mut s = FrameScanner::new(4);
+        assert_eq!(s.scan(frame, 1 << 20)?, Some(frame.len()), "frame end");
+        let f = parse_frame(frame)?;
+        let mut inflated = Vec::new();
+        let (bytes, range) = match f.mode {
+            Mode::Message => (frame, f.entries.clone()),
+            Mode::Forward => {
+                check_entries(&frame[f.entries.clone()], Some(f.count))?;
+                (frame, f.entries.clone())
+            }
+            Mode::PackedForward if f.gzip => {
+                gunzip(&frame[f.entries.clone()], 1 << 20, &mut inflated)?;
+                check_entries(&inflated, None)?;
+                (&inflated[..], 0..inflated.len())
+            }
+            Mode::PackedForward => {
+                check_entries(&frame[f.entries.clone()], None)?;
+                (frame, f.entries.clone())
+            }
+        };
+        let mut d = Decoder::new(1024);
+        let mut r = Records::default();
+        let mut e = Entries::new(range, f.mode);
+        while !e.done() {
+            // A tiny budget: decoding resumes across many calls.
+            let budget = r.buf.len() + 1;
+            d.decode_some(bytes, &mut e, &mut r, budget, 42_000)?;
+        }
+        let vals = (0..r.len())
+            .map(|i| serde_json::from_slice(r.text(i)).expect("valid JSON"))
+            .collect();
+        let issues = d.issues;
+        Ok((f, vals, r, issues))
+    }
+
+    #[test]
+    fn message_mode_with_event_time_and_chunk() {
+        let frame = bytes(&V::A(vec![
+            V::S("app.web"),
+            V::T(SECS, 123_456_789),
+            rec("hello"),
+            V::M(vec![(V::S("chunk"), V::S("abc=")), (V::S("size"), V::Int(1))]),
+        ]));
+        let (f, vals, r, _) = decode(&frame).unwrap();
+        assert_eq!(&frame[f.tag.clone()], b"app.web");
+        assert_eq!(f.mode, Mode::Message);
+        assert_eq!(&frame[f.chunk.clone().unwrap()], b"abc=");
+        assert_eq!(
+            vals,
+            vec![json!({"@timestamp": "2026-11-25T23:15:47.123Z", "log": "hello", "n": -3})]
+        );
+        assert_eq!(r.meta[0].ts_ms, i64::from(SECS) * 1000 + 123);
+        for k in ["@timestamp", "log", "n"] {
+            assert_ne!(r.meta[0].key_mask & key_bit(k.as_bytes()), 0, "{k}");
+        }
+    }
+
+    #[test]
+    fn forward_mode_integer_time_nil_time_and_metadata_time() {
+        let frame = bytes(&V::A(vec![
+            V::S("t"),
+            V::A(vec![
+                V::A(vec![V::Int(i64::from(SECS)), rec("a")]),
+                V::A(vec![V::Nil, rec("b")]),
+                V::A(vec![V::A(vec![V::T(SECS, 0), V::M(vec![])]), rec("c")]),
+            ]),
+        ]));
+        let (f, vals, r, _) = decode(&frame).unwrap();
+        assert_eq!((f.mode, f.count, f.chunk), (Mode::Forward, 3, None));
+        let logs: Vec<_> = vals.iter().map(|v| v["log"].as_str().unwrap()).collect();
+        assert_eq!(logs, ["a", "b", "c"]);
+        assert_eq!(r.meta[0].ts_ms, i64::from(SECS) * 1000);
+        assert_eq!(r.meta[1].ts_ms, 42_000, "nil time is the receive time");
+        assert_eq!(vals[1]["@timestamp"], "1970-01-01T00:00:42.000Z");
+        assert_eq!(r.meta[2].ts_ms, i64::from(SECS) * 1000);
+    }
+
+    fn packed(n: usize) -> Vec<u8> {
+        let mut p = Vec::new();
+        for i in 0..n {
+            enc(
+                &V::A(vec![V::T(SECS, 0), V::M(vec![(V::S("i"), V::Int(i as i64))])]),
+                &mut p,
+            );
+        }
+        p
+    }
+
+    #[test]
+    fn packed_forward_as_str_or_bin() {
+        for payload in [V::B(packed(50)), V::Raw(packed(50))] {
+            let frame = bytes(&V::A(vec![V::S("t"), payload, V::M(vec![(V::S("chunk"), V::S("c1"))])]));
+            let (f, vals, _, _) = decode(&frame).unwrap();
+            assert_eq!(f.mode, Mode::PackedForward);
+            assert_eq!(vals.len(), 50);
+            assert!(vals.iter().enumerate().all(|(i, v)| v["i"] == json!(i)));
+        }
+    }
+
+    fn gz(data: &[u8]) -> Vec<u8> {
+        use std::io::Write;
+        let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+        e.write_all(data).unwrap();
+        e.finish().unwrap()
+    }
+
+    #[test]
+    fn compressed_packed_forward_with_concatenated_members() {
+        let all = packed(30);
+        // Three gzip members, split inside an entry.
+        let mut payload = gz(&all[..7]);
+        payload.extend(gz(&all[7..200]));
+        payload.extend(gz(&all[200..]));
+        let frame = bytes(&V::A(vec![
+            V::S("t"),
+            V::B(payload),
+            V::M(vec![(V::S("compressed"), V::S("gzip"))]),
+        ]));
+        let (f, vals, _, _) = decode(&frame).unwrap();
+        assert!(f.gzip);
+        assert_eq!(vals.len(), 30);
+        assert_eq!(vals[29]["i"], 29);
+    }
+
+    #[test]
+    fn gzip_errors_and_bombs_are_refused() {
+        let frame = bytes(&V::A(vec![
+            V::S("t"),
+            V::B(b"not gzip".to_vec()),
+            V::M(vec![(V::S("compressed"), V::S("gzip"))]),
+        ]));
+        assert_eq!(
+            decode(&frame).unwrap_err(),
+            FrameError::Malformed("invalid gzip payload")
+        );
+        let mut out = Vec::new();
+        assert_eq!(
+            gunzip(&gz(&vec![0u8; 10_000]), 9_999, &mut out),
+            Err(FrameError::TooLarge)
+        );
+        assert!(gunzip(&gz(&vec![0u8; 10_000]), 10_000, &mut out).is_ok());
+        let frame = bytes(&V::A(vec![
+            V::S("t"),
+            V::B(packed(1)),
+            V::M(vec![(V::S("compressed"), V::S("zstd"))]),
+        ]));
+        assert!(matches!(decode(&frame), Err(FrameError::Malformed(_))));
+    }
+
+    #[test]
+    fn values_become_json_and_odd_ones_are_counted() {
+        let frame = bytes(&V::A(vec![
+            V::S("t"),
+            V::Int(1),
+            V::M(vec![
+                (V::S("s"), V::S("a\"b\\c\nd\u{1}é")),
+                (V::S("bin"), V::B(vec![0x66, 0xff, 0x6f])),
+                (
+                    V::S("arr"),
+                    V::A(vec![V::Nil, V::F(1.5), V::F(f64::NAN), V::Int(u32::MAX as i64 * 4)]),
+                ),
+                (
+                    V::S("obj"),
+                    V::M(vec![(V::Int(7), V::S("seven")), (V::S("k"), V::M(vec![]))]),
+                ),
+                (V::Int(5), V::S("int key")),
+                (V::S("ext"), V::T(1, 500_000_000)),
+                (V::S("s"), V::S("duplicate")),
+                (V::S("container_id"), V::S("abc")),
+            ]),
+        ]));
+        let (_, vals, r, issues) = decode(&frame).unwrap();
+        assert_eq!(
+            vals[0],
+            json!({
+                "@timestamp": "1970-01-01T00:00:01.000Z",
+                "s": "a\"b\\c\nd\u{1}é",
+                "bin": "f\u{fffd}o",
+                "arr": [null, 1.5, null, 17179869180u64],
+                "obj": {"7": "seven", "k": {}},
+                "5": "int key",
+                "ext": 1.5,
+                "container_id": "abc",
+            })
+        );
+        assert!(!r.text(0).contains(&b'\n'));
+        assert_eq!(
+            issues,
+            Issues {
+                invalid_utf8: 1,
+                duplicate_key: 1,
+                unsupported: 0,
+                too_large: 0
+            }
+        );
+    }
+
+    #[test]
+    fn own_timestamp_wins_and_empty_record_is_an_object() {
+        let frame = bytes(&V::A(vec![
+            V::S("t"),
+            V::A(vec![
+                V::A(vec![
+                    V::Int(1),
+                    V::M(vec![(V::S("a"), V::Int(1)), (V::S("@timestamp"), V::S("mine"))]),
+                ]),
+                V::A(vec![V::Int(1), V::M(vec![])]),
+                V::A(vec![V::Int(1), V::M(vec![(V::S("@timestamp"), V::S("only"))])]),
+            ]),
+        ]));
+        let (_, vals, r, _) = decode(&frame).unwrap();
+        assert_eq!(
+            std::str::from_utf8(r.text(0)).unwrap(),
+            r#"{"a":1,"@timestamp":"mine"}"#
+        );
+        assert_eq!(vals[1], json!({"@timestamp": "1970-01-01T00:00:01.000Z"}));
+        assert_eq!(std::str::from_utf8(r.text(2)).unwrap(), r#"{"@timestamp":"only"}"#);
+    }
+
+    #[test]
+    fn oversized_records_are_dropped_and_counted_not_the_frame() {
+        let big: &'static str = Box::leak("x".repeat(2000).into_boxed_str());
+        let frame = bytes(&V::A(vec![
+            V::S("t"),
+            V::A(vec![
+                V::A(vec![V::Int(1), rec(big)]),
+                V::A(vec![V::Int(1), rec("small")]),
+            ]),
+        ]));
+        let (_, vals, _, issues) = decode(&frame).unwrap();
+        assert_eq!(vals.len(), 1);
+        assert_eq!(vals[0]["log"], "small");
+        assert_eq!(issues.too_large, 1);
+    }
+
+    #[test]
+    fn malformed_frames_are_refused_with_a_reason() {
+        let cases: Vec<(V, &str)> = vec![
+            (V::M(vec![]), "not an array"),
+            (V::A(vec![V::S("t")]), "one element"),
+            (V::A(vec![V::Int(1), V::Int(1), rec("a")]), "tag not a string"),
+            (V::A(vec![V::S("t"), V::Int(1), V::S("not a map")]), "record not a map"),
+            (V::A(vec![V::S("t"), V::S("x"), rec("a")]), "time a string"),
+            (
+                V::A(vec![V::S("t"), V::A(vec![V::A(vec![V::Int(1)])])]),
+                "entry too short",
+            ),
+            (
+                V::A(vec![V::S("t"), V::A(vec![V::A(vec![V::S("x"), rec("a")])])]),
+                "entry time",
+            ),
+            (
+                V::A(vec![V::S("t"), V::A(vec![V::A(vec![V::Int(1), V::Int(2)])])]),
+                "entry record",
+            ),
+            (V::A(vec![V::S("t"), V::B(vec![0x92, 0x01])]), "truncated packed entry"),
+            (V::A(vec![V::S("t"), V::B(vec![0xc1])]), "reserved marker in packed"),
+            (
+                V::A(vec![V::S("t"), V::Int(1), rec("a"), V::S("opt")]),
+                "option not a map",
+            ),
+            (
+                V::A(vec![
+                    V::S("t"),
+                    V::Int(1),
+                    rec("a"),
+                    V::M(vec![(V::S("chunk"), V::Int(1))]),
+                ]),
+                "chunk int",
+            ),
+            (
+                V::A(vec![
+                    V::S("t"),
+                    V::A(vec![]),
+                    V::M(vec![(V::S("compressed"), V::S("gzip"))]),
+                ]),
+                "gzip forward",
+            ),
+        ];
+        for (v, what) in cases {
+            let frame = bytes(&v);
+            let r = FrameScanner::new(4)
+                .scan(&frame, 1 << 20)
+                .and_then(|_| decode(&frame).map(|_| ()));
+            assert!(matches!(r, Err(FrameError::Malformed(_))), "{what}: {r:?}");
+        }
+    }
+
+    #[test]
+    fn scanner_resumes_at_every_split_and_enforces_limits() {
+        let mut stream = bytes(&V::A(vec![V::S("a"), V::Int(1), rec("one")]));
+        let second = bytes(&V::A(vec![V::S("b"), V::B(packed(3))]));
+        let first_len = stream.len();
+        stream.extend(&second);
+        for split in 0..=stream.len() {
+            let mut s = FrameScanner::new(4);
+            let got = match s.scan(&stream[..split], 1 << 20).unwrap() {
+                Some(n) => Some(n),
+                None => s.scan(&stream, 1 << 20).unwrap(),
+            };
+            assert_eq!(got, Some(first_len), "split at {split}");
+            assert_eq!(s.scan(&stream[first_len..], 1 << 20).unwrap(), Some(second.len()));
+        }
+        // A header announcing more than the limit is refused before its bytes.
+        let big = bytes(&V::A(vec![V::S("t"), V::B(vec![0; 5000])]));
+        assert_eq!(FrameScanner::new(4).scan(&big[..10], 4096), Err(FrameError::TooLarge));
+        // Deep nesting.
+        let mut deep = V::M(vec![]);
+        for _ in 0..100 {
+            deep = V::A(vec![deep]);
+        }
+        let frame = bytes(&V::A(vec![V::S("t"), V::Int(1), V::M(vec![(V::S("d"), deep)])]));
+        assert_eq!(
+            FrameScanner::new(4).scan(&frame, 1 << 20),
+            Err(FrameError::Malformed("nested too deep"))
+        );
+        // Wrong top-level shapes, seen from the first byte.
+        assert!(FrameScanner::new(4).scan(&[0xa1, b'x'], 100).is_err());
+        assert!(FrameScanner::new(4).scan(&[0x95], 100).is_err());
+    }
+
+    #[test]
+    fn handshake_messages() {
+        let nonce = "00ff";
+        let h = helo(nonce);
+        assert_eq!(
+            h,
+            bytes(&V::A(vec![
+                V::S("HELO"),
+                V::M(vec![
+                    (V::S("nonce"), V::S("00ff")),
+                    (V::S("auth"), V::S("")),
+                    (V::S("keepalive"), V::Nil)
+                ])
+            ]))[..h.len() - 1]
+                .iter()
+                .chain(&[0xc3])
+                .copied()
+                .collect::<Vec<u8>>()
+        );
+        let d = shared_key_digest(b"salt", b"client", nonce.as_bytes(), b"secret");
+        assert_eq!(d.len(), 128);
+        let ping = bytes(&V::A(vec![
+            V::S("PING"),
+            V::S("client"),
+            V::S("salt"),
+            V::Raw(d.clone().into_bytes()),
+            V::S(""),
+            V::S(""),
+        ]));
+        let p = parse_ping(&ping).unwrap();
+        assert_eq!(
+            (p.hostname, p.salt, p.digest),
+            (&b"client"[..], &b"salt"[..], d.as_bytes())
+        );
+        assert!(parse_ping(&bytes(&V::A(vec![V::S("PONG"), V::S("a"), V::S("b"), V::S("c")]))).is_err());
+        assert_eq!(ack_response(b"c1"), bytes(&V::M(vec![(V::S("ack"), V::S("c1"))])));
+    }
+}

@@ -1,0 +1,528 @@
+//! The forward source through the real binary: clients over TCP and a unix
+//! socket, every mode, chunk acks after delivery, bad frames, the shared_key
+//! handshake, and `--exit-on-eof`.
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use common::*;
+use serde_json::{Value, json};
+
+/// A msgpack value.
+#[derive(Clone)]
+enum V {
+    Int(i64),
+    S(String),
+    B(Vec<u8>),
+    A(Vec<V>),
+    M(Vec<(V, V)>),
+    /// EventTime (seconds, nanoseconds).
+    T(u32, u32),
+}
+
+fn s(x: &str) -> V {
+    V::S(x.to_string())
+}
+
+fn enc(v: &V, out: &mut Vec<u8>) {
+    use rmp::encode as e;
+    match v {
+        V::Int(i) => {
+            e::write_sint(out, *i).unwrap();
+        }
+        V::S(x) => e::write_str(out, x).unwrap(),
+        V::B(b) => e::write_bin(out, b).unwrap(),
+        V::A(items) => {
+            e::write_array_len(out, items.len() as u32).unwrap();
+            items.iter().for_each(|i| enc(i, out));
+        }
+        V::M(pairs) => {
+            e::write_map_len(out, pairs.len() as u32).unwrap();
+            for (k, v) in pairs {
+                enc(k, out);
+                enc(v, out);
+            }
+        }
+        V::T(sec, ns) => {
+            e::write_ext_meta(out, 8, 0).unwrap();
+            out.extend_from_slice(&sec.to_be_bytes());
+            out.extend_from_slice(&ns.to_be_bytes());
+        }
+    }
+}
+
+fn bytes(v: &V) -> Vec<u8> {
+    let mut out = Vec::new();
+    enc(v, &mut out);
+    out
+}
+
+/// 2026-11-25T23:15:47Z
+const SECS: u32 = 1_795_648_547;
+
+fn record(i: u64, log: &str) -> V {
+    V::M(vec![
+        (s("id"), V::Int(i as i64)),
+        (s("log"), s(log)),
+        (s("container_name"), s("app")),
+        (s("source"), s("stdout")),
+    ])
+}
+
+fn chunk_opt(chunk: &str) -> V {
+    V::M(vec![(s("chunk"), s(chunk))])
+}
+
+fn packed(ids: std::ops::Range<u64>) -> Vec<u8> {
+    let mut p = Vec::new();
+    for i in ids {
+        enc(&V::A(vec![V::T(SECS, 5_000_000), record(i, "packed")]), &mut p);
+    }
+    p
+}
+
+fn gzip(data: &[u8]) -> Vec<u8> {
+    let mut e = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    e.write_all(data).unwrap();
+    e.finish().unwrap()
+}
+
+trait Stream: Read + Write {}
+impl<T: Read + Write> Stream for T {}
+
+fn tcp(port: u16) -> Box<dyn Stream> {
+    let c = TcpStream::connect(("127.0.0.1", port)).expect("connect tcp");
+    // Hang guards only.
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    Box::new(c)
+}
+
+fn unix(path: &Path) -> Box<dyn Stream> {
+    let c = UnixStream::connect(path).expect("connect unix");
+    c.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    Box::new(c)
+}
+
+/// Reads one msgpack value's bytes (enough for the small answers a server
+/// sends: acks, HELO, PONG).
+fn read_reply(c: &mut dyn Stream) -> Vec<u8> {
+    let mut buf = Vec::new();
+    let mut byte = [0u8; 1];
+    loop {
+        match c.read(&mut byte) {
+            Ok(0) => return buf,
+            Ok(_) => buf.push(byte[0]),
+            Err(e) => panic!("no reply: {e}"),
+        }
+        if complete(&buf) {
+            return buf;
+        }
+    }
+}
+
+/// Is `buf` one complete msgpack value? (Decoding with rmp's reader.)
+fn complete(buf: &[u8]) -> bool {
+    let mut rd = buf;
+    skip(&mut rd).is_some() && rd.is_empty()
+}
+
+fn skip(rd: &mut &[u8]) -> Option<()> {
+    use rmp::Marker;
+    let m = rmp::decode::read_marker(rd).ok()?;
+    let take = |rd: &mut &[u8], n: usize| -> Option<()> {
+        if rd.len() < n {
+            return None;
+        }
+        *rd = &rd[n..];
+        Some(())
+    };
+    let be = |rd: &mut &[u8], n: usize| -> Option<usize> {
+        let v = rd.get(..n)?.iter().fold(0usize, |a, b| (a << 8) | *b as usize);
+        *rd = &rd[n..];
+        Some(v)
+    };
+    match m {
+        Marker::FixStr(n) => take(rd, n as usize),
+        Marker::Str8 | Marker::Bin8 => {
+            let n = be(rd, 1)?;
+            take(rd, n)
+        }
+        Marker::Str16 | Marker::Bin16 => {
+            let n = be(rd, 2)?;
+            take(rd, n)
+        }
+        Marker::FixArray(n) => (0..n).try_for_each(|_| skip(rd)),
+        Marker::FixMap(n) => (0..2 * n).try_for_each(|_| skip(rd)),
+        Marker::True | Marker::False | Marker::Null | Marker::FixPos(_) => Some(()),
+        _ => None,
+    }
+}
+
+/// The strings and booleans of a flat reply, in order (maps flattened).
+fn flat(reply: &[u8]) -> Vec<String> {
+    let mut rd = reply;
+    let mut out = Vec::new();
+    fn walk(rd: &mut &[u8], out: &mut Vec<String>) {
+        use rmp::Marker;
+        let Ok(m) = rmp::decode::read_marker(rd) else { return };
+        let mut str_of = |n: usize, rd: &mut &[u8]| {
+            out.push(String::from_utf8_lossy(&rd[..n]).to_string());
+            *rd = &rd[n..];
+        };
+        match m {
+            Marker::FixStr(n) => str_of(n as usize, rd),
+            Marker::Str8 => {
+                let n = rd[0] as usize;
+                *rd = &rd[1..];
+                str_of(n, rd)
+            }
+            Marker::FixArray(n) => (0..n).for_each(|_| walk(rd, out)),
+            Marker::FixMap(n) => (0..2 * n).for_each(|_| walk(rd, out)),
+            Marker::True => out.push("true".into()),
+            Marker::False => out.push("false".into()),
+            _ => out.push("?".into()),
+        }
+    }
+    walk(&mut rd, &mut out);
+    out
+}
+
+/// Sends a frame with `chunk` and waits for `{"ack": chunk}`.
+fn send_acked(c: &mut dyn Stream, frame: &V, chunk: &str) {
+    c.write_all(&bytes(frame)).unwrap();
+    let reply = read_reply(c);
+    assert_eq!(
+        flat(&reply),
+        vec!["ack".to_string(), chunk.to_string()],
+        "ack of {chunk}"
+    );
+}
+
+/// Has the connection been closed by the server?
+fn closed(c: &mut dyn Stream) -> bool {
+    let mut b = [0u8; 64];
+    loop {
+        match c.read(&mut b) {
+            Ok(0) => return true,
+            Ok(_) => continue,
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return true,
+            Err(e) => panic!("connection still open: {e}"),
+        }
+    }
+}
+
+fn config(env: &Env, source: &str, api_port: u16) -> std::path::PathBuf {
+    env.write_config(&format!(
+        r#"
+[global]
+data_dir = "{data}"
+
+[api]
+address = "127.0.0.1:{api_port}"
+
+[sources.fw]
+type = "forward"
+{source}
+
+[sinks.out]
+type = "file"
+inputs = ["fw"]
+path = "{out}"
+key_prefix = "{{tag}}/"
+compression = "none"
+flush_interval = "300ms"
+"#,
+        data = env.path("data").display(),
+        out = env.path("out").display(),
+    ))
+}
+
+fn wait_listening(port: u16) {
+    wait_for("the listener", Duration::from_secs(60), || {
+        TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+}
+
+fn ids_with(records: &[Value], log: &str) -> Vec<u64> {
+    let mut ids: Vec<u64> = records
+        .iter()
+        .filter(|r| r["log"] == log)
+        .map(|r| r["id"].as_u64().unwrap())
+        .collect();
+    ids.sort();
+    ids
+}
+
+#[test]
+fn every_mode_over_tcp_and_unix_is_delivered_before_its_chunk_is_acked() {
+    let env = Env::new();
+    let (port, api) = (free_port(), free_port());
+    let sock = env.path("fluent.sock");
+    let cfg = config(
+        &env,
+        &format!("address = \"127.0.0.1:{port}\"\npath = \"{}\"", sock.display()),
+        api,
+    );
+    let router = spawn(&cfg, &[]);
+    wait_listening(port);
+    let mode = std::fs::metadata(&sock).unwrap();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode.permissions()) & 0o777,
+        0o666
+    );
+
+    // Message over TCP, EventTime with nanoseconds.
+    let mut t = tcp(port);
+    send_acked(
+        &mut *t,
+        &V::A(vec![
+            s("app.one"),
+            V::T(SECS, 123_000_000),
+            record(0, "message"),
+            chunk_opt("c-msg"),
+        ]),
+        "c-msg",
+    );
+    // Acked means durable in the sink: the record is already in the output.
+    assert_eq!(ids_with(&env.records(), "message"), vec![0]);
+
+    // Forward over the unix socket, integer time.
+    let mut u = unix(&sock);
+    let entries = (1..4)
+        .map(|i| V::A(vec![V::Int(i64::from(SECS)), record(i, "forward")]))
+        .collect();
+    send_acked(
+        &mut *u,
+        &V::A(vec![s("app.two"), V::A(entries), chunk_opt("c-fwd")]),
+        "c-fwd",
+    );
+    assert_eq!(ids_with(&env.records(), "forward"), vec![1, 2, 3]);
+
+    // PackedForward over TCP.
+    send_acked(
+        &mut *t,
+        &V::A(vec![s("app.one"), V::B(packed(10..110)), chunk_opt("c-packed")]),
+        "c-packed",
+    );
+    assert_eq!(ids_with(&env.records(), "packed"), (10..110).collect::<Vec<_>>());
+
+    // CompressedPackedForward over the unix socket, two gzip members.
+    let raw = packed(200..1200);
+    let mut payload = gzip(&raw[..raw.len() / 3]);
+    payload.extend(gzip(&raw[raw.len() / 3..]));
+    let opt = V::M(vec![
+        (s("chunk"), s("c-gz")),
+        (s("compressed"), s("gzip")),
+        (s("size"), V::Int(1000)),
+    ]);
+    send_acked(&mut *u, &V::A(vec![s("app.two"), V::B(payload), opt]), "c-gz");
+    assert_eq!(
+        ids_with(&env.records(), "packed"),
+        (10..110).chain(200..1200).collect::<Vec<_>>()
+    );
+
+    // Fields kept as sent; @timestamp from the event time; the tag only in
+    // the key (templates), not in the record.
+    let records = env.records();
+    let first = records.iter().find(|r| r["id"] == 0).unwrap();
+    assert_eq!(
+        *first,
+        json!({"@timestamp": "2026-11-25T23:15:47.123Z", "id": 0, "log": "message",
+               "container_name": "app", "source": "stdout"})
+    );
+    let gz = records.iter().find(|r| r["id"] == 500).unwrap();
+    assert_eq!(gz["@timestamp"], "2026-11-25T23:15:47.005Z");
+    let objects: Vec<String> = logferry::sinks::file::list_objects(&env.path("out"))
+        .iter()
+        .map(|p| p.strip_prefix(env.path("out")).unwrap().display().to_string())
+        .collect();
+    assert!(
+        objects
+            .iter()
+            .all(|o| o.starts_with("app.one/") || o.starts_with("app.two/")),
+        "{objects:?}"
+    );
+    assert!(objects.iter().any(|o| o.starts_with("app.one/")) && objects.iter().any(|o| o.starts_with("app.two/")));
+    let m = http_get(api, "/metrics").unwrap().1;
+    let want = ["component=\"fw\""];
+    assert_eq!(
+        metric(&m, "logferry_component_received_events_total", &want),
+        Some(1104.0)
+    );
+    assert_eq!(metric(&m, "logferry_source_acked_events_total", &want), Some(1104.0));
+
+    drop((t, u));
+    router.signal(libc::SIGTERM);
+    let (status, stderr) = router.wait(Duration::from_secs(60));
+    assert!(status.success(), "{stderr}");
+    assert!(!sock.exists(), "socket file left behind");
+    assert_eq!(env.records().len(), 1104);
+}
+
+#[test]
+fn bad_frames_close_only_their_connection() {
+    let env = Env::new();
+    let (port, api) = (free_port(), free_port());
+    let cfg = config(
+        &env,
+        &format!("address = \"127.0.0.1:{port}\"\nmax_frame_size = \"4KiB\""),
+        api,
+    );
+    let _router = spawn(&cfg, &[]);
+    wait_listening(port);
+
+    // Not a forward message: a map at the top.
+    let mut a = tcp(port);
+    a.write_all(&bytes(&V::M(vec![(s("a"), V::Int(1))]))).unwrap();
+    assert!(closed(&mut *a));
+    // A record that is not a map.
+    let mut b = tcp(port);
+    b.write_all(&bytes(&V::A(vec![s("t"), V::Int(1), s("text")]))).unwrap();
+    assert!(closed(&mut *b));
+    // Larger than max_frame_size: refused from its header.
+    let mut c = tcp(port);
+    let big = bytes(&V::A(vec![s("t"), V::B(vec![0x90; 8192])]));
+    let _ = c.write_all(&big);
+    assert!(closed(&mut *c));
+    // Truncated gzip payload.
+    let mut d = tcp(port);
+    let mut z = gzip(&packed(0..10));
+    z.truncate(z.len() / 2);
+    let opt = V::M(vec![(s("compressed"), s("gzip"))]);
+    d.write_all(&bytes(&V::A(vec![s("t"), V::B(z), opt]))).unwrap();
+    assert!(closed(&mut *d));
+
+    // The server still serves.
+    let mut ok = tcp(port);
+    send_acked(
+        &mut *ok,
+        &V::A(vec![s("t"), V::Int(1), record(7, "after"), chunk_opt("c1")]),
+        "c1",
+    );
+    assert_eq!(ids_with(&env.records(), "after"), vec![7]);
+    let m = http_get(api, "/metrics").unwrap().1;
+    let reason = |r: &str| {
+        metric(
+            &m,
+            "logferry_component_discarded_events_total",
+            &[&format!("reason=\"{r}\"")],
+        )
+    };
+    assert_eq!(reason("malformed_frame"), Some(3.0), "{m}");
+    assert_eq!(reason("frame_too_large"), Some(1.0), "{m}");
+    // Nothing of the refused frames was delivered.
+    assert_eq!(env.records().len(), 1);
+}
+
+fn sha512_hex(parts: &[&[u8]]) -> String {
+    use sha2::{Digest, Sha512};
+    let mut h = Sha512::new();
+    parts.iter().for_each(|p| h.update(p));
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Reads HELO, sends PING with `key`, returns the PONG's fields and the nonce.
+fn handshake(c: &mut dyn Stream, key: &str) -> (Vec<String>, String) {
+    let helo = flat(&read_reply(c));
+    assert_eq!(helo[0], "HELO");
+    let nonce = helo[helo.iter().position(|x| x == "nonce").unwrap() + 1].clone();
+    let digest = sha512_hex(&[b"salt1", b"client-host", nonce.as_bytes(), key.as_bytes()]);
+    let ping = V::A(vec![s("PING"), s("client-host"), s("salt1"), s(&digest), s(""), s("")]);
+    c.write_all(&bytes(&ping)).unwrap();
+    (flat(&read_reply(c)), nonce)
+}
+
+#[test]
+fn shared_key_handshake_admits_the_right_key_only() {
+    let env = Env::new();
+    let (port, api) = (free_port(), free_port());
+    let source = format!("address = \"127.0.0.1:{port}\"\nshared_key = \"s3cret\"\nself_hostname = \"router-1\"");
+    let cfg = config(&env, &source, api);
+    let _router = spawn(&cfg, &[]);
+    wait_listening(port);
+
+    let mut good = tcp(port);
+    let (pong, nonce) = handshake(&mut *good, "s3cret");
+    let server_digest = sha512_hex(&[b"salt1", b"router-1", nonce.as_bytes(), b"s3cret"]);
+    assert_eq!(pong, vec!["PONG", "true", "", "router-1", &server_digest]);
+    send_acked(
+        &mut *good,
+        &V::A(vec![s("t"), V::Int(1), record(1, "authed"), chunk_opt("k1")]),
+        "k1",
+    );
+    assert_eq!(ids_with(&env.records(), "authed"), vec![1]);
+
+    let mut bad = tcp(port);
+    let (pong, _) = handshake(&mut *bad, "wrong");
+    assert_eq!(&pong[..2], ["PONG", "false"]);
+    assert!(closed(&mut *bad));
+    let m = http_get(api, "/metrics").unwrap().1;
+    assert_eq!(
+        metric(
+            &m,
+            "logferry_component_discarded_events_total",
+            &["reason=\"auth_failed\""]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(ids_with(&env.records(), "authed"), vec![1]);
+}
+
+#[test]
+fn exit_on_eof_ends_after_the_last_connection_with_everything_delivered() {
+    let env = Env::new();
+    let sock = env.path("f.sock");
+    let cfg = config(&env, &format!("path = \"{}\"", sock.display()), free_port());
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["run", "--exit-on-eof", "--config"]).arg(&cfg);
+    let child = cmd.spawn().unwrap();
+    // No probe connection: the first connection to end would end the run.
+    wait_for("the socket", Duration::from_secs(60), || sock.exists());
+    let mut c = UnixStream::connect(&sock).unwrap();
+    c.write_all(&bytes(&V::A(vec![s("bulk"), V::B(packed(0..5000))])))
+        .unwrap();
+    drop(c);
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    assert_each_once(&env.records(), 5000);
+    assert!(!sock.exists());
+}
+
+#[test]
+fn a_chunk_whose_batch_failed_is_never_acked() {
+    let env = Env::new();
+    let (port, api) = (free_port(), free_port());
+    // The sink's root is a regular file: every object fails, every batch
+    // is settled as failed.
+    let cfg = config(&env, &format!("address = \"127.0.0.1:{port}\""), api);
+    std::fs::remove_dir(env.path("out")).unwrap();
+    std::fs::write(env.path("out"), b"not a directory").unwrap();
+    let router = spawn(&cfg, &[]);
+    wait_listening(port);
+    let mut c = tcp(port);
+    c.write_all(&bytes(&V::A(vec![
+        s("t"),
+        V::Int(1),
+        record(1, "lost?"),
+        chunk_opt("never"),
+    ])))
+    .unwrap();
+    let want = ["component=\"fw\""];
+    wait_for("the batch to fail", Duration::from_secs(60), || {
+        let m = http_get(api, "/metrics").map(|r| r.1).unwrap_or_default();
+        metric(&m, "logferry_source_failed_events_total", &want) == Some(1.0)
+    });
+    // Everything the server will ever write on this connection arrives
+    // before it closes it at shutdown: no ack among it.
+    router.signal(libc::SIGTERM);
+    let mut rest = Vec::new();
+    c.read_to_end(&mut rest).unwrap();
+    assert!(rest.is_empty(), "unexpected reply {rest:?}");
+    let (status, stderr) = router.wait(Duration::from_secs(60));
+    assert!(status.success(), "{stderr}");
+}
