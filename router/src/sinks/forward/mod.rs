@@ -142,7 +142,10 @@ pub async fn run(cfg: ForwardSinkConfig, mut input: mpsc::Receiver<Batch>, cx: S
         health,
         stop,
     };
-    let delivery = tokio::spawn(tracing::Instrument::in_current_span(sender.run(rx)));
+    // Aborted with the sink's task (a forced stop), not left behind.
+    let delivery = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tracing::Instrument::in_current_span(
+        sender.run(rx),
+    )));
     let mut sink = ForwardSink::new(cfg, tx, memory, m, dead);
     let tick_every = (sink.cfg.flush_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut tick = tokio::time::interval(tick_every);
