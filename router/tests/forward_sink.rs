@@ -645,3 +645,32 @@ flush_interval = "200ms"
     let (status, err) = b_router.wait(LONG);
     assert!(status.success(), "{err}");
 }
+
+#[test]
+fn check_connects_with_the_handshake_and_reports_an_unreachable_server() {
+    let env = Env::new();
+    write_logs(&env, 1);
+    let server = Server::start(Behaviour {
+        shared_key: Some("k".into()),
+        ..Behaviour::default()
+    });
+    let check = |cfg: &Path| {
+        std::process::Command::new(BIN)
+            .args(["check", "--config"])
+            .arg(cfg)
+            .output()
+            .unwrap()
+    };
+    let out = check(&config(&env, server.port, "shared_key = \"k\"", None));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{text}\n{}", String::from_utf8_lossy(&out.stderr));
+    assert!(text.contains("forward 127.0.0.1:"), "{text}");
+    assert_eq!(server.bad_pings.load(Ordering::SeqCst), 0);
+    let out = check(&config(&env, server.port, "shared_key = \"wrong\"", None));
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains("FAIL"));
+    let out = check(&config(&env, free_port(), "", None));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success());
+    assert!(text.contains("FAIL") && text.contains("cannot connect"), "{text}");
+}
