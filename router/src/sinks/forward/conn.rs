@@ -130,7 +130,9 @@ impl Conn {
             )));
         }
         let salt = proto::new_salt();
-        self.write_parts(&[&proto::ping(self_hostname, &salt, &helo, key)]).await?;
+        tokio::time::timeout(CONNECT_TIMEOUT, self.write_parts(&[&proto::ping(self_hostname, &salt, &helo, key)]))
+            .await
+            .map_err(|_| SendError::Timeout(CONNECT_TIMEOUT))??;
         let pong = self.read_msg(CONNECT_TIMEOUT).await?;
         proto::check_pong(&pong, &salt, &helo, key).map_err(SendError::Auth)
     }
@@ -189,7 +191,11 @@ impl Conn {
     pub async fn send(&mut self, chunk: &Chunk, ack_timeout: Duration) -> Result<(), SendError> {
         let head = proto::message_head(&chunk.tag, chunk.body.len());
         let tail = proto::message_tail(chunk.events, chunk.id.as_deref(), chunk.gzip);
-        self.write_parts(&[&head, &chunk.body, &tail]).await?;
+        // A server that stops reading (or a path that went dark without a
+        // reset) must not hold the chunk forever either.
+        tokio::time::timeout(ack_timeout, self.write_parts(&[&head, &chunk.body, &tail]))
+            .await
+            .map_err(|_| SendError::Timeout(ack_timeout))??;
         let Some(id) = &chunk.id else {
             return Ok(());
         };
