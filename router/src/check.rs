@@ -25,6 +25,10 @@ pub async fn check(config: &Config) -> Vec<SinkCheck> {
             SinkConfig::S3(s) => (format!("s3://{}/{}", s.bucket, s.key_prefix), check_s3(s).await),
             SinkConfig::CloudWatchLogs(c) => (format!("cloudwatch_logs {}", c.log_group), check_cloudwatch(c).await),
             SinkConfig::Firehose(f) => (format!("firehose:{}", f.delivery_stream), check_firehose(f).await),
+            SinkConfig::Forward(f) => (
+                format!("forward {}:{}", f.host, f.port),
+                crate::sinks::forward::check(f).await,
+            ),
             SinkConfig::File(f) => (f.path.display().to_string(), check_dir(&f.path)),
             SinkConfig::Stdout(_) => ("stdout".to_string(), Ok(())),
             SinkConfig::Blackhole(_) => ("blackhole".to_string(), Ok(())),

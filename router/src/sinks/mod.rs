@@ -7,6 +7,7 @@ pub mod cloudwatch_logs;
 pub mod encoding;
 pub mod file;
 pub mod firehose;
+pub mod forward;
 pub mod s3;
 pub mod stdout;
 
@@ -42,9 +43,10 @@ pub enum SinkConfig {
     S3(s3::S3SinkConfig),
     CloudWatchLogs(cloudwatch_logs::CloudWatchLogsSinkConfig),
     Firehose(firehose::FirehoseSinkConfig),
+    Forward(forward::ForwardSinkConfig),
 }
 
-const KINDS: &str = "s3, cloudwatch_logs, firehose, file, stdout, blackhole";
+const KINDS: &str = "s3, cloudwatch_logs, firehose, forward, file, stdout, blackhole";
 
 impl SinkConfig {
     pub fn build(ctx: &mut Ctx<'_>, base: &[Seg], kind: &str, value: toml::Value) -> Option<Self> {
@@ -65,6 +67,10 @@ impl SinkConfig {
                 let c: firehose::FirehoseSinkConfig = deserialize_at(ctx, base, value)?;
                 c.validate(ctx, base).then_some(SinkConfig::Firehose(c))
             }
+            "forward" => {
+                let c: forward::ForwardSinkConfig = deserialize_at(ctx, base, value)?;
+                c.validate(ctx, base).then_some(SinkConfig::Forward(c))
+            }
             "stdout" => deserialize_at(ctx, base, value).map(SinkConfig::Stdout),
             "blackhole" => deserialize_at(ctx, base, value).map(SinkConfig::Blackhole),
             other => {
@@ -82,6 +88,7 @@ impl SinkConfig {
             SinkConfig::S3(_) => "s3",
             SinkConfig::CloudWatchLogs(_) => "cloudwatch_logs",
             SinkConfig::Firehose(_) => "firehose",
+            SinkConfig::Forward(_) => "forward",
         }
     }
 
@@ -120,6 +127,21 @@ impl SinkConfig {
                     .as_deref()
                     .map(|e| format!(", endpoint {e}"))
                     .unwrap_or_default()
+            ),
+            SinkConfig::Forward(c) => format!(
+                "forward: {}{}:{}, tag {}, require_ack {}, compression {}, max_chunk_size {}, flush_interval {}{}",
+                if c.tls.enabled { "tls://" } else { "" },
+                c.host,
+                c.port,
+                c.tag.as_deref().unwrap_or("(the batch's, else logferry)"),
+                c.require_ack,
+                match c.compression {
+                    forward::ForwardCompression::None => "none",
+                    forward::ForwardCompression::Gzip => "gzip",
+                },
+                c.max_chunk_size.display().iec(),
+                humantime::format_duration(c.flush_interval),
+                if c.shared_key.is_some() { ", shared_key handshake" } else { "" }
             ),
             SinkConfig::Stdout(_) => "stdout".to_string(),
             SinkConfig::Blackhole(_) => "blackhole".to_string(),

@@ -1,0 +1,267 @@
+//! `[sinks.<id>] type = "forward"`.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use serde::Deserialize;
+
+use crate::config::{Ctx, Seg};
+use crate::template::Template;
+
+/// Largest chunk we let a user configure: Fluent Bit's `in_forward` refuses
+/// messages over its `Buffer_Max_Size` (6,144,000 bytes by default), and a
+/// chunk is held in memory until acknowledged.
+pub const MAX_CHUNK_SIZE: u64 = 16 * 1024 * 1024;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardSinkConfig {
+    /// Host name or address of the forward server (`${NODE_IP}` for the
+    /// node's daemon). Resolved at every connect.
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+    /// Fluent tag of the events; a template (`app.{container_name}`). Default:
+    /// the tag the batch arrived with (forward source), else `logferry`.
+    pub tag: Option<String>,
+    /// Acknowledge a batch upstream only when the server answered
+    /// `{"ack": chunk}` for every chunk holding its records.
+    #[serde(default = "default_true")]
+    pub require_ack: bool,
+    /// How long to wait for an ack before the connection is dropped and the
+    /// chunk sent again.
+    #[serde(default = "default_ack_timeout", with = "humantime_serde")]
+    pub ack_timeout: Duration,
+    #[serde(default)]
+    pub compression: ForwardCompression,
+    /// Uncompressed bytes of events in one chunk.
+    #[serde(default = "default_max_chunk_size")]
+    pub max_chunk_size: ByteSize,
+    /// Longest time an event waits in the sink before its chunk is sent.
+    #[serde(default = "default_flush_interval", with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Shared key of the HELO/PING/PONG handshake; without it no handshake.
+    pub shared_key: Option<String>,
+    /// Our name in the handshake (default: the machine's host name).
+    pub self_hostname: Option<String>,
+    #[serde(default)]
+    pub tls: TlsOptions,
+}
+
+/// How the events of a chunk are sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ForwardCompression {
+    /// PackedForward.
+    #[default]
+    None,
+    /// CompressedPackedForward: the event stream gzipped.
+    Gzip,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsOptions {
+    #[serde(default)]
+    pub enabled: bool,
+    /// PEM file of the certificates to trust instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Name the server's certificate must carry (default: `host`).
+    pub server_name: Option<String>,
+    /// Check the server's certificate; `false` accepts any (tests only).
+    #[serde(default = "default_true")]
+    pub verify: bool,
+}
+
+impl Default for TlsOptions {
+    fn default() -> Self {
+        TlsOptions {
+            enabled: false,
+            ca_file: None,
+            server_name: None,
+            verify: true,
+        }
+    }
+}
+
+fn default_port() -> u16 {
+    24224
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_ack_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_chunk_size() -> ByteSize {
+    ByteSize::mib(1)
+}
+
+fn default_flush_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl ForwardSinkConfig {
+    pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
+        let at = |k: &str| {
+            let mut p = base.to_vec();
+            p.push(Seg::Key(k.into()));
+            p
+        };
+        let mut ok = true;
+        if self.host.trim().is_empty() {
+            ctx.error(&at("host"), "must not be empty");
+            ok = false;
+        }
+        if self.port == 0 {
+            ctx.error(&at("port"), "must be between 1 and 65535");
+            ok = false;
+        }
+        if let Some(tag) = &self.tag {
+            if tag.is_empty() {
+                ctx.error(&at("tag"), "must not be empty");
+                ok = false;
+            } else if let Err(e) = Template::parse(tag) {
+                ctx.error(&at("tag"), e.to_string());
+                ok = false;
+            }
+        }
+        if self.ack_timeout < Duration::from_millis(100) {
+            ctx.error(&at("ack_timeout"), "must be at least 100ms");
+            ok = false;
+        }
+        if !(1024..=MAX_CHUNK_SIZE).contains(&self.max_chunk_size.as_u64()) {
+            ctx.error(&at("max_chunk_size"), "must be between 1KiB and 16MiB");
+            ok = false;
+        }
+        if self.flush_interval < Duration::from_millis(10) {
+            ctx.error(&at("flush_interval"), "must be at least 10ms");
+            ok = false;
+        }
+        if self.shared_key.as_deref() == Some("") {
+            ctx.error(&at("shared_key"), "must not be empty (omit it for no handshake)");
+            ok = false;
+        }
+        if self.self_hostname.is_some() && self.shared_key.is_none() {
+            ctx.error(&at("self_hostname"), "only used in the handshake: set `shared_key` too");
+            ok = false;
+        }
+        let tls_set = self.tls.ca_file.is_some() || self.tls.server_name.is_some() || !self.tls.verify;
+        if tls_set && !self.tls.enabled {
+            ctx.error(&at("tls"), "TLS options given but `enabled` is not true");
+            ok = false;
+        }
+        ok
+    }
+
+    /// The name TLS checks the server's certificate against.
+    pub fn server_name(&self) -> &str {
+        self.tls.server_name.as_deref().unwrap_or(&self.host)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_str;
+    use crate::sinks::SinkConfig;
+
+    use super::*;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn config(sink: &str) -> String {
+        format!(
+            r#"
+[sources.app]
+type = "file"
+include = ["/var/log/app/*.log"]
+
+[sinks.fw]
+type = "forward"
+inputs = ["app"]
+{sink}
+"#
+        )
+    }
+
+    fn load(sink: &str, env: &dyn Fn(&str) -> Option<String>) -> ForwardSinkConfig {
+        let c = load_str(&config(sink), "t.toml", env).unwrap();
+        let SinkConfig::Forward(f) = &c.sinks[0].inner else {
+            panic!("not a forward sink: {:?}", c.sinks[0].inner)
+        };
+        f.clone()
+    }
+
+    #[test]
+    fn defaults_and_env_host() {
+        let env = |k: &str| (k == "NODE_IP").then(|| "10.0.3.7".to_string());
+        let f = load(r#"host = "${NODE_IP}""#, &env);
+        assert_eq!(f.host, "10.0.3.7");
+        assert_eq!(f.port, 24224);
+        assert!(f.require_ack);
+        assert_eq!(f.ack_timeout, Duration::from_secs(30));
+        assert_eq!(f.compression, ForwardCompression::None);
+        assert_eq!(f.max_chunk_size.as_u64(), 1024 * 1024);
+        assert_eq!(f.flush_interval, Duration::from_secs(1));
+        assert!(f.tag.is_none() && f.shared_key.is_none() && !f.tls.enabled && f.tls.verify);
+        assert_eq!(f.server_name(), "10.0.3.7");
+    }
+
+    #[test]
+    fn all_options() {
+        let f = load(
+            r#"host = "fluent.local"
+port = 24225
+tag = "app.{container_name}"
+require_ack = false
+ack_timeout = "5s"
+compression = "gzip"
+max_chunk_size = "256KiB"
+flush_interval = "200ms"
+shared_key = "secret"
+self_hostname = "me"
+tls = { enabled = true, ca_file = "/etc/ca.pem", server_name = "fluent", verify = true }"#,
+            &no_env,
+        );
+        assert_eq!(f.port, 24225);
+        assert_eq!(f.tag.as_deref(), Some("app.{container_name}"));
+        assert!(!f.require_ack);
+        assert_eq!(f.compression, ForwardCompression::Gzip);
+        assert_eq!(f.max_chunk_size.as_u64(), 256 * 1024);
+        assert_eq!(f.tls.ca_file.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
+        assert_eq!(f.server_name(), "fluent");
+    }
+
+    fn errs(sink: &str) -> Vec<String> {
+        match load_str(&config(sink), "t.toml", &no_env) {
+            Ok(_) => panic!("expected errors for {sink}"),
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = errs("port = 1");
+        assert!(e[0].contains("host"), "{e:?}");
+        let e = errs("host = \"h\"\nmax_chunk_size = \"32MiB\"");
+        assert!(e[0].contains("`sinks.fw.max_chunk_size`"), "{e:?}");
+        let e = errs("host = \"h\"\ntag = \"a.{oops\"");
+        assert!(e[0].contains("`sinks.fw.tag`"), "{e:?}");
+        let e = errs("host = \"h\"\ncompression = \"zstd\"");
+        assert!(e[0].contains("`sinks.fw.compression`"), "{e:?}");
+        let e = errs("host = \"h\"\ntls = { ca_file = \"/x\" }");
+        assert!(e[0].contains("`sinks.fw.tls`"), "{e:?}");
+        let e = errs("host = \"h\"\ntls = { enabled = true, cafile = \"/x\" }");
+        assert!(e[0].contains("unknown field `cafile`"), "{e:?}");
+        let e = errs("host = \"h\"\nself_hostname = \"me\"");
+        assert!(e[0].contains("`sinks.fw.self_hostname`"), "{e:?}");
+        let e = errs("host = \"h\"\nack_timeout = \"1ms\"");
+        assert!(e[0].contains("`sinks.fw.ack_timeout`"), "{e:?}");
+    }
+}
