@@ -264,6 +264,7 @@ impl Sender {
                         conn = None;
                         attempt += 1;
                         self.m.sink_error(e.reason());
+                        self.m.retries.inc();
                         if e.needs_operator() {
                             self.health.set_sink(&self.id, false);
                         }
