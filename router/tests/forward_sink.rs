@@ -85,7 +85,10 @@ impl Server {
 
     /// Every event received, in order.
     fn records(&self) -> Vec<serde_json::Value> {
-        self.seen().into_iter().flat_map(|s| s.events.into_iter().map(|(_, r)| r)).collect()
+        self.seen()
+            .into_iter()
+            .flat_map(|s| s.events.into_iter().map(|(_, r)| r))
+            .collect()
     }
 }
 
@@ -105,7 +108,10 @@ fn write_value(w: &mut impl Write, v: &Value) -> std::io::Result<()> {
 }
 
 fn get<'a>(map: &'a Value, key: &str) -> Option<&'a Value> {
-    map.as_map()?.iter().find(|(k, _)| k.as_str() == Some(key)).map(|(_, v)| v)
+    map.as_map()?
+        .iter()
+        .find(|(k, _)| k.as_str() == Some(key))
+        .map(|(_, v)| v)
 }
 
 fn to_json(v: &Value) -> serde_json::Value {
@@ -190,7 +196,9 @@ fn serve<S: Read + Write>(
         };
         let stream_bytes = if gzip {
             let mut out = Vec::new();
-            flate2::read::MultiGzDecoder::new(&raw[..]).read_to_end(&mut out).unwrap();
+            flate2::read::MultiGzDecoder::new(&raw[..])
+                .read_to_end(&mut out)
+                .unwrap();
             out
         } else {
             raw
@@ -317,7 +325,10 @@ fn every_record_arrives_once_with_fields_time_and_acks() {
     run_to_eof(&cfg, &[]);
     let seen = server.seen();
     let counts = check_records(&all_events(&seen), n);
-    assert!(counts.values().all(|c| *c == 1), "a record arrived twice without any failure");
+    assert!(
+        counts.values().all(|c| *c == 1),
+        "a record arrived twice without any failure"
+    );
     assert!(seen.len() > 1, "64KiB chunks: several messages");
     for s in &seen {
         assert_eq!(s.tag, "logferry");
@@ -345,7 +356,9 @@ fn gzip_chunks_decode_and_tag_template_splits_chunks() {
     run_to_eof(&cfg, &[]);
     // Without acks the router may exit before the server has read the last
     // chunk from its socket.
-    wait_for("the server to read everything", LONG, || server.records().len() as u64 >= n);
+    wait_for("the server to read everything", LONG, || {
+        server.records().len() as u64 >= n
+    });
     let seen = server.seen();
     let counts = check_records(&all_events(&seen), n);
     assert!(counts.values().all(|c| *c == 1));
@@ -353,7 +366,11 @@ fn gzip_chunks_decode_and_tag_template_splits_chunks() {
         assert!(s.gzip, "CompressedPackedForward");
         assert!(s.chunk.is_none(), "no ack asked without require_ack");
         for (_, r) in &s.events {
-            assert_eq!(s.tag, format!("app.{}", r["level"].as_str().unwrap()), "one tag per chunk");
+            assert_eq!(
+                s.tag,
+                format!("app.{}", r["level"].as_str().unwrap()),
+                "one tag per chunk"
+            );
         }
     }
     assert!(seen.iter().any(|s| s.tag == "app.info") && seen.iter().any(|s| s.tag == "app.warn"));
@@ -406,7 +423,11 @@ fn unacked_chunk_is_resent_and_holds_the_checkpoint() {
     gate.store(true, Ordering::SeqCst);
     let size = std::fs::metadata(env.logs().join("app.log")).unwrap().len() as f64;
     wait_for("every record acknowledged", LONG, || {
-        metric(&metrics_of(api), "logferry_source_acked_events_total", &["component=\"app\""]) == Some(n as f64)
+        metric(
+            &metrics_of(api),
+            "logferry_source_acked_events_total",
+            &["component=\"app\""],
+        ) == Some(n as f64)
     });
     wait_for("checkpoint at the end of the file", LONG, || {
         metric(&metrics_of(api), "logferry_file_checkpoint_offset_bytes", &["app.log"]) == Some(size)
@@ -564,7 +585,11 @@ fn a_connection_the_server_closed_while_idle_is_not_written_into() {
     assert_eq!(conns.len(), 4, "one connection per message");
     // Seen before writing: a reconnect, not a failed write and a retry.
     let m = metrics_of(api);
-    assert_eq!(metric(&m, "logferry_sink_errors_total", &["component=\"fw\""]), None, "{m}");
+    assert_eq!(
+        metric(&m, "logferry_sink_errors_total", &["component=\"fw\""]),
+        None,
+        "{m}"
+    );
     drop(router);
 }
 
@@ -624,7 +649,9 @@ flush_interval = "200ms"
         out = b.path("out").display(),
     ));
     let b_router = spawn(&b_cfg, &[]);
-    wait_for("B listening", LONG, || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    wait_for("B listening", LONG, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
     let a_cfg = config(
         &a,
         port,
@@ -707,7 +734,10 @@ fn a_server_that_stops_reading_times_out_the_write() {
     let router = spawn(&cfg, &[]);
     wait_for("every record", LONG, || server.records().len() as u64 >= n);
     let m = metrics_of(api);
-    assert!(metric(&m, "logferry_sink_errors_total", &["reason=\"timeout\""]).unwrap_or(0.0) >= 1.0, "{m}");
+    assert!(
+        metric(&m, "logferry_sink_errors_total", &["reason=\"timeout\""]).unwrap_or(0.0) >= 1.0,
+        "{m}"
+    );
     check_records(&all_events(&server.seen()), n);
     drop(router);
 }

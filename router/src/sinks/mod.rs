@@ -141,7 +141,11 @@ impl SinkConfig {
                 },
                 c.max_chunk_size.display().iec(),
                 humantime::format_duration(c.flush_interval),
-                if c.shared_key.is_some() { ", shared_key handshake" } else { "" }
+                if c.shared_key.is_some() {
+                    ", shared_key handshake"
+                } else {
+                    ""
+                }
             ),
             SinkConfig::Stdout(_) => "stdout".to_string(),
             SinkConfig::Blackhole(_) => "blackhole".to_string(),

@@ -130,9 +130,12 @@ impl Conn {
             )));
         }
         let salt = proto::new_salt();
-        tokio::time::timeout(CONNECT_TIMEOUT, self.write_parts(&[&proto::ping(self_hostname, &salt, &helo, key)]))
-            .await
-            .map_err(|_| SendError::Timeout(CONNECT_TIMEOUT))??;
+        tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            self.write_parts(&[&proto::ping(self_hostname, &salt, &helo, key)]),
+        )
+        .await
+        .map_err(|_| SendError::Timeout(CONNECT_TIMEOUT))??;
         let pong = self.read_msg(CONNECT_TIMEOUT).await?;
         proto::check_pong(&pong, &salt, &helo, key).map_err(SendError::Auth)
     }

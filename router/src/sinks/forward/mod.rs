@@ -143,9 +143,8 @@ pub async fn run(cfg: ForwardSinkConfig, mut input: mpsc::Receiver<Batch>, cx: S
         stop,
     };
     // Aborted with the sink's task (a forced stop), not left behind.
-    let delivery = tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tracing::Instrument::in_current_span(
-        sender.run(rx),
-    )));
+    let delivery =
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tracing::Instrument::in_current_span(sender.run(rx))));
     let mut sink = ForwardSink::new(cfg, tx, memory, m, dead);
     let tick_every = (sink.cfg.flush_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut tick = tokio::time::interval(tick_every);
@@ -178,7 +177,10 @@ pub async fn check(cfg: &ForwardSinkConfig) -> Result<(), String> {
     } else {
         None
     };
-    conn::Conn::open(cfg, tls.as_ref()).await.map(drop).map_err(|e| e.to_string())
+    conn::Conn::open(cfg, tls.as_ref())
+        .await
+        .map(drop)
+        .map_err(|e| e.to_string())
 }
 
 impl Open {
@@ -315,9 +317,10 @@ impl ForwardSink {
         let mut charge = open.charge;
         // Growing can fail when memory is short; the chunk is sent anyway.
         let _ = charge.resize(body.len());
-        let id = self.cfg.require_ack.then(|| {
-            base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::now_v7().as_bytes())
-        });
+        let id = self
+            .cfg
+            .require_ack
+            .then(|| base64::engine::general_purpose::STANDARD.encode(uuid::Uuid::now_v7().as_bytes()));
         let chunk = Chunk {
             tag: open.tag,
             body,
@@ -383,7 +386,10 @@ mod tests {
         let chunks: Vec<Chunk> = std::iter::from_fn(|| rx.try_recv().ok()).collect();
         let tags: Vec<&str> = chunks.iter().map(|c| c.tag.as_str()).collect();
         assert_eq!(tags, ["one", "two", DEFAULT_TAG]);
-        assert_eq!(records(&chunks[0]), vec![serde_json::json!({"a":1}), serde_json::json!({"a":2})]);
+        assert_eq!(
+            records(&chunks[0]),
+            vec![serde_json::json!({"a":1}), serde_json::json!({"a":2})]
+        );
         assert_eq!(chunks[0].events, 2);
         assert!(chunks.iter().all(|c| c.id.is_some() && c.gzip));
         // Nothing is acknowledged before delivery.

@@ -182,10 +182,7 @@ pub fn ping(self_hostname: &str, salt: &str, helo: &Helo, key: &str) -> Vec<u8> 
 /// Checks `["PONG", ok, reason, server_hostname, digest]`: the server
 /// accepted us and knows the key too.
 pub fn check_pong(v: &Value, salt: &str, helo: &Helo, key: &str) -> Result<(), ProtoError> {
-    let Some(a) = v
-        .as_array()
-        .filter(|a| a.len() == 5 && a[0].as_str() == Some("PONG"))
-    else {
+    let Some(a) = v.as_array().filter(|a| a.len() == 5 && a[0].as_str() == Some("PONG")) else {
         return Err(ProtoError::Unexpected(format!("expected PONG, got {}", describe(v))));
     };
     if a[1].as_bool() != Some(true) {
@@ -256,12 +253,19 @@ mod tests {
     #[test]
     fn entries_carry_event_time_and_the_record_as_a_map() {
         let mut body = Vec::new();
-        write_entry(&mut body, 1_700_000_000_123, br#"{"msg":"h\u00e9llo \"q\"","n":-3,"f":1.5,"big":18446744073709551615,"o":{"a":[1,null,true]}}"#).unwrap();
+        write_entry(
+            &mut body,
+            1_700_000_000_123,
+            br#"{"msg":"h\u00e9llo \"q\"","n":-3,"f":1.5,"big":18446744073709551615,"o":{"a":[1,null,true]}}"#,
+        )
+        .unwrap();
         write_entry(&mut body, 5, br#"{}"#).unwrap();
         let entries = decode_all(&body);
         assert_eq!(entries.len(), 2);
         let e = entries[0].as_array().unwrap();
-        let Value::Ext(0, t) = &e[0] else { panic!("not EventTime: {:?}", e[0]) };
+        let Value::Ext(0, t) = &e[0] else {
+            panic!("not EventTime: {:?}", e[0])
+        };
         assert_eq!(&t[..4], &1_700_000_000u32.to_be_bytes());
         assert_eq!(&t[4..], &123_000_000u32.to_be_bytes());
         let rec = e[1].as_map().unwrap();
@@ -273,7 +277,9 @@ mod tests {
         let o = get("o");
         let a = o.as_map().unwrap()[0].1.as_array().unwrap();
         assert_eq!(a, &vec![Value::from(1), Value::Nil, Value::from(true)]);
-        let Value::Ext(0, t) = &entries[1].as_array().unwrap()[0] else { panic!() };
+        let Value::Ext(0, t) = &entries[1].as_array().unwrap()[0] else {
+            panic!()
+        };
         assert_eq!(&t[4..], &5_000_000u32.to_be_bytes());
     }
 
