@@ -66,6 +66,7 @@ pub struct Metrics {
     failed_events: Family<ComponentLabels, Counter>,
     unacked_events: Family<ComponentLabels, Gauge>,
     files_open: Family<ComponentLabels, Gauge>,
+    connections: Family<ComponentLabels, Gauge>,
     objects_written: Family<ComponentLabels, Counter>,
     sink_errors: Family<ReasonLabels, Counter>,
     /// Requests sent again after an error or a partial rejection.
@@ -114,6 +115,7 @@ impl Metrics {
             failed_events: Family::default(),
             unacked_events: Family::default(),
             files_open: Family::default(),
+            connections: Family::default(),
             objects_written: Family::default(),
             sink_errors: Family::default(),
             retries: Family::default(),
@@ -201,6 +203,11 @@ impl Metrics {
             m.unacked_events.clone(),
         );
         registry.register("logferry_files_open", "Files a source is tailing", m.files_open.clone());
+        registry.register(
+            "logferry_source_connections",
+            "Client connections a network source has open",
+            m.connections.clone(),
+        );
         registry.register(
             "logferry_sink_objects_written",
             "Objects (files) a sink has completed",
@@ -306,6 +313,7 @@ impl Metrics {
             sent_events: self.sent_events.get_or_create(&labels).clone(),
             sent_bytes: self.sent_bytes.get_or_create(&labels).clone(),
             files_open: self.files_open.get_or_create(&labels).clone(),
+            connections: self.connections.get_or_create(&labels).clone(),
             acked_events: self.acked_events.get_or_create(&labels).clone(),
             failed_events: self.failed_events.get_or_create(&labels).clone(),
             unacked_events: self.unacked_events.get_or_create(&labels).clone(),
@@ -379,6 +387,7 @@ pub struct ComponentMetrics {
     pub sent_events: Counter,
     pub sent_bytes: Counter,
     pub files_open: Gauge,
+    pub connections: Gauge,
     pub acked_events: Counter,
     pub failed_events: Counter,
     pub unacked_events: Gauge,

@@ -372,8 +372,13 @@ fn every_mode_over_tcp_and_unix_is_delivered_before_its_chunk_is_acked() {
         Some(1104.0)
     );
     assert_eq!(metric(&m, "logferry_source_acked_events_total", &want), Some(1104.0));
+    assert_eq!(metric(&m, "logferry_source_connections", &want), Some(2.0));
 
     drop((t, u));
+    wait_for("the connections to close", Duration::from_secs(30), || {
+        let m = http_get(api, "/metrics").unwrap().1;
+        metric(&m, "logferry_source_connections", &want) == Some(0.0)
+    });
     router.signal(libc::SIGTERM);
     let (status, stderr) = router.wait(Duration::from_secs(60));
     assert!(status.success(), "{stderr}");

@@ -290,8 +290,11 @@ async fn accept_loop(
                 sh.had_connection.store(true, Ordering::Release);
                 tracing::debug!(conn = id, %peer, "connection accepted");
                 let conn = Conn::new(sh.clone(), id, outputs.clone(), reader, writer);
+                let open = sh.m.connections.clone();
+                open.inc();
                 tracker.spawn(async move {
                     conn.serve().await;
+                    open.dec();
                     drop(permit);
                 });
             }
