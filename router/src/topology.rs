@@ -211,6 +211,13 @@ pub fn start(
                 out,
                 metrics.clone(),
             )),
+            TransformConfig::Redact(cfg) => Box::pin(crate::transforms::redact::run(
+                c.id.clone(),
+                (**cfg).clone(),
+                rx,
+                out,
+                metrics.clone(),
+            )),
         };
         tasks.spawn(tracing::Instrument::instrument(task, span));
     }

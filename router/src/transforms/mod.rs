@@ -2,6 +2,7 @@
 
 pub mod enrich;
 pub mod filter;
+pub mod redact;
 
 use crate::config::{Ctx, Seg, deserialize_at};
 
@@ -10,6 +11,7 @@ use crate::config::{Ctx, Seg, deserialize_at};
 pub enum TransformConfig {
     Enrich(Box<enrich::EnrichConfig>),
     Filter(filter::FilterConfig),
+    Redact(Box<redact::RedactConfig>),
 }
 
 impl TransformConfig {
@@ -23,10 +25,14 @@ impl TransformConfig {
                 let c: filter::FilterConfig = deserialize_at(ctx, base, value)?;
                 c.validate(ctx, base).then_some(TransformConfig::Filter(c))
             }
+            "redact" => {
+                let c: redact::RedactConfig = deserialize_at(ctx, base, value)?;
+                c.validate(ctx, base).then_some(TransformConfig::Redact(Box::new(c)))
+            }
             other => {
                 ctx.error(
                     base,
-                    format!("unknown transform type `{other}`, expected one of: enrich, filter"),
+                    format!("unknown transform type `{other}`, expected one of: enrich, filter, redact"),
                 );
                 None
             }
@@ -43,6 +49,7 @@ impl TransformConfig {
                 c.fields.len()
             ),
             TransformConfig::Filter(c) => c.describe(),
+            TransformConfig::Redact(c) => c.describe(),
         }
     }
 
@@ -50,6 +57,7 @@ impl TransformConfig {
         match self {
             TransformConfig::Enrich(_) => "enrich",
             TransformConfig::Filter(_) => "filter",
+            TransformConfig::Redact(_) => "redact",
         }
     }
 }
