@@ -218,6 +218,14 @@ pub fn start(
                 out,
                 metrics.clone(),
             )),
+            TransformConfig::Multiline(cfg) => Box::pin(crate::transforms::multiline::run(
+                c.id.clone(),
+                (**cfg).clone(),
+                rx,
+                out,
+                metrics.clone(),
+                memory.clone(),
+            )),
         };
         tasks.spawn(tracing::Instrument::instrument(task, span));
     }

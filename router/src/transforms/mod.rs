@@ -2,6 +2,7 @@
 
 pub mod enrich;
 pub mod filter;
+pub mod multiline;
 pub mod redact;
 
 use crate::config::{Ctx, Seg, deserialize_at};
@@ -12,6 +13,7 @@ pub enum TransformConfig {
     Enrich(Box<enrich::EnrichConfig>),
     Filter(filter::FilterConfig),
     Redact(Box<redact::RedactConfig>),
+    Multiline(Box<multiline::MultilineConfig>),
 }
 
 impl TransformConfig {
@@ -29,10 +31,14 @@ impl TransformConfig {
                 let c: redact::RedactConfig = deserialize_at(ctx, base, value)?;
                 c.validate(ctx, base).then_some(TransformConfig::Redact(Box::new(c)))
             }
+            "multiline" => {
+                let c: multiline::MultilineConfig = deserialize_at(ctx, base, value)?;
+                c.validate(ctx, base).then_some(TransformConfig::Multiline(Box::new(c)))
+            }
             other => {
                 ctx.error(
                     base,
-                    format!("unknown transform type `{other}`, expected one of: enrich, filter, redact"),
+                    format!("unknown transform type `{other}`, expected one of: enrich, filter, multiline, redact"),
                 );
                 None
             }
@@ -50,6 +56,7 @@ impl TransformConfig {
             ),
             TransformConfig::Filter(c) => c.describe(),
             TransformConfig::Redact(c) => c.describe(),
+            TransformConfig::Multiline(c) => c.describe(),
         }
     }
 
@@ -58,6 +65,7 @@ impl TransformConfig {
             TransformConfig::Enrich(_) => "enrich",
             TransformConfig::Filter(_) => "filter",
             TransformConfig::Redact(_) => "redact",
+            TransformConfig::Multiline(_) => "multiline",
         }
     }
 }
