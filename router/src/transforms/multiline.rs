@@ -29,12 +29,11 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use regex::Regex;
 use serde::Deserialize;
-use tokio::sync::{Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
 use crate::config::{Ctx, Seg};
 use crate::event::{AckToken, Batch, Fields, Records};
-use crate::memory::Charge;
 use crate::metrics::{ComponentMetrics, Metrics};
 use crate::sources::file::parse::{key_bit, lookup_field};
 use crate::topology::Fanout;
@@ -368,10 +367,62 @@ pub struct Joiner {
     /// Counters: groups cut by a limit, lines lost to a non-string field.
     split: Option<prometheus_client::metrics::counter::Counter>,
     m: Option<ComponentMetrics>,
+    /// `memory_limit` share of what the groups hold (`None`: not limited).
+    budget: Option<Budget>,
+}
+
+/// Bytes of `memory_limit` the open groups hold. Taken first from the permit
+/// of the batch the lines came from (its bytes moved here), then from the
+/// limit without waiting; a full pipeline therefore does not keep the
+/// transform from joining, and one with no room at all gets the groups
+/// emitted instead of waiting for memory.
+#[derive(Debug)]
+struct Budget {
+    sem: Arc<Semaphore>,
+    held: Option<OwnedSemaphorePermit>,
+}
+
+impl Budget {
+    fn bytes(&self) -> usize {
+        self.held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
+    /// Sets the share to `bytes`; false when it cannot grow that far.
+    fn resize(&mut self, bytes: usize, donor: Option<&mut OwnedSemaphorePermit>) -> bool {
+        let have = self.bytes();
+        if bytes <= have {
+            if let Some(p) = self.held.as_mut() {
+                drop(p.split(have - bytes));
+            }
+            return true;
+        }
+        let mut need = bytes - have;
+        let add = |more: OwnedSemaphorePermit, held: &mut Option<OwnedSemaphorePermit>| match held {
+            Some(p) => p.merge(more),
+            None => *held = Some(more),
+        };
+        if let Some(d) = donor
+            && let Some(part) = d.split(need.min(d.num_permits()))
+        {
+            need -= part.num_permits();
+            add(part, &mut self.held);
+        }
+        if need == 0 {
+            return true;
+        }
+        let Ok(want) = u32::try_from(need) else { return false };
+        match self.sem.clone().try_acquire_many_owned(want) {
+            Ok(more) => {
+                add(more, &mut self.held);
+                true
+            }
+            Err(_) => false,
+        }
+    }
 }
 
 impl Joiner {
-    pub fn new(cfg: MultilineConfig, m: Option<ComponentMetrics>) -> Self {
+    pub fn new(cfg: MultilineConfig, m: Option<ComponentMetrics>, memory: Option<Arc<Semaphore>>) -> Self {
         Joiner {
             rule: cfg.rule(),
             field_bit: key_bit(cfg.field.as_bytes()),
@@ -381,12 +432,18 @@ impl Joiner {
             split: m.as_ref().map(|m| m.line_issue("multiline_split")),
             m,
             cfg,
+            budget: memory.map(|sem| Budget { sem, held: None }),
         }
     }
 
     /// Bytes the open groups hold.
     pub fn held(&self) -> usize {
         self.held
+    }
+
+    /// Bytes of `memory_limit` held for them.
+    pub fn charged(&self) -> usize {
+        self.budget.as_ref().map_or(0, Budget::bytes)
     }
 
     pub fn open_groups(&self) -> usize {
@@ -492,7 +549,20 @@ impl Joiner {
         let Batch { records, fields, tag, .. } = batch;
         // The records were copied out; an owned batch's memory share moves on
         // with what it became.
-        let permit = Arc::try_unwrap(records).ok().and_then(|mut r| r.permit.take());
+        let mut permit = Arc::try_unwrap(records).ok().and_then(|mut r| r.permit.take());
+        let held = self.held;
+        if let Some(b) = self.budget.as_mut()
+            && !b.resize(held, permit.as_mut())
+        {
+            // No room in memory_limit: the groups go now rather than wait.
+            b.resize(0, None);
+            let keys: Vec<Key> = self.groups.keys().cloned().collect();
+            for k in keys {
+                if let Some(g) = self.groups.remove(&k) {
+                    self.emit(g, &mut out);
+                }
+            }
+        }
         out.slot(&fields, &tag).records.permit = permit;
         out.into_batches().collect()
     }
@@ -525,6 +595,10 @@ impl Joiner {
             if let Some(g) = self.groups.remove(&k) {
                 self.emit(g, &mut out);
             }
+        }
+        let held = self.held;
+        if let Some(b) = self.budget.as_mut() {
+            b.resize(held, None);
         }
         out.into_batches().collect()
     }
@@ -575,8 +649,7 @@ pub async fn run(
     memory: Arc<Semaphore>,
 ) {
     let m = metrics.component(&id, "multiline");
-    let mut joiner = Joiner::new(cfg, Some(m.clone()));
-    let mut charge = Charge::new(memory);
+    let mut joiner = Joiner::new(cfg, Some(m.clone()), Some(memory));
     let send = |batches: Vec<Batch>| {
         let (output, m) = (&output, &m);
         async move {
@@ -594,22 +667,11 @@ pub async fn run(
             b = input.recv() => match b {
                 Some(b) => {
                     m.received_events.inc_by(b.len() as u64);
-                    let mut out = joiner.push(b, Instant::now());
-                    // What the groups hold counts against memory_limit;
-                    // with no room, they go now rather than wait.
-                    if !charge.resize(joiner.held()) {
-                        out.extend(joiner.flush_all());
-                        charge.resize(0);
-                    }
-                    out
+                    joiner.push(b, Instant::now())
                 }
                 None => break,
             },
-            () = sleep_until(deadline) => {
-                let out = joiner.expire(Instant::now());
-                charge.resize(joiner.held());
-                out
-            }
+            () = sleep_until(deadline) => joiner.expire(Instant::now()),
         };
         if send(batches).await.is_err() {
             return;
@@ -666,7 +728,7 @@ mod tests {
     /// final flush; the `log` values out.
     fn join_fixture(c: &str, text: &str, per: usize) -> Vec<String> {
         let (tx, _rx) = std::sync::mpsc::channel();
-        let mut j = Joiner::new(cfg(c), None);
+        let mut j = Joiner::new(cfg(c), None, None);
         let now = Instant::now();
         let mut out = Vec::new();
         for (n, chunk) in log_records(text).chunks(per).enumerate() {
@@ -754,7 +816,7 @@ mod tests {
     #[test]
     fn the_first_record_keeps_its_fields_and_escapes_survive() {
         let (tx, _rx) = std::sync::mpsc::channel();
-        let mut j = Joiner::new(cfg("start_pattern = \"^\\\\d\""), None);
+        let mut j = Joiner::new(cfg("start_pattern = \"^\\\\d\""), None, None);
         let recs = vec![
             r#"{"@timestamp":"2024-01-01T00:00:00.000Z","log":"1 \"quoted\" \u00e9","level":"error"}"#.to_string(),
             r#"{"@timestamp":"2024-01-01T00:00:01.000Z","log":"\tat x\\y","level":"other"}"#.to_string(),
@@ -778,7 +840,7 @@ mod tests {
     #[test]
     fn streams_and_group_by_fields_keep_interleaved_groups_apart() {
         let (tx, _rx) = std::sync::mpsc::channel();
-        let mut j = Joiner::new(cfg("start_pattern = \"^S\""), None);
+        let mut j = Joiner::new(cfg("start_pattern = \"^S\""), None, None);
         let rec = |log: &str, stream: &str| json!({ "log": log, "stream": stream }).to_string();
         let now = Instant::now();
         let mut out = j.push(
@@ -803,7 +865,7 @@ mod tests {
     #[test]
     fn a_group_held_across_batches_holds_their_acks_until_delivered() {
         let (tx, rx) = std::sync::mpsc::channel();
-        let mut j = Joiner::new(cfg("preset = \"java\""), None);
+        let mut j = Joiner::new(cfg("preset = \"java\""), None, None);
         let now = Instant::now();
         let first = log_records("done\nERROR failed\njava.lang.IllegalStateException: x\n\tat a.B.c(B.java:1)");
         let out1 = j.push(batch(&first, 1, 1, &tx), now);
@@ -834,7 +896,7 @@ mod tests {
     #[test]
     fn idle_groups_are_emitted_after_flush_timeout() {
         let (tx, rx) = std::sync::mpsc::channel();
-        let mut j = Joiner::new(cfg("start_pattern = \"^S\"\nflush_timeout = \"2s\""), None);
+        let mut j = Joiner::new(cfg("start_pattern = \"^S\"\nflush_timeout = \"2s\""), None, None);
         let t0 = Instant::now();
         assert!(j.push(batch(&log_records("S1\na"), 1, 0, &tx), t0).is_empty());
         assert_eq!(j.next_deadline(), Some(t0 + Duration::from_secs(2)));
@@ -849,7 +911,7 @@ mod tests {
     #[test]
     fn max_groups_emits_the_least_recently_extended_group() {
         let (tx, _rx) = std::sync::mpsc::channel();
-        let mut j = Joiner::new(cfg("start_pattern = \"^S\"\nmax_groups = 2\ngroup_by = [\"c\"]"), None);
+        let mut j = Joiner::new(cfg("start_pattern = \"^S\"\nmax_groups = 2\ngroup_by = [\"c\"]"), None, None);
         let t0 = Instant::now();
         let rec = |log: &str, c: &str| json!({ "log": log, "c": c }).to_string();
         assert!(j.push(batch(&[rec("S a", "a")], 1, 0, &tx), t0).is_empty());
@@ -857,6 +919,30 @@ mod tests {
         let out = j.push(batch(&[rec("S c", "c")], 1, 2, &tx), t0 + Duration::from_millis(2));
         assert_eq!(logs(&out), ["S a"]);
         assert_eq!(j.open_groups(), 2);
+    }
+
+    #[test]
+    fn held_lines_take_their_memory_share_from_their_batch_or_are_emitted() {
+        let sem = Arc::new(Semaphore::new(10_000));
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let mut j = Joiner::new(cfg("start_pattern = \"^S\""), None, Some(sem.clone()));
+        let now = Instant::now();
+        let mut b = batch(&log_records("S1\na\nS2\nb"), 1, 0, &tx);
+        let bytes = b.records.buf.len();
+        Arc::get_mut(&mut b.records).unwrap().permit = Some(sem.clone().try_acquire_many_owned(bytes as u32).unwrap());
+        let out = j.push(b, now);
+        assert_eq!(logs(&out), ["S1\na"]);
+        assert!(j.held() > 0);
+        assert_eq!(j.charged(), j.held());
+        let passed_on = out[0].records.permit.as_ref().map_or(0, |p| p.num_permits());
+        assert_eq!(passed_on + j.charged(), bytes, "the batch's share was split, nothing new taken");
+        assert_eq!(sem.available_permits(), 10_000 - bytes);
+        drop(out);
+        // No room left and no share of its own: the groups go out at once.
+        let _rest = sem.clone().try_acquire_many_owned(sem.available_permits() as u32).unwrap();
+        let out = j.push(batch(&log_records("c\nS3 is a longer line\nd"), 1, 1, &tx), now);
+        assert_eq!(logs(&out), ["S2\nb\nc", "S3 is a longer line\nd"]);
+        assert_eq!((j.open_groups(), j.held(), j.charged()), (0, 0, 0));
     }
 
     #[test]
