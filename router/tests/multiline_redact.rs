@@ -67,7 +67,11 @@ fn checkpoint(env: &Env) -> Option<u64> {
 }
 
 fn java_lines(from: usize, to: usize) -> String {
-    JAVA.lines().skip(from - 1).take(to + 1 - from).collect::<Vec<_>>().join("\n")
+    JAVA.lines()
+        .skip(from - 1)
+        .take(to + 1 - from)
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 #[test]
@@ -104,10 +108,18 @@ fn joined_and_redacted_records_and_the_checkpoint_waits_for_the_last_group() {
         checkpoint(&env) == Some(part1.len() as u64)
     });
     assert_eq!(logs_out(&env).len(), 5);
-    assert_eq!(checkpoint(&env), Some(part1.len() as u64), "the held group keeps the checkpoint back");
+    assert_eq!(
+        checkpoint(&env),
+        Some(part1.len() as u64),
+        "the held group keeps the checkpoint back"
+    );
     let metrics = http_get(port, "/metrics").map(|(_, b)| b).unwrap_or_default();
     assert_eq!(
-        metric(&metrics, "logferry_source_line_issues_total", &["component=\"scrub\"", "reason=\"redacted_email\""]),
+        metric(
+            &metrics,
+            "logferry_source_line_issues_total",
+            &["component=\"scrub\"", "reason=\"redacted_email\""]
+        ),
         Some(1.0),
         "{metrics}"
     );
@@ -151,7 +163,11 @@ fn hashes_are_the_same_across_runs_with_the_same_salt() {
     let b = run("pepper");
     assert_eq!(a, b);
     assert_eq!(a.len(), 3);
-    assert!(!a.iter().any(|l| l.contains("jane@") || l.contains("10.1.2.3") || l.contains("4111")), "{a:?}");
+    assert!(
+        !a.iter()
+            .any(|l| l.contains("jane@") || l.contains("10.1.2.3") || l.contains("4111")),
+        "{a:?}"
+    );
     assert_eq!(a[2], "INFO nothing here");
     let hashed: Vec<&str> = a[0].split(' ').filter(|w| w.starts_with("sha256:")).collect();
     assert_eq!(hashed.len(), 2, "{a:?}");
@@ -165,9 +181,14 @@ fn validate_describes_both_and_names_bad_keys() {
     let cfg = config(&env, "1s", "", free_port());
     let (code, stdout, stderr) = validate_config(&cfg);
     assert_eq!(code, Some(0), "{stderr}");
-    assert!(stdout.contains("transform join (multiline: join `log` by preset java"), "{stdout}");
     assert!(
-        stdout.contains("transform scrub (redact: email, credit_card, aws_access_key_id, ipv4 (mask) in every string field) <- join"),
+        stdout.contains("transform join (multiline: join `log` by preset java"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains(
+            "transform scrub (redact: email, credit_card, aws_access_key_id, ipv4 (mask) in every string field) <- join"
+        ),
         "{stdout}"
     );
     let cfg = config(&env, "1s", "mode = \"hash\"\nlines = 3", free_port());

@@ -193,10 +193,8 @@ struct JavaRules {
 impl JavaRules {
     fn new() -> Self {
         JavaRules {
-            cont: Regex::new(
-                r"^(?:\s+at |\s*\.\.\. \d+ (?:more|common frames omitted)|\s*(?:Caused by|Suppressed): )",
-            )
-            .expect("constant regex"),
+            cont: Regex::new(r"^(?:\s+at |\s*\.\.\. \d+ (?:more|common frames omitted)|\s*(?:Caused by|Suppressed): )")
+                .expect("constant regex"),
             header: Regex::new(r"^(?:[A-Za-z_$][\w$]*\.)+[A-Za-z_$][\w$]*(?:Exception|Error|Throwable)(?::|$)")
                 .expect("constant regex"),
         }
@@ -255,9 +253,7 @@ impl Rule {
                     *st = St::PyChain;
                     true
                 }
-                St::PyChain | St::Normal
-                    if line.starts_with(PY_TRACEBACK) && (*st == St::PyChain || lines == 1) =>
-                {
+                St::PyChain | St::Normal if line.starts_with(PY_TRACEBACK) && (*st == St::PyChain || lines == 1) => {
                     *st = St::PyTrace;
                     true
                 }
@@ -525,7 +521,11 @@ impl Joiner {
             } else {
                 self.rule.step(&mut st, None, &line);
                 if self.groups.len() >= self.cfg.max_groups
-                    && let Some(oldest) = self.groups.iter().min_by_key(|(_, g)| g.touched).map(|(k, _)| k.clone())
+                    && let Some(oldest) = self
+                        .groups
+                        .iter()
+                        .min_by_key(|(_, g)| g.touched)
+                        .map(|(k, _)| k.clone())
                     && let Some(g) = self.groups.remove(&oldest)
                 {
                     self.emit(g, &mut out);
@@ -546,7 +546,9 @@ impl Joiner {
             self.held += g.held();
             self.groups.insert(key, g);
         }
-        let Batch { records, fields, tag, .. } = batch;
+        let Batch {
+            records, fields, tag, ..
+        } = batch;
         // The records were copied out; an owned batch's memory share moves on
         // with what it became.
         let mut permit = Arc::try_unwrap(records).ok().and_then(|mut r| r.permit.take());
@@ -721,7 +723,10 @@ mod tests {
     }
 
     fn logs(batches: &[Batch]) -> Vec<String> {
-        values(batches).iter().map(|v| v["log"].as_str().unwrap().to_string()).collect()
+        values(batches)
+            .iter()
+            .map(|v| v["log"].as_str().unwrap().to_string())
+            .collect()
     }
 
     /// Every record of `text` through a joiner in batches of `per`, then a
@@ -778,7 +783,11 @@ mod tests {
         assert!(want[1].ends_with("payments.PaymentError: gateway unreachable: timed out"));
         assert!(want[2].starts_with("2024-05-02 10:20:02,000 ERROR app: job 7 crashed\nTraceback"));
         for per in [1, 4, 100] {
-            assert_eq!(join_fixture("preset = \"python\"", PYTHON, per), want, "batches of {per}");
+            assert_eq!(
+                join_fixture("preset = \"python\"", PYTHON, per),
+                want,
+                "batches of {per}"
+            );
         }
     }
 
@@ -834,7 +843,10 @@ mod tests {
             ]
         );
         let text = std::str::from_utf8(out[0].records.text(0)).unwrap();
-        assert!(text.starts_with(r#"{"@timestamp":"2024-01-01T00:00:00.000Z","log":"#), "{text}");
+        assert!(
+            text.starts_with(r#"{"@timestamp":"2024-01-01T00:00:00.000Z","log":"#),
+            "{text}"
+        );
     }
 
     #[test]
@@ -845,7 +857,12 @@ mod tests {
         let now = Instant::now();
         let mut out = j.push(
             batch(
-                &[rec("S out", "stdout"), rec("S err", "stderr"), rec("e1", "stderr"), rec("o1", "stdout")],
+                &[
+                    rec("S out", "stdout"),
+                    rec("S err", "stderr"),
+                    rec("e1", "stderr"),
+                    rec("o1", "stdout"),
+                ],
                 1,
                 0,
                 &tx,
@@ -884,13 +901,19 @@ mod tests {
         drop(out2);
         let mut acks: Vec<Ack> = rx.try_iter().collect();
         acks.sort_by_key(|a| a.seq);
-        assert_eq!(acks.iter().map(|a| (a.seq, a.delivered)).collect::<Vec<_>>(), [(1, false)]);
+        assert_eq!(
+            acks.iter().map(|a| (a.seq, a.delivered)).collect::<Vec<_>>(),
+            [(1, false)]
+        );
         // Batch 2's last line ("INFO next") is still open: its ack waits.
         let out3 = j.flush_all();
         assert_eq!(logs(&out3), ["INFO next"]);
         drop(out3);
         let acks: Vec<Ack> = rx.try_iter().collect();
-        assert_eq!(acks.iter().map(|a| (a.seq, a.delivered)).collect::<Vec<_>>(), [(2, false)]);
+        assert_eq!(
+            acks.iter().map(|a| (a.seq, a.delivered)).collect::<Vec<_>>(),
+            [(2, false)]
+        );
     }
 
     #[test]
@@ -911,11 +934,18 @@ mod tests {
     #[test]
     fn max_groups_emits_the_least_recently_extended_group() {
         let (tx, _rx) = std::sync::mpsc::channel();
-        let mut j = Joiner::new(cfg("start_pattern = \"^S\"\nmax_groups = 2\ngroup_by = [\"c\"]"), None, None);
+        let mut j = Joiner::new(
+            cfg("start_pattern = \"^S\"\nmax_groups = 2\ngroup_by = [\"c\"]"),
+            None,
+            None,
+        );
         let t0 = Instant::now();
         let rec = |log: &str, c: &str| json!({ "log": log, "c": c }).to_string();
         assert!(j.push(batch(&[rec("S a", "a")], 1, 0, &tx), t0).is_empty());
-        assert!(j.push(batch(&[rec("S b", "b")], 1, 1, &tx), t0 + Duration::from_millis(1)).is_empty());
+        assert!(
+            j.push(batch(&[rec("S b", "b")], 1, 1, &tx), t0 + Duration::from_millis(1))
+                .is_empty()
+        );
         let out = j.push(batch(&[rec("S c", "c")], 1, 2, &tx), t0 + Duration::from_millis(2));
         assert_eq!(logs(&out), ["S a"]);
         assert_eq!(j.open_groups(), 2);
@@ -935,11 +965,18 @@ mod tests {
         assert!(j.held() > 0);
         assert_eq!(j.charged(), j.held());
         let passed_on = out[0].records.permit.as_ref().map_or(0, |p| p.num_permits());
-        assert_eq!(passed_on + j.charged(), bytes, "the batch's share was split, nothing new taken");
+        assert_eq!(
+            passed_on + j.charged(),
+            bytes,
+            "the batch's share was split, nothing new taken"
+        );
         assert_eq!(sem.available_permits(), 10_000 - bytes);
         drop(out);
         // No room left and no share of its own: the groups go out at once.
-        let _rest = sem.clone().try_acquire_many_owned(sem.available_permits() as u32).unwrap();
+        let _rest = sem
+            .clone()
+            .try_acquire_many_owned(sem.available_permits() as u32)
+            .unwrap();
         let out = j.push(batch(&log_records("c\nS3 is a longer line\nd"), 1, 1, &tx), now);
         assert_eq!(logs(&out), ["S2\nb\nc", "S3 is a longer line\nd"]);
         assert_eq!((j.open_groups(), j.held(), j.charged()), (0, 0, 0));
@@ -948,12 +985,20 @@ mod tests {
     #[test]
     fn config_needs_one_rule() {
         let check = |text: &str| {
-            let cfg = crate::config::load_str(&format!(
-                "[sources.app]\ntype = \"file\"\ninclude = [\"/x/*.log\"]\n[transforms.m]\ntype = \"multiline\"\ninputs = [\"app\"]\n{text}\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"m\"]\n"
-            ), "t.toml", &|_| None);
+            let cfg = crate::config::load_str(
+                &format!(
+                    "[sources.app]\ntype = \"file\"\ninclude = [\"/x/*.log\"]\n[transforms.m]\ntype = \"multiline\"\ninputs = [\"app\"]\n{text}\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"m\"]\n"
+                ),
+                "t.toml",
+                &|_| None,
+            );
             cfg.err().map(|e| e.to_string()).unwrap_or_default()
         };
-        assert!(check("").contains("needs exactly one of `start_pattern` and `preset`"), "{}", check(""));
+        assert!(
+            check("").contains("needs exactly one of `start_pattern` and `preset`"),
+            "{}",
+            check("")
+        );
         assert!(check("preset = \"go\"\nstart_pattern = \"x\"").contains("exactly one"));
         assert!(check("preset = \"ruby\"").contains("ruby"));
         assert!(check("preset = \"go\"\nmax_lines = 0").contains("transforms.m.max_lines"));

@@ -133,7 +133,10 @@ impl RedactConfig {
         };
         let mut ok = true;
         if self.detectors.is_empty() && self.custom.is_empty() {
-            ctx.error(&at("detectors"), "no detector: name at least one, or a `custom` pattern");
+            ctx.error(
+                &at("detectors"),
+                "no detector: name at least one, or a `custom` pattern",
+            );
             ok = false;
         }
         let mut names: Vec<&str> = Vec::new();
@@ -158,14 +161,21 @@ impl RedactConfig {
             }
             names.push(&c.name);
         }
-        if self.fields.iter().any(|f| f.is_empty() || f.split('.').any(str::is_empty)) {
+        if self
+            .fields
+            .iter()
+            .any(|f| f.is_empty() || f.split('.').any(str::is_empty))
+        {
             ctx.error(&at("fields"), "a field path must not be empty or hold an empty segment");
             ok = false;
         }
         match self.mode {
             Mode::Hash => {
                 if self.salt.as_deref().is_none_or(str::is_empty) {
-                    ctx.error(&at("salt"), "`mode = \"hash\"` needs a non-empty `salt` (e.g. \"${REDACT_SALT}\")");
+                    ctx.error(
+                        &at("salt"),
+                        "`mode = \"hash\"` needs a non-empty `salt` (e.g. \"${REDACT_SALT}\")",
+                    );
                     ok = false;
                 }
                 if self.mask.is_some() {
@@ -254,26 +264,7 @@ impl Redactor {
         let mut dets = Vec::new();
         let mask = |name: &str| cfg.mask.clone().unwrap_or_else(|| format!("[REDACTED:{name}]"));
         for d in &cfg.detectors {
-            let (pre, finder) = match d {
-                Detector::Email => (
-                    r"[A-Za-z0-9._%+-]@[A-Za-z0-9]".to_string(),
-                    Finder::Plain(Regex::new(
-                        r"[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,63}\b",
-                    )?),
-                ),
-                Detector::CreditCard => (
-                    r"[0-9](?:[ -]?[0-9]){12}".to_string(),
-                    Finder::Card(Regex::new(r"[0-9](?:[ -]?[0-9])*")?),
-                ),
-                Detector::AwsAccessKeyId => {
-                    let re = r"(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z2-7]{16}";
-                    (re.to_string(), Finder::Plain(Regex::new(&format!(r"\b{re}\b"))?))
-                }
-                Detector::Ipv4 => (
-                    r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}".to_string(),
-                    Finder::Ipv4(Regex::new(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}")?),
-                ),
-            };
+            let (pre, finder) = builtin(*d)?;
             loose.push(pre);
             dets.push(Det {
                 name: d.name().to_string(),
@@ -373,15 +364,17 @@ impl Redactor {
                         card_spans(s, m.start(), m.end(), d, spans);
                     }
                 }
-                Finder::Ipv4(re) => spans.extend(
-                    re.find_iter(s)
-                        .filter(|m| ipv4_ok(s, m.start(), m.end()))
-                        .map(|m| Span {
-                            start: m.start(),
-                            end: m.end(),
-                            det: d,
-                        }),
-                ),
+                Finder::Ipv4(re) => {
+                    spans.extend(
+                        re.find_iter(s)
+                            .filter(|m| ipv4_ok(s, m.start(), m.end()))
+                            .map(|m| Span {
+                                start: m.start(),
+                                end: m.end(),
+                                det: d,
+                            }),
+                    )
+                }
             }
         }
         // Earliest first, the longer of two at one place; drop overlaps.
@@ -414,6 +407,30 @@ impl Redactor {
         out.push_str(s.get(at..).unwrap_or_default());
         out
     }
+}
+
+/// The loose raw-text form and the finder of a built-in detector.
+fn builtin(d: Detector) -> Result<(String, Finder), regex::Error> {
+    Ok(match d {
+        Detector::Email => (
+            r"[A-Za-z0-9._%+-]@[A-Za-z0-9]".to_string(),
+            Finder::Plain(Regex::new(
+                r"[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,63}\b",
+            )?),
+        ),
+        Detector::CreditCard => (
+            r"[0-9](?:[ -]?[0-9]){12}".to_string(),
+            Finder::Card(Regex::new(r"[0-9](?:[ -]?[0-9])*")?),
+        ),
+        Detector::AwsAccessKeyId => {
+            let re = r"(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z2-7]{16}";
+            (re.to_string(), Finder::Plain(Regex::new(&format!(r"\b{re}\b"))?))
+        }
+        Detector::Ipv4 => (
+            r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}".to_string(),
+            Finder::Ipv4(Regex::new(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}")?),
+        ),
+    })
 }
 
 /// `sha256:` and the first 16 hex digits (64 bits) of SHA-256(salt || value).
@@ -518,7 +535,7 @@ pub fn luhn(digits: impl DoubleEndedIterator<Item = u32>) -> bool {
             }
         })
         .sum();
-    sum % 10 == 0
+    sum.is_multiple_of(10)
 }
 
 /// The text is not a well-formed JSON object.
@@ -784,8 +801,14 @@ mod tests {
     #[test]
     fn email() {
         let r = redactor("detectors = [\"email\"]");
-        assert_eq!(msg(&r, "mail jane.doe+x@mail.example.co.uk now"), "mail [REDACTED:email] now");
-        assert_eq!(msg(&r, "<a@b.io>, c_d@e-f.org."), "<[REDACTED:email]>, [REDACTED:email].");
+        assert_eq!(
+            msg(&r, "mail jane.doe+x@mail.example.co.uk now"),
+            "mail [REDACTED:email] now"
+        );
+        assert_eq!(
+            msg(&r, "<a@b.io>, c_d@e-f.org."),
+            "<[REDACTED:email]>, [REDACTED:email]."
+        );
         for miss in ["user@localhost", "@handle", "a@b", "x@1.2", "name at example.com"] {
             assert_eq!(msg(&r, miss), miss);
         }
@@ -802,18 +825,22 @@ mod tests {
             "6011 0009 9013 9424",
             "4222222222222",
         ] {
-            assert_eq!(msg(&r, &format!("card {card}.")), "card [REDACTED:credit_card].", "{card}");
+            assert_eq!(
+                msg(&r, &format!("card {card}.")),
+                "card [REDACTED:credit_card].",
+                "{card}"
+            );
         }
         for miss in [
-            "4111111111111112",          // Luhn fails
-            "4111 1111 1111 1112",       // Luhn fails, grouped
-            "411111111111",              // 12 digits
-            "1700000000000",             // epoch ms, passes Luhn but starts with 1
-            "order 17000000000007",      // id starting with 1
-            "2024-01-15 10:22:33.123",   // a timestamp
-            "x4111111111111111",         // glued to a word
-            "41111111111111111111111",   // too long
-            "1.4111111111111111",        // part of a decimal
+            "4111111111111112",        // Luhn fails
+            "4111 1111 1111 1112",     // Luhn fails, grouped
+            "411111111111",            // 12 digits
+            "1700000000000",           // epoch ms, passes Luhn but starts with 1
+            "order 17000000000007",    // id starting with 1
+            "2024-01-15 10:22:33.123", // a timestamp
+            "x4111111111111111",       // glued to a word
+            "41111111111111111111111", // too long
+            "1.4111111111111111",      // part of a decimal
         ] {
             assert_eq!(msg(&r, miss), miss, "{miss}");
         }
@@ -835,14 +862,17 @@ mod tests {
     #[test]
     fn aws_access_key_ids() {
         let r = redactor("detectors = [\"aws_access_key_id\"]");
-        assert_eq!(msg(&r, "key=AKIAIOSFODNN7EXAMPLE;"), "key=[REDACTED:aws_access_key_id];");
+        assert_eq!(
+            msg(&r, "key=AKIAIOSFODNN7EXAMPLE;"),
+            "key=[REDACTED:aws_access_key_id];"
+        );
         assert_eq!(msg(&r, "ASIAY34FZKBOKMUTVV7A"), "[REDACTED:aws_access_key_id]");
         for miss in [
-            "AKIAIOSFODNN7EXAMPLEX",  // longer word
-            "XAKIAIOSFODNN7EXAMPLE",  // inside a word
-            "AKIAIOSFODNN7EXAMPL",    // 15 after the prefix
-            "AKIAIOSFODNN0EXAMPLE",   // 0 is not base32
-            "ABCDIOSFODNN7EXAMPLE",   // unknown prefix
+            "AKIAIOSFODNN7EXAMPLEX", // longer word
+            "XAKIAIOSFODNN7EXAMPLE", // inside a word
+            "AKIAIOSFODNN7EXAMPL",   // 15 after the prefix
+            "AKIAIOSFODNN0EXAMPLE",  // 0 is not base32
+            "ABCDIOSFODNN7EXAMPLE",  // unknown prefix
         ] {
             assert_eq!(msg(&r, miss), miss, "{miss}");
         }
@@ -851,9 +881,20 @@ mod tests {
     #[test]
     fn ipv4() {
         let r = redactor("detectors = [\"ipv4\"]");
-        assert_eq!(msg(&r, "from 10.0.0.1:8080 to 255.255.255.255."), "from [REDACTED:ipv4]:8080 to [REDACTED:ipv4].");
+        assert_eq!(
+            msg(&r, "from 10.0.0.1:8080 to 255.255.255.255."),
+            "from [REDACTED:ipv4]:8080 to [REDACTED:ipv4]."
+        );
         assert_eq!(msg(&r, "(192.168.1.20)"), "([REDACTED:ipv4])");
-        for miss in ["1.2.3.4.5", "v1.2.3.4", "256.1.1.1", "1.2.3", "version 10.0.0.1.2", "1234.1.2.3", "0.1.2.3a"] {
+        for miss in [
+            "1.2.3.4.5",
+            "v1.2.3.4",
+            "256.1.1.1",
+            "1.2.3",
+            "version 10.0.0.1.2",
+            "1234.1.2.3",
+            "0.1.2.3a",
+        ] {
             assert_eq!(msg(&r, miss), miss, "{miss}");
         }
     }
@@ -872,7 +913,10 @@ mod tests {
         let mut out = Vec::new();
         let rec = r#"{"z": 1, "a" : "ip 1.2.3.4",  "m":[1,2]}"#;
         assert!(r.redact_into(rec.as_bytes(), &mut out, &mut [0; 4]).unwrap());
-        assert_eq!(String::from_utf8(out).unwrap(), r#"{"z": 1, "a" : "ip [REDACTED:ipv4]",  "m":[1,2]}"#);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"z": 1, "a" : "ip [REDACTED:ipv4]",  "m":[1,2]}"#
+        );
     }
 
     #[test]
@@ -908,7 +952,10 @@ mod tests {
         let a = msg(&r, "from a@b.io");
         let expected = format!("from {}", hash("s1", "a@b.io"));
         assert_eq!(a, expected);
-        assert!(a.starts_with("from sha256:") && a.len() == "from sha256:".len() + 16, "{a}");
+        assert!(
+            a.starts_with("from sha256:") && a.len() == "from sha256:".len() + 16,
+            "{a}"
+        );
         assert_eq!(msg(&r, "again a@b.io").replace("again ", "from "), a);
         let other = redactor("mode = \"hash\"\nsalt = \"s2\"");
         assert_ne!(msg(&other, "from a@b.io"), a);
@@ -917,12 +964,20 @@ mod tests {
     #[test]
     fn config_errors_name_the_key() {
         let check = |text: &str| {
-            let cfg = crate::config::load_str(&format!(
-                "[sources.app]\ntype = \"file\"\ninclude = [\"/x/*.log\"]\n[transforms.r]\ntype = \"redact\"\ninputs = [\"app\"]\n{text}\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"r\"]\n"
-            ), "t.toml", &|_| None);
+            let cfg = crate::config::load_str(
+                &format!(
+                    "[sources.app]\ntype = \"file\"\ninclude = [\"/x/*.log\"]\n[transforms.r]\ntype = \"redact\"\ninputs = [\"app\"]\n{text}\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"r\"]\n"
+                ),
+                "t.toml",
+                &|_| None,
+            );
             cfg.err().map(|e| e.to_string()).unwrap_or_default()
         };
-        assert!(check("mode = \"hash\"").contains("transforms.r.salt"), "{}", check("mode = \"hash\""));
+        assert!(
+            check("mode = \"hash\"").contains("transforms.r.salt"),
+            "{}",
+            check("mode = \"hash\"")
+        );
         assert!(check("salt = \"x\"").contains("only applies with `mode = \"hash\"`"));
         assert!(check("detectors = [\"phone\"]").contains("phone"));
         assert!(check("custom = [{ name = \"email\", pattern = \"x\" }]").contains("already a detector name"));
@@ -934,7 +989,11 @@ mod tests {
     fn scanner_rejects_what_is_not_one_object() {
         for bad in ["", "[1]", "\"s\"", "{\"a\":1", "{\"a\":\"x}", "{} {}", "{\"a\":[1}"] {
             let mut out = b"keep".to_vec();
-            assert_eq!(rewrite_string_values(bad.as_bytes(), &mut out, |_, _| None), Err(Malformed), "{bad}");
+            assert_eq!(
+                rewrite_string_values(bad.as_bytes(), &mut out, |_, _| None),
+                Err(Malformed),
+                "{bad}"
+            );
             assert_eq!(out, b"keep");
         }
     }
