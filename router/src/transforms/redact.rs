@@ -3,10 +3,9 @@
 //! Why a pre-check on the raw text first: nearly every record holds nothing
 //! to redact, and parsing each one to look would cost more than the rest of
 //! the pipeline. One `RegexSet` pass over the record's JSON text, with loose
-//! forms of the detectors (card numbers: a byte scan for a 13-digit run, far
-//! cheaper than that pattern in the set), tells which detectors can match at
-//! all; a record none can match is passed on untouched (its bytes, its
-//! memory permit). The loose forms match a superset of what the exact detectors find in decoded
+//! forms of every detector, tells which detectors can match at all; a record
+//! none can match is passed on untouched (its bytes, its memory permit). The
+//! loose forms match a superset of what the exact detectors find in decoded
 //! strings: the characters the built-in detectors look for are never escaped
 //! by a JSON encoder, except through `\u` escapes, so a record holding a `\u`
 //! escape is always checked in full (and one holding any backslash, for
