@@ -241,10 +241,8 @@ struct Det {
 /// A compiled `redact` configuration.
 #[derive(Debug, Clone)]
 pub struct Redactor {
-    /// Loose forms of the detectors over raw JSON text.
+    /// Loose forms of the detectors, same order, over raw JSON text.
     prefilter: regex::bytes::RegexSet,
-    /// Each detector's pattern in `prefilter`; `None`: the card digit scan.
-    pre_index: Vec<Option<usize>>,
     dets: Vec<Det>,
     /// Selected field paths, split on dots; empty: every string.
     fields: Vec<Vec<String>>,
@@ -263,15 +261,11 @@ struct Span {
 impl Redactor {
     pub fn new(cfg: &RedactConfig) -> Result<Redactor, regex::Error> {
         let mut loose = Vec::new();
-        let mut pre_index = Vec::new();
         let mut dets = Vec::new();
         let mask = |name: &str| cfg.mask.clone().unwrap_or_else(|| format!("[REDACTED:{name}]"));
         for d in &cfg.detectors {
             let (pre, finder) = builtin(*d)?;
-            pre_index.push(pre.map(|p| {
-                loose.push(p);
-                loose.len() - 1
-            }));
+            loose.push(pre);
             dets.push(Det {
                 name: d.name().to_string(),
                 finder,
@@ -281,7 +275,6 @@ impl Redactor {
         }
         for c in &cfg.custom {
             loose.push(c.pattern.as_str().to_string());
-            pre_index.push(Some(loose.len() - 1));
             dets.push(Det {
                 name: c.name.clone(),
                 finder: Finder::Plain(c.pattern.clone()),
@@ -291,7 +284,6 @@ impl Redactor {
         }
         Ok(Redactor {
             prefilter: regex::bytes::RegexSet::new(&loose)?,
-            pre_index,
             dets,
             fields: cfg
                 .fields
@@ -320,14 +312,7 @@ impl Redactor {
         let backslash = memchr::memchr(b'\\', text).is_some();
         let unicode_escape = backslash && memchr::memmem::find(text, b"\\u").is_some();
         let active: Vec<usize> = (0..self.dets.len())
-            .filter(|&d| {
-                unicode_escape
-                    || (backslash && self.dets[d].custom)
-                    || match self.pre_index[d] {
-                        Some(k) => pre.matched(k),
-                        None => has_digit_run(text),
-                    }
-            })
+            .filter(|&d| pre.matched(d) || unicode_escape || (backslash && self.dets[d].custom))
             .collect();
         if active.is_empty() {
             return Ok(false);
@@ -425,47 +410,27 @@ impl Redactor {
 }
 
 /// The loose raw-text form and the finder of a built-in detector.
-fn builtin(d: Detector) -> Result<(Option<String>, Finder), regex::Error> {
+fn builtin(d: Detector) -> Result<(String, Finder), regex::Error> {
     Ok(match d {
         Detector::Email => (
-            Some(r"[A-Za-z0-9._%+-]@[A-Za-z0-9]".to_string()),
+            r"[A-Za-z0-9._%+-]@[A-Za-z0-9]".to_string(),
             Finder::Plain(Regex::new(
                 r"[A-Za-z0-9._%+-]+@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,63}\b",
             )?),
         ),
-        // A byte scan (`has_digit_run`): twice as fast as this pattern in the set.
-        Detector::CreditCard => (None, Finder::Card(Regex::new(r"[0-9](?:[ -]?[0-9])*")?)),
+        Detector::CreditCard => (
+            r"[0-9](?:[ -]?[0-9]){12}".to_string(),
+            Finder::Card(Regex::new(r"[0-9](?:[ -]?[0-9])*")?),
+        ),
         Detector::AwsAccessKeyId => {
             let re = r"(?:AKIA|ASIA|AGPA|AIDA|AROA|ANPA|ANVA|AIPA)[A-Z2-7]{16}";
-            (Some(re.to_string()), Finder::Plain(Regex::new(&format!(r"\b{re}\b"))?))
+            (re.to_string(), Finder::Plain(Regex::new(&format!(r"\b{re}\b"))?))
         }
         Detector::Ipv4 => (
-            Some(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}".to_string()),
+            r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}".to_string(),
             Finder::Ipv4(Regex::new(r"[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}\.[0-9]{1,3}")?),
         ),
     })
-}
-
-/// Does `text` hold 13 digits with at most one space or dash between
-/// neighbours (what a card number needs: `[0-9](?:[ -]?[0-9]){12}`)?
-fn has_digit_run(text: &[u8]) -> bool {
-    let mut digits = 0u32;
-    let mut sep = false;
-    for &b in text {
-        if b.is_ascii_digit() {
-            digits += 1;
-            sep = false;
-            if digits >= 13 {
-                return true;
-            }
-        } else if (b == b' ' || b == b'-') && digits > 0 && !sep {
-            sep = true;
-        } else {
-            digits = 0;
-            sep = false;
-        }
-    }
-    false
 }
 
 /// `sha256:` and the first 16 hex digits (64 bits) of SHA-256(salt || value).
@@ -884,14 +849,6 @@ mod tests {
             "ref 12 [REDACTED:credit_card] ok",
             "leading digit groups that break the check are left out"
         );
-    }
-
-    proptest! {
-        #[test]
-        fn digit_run_scan_is_the_loose_card_pattern(s in "[0-9 a-]{0,40}") {
-            let re = regex::bytes::Regex::new(r"[0-9](?:[ -]?[0-9]){12}").unwrap();
-            prop_assert_eq!(has_digit_run(s.as_bytes()), re.is_match(s.as_bytes()));
-        }
     }
 
     #[test]
