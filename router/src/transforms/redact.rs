@@ -308,8 +308,13 @@ impl Redactor {
     /// `counts` and returns true; otherwise leaves `out` as it was.
     /// `Err` when the text is not a JSON object (nothing appended).
     pub fn redact_into(&self, text: &[u8], out: &mut Vec<u8>, counts: &mut [u64]) -> Result<bool, Malformed> {
-        let pre = self.prefilter.matches(text);
         let backslash = memchr::memchr(b'\\', text).is_some();
+        // Most records hold no candidate: `is_match` stops at the first hit
+        // and is cheaper than asking which patterns matched.
+        if !backslash && !self.prefilter.is_match(text) {
+            return Ok(false);
+        }
+        let pre = self.prefilter.matches(text);
         let unicode_escape = backslash && memchr::memmem::find(text, b"\\u").is_some();
         let active: Vec<usize> = (0..self.dets.len())
             .filter(|&d| pre.matched(d) || unicode_escape || (backslash && self.dets[d].custom))
