@@ -162,13 +162,23 @@ struct AckInner {
     seq: u64,
     records: u32,
     failed: AtomicBool,
-    tx: std::sync::mpsc::Sender<Ack>,
+    /// `None` for a combined token: it reports through the tokens it keeps.
+    tx: Option<std::sync::mpsc::Sender<Ack>>,
+    /// Tokens kept alive until this one drops (see [`AckToken::combine`]).
+    kept: Vec<AckToken>,
 }
 
 impl Drop for AckInner {
     fn drop(&mut self) {
+        let failed = self.failed.load(Ordering::Acquire);
+        if failed {
+            for k in &self.kept {
+                k.fail();
+            }
+        }
+        let Some(tx) = &self.tx else { return };
         // The source may already be gone (forced exit); nothing to report then.
-        let _ = self.tx.send(Ack {
+        let _ = tx.send(Ack {
             stream: self.stream,
             seq: self.seq,
             delivered: !self.failed.load(Ordering::Acquire),
@@ -193,8 +203,49 @@ impl AckToken {
             seq,
             records,
             failed: AtomicBool::new(false),
-            tx,
+            tx: Some(tx),
+            kept: Vec::new(),
         }))
+    }
+
+    /// One token standing for several batches' tokens: it reports nothing
+    /// itself, keeps `parts` alive until it drops, and fails them all if it
+    /// was failed. A transform that moves records between batches (multiline
+    /// joins lines read in several batches) gives the batch carrying them
+    /// such a token, so no source offset passes a line before the record
+    /// holding it is delivered.
+    pub fn combine(parts: Vec<AckToken>) -> AckToken {
+        let mut uniq: Vec<AckToken> = Vec::with_capacity(parts.len());
+        for p in parts {
+            if !uniq.iter().any(|u| u.same(&p)) {
+                uniq.push(p);
+            }
+        }
+        let mut parts = uniq;
+        if parts.len() == 1
+            && let Some(one) = parts.pop()
+        {
+            return one;
+        }
+        AckToken(Arc::new(AckInner {
+            stream: 0,
+            seq: 0,
+            records: 0,
+            failed: AtomicBool::new(false),
+            tx: None,
+            kept: parts,
+        }))
+    }
+
+    /// Are both clones of one token?
+    pub fn same(&self, other: &AckToken) -> bool {
+        Arc::ptr_eq(&self.0, &other.0)
+    }
+
+    /// The source stream (file) the batch was read from; `None` for a
+    /// combined token.
+    pub fn stream(&self) -> Option<u64> {
+        self.0.tx.as_ref().map(|_| self.0.stream)
     }
 
     /// Marks the batch as not delivered; the source's offset will not pass it.
@@ -454,5 +505,27 @@ mod tests {
             }
         );
         assert!(rx.try_recv().is_err());
+    }
+
+    #[test]
+    fn a_combined_token_keeps_its_parts_until_it_drops_and_fails_them() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (a, b) = (AckToken::new(1, 1, tx.clone()), AckToken::new(1, 2, tx));
+        assert_eq!(a.stream(), Some(1));
+        let both = AckToken::combine(vec![a.clone(), b.clone(), a.clone()]);
+        assert_eq!(both.stream(), None);
+        assert!(AckToken::combine(vec![a.clone(), a.clone()]).same(&a));
+        drop((a, b));
+        assert!(rx.try_recv().is_err(), "the combined token keeps both alive");
+        let again = AckToken::combine(vec![both.clone()]);
+        drop(both);
+        assert!(rx.try_recv().is_err());
+        again.fail();
+        drop(again);
+        let mut got: Vec<Ack> = rx.try_iter().collect();
+        got.sort_by_key(|a| a.seq);
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|a| !a.delivered), "{got:?}");
+        assert_eq!(got.iter().map(|a| a.seq).collect::<Vec<_>>(), [1, 2]);
     }
 }

@@ -258,6 +258,21 @@ pub fn start(
                 out,
                 metrics.clone(),
             )),
+            TransformConfig::Redact(cfg) => Box::pin(crate::transforms::redact::run(
+                c.id.clone(),
+                (**cfg).clone(),
+                rx,
+                out,
+                metrics.clone(),
+            )),
+            TransformConfig::Multiline(cfg) => Box::pin(crate::transforms::multiline::run(
+                c.id.clone(),
+                (**cfg).clone(),
+                rx,
+                out,
+                metrics.clone(),
+                memory.clone(),
+            )),
         };
         let guard = health.guard(&c.id);
         tasks.spawn(tracing::Instrument::instrument(

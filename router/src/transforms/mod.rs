@@ -3,6 +3,8 @@
 pub mod condition;
 pub mod enrich;
 pub mod filter;
+pub mod multiline;
+pub mod redact;
 pub mod route;
 pub mod throttle;
 
@@ -15,6 +17,8 @@ pub enum TransformConfig {
     Filter(filter::FilterConfig),
     Route(route::Route),
     Throttle(throttle::Throttle),
+    Redact(Box<redact::RedactConfig>),
+    Multiline(Box<multiline::MultilineConfig>),
 }
 
 impl TransformConfig {
@@ -36,10 +40,18 @@ impl TransformConfig {
                 let c: throttle::ThrottleConfig = deserialize_at(ctx, base, value)?;
                 c.build(ctx, base).map(TransformConfig::Throttle)
             }
+            "redact" => {
+                let c: redact::RedactConfig = deserialize_at(ctx, base, value)?;
+                c.validate(ctx, base).then_some(TransformConfig::Redact(Box::new(c)))
+            }
+            "multiline" => {
+                let c: multiline::MultilineConfig = deserialize_at(ctx, base, value)?;
+                c.validate(ctx, base).then_some(TransformConfig::Multiline(Box::new(c)))
+            }
             other => {
                 ctx.error(
                     base,
-                    format!("unknown transform type `{other}`, expected one of: enrich, filter, route, throttle"),
+                    format!("unknown transform type `{other}`, expected one of: enrich, filter, multiline, redact, route, throttle"),
                 );
                 None
             }
@@ -58,6 +70,8 @@ impl TransformConfig {
             TransformConfig::Filter(c) => c.describe(),
             TransformConfig::Route(c) => c.describe(),
             TransformConfig::Throttle(c) => c.describe(),
+            TransformConfig::Redact(c) => c.describe(),
+            TransformConfig::Multiline(c) => c.describe(),
         }
     }
 
@@ -67,6 +81,8 @@ impl TransformConfig {
             TransformConfig::Filter(_) => "filter",
             TransformConfig::Route(_) => "route",
             TransformConfig::Throttle(_) => "throttle",
+            TransformConfig::Redact(_) => "redact",
+            TransformConfig::Multiline(_) => "multiline",
         }
     }
 
