@@ -40,6 +40,12 @@ pub struct OutputLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct DetectorLabels {
+    pub component: String,
+    pub detector: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FileLabels {
     pub component: String,
     pub file: String,
@@ -71,6 +77,8 @@ pub struct Metrics {
     sink_errors: Family<ReasonLabels, Counter>,
     /// Requests sent again after an error or a partial rejection.
     retries: Family<ComponentLabels, Counter>,
+    /// Values the redact transform replaced, by detector.
+    redactions: Family<DetectorLabels, Counter>,
     /// Seconds since a file's checkpoint last caught up with what was read.
     pub file_checkpoint_age: Family<FileLabels, Gauge>,
     /// `global.memory_limit` bytes held by batches and sink buffers.
@@ -119,6 +127,7 @@ impl Metrics {
             objects_written: Family::default(),
             sink_errors: Family::default(),
             retries: Family::default(),
+            redactions: Family::default(),
             file_checkpoint_age: Family::default(),
             memory_used: Gauge::default(),
             memory_limit: Gauge::default(),
@@ -224,6 +233,11 @@ impl Metrics {
             m.retries.clone(),
         );
         registry.register(
+            "logferry_redactions",
+            "Values the redact transform masked or hashed, by detector",
+            m.redactions.clone(),
+        );
+        registry.register(
             "logferry_file_checkpoint_age_seconds",
             "Seconds since a file's checkpoint last caught up with everything read from it (0 when it has)",
             m.file_checkpoint_age.clone(),
@@ -323,6 +337,7 @@ impl Metrics {
             line_issues: self.line_issues.clone(),
             sink_errors: self.sink_errors.clone(),
             retries: self.retries.get_or_create(&labels).clone(),
+            redactions: self.redactions.clone(),
             firehose_records_sent: self.firehose_records_sent.clone(),
         };
         if let Ok(mut all) = self.components.lock()
@@ -393,6 +408,7 @@ pub struct ComponentMetrics {
     pub unacked_events: Gauge,
     pub objects_written: Counter,
     pub retries: Counter,
+    redactions: Family<DetectorLabels, Counter>,
     discarded: Family<ReasonLabels, Counter>,
     dead_letters: Family<ReasonLabels, Counter>,
     line_issues: Family<ReasonLabels, Counter>,
@@ -425,6 +441,17 @@ impl ComponentMetrics {
     /// A handle for a line issue counter (resolve once, bump per batch).
     pub fn line_issue(&self, reason: &'static str) -> Counter {
         self.line_issues.get_or_create(&self.labels(reason)).clone()
+    }
+
+    /// The handle of `logferry_redactions_total` for one detector (resolve
+    /// once, bump per batch).
+    pub fn redactions(&self, detector: &str) -> Counter {
+        self.redactions
+            .get_or_create(&DetectorLabels {
+                component: self.id.clone(),
+                detector: detector.to_string(),
+            })
+            .clone()
     }
 
     pub fn sink_error(&self, reason: &'static str) {

@@ -117,8 +117,8 @@ fn joined_and_redacted_records_and_the_checkpoint_waits_for_the_last_group() {
     assert_eq!(
         metric(
             &metrics,
-            "logferry_source_line_issues_total",
-            &["component=\"scrub\"", "reason=\"redacted_email\""]
+            "logferry_redactions_total",
+            &["component=\"scrub\"", "detector=\"email\""]
         ),
         Some(1.0),
         "{metrics}"

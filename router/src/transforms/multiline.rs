@@ -656,9 +656,10 @@ pub async fn run(
         let (output, m) = (&output, &m);
         async move {
             for b in batches {
-                let n = b.len() as u64;
+                let (n, bytes) = (b.len() as u64, b.bytes());
                 output.send(b).await?;
                 m.sent_events.inc_by(n);
+                m.sent_bytes.inc_by(bytes);
             }
             Ok::<(), crate::topology::Closed>(())
         }
@@ -669,6 +670,7 @@ pub async fn run(
             b = input.recv() => match b {
                 Some(b) => {
                     m.received_events.inc_by(b.len() as u64);
+                    m.received_bytes.inc_by(b.bytes());
                     joiner.push(b, Instant::now())
                 }
                 None => break,

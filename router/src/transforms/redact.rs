@@ -21,9 +21,8 @@
 //! application's data, and they are shared by every record of a batch.
 //! Numbers are not strings: a card number logged as a JSON number is not
 //! found. Each redaction is counted by detector
-//! (`logferry_source_line_issues_total{reason="redacted_<detector>"}`,
-//! the family of records kept but altered); record contents are never
-//! logged.
+//! (`logferry_redactions_total{component,detector}`); record contents are
+//! never logged.
 
 use std::borrow::Cow;
 use std::sync::Arc;
@@ -76,15 +75,6 @@ impl Detector {
             Detector::CreditCard => "credit_card",
             Detector::AwsAccessKeyId => "aws_access_key_id",
             Detector::Ipv4 => "ipv4",
-        }
-    }
-
-    fn reason(self) -> &'static str {
-        match self {
-            Detector::Email => "redacted_email",
-            Detector::CreditCard => "redacted_credit_card",
-            Detector::AwsAccessKeyId => "redacted_aws_access_key_id",
-            Detector::Ipv4 => "redacted_ipv4",
         }
     }
 }
@@ -683,12 +673,8 @@ pub async fn run(
     let counters: Vec<_> = cfg
         .detectors
         .iter()
-        .map(|d| m.line_issue(d.reason()))
-        .chain(cfg.custom.iter().map(|c| {
-            // One label value per configured pattern, made once at start.
-            let reason: &'static str = Box::leak(format!("redacted_{}", c.name).into_boxed_str());
-            m.line_issue(reason)
-        }))
+        .map(|d| m.redactions(d.name()))
+        .chain(cfg.custom.iter().map(|c| m.redactions(&c.name)))
         .collect();
     let malformed = m.line_issue("redact_malformed");
     let mut counts = vec![0u64; counters.len()];
@@ -697,6 +683,7 @@ pub async fn run(
     while let Some(batch) = input.recv().await {
         let n = batch.len();
         m.received_events.inc_by(n as u64);
+        m.received_bytes.inc_by(batch.bytes());
         scratch.clear();
         rewrites.clear();
         for i in 0..n {
@@ -723,10 +710,12 @@ pub async fn run(
         } else {
             replace_records(batch, &rewrites, &scratch)
         };
+        let bytes = batch.bytes();
         if output.send(batch).await.is_err() {
             break;
         }
         m.sent_events.inc_by(n as u64);
+        m.sent_bytes.inc_by(bytes);
     }
 }
 
