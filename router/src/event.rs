@@ -254,6 +254,28 @@ impl AckToken {
     }
 }
 
+/// An ack clone a sink keeps for records it holds past the batch (packed
+/// into a Firehose record, a forward chunk). Dropped without
+/// [`HeldAck::release`] (the records were not accepted), it marks its batch
+/// failed, so an abandoned sink never passes for a delivered one.
+#[derive(Debug, Clone)]
+pub struct HeldAck(pub Option<AckToken>);
+
+impl HeldAck {
+    /// The records are delivered: drop the clone as such.
+    pub fn release(mut self) {
+        self.0 = None;
+    }
+}
+
+impl Drop for HeldAck {
+    fn drop(&mut self) {
+        if let Some(a) = &self.0 {
+            a.fail();
+        }
+    }
+}
+
 /// A batch of records on its way from a source to the sinks.
 #[derive(Debug, Clone)]
 pub struct Batch {

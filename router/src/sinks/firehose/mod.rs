@@ -54,7 +54,7 @@ use super::SinkContext;
 use super::aws::{self, Failure};
 use crate::api::Health;
 use crate::dead_letter::DeadLetters;
-use crate::event::{AckToken, Batch};
+use crate::event::{Batch, HeldAck};
 use crate::memory::Charge;
 use crate::metrics::ComponentMetrics;
 
@@ -204,32 +204,6 @@ fn failed_indices(sent: usize, failed_put_count: i32, codes: &[Option<&str>]) ->
         return (0..sent).collect();
     }
     failed
-}
-
-/// An ack clone a Firehose record holds. Dropped without [`HeldAck::release`]
-/// (the record was not accepted), it marks its batch failed.
-#[derive(Debug)]
-struct HeldAck(Option<AckToken>);
-
-impl Clone for HeldAck {
-    fn clone(&self) -> Self {
-        HeldAck(self.0.clone())
-    }
-}
-
-impl HeldAck {
-    /// The record is in the delivery stream: drop the clone as delivered.
-    fn release(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for HeldAck {
-    fn drop(&mut self) {
-        if let Some(a) = &self.0 {
-            a.fail();
-        }
-    }
 }
 
 /// The operation was abandoned at shutdown.
@@ -575,6 +549,7 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::AckToken;
 
     fn line(id: usize, len: usize) -> Vec<u8> {
         // `{"i":N,"p":"xxx"}\n` padded to exactly `len` bytes.

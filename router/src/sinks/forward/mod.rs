@@ -37,32 +37,13 @@ pub use config::{ForwardCompression, ForwardSinkConfig, TlsOptions};
 use super::SinkContext;
 use super::encoding::{Compression, Encoder};
 use crate::dead_letter::DeadLetters;
-use crate::event::{AckToken, Batch};
+use crate::event::{Batch, HeldAck};
 use crate::memory::Charge;
 use crate::metrics::ComponentMetrics;
 use crate::template::{Renderer, Template};
 
 /// Tag of events when neither `tag` nor the batch gives one.
 pub const DEFAULT_TAG: &str = "logferry";
-
-/// An ack clone a chunk holds. Dropped without [`HeldAck::release`] (the
-/// chunk was not delivered), it marks its batch failed.
-#[derive(Debug)]
-struct HeldAck(Option<AckToken>);
-
-impl HeldAck {
-    fn release(mut self) {
-        self.0 = None;
-    }
-}
-
-impl Drop for HeldAck {
-    fn drop(&mut self) {
-        if let Some(a) = &self.0 {
-            a.fail();
-        }
-    }
-}
 
 /// A closed chunk: one PackedForward message's event stream and what its
 /// delivery settles.
@@ -338,6 +319,7 @@ impl ForwardSink {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::event::AckToken;
     use crate::event::{Ack, batch_of};
     use crate::metrics::Metrics;
 
