@@ -14,11 +14,12 @@ Not a test: figures vary with the machine; nothing here asserts a speed.
 """
 import os
 import random
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
+
+from measure import run_router
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODE = sys.argv[1] if len(sys.argv) > 1 else "blackhole"
@@ -103,34 +104,19 @@ def main():
         config = "bench-s3.toml"
         sink = "archive"
     try:
-        cmd = ["/usr/bin/time", "-v", BIN, "run", "--config", os.path.join(ROOT, "bench", config), "--exit-on-eof"]
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        r = run_router(BIN, os.path.join(ROOT, "bench", config), env)
         stored = s3_helper(endpoint, "count", "logferry-bench") if endpoint else None
     finally:
         shutil.rmtree(work, ignore_errors=True)
         if endpoint:
             subprocess.run([LS, "stop"], env=dict(os.environ, LOCALSTACK_PORT=os.environ.get("BENCH_LOCALSTACK_PORT", "4588")))
-    if p.returncode != 0:
-        sys.stderr.write(p.stderr)
-        sys.exit(p.returncode)
-    t = p.stderr
-
-    def field(name):
-        m = re.search(re.escape(name) + r":\s*(.+)", t)
-        return m.group(1).strip() if m else "0"
-
-    sent = [int(m.group(1)) for m in re.finditer(r'component=%s .*?sent=(\d+)' % sink, t)]
+    sent = r.sent(sink)
     if sent != [LINES]:
-        sys.stderr.write(t)
+        sys.stderr.write(r.stderr)
         sys.exit(f"sink {sink} delivered {sent}, expected {LINES}")
     if stored is not None and int(stored[0]) != LINES:
         sys.exit(f"the bucket holds {stored[0]} records, expected {LINES}")
-    user = float(field("User time (seconds)"))
-    sys_ = float(field("System time (seconds)"))
-    wall_s = field("Elapsed (wall clock) time (h:mm:ss or m:ss)")
-    parts = [float(x) for x in wall_s.split(":")]
-    wall = sum(v * 60 ** i for i, v in enumerate(reversed(parts)))
-    rss_kib = int(field("Maximum resident set size (kbytes)"))
+    user, sys_, wall, rss_kib = r.user, r.sys, r.wall, r.rss_mib * 1024
     cpu = user + sys_
     mb = size / 1e6
     print(f"lines           {LINES:,} ({size / LINES:.0f} bytes/line, {mb:.0f} MB)")

@@ -12,11 +12,11 @@ Not a test: figures vary with the machine; nothing here asserts a speed.
 """
 import os
 import random
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
+
+from measure import run_router
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODE = sys.argv[1] if len(sys.argv) > 1 else "joined"
@@ -83,26 +83,14 @@ def main():
     work = tempfile.mkdtemp(prefix="logferry-bench-cri-")
     env = dict(os.environ, BENCH_DATA_DIR=work, BENCH_LOGS=os.path.join(DIR, "*.log"), LOGFERRY_LOG="info")
     try:
-        cmd = ["/usr/bin/time", "-v", BIN, "run", "--config", os.path.join(ROOT, "bench", "cri.toml"), "--exit-on-eof"]
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        r = run_router(BIN, os.path.join(ROOT, "bench", "cri.toml"), env)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if p.returncode != 0:
-        sys.stderr.write(p.stderr)
-        sys.exit(p.returncode)
-    t = p.stderr
-
-    def field(name):
-        m = re.search(re.escape(name) + r":\s*(.+)", t)
-        return m.group(1).strip() if m else "0"
-
-    sent = [int(m.group(1)) for m in re.finditer(r"component=null .*?sent=(\d+)", t)]
+    sent = r.sent("null")
     if sent != [records]:
-        sys.stderr.write(t)
+        sys.stderr.write(r.stderr)
         sys.exit(f"the sink got {sent} records, expected {records}")
-    user, sys_ = float(field("User time (seconds)")), float(field("System time (seconds)"))
-    wall = sum(float(v) * 60 ** k for k, v in enumerate(reversed(field("Elapsed (wall clock) time (h:mm:ss or m:ss)").split(":"))))
-    rss = int(field("Maximum resident set size (kbytes)")) / 1024
+    user, sys_, wall, rss = r.user, r.sys, r.wall, r.rss_mib
     cpu, mb = user + sys_, size / 1e6
     print(f"mode            {MODE}")
     print(f"CRI lines       {LINES:,} ({size / LINES:.0f} bytes/line, {mb:.0f} MB) -> {records:,} records")

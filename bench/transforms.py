@@ -13,11 +13,11 @@ Not a test: figures vary with the machine; nothing here asserts a speed.
 """
 import os
 import random
-import re
 import shutil
-import subprocess
 import sys
 import tempfile
+
+from measure import run_router
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LINES = int(os.environ.get("LINES", "1200000"))
@@ -94,26 +94,10 @@ def run(config, lines):
     work = tempfile.mkdtemp(prefix="logferry-bench-")
     env = dict(os.environ, BENCH_DATA_DIR=os.path.join(work, "data"), BENCH_LOGS=LOG, LOGFERRY_LOG="info")
     try:
-        cmd = ["/usr/bin/time", "-v", BIN, "run", "--config", os.path.join(ROOT, "bench", config), "--exit-on-eof"]
-        p = subprocess.run(cmd, env=env, capture_output=True, text=True)
+        r = run_router(BIN, os.path.join(ROOT, "bench", config), env)
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    if p.returncode != 0:
-        sys.stderr.write(p.stderr)
-        sys.exit(p.returncode)
-    t = p.stderr
-
-    def field(name):
-        m = re.search(re.escape(name) + r":\s*(.+)", t)
-        return m.group(1).strip() if m else "0"
-
-    sent = [int(m.group(1)) for m in re.finditer(r"component=null .*?sent=(\d+)", t)]
-    user = float(field("User time (seconds)"))
-    sys_ = float(field("System time (seconds)"))
-    parts = [float(x) for x in field("Elapsed (wall clock) time (h:mm:ss or m:ss)").split(":")]
-    wall = sum(v * 60 ** i for i, v in enumerate(reversed(parts)))
-    rss = int(field("Maximum resident set size (kbytes)")) / 1024
-    return sent, wall, user + sys_, rss
+    return r.sent("null"), r.wall, r.cpu, r.rss_mib
 
 
 def main():
