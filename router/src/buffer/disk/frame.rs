@@ -3,9 +3,10 @@
 //! ```text
 //! frame   = magic FE 4C 46 01 | len: u32 LE | crc: u32 LE | payload (len bytes)
 //! crc     = CRC-32 (IEEE) of the 4 bytes of `len` followed by the payload
-//! payload = texts | metas | count: u32 LE
+//! payload = texts | metas | [tag | tag_len: u16 LE] | count: u32 LE
 //! texts   = the records' final JSON (batch fields spliced in), back to back
 //! metas   = count x (len: u32 LE, ts_ms: i64 LE, key_mask: u64 LE)
+//! tag     = the batch's Fluent tag (UTF-8), present when bit 31 of count is set
 //! ```
 //!
 //! Why texts come first: the payload read from disk becomes the replayed
@@ -14,7 +15,10 @@
 //! damaged length must not point at a "frame" whose bytes happen to check.
 //! Why the magic starts with 0xFE: that byte never occurs in UTF-8, so record
 //! text can not look like a header; binary metas can, and the CRC settles it.
-//! Why [`MAX_PAYLOAD`]: a length is data from disk; bounding it bounds what a
+//! Why the tag rides on a bit of the count: frames written before it existed
+//! stay readable as they are (their count never has bit 31), and templates
+//! such as `key_prefix = "fluent/{tag}/"` render the same after a replay as
+//! they would have without the buffer. Why [`MAX_PAYLOAD`]: a length is data from disk; bounding it bounds what a
 //! damaged header can make the reader allocate.
 
 use std::fs::File;
@@ -26,6 +30,8 @@ use crate::event::{Batch, RecordMeta, Records};
 pub const MAGIC: [u8; 4] = [0xFE, b'L', b'F', 0x01];
 pub const HEADER_LEN: u64 = 12;
 const META_LEN: usize = 20;
+/// Set in a frame's count when a tag precedes it.
+const TAGGED: u32 = 1 << 31;
 /// Records are packed into frames of about this many payload bytes.
 pub const FRAME_TARGET: usize = 1 << 20;
 /// Hard bound on a payload; a longer length is damage by definition. A
@@ -63,6 +69,10 @@ impl Encoder {
     /// left out.
     pub fn encode(&mut self, batch: &Batch, out: &mut Vec<u8>, spans: &mut Vec<FrameSpan>) -> u64 {
         let fields_mask = batch.fields.iter().fold(0, |m, f| m | f.mask());
+        // A tag too long for its length field is left off (never seen: tags
+        // are names, and a forward frame bounds them far below this).
+        let tag = batch.tag.as_deref().filter(|t| t.len() <= usize::from(u16::MAX));
+        let tag_len = tag.map_or(0, |t| t.len() + 2);
         let n = batch.len();
         let mut dropped = 0;
         let mut i = 0;
@@ -72,7 +82,7 @@ impl Encoder {
             self.metas.clear();
             let mut count: u32 = 0;
             while i < n {
-                let payload = out.len() - frame_start - HEADER_LEN as usize + self.metas.len() + META_LEN + 4;
+                let payload = out.len() - frame_start - HEADER_LEN as usize + self.metas.len() + META_LEN + 4 + tag_len;
                 if count > 0 && payload + batch.approx_len(i) > self.target {
                     break;
                 }
@@ -98,7 +108,15 @@ impl Encoder {
                 continue;
             }
             out.extend_from_slice(&self.metas);
-            out.extend_from_slice(&count.to_le_bytes());
+            let count_field = match tag {
+                Some(t) => {
+                    out.extend_from_slice(t.as_bytes());
+                    out.extend_from_slice(&(t.len() as u16).to_le_bytes());
+                    count | TAGGED
+                }
+                None => count,
+            };
+            out.extend_from_slice(&count_field.to_le_bytes());
             let payload_len = (out.len() - frame_start - HEADER_LEN as usize) as u32;
             let crc = checksum(payload_len, &out[frame_start + HEADER_LEN as usize..]);
             let header = &mut out[frame_start..frame_start + HEADER_LEN as usize];
@@ -130,18 +148,36 @@ fn le_u64(b: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(b.get(at..at + 8)?.try_into().ok()?))
 }
 
-/// Records of a payload whose CRC matched; `None` if its structure is
-/// inconsistent (then it is treated as damage too).
-pub fn decode(mut payload: Vec<u8>) -> Option<Records> {
-    let n = payload.len();
-    let count = le_u32(&payload, n.checked_sub(4)?)? as usize;
-    let text_len = (n - 4).checked_sub(count.checked_mul(META_LEN)?)?;
+/// What one frame holds.
+#[derive(Debug)]
+pub struct Frame {
+    pub records: Records,
+    pub tag: Option<std::sync::Arc<str>>,
+}
+
+/// Records (and tag) of a payload whose CRC matched; `None` if its
+/// structure is inconsistent (then it is treated as damage too).
+pub fn decode(mut payload: Vec<u8>) -> Option<Frame> {
+    let mut n = payload.len();
+    let count_field = le_u32(&payload, n.checked_sub(4)?)?;
+    n -= 4;
+    let count = (count_field & !TAGGED) as usize;
+    let tag = if count_field & TAGGED != 0 {
+        let len = u16::from_le_bytes(payload.get(n.checked_sub(2)?..n)?.try_into().ok()?) as usize;
+        n = n.checked_sub(2)?.checked_sub(len)?;
+        Some(std::sync::Arc::from(
+            std::str::from_utf8(payload.get(n..n + len)?).ok()?,
+        ))
+    } else {
+        None
+    };
+    let text_len = n.checked_sub(count.checked_mul(META_LEN)?)?;
     if text_len > u32::MAX as usize {
         return None;
     }
     let mut meta = Vec::with_capacity(count);
     let mut start = 0usize;
-    for m in payload.get(text_len..n - 4)?.chunks_exact(META_LEN) {
+    for m in payload.get(text_len..n)?.chunks_exact(META_LEN) {
         let len = le_u32(m, 0)?;
         meta.push(RecordMeta {
             start: start as u32,
@@ -155,10 +191,13 @@ pub fn decode(mut payload: Vec<u8>) -> Option<Records> {
         return None;
     }
     payload.truncate(text_len);
-    Some(Records {
-        buf: payload,
-        meta,
-        permit: None,
+    Some(Frame {
+        records: Records {
+            buf: payload,
+            meta,
+            permit: None,
+        },
+        tag,
     })
 }
 
@@ -179,7 +218,7 @@ fn header_at(file: &File, off: u64, end: u64) -> io::Result<Option<(u32, u32)>> 
 
 /// The records of the frame at `off` and the frame's length; `None` when
 /// there is no valid frame there.
-pub fn read_at(file: &File, off: u64, end: u64) -> io::Result<Option<(Records, u64)>> {
+pub fn read_at(file: &File, off: u64, end: u64) -> io::Result<Option<(Frame, u64)>> {
     let Some((len, crc)) = header_at(file, off, end)? else {
         return Ok(None);
     };
@@ -215,7 +254,7 @@ pub fn inspect_at(file: &File, off: u64, end: u64, verify: bool, scratch: &mut [
     }
     let mut count = [0u8; 4];
     file.read_exact_at(&mut count, payload_at + len as u64 - 4)?;
-    Ok(Some((HEADER_LEN + len as u64, u32::from_le_bytes(count))))
+    Ok(Some((HEADER_LEN + len as u64, u32::from_le_bytes(count) & !TAGGED)))
 }
 
 /// The first offset in `from..end` where a valid frame starts (magic, sane
@@ -275,6 +314,11 @@ mod tests {
 
     /// Every frame in `bytes` read back, in order.
     fn read_all(bytes: &[u8]) -> Vec<Records> {
+        read_frames(bytes).into_iter().map(|f| f.records).collect()
+    }
+
+    /// Every frame in `bytes` read back, in order, with its tag.
+    fn read_frames(bytes: &[u8]) -> Vec<Frame> {
         let mut f = tempfile::tempfile().unwrap();
         f.write_all(bytes).unwrap();
         let end = bytes.len() as u64;
@@ -387,6 +431,42 @@ mod tests {
         assert!(decode(vec![1, 0, 0, 0]).is_none());
         assert!(decode(vec![0xff; 8]).is_none());
         let r = decode(vec![0, 0, 0, 0]).unwrap();
-        assert!(r.is_empty());
+        assert!(r.records.is_empty() && r.tag.is_none());
+        // Tagged, but the tag length points before the payload.
+        assert!(decode(vec![9, 0, 0, 0, 0, 0x80]).is_none());
+        // Tagged with a tag that is not UTF-8.
+        assert!(decode(vec![0xff, 1, 0, 0, 0, 0, 0x80]).is_none());
+    }
+
+    #[test]
+    fn the_tag_is_kept_in_every_frame_and_untagged_frames_read_as_before() {
+        let texts: Vec<String> = (0..50).map(|i| format!("record {i}")).collect();
+        let mut b = batch(&texts, &[]);
+        b.tag = Some(Arc::from("app-firelens-1234"));
+        let (mut out, mut spans) = (Vec::new(), Vec::new());
+        Encoder::new(256).encode(&b, &mut out, &mut spans);
+        assert!(spans.len() > 2);
+        let frames = read_frames(&out);
+        assert_eq!(frames.iter().map(|f| f.records.len()).sum::<usize>(), 50);
+        assert!(frames.iter().all(|f| f.tag.as_deref() == Some("app-firelens-1234")));
+        let mut scratch = vec![0u8; 64];
+        let mut f = tempfile::tempfile().unwrap();
+        f.write_all(&out).unwrap();
+        let counted = inspect_at(&f, 0, out.len() as u64, true, &mut scratch)
+            .unwrap()
+            .unwrap()
+            .1;
+        assert_eq!(
+            counted as usize,
+            frames[0].records.len(),
+            "the count without the tag bit"
+        );
+        // A batch without a tag writes the frames of before.
+        let b = batch(&texts, &[]);
+        let (mut plain, mut spans) = (Vec::new(), Vec::new());
+        Encoder::new(256).encode(&b, &mut plain, &mut spans);
+        assert!(read_frames(&plain).iter().all(|f| f.tag.is_none()));
+        let last = spans[0].start + spans[0].len - 4;
+        assert_eq!(plain[last + 3] & 0x80, 0);
     }
 }

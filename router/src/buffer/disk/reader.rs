@@ -14,7 +14,7 @@ use super::frame;
 use super::segment::{Position, save_position, segment_path};
 use super::{Shared, blocking};
 use crate::checkpoint::InOrder;
-use crate::event::{Ack, AckToken, Batch, Records};
+use crate::event::{Ack, AckToken, Batch};
 use crate::metrics::{BufferMetrics, ComponentMetrics};
 
 /// How often, at most, the acked position is saved (besides at the end of
@@ -193,9 +193,9 @@ impl Emitter {
         };
         match read {
             None => Flow::Stop,
-            Some(Ok(Some((records, len)))) => {
+            Some(Ok(Some((frame, len)))) => {
                 self.read_errors = 0;
-                self.emit(records, len).await
+                self.emit(frame, len).await
             }
             Some(Ok(None)) => {
                 self.skip_damage(file, end).await;
@@ -205,7 +205,8 @@ impl Emitter {
         }
     }
 
-    async fn emit(&mut self, mut records: Records, len: u64) -> Flow {
+    async fn emit(&mut self, frame: frame::Frame, len: u64) -> Flow {
+        let frame::Frame { mut records, tag } = frame;
         let want = records
             .buf
             .len()
@@ -234,7 +235,9 @@ impl Emitter {
             records: records.len() as u64,
             finished: None,
         });
-        slot.send(Batch::new(records, Some(AckToken::new(0, seq, self.ack_tx.clone()))));
+        let mut batch = Batch::new(records, Some(AckToken::new(0, seq, self.ack_tx.clone())));
+        batch.tag = tag;
+        slot.send(batch);
         self.pos = end;
         Flow::Go
     }

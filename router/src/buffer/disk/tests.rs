@@ -203,6 +203,36 @@ async fn delivers_in_order_and_removes_acked_segments() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_tag_survives_the_buffer() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut run = start(dir.path(), ByteSize::mib(8), WhenFull::Block);
+    let tx = run.tx.clone().unwrap();
+    for (k, tag) in [Some("app-firelens-1"), None, Some("worker-firelens-1")]
+        .into_iter()
+        .enumerate()
+    {
+        let mut b = batch(k as u64 * 10..(k as u64 + 1) * 10, 10, None);
+        b.tag = tag.map(std::sync::Arc::from);
+        tx.send(b).await.unwrap();
+    }
+    drop(tx);
+    let mut got = Vec::new();
+    while got.len() < 3 {
+        let b = run.recv().await.unwrap();
+        got.push((ids(&b)[0], b.tag.as_deref().map(str::to_string)));
+    }
+    assert_eq!(
+        got,
+        vec![
+            (0, Some("app-firelens-1".to_string())),
+            (10, None),
+            (20, Some("worker-firelens-1".to_string()))
+        ]
+    );
+    assert_eq!(run.finish().await, Vec::<u64>::new());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn restart_resumes_at_the_acked_position() {
     let dir = tempfile::tempdir().unwrap();
     let mut run = start(dir.path(), ByteSize::mib(64), WhenFull::Block);
