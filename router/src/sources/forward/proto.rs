@@ -26,7 +26,7 @@ use std::ops::Range;
 use rmp::Marker;
 use serde_json::ser::{CompactFormatter, Formatter};
 
-use crate::sources::file::parse::{TimestampFormatter, key_bit};
+use crate::sources::file::parse::{TimestampFormatter, key_bit, write_str};
 
 /// Deepest nesting of arrays and maps accepted anywhere in a frame.
 pub const MAX_DEPTH: usize = 64;
@@ -805,47 +805,12 @@ impl Decoder {
 /// Appends `s` as a JSON string; invalid UTF-8 becomes U+FFFD, counted.
 fn write_json_str(out: &mut Vec<u8>, s: &[u8], issues: &mut Issues) {
     match std::str::from_utf8(s) {
-        Ok(s) => escape_into(out, s),
+        Ok(s) => write_str(out, s),
         Err(_) => {
             issues.invalid_utf8 += 1;
-            escape_into(out, &String::from_utf8_lossy(s));
+            write_str(out, &String::from_utf8_lossy(s));
         }
     }
-}
-
-fn escape_into(out: &mut Vec<u8>, s: &str) {
-    const HEX: &[u8; 16] = b"0123456789abcdef";
-    let bytes = s.as_bytes();
-    out.reserve(bytes.len() + 2);
-    out.push(b'"');
-    let mut start = 0;
-    for (i, &b) in bytes.iter().enumerate() {
-        let esc: &[u8] = match b {
-            b'"' => b"\\\"",
-            b'\\' => b"\\\\",
-            b'\n' => b"\\n",
-            b'\r' => b"\\r",
-            b'\t' => b"\\t",
-            0..=0x1f => b"",
-            _ => continue,
-        };
-        out.extend_from_slice(bytes.get(start..i).unwrap_or_default());
-        start = i + 1;
-        if esc.is_empty() {
-            out.extend_from_slice(&[
-                b'\\',
-                b'u',
-                b'0',
-                b'0',
-                HEX[usize::from(b >> 4)],
-                HEX[usize::from(b & 0xf)],
-            ]);
-        } else {
-            out.extend_from_slice(esc);
-        }
-    }
-    out.extend_from_slice(bytes.get(start..).unwrap_or_default());
-    out.push(b'"');
 }
 
 /// `{"ack": chunk}`.

@@ -337,7 +337,7 @@ static ESCAPE: [u8; 256] = {
 
 /// Appends `s` as a JSON string literal.
 #[inline]
-pub(super) fn write_str(out: &mut Vec<u8>, s: &str) {
+pub fn write_str(out: &mut Vec<u8>, s: &str) {
     let bytes = s.as_bytes();
     out.reserve(bytes.len() + 2);
     out.push(b'"');
