@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 
-from measure import run_router
+from measure import run_router, sample_fields
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 MODE = sys.argv[1] if len(sys.argv) > 1 else "blackhole"
@@ -34,23 +34,17 @@ def generate():
         return
     os.makedirs(DATA, exist_ok=True)
     rnd = random.Random(42)
-    levels = ["info"] * 7 + ["warn", "error", "debug"]
-    loggers = ["http.server", "db.pool", "payments.client", "auth.session", "cache.redis"]
-    msgs = ["request completed", "cache miss for key", "payment authorised",
-            "upstream timeout after retries", "user signed in", "connection returned to pool"]
-    paths = ["/api/v1/orders", "/api/v1/users/me", "/healthz", "/api/v1/payments", "/static/app.js"]
     tmp = LOG + ".tmp"
     with open(tmp, "w") as f:
         buf = []
         for i in range(LINES):
             ms = i // 2
             ts = "2026-11-25T%02d:%02d:%02d.%03dZ" % ((ms // 3600000) % 24, (ms // 60000) % 60, (ms // 1000) % 60, ms % 1000)
-            rid = "%08x-%04x-%04x-%04x-%012x" % (rnd.getrandbits(32), rnd.getrandbits(16), rnd.getrandbits(16),
-                                                 rnd.getrandbits(16), rnd.getrandbits(48))
+            r = sample_fields(rnd)
             buf.append('{"ts":"%s","level":"%s","logger":"%s","msg":"%s","request_id":"%s","user_id":%d,'
-                       '"latency_ms":%.1f,"path":"%s","status":200,"trace_id":"%016x"}\n'
-                       % (ts, rnd.choice(levels), rnd.choice(loggers), rnd.choice(msgs), rid,
-                          rnd.randint(1, 99999), rnd.random() * 250, rnd.choice(paths), rnd.getrandbits(64)))
+                       '"latency_ms":%.1f,"path":"%s","status":%d,"trace_id":"%s"}\n'
+                       % (ts, r["level"], r["logger"], r["msg"], r["request_id"], r["user_id"],
+                          r["latency_ms"], r["path"], r["status"], r["trace_id"]))
             if len(buf) >= 10000:
                 f.write("".join(buf))
                 buf.clear()

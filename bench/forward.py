@@ -31,6 +31,8 @@ import time
 
 import msgpack
 
+from measure import sample_fields
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 RECORDS = int(os.environ.get("RECORDS", "1000000"))
 CHUNK = int(os.environ.get("CHUNK", "1000"))
@@ -49,11 +51,6 @@ def generate():
         return
     os.makedirs(DATA, exist_ok=True)
     rnd = random.Random(42)
-    levels = ["info"] * 7 + ["warn", "error", "debug"]
-    loggers = ["http.server", "db.pool", "payments.client", "auth.session", "cache.redis"]
-    msgs = ["request completed", "cache miss for key", "payment authorised",
-            "upstream timeout after retries", "user signed in", "connection returned to pool"]
-    paths = ["/api/v1/orders", "/api/v1/users/me", "/healthz", "/api/v1/payments", "/static/app.js"]
     base = 1795648547
     tmp = FRAMES + ".tmp"
     with open(tmp, "wb") as f:
@@ -62,12 +59,9 @@ def generate():
             for i in range(c, min(c + CHUNK, RECORDS)):
                 ms = i // 2
                 t = msgpack.ExtType(0, struct.pack(">II", base + ms // 1000, (ms % 1000) * 1_000_000))
-                rid = "%08x-%04x-%04x-%04x-%012x" % (rnd.getrandbits(32), rnd.getrandbits(16), rnd.getrandbits(16),
-                                                     rnd.getrandbits(16), rnd.getrandbits(48))
-                record = {"level": rnd.choice(levels), "logger": rnd.choice(loggers), "msg": rnd.choice(msgs),
-                          "request_id": rid, "user_id": rnd.randint(1, 99999),
-                          "latency_ms": round(rnd.random() * 250, 1), "path": rnd.choice(paths), "status": 200,
-                          "trace_id": "%016x" % rnd.getrandbits(64), "container_name": "app", "source": "stdout"}
+                record = sample_fields(rnd)
+                record["latency_ms"] = round(record["latency_ms"], 1)
+                record.update(container_name="app", source="stdout")
                 if MODE == "message":
                     f.write(msgpack.packb(["app.bench", t, record]))
                 else:

@@ -1,4 +1,5 @@
-"""One router run under `/usr/bin/time -v`, read back the same way for every workload."""
+"""What the workloads share: the sample application record, and one router run under
+`/usr/bin/time -v`, read back the same way for every workload."""
 
 from __future__ import annotations
 
@@ -6,6 +7,23 @@ import re
 import subprocess
 import sys
 from dataclasses import dataclass
+
+
+LEVELS = ["info"] * 7 + ["warn", "error", "debug"]
+LOGGERS = ["http.server", "db.pool", "payments.client", "auth.session", "cache.redis"]
+MSGS = ["request completed", "cache miss for key", "payment authorised",
+        "upstream timeout after retries", "user signed in", "connection returned to pool"]
+PATHS = ["/api/v1/orders", "/api/v1/users/me", "/healthz", "/api/v1/payments", "/static/app.js"]
+
+
+def sample_fields(rnd) -> dict:
+    """The fields of one application log record (a web service's request log), drawn from
+    `rnd` in a fixed order so that a seeded generator always writes the same data."""
+    rid = "%08x-%04x-%04x-%04x-%012x" % (rnd.getrandbits(32), rnd.getrandbits(16), rnd.getrandbits(16),
+                                         rnd.getrandbits(16), rnd.getrandbits(48))
+    return {"level": rnd.choice(LEVELS), "logger": rnd.choice(LOGGERS), "msg": rnd.choice(MSGS),
+            "request_id": rid, "user_id": rnd.randint(1, 99999), "latency_ms": rnd.random() * 250,
+            "path": rnd.choice(PATHS), "status": 200, "trace_id": "%016x" % rnd.getrandbits(64)}
 
 
 @dataclass
