@@ -1586,7 +1586,7 @@ mod tests {
         else {
             panic!()
         };
-        assert_eq!(g.match_, crate::transforms::filter::Match::Any);
+        assert_eq!(g.match_, crate::transforms::condition::Match::Any);
         assert!(c.toml.contains(r#"field = "kubernetes.labels.tier""#), "{}", c.toml);
         assert!(g.conditions[0].regex.as_ref().unwrap().is_match("an Error"));
         let TransformConfig::Enrich(m) = &c

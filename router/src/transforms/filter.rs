@@ -20,8 +20,7 @@ use crate::config::{Ctx, Seg};
 use crate::event::{Batch, Records};
 use crate::metrics::Metrics;
 use crate::topology::Fanout;
-use crate::transforms::condition;
-pub use crate::transforms::condition::{Condition, Match, level_rank};
+use crate::transforms::condition::{self, Condition, Match};
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
