@@ -221,11 +221,11 @@ mod tests {
         let req = Request::builder().uri(path).body(()).unwrap();
         let resp = route(req, &Metrics::new(), health);
         let status = resp.status();
-        let body = futures_body(resp);
+        let body = body_text(resp);
         (status, body)
     }
 
-    fn futures_body(resp: Response<Full<Bytes>>) -> String {
+    fn body_text(resp: Response<Full<Bytes>>) -> String {
         use http_body_util::BodyExt;
         let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
         let bytes = rt.block_on(resp.into_body().collect()).unwrap().to_bytes();
