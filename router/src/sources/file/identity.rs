@@ -117,22 +117,25 @@ pub fn relation(new_head: &[u8], fp: Fingerprint, known_head: Option<&[u8]>) -> 
 }
 
 /// Content a file held before it was truncated or replaced (copytruncate, a
-/// reused inode, a checkpoint that no longer holds): a new file holding
-/// `read` is its copy and continues there.
+/// reused inode, a checkpoint that no longer holds): a new file holding one
+/// of its `points` is its copy and continues there.
 #[derive(Debug, Clone)]
 pub struct Former {
+    /// Its head when it was read.
+    pub head: Fingerprint,
     /// The first bytes, when known (to wait for a copy still being written).
     pub head_bytes: Option<Vec<u8>>,
-    /// How far the router had read the content (the end of its last batch).
-    pub read: Position,
-    /// How far that content is durable in every sink.
+    /// Ends of its recent batches, oldest first, each with the (stream,
+    /// batch) that must be released before a copy's checkpoint may pass it
+    /// (`None`: durable already). The newest is how far it was read; older
+    /// ones serve a copy made before the router read that far.
+    pub points: Vec<Point>,
+    /// How far the content is durable in every sink.
     pub durable: Position,
-    /// While batches of the content are in flight: the original's stream
-    /// and the sequence number of its last batch of this content. A copy
-    /// continuing at `read` keeps its checkpoint at `durable` until that
-    /// batch is released.
-    pub hold: Option<(u64, u64)>,
 }
+
+/// A batch end of a file, and the batch to wait for before it is durable.
+pub type Point = (Position, Option<(u64, u64)>);
 
 /// Where a file that continues another one starts.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

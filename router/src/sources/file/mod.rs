@@ -44,7 +44,9 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{FileSourceConfig, KubernetesMetadata, ReadFrom};
-use identity::{Continue, FINGERPRINT_BYTES, Former, Relation, fingerprint_of, holds, read_head, relation, tail_at};
+use identity::{
+    Continue, FINGERPRINT_BYTES, Former, Point, Relation, fingerprint_of, holds, read_head, relation, tail_at,
+};
 use parse::{Parsed, Parser, Step};
 use tail::{LineSplitter, utf8_prefix};
 use world::{RealWorld, Stat, World};
@@ -67,6 +69,9 @@ const IDLE_WAIT: Duration = Duration::from_millis(250);
 const ACK_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Formers remembered (a copy shows up within seconds of its truncation).
 const MAX_FORMERS: usize = 64;
+/// Batch ends remembered per file: a copy made before the router read that
+/// far continues at the last one it holds (at most one batch repeated).
+const MAX_POINTS: usize = 64;
 /// The tail of a position whose bytes could not be read back: it never
 /// holds, so such a checkpoint is never trusted (read again, never skipped).
 const UNREADABLE: Fingerprint = Fingerprint { crc: 0, len: u32::MAX };
@@ -226,6 +231,8 @@ struct Watched<F> {
     /// Where the last batch registered with the tracker ends (a copy of this
     /// file continues there).
     mark: Position,
+    /// The last batch ends with their sequence numbers, oldest first.
+    recent: std::collections::VecDeque<(Position, u64)>,
     /// Just past the last complete line read (its `\n`).
     lines_to: u64,
     splitter: LineSplitter,
@@ -587,10 +594,10 @@ impl<W: World> FileSource<W> {
             // down. A copy of the content it had continues where it was.
             tracing::info!(file = %path.display(), offset = cp.offset, "file no longer holds its checkpoint (truncated or replaced); reading it from the start");
             self.remember(Former {
+                head: cp.fingerprint,
                 head_bytes: None,
-                read: cp.position(),
+                points: vec![(cp.position(), None)],
                 durable: cp.position(),
-                hold: None,
             });
         }
         let from_end = initial && !had_checkpoint && self.cfg.read_from == ReadFrom::End;
@@ -649,6 +656,7 @@ impl<W: World> FileSource<W> {
             read_pos: 0,
             consumed: 0,
             mark: start.durable,
+            recent: std::collections::VecDeque::new(),
             lines_to: 0,
             splitter: LineSplitter::new(self.cfg.max_line_size.as_u64() as usize),
             parser,
@@ -675,9 +683,9 @@ impl<W: World> FileSource<W> {
         w.lines_to = c.at.offset;
         w.tracker = AckTracker::new(c.durable);
         w.mark = c.durable;
+        w.recent.clear();
         if c.at.offset != c.durable.offset {
-            let seq = w.tracker.push(c.at);
-            w.mark = c.at;
+            let seq = w.push_mark(c.at);
             match c.hold {
                 Some(from) => self.links.push(Link {
                     from,
@@ -691,7 +699,7 @@ impl<W: World> FileSource<W> {
     }
 
     fn remember(&mut self, f: Former) {
-        if self.formers.iter().any(|o| o.read == f.read) {
+        if self.formers.iter().any(|o| o.points.last() == f.points.last()) {
             return;
         }
         if self.formers.len() >= MAX_FORMERS {
@@ -726,22 +734,22 @@ impl<W: World> FileSource<W> {
                 }
             }
         }
-        // Former contents, newest first.
+        // Former contents, newest first; then live files with the same head
+        // (a copy of one not truncated yet, or ever: a plain `cp`).
         let mut fallback = None;
         for i in (0..self.formers.len()).rev() {
             let f = &self.formers[i];
-            match relation(head, f.read.head, f.head_bytes.as_deref()) {
+            match relation(head, f.head, f.head_bytes.as_deref()) {
                 Relation::Unrelated => continue,
                 Relation::MaybeCopy => in_progress = true,
                 Relation::SameHead => {
-                    if holds(&self.world, file, size, &f.read) {
-                        let f = self.formers.remove(i);
+                    if let Some(&(at, hold)) = self.best_point(file, size, &f.points) {
+                        let durable = f.durable;
+                        self.formers.remove(i);
                         self.deferred.remove(&key);
-                        return Some(Verdict::Continue(
-                            self.continuation(file, size, f.read, f.durable, f.hold),
-                        ));
+                        return Some(Verdict::Continue(self.continuation(file, size, at, durable, hold)));
                     }
-                    if size < f.read.offset {
+                    if f.points.last().is_some_and(|p| size < p.0.offset) {
                         in_progress = true;
                     }
                     if fallback.is_none() && holds(&self.world, file, size, &f.durable) {
@@ -750,24 +758,18 @@ impl<W: World> FileSource<W> {
                 }
             }
         }
-        // Live files: a copy of one that is not truncated (yet, or ever: a
-        // plain `cp`) continues where that file was read to.
-        let live: Vec<(Position, Position, Option<u64>, u64)> = self
+        let live: Vec<(Vec<Point>, Position)> = self
             .files
             .values()
-            .filter(|w| (w.dev, w.ino) != key && !w.gone)
-            .filter_map(|w| match relation(head, w.fp, Some(&w.head)) {
-                Relation::Unrelated => None,
-                _ => Some((w.mark, w.tracker.acked(), w.tracker.last_seq(), w.stream)),
-            })
+            .filter(|w| (w.dev, w.ino) != key && !w.gone && relation(head, w.fp, Some(&w.head)) != Relation::Unrelated)
+            .map(|w| (w.points(), w.tracker.acked()))
             .collect();
-        for (mark, acked, last, stream) in live {
-            if mark.offset > 0 && holds(&self.world, file, size, &mark) {
+        for (points, acked) in live {
+            if let Some(&(at, hold)) = self.best_point(file, size, &points).filter(|p| p.0.offset > 0) {
                 self.deferred.remove(&key);
-                let hold = last.map(|seq| (stream, seq));
-                return Some(Verdict::Continue(self.continuation(file, size, mark, acked, hold)));
+                return Some(Verdict::Continue(self.continuation(file, size, at, acked, hold)));
             }
-            if size < mark.offset {
+            if points.last().is_some_and(|p| size < p.0.offset) {
                 in_progress = true;
             }
         }
@@ -785,6 +787,15 @@ impl<W: World> FileSource<W> {
             durable: f.durable,
             hold: None,
         }))
+    }
+
+    /// The furthest of `points` the file holds.
+    fn best_point<'p>(&self, file: &W::File, size: u64, points: &'p [Point]) -> Option<&'p Point> {
+        points
+            .iter()
+            .rev()
+            .filter(|(p, _)| p.offset <= size)
+            .find(|(p, _)| holds(&self.world, file, size, p))
     }
 
     /// Where a copy holding `read` starts: at `read` when the original's
@@ -978,11 +989,12 @@ impl<W: World> FileSource<W> {
         // Lines already parsed belong to the old content: send them first.
         self.send_batch(w)?;
         self.remember(Former {
+            head: w.fp,
             head_bytes: Some(std::mem::take(&mut w.head)),
-            read: w.mark,
+            points: w.points(),
             durable: w.tracker.acked(),
-            hold: w.tracker.last_seq().map(|seq| (w.stream, seq)),
         });
+        w.recent.clear();
         w.splitter.reset();
         w.parser.reset_held();
         w.read_pos = 0;
@@ -1014,8 +1026,8 @@ impl<W: World> FileSource<W> {
             // Lines that produced no record (empty lines) are still consumed:
             // track an empty batch so the checkpoint can pass them.
             if w.consumed != w.mark.offset {
-                w.mark = self.position_here(w);
-                let seq = w.tracker.push(w.mark);
+                let at = self.position_here(w);
+                let seq = w.push_mark(at);
                 w.tracker.ack(seq, true);
                 self.checkpoints_dirty = true;
             }
@@ -1031,8 +1043,8 @@ impl<W: World> FileSource<W> {
         let count = records.len() as u64;
         tracing::trace!(file = %w.path.display(), records = count, end = w.consumed, read_pos = w.read_pos, "sending batch");
         let bytes = records.buf.len().min(self.cx.memory_limit).max(1);
-        w.mark = self.position_here(w);
-        let seq = w.tracker.push(w.mark);
+        let at = self.position_here(w);
+        let seq = w.push_mark(at);
         let ack = AckToken::with_records(w.stream, seq, count as u32, self.ack_tx.clone());
         let memory = self.cx.memory.clone();
         let force = self.cx.force.clone();
@@ -1189,6 +1201,33 @@ impl<W: World> FileSource<W> {
             Ok(()) => self.checkpoints_dirty = false,
             Err(e) => tracing::warn!(error = %e, "cannot save checkpoints; will retry"),
         }
+    }
+}
+
+impl<F> Watched<F> {
+    /// Registers a batch ending at `at` with the tracker.
+    fn push_mark(&mut self, at: Position) -> u64 {
+        let seq = self.tracker.push(at);
+        self.mark = at;
+        if self.recent.len() >= MAX_POINTS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((at, seq));
+        seq
+    }
+
+    /// The recent batch ends, each with the batch to wait for unless it is
+    /// already released; with none, the acknowledged position.
+    fn points(&self) -> Vec<Point> {
+        let mut points: Vec<Point> = self
+            .recent
+            .iter()
+            .map(|&(at, seq)| (at, (!self.tracker.released(seq)).then_some((self.stream, seq))))
+            .collect();
+        if points.is_empty() {
+            points.push((self.mark, None));
+        }
+        points
     }
 }
 

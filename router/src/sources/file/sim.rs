@@ -102,10 +102,10 @@ impl Fs {
     }
 
     fn rename(&mut self, from: &str, to: &str) {
-        if let Some(ino) = self.names.remove(from) {
-            if let Some(old) = self.names.insert(to.to_string(), ino) {
-                self.unlink_ino(old);
-            }
+        if let Some(ino) = self.names.remove(from)
+            && let Some(old) = self.names.insert(to.to_string(), ino)
+        {
+            self.unlink_ino(old);
         }
     }
 
@@ -499,20 +499,20 @@ impl Sim {
                 if let Some((name, src)) = self.app.copying.take() {
                     let mut fs = self.world.fs();
                     let all = fs.inodes.get(&src).map(|i| i.data.clone());
-                    if let (Some(all), Some(&dst)) = (all, fs.names.get(&name)) {
-                        if let Some(i) = fs.inodes.get_mut(&dst) {
-                            let from = i.data.len().min(all.len());
-                            i.data.extend_from_slice(&all[from..]);
-                        }
+                    if let (Some(all), Some(&dst)) = (all, fs.names.get(&name))
+                        && let Some(i) = fs.inodes.get_mut(&dst)
+                    {
+                        let from = i.data.len().min(all.len());
+                        i.data.extend_from_slice(&all[from..]);
                     }
                 }
             }
             Op::Truncate => {
                 let mut fs = self.world.fs();
-                if let Some(&ino) = fs.names.get(APP) {
-                    if let Some(i) = fs.inodes.get_mut(&ino) {
-                        i.data.clear();
-                    }
+                if let Some(&ino) = fs.names.get(APP)
+                    && let Some(i) = fs.inodes.get_mut(&ino)
+                {
+                    i.data.clear();
                 }
             }
             Op::Delete { which } => {
@@ -559,11 +559,11 @@ impl Sim {
                 }
             }
             Op::Crash { save } => {
-                if let Some(mut s) = self.source.take() {
-                    if save {
-                        s.drain_acks();
-                        s.save_checkpoints();
-                    }
+                if let Some(mut s) = self.source.take()
+                    && save
+                {
+                    s.drain_acks();
+                    s.save_checkpoints();
                 }
                 // What was in flight dies with the process.
                 self.in_flight.clear();
@@ -677,6 +677,30 @@ fn the_simulator_sees_a_lost_line() {
 
 mod regressions {
     use super::*;
+
+    /// In normal operation (no crash) a copytruncate repeats nothing: the
+    /// copy continues where the original was read to, also when the
+    /// original's batches are still in flight at the truncation.
+    #[test]
+    fn copytruncate_without_a_crash_repeats_nothing() {
+        for deliver_first in [true, false] {
+            let mut ops = vec![Op::Write { n: 3, pad: 2 }, Op::Step { dt: 1, scan: true }];
+            if deliver_first {
+                ops.push(Op::Deliver { mask: 255 });
+            }
+            ops.extend([
+                Op::CopyStart,
+                Op::CopyFinish,
+                Op::Truncate,
+                Op::Write { n: 2, pad: 2 },
+                Op::Step { dt: 1, scan: true },
+                Op::Deliver { mask: 255 },
+            ]);
+            let sim = run(&ops).unwrap();
+            assert_eq!(sim.delivered.len(), 5);
+            assert!(sim.delivered.values().all(|&n| n == 1), "{:?}", sim.delivered);
+        }
+    }
 
     /// The copy of a file truncated while its last batches were in flight,
     /// then a kill -9 before they were acknowledged: the copy must not
