@@ -138,15 +138,29 @@ pub struct Former {
 pub type Point = (Position, Option<(u64, u64)>);
 
 /// Where a file that continues another one starts.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Continue {
-    /// Reading starts here...
-    pub at: Position,
-    /// ...the checkpoint starts here...
+    /// The checkpoint starts here...
     pub durable: Position,
-    /// ...and moves to `at` once this (stream, batch) of the original is
-    /// released.
-    pub hold: Option<(u64, u64)>,
+    /// ...and moves through these batch ends of the original, oldest first,
+    /// each once that (stream, batch) of the original is released; reading
+    /// starts at the last one (or at `durable` when there are none).
+    pub pending: Vec<(Position, (u64, u64))>,
+}
+
+impl Continue {
+    /// Read and checkpoint from `at`.
+    pub fn at(at: Position) -> Self {
+        Continue {
+            durable: at,
+            pending: Vec::new(),
+        }
+    }
+
+    /// Where reading starts.
+    pub fn read_from(&self) -> Position {
+        self.pending.last().map_or(self.durable, |p| p.0)
+    }
 }
 
 #[cfg(test)]

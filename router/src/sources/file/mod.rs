@@ -572,11 +572,7 @@ impl<W: World> FileSource<W> {
         let saved = self.saved.remove(&key);
         let had_checkpoint = saved.is_some();
         let start = match &saved {
-            Some(cp) if holds(&self.world, &file, size, &cp.position()) => Some(Continue {
-                at: cp.position(),
-                durable: cp.position(),
-                hold: None,
-            }),
+            Some(cp) if holds(&self.world, &file, size, &cp.position()) => Some(Continue::at(cp.position())),
             _ => match self.classify(key, &file, &head, size) {
                 Some(Verdict::Wait) => {
                     // Keep its checkpoint until it is decided.
@@ -603,20 +599,15 @@ impl<W: World> FileSource<W> {
         let from_end = initial && !had_checkpoint && self.cfg.read_from == ReadFrom::End;
         let start = start.unwrap_or_else(|| {
             let offset = if from_end { size } else { 0 };
-            let at = Position {
+            Continue::at(Position {
                 offset,
                 head: fp,
                 tail: tail_at(&self.world, &file, offset).unwrap_or(UNREADABLE),
-            };
-            Continue {
-                at,
-                durable: at,
-                hold: None,
-            }
+            })
         });
         // Too few bytes to tell a new file from a copy that is being
         // written: decide when it has grown (see `read_file_inner`).
-        let identity_pending = !initial && start.at.offset == 0 && (size as usize) < FINGERPRINT_BYTES;
+        let identity_pending = !initial && start.read_from().offset == 0 && (size as usize) < FINGERPRINT_BYTES;
         self.deferred.remove(&key);
         let parser = match Parser::new(&self.cfg.parser_options()) {
             Ok(p) => p,
@@ -643,7 +634,7 @@ impl<W: World> FileSource<W> {
                 f
             }
         };
-        tracing::debug!(file = %path.display(), offset = start.at.offset, "tailing file");
+        tracing::debug!(file = %path.display(), offset = start.read_from().offset, "tailing file");
         let now = self.world.now();
         let mut w = Watched {
             stream,
@@ -675,26 +666,23 @@ impl<W: World> FileSource<W> {
         self.checkpoints_dirty = true;
     }
 
-    /// Positions `w` at `c`: reading resumes at `c.at`, the checkpoint at
-    /// `c.durable`, moving to `c.at` when the original's batch is released.
+    /// Positions `w` at `c`: reading resumes where `c` says, the checkpoint
+    /// at `c.durable`, moving through `c.pending` as the original's batches
+    /// are released.
     fn start_at(&mut self, w: &mut Watched<W::File>, c: Continue) {
-        w.read_pos = c.at.offset;
-        w.consumed = c.at.offset;
-        w.lines_to = c.at.offset;
+        let from = c.read_from().offset;
+        w.read_pos = from;
+        w.consumed = from;
+        w.lines_to = from;
         w.tracker = AckTracker::new(c.durable);
         w.mark = c.durable;
         w.recent.clear();
-        if c.at.offset != c.durable.offset {
-            let seq = w.push_mark(c.at);
-            match c.hold {
-                Some(from) => self.links.push(Link {
-                    from,
-                    to: (w.stream, seq),
-                }),
-                None => {
-                    w.tracker.ack(seq, true);
-                }
-            }
+        for (at, from) in c.pending {
+            let seq = w.push_mark(at);
+            self.links.push(Link {
+                from,
+                to: (w.stream, seq),
+            });
         }
     }
 
@@ -735,7 +723,11 @@ impl<W: World> FileSource<W> {
             }
         }
         // Former contents, newest first; then live files with the same head
-        // (a copy of one not truncated yet, or ever: a plain `cp`).
+        // (a copy of one not truncated yet, or ever: a plain `cp`). A copy
+        // that holds an older batch end but is shorter than the newest one
+        // may still be being written: wait for it to grow (continuing at the
+        // older end would repeat what the original delivered since), and take
+        // the older one only once the wait is over.
         let mut fallback = None;
         for i in (0..self.formers.len()).rev() {
             let f = &self.formers[i];
@@ -743,17 +735,22 @@ impl<W: World> FileSource<W> {
                 Relation::Unrelated => continue,
                 Relation::MaybeCopy => in_progress = true,
                 Relation::SameHead => {
-                    if let Some(&(at, hold)) = self.best_point(file, size, &f.points) {
-                        let durable = f.durable;
-                        self.formers.remove(i);
-                        self.deferred.remove(&key);
-                        return Some(Verdict::Continue(self.continuation(file, size, at, durable, hold)));
-                    }
-                    if f.points.last().is_some_and(|p| size < p.0.offset) {
-                        in_progress = true;
-                    }
+                    let short = f.points.last().is_some_and(|p| size < p.0.offset);
+                    in_progress |= short;
                     if fallback.is_none() && holds(&self.world, file, size, &f.durable) {
                         fallback = Some(i);
+                    }
+                    if let Some(j) = self.best_point(file, size, &f.points) {
+                        if !short || !self.still_waiting(key) {
+                            let f = self.formers.remove(i);
+                            self.deferred.remove(&key);
+                            return Some(Verdict::Continue(self.continuation(
+                                file,
+                                size,
+                                &f.points[..=j],
+                                f.durable,
+                            )));
+                        }
                     }
                 }
             }
@@ -765,12 +762,13 @@ impl<W: World> FileSource<W> {
             .map(|w| (w.points(), w.tracker.acked()))
             .collect();
         for (points, acked) in live {
-            if let Some(&(at, hold)) = self.best_point(file, size, &points).filter(|p| p.0.offset > 0) {
-                self.deferred.remove(&key);
-                return Some(Verdict::Continue(self.continuation(file, size, at, acked, hold)));
-            }
-            if points.last().is_some_and(|p| size < p.0.offset) {
-                in_progress = true;
+            let short = points.last().is_some_and(|p| size < p.0.offset);
+            in_progress |= short;
+            if let Some(j) = self.best_point(file, size, &points).filter(|&j| points[j].0.offset > 0) {
+                if !short || !self.still_waiting(key) {
+                    self.deferred.remove(&key);
+                    return Some(Verdict::Continue(self.continuation(file, size, &points[..=j], acked)));
+                }
             }
         }
         if in_progress && self.defer(key, COPY_WAIT) {
@@ -782,64 +780,70 @@ impl<W: World> FileSource<W> {
             offset = f.durable.offset,
             "file is a copy of a truncated file's delivered part; continuing there"
         );
-        Some(Verdict::Continue(Continue {
-            at: f.durable,
-            durable: f.durable,
-            hold: None,
-        }))
+        Some(Verdict::Continue(Continue::at(f.durable)))
     }
 
-    /// The furthest of `points` the file holds.
-    fn best_point<'p>(&self, file: &W::File, size: u64, points: &'p [Point]) -> Option<&'p Point> {
-        points
-            .iter()
+    /// True while a file that may be a copy being written is within its wait.
+    fn still_waiting(&mut self, key: (u64, u64)) -> bool {
+        self.defer(key, COPY_WAIT)
+    }
+
+    /// Index of the furthest of `points` the file holds.
+    fn best_point(&self, file: &W::File, size: u64, points: &[Point]) -> Option<usize> {
+        (0..points.len())
             .rev()
-            .filter(|(p, _)| p.offset <= size)
-            .find(|(p, _)| holds(&self.world, file, size, p))
+            .filter(|&i| points[i].0.offset <= size)
+            .find(|&i| holds(&self.world, file, size, &points[i].0))
     }
 
-    /// Where a copy holding `read` starts: at `read` when the original's
-    /// batches up to it are delivered (or may still be), else at `durable`
-    /// (they failed: read them again from the copy). The checkpoint starts
-    /// at `durable` when it holds in the copy, else at 0.
-    fn continuation(
-        &self,
-        file: &W::File,
-        size: u64,
-        read: Position,
-        durable: Position,
-        hold: Option<(u64, u64)>,
-    ) -> Continue {
-        let durable = if durable.offset <= read.offset && holds(&self.world, file, size, &durable) {
+    /// Where a copy holding the last of `points` (batch ends of its
+    /// original, oldest first) starts. Its checkpoint starts at the furthest
+    /// point already released (or `durable`, the original's acknowledged
+    /// position, when further and held by the copy; else 0) and follows the
+    /// original's batches from there. If one of them failed, the copy reads
+    /// from the checkpoint: what was not delivered is read again from it.
+    fn continuation(&self, file: &W::File, size: u64, points: &[Point], durable: Position) -> Continue {
+        let Some(&(at, _)) = points.last() else {
+            return Continue::at(durable);
+        };
+        let zero = Position {
+            offset: 0,
+            head: at.head,
+            tail: Fingerprint::default(),
+        };
+        let mut start = if durable.offset <= at.offset && holds(&self.world, file, size, &durable) {
             durable
         } else {
-            Position {
-                offset: 0,
-                head: read.head,
-                tail: Fingerprint::default(),
-            }
+            zero
         };
+        let mut pending = Vec::new();
+        for &(p, hold) in points {
+            match hold.map(|h| (h, self.hold_state(h))) {
+                None | Some((_, Some(true))) => {
+                    if p.offset >= start.offset && holds(&self.world, file, size, &p) {
+                        start = p;
+                    }
+                    pending.clear();
+                }
+                Some((_, Some(false))) => {
+                    tracing::info!(
+                        offset = start.offset,
+                        "file is a copy of undelivered content; reading it from there"
+                    );
+                    return Continue::at(start);
+                }
+                Some((h, None)) if p.offset > start.offset => pending.push((p, h)),
+                Some(_) => {}
+            }
+        }
         tracing::info!(
-            offset = read.offset,
-            durable = durable.offset,
+            offset = at.offset,
+            durable = start.offset,
             "file is a copy; continuing where its original was read to"
         );
-        match hold.map(|h| (h, self.hold_state(h))) {
-            None | Some((_, Some(true))) => Continue {
-                at: read,
-                durable: read,
-                hold: None,
-            },
-            Some((_, Some(false))) => Continue {
-                at: durable,
-                durable,
-                hold: None,
-            },
-            Some((h, None)) => Continue {
-                at: read,
-                durable,
-                hold: Some(h),
-            },
+        Continue {
+            durable: start,
+            pending,
         }
     }
 
