@@ -9,8 +9,10 @@
 //!   directory), so a crash leaves the old or the new checkpoint, never half.
 //!
 //! A file is identified by device + inode + a fingerprint (CRC32 of its first
-//! bytes), so a reused inode or a copytruncate is not mistaken for the file
-//! we had read.
+//! bytes), and an offset applies only where the bytes just before it still
+//! have the CRC they had when it was saved (`tail`), so neither a reused inode,
+//! a copytruncate nor a file regrown with the same first bytes is mistaken for
+//! the file we had read.
 
 use std::collections::VecDeque;
 use std::fs;
@@ -42,8 +44,33 @@ pub struct Checkpoint {
     pub ino: u64,
     pub fingerprint: Fingerprint,
     pub offset: u64,
+    /// CRC of the bytes just before `offset` (at most 1 KiB); `len` 0 (files
+    /// written before it existed) checks nothing.
+    #[serde(default)]
+    pub tail: Fingerprint,
     /// Last path seen, for humans; identity does not depend on it.
     pub path: String,
+}
+
+impl Checkpoint {
+    pub fn position(&self) -> Position {
+        Position {
+            offset: self.offset,
+            head: self.fingerprint,
+            tail: self.tail,
+        }
+    }
+}
+
+/// A point in one file's content: an offset, the fingerprint of the file's
+/// first bytes and the CRC of the bytes just before the offset. Two files
+/// holding the same position hold the same bytes up to it, as far as
+/// CRC32s tell.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Position {
+    pub offset: u64,
+    pub head: Fingerprint,
+    pub tail: Fingerprint,
 }
 
 #[derive(Debug, Serialize, Deserialize)]
@@ -188,6 +215,25 @@ impl<T> InOrder<T> {
         self.pending.back().map(|e| &e.0)
     }
 
+    /// Sequence number of the newest item not yet released.
+    pub fn last_seq(&self) -> Option<u64> {
+        (!self.pending.is_empty()).then(|| self.base + self.pending.len() as u64 - 1)
+    }
+
+    /// True once item `seq` and every item before it were delivered.
+    pub fn released(&self, seq: u64) -> bool {
+        seq < self.base
+    }
+
+    /// True when item `seq` or one before it failed: it can no longer be
+    /// released.
+    pub fn failed_through(&self, seq: u64) -> bool {
+        let Some(n) = seq.checked_sub(self.base) else {
+            return false;
+        };
+        self.pending.iter().take(n as usize + 1).any(|e| e.1 == Some(false))
+    }
+
     /// Items still waiting for an outcome.
     pub fn unsettled(&self) -> usize {
         self.unsettled
@@ -202,43 +248,53 @@ impl<T> InOrder<T> {
 /// In-order acknowledgement of the batches of one file.
 #[derive(Debug)]
 pub struct AckTracker {
-    /// (end offset, fingerprint at that point) per batch in flight.
-    pending: InOrder<(u64, Fingerprint)>,
-    acked: u64,
-    acked_fp: Fingerprint,
+    /// Where each batch in flight ends.
+    pending: InOrder<Position>,
+    acked: Position,
 }
 
 impl AckTracker {
-    pub fn new(offset: u64, fingerprint: Fingerprint) -> Self {
+    pub fn new(at: Position) -> Self {
         AckTracker {
             pending: InOrder::default(),
-            acked: offset,
-            acked_fp: fingerprint,
+            acked: at,
         }
     }
 
     /// Registers a batch that ends at `end`; returns its sequence number.
-    pub fn push(&mut self, end: u64, fp: Fingerprint) -> u64 {
-        self.pending.push((end, fp))
+    pub fn push(&mut self, end: Position) -> u64 {
+        self.pending.push(end)
     }
 
     /// Records an outcome; returns true when the acknowledged offset moved.
     pub fn ack(&mut self, seq: u64, delivered: bool) -> bool {
-        let (acked, acked_fp) = (&mut self.acked, &mut self.acked_fp);
-        self.pending.ack(seq, delivered, |(end, fp)| {
-            *acked = end;
-            *acked_fp = fp;
-        })
+        let acked = &mut self.acked;
+        self.pending.ack(seq, delivered, |end| *acked = end)
     }
 
-    /// Offset (and fingerprint) every sink has made durable.
-    pub fn acked(&self) -> (u64, Fingerprint) {
-        (self.acked, self.acked_fp)
+    /// The position every sink has made durable.
+    pub fn acked(&self) -> Position {
+        self.acked
     }
 
     /// End offset of the newest batch registered, if any is in flight.
     pub fn last_pushed(&self) -> Option<u64> {
-        self.pending.last().map(|e| e.0)
+        self.pending.last().map(|e| e.offset)
+    }
+
+    /// Sequence number of the newest batch not yet released.
+    pub fn last_seq(&self) -> Option<u64> {
+        self.pending.last_seq()
+    }
+
+    /// True once batch `seq` and all before it were delivered.
+    pub fn released(&self, seq: u64) -> bool {
+        self.pending.released(seq)
+    }
+
+    /// True when batch `seq` or one before it failed.
+    pub fn failed_through(&self, seq: u64) -> bool {
+        self.pending.failed_through(seq)
     }
 
     /// Batches still waiting for an outcome.
@@ -259,30 +315,38 @@ mod tests {
 
     const FP: Fingerprint = Fingerprint { crc: 1, len: 1 };
 
+    fn at(offset: u64) -> Position {
+        Position {
+            offset,
+            head: FP,
+            tail: FP,
+        }
+    }
+
     #[test]
     fn out_of_order_acks_advance_in_order() {
-        let mut t = AckTracker::new(0, FP);
-        let a = t.push(10, FP);
-        let b = t.push(20, FP);
-        let c = t.push(30, FP);
+        let mut t = AckTracker::new(at(0));
+        let a = t.push(at(10));
+        let b = t.push(at(20));
+        let c = t.push(at(30));
         assert!(!t.ack(b, true));
-        assert_eq!(t.acked().0, 0);
+        assert_eq!(t.acked().offset, 0);
         assert!(t.ack(a, true));
-        assert_eq!(t.acked().0, 20);
+        assert_eq!(t.acked().offset, 20);
         assert_eq!(t.unsettled(), 1);
         t.ack(c, true);
-        assert_eq!(t.acked().0, 30);
+        assert_eq!(t.acked().offset, 30);
         assert_eq!(t.unsettled(), 0);
     }
 
     #[test]
     fn failed_batch_holds_the_offset() {
-        let mut t = AckTracker::new(5, FP);
-        let a = t.push(10, FP);
-        let b = t.push(20, FP);
+        let mut t = AckTracker::new(at(5));
+        let a = t.push(at(10));
+        let b = t.push(at(20));
         t.ack(a, false);
         t.ack(b, true);
-        assert_eq!(t.acked().0, 5);
+        assert_eq!(t.acked().offset, 5);
         assert!(t.has_failed());
         assert_eq!(t.unsettled(), 0);
     }
@@ -297,6 +361,7 @@ mod tests {
             ino: 2,
             fingerprint: FP,
             offset: 99,
+            tail: FP,
             path: "/x".into(),
         };
         store.save(std::slice::from_ref(&cp)).unwrap();
@@ -313,8 +378,8 @@ mod tests {
         /// delivered prefix of batches.
         #[test]
         fn offset_is_longest_delivered_prefix(outcomes in proptest::collection::vec(any::<bool>(), 1..40), seed in any::<u64>()) {
-            let mut t = AckTracker::new(0, FP);
-            let seqs: Vec<u64> = (0..outcomes.len()).map(|i| t.push((i as u64 + 1) * 10, FP)).collect();
+            let mut t = AckTracker::new(at(0));
+            let seqs: Vec<u64> = (0..outcomes.len()).map(|i| t.push(at((i as u64 + 1) * 10))).collect();
             let mut order: Vec<usize> = (0..outcomes.len()).collect();
             let mut s = seed;
             for i in (1..order.len()).rev() {
@@ -325,7 +390,7 @@ mod tests {
                 t.ack(seqs[i], outcomes[i]);
             }
             let prefix = outcomes.iter().take_while(|d| **d).count() as u64;
-            prop_assert_eq!(t.acked().0, prefix * 10);
+            prop_assert_eq!(t.acked().offset, prefix * 10);
             prop_assert_eq!(t.unsettled(), 0);
         }
     }

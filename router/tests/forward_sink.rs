@@ -722,7 +722,8 @@ fn check_connects_with_the_handshake_and_reports_an_unreachable_server() {
 #[test]
 fn a_server_that_stops_reading_times_out_the_write() {
     // One chunk much larger than what the sockets can buffer: the write
-    // blocks until `ack_timeout`, then the chunk goes over a new connection.
+    // makes no progress for `ack_timeout`, then the chunk goes over a new
+    // connection.
     let env = Env::new();
     let n = 150_000;
     write_logs(&env, n);
@@ -734,7 +735,10 @@ fn a_server_that_stops_reading_times_out_the_write() {
     let cfg = config(
         &env,
         server.port,
-        "ack_timeout = \"1s\"\nmax_chunk_size = \"16MiB\"\nflush_interval = \"10s\"",
+        // The write stalls against the first connection; the second one's
+        // server (a debug build) needs a few seconds to decode 150,000
+        // events before it acks: the timeout must cover that.
+        "ack_timeout = \"5s\"\nmax_chunk_size = \"16MiB\"\nflush_interval = \"10s\"",
         Some(api),
     );
     let router = spawn(&cfg, &[]);

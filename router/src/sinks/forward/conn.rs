@@ -195,10 +195,26 @@ impl Conn {
         let head = proto::message_head(&chunk.tag, chunk.body.len());
         let tail = proto::message_tail(chunk.events, chunk.id.as_deref(), chunk.gzip);
         // A server that stops reading (or a path that went dark without a
-        // reset) must not hold the chunk forever either.
-        tokio::time::timeout(ack_timeout, self.write_parts(&[&head, &chunk.body, &tail]))
+        // reset) must not hold the chunk forever either; one that reads
+        // slowly is not an error, so the timeout is on progress (each write
+        // call), not on the whole chunk.
+        for part in [&head[..], &chunk.body[..], &tail[..]] {
+            let mut rest = part;
+            while !rest.is_empty() {
+                let n = tokio::time::timeout(ack_timeout, self.io.write(rest))
+                    .await
+                    .map_err(|_| SendError::Timeout(ack_timeout))?
+                    .map_err(SendError::Write)?;
+                if n == 0 {
+                    return Err(SendError::Write(std::io::ErrorKind::WriteZero.into()));
+                }
+                rest = &rest[n..];
+            }
+        }
+        tokio::time::timeout(ack_timeout, self.io.flush())
             .await
-            .map_err(|_| SendError::Timeout(ack_timeout))??;
+            .map_err(|_| SendError::Timeout(ack_timeout))?
+            .map_err(SendError::Write)?;
         let Some(id) = &chunk.id else {
             return Ok(());
         };

@@ -62,6 +62,11 @@ pub struct FileSourceConfig {
     /// How long to keep reading a rotated or deleted file after its last data.
     #[serde(default = "default_rotate_wait", with = "humantime_serde")]
     pub rotate_wait: Duration,
+    /// How often the checkpoint file is rewritten when acks moved it. What is
+    /// delivered but not yet saved is delivered again after a kill -9, so
+    /// this bounds those duplicates; each save is one small fsynced write.
+    #[serde(default = "default_checkpoint_interval", with = "humantime_serde")]
+    pub checkpoint_interval: Duration,
     /// `"path"`: a `kubernetes` object from each file's name (node daemon
     /// over `/var/log/containers/*.log`).
     #[serde(default)]
@@ -86,6 +91,10 @@ fn default_glob_interval() -> Duration {
 
 fn default_rotate_wait() -> Duration {
     Duration::from_secs(5)
+}
+
+fn default_checkpoint_interval() -> Duration {
+    Duration::from_millis(200)
 }
 
 impl FileSourceConfig {

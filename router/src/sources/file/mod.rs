@@ -6,25 +6,32 @@
 //!   per call. The thread hands batches to the async pipeline with
 //!   `block_on(send)`, so a slow sink blocks this thread: the files are the
 //!   queue, memory stays bounded.
-//! - **Identity is device + inode + fingerprint**, never the name. A renamed
-//!   file keeps being read through its open descriptor until it has been
-//!   quiet for `rotate_wait`; a new file at the old name is read from 0; a
-//!   truncated file (copytruncate) restarts at 0; and a new file whose first
-//!   bytes equal those of a file just truncated is the copy and continues at
-//!   the offset already delivered (no repeats, no loss).
+//! - **Identity is a position that holds, never a name** (`identity.rs`). A
+//!   renamed file keeps being read through its open descriptor until it has
+//!   been quiet for `rotate_wait`; a file whose content no longer holds our
+//!   position (copytruncate, a reused inode) restarts at 0 and leaves a
+//!   [`Former`]: a new file holding that position is its copy and continues
+//!   there, its checkpoint held at what was delivered of the original until
+//!   the original's batches are acknowledged (a link), so a kill -9 between
+//!   the truncation and those acks loses nothing.
 //! - **inotify wakes, rescans decide.** `notify` only shortens the wait; the
 //!   periodic rescan (`glob_interval`) is what finds files on volumes without
 //!   inotify (NFS, EFS).
 //! - **Checkpoints move on acks only** (see `checkpoint.rs`).
+//! - **Everything outside goes through [`World`]** (files, clock, checkpoint
+//!   file), so `sim.rs` can crash this very code at any step over a model
+//!   filesystem.
 
 pub mod config;
+pub mod identity;
 pub mod kubernetes;
 pub mod parse;
+#[cfg(test)]
+mod sim;
 pub mod tail;
+pub mod world;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::fs::File;
-use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -37,21 +44,19 @@ use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 
 pub use config::{FileSourceConfig, KubernetesMetadata, ReadFrom};
+use identity::{
+    Continue, FINGERPRINT_BYTES, Former, Point, Relation, fingerprint_of, holds, read_head, relation, tail_at,
+};
 use parse::{Parsed, Parser, Step};
 use tail::{LineSplitter, utf8_prefix};
+use world::{RealWorld, Stat, World};
 
-use crate::checkpoint::{AckTracker, Checkpoint, CheckpointError, CheckpointStore, Fingerprint};
+use crate::checkpoint::{AckTracker, Checkpoint, CheckpointError, CheckpointStore, Fingerprint, Position};
 use crate::event::{Ack, AckToken, Batch, Fields, Records};
 use crate::metrics::{ComponentMetrics, FileLabels, Metrics};
 
-/// Bytes of a file's start that identify it.
-const FINGERPRINT_BYTES: usize = 1024;
-/// A copy is recognised only on a fingerprint at least this long.
-const MIN_COPY_FINGERPRINT: u32 = 64;
-/// How long a file that may be a copy in progress is left unread.
+/// How long a file that may be a copy still being written is left unread.
 const COPY_WAIT: Duration = Duration::from_secs(10);
-/// How long a copy of a live file waits for that file's truncation.
-const LIVE_COPY_WAIT: Duration = Duration::from_secs(1);
 /// Read size per call.
 const CHUNK: usize = 64 * 1024;
 /// A batch is sent once its records reach this many bytes.
@@ -60,13 +65,16 @@ const BATCH_BYTES: usize = 256 * 1024;
 const FAIR_SHARE: u64 = 1024 * 1024;
 /// Idle wait when nothing was read (inotify usually ends it earlier).
 const IDLE_WAIT: Duration = Duration::from_millis(250);
-/// How often the checkpoint file is rewritten when something changed. What
-/// is delivered but not yet saved is delivered again after a crash, so this
-/// bounds the duplicates of a kill -9; one small fsynced write five times a
-/// second costs nothing next to the data path.
-const CHECKPOINT_EVERY: Duration = Duration::from_millis(200);
 /// Upper bound on waiting for outstanding acks at shutdown.
 const ACK_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
+/// Formers remembered (a copy shows up within seconds of its truncation).
+const MAX_FORMERS: usize = 64;
+/// Batch ends remembered per file: a copy made before the router read that
+/// far continues at the last one it holds (at most one batch repeated).
+const MAX_POINTS: usize = 64;
+/// The tail of a position whose bytes could not be read back: it never
+/// holds, so such a checkpoint is never trusted (read again, never skipped).
+const UNREADABLE: Fingerprint = Fingerprint { crc: 0, len: u32::MAX };
 
 #[derive(Debug, Error)]
 pub enum SourceError {
@@ -106,7 +114,10 @@ pub fn spawn(
         .spawn(move || {
             let span = tracing::info_span!("source", id = %cx.id, kind = "file");
             let _g = span.enter();
-            let mut s = FileSource::new(cfg, cx)?;
+            let world = RealWorld {
+                store: CheckpointStore::new(&cx.data_dir, &cx.id),
+            };
+            let mut s = FileSource::new(cfg, cx, world, Waker::inotify())?;
             let result = s.run();
             if let Err(e) = &result {
                 tracing::error!(error = %e, "source stopped");
@@ -115,11 +126,97 @@ pub fn spawn(
         })
 }
 
+/// Wake-ups from inotify: they shorten the idle wait and ask for a rescan.
+struct Waker {
+    watcher: Option<notify::RecommendedWatcher>,
+    rx: std_mpsc::Receiver<()>,
+    /// Held so the channel stays connected even if the watcher's thread
+    /// ends; a disconnected channel would make every idle wait return at once.
+    _keepalive: std_mpsc::SyncSender<()>,
+    rescan: Arc<AtomicBool>,
+    dirs: HashSet<PathBuf>,
+}
+
+impl Waker {
+    fn inotify() -> Self {
+        let mut w = Waker::none();
+        let (tx, rx) = std_mpsc::sync_channel(1);
+        let flag = w.rescan.clone();
+        w.watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
+            if let Ok(ev) = res {
+                use notify::EventKind::*;
+                if matches!(
+                    ev.kind,
+                    Create(_) | Remove(_) | Modify(notify::event::ModifyKind::Name(_))
+                ) {
+                    flag.store(true, Ordering::Release);
+                }
+                // A full channel means a wake-up is already pending.
+                let _ = tx.try_send(());
+            }
+        })
+        .map_err(|e| tracing::warn!(error = %e, "inotify unavailable; relying on rescans"))
+        .ok();
+        w.rx = rx;
+        w
+    }
+
+    /// No watcher: only rescans find files (and the simulation steps by hand).
+    fn none() -> Self {
+        let (tx, rx) = std_mpsc::sync_channel(1);
+        Waker {
+            watcher: None,
+            rx,
+            _keepalive: tx,
+            rescan: Arc::new(AtomicBool::new(false)),
+            dirs: HashSet::new(),
+        }
+    }
+
+    fn watch_dir_of(&mut self, pattern: &str) {
+        let Some(watcher) = self.watcher.as_mut() else { return };
+        // The longest directory prefix without glob characters.
+        let mut dir = PathBuf::new();
+        for comp in Path::new(pattern).components() {
+            let s = comp.as_os_str().to_string_lossy();
+            if s.contains(['*', '?', '[', '{']) {
+                break;
+            }
+            dir.push(comp);
+        }
+        if dir.as_os_str().is_empty() || dir.is_file() {
+            dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
+        }
+        if dir.as_os_str().is_empty() || self.dirs.contains(&dir) || !dir.is_dir() {
+            return;
+        }
+        use notify::Watcher;
+        let mode = if pattern.contains("**") {
+            notify::RecursiveMode::Recursive
+        } else {
+            notify::RecursiveMode::NonRecursive
+        };
+        if watcher.watch(&dir, mode).is_ok() {
+            self.dirs.insert(dir);
+        }
+    }
+
+    /// Waits for a watcher event or `IDLE_WAIT`. Never returns early for
+    /// lack of a watcher (no inotify, or its thread ended when a watched
+    /// directory went away): that would spin.
+    fn idle_wait(&self) {
+        match self.rx.recv_timeout(IDLE_WAIT) {
+            Ok(()) | Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std_mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(IDLE_WAIT),
+        }
+    }
+}
+
 /// A file being tailed.
-struct Watched {
+struct Watched<F> {
     stream: u64,
     path: PathBuf,
-    file: File,
+    file: F,
     dev: u64,
     ino: u64,
     fp: Fingerprint,
@@ -131,6 +228,11 @@ struct Watched {
     /// end of the last complete line, or the start of the oldest partial
     /// line the parser holds (CRI `P` parts), whichever is first.
     consumed: u64,
+    /// Where the last batch registered with the tracker ends (a copy of this
+    /// file continues there).
+    mark: Position,
+    /// The last batch ends with their sequence numbers, oldest first.
+    recent: std::collections::VecDeque<(Position, u64)>,
     /// Just past the last complete line read (its `\n`).
     lines_to: u64,
     splitter: LineSplitter,
@@ -151,12 +253,21 @@ struct Watched {
     fields: Option<Arc<Fields>>,
 }
 
-/// What a new file is, when it looks like a copy.
-enum Identity {
-    /// Still being written: look again later.
+/// What a new file is.
+enum Verdict {
+    /// Maybe a copy still being written: look again later.
     Wait,
-    /// A copy: continue at this offset.
-    Start(u64),
+    /// Holds a position of another file's content: continue there.
+    Continue(Continue),
+}
+
+/// A copy's checkpoint waits for a batch of its original: when `from` (a
+/// stream and one of its batches) is released, `to`'s placeholder batch is
+/// acknowledged with the same outcome.
+#[derive(Debug, Clone, Copy)]
+struct Link {
+    from: (u64, u64),
+    to: (u64, u64),
 }
 
 struct SourceCounters {
@@ -168,61 +279,41 @@ struct SourceCounters {
     kubernetes_name: Counter,
 }
 
-struct FileSource {
+struct FileSource<W: World> {
     cfg: FileSourceConfig,
     cx: SourceContext,
+    world: W,
     exclude: globset::GlobSet,
-    store: CheckpointStore,
     /// Saved checkpoints of files not open now, by (dev, ino).
     saved: HashMap<(u64, u64), Checkpoint>,
-    /// Fingerprint, delivered offset and first bytes (when known) of files
-    /// that were truncated or replaced: a new file starting with the same
-    /// bytes is their copy.
-    truncated: Vec<(Fingerprint, u64, Option<Vec<u8>>)>,
-    /// New files that look like a copy of a live file: wait for its truncation.
+    /// Contents files held before they were truncated or replaced, newest
+    /// last: a new file holding one of their positions is their copy.
+    formers: Vec<Former>,
+    /// New files that may be a copy still being written, since when.
     deferred: HashMap<(u64, u64), Instant>,
-    files: BTreeMap<u64, Watched>,
+    files: BTreeMap<u64, Watched<W::File>>,
     by_key: HashMap<(u64, u64), u64>,
+    links: Vec<Link>,
     next_stream: u64,
     ack_tx: std_mpsc::Sender<Ack>,
     ack_rx: std_mpsc::Receiver<Ack>,
-    wake_rx: std_mpsc::Receiver<()>,
-    _wake_keepalive: std_mpsc::SyncSender<()>,
-    rescan_flag: Arc<AtomicBool>,
-    _watcher: Option<notify::RecommendedWatcher>,
-    watched_dirs: HashSet<PathBuf>,
+    waker: Waker,
     counters: SourceCounters,
     chunk: Vec<u8>,
     records: Records,
     checkpoints_dirty: bool,
+    last_checkpoint: Instant,
+    last_scan: Instant,
 }
 
-impl FileSource {
-    fn new(cfg: FileSourceConfig, cx: SourceContext) -> Result<Self, SourceError> {
-        let store = CheckpointStore::new(&cx.data_dir, &cx.id);
-        let saved = store.load()?.into_iter().map(|c| ((c.dev, c.ino), c)).collect();
+impl<W: World> FileSource<W> {
+    fn new(cfg: FileSourceConfig, cx: SourceContext, mut world: W, waker: Waker) -> Result<Self, SourceError> {
+        let saved = world
+            .load_checkpoints()?
+            .into_iter()
+            .map(|c| ((c.dev, c.ino), c))
+            .collect();
         let (ack_tx, ack_rx) = std_mpsc::channel();
-        let (wake_tx, wake_rx) = std_mpsc::sync_channel(1);
-        // Held so the channel stays connected even if the watcher's thread
-        // ends; a disconnected channel would make every idle wait return at once.
-        let wake_keepalive = wake_tx.clone();
-        let rescan_flag = Arc::new(AtomicBool::new(false));
-        let flag = rescan_flag.clone();
-        let watcher = notify::recommended_watcher(move |res: notify::Result<notify::Event>| {
-            if let Ok(ev) = res {
-                use notify::EventKind::*;
-                if matches!(
-                    ev.kind,
-                    Create(_) | Remove(_) | Modify(notify::event::ModifyKind::Name(_))
-                ) {
-                    flag.store(true, Ordering::Release);
-                }
-                // A full channel means a wake-up is already pending.
-                let _ = wake_tx.try_send(());
-            }
-        })
-        .map_err(|e| tracing::warn!(error = %e, "inotify unavailable; relying on rescans"))
-        .ok();
         let m = cx.metrics.component(&cx.id, "file");
         let counters = SourceCounters {
             not_json: m.line_issue("not_json"),
@@ -232,74 +323,64 @@ impl FileSource {
             kubernetes_name: m.line_issue("kubernetes_name"),
             m,
         };
+        let now = world.now();
         Ok(FileSource {
             exclude: cfg.exclude_set(),
             cfg,
             cx,
-            store,
+            world,
             saved,
-            truncated: Vec::new(),
+            formers: Vec::new(),
             deferred: HashMap::new(),
             files: BTreeMap::new(),
             by_key: HashMap::new(),
+            links: Vec::new(),
             next_stream: 0,
             ack_tx,
             ack_rx,
-            wake_rx,
-            _wake_keepalive: wake_keepalive,
-            rescan_flag,
-            _watcher: watcher,
-            watched_dirs: HashSet::new(),
+            waker,
             counters,
             chunk: vec![0; CHUNK],
             records: Records::default(),
             checkpoints_dirty: false,
+            last_checkpoint: now,
+            last_scan: now,
         })
     }
 
     fn run(&mut self) -> Result<(), SourceError> {
         self.discover(true);
-        let mut last_scan = Instant::now();
-        let mut last_checkpoint = Instant::now();
-        let mut last_progress = Instant::now();
+        let mut last_progress = self.world.now();
         let mut drain_started: Option<Instant> = None;
         let result = loop {
             if self.cx.force.is_cancelled() {
                 break Ok(());
             }
+            let now = self.world.now();
             if self.cx.shutdown.is_cancelled() {
                 // Draining: the app may still be writing its last lines.
                 let started = *drain_started.get_or_insert_with(|| {
                     tracing::debug!("draining: reading until the files are quiet");
-                    Instant::now()
+                    now
                 });
                 let quiet_since = last_progress.max(started);
-                if quiet_since.elapsed() >= self.cx.drain_quiet || started.elapsed() >= self.cx.drain_read_budget {
+                if now.saturating_duration_since(quiet_since) >= self.cx.drain_quiet
+                    || now.saturating_duration_since(started) >= self.cx.drain_read_budget
+                {
                     if let Err(e) = self.flush_partials(true) {
                         break Err(e);
                     }
                     break Ok(());
                 }
             }
-            self.drain_acks();
-            let due = last_scan.elapsed() >= self.cfg.glob_interval;
-            if !self.cx.exit_on_eof && (due || self.rescan_flag.swap(false, Ordering::AcqRel)) {
-                self.discover(false);
-                last_scan = Instant::now();
-            }
-            let progressed = match self.read_round() {
+            let due = now.saturating_duration_since(self.last_scan) >= self.cfg.glob_interval;
+            let scan = !self.cx.exit_on_eof && (due || self.waker.rescan.swap(false, Ordering::AcqRel));
+            let progressed = match self.step(scan) {
                 Ok(p) => p,
                 Err(e) => break Err(e),
             };
-            if let Err(e) = self.housekeeping() {
-                break Err(e);
-            }
-            if self.checkpoints_dirty && last_checkpoint.elapsed() >= CHECKPOINT_EVERY {
-                self.save_checkpoints();
-                last_checkpoint = Instant::now();
-            }
             if progressed {
-                last_progress = Instant::now();
+                last_progress = self.world.now();
             }
             if self.cx.exit_on_eof && !progressed {
                 // Everything read: emit held partial lines, then finish.
@@ -309,18 +390,18 @@ impl FileSource {
                 break Ok(());
             }
             if !progressed {
-                self.idle_wait();
+                self.waker.idle_wait();
             }
         };
         // Closing our senders lets the pipeline drain; then wait for the acks.
         self.cx.outputs.clear();
         let deadline = match drain_started {
             Some(t) => t + self.cx.drain_timeout,
-            None => Instant::now() + ACK_DRAIN_TIMEOUT,
+            None => self.world.now() + ACK_DRAIN_TIMEOUT,
         };
         while self.files.values().any(|w| w.tracker.unsettled() > 0)
             && !self.cx.force.is_cancelled()
-            && Instant::now() < deadline
+            && self.world.now() < deadline
         {
             if let Ok(ack) = self.ack_rx.recv_timeout(Duration::from_millis(50)) {
                 self.apply_ack(ack);
@@ -338,14 +419,24 @@ impl FileSource {
         result
     }
 
-    /// Waits for a watcher event or `IDLE_WAIT`. Never returns early for
-    /// lack of a watcher (no inotify, or its thread ended when a watched
-    /// directory went away): that would spin.
-    fn idle_wait(&self) {
-        match self.wake_rx.recv_timeout(IDLE_WAIT) {
-            Ok(()) | Err(std_mpsc::RecvTimeoutError::Timeout) => {}
-            Err(std_mpsc::RecvTimeoutError::Disconnected) => std::thread::sleep(IDLE_WAIT),
+    /// One round: acks in, new files found (when `scan`), a fair share of
+    /// every file read, housekeeping, checkpoints saved when due. True if
+    /// any data was read.
+    fn step(&mut self, scan: bool) -> Result<bool, SourceError> {
+        self.drain_acks();
+        if scan {
+            self.discover(false);
+            self.last_scan = self.world.now();
         }
+        let progressed = self.read_round()?;
+        self.housekeeping()?;
+        let now = self.world.now();
+        if self.checkpoints_dirty && now.saturating_duration_since(self.last_checkpoint) >= self.cfg.checkpoint_interval
+        {
+            self.save_checkpoints();
+            self.last_checkpoint = now;
+        }
+        Ok(progressed)
     }
 
     fn drain_acks(&mut self) {
@@ -366,49 +457,88 @@ impl FileSource {
             if !ack.delivered {
                 tracing::warn!(file = %w.path.display(), "a batch was not delivered; this file's checkpoint stays before it");
             }
-            if w.tracker.ack(ack.seq, ack.delivered) {
-                self.checkpoints_dirty = true;
-                let m = &self.cx.metrics;
-                let acked = w.tracker.acked().0;
-                m.file_checkpoint_offset.get_or_create(&w.labels).set(acked as i64);
-                m.file_checkpoint_lag
-                    .get_or_create(&w.labels)
-                    .set(w.size.saturating_sub(acked) as i64);
+            self.settle(ack.stream, ack.seq, ack.delivered);
+        }
+        self.settle_links();
+    }
+
+    /// Records the outcome of a batch of `stream` with its tracker.
+    fn settle(&mut self, stream: u64, seq: u64, delivered: bool) {
+        let Some(w) = self.files.get_mut(&stream) else { return };
+        if w.tracker.ack(seq, delivered) {
+            self.checkpoints_dirty = true;
+            let m = &self.cx.metrics;
+            let acked = w.tracker.acked().offset;
+            m.file_checkpoint_offset.get_or_create(&w.labels).set(acked as i64);
+            m.file_checkpoint_lag
+                .get_or_create(&w.labels)
+                .set(w.size.saturating_sub(acked) as i64);
+        }
+    }
+
+    /// Acknowledges the placeholders of copies whose original's batch is
+    /// settled: delivered when it was released, failed when it failed.
+    fn settle_links(&mut self) {
+        if self.links.is_empty() {
+            return;
+        }
+        let links = std::mem::take(&mut self.links);
+        for link in links {
+            match self.hold_state(link.from) {
+                Some(delivered) => self.settle(link.to.0, link.to.1, delivered),
+                None => self.links.push(link),
             }
+        }
+    }
+
+    /// Whether batch `seq` of `stream` was delivered (`Some(true)`, also
+    /// when the file is closed: it closes only with every batch delivered),
+    /// failed (`Some(false)`), or is still in flight (`None`).
+    fn hold_state(&self, (stream, seq): (u64, u64)) -> Option<bool> {
+        match self.files.get(&stream) {
+            None => Some(true),
+            Some(w) if w.tracker.released(seq) => Some(true),
+            Some(w) if w.tracker.failed_through(seq) => Some(false),
+            Some(_) => None,
         }
     }
 
     /// Finds files matching the globs; notices renamed and deleted ones.
     fn discover(&mut self, initial: bool) {
         let mut seen: HashSet<(u64, u64)> = HashSet::new();
+        let mut found: Vec<(PathBuf, Stat)> = Vec::new();
         let patterns = self.cfg.include.clone();
         for pattern in &patterns {
-            self.watch_dir_of(pattern);
-            let Ok(paths) = glob::glob(pattern) else { continue };
-            for path in paths.flatten() {
+            self.waker.watch_dir_of(pattern);
+            for path in self.world.glob(pattern) {
                 if self.exclude.is_match(&path) {
                     continue;
                 }
-                let Ok(meta) = std::fs::metadata(&path) else { continue };
-                if !meta.is_file() {
-                    continue;
+                let Some(st) = self.world.stat(&path) else { continue };
+                if st.is_file && seen.insert((st.dev, st.ino)) {
+                    found.push((path, st));
                 }
-                let key = (meta.dev(), meta.ino());
-                if !seen.insert(key) {
-                    continue;
-                }
-                if let Some(stream) = self.by_key.get(&key) {
-                    if let Some(w) = self.files.get_mut(stream) {
-                        if w.path != path {
-                            tracing::debug!(from = %w.path.display(), to = %path.display(), "file renamed");
-                            w.path = path;
-                        }
-                        w.gone = false;
-                    }
-                    continue;
-                }
-                self.open(path, key, meta.len(), initial);
             }
+        }
+        let mut new = Vec::new();
+        for (path, st) in found {
+            let key = (st.dev, st.ino);
+            match self.by_key.get(&key).and_then(|s| self.files.get_mut(s)) {
+                Some(w) => {
+                    if w.path != path {
+                        tracing::debug!(from = %w.path.display(), to = %path.display(), "file renamed");
+                        w.path = path;
+                    }
+                    w.gone = false;
+                }
+                None => new.push((path, st)),
+            }
+        }
+        // Files with a saved checkpoint first: one that no longer holds
+        // leaves the former content its copy (another new file) continues.
+        new.sort_by_key(|(_, st)| !self.saved.contains_key(&(st.dev, st.ino)));
+        for (path, st) in new {
+            self.open(path, st, initial);
         }
         for w in self.files.values_mut() {
             if !seen.contains(&(w.dev, w.ino)) && !w.gone {
@@ -426,68 +556,58 @@ impl FileSource {
         self.counters.m.files_open.set(self.files.len() as i64);
     }
 
-    fn watch_dir_of(&mut self, pattern: &str) {
-        let Some(watcher) = self._watcher.as_mut() else { return };
-        // The longest directory prefix without glob characters.
-        let mut dir = PathBuf::new();
-        for comp in Path::new(pattern).components() {
-            let s = comp.as_os_str().to_string_lossy();
-            if s.contains(['*', '?', '[', '{']) {
-                break;
-            }
-            dir.push(comp);
-        }
-        if dir.as_os_str().is_empty() || dir.is_file() {
-            dir = dir.parent().map(Path::to_path_buf).unwrap_or_default();
-        }
-        if dir.as_os_str().is_empty() || self.watched_dirs.contains(&dir) || !dir.is_dir() {
-            return;
-        }
-        use notify::Watcher;
-        let mode = if pattern.contains("**") {
-            notify::RecursiveMode::Recursive
-        } else {
-            notify::RecursiveMode::NonRecursive
-        };
-        if watcher.watch(&dir, mode).is_ok() {
-            self.watched_dirs.insert(dir);
-        }
-    }
-
-    fn open(&mut self, path: PathBuf, key: (u64, u64), size: u64, initial: bool) {
-        let file = match File::open(&path) {
+    fn open(&mut self, path: PathBuf, st: Stat, initial: bool) {
+        let key = (st.dev, st.ino);
+        let file = match self.world.open(&path) {
             Ok(f) => f,
             Err(e) => {
                 tracing::warn!(file = %path.display(), error = %e, "cannot open file");
                 return;
             }
         };
-        let head = read_head(&file, size);
+        let size = st.len;
+        let head = read_head(&self.world, &file, size);
         let fp = fingerprint_of(&head);
-        // Our own checkpoint of this very file comes first; copy detection
-        // only applies to files we have no record of.
+        // Our own checkpoint of this very file comes first, if it still holds.
         let saved = self.saved.remove(&key);
-        let start = match saved {
-            Some(cp) if cp.offset <= size && fingerprint_matches(&file, size, cp.fingerprint) => cp.offset,
-            saved => match self.classify_copy(key, &head, size, &path, initial) {
-                Some(Identity::Wait) => return,
-                Some(Identity::Start(offset)) => offset,
-                None => match saved {
-                    Some(cp) => {
-                        // Same inode, other content: reused inode or truncated
-                        // while we were down. Its copy, if any, continues the
-                        // old offset.
-                        self.truncated.push((cp.fingerprint, cp.offset, None));
-                        0
+        let had_checkpoint = saved.is_some();
+        let start = match &saved {
+            Some(cp) if holds(&self.world, &file, size, &cp.position()) => Some(Continue::at(cp.position())),
+            _ => match self.classify(key, &file, &head, size) {
+                Some(Verdict::Wait) => {
+                    // Keep its checkpoint until it is decided.
+                    if let Some(cp) = saved {
+                        self.saved.insert(key, cp);
                     }
-                    None if initial && self.cfg.read_from == ReadFrom::End => size,
-                    None => 0,
-                },
+                    return;
+                }
+                Some(Verdict::Continue(c)) => Some(c),
+                None => None,
             },
         };
+        if let Some(cp) = saved.filter(|_| start.is_none()) {
+            // Same inode, other content: reused, or truncated while we were
+            // down. A copy of the content it had continues where it was.
+            tracing::info!(file = %path.display(), offset = cp.offset, "file no longer holds its checkpoint (truncated or replaced); reading it from the start");
+            self.remember(Former {
+                head: cp.fingerprint,
+                head_bytes: None,
+                points: vec![(cp.position(), None)],
+                durable: cp.position(),
+            });
+        }
+        let from_end = initial && !had_checkpoint && self.cfg.read_from == ReadFrom::End;
+        let start = start.unwrap_or_else(|| {
+            let offset = if from_end { size } else { 0 };
+            Continue::at(Position {
+                offset,
+                head: fp,
+                tail: tail_at(&self.world, &file, offset).unwrap_or(UNREADABLE),
+            })
+        });
         // Too few bytes to tell a new file from a copy that is being
         // written: decide when it has grown (see `read_file_inner`).
-        let identity_pending = !initial && start == 0 && (size as usize) < FINGERPRINT_BYTES;
+        let identity_pending = !initial && start.read_from().offset == 0 && (size as usize) < FINGERPRINT_BYTES;
         self.deferred.remove(&key);
         let parser = match Parser::new(&self.cfg.parser_options()) {
             Ok(p) => p,
@@ -514,101 +634,228 @@ impl FileSource {
                 f
             }
         };
-        tracing::debug!(file = %path.display(), offset = start, "tailing file");
-        self.by_key.insert(key, stream);
-        self.files.insert(
+        tracing::debug!(file = %path.display(), offset = start.read_from().offset, "tailing file");
+        let now = self.world.now();
+        let mut w = Watched {
             stream,
-            Watched {
-                stream,
-                path,
-                file,
-                dev: key.0,
-                ino: key.1,
-                fp,
-                head,
-                read_pos: start,
-                consumed: start,
-                lines_to: start,
-                splitter: LineSplitter::new(self.cfg.max_line_size.as_u64() as usize),
-                parser,
-                tracker: AckTracker::new(start, fp),
-                idle_since: None,
-                settled_at: Instant::now(),
-                gone: false,
-                size,
-                labels,
-                identity_pending,
-                fields,
-            },
-        );
+            path,
+            file,
+            dev: key.0,
+            ino: key.1,
+            fp,
+            head,
+            read_pos: 0,
+            consumed: 0,
+            mark: start.durable,
+            recent: std::collections::VecDeque::new(),
+            lines_to: 0,
+            splitter: LineSplitter::new(self.cfg.max_line_size.as_u64() as usize),
+            parser,
+            tracker: AckTracker::new(start.durable),
+            idle_since: None,
+            settled_at: now,
+            gone: false,
+            size,
+            labels,
+            identity_pending,
+            fields,
+        };
+        self.start_at(&mut w, start);
+        self.by_key.insert(key, stream);
+        self.files.insert(stream, w);
         self.checkpoints_dirty = true;
     }
 
-    /// Is a new file (first bytes `head`) a copy of a truncated or a live
-    /// file? `None` when it is not.
-    fn classify_copy(
-        &mut self,
-        key: (u64, u64),
-        head: &[u8],
-        size: u64,
-        path: &Path,
-        initial: bool,
-    ) -> Option<Identity> {
-        if self.cx.exit_on_eof {
-            // A backfill reads what is there; nothing is being rotated.
-            return None;
+    /// Positions `w` at `c`: reading resumes where `c` says, the checkpoint
+    /// at `c.durable`, moving through `c.pending` as the original's batches
+    /// are released.
+    fn start_at(&mut self, w: &mut Watched<W::File>, c: Continue) {
+        let from = c.read_from().offset;
+        w.read_pos = from;
+        w.consumed = from;
+        w.lines_to = from;
+        w.tracker = AckTracker::new(c.durable);
+        w.mark = c.durable;
+        w.recent.clear();
+        for (at, from) in c.pending {
+            let seq = w.push_mark(at);
+            self.links.push(Link {
+                from,
+                to: (w.stream, seq),
+            });
         }
-        let truncated = self
-            .truncated
-            .iter()
-            .enumerate()
-            .map(|(i, (t, _, h))| (i, relation(head, *t, h.as_deref())))
-            .find(|(_, r)| *r != Relation::Unrelated);
-        if let Some((i, rel)) = truncated {
-            let offset = self.truncated[i].1;
-            if (rel == Relation::MaybeCopy || size < offset) && self.defer(key, COPY_WAIT) {
-                return Some(Identity::Wait);
-            }
-            self.deferred.remove(&key);
-            if rel != Relation::Copy {
-                return None;
-            }
-            self.truncated.swap_remove(i);
-            tracing::info!(file = %path.display(), offset, "file is the copy of a truncated file; continuing where it was");
-            return Some(Identity::Start(offset.min(size)));
+    }
+
+    fn remember(&mut self, f: Former) {
+        if self.formers.iter().any(|o| o.points.last() == f.points.last()) {
+            return;
         }
-        if initial {
-            // Files present at start-up are not copies in progress.
-            return None;
+        if self.formers.len() >= MAX_FORMERS {
+            self.formers.remove(0);
         }
-        let live = self
+        self.formers.push(f);
+    }
+
+    /// Is a new file (first bytes `head`) the copy of a former or a live
+    /// file's content? `None` when it is not (read it from its start).
+    fn classify(&mut self, key: (u64, u64), file: &W::File, head: &[u8], size: u64) -> Option<Verdict> {
+        let mut in_progress = false;
+        // A live file with the same first bytes may have been truncated
+        // since we last read it (copytruncate: copy, then truncate): look
+        // now, so its former content is known before deciding.
+        let same_head: Vec<u64> = self
             .files
             .values()
-            .filter(|w| !w.gone && (w.dev, w.ino) != key)
-            .map(|w| (w.consumed, relation(head, w.fp, Some(&w.head))))
-            .find(|(_, r)| *r != Relation::Unrelated);
-        if let Some((consumed, rel)) = live {
-            // A copy of a live file (copytruncate in progress): give the
-            // truncation time to show, then continue from the live file's
-            // position (a plain `cp` of a live log).
-            let wait = if rel == Relation::Copy {
-                LIVE_COPY_WAIT
-            } else {
-                COPY_WAIT
-            };
-            if self.defer(key, wait) {
-                return Some(Identity::Wait);
+            .filter(|w| (w.dev, w.ino) != key && relation(head, w.fp, Some(&w.head)) != Relation::Unrelated)
+            .map(|w| w.stream)
+            .collect();
+        for stream in same_head {
+            if let Some(mut w) = self.files.remove(&stream) {
+                let r = if self.was_truncated(&mut w) {
+                    self.on_truncated(&mut w)
+                } else {
+                    Ok(())
+                };
+                self.files.insert(stream, w);
+                if r.is_err() {
+                    return Some(Verdict::Wait);
+                }
             }
-            self.deferred.remove(&key);
-            return (rel == Relation::Copy).then(|| Identity::Start(consumed.min(size)));
+        }
+        // Former contents, newest first; then live files with the same head
+        // (a copy of one not truncated yet, or ever: a plain `cp`). A copy
+        // that holds an older batch end but is shorter than the newest one
+        // may still be being written: wait for it to grow (continuing at the
+        // older end would repeat what the original delivered since), and take
+        // the older one only once the wait is over.
+        let mut fallback = None;
+        for i in (0..self.formers.len()).rev() {
+            let f = &self.formers[i];
+            match relation(head, f.head, f.head_bytes.as_deref()) {
+                Relation::Unrelated => continue,
+                Relation::MaybeCopy => in_progress = true,
+                Relation::SameHead => {
+                    let short = f.points.last().is_some_and(|p| size < p.0.offset);
+                    in_progress |= short;
+                    if fallback.is_none() && holds(&self.world, file, size, &f.durable) {
+                        fallback = Some(i);
+                    }
+                    if let Some(j) = self.best_point(file, size, &f.points) {
+                        if !short || !self.still_waiting(key) {
+                            let f = self.formers.remove(i);
+                            self.deferred.remove(&key);
+                            return Some(Verdict::Continue(self.continuation(
+                                file,
+                                size,
+                                &f.points[..=j],
+                                f.durable,
+                            )));
+                        }
+                    }
+                }
+            }
+        }
+        let live: Vec<(Vec<Point>, Position)> = self
+            .files
+            .values()
+            .filter(|w| (w.dev, w.ino) != key && !w.gone && relation(head, w.fp, Some(&w.head)) != Relation::Unrelated)
+            .map(|w| (w.points(), w.tracker.acked()))
+            .collect();
+        for (points, acked) in live {
+            let short = points.last().is_some_and(|p| size < p.0.offset);
+            in_progress |= short;
+            if let Some(j) = self.best_point(file, size, &points).filter(|&j| points[j].0.offset > 0) {
+                if !short || !self.still_waiting(key) {
+                    self.deferred.remove(&key);
+                    return Some(Verdict::Continue(self.continuation(file, size, &points[..=j], acked)));
+                }
+            }
+        }
+        if in_progress && self.defer(key, COPY_WAIT) {
+            return Some(Verdict::Wait);
         }
         self.deferred.remove(&key);
-        None
+        let f = self.formers.remove(fallback?);
+        tracing::info!(
+            offset = f.durable.offset,
+            "file is a copy of a truncated file's delivered part; continuing there"
+        );
+        Some(Verdict::Continue(Continue::at(f.durable)))
+    }
+
+    /// True while a file that may be a copy being written is within its wait.
+    fn still_waiting(&mut self, key: (u64, u64)) -> bool {
+        self.defer(key, COPY_WAIT)
+    }
+
+    /// Index of the furthest of `points` the file holds.
+    fn best_point(&self, file: &W::File, size: u64, points: &[Point]) -> Option<usize> {
+        (0..points.len())
+            .rev()
+            .filter(|&i| points[i].0.offset <= size)
+            .find(|&i| holds(&self.world, file, size, &points[i].0))
+    }
+
+    /// Where a copy holding the last of `points` (batch ends of its
+    /// original, oldest first) starts. Its checkpoint starts at the furthest
+    /// point already released (or `durable`, the original's acknowledged
+    /// position, when further and held by the copy; else 0) and follows the
+    /// original's batches from there. If one of them failed, the copy reads
+    /// from the checkpoint: what was not delivered is read again from it.
+    fn continuation(&self, file: &W::File, size: u64, points: &[Point], durable: Position) -> Continue {
+        let Some(&(at, _)) = points.last() else {
+            return Continue::at(durable);
+        };
+        let zero = Position {
+            offset: 0,
+            head: at.head,
+            tail: Fingerprint::default(),
+        };
+        let mut start = if durable.offset <= at.offset && holds(&self.world, file, size, &durable) {
+            durable
+        } else {
+            zero
+        };
+        let mut pending = Vec::new();
+        for &(p, hold) in points {
+            match hold.map(|h| (h, self.hold_state(h))) {
+                None | Some((_, Some(true))) => {
+                    if p.offset >= start.offset && holds(&self.world, file, size, &p) {
+                        start = p;
+                    }
+                    pending.clear();
+                }
+                Some((_, Some(false))) => {
+                    tracing::info!(
+                        offset = start.offset,
+                        "file is a copy of undelivered content; reading it from there"
+                    );
+                    return Continue::at(start);
+                }
+                Some((h, None)) if p.offset > start.offset => pending.push((p, h)),
+                Some(_) => {}
+            }
+        }
+        tracing::info!(
+            offset = at.offset,
+            durable = start.offset,
+            "file is a copy; continuing where its original was read to"
+        );
+        Continue {
+            durable: start,
+            pending,
+        }
     }
 
     /// Starts or continues waiting on a file; true while it should wait.
+    /// A backfill (`--exit-on-eof`) never waits: nothing is being rotated.
     fn defer(&mut self, key: (u64, u64), max: Duration) -> bool {
-        self.deferred.entry(key).or_insert_with(Instant::now).elapsed() < max
+        if self.cx.exit_on_eof {
+            return false;
+        }
+        let now = self.world.now();
+        let since = *self.deferred.entry(key).or_insert(now);
+        now.saturating_duration_since(since) < max
     }
 
     /// Reads a fair share of every file; true if any data was read.
@@ -630,41 +877,38 @@ impl FileSource {
         result
     }
 
-    fn read_file_inner(&mut self, w: &mut Watched) -> Result<bool, SourceError> {
-        let meta = match w.file.metadata() {
-            Ok(m) => m,
+    fn read_file_inner(&mut self, w: &mut Watched<W::File>) -> Result<bool, SourceError> {
+        let st = match self.world.fstat(&w.file) {
+            Ok(st) => st,
             Err(_) => return Ok(false),
         };
-        w.size = meta.len();
-        if meta.nlink() == 0 {
+        w.size = st.len;
+        if st.nlink == 0 {
             w.gone = true;
         }
         if w.identity_pending {
             if w.size == 0 {
                 return Ok(false);
             }
-            let head = read_head(&w.file, w.size);
-            match self.classify_copy((w.dev, w.ino), &head, w.size, &w.path, false) {
-                Some(Identity::Wait) => return Ok(false),
-                Some(Identity::Start(offset)) => {
+            let head = read_head(&self.world, &w.file, w.size);
+            match self.classify((w.dev, w.ino), &w.file, &head, w.size) {
+                Some(Verdict::Wait) => return Ok(false),
+                Some(Verdict::Continue(c)) => {
                     w.head = head;
                     w.fp = fingerprint_of(&w.head);
-                    w.read_pos = offset;
-                    w.consumed = offset;
-                    w.lines_to = offset;
-                    w.tracker = AckTracker::new(offset, w.fp);
+                    self.start_at(w, c);
                 }
                 None => {}
             }
             w.identity_pending = false;
         }
-        if w.size < w.read_pos || !self.same_start(w) {
+        if self.was_truncated(w) {
             self.on_truncated(w)?;
         }
         let mut read_total = 0u64;
-        let read_time = now_ms();
+        let read_time = self.world.wall_ms();
         while read_total < FAIR_SHARE {
-            let n = match w.file.read_at(&mut self.chunk, w.read_pos) {
+            let n = match self.world.read_at(&w.file, &mut self.chunk, w.read_pos) {
                 Ok(0) => break,
                 Ok(n) => n,
                 Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
@@ -693,19 +937,20 @@ impl FileSource {
             }
             self.chunk = chunk;
             if w.fp.len < FINGERPRINT_BYTES as u32 && w.read_pos > w.fp.len as u64 {
-                w.head = read_head(&w.file, w.read_pos);
+                w.head = read_head(&self.world, &w.file, w.read_pos);
                 w.fp = fingerprint_of(&w.head);
             }
             if self.records.buf.len() >= BATCH_BYTES {
                 self.send_batch(w)?;
             }
         }
+        let now = self.world.now();
         if read_total > 0 {
             self.counters.m.received_bytes.inc_by(read_total);
             w.idle_since = None;
             self.send_batch(w)?;
         } else if w.idle_since.is_none() {
-            w.idle_since = Some(Instant::now());
+            w.idle_since = Some(now);
         }
         let m = &self.cx.metrics;
         m.file_read_offset.get_or_create(&w.labels).set(w.read_pos as i64);
@@ -714,8 +959,7 @@ impl FileSource {
             .set(w.size.saturating_sub(w.read_pos) as i64);
         m.file_checkpoint_lag
             .get_or_create(&w.labels)
-            .set(w.size.saturating_sub(w.tracker.acked().0) as i64);
-        let now = Instant::now();
+            .set(w.size.saturating_sub(w.tracker.acked().offset) as i64);
         if w.tracker.unsettled() == 0 {
             w.settled_at = now;
         }
@@ -725,38 +969,69 @@ impl FileSource {
         Ok(read_total > 0)
     }
 
-    /// Does the file still start with the bytes we fingerprinted?
-    fn same_start(&self, w: &Watched) -> bool {
-        w.fp.len == 0 || fingerprint_matches(&w.file, w.size, w.fp)
+    /// Does the file no longer hold what we read: shorter than the read
+    /// position, other first bytes, or other bytes before the last batch's
+    /// end (truncated and regrown past it with the same first bytes).
+    fn was_truncated(&self, w: &mut Watched<W::File>) -> bool {
+        if let Ok(st) = self.world.fstat(&w.file) {
+            w.size = st.len;
+        }
+        let here = Position {
+            offset: w.mark.offset.min(w.read_pos),
+            head: w.fp,
+            tail: if w.mark.offset <= w.read_pos {
+                w.mark.tail
+            } else {
+                Fingerprint::default()
+            },
+        };
+        w.size < w.read_pos || !holds(&self.world, &w.file, w.size, &here)
     }
 
-    fn on_truncated(&mut self, w: &mut Watched) -> Result<(), SourceError> {
+    fn on_truncated(&mut self, w: &mut Watched<W::File>) -> Result<(), SourceError> {
         tracing::info!(file = %w.path.display(), was = w.read_pos, now = w.size, "file truncated; reading it from the start");
         // Lines already parsed belong to the old content: send them first.
         self.send_batch(w)?;
-        self.truncated
-            .push((w.fp, w.consumed, Some(std::mem::take(&mut w.head))));
-        if self.truncated.len() > 64 {
-            self.truncated.remove(0);
-        }
+        self.remember(Former {
+            head: w.fp,
+            head_bytes: Some(std::mem::take(&mut w.head)),
+            points: w.points(),
+            durable: w.tracker.acked(),
+        });
+        w.recent.clear();
         w.splitter.reset();
         w.parser.reset_held();
         w.read_pos = 0;
         w.consumed = 0;
         w.lines_to = 0;
-        w.head = read_head(&w.file, w.size);
+        w.head = read_head(&self.world, &w.file, w.size);
         w.fp = fingerprint_of(&w.head);
+        w.mark = Position {
+            offset: 0,
+            head: w.fp,
+            tail: Fingerprint::default(),
+        };
         Ok(())
+    }
+
+    /// The position at `w.consumed`: where a batch sent now ends.
+    fn position_here(&self, w: &Watched<W::File>) -> Position {
+        Position {
+            offset: w.consumed,
+            head: w.fp,
+            tail: tail_at(&self.world, &w.file, w.consumed).unwrap_or(UNREADABLE),
+        }
     }
 
     /// Sends the records parsed so far, with an ack token covering
     /// everything up to `w.consumed`.
-    fn send_batch(&mut self, w: &mut Watched) -> Result<(), SourceError> {
+    fn send_batch(&mut self, w: &mut Watched<W::File>) -> Result<(), SourceError> {
         if self.records.is_empty() {
             // Lines that produced no record (empty lines) are still consumed:
             // track an empty batch so the checkpoint can pass them.
-            if w.consumed != w.tracker_end() {
-                let seq = w.tracker.push(w.consumed, w.fp);
+            if w.consumed != w.mark.offset {
+                let at = self.position_here(w);
+                let seq = w.push_mark(at);
                 w.tracker.ack(seq, true);
                 self.checkpoints_dirty = true;
             }
@@ -772,7 +1047,8 @@ impl FileSource {
         let count = records.len() as u64;
         tracing::trace!(file = %w.path.display(), records = count, end = w.consumed, read_pos = w.read_pos, "sending batch");
         let bytes = records.buf.len().min(self.cx.memory_limit).max(1);
-        let seq = w.tracker.push(w.consumed, w.fp);
+        let at = self.position_here(w);
+        let seq = w.push_mark(at);
         let ack = AckToken::with_records(w.stream, seq, count as u32, self.ack_tx.clone());
         let memory = self.cx.memory.clone();
         let force = self.cx.force.clone();
@@ -812,6 +1088,7 @@ impl FileSource {
         self.flush_partials(false)?;
         let rotate_wait = self.cfg.rotate_wait;
         let exit = self.cx.exit_on_eof;
+        let now = self.world.now();
         let done: Vec<u64> = self
             .files
             .values()
@@ -820,7 +1097,10 @@ impl FileSource {
                     && !w.splitter.has_pending()
                     && !w.parser.has_held()
                     && w.tracker.unsettled() == 0
-                    && w.idle_since.is_some_and(|t| exit || t.elapsed() >= rotate_wait)
+                    // A failed batch keeps the file (and its checkpoint)
+                    // until the next start reads it again.
+                    && !w.tracker.has_failed()
+                    && w.idle_since.is_some_and(|t| exit || now.saturating_duration_since(t) >= rotate_wait)
             })
             .map(|w| w.stream)
             .collect();
@@ -837,6 +1117,7 @@ impl FileSource {
                 self.checkpoints_dirty = true;
             }
         }
+        self.settle_links();
         self.counters.m.files_open.set(self.files.len() as i64);
         Ok(())
     }
@@ -851,13 +1132,16 @@ impl FileSource {
         let cutoff = if all {
             i64::MAX
         } else {
-            now_ms().saturating_sub(timeout.as_millis() as i64)
+            self.world.wall_ms().saturating_sub(timeout.as_millis() as i64)
         };
+        let now = self.world.now();
         let streams: Vec<(u64, bool)> = self
             .files
             .values()
             .filter_map(|w| {
-                let quiet = all || w.idle_since.is_some_and(|t| t.elapsed() >= timeout);
+                let quiet = all
+                    || w.idle_since
+                        .is_some_and(|t| now.saturating_duration_since(t) >= timeout);
                 if quiet && (w.splitter.has_pending() || w.parser.has_held()) {
                     Some((w.stream, true))
                 } else if w.parser.has_held_since(cutoff) {
@@ -871,7 +1155,7 @@ impl FileSource {
             let Some(mut w) = self.files.remove(&stream) else {
                 continue;
             };
-            let read_time = now_ms();
+            let read_time = self.world.wall_ms();
             {
                 let records = &mut self.records;
                 let counters = &self.counters;
@@ -907,26 +1191,47 @@ impl FileSource {
     fn save_checkpoints(&mut self) {
         let mut all: Vec<Checkpoint> = self.saved.values().cloned().collect();
         for w in self.files.values() {
-            let (offset, fingerprint) = w.tracker.acked();
+            let at = w.tracker.acked();
             all.push(Checkpoint {
                 dev: w.dev,
                 ino: w.ino,
-                fingerprint,
-                offset,
+                fingerprint: at.head,
+                offset: at.offset,
+                tail: at.tail,
                 path: w.path.display().to_string(),
             });
         }
-        match self.store.save(&all) {
+        match self.world.save_checkpoints(&all) {
             Ok(()) => self.checkpoints_dirty = false,
             Err(e) => tracing::warn!(error = %e, "cannot save checkpoints; will retry"),
         }
     }
 }
 
-impl Watched {
-    /// End offset of the last batch registered with the tracker.
-    fn tracker_end(&self) -> u64 {
-        self.tracker.last_pushed().unwrap_or(self.tracker.acked().0)
+impl<F> Watched<F> {
+    /// Registers a batch ending at `at` with the tracker.
+    fn push_mark(&mut self, at: Position) -> u64 {
+        let seq = self.tracker.push(at);
+        self.mark = at;
+        if self.recent.len() >= MAX_POINTS {
+            self.recent.pop_front();
+        }
+        self.recent.push_back((at, seq));
+        seq
+    }
+
+    /// The recent batch ends, each with the batch to wait for unless it is
+    /// already released; with none, the acknowledged position.
+    fn points(&self) -> Vec<Point> {
+        let mut points: Vec<Point> = self
+            .recent
+            .iter()
+            .map(|&(at, seq)| (at, (!self.tracker.released(seq)).then_some((self.stream, seq))))
+            .collect();
+        if points.is_empty() {
+            points.push((self.mark, None));
+        }
+        points
     }
 }
 
@@ -1010,79 +1315,6 @@ fn push_record(records: &mut Records, counters: &SourceCounters, start: usize, p
         }
     }
     records.push_written(start, parsed.ts_ms, mask);
-}
-
-/// First bytes of a file (up to `FINGERPRINT_BYTES`).
-fn read_head(file: &File, size: u64) -> Vec<u8> {
-    let len = (size as usize).min(FINGERPRINT_BYTES);
-    let mut buf = vec![0u8; len];
-    if read_exact_at(file, &mut buf) { buf } else { Vec::new() }
-}
-
-fn fingerprint_of(head: &[u8]) -> Fingerprint {
-    Fingerprint {
-        crc: crc32fast::hash(head),
-        len: head.len() as u32,
-    }
-}
-
-/// How a new file's first bytes relate to a known file's.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Relation {
-    /// Starts with the same (long enough) bytes: a copy.
-    Copy,
-    /// Shorter than the known head and equal so far: maybe a copy in progress.
-    MaybeCopy,
-    Unrelated,
-}
-
-fn relation(new_head: &[u8], fp: Fingerprint, known_head: Option<&[u8]>) -> Relation {
-    if fp.len < MIN_COPY_FINGERPRINT || new_head.is_empty() {
-        return Relation::Unrelated;
-    }
-    let n = fp.len as usize;
-    if new_head.len() >= n {
-        return if crc32fast::hash(&new_head[..n]) == fp.crc {
-            Relation::Copy
-        } else {
-            Relation::Unrelated
-        };
-    }
-    match known_head {
-        Some(h) if h.starts_with(new_head) => Relation::MaybeCopy,
-        _ => Relation::Unrelated,
-    }
-}
-
-fn fingerprint_matches(file: &File, size: u64, fp: Fingerprint) -> bool {
-    if fp.len == 0 {
-        return true;
-    }
-    if size < fp.len as u64 {
-        return false;
-    }
-    let mut buf = vec![0u8; fp.len as usize];
-    read_exact_at(file, &mut buf) && crc32fast::hash(&buf) == fp.crc
-}
-
-fn read_exact_at(file: &File, buf: &mut [u8]) -> bool {
-    let mut off = 0;
-    while off < buf.len() {
-        match file.read_at(&mut buf[off..], off as u64) {
-            Ok(0) => return false,
-            Ok(n) => off += n,
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
-            Err(_) => return false,
-        }
-    }
-    true
-}
-
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
 }
 
 #[cfg(test)]
