@@ -3,6 +3,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -234,6 +235,31 @@ fn init_logging(format: LogFormat) {
     }
 }
 
+/// After `drain_timeout` the stop becomes forced (sources save checkpoints,
+/// sinks are aborted); this long after that the process exits whatever is
+/// still running, so a stop always ends within `drain_timeout` + 1 s.
+const FORCE_GRACE: Duration = Duration::from_millis(900);
+
+/// Exits the process `after` from now if it is still running then: the last
+/// resort of the drain bound, on a plain thread so that a wedged runtime or a
+/// blocking call cannot hold it. Checkpoints only ever hold acknowledged
+/// offsets, so exiting here repeats records at the next start, never loses
+/// them.
+fn backstop(after: Duration) {
+    let spawned = std::thread::Builder::new()
+        .name("drain-backstop".into())
+        .spawn(move || {
+            std::thread::sleep(after);
+            tracing::error!(
+                "the drain did not finish after drain_timeout; exiting now (checkpoints hold only delivered offsets)"
+            );
+            std::process::exit(0);
+        });
+    if let Err(e) = spawned {
+        tracing::warn!(error = %e, "cannot start the drain backstop");
+    }
+}
+
 fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -270,16 +296,27 @@ fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
             let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
                 return;
             };
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-            shutdown.cancel();
+            // A stop is a signal or `exit_when` (lifecycle.rs).
+            tokio::select! {
+                _ = term.recv() => shutdown.cancel(),
+                _ = int.recv() => shutdown.cancel(),
+                _ = shutdown.cancelled() => {}
+            }
+            backstop(timeout + FORCE_GRACE);
             tracing::info!(
                 drain_quiet = %humantime::format_duration(quiet),
                 drain_timeout = %humantime::format_duration(timeout),
                 "stop requested: reading until the inputs are quiet, then flushing sinks and saving checkpoints (signal again to stop at once)"
             );
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+            tokio::select! {
+                _ = term.recv() => tracing::warn!("second signal: saving checkpoints and exiting without waiting for sinks"),
+                _ = int.recv() => tracing::warn!("second signal: saving checkpoints and exiting without waiting for sinks"),
+                _ = tokio::time::sleep(timeout) => tracing::warn!(
+                    drain_timeout = %humantime::format_duration(timeout),
+                    "drain_timeout reached: saving checkpoints and exiting; what the sinks still hold is read again at the next start"
+                ),
+            }
             force.cancel();
-            tracing::warn!("second signal: saving checkpoints and exiting without waiting for sinks");
         });
         let result = running.wait().await;
         signals.abort();
