@@ -283,11 +283,13 @@ pub fn spawn(
         shared: shared.clone(),
         config: b.config,
         m: b.metrics.clone(),
+        gauges: b.gauges.clone(),
         stop: b.stop.clone(),
         dropping: false,
-        failing: false,
+        failing: None,
     };
     tasks.spawn(writer.run(input).instrument(span.clone()));
+    let gauges_for_acker = b.gauges.clone();
     let emitter = reader::Emitter {
         dir: b.dir.clone(),
         shared: shared.clone(),
@@ -312,6 +314,8 @@ pub fn spawn(
         pos: found.position,
         saved: found.position,
         failing: false,
+        saving: None,
+        gauges: gauges_for_acker,
     };
     tasks.spawn(acker.run(acks_rx).instrument(span));
     Ok(out_rx)
