@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame;
 use super::segment::{Position, save_position, segment_path};
-use super::{Shared, blocking};
+use super::{Outage, Shared, blocking};
 use crate::checkpoint::InOrder;
 use crate::event::{Ack, AckToken, Batch};
 use crate::metrics::{BufferMetrics, ComponentMetrics, io_reason};
@@ -342,8 +342,8 @@ pub(super) struct Acker {
     pub saved: Position,
     /// A burst of failed batches is logged once.
     pub failing: bool,
-    /// Since when the position cannot be saved (logged at start and end).
-    pub saving: Option<std::time::Instant>,
+    /// Failing position saves (logged at the start and the end).
+    pub saving: Outage,
     pub gauges: BufferMetrics,
 }
 
@@ -447,15 +447,14 @@ impl Acker {
         match saved {
             Ok(()) => {
                 self.saved = pos;
-                if let Some(since) = self.saving.take() {
-                    tracing::warn!(failed_for_s = since.elapsed().as_secs(), dir = %self.dir.display(),
+                if let Some((seconds, attempts)) = self.saving.ok() {
+                    tracing::warn!(failed_for_s = seconds, failed_attempts = attempts, dir = %self.dir.display(),
                         "disk buffer position saved again");
                 }
             }
             Err(e) => {
                 self.gauges.write_error(io_reason(&e));
-                if self.saving.is_none() {
-                    self.saving = Some(std::time::Instant::now());
+                if self.saving.failed() {
                     tracing::warn!(error = %e, dir = %self.dir.display(),
                         "cannot save the disk buffer position (retried each second); delivered segments are still deleted, and what was acknowledged since the last save may be re-delivered after a restart");
                 }

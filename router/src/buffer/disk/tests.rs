@@ -419,6 +419,19 @@ async fn drop_newest_drops_counts_and_releases_acks() {
     assert_eq!(got, (0..got.len() as u64).collect::<Vec<_>>(), "the oldest are kept");
 }
 
+#[test]
+fn an_outage_is_warned_once_and_flapping_within_a_minute_only_counted() {
+    let mut o = super::Outage::default();
+    assert!(o.failed(), "the first failure is told");
+    assert!(!o.failed());
+    assert_eq!(o.ok().map(|(_, attempts)| attempts), Some(2), "and its end");
+    assert_eq!(o.ok(), None);
+    // Failing again right after: counted by the caller, not told, and
+    // neither is its end.
+    assert!(!o.failed());
+    assert_eq!(o.ok(), None);
+}
+
 /// A multi-threaded runtime built on this thread, after a [`Tmpfs`] mount:
 /// its threads see the mount (`#[tokio::test]` builds one before).
 fn runtime() -> tokio::runtime::Runtime {

@@ -5,14 +5,14 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{Encoder, FRAME_TARGET, FrameSpan, HEADER_LEN};
 use super::segment::segment_path;
-use super::{Shared, blocking};
+use super::{Outage, Shared, blocking};
 use crate::buffer::{DiskBufferConfig, WhenFull};
 use crate::event::Batch;
 use crate::metrics::{BufferMetrics, ComponentMetrics, io_reason};
@@ -211,9 +211,8 @@ pub(super) struct Writer {
     pub stop: CancellationToken,
     /// A burst of drops (`drop_newest`) is logged once.
     pub dropping: bool,
-    /// Since when commits fail, and how many attempts failed (logged once
-    /// at the start, once at the end).
-    pub failing: Option<(Instant, u64)>,
+    /// Failing commits (logged at the start and the end).
+    pub failing: Outage,
 }
 
 /// Pause before a failed commit is tried again: doubles up to the maximum.
@@ -333,9 +332,9 @@ impl Writer {
             batches.drain(..done.batches.min(batches.len()));
             match r {
                 Ok(()) => {
-                    if let Some((since, attempts)) = self.failing.take() {
+                    if let Some((seconds, attempts)) = self.failing.ok() {
                         tracing::warn!(
-                            failed_for_s = since.elapsed().as_secs(),
+                            failed_for_s = seconds,
                             failed_attempts = attempts,
                             "disk buffer: writing again; the batches held are acknowledged"
                         );
@@ -345,13 +344,11 @@ impl Writer {
                     let reason = io_reason(&e);
                     self.m.sink_error("buffer_write");
                     self.gauges.write_error(reason);
-                    match &mut self.failing {
-                        Some((_, attempts)) => *attempts += 1,
-                        None => {
-                            tracing::warn!(error = %e, reason, batches = batches.len(),
-                                "cannot write to the disk buffer; its batches stay unacknowledged (the sources keep their checkpoints and stop reading when it is full) and the write is retried until it works");
-                            self.failing = Some((Instant::now(), 1));
-                        }
+                    if self.failing.failed() {
+                        tracing::warn!(error = %e, reason, batches = batches.len(),
+                            "cannot write to the disk buffer; its batches stay unacknowledged (the sources keep their checkpoints and stop reading when it is full) and the write is retried until it works (further outages within a minute are only counted)");
+                    } else {
+                        tracing::debug!(error = %e, reason, "disk buffer write failed again");
                     }
                     tokio::select! {
                         biased;
