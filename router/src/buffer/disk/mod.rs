@@ -49,6 +49,18 @@
 //! after it is delivered. (A damaged *last* frame of the newest segment cannot
 //! be told from a torn write and is counted as one.)
 //!
+//! **A full disk** (or any write error). A batch the writer could not make
+//! durable is neither acknowledged (that would lose it) nor failed (its
+//! source would hold its checkpoint, but read it again only after a
+//! restart, while everything after it flowed on): the writer cuts the
+//! half-written frame off and retries the batches until they are durable,
+//! taking no new input meanwhile, which is the same backpressure as
+//! `when_full = "block"`. Room comes back from outside or from the sink: a
+//! segment holding durable frames is finished after an error, so once the
+//! sink has taken them the acker can delete it, and it deletes delivered
+//! segments even when the position file cannot be saved. Only `stop` ends
+//! the retries (the batches are then failed: read again at the next start).
+//!
 //! **Space and memory.** `max_size` bounds the bytes on disk the sink has not
 //! acknowledged. When the next batch would pass it, `block` stops taking
 //! input (the sources then stop, as with a slow sink in memory) and
