@@ -18,7 +18,8 @@ use tokio_util::sync::CancellationToken;
 use crate::metrics::Metrics;
 
 /// Shared health state. Ready: the pipeline is up, no sink reports a
-/// permanent error, and deliveries are not stalled. Healthy (live): no
+/// permanent error, deliveries are not stalled, and every source can save
+/// its checkpoints. Healthy (live): no
 /// pipeline task has stopped on its own and deliveries have not been stalled
 /// for so long that only a restart can help (see `watchdog.rs`).
 #[derive(Debug, Default)]
@@ -32,6 +33,20 @@ pub struct Health {
     stopped: std::sync::Mutex<Vec<String>>,
     /// Written by the watchdog.
     stall: std::sync::Mutex<Stall>,
+    /// Sources whose checkpoint file cannot be saved (written by the
+    /// watchdog). Not ready: a restart now would repeat everything
+    /// delivered since the last good save, and the disk needs a look.
+    checkpoints: std::sync::Mutex<Vec<CheckpointFailing>>,
+}
+
+/// A source whose checkpoint saves fail, as the watchdog last saw it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckpointFailing {
+    pub component: String,
+    /// Since the first failed save.
+    pub seconds: u64,
+    /// The last failure's reason (`no_space`, `read_only`, ...).
+    pub reason: &'static str,
 }
 
 /// What the watchdog last saw.
@@ -85,6 +100,17 @@ impl Health {
         self.stall.lock().map(|s| *s).unwrap_or_default()
     }
 
+    pub fn set_checkpoints(&self, failing: Vec<CheckpointFailing>) {
+        if let Ok(mut c) = self.checkpoints.lock() {
+            *c = failing;
+        }
+    }
+
+    /// Sources whose checkpoints cannot be saved now.
+    pub fn failing_checkpoints(&self) -> Vec<CheckpointFailing> {
+        self.checkpoints.lock().map(|c| c.clone()).unwrap_or_default()
+    }
+
     /// Why the process should be restarted, if it should.
     pub fn unhealthy(&self) -> Option<String> {
         let stopped = self.stopped.lock().map(|s| s.clone()).unwrap_or_default();
@@ -118,6 +144,7 @@ impl Health {
         self.ready.load(Ordering::Acquire)
             && self.failing_sinks().is_empty()
             && !self.stall().stalled
+            && self.failing_checkpoints().is_empty()
             && self.unhealthy().is_none()
     }
 }
@@ -185,6 +212,12 @@ fn route<B>(req: Request<B>, metrics: &Metrics, health: &Health) -> Response<Ful
                     why.push(format!(
                         "no delivery for {} s with {} record(s) waiting",
                         stall.seconds, stall.waiting
+                    ));
+                }
+                for c in health.failing_checkpoints() {
+                    why.push(format!(
+                        "checkpoints of source {} not saved for {} s ({})",
+                        c.component, c.seconds, c.reason
                     ));
                 }
                 if let Some(u) = health.unhealthy() {
@@ -258,6 +291,27 @@ mod tests {
         assert_eq!(body, "unhealthy: no delivery for 700 s with 9 record(s) waiting\n");
         health.set_stall(Stall::default());
         assert_eq!(get("/healthz", &health).0, StatusCode::OK);
+    }
+
+    #[test]
+    fn checkpoints_that_cannot_be_saved_fail_readyz_with_the_source_and_reason() {
+        let health = Health::default();
+        health.ready.store(true, Ordering::Release);
+        health.set_checkpoints(vec![CheckpointFailing {
+            component: "app".into(),
+            seconds: 12,
+            reason: "no_space",
+        }]);
+        let (status, body) = get("/readyz", &health);
+        assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+        assert_eq!(
+            body,
+            "not ready: checkpoints of source app not saved for 12 s (no_space)\n"
+        );
+        // Live all the same: a restart would not give the disk room.
+        assert_eq!(get("/healthz", &health).0, StatusCode::OK);
+        health.set_checkpoints(Vec::new());
+        assert_eq!(get("/readyz", &health), (StatusCode::OK, "ready\n".to_string()));
     }
 
     #[test]

@@ -13,14 +13,38 @@
 //! have the CRC they had when it was saved (`tail`), so neither a reused inode,
 //! a copytruncate nor a file regrown with the same first bytes is mistaken for
 //! the file we had read.
+//!
+//! When the disk fails under it, the checkpoint errs towards repeating:
+//! - **A save that fails** (`data_dir` full or read-only) leaves the last good
+//!   file as it was and no temp file behind; reading and delivery go on, the
+//!   save is retried, and [`SaveHealth`] tells the operator once per outage
+//!   (a warning when it starts and when it ends, a counter per attempt, and
+//!   `/readyz` failing meanwhile). Why keep delivering: the checkpoint only
+//!   bounds what a restart repeats; stopping would turn a full disk into an
+//!   outage of every sink.
+//! - **A file that cannot be parsed at start-up** means the positions are
+//!   lost. They are never guessed, and never taken as "no file was seen",
+//!   which `read_from = "end"` would turn into skipping data: the load
+//!   reports [`CheckpointError::Corrupt`], and the file source reads every
+//!   file it finds from its start (duplicates, logged and counted). The
+//!   damaged file stays in place until the first good save replaces it (a
+//!   copy is kept as `<source>.json.corrupt`), so a crash before that save
+//!   recovers the same way again.
+//! - **A temp file from a save cut short** is not a checkpoint: beside a
+//!   checkpoint file it is removed unread. Alone, it is the first save of a
+//!   run that crashed between writing and renaming: complete (it parses) it
+//!   is renamed into place, otherwise the positions are lost as above.
 
 use std::collections::VecDeque;
 use std::fs;
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use thiserror::Error;
+
+use crate::metrics::{CheckpointMetrics, SaveFailure, io_reason};
 
 #[derive(Debug, Error)]
 pub enum CheckpointError {
@@ -28,6 +52,23 @@ pub enum CheckpointError {
     Write { path: PathBuf, source: std::io::Error },
     #[error("cannot read checkpoints {path}: {source}")]
     Read { path: PathBuf, source: std::io::Error },
+    /// The positions are lost; `path` stays until the next good save.
+    #[error("checkpoint file {path} is corrupt ({detail}); a copy is kept as {copy}")]
+    Corrupt {
+        path: PathBuf,
+        copy: PathBuf,
+        detail: String,
+    },
+}
+
+impl CheckpointError {
+    /// The `reason` label of a failed save or load.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CheckpointError::Write { source, .. } | CheckpointError::Read { source, .. } => io_reason(source),
+            CheckpointError::Corrupt { .. } => "corrupt",
+        }
+    }
 }
 
 /// Fingerprint of a file's first bytes.
@@ -96,29 +137,70 @@ impl CheckpointStore {
         &self.path
     }
 
-    /// Loads the saved checkpoints; a missing file is an empty set. A corrupt
-    /// file is moved aside (and reported) rather than stopping the router:
-    /// re-reading is safer than not reading.
+    /// Loads the saved checkpoints; a missing file is an empty set. A file
+    /// that does not parse is [`CheckpointError::Corrupt`] (see the module
+    /// doc for what the source makes of it); so is a lone temp file that does
+    /// not parse. A temp file beside the checkpoint file is removed.
     pub fn load(&self) -> Result<Vec<Checkpoint>, CheckpointError> {
-        let data = match fs::read(&self.path) {
-            Ok(d) => d,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => {
-                return Err(CheckpointError::Read {
-                    path: self.path.clone(),
-                    source,
-                });
-            }
+        let tmp = tmp_path(&self.path);
+        let Some(data) = self.read(&self.path)? else {
+            return match self.read(&tmp)? {
+                None => Ok(Vec::new()),
+                Some(data) => match parse(&data) {
+                    Ok(files) => {
+                        // The first save of a run that crashed before its
+                        // rename: finish it.
+                        tracing::info!(path = %self.path.display(),
+                            "completing a checkpoint save cut short by a crash (temp file complete)");
+                        sync_rename(&tmp, &self.path).map_err(|source| CheckpointError::Write {
+                            path: self.path.clone(),
+                            source,
+                        })?;
+                        Ok(files)
+                    }
+                    Err(e) => Err(self.corrupt(
+                        &tmp,
+                        format!("only a temp file from a save cut short, not parsable: {e}"),
+                    )),
+                },
+            };
         };
-        match serde_json::from_slice::<CheckpointFile>(&data) {
-            Ok(f) => Ok(f.files),
-            Err(e) => {
-                let aside = self.path.with_extension("json.corrupt");
-                tracing::warn!(path = %self.path.display(), error = %e, moved_to = %aside.display(),
-                    "checkpoint file is corrupt; files will be read from their start");
-                let _ = fs::rename(&self.path, &aside);
-                Ok(Vec::new())
+        if tmp.exists() {
+            // A save cut short by a crash: the checkpoint file is the last
+            // complete one.
+            match fs::remove_file(&tmp) {
+                Ok(()) => tracing::info!(path = %tmp.display(),
+                    "removed the temp file of a checkpoint save cut short by a crash; the checkpoint file beside it is used"),
+                Err(e) => tracing::warn!(path = %tmp.display(), error = %e,
+                    "cannot remove the temp file of a checkpoint save cut short; it is ignored"),
             }
+        }
+        parse(&data).map_err(|e| self.corrupt(&self.path, e.to_string()))
+    }
+
+    fn read(&self, path: &Path) -> Result<Option<Vec<u8>>, CheckpointError> {
+        match fs::read(path) {
+            Ok(d) => Ok(Some(d)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(CheckpointError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
+        }
+    }
+
+    /// Keeps a copy of the damaged `found` for a post-mortem, and leaves it in
+    /// place: until a good save replaces it, every start sees the loss.
+    fn corrupt(&self, found: &Path, detail: String) -> CheckpointError {
+        let copy = self.path.with_extension("json.corrupt");
+        let _ = fs::remove_file(&copy);
+        if let Err(e) = fs::hard_link(found, &copy).or_else(|_| fs::copy(found, &copy).map(|_| ())) {
+            tracing::warn!(path = %copy.display(), error = %e, "cannot keep a copy of the corrupt checkpoint file");
+        }
+        CheckpointError::Corrupt {
+            path: found.to_path_buf(),
+            copy,
+            detail,
         }
     }
 
@@ -136,25 +218,113 @@ impl CheckpointStore {
     }
 }
 
+fn parse(data: &[u8]) -> Result<Vec<Checkpoint>, serde_json::Error> {
+    serde_json::from_slice::<CheckpointFile>(data).map(|f| f.files)
+}
+
+/// `<path>.tmp`: where [`write_atomic`] writes before its rename.
+fn tmp_path(path: &Path) -> PathBuf {
+    let mut tmp = path.as_os_str().to_owned();
+    tmp.push(".tmp");
+    PathBuf::from(tmp)
+}
+
 /// Replaces `path` with `body` so that a crash leaves the old or the new
 /// content, never half: temp file beside it, fsync, rename, fsync of the
-/// directory. Creates the directory if needed.
+/// directory. Creates the directory if needed. A write that fails (a full
+/// or read-only disk) leaves `path` as it was and removes its temp file, so
+/// a failed save neither holds space nor leaves anything for a later start.
 pub fn write_atomic(path: &Path, body: &[u8]) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
     fs::create_dir_all(dir)?;
-    let mut tmp = path.as_os_str().to_owned();
-    tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    {
-        let mut f = fs::File::create(&tmp)?;
+    let tmp = tmp_path(path);
+    let written = fs::File::create(&tmp).and_then(|mut f| {
         f.write_all(body)?;
-        f.sync_all()?;
+        f.sync_all()
+    });
+    if let Err(e) = written.and_then(|()| fs::rename(&tmp, path)) {
+        let _ = fs::remove_file(&tmp);
+        return Err(e);
     }
-    fs::rename(&tmp, path)?;
+    sync_dir(dir);
+    Ok(())
+}
+
+/// Makes `tmp` durable and renames it to `path` (a save's last steps).
+fn sync_rename(tmp: &Path, path: &Path) -> std::io::Result<()> {
+    fs::File::open(tmp)?.sync_all()?;
+    fs::rename(tmp, path)?;
+    sync_dir(path.parent().unwrap_or(Path::new(".")));
+    Ok(())
+}
+
+fn sync_dir(dir: &Path) {
     if let Ok(d) = fs::File::open(dir) {
         let _ = d.sync_all();
     }
-    Ok(())
+}
+
+/// Whether one source's checkpoint file can be saved, told once per outage:
+/// a warning at the first failed save and one at the first good save after
+/// it, a counter per failed attempt (`logferry_checkpoint_write_errors_total`),
+/// and the failure published for the watchdog, which fails `/readyz` while it
+/// lasts and keeps `logferry_checkpoint_save_failing_seconds` current. The
+/// source retries on its own (the checkpoint stays dirty).
+#[derive(Debug)]
+pub struct SaveHealth {
+    m: CheckpointMetrics,
+    failed: u64,
+}
+
+impl SaveHealth {
+    pub fn new(m: CheckpointMetrics) -> Self {
+        SaveHealth { m, failed: 0 }
+    }
+
+    /// Records the outcome of one save.
+    pub fn record(&mut self, result: &Result<(), CheckpointError>) {
+        let now = Instant::now();
+        match (result, self.m.failure()) {
+            (Ok(()), None) => {}
+            (Ok(()), Some(f)) => {
+                tracing::warn!(
+                    failed_for_s = now.saturating_duration_since(f.since).as_secs(),
+                    failed_attempts = self.failed,
+                    "checkpoints are saved again"
+                );
+                self.failed = 0;
+                self.m.set_failure(None);
+                self.m.save_failing.set(0);
+            }
+            (Err(e), failing) => {
+                let reason = e.reason();
+                self.m.write_error(reason);
+                self.failed += 1;
+                let since = match failing {
+                    Some(f) => f.since,
+                    None => {
+                        tracing::warn!(error = %e, reason,
+                            "cannot save checkpoints; delivery goes on and the last good checkpoint stays (a restart now repeats what was delivered since); retrying, /readyz fails until a save succeeds");
+                        now
+                    }
+                };
+                self.m.set_failure(Some(SaveFailure { since, reason }));
+                self.m
+                    .save_failing
+                    .set(now.saturating_duration_since(since).as_secs() as i64);
+            }
+        }
+    }
+}
+
+/// A lost checkpoint file at start-up, as the file source recovers from it:
+/// `files` files holding `bytes` bytes are read from their start (also with
+/// `read_from = "end"`, which would otherwise skip what they gained since the
+/// last save). Logged and counted.
+pub fn report_corrupt(e: &CheckpointError, m: &CheckpointMetrics, files: usize, bytes: u64, read_from_end: bool) {
+    m.corrupt.inc();
+    tracing::warn!(error = %e, files, bytes, read_from_end,
+        "checkpoint positions lost: every file found is read from its start (read_from notwithstanding); records delivered before are delivered again");
 }
 
 /// Outcomes of items handed out in order, settled in any order: the items
@@ -351,26 +521,171 @@ mod tests {
         assert_eq!(t.unsettled(), 0);
     }
 
+    fn cp(offset: u64) -> Checkpoint {
+        Checkpoint {
+            dev: 1,
+            ino: 2,
+            fingerprint: FP,
+            offset,
+            tail: FP,
+            path: "/x".into(),
+        }
+    }
+
+    fn tmp_of(store: &CheckpointStore) -> PathBuf {
+        store.path().with_extension("json.tmp")
+    }
+
     #[test]
     fn store_round_trips_atomically() {
         let dir = tempfile::tempdir().unwrap();
         let store = CheckpointStore::new(dir.path(), "app");
         assert!(store.load().unwrap().is_empty());
-        let cp = Checkpoint {
-            dev: 1,
-            ino: 2,
-            fingerprint: FP,
-            offset: 99,
-            tail: FP,
-            path: "/x".into(),
-        };
-        store.save(std::slice::from_ref(&cp)).unwrap();
-        assert_eq!(store.load().unwrap(), vec![cp]);
-        assert!(!store.path().with_extension("json.tmp").exists());
+        store.save(&[cp(99)]).unwrap();
+        assert_eq!(store.load().unwrap(), vec![cp(99)]);
+        assert!(!tmp_of(&store).exists());
         assert_eq!(std::fs::read_dir(dir.path().join("checkpoints")).unwrap().count(), 1);
-        std::fs::write(store.path(), b"{not json").unwrap();
-        assert!(store.load().unwrap().is_empty());
-        assert!(store.path().with_extension("json.corrupt").exists());
+    }
+
+    #[test]
+    fn a_corrupt_file_is_reported_and_stays_until_a_good_save() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(dir.path(), "app");
+        store.save(&[cp(99)]).unwrap();
+        let good = std::fs::read(store.path()).unwrap();
+        // Truncated (a bad disk, a copy cut short): not parsable.
+        std::fs::write(store.path(), &good[..good.len() / 2]).unwrap();
+        for _ in 0..2 {
+            // Every start sees it (a crash before the next save recovers
+            // the same way), never an empty set.
+            match store.load() {
+                Err(CheckpointError::Corrupt { path, copy, .. }) => {
+                    assert_eq!(path, store.path());
+                    assert_eq!(std::fs::read(&copy).unwrap(), &good[..good.len() / 2]);
+                }
+                other => panic!("{other:?}"),
+            }
+        }
+        store.save(&[cp(7)]).unwrap();
+        assert_eq!(store.load().unwrap(), vec![cp(7)]);
+    }
+
+    #[test]
+    fn a_temp_file_beside_the_checkpoint_is_ignored_and_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(dir.path(), "app");
+        store.save(&[cp(99)]).unwrap();
+        // A crash mid-write of the next save: half a newer checkpoint.
+        let newer = serde_json::to_vec(&CheckpointFile {
+            version: 1,
+            files: vec![cp(500)],
+        })
+        .unwrap();
+        std::fs::write(tmp_of(&store), &newer[..newer.len() / 2]).unwrap();
+        assert_eq!(store.load().unwrap(), vec![cp(99)]);
+        assert!(!tmp_of(&store).exists());
+        // Even a complete one: the checkpoint file is what was saved.
+        std::fs::write(tmp_of(&store), &newer).unwrap();
+        assert_eq!(store.load().unwrap(), vec![cp(99)]);
+        assert!(!tmp_of(&store).exists());
+    }
+
+    #[test]
+    fn a_lone_temp_file_is_put_in_place_when_complete_and_a_loss_otherwise() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = CheckpointStore::new(dir.path(), "app");
+        std::fs::create_dir_all(store.path().parent().unwrap()).unwrap();
+        let body = serde_json::to_vec(&CheckpointFile {
+            version: 1,
+            files: vec![cp(500)],
+        })
+        .unwrap();
+        // The first save of a run, cut short between write and rename.
+        std::fs::write(tmp_of(&store), &body).unwrap();
+        assert_eq!(store.load().unwrap(), vec![cp(500)]);
+        assert!(!tmp_of(&store).exists());
+        assert_eq!(std::fs::read(store.path()).unwrap(), body);
+        // Cut short mid-write: the positions are lost, and stay reported
+        // as lost until a save succeeds.
+        std::fs::remove_file(store.path()).unwrap();
+        std::fs::write(tmp_of(&store), &body[..body.len() - 3]).unwrap();
+        for _ in 0..2 {
+            assert!(matches!(store.load(), Err(CheckpointError::Corrupt { .. })));
+        }
+        store.save(&[cp(1)]).unwrap();
+        assert_eq!(store.load().unwrap(), vec![cp(1)]);
+        assert!(!tmp_of(&store).exists());
+    }
+
+    /// A full and a read-only disk (a real tmpfs): the save fails with the
+    /// right reason, the last good file stays whole, no temp file is left,
+    /// and saving works again once the disk does.
+    #[test]
+    fn a_failed_save_keeps_the_last_good_file_and_leaves_no_temp_file() {
+        let Some(mut fs) = tmpfs::Tmpfs::mount("256k") else {
+            return;
+        };
+        let store = CheckpointStore::new(fs.path(), "app");
+        store.save(&[cp(99)]).unwrap();
+        let good = std::fs::read(store.path()).unwrap();
+        let files: Vec<Checkpoint> = (0..50).map(cp).collect();
+
+        let filler = fs.fill();
+        let err = store.save(&files).unwrap_err();
+        assert_eq!(err.reason(), "no_space", "{err}");
+        assert_eq!(std::fs::read(store.path()).unwrap(), good);
+        assert!(!tmp_of(&store).exists(), "a failed save left its temp file");
+        assert_eq!(store.load().unwrap(), vec![cp(99)]);
+        std::fs::remove_file(filler).unwrap();
+        store.save(&files).unwrap();
+        assert_eq!(store.load().unwrap(), files);
+
+        let good = std::fs::read(store.path()).unwrap();
+        fs.read_only();
+        let err = store.save(&[cp(3)]).unwrap_err();
+        assert_eq!(err.reason(), "read_only", "{err}");
+        assert_eq!(std::fs::read(store.path()).unwrap(), good);
+        fs.writable();
+        store.save(&[cp(3)]).unwrap();
+        assert_eq!(store.load().unwrap(), vec![cp(3)]);
+        assert!(!tmp_of(&store).exists());
+    }
+
+    #[test]
+    fn save_health_counts_every_failure_and_publishes_the_outage() {
+        let metrics = crate::metrics::Metrics::new();
+        let m = metrics.checkpoint("app");
+        let mut h = SaveHealth::new(m.clone());
+        let full = || {
+            Err(CheckpointError::Write {
+                path: "/d/checkpoints/app.json".into(),
+                source: std::io::Error::from(std::io::ErrorKind::StorageFull),
+            })
+        };
+        h.record(&Ok(()));
+        assert!(m.failure().is_none());
+        h.record(&full());
+        let first = m.failure().expect("failing");
+        h.record(&full());
+        let f = m.failure().expect("failing");
+        assert_eq!(
+            (f.since, f.reason),
+            (first.since, "no_space"),
+            "the outage started at the first failure"
+        );
+        let text = metrics.encode();
+        assert!(
+            text.contains(r#"logferry_checkpoint_write_errors_total{component="app",reason="no_space"} 2"#),
+            "{text}"
+        );
+        h.record(&Ok(()));
+        assert!(m.failure().is_none());
+        assert!(metrics.checkpoints().iter().all(|c| c.failure().is_none()));
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"logferry_checkpoint_save_failing_seconds{component="app"} 0"#)
+        );
     }
 
     proptest! {
@@ -395,3 +710,7 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+#[path = "../tests/common/tmpfs.rs"]
+pub(crate) mod tmpfs;

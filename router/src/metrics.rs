@@ -92,10 +92,20 @@ pub struct Metrics {
     buffer_records: Family<SinkLabels, Gauge>,
     buffer_corrupt_frames: Family<SinkLabels, Counter>,
     buffer_torn_writes: Family<SinkLabels, Counter>,
+    /// Failed writes of a disk buffer (segments, position file), by reason.
+    buffer_write_errors: Family<ReasonLabels, Counter>,
+    /// Failed saves of a source's checkpoint file, by reason.
+    checkpoint_write_errors: Family<ReasonLabels, Counter>,
+    /// Seconds a source's checkpoint file has failed to save (0 once saved).
+    checkpoint_save_failing: Family<SinkLabels, Gauge>,
+    /// Checkpoint files found corrupt at start-up (every file read again).
+    checkpoint_corrupt: Family<SinkLabels, Counter>,
     /// Records a route sent to each of its named outputs.
     route_output_events: Family<OutputLabels, Counter>,
     /// Handles given out, for the summary logged at exit.
     components: std::sync::Mutex<Vec<ComponentMetrics>>,
+    /// Checkpoint handles given out, for the watchdog.
+    checkpoints: std::sync::Mutex<Vec<CheckpointMetrics>>,
 }
 
 impl Default for Metrics {
@@ -137,9 +147,14 @@ impl Metrics {
             buffer_records: Family::default(),
             buffer_corrupt_frames: Family::default(),
             buffer_torn_writes: Family::default(),
+            buffer_write_errors: Family::default(),
+            checkpoint_write_errors: Family::default(),
+            checkpoint_save_failing: Family::default(),
+            checkpoint_corrupt: Family::default(),
             route_output_events: Family::default(),
             registry: Registry::default(),
             components: std::sync::Mutex::new(Vec::new()),
+            checkpoints: std::sync::Mutex::new(Vec::new()),
         };
         registry.register(
             "logferry_component_received_events",
@@ -283,6 +298,26 @@ impl Metrics {
             m.buffer_torn_writes.clone(),
         );
         registry.register(
+            "logferry_buffer_write_errors",
+            "Failed writes of a disk buffer (segments: retried, the batches held unacknowledged; position file), by reason",
+            m.buffer_write_errors.clone(),
+        );
+        registry.register(
+            "logferry_checkpoint_write_errors",
+            "Failed saves of a source's checkpoint file (retried; the last good one stays), by reason",
+            m.checkpoint_write_errors.clone(),
+        );
+        registry.register(
+            "logferry_checkpoint_save_failing_seconds",
+            "Seconds since a source's checkpoint file first failed to save, while it fails (0 once a save succeeds)",
+            m.checkpoint_save_failing.clone(),
+        );
+        registry.register(
+            "logferry_checkpoint_corrupt_files",
+            "Checkpoint files found corrupt at start-up (every file present was then read from its start)",
+            m.checkpoint_corrupt.clone(),
+        );
+        registry.register(
             "logferry_route_output_events",
             "Records a route transform sent to one of its outputs (a record matching several routes counts in each)",
             m.route_output_events.clone(),
@@ -300,7 +335,38 @@ impl Metrics {
             records: self.buffer_records.get_or_create(&labels).clone(),
             corrupt_frames: self.buffer_corrupt_frames.get_or_create(&labels).clone(),
             torn_writes: self.buffer_torn_writes.get_or_create(&labels).clone(),
+            write_errors: self.buffer_write_errors.clone(),
+            id: id.to_string(),
         }
+    }
+
+    /// Handles of the checkpoint file of source `id`; the watchdog sees
+    /// every one given out (see [`Metrics::checkpoints`]).
+    pub fn checkpoint(&self, id: &str) -> CheckpointMetrics {
+        let labels = SinkLabels {
+            component: id.to_string(),
+        };
+        if let Ok(all) = self.checkpoints.lock()
+            && let Some(c) = all.iter().find(|c| c.id == id)
+        {
+            return c.clone();
+        }
+        let handles = CheckpointMetrics {
+            id: id.to_string(),
+            write_errors: self.checkpoint_write_errors.clone(),
+            save_failing: self.checkpoint_save_failing.get_or_create(&labels).clone(),
+            corrupt: self.checkpoint_corrupt.get_or_create(&labels).clone(),
+            failure: Arc::default(),
+        };
+        if let Ok(mut all) = self.checkpoints.lock() {
+            all.push(handles.clone());
+        }
+        handles
+    }
+
+    /// Every checkpoint handle given out.
+    pub fn checkpoints(&self) -> Vec<CheckpointMetrics> {
+        self.checkpoints.lock().map(|all| all.clone()).unwrap_or_default()
     }
 
     /// The counter of records route `id` sends to its output `output`.
@@ -476,6 +542,76 @@ pub struct BufferMetrics {
     pub records: Gauge,
     pub corrupt_frames: Counter,
     pub torn_writes: Counter,
+    write_errors: Family<ReasonLabels, Counter>,
+    id: String,
+}
+
+impl BufferMetrics {
+    /// Counts a failed write (`reason` from [`io_reason`]).
+    pub fn write_error(&self, reason: &'static str) {
+        self.write_errors
+            .get_or_create(&ReasonLabels {
+                component: self.id.clone(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+}
+
+/// Handles of one source's checkpoint file. `failure` is what the watchdog
+/// reads for `/readyz` (see `checkpoint::SaveHealth`, which writes it).
+#[derive(Clone, Debug)]
+pub struct CheckpointMetrics {
+    pub id: String,
+    write_errors: Family<ReasonLabels, Counter>,
+    pub save_failing: Gauge,
+    pub corrupt: Counter,
+    pub failure: Arc<std::sync::Mutex<Option<SaveFailure>>>,
+}
+
+/// Saves of a checkpoint file failing: since when, and the last reason.
+#[derive(Clone, Copy, Debug)]
+pub struct SaveFailure {
+    pub since: std::time::Instant,
+    pub reason: &'static str,
+}
+
+impl CheckpointMetrics {
+    /// Counts a failed save (`reason` from [`io_reason`]).
+    pub fn write_error(&self, reason: &'static str) {
+        self.write_errors
+            .get_or_create(&ReasonLabels {
+                component: self.id.clone(),
+                reason: reason.to_string(),
+            })
+            .inc();
+    }
+
+    /// The failure in progress, if saves fail now.
+    pub fn failure(&self) -> Option<SaveFailure> {
+        self.failure.lock().map(|f| *f).unwrap_or_else(|e| *e.into_inner())
+    }
+
+    pub fn set_failure(&self, f: Option<SaveFailure>) {
+        match self.failure.lock() {
+            Ok(mut g) => *g = f,
+            Err(e) => *e.into_inner() = f,
+        }
+    }
+}
+
+/// The `reason` label of a failed disk write: a closed set, so the label
+/// stays low-cardinality whatever the OS reports.
+pub fn io_reason(e: &std::io::Error) -> &'static str {
+    use std::io::ErrorKind as K;
+    match e.kind() {
+        K::StorageFull => "no_space",
+        K::QuotaExceeded => "quota",
+        K::ReadOnlyFilesystem => "read_only",
+        K::PermissionDenied => "permission_denied",
+        K::NotFound => "not_found",
+        _ => "io",
+    }
 }
 
 pub type SharedMetrics = Arc<Metrics>;

@@ -15,14 +15,19 @@
 //! default. A disk buffer acknowledges what it stored, so behind one an
 //! outage shows as the sink's `/readyz` failure and `logferry_buffer_bytes`,
 //! not as a stall.
+//!
+//! It also turns the checkpoint saves the sources report (`SaveHealth` in
+//! `checkpoint.rs`) into `/readyz` reasons and keeps
+//! `logferry_checkpoint_save_failing_seconds` current between attempts:
+//! the sources only speak when a save is tried, the probe asks any time.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
-use crate::api::{Health, Stall};
-use crate::metrics::Metrics;
+use crate::api::{CheckpointFailing, Health, Stall};
+use crate::metrics::{CheckpointMetrics, Metrics};
 
 const PERIOD: Duration = Duration::from_secs(1);
 
@@ -60,7 +65,24 @@ impl Progress {
     }
 }
 
-/// Samples until aborted: memory in use, delivery progress.
+/// The sources whose checkpoint saves fail at `now`, each gauge of
+/// seconds failing brought up to date on the way.
+pub fn checkpoint_failures(now: Instant, all: &[CheckpointMetrics]) -> Vec<CheckpointFailing> {
+    all.iter()
+        .filter_map(|c| {
+            let f = c.failure()?;
+            let seconds = now.saturating_duration_since(f.since).as_secs();
+            c.save_failing.set(seconds as i64);
+            Some(CheckpointFailing {
+                component: c.id.clone(),
+                seconds,
+                reason: f.reason,
+            })
+        })
+        .collect()
+}
+
+/// Samples until aborted: memory in use, delivery progress, checkpoint saves.
 pub async fn run(t: Thresholds, metrics: Arc<Metrics>, health: Arc<Health>, memory: Arc<Semaphore>, limit: usize) {
     metrics.memory_limit.set(limit as i64);
     let mut progress = Progress::default();
@@ -88,6 +110,7 @@ pub async fn run(t: Thresholds, metrics: Arc<Metrics>, health: Arc<Health>, memo
             }
         }
         health.set_stall(stall);
+        health.set_checkpoints(checkpoint_failures(Instant::now(), &metrics.checkpoints()));
     }
 }
 
@@ -118,6 +141,32 @@ mod tests {
         let s = p.observe(at(650), 10, 790, T);
         assert_eq!(s.seconds, 48);
         assert!(!s.stalled);
+    }
+
+    #[test]
+    fn failing_checkpoint_saves_are_reported_until_one_succeeds() {
+        use crate::metrics::SaveFailure;
+        let metrics = Metrics::new();
+        let (app, other) = (metrics.checkpoint("app"), metrics.checkpoint("other"));
+        let t0 = Instant::now();
+        assert!(checkpoint_failures(t0, &metrics.checkpoints()).is_empty());
+        app.set_failure(Some(SaveFailure {
+            since: t0,
+            reason: "read_only",
+        }));
+        let failing = checkpoint_failures(t0 + Duration::from_secs(42), &metrics.checkpoints());
+        assert_eq!(
+            failing,
+            vec![CheckpointFailing {
+                component: "app".into(),
+                seconds: 42,
+                reason: "read_only"
+            }]
+        );
+        assert_eq!(app.save_failing.get(), 42);
+        assert_eq!(other.save_failing.get(), 0);
+        app.set_failure(None);
+        assert!(checkpoint_failures(t0 + Duration::from_secs(43), &metrics.checkpoints()).is_empty());
     }
 
     #[test]

@@ -49,6 +49,18 @@
 //! after it is delivered. (A damaged *last* frame of the newest segment cannot
 //! be told from a torn write and is counted as one.)
 //!
+//! **A full disk** (or any write error). A batch the writer could not make
+//! durable is neither acknowledged (that would lose it) nor failed (its
+//! source would hold its checkpoint, but read it again only after a
+//! restart, while everything after it flowed on): the writer cuts the
+//! half-written frame off and retries the batches until they are durable,
+//! taking no new input meanwhile, which is the same backpressure as
+//! `when_full = "block"`. Room comes back from outside or from the sink: a
+//! segment holding durable frames is finished after an error, so once the
+//! sink has taken them the acker can delete it, and it deletes delivered
+//! segments even when the position file cannot be saved. Only `stop` ends
+//! the retries (the batches are then failed: read again at the next start).
+//!
 //! **Space and memory.** `max_size` bounds the bytes on disk the sink has not
 //! acknowledged. When the next batch would pass it, `block` stops taking
 //! input (the sources then stop, as with a slow sink in memory) and
@@ -77,6 +89,7 @@ mod writer;
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Notify, Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -205,6 +218,52 @@ impl Shared {
     }
 }
 
+/// Failures of one kind of write (segments, the position file), told once
+/// per outage and at most once a minute: a disk the sink frees bit by bit
+/// fails and recovers again each time the writer has used up the room a
+/// deleted segment gave back. Every failed attempt is counted all the same
+/// (`logferry_buffer_write_errors_total`).
+#[derive(Debug, Default)]
+struct Outage {
+    /// Since when writes fail, and how many attempts failed.
+    failing: Option<(Instant, u64)>,
+    /// This outage's start was logged.
+    warned: bool,
+    last_warned: Option<Instant>,
+}
+
+const WARN_EVERY: Duration = Duration::from_secs(60);
+
+impl Outage {
+    /// A failed attempt; true when it starts an outage worth a warning.
+    fn failed(&mut self) -> bool {
+        let now = Instant::now();
+        match &mut self.failing {
+            Some((_, attempts)) => {
+                *attempts += 1;
+                false
+            }
+            None => {
+                self.failing = Some((now, 1));
+                self.warned = self
+                    .last_warned
+                    .is_none_or(|t| now.saturating_duration_since(t) >= WARN_EVERY);
+                if self.warned {
+                    self.last_warned = Some(now);
+                }
+                self.warned
+            }
+        }
+    }
+
+    /// A good write; `(seconds, failed attempts)` of the outage it ends,
+    /// when its start was logged.
+    fn ok(&mut self) -> Option<(u64, u64)> {
+        let (since, attempts) = self.failing.take()?;
+        std::mem::take(&mut self.warned).then(|| (since.elapsed().as_secs(), attempts))
+    }
+}
+
 /// Runs file I/O off the async workers. `None` only when the runtime is
 /// shutting down (the process is exiting); a panic in `f` is resumed.
 async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Option<T> {
@@ -283,11 +342,13 @@ pub fn spawn(
         shared: shared.clone(),
         config: b.config,
         m: b.metrics.clone(),
+        gauges: b.gauges.clone(),
         stop: b.stop.clone(),
         dropping: false,
-        failing: false,
+        failing: Outage::default(),
     };
     tasks.spawn(writer.run(input).instrument(span.clone()));
+    let gauges_for_acker = b.gauges.clone();
     let emitter = reader::Emitter {
         dir: b.dir.clone(),
         shared: shared.clone(),
@@ -312,6 +373,8 @@ pub fn spawn(
         pos: found.position,
         saved: found.position,
         failing: false,
+        saving: Outage::default(),
+        gauges: gauges_for_acker,
     };
     tasks.spawn(acker.run(acks_rx).instrument(span));
     Ok(out_rx)

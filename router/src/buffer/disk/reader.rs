@@ -12,10 +12,10 @@ use tokio_util::sync::CancellationToken;
 
 use super::frame;
 use super::segment::{Position, save_position, segment_path};
-use super::{Shared, blocking};
+use super::{Outage, Shared, blocking};
 use crate::checkpoint::InOrder;
 use crate::event::{Ack, AckToken, Batch};
-use crate::metrics::{BufferMetrics, ComponentMetrics};
+use crate::metrics::{BufferMetrics, ComponentMetrics, io_reason};
 
 /// How often, at most, the acked position is saved (besides at the end of
 /// each segment and at exit). Losing it costs re-delivery, never data.
@@ -342,6 +342,9 @@ pub(super) struct Acker {
     pub saved: Position,
     /// A burst of failed batches is logged once.
     pub failing: bool,
+    /// Failing position saves (logged at the start and the end).
+    pub saving: Outage,
+    pub gauges: BufferMetrics,
 }
 
 impl Acker {
@@ -415,24 +418,47 @@ impl Acker {
 
     /// Saves the position, then deletes the segments it has passed (in that
     /// order: a crash in between leaves a segment start-up removes).
+    ///
+    /// They are deleted even when the position cannot be saved (a full or
+    /// read-only disk): what they hold is delivered, and their space is what
+    /// a full disk needs back (the writer is waiting for it). A start that
+    /// finds the older position's segment gone begins at the oldest segment
+    /// left: at least once.
     async fn persist(&mut self, finished: Vec<u64>) {
         let (dir, pos) = (self.dir.clone(), self.pos);
-        let r = blocking(move || -> io::Result<()> {
-            save_position(&dir, pos)?;
+        let r = blocking(move || -> (io::Result<()>, io::Result<()>) {
+            let saved = save_position(&dir, pos);
+            let mut deleted = Ok(());
             for s in finished {
                 match std::fs::remove_file(segment_path(&dir, s)) {
-                    Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+                    Err(e) if e.kind() != io::ErrorKind::NotFound => deleted = Err(e),
                     _ => {}
                 }
             }
-            Ok(())
+            (saved, deleted)
         })
         .await;
-        match r {
-            Some(Ok(())) => self.saved = pos,
-            Some(Err(e)) => tracing::warn!(error = %e, dir = %self.dir.display(),
-                "cannot save the disk buffer position; acknowledged data may be re-delivered after a restart"),
-            None => {}
+        let Some((saved, deleted)) = r else { return };
+        if let Err(e) = &deleted {
+            self.gauges.write_error(io_reason(e));
+            tracing::warn!(error = %e, dir = %self.dir.display(),
+                "cannot delete a delivered disk buffer segment; the next start removes it");
+        }
+        match saved {
+            Ok(()) => {
+                self.saved = pos;
+                if let Some((seconds, attempts)) = self.saving.ok() {
+                    tracing::warn!(failed_for_s = seconds, failed_attempts = attempts, dir = %self.dir.display(),
+                        "disk buffer position saved again");
+                }
+            }
+            Err(e) => {
+                self.gauges.write_error(io_reason(&e));
+                if self.saving.failed() {
+                    tracing::warn!(error = %e, dir = %self.dir.display(),
+                        "cannot save the disk buffer position (retried each second); delivered segments are still deleted, and what was acknowledged since the last save may be re-delivered after a restart");
+                }
+            }
         }
     }
 }

@@ -122,6 +122,8 @@ pub struct Recovered {
 /// the others are walked header to header to count their records.
 pub fn recover(dir: &Path) -> io::Result<Recovered> {
     fs::create_dir_all(dir)?;
+    // A position save cut short by a crash; `position.json` is the last whole one.
+    let _ = fs::remove_file(position_path(dir).with_extension("json.tmp"));
     let mut pos = load_position(dir)?.unwrap_or_default();
     let mut segs = list(dir)?;
     for &s in segs.iter().filter(|s| **s < pos.segment) {

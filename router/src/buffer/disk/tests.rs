@@ -13,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use super::segment::{self, segment_path};
 use super::{DiskBuffer, spawn};
 use crate::buffer::{DiskBufferConfig, WhenFull};
+use crate::checkpoint::tmpfs::Tmpfs;
 use crate::event::{Ack, AckToken, Batch, Records};
 use crate::metrics::Metrics;
 
@@ -123,6 +124,15 @@ impl Run {
             .find(|l| l.starts_with(name) && l.contains(r#"component="out""#))
             .and_then(|l| l.rsplit(' ').next()?.parse().ok())
             .unwrap_or_else(|| panic!("no {name} in\n{text}"))
+    }
+
+    /// A counter that may not exist yet (0 then).
+    fn count(&self, name: &str) -> f64 {
+        let text = self.metrics.encode();
+        text.lines()
+            .find(|l| l.starts_with(name))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0.0)
     }
 
     /// Closes the inbox, drains the sink side (acknowledging each batch),
@@ -407,6 +417,198 @@ async fn drop_newest_drops_counts_and_releases_acks() {
     let got = run.finish().await;
     assert_eq!(got.len() as f64 + dropped, 4000.0);
     assert_eq!(got, (0..got.len() as u64).collect::<Vec<_>>(), "the oldest are kept");
+}
+
+#[test]
+fn an_outage_is_warned_once_and_flapping_within_a_minute_only_counted() {
+    let mut o = super::Outage::default();
+    assert!(o.failed(), "the first failure is told");
+    assert!(!o.failed());
+    assert_eq!(o.ok().map(|(_, attempts)| attempts), Some(2), "and its end");
+    assert_eq!(o.ok(), None);
+    // Failing again right after: counted by the caller, not told, and
+    // neither is its end.
+    assert!(!o.failed());
+    assert_eq!(o.ok(), None);
+}
+
+/// A multi-threaded runtime built on this thread, after a [`Tmpfs`] mount:
+/// its threads see the mount (`#[tokio::test]` builds one before).
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// Leaves `free` bytes of the tmpfs free (a frame is then cut short by the
+/// disk, not refused whole); returns the filler.
+fn fill_but(fs: &Tmpfs, free: u64) -> PathBuf {
+    let filler = fs.fill();
+    let f = std::fs::OpenOptions::new().write(true).open(&filler).unwrap();
+    let len = f.metadata().unwrap().len();
+    f.set_len(len.saturating_sub(free)).unwrap();
+    filler
+}
+
+const NO_SPACE: &str = r#"logferry_buffer_write_errors_total{component="out",reason="no_space"}"#;
+
+#[test]
+fn a_full_disk_holds_batches_unacknowledged_and_resumes_when_space_returns() {
+    let Some(fs) = Tmpfs::mount("4m") else { return };
+    runtime().block_on(async {
+        let dir = fs.path().join("buf");
+        let mut run = start(&dir, ByteSize::mib(64), WhenFull::Block);
+        let filler = fill_but(&fs, 8192);
+        // 20 batches of ~100 KiB: none fits.
+        let producer = run.producer(20, 100, 1000);
+        wait_for("failed writes", || run.count(NO_SPACE) >= 3.0).await;
+        // Nothing acknowledged upstream (a failed ack would panic here too),
+        // nothing readable.
+        assert_eq!(run.upstream_acked(), 0);
+        assert!(run.rx.try_recv().is_err());
+        std::fs::remove_file(filler).unwrap();
+        // Room again: everything, in order, once.
+        let mut got = Vec::new();
+        while got.len() < 2000 {
+            got.extend(ids(&run.recv().await.unwrap()));
+        }
+        producer.await.unwrap();
+        assert_eq!(got, (0..2000).collect::<Vec<_>>());
+        let mut acked = 0;
+        wait_for("every upstream ack", || {
+            acked += run.upstream_acked();
+            acked == 20
+        })
+        .await;
+        assert_eq!(run.metric("logferry_buffer_corrupt_frames_total"), 0.0);
+        assert!(run.finish().await.is_empty());
+        // A later start finds nothing torn, damaged or left over.
+        let run = start(&dir, ByteSize::mib(64), WhenFull::Block);
+        assert_eq!(run.metric("logferry_buffer_torn_writes_total"), 0.0);
+        let metrics = run.metrics.clone();
+        assert!(run.finish().await.is_empty());
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"logferry_buffer_corrupt_frames_total{component="out"} 0"#)
+        );
+    });
+}
+
+#[test]
+fn a_disk_the_buffer_filled_itself_gets_room_back_as_the_sink_catches_up() {
+    let Some(fs) = Tmpfs::mount("3m") else { return };
+    runtime().block_on(async {
+        let dir = fs.path().join("buf");
+        // Segments of 8 MiB: larger than the disk, which the buffer fills
+        // before max_size; the position file cannot be saved either.
+        let mut run = start(&dir, ByteSize::mib(64), WhenFull::Block);
+        let producer = run.producer(40, 100, 1000);
+        wait_for("the disk full", || run.count(NO_SPACE) >= 1.0).await;
+        // Only the sink frees space: the segment it has taken must go even
+        // though the position cannot be saved.
+        let mut got = Vec::new();
+        while got.len() < 4000 {
+            got.extend(ids(&run.recv().await.unwrap()));
+        }
+        producer.await.unwrap();
+        assert_eq!(got, (0..4000).collect::<Vec<_>>());
+        let mut acked = 0;
+        wait_for("every upstream ack", || {
+            acked += run.upstream_acked();
+            acked == 40
+        })
+        .await;
+        assert!(run.finish().await.is_empty());
+    });
+}
+
+#[test]
+fn delivered_segments_are_deleted_even_when_the_position_cannot_be_saved() {
+    let Some(fs) = Tmpfs::mount("6m") else { return };
+    runtime().block_on(async {
+        let dir = fs.path().join("buf");
+        // Segments of 1 MiB; ~3 MiB of records: three or four of them.
+        let mut run = start(&dir, ByteSize::mib(8), WhenFull::Block);
+        run.send_n(30, 100, 1000).await;
+        wait_for("all durable", || run.metric("logferry_buffer_records") == 3000.0).await;
+        let before = segment::list(&dir).unwrap();
+        assert!(before.len() >= 3, "{before:?}");
+        let filler = fs.fill();
+        // The sink takes everything; the position cannot be saved.
+        let mut got = Vec::new();
+        while got.len() < 3000 {
+            got.extend(ids(&run.recv().await.unwrap()));
+        }
+        assert_eq!(got, (0..3000).collect::<Vec<_>>());
+        wait_for("the finished segments deleted", || {
+            segment::list(&dir).unwrap().len() == 1
+        })
+        .await;
+        assert!(
+            run.count(NO_SPACE) >= 1.0,
+            "the position was saved: the disk was not full"
+        );
+        std::fs::remove_file(filler).unwrap();
+        run.send_n(5, 100, 1000).await;
+        let mut got = Vec::new();
+        while got.len() < 500 {
+            got.extend(ids(&run.recv().await.unwrap()));
+        }
+        assert_eq!(got, (0..500).collect::<Vec<_>>());
+        assert!(run.finish().await.is_empty());
+    });
+}
+
+#[test]
+fn a_stop_while_the_disk_is_full_fails_what_was_not_written_and_keeps_what_was() {
+    let Some(fs) = Tmpfs::mount("4m") else { return };
+    runtime().block_on(async {
+        let dir = fs.path().join("buf");
+        let run = start(&dir, ByteSize::mib(64), WhenFull::Block);
+        run.send_n(5, 100, 1000).await;
+        wait_for("five batches durable", || {
+            run.metric("logferry_buffer_records") == 500.0
+        })
+        .await;
+        let filler = fill_but(&fs, 8192);
+        let tx = run.tx.clone().unwrap();
+        for k in 5..10u64 {
+            let b = batch(
+                k * 100..(k + 1) * 100,
+                1000,
+                Some(AckToken::new(0, k, run.up_tx.clone())),
+            );
+            tx.send(b).await.unwrap();
+        }
+        drop(tx);
+        wait_for("failed writes", || run.count(NO_SPACE) >= 2.0).await;
+        // Stop now (a forced exit): what is not written is failed upstream,
+        // so its source reads it again; what was written stays.
+        let mut run = run;
+        run.stop.cancel();
+        run.tx = None;
+        run.join().await;
+        let mut outcomes: Vec<(u64, bool)> = run.up_rx.try_iter().map(|a| (a.seq, a.delivered)).collect();
+        drop(run);
+        outcomes.sort_unstable();
+        let want: Vec<(u64, bool)> = (0..10).map(|k| (k, k < 5)).collect();
+        assert_eq!(outcomes, want);
+        std::fs::remove_file(filler).unwrap();
+        let run = start(&dir, ByteSize::mib(64), WhenFull::Block);
+        // The frame the disk cut short was cut off before the retry: nothing
+        // torn, nothing damaged, each acknowledged record once.
+        assert_eq!(run.metric("logferry_buffer_torn_writes_total"), 0.0);
+        let metrics = run.metrics.clone();
+        assert_eq!(run.finish().await, (0..500).collect::<Vec<_>>());
+        assert!(
+            metrics
+                .encode()
+                .contains(r#"logferry_buffer_corrupt_frames_total{component="out"} 0"#)
+        );
+    });
 }
 
 /// Throughput through the buffer (writer fsync included), for the record:

@@ -5,16 +5,17 @@ use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
 use super::frame::{Encoder, FRAME_TARGET, FrameSpan, HEADER_LEN};
 use super::segment::segment_path;
-use super::{Shared, blocking};
+use super::{Outage, Shared, blocking};
 use crate::buffer::{DiskBufferConfig, WhenFull};
 use crate::event::Batch;
-use crate::metrics::ComponentMetrics;
+use crate::metrics::{BufferMetrics, ComponentMetrics, io_reason};
 
 /// Group commit bounds: what one fsync may cover at most.
 const GROUP_BYTES: u64 = 4 << 20;
@@ -39,6 +40,9 @@ pub(super) struct SegmentWriter {
     spans: Vec<FrameSpan>,
     /// Written since the last sync: (bytes, records).
     unsynced: (u64, u64),
+    /// Batches of the commit in progress whose frames are all written, and
+    /// the records left out of them as too large.
+    written: (usize, u64),
 }
 
 /// What one commit made durable.
@@ -46,7 +50,10 @@ pub(super) struct SegmentWriter {
 pub(super) struct Committed {
     pub bytes: u64,
     pub records: u64,
-    /// Records too large for a frame, left out.
+    /// Leading batches of the commit that are durable whole (all of them
+    /// when it succeeded): they may be acknowledged upstream.
+    pub batches: usize,
+    /// Records too large for a frame, left out of those batches.
     pub too_large: u64,
 }
 
@@ -63,32 +70,53 @@ impl SegmentWriter {
             out: Vec::new(),
             spans: Vec::new(),
             unsynced: (0, 0),
+            written: (0, 0),
         }
     }
 
     /// Writes every batch and syncs once. On error, what was synced on the
     /// way (a segment finished in between) is still reported as durable, and
     /// the unsynced rest is cut off again, so a half-written frame is never
-    /// readable and never followed by good ones.
+    /// readable and never followed by good ones; the caller may commit the
+    /// batches not reported durable again.
+    ///
+    /// After an error a segment holding durable frames is finished, and the
+    /// next commit starts a new one: once the sink has taken those frames the
+    /// acker can delete the segment, which is how a disk the buffer filled
+    /// itself gets room back.
     pub fn commit(&mut self, batches: &[Batch]) -> (Committed, io::Result<()>) {
         let mut done = Committed::default();
+        self.written = (0, 0);
         let r = self.append(batches, &mut done).and_then(|()| self.sync(&mut done));
         if r.is_err() {
             self.unsynced = (0, 0);
             self.end = self.len;
-            let restored = self.file.as_ref().is_some_and(|f| f.set_len(self.len).is_ok());
-            if !restored {
-                // No open segment whose end could be restored (creating it
-                // failed, or cutting it did): leave that number (the reader
-                // skips a missing segment, and a damaged tail) and go on in a
-                // new one.
-                self.file = None;
-                self.seq += 1;
-                self.len = 0;
-                self.end = 0;
+            let restored = self
+                .file
+                .as_ref()
+                .map(|f| f.set_len(self.len).and_then(|()| f.sync_data()).is_ok());
+            match restored {
+                Some(true) if self.len == 0 => {}
+                // Finished with what it holds; or its end could not be
+                // restored (the reader skips a damaged tail): a new one.
+                Some(_) => self.next_segment(),
+                // Creating it failed. If the file exists all the same (its
+                // directory entry could not be synced), leave that number.
+                None => {
+                    if segment_path(&self.dir, self.seq).exists() {
+                        self.next_segment();
+                    }
+                }
             }
         }
         (done, r)
+    }
+
+    fn next_segment(&mut self) {
+        self.file = None;
+        self.seq += 1;
+        self.len = 0;
+        self.end = 0;
     }
 
     fn append(&mut self, batches: &[Batch], done: &mut Committed) -> io::Result<()> {
@@ -97,13 +125,15 @@ impl SegmentWriter {
         'batches: for b in batches {
             self.out.clear();
             spans.clear();
-            done.too_large += self.encoder.encode(b, &mut self.out, &mut spans);
+            let too_large = self.encoder.encode(b, &mut self.out, &mut spans);
             for s in &spans {
                 r = self.write_frame(s, done);
                 if r.is_err() {
                     break 'batches;
                 }
             }
+            self.written.0 += 1;
+            self.written.1 += too_large;
         }
         self.spans = spans;
         r
@@ -114,10 +144,7 @@ impl SegmentWriter {
             // A segment is finished once synced: the reader may then read
             // it to its end, and start-up never has to repair it.
             self.sync(done)?;
-            self.file = None;
-            self.seq += 1;
-            self.len = 0;
-            self.end = 0;
+            self.next_segment();
         }
         let file = match &mut self.file {
             Some(f) => f,
@@ -138,6 +165,7 @@ impl SegmentWriter {
         }
         done.bytes += self.unsynced.0;
         done.records += self.unsynced.1;
+        (done.batches, done.too_large) = self.written;
         self.unsynced = (0, 0);
         self.len = self.end;
         Ok(())
@@ -146,11 +174,13 @@ impl SegmentWriter {
     /// A new segment file, its directory entry made durable before any
     /// frame in it is acknowledged.
     fn create(&self) -> io::Result<File> {
-        let f = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .open(segment_path(&self.dir, self.seq))?;
-        File::open(&self.dir)?.sync_all()?;
+        let path = segment_path(&self.dir, self.seq);
+        let f = OpenOptions::new().write(true).create_new(true).open(&path)?;
+        if let Err(e) = File::open(&self.dir).and_then(|d| d.sync_all()) {
+            // Not durable: take it back, so the number can be used again.
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
         Ok(f)
     }
 }
@@ -164,16 +194,30 @@ fn estimate(b: &Batch) -> u64 {
 /// The writer task. Takes what the inbox holds (up to a group bound),
 /// admits it against `max_size`, commits it with one sync, then drops it:
 /// that drop is the upstream acknowledgement.
+///
+/// A commit that fails (a full disk above all: ENOSPC, EDQUOT; but any
+/// error) is retried, with the batches not yet durable held: unacknowledged
+/// upstream, so the sources keep their checkpoints before them and, once the
+/// inbox is full, stop reading. Failing them instead would hold those
+/// checkpoints too, but their records would only come again after a
+/// restart, while everything after them flowed on. Space comes back from
+/// outside, or from the sink: segments it has taken are deleted.
 pub(super) struct Writer {
     pub seg: Option<SegmentWriter>,
     pub shared: Arc<Shared>,
     pub config: DiskBufferConfig,
     pub m: ComponentMetrics,
+    pub gauges: BufferMetrics,
     pub stop: CancellationToken,
-    /// A burst of drops (`drop_newest`) or of write errors is logged once.
+    /// A burst of drops (`drop_newest`) is logged once.
     pub dropping: bool,
-    pub failing: bool,
+    /// Failing commits (logged at the start and the end).
+    pub failing: Outage,
 }
+
+/// Pause before a failed commit is tried again: doubles up to the maximum.
+const RETRY_FIRST: Duration = Duration::from_millis(100);
+const RETRY_MAX: Duration = Duration::from_secs(1);
 
 impl Writer {
     pub async fn run(mut self, mut input: mpsc::Receiver<Batch>) {
@@ -259,41 +303,65 @@ impl Writer {
         drop(b);
     }
 
+    /// Commits `group` until it is durable (then drops it: the upstream
+    /// acks), retrying failures; only `stop` gives up, failing the batches
+    /// not written.
     async fn commit(&mut self, group: &mut Vec<Batch>) {
-        let Some(mut seg) = self.seg.take() else {
-            // Lost to a runtime shutting down: nothing can be written.
-            group.drain(..).for_each(|b| b.fail());
-            return;
-        };
-        let batches = std::mem::take(group);
-        let joined = blocking(move || {
-            let (done, r) = seg.commit(&batches);
-            (seg, batches, done, r)
-        })
-        .await;
-        // Only when the process is exiting; the sources are gone by then.
-        let Some((seg, batches, done, r)) = joined else { return };
-        self.shared.committed(seg.seq, seg.len, done.bytes, done.records);
-        self.seg = Some(seg);
-        if done.too_large > 0 {
-            self.m.discarded("too_large", done.too_large);
-        }
-        match r {
-            Ok(()) => self.failing = false,
-            Err(e) => {
-                self.m.sink_error("buffer_write");
-                if !self.failing {
-                    tracing::warn!(error = %e, "cannot write to the disk buffer; batches are failed and will be read again after a restart");
-                    self.failing = true;
+        let mut batches = std::mem::take(group);
+        let mut pause = RETRY_FIRST;
+        while !batches.is_empty() {
+            let Some(mut seg) = self.seg.take() else {
+                // Lost to a runtime shutting down: nothing can be written.
+                batches.drain(..).for_each(|b| b.fail());
+                break;
+            };
+            let joined = blocking(move || {
+                let (done, r) = seg.commit(&batches);
+                (seg, batches, done, r)
+            })
+            .await;
+            // Only when the process is exiting; the sources are gone by then.
+            let Some((seg, b, done, r)) = joined else { return };
+            batches = b;
+            self.shared.committed(seg.seq, seg.len, done.bytes, done.records);
+            self.seg = Some(seg);
+            if done.too_large > 0 {
+                self.m.discarded("too_large", done.too_large);
+            }
+            // Durable: this drop releases their upstream acks.
+            batches.drain(..done.batches.min(batches.len()));
+            match r {
+                Ok(()) => {
+                    if let Some((seconds, attempts)) = self.failing.ok() {
+                        tracing::warn!(
+                            failed_for_s = seconds,
+                            failed_attempts = attempts,
+                            "disk buffer: writing again; the batches held are acknowledged"
+                        );
+                    }
                 }
-                for b in &batches {
-                    b.fail();
+                Err(e) => {
+                    let reason = io_reason(&e);
+                    self.m.sink_error("buffer_write");
+                    self.gauges.write_error(reason);
+                    if self.failing.failed() {
+                        tracing::warn!(error = %e, reason, batches = batches.len(),
+                            "cannot write to the disk buffer; its batches stay unacknowledged (the sources keep their checkpoints and stop reading when it is full) and the write is retried until it works (further outages within a minute are only counted)");
+                    } else {
+                        tracing::debug!(error = %e, reason, "disk buffer write failed again");
+                    }
+                    tokio::select! {
+                        biased;
+                        _ = self.stop.cancelled() => {
+                            // Not written: the sources must not checkpoint past these.
+                            batches.drain(..).for_each(|b| b.fail());
+                        }
+                        _ = tokio::time::sleep(pause) => {}
+                    }
+                    pause = (pause * 2).min(RETRY_MAX);
                 }
             }
         }
-        // Durable (or failed): this drop releases the upstream acks.
-        let mut batches = batches;
-        batches.clear();
         *group = batches;
     }
 }

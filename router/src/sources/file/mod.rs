@@ -51,7 +51,9 @@ use parse::{Parsed, Parser, Step};
 use tail::{LineSplitter, utf8_prefix};
 use world::{RealWorld, Stat, World};
 
-use crate::checkpoint::{AckTracker, Checkpoint, CheckpointError, CheckpointStore, Fingerprint, Position};
+use crate::checkpoint::{
+    self, AckTracker, Checkpoint, CheckpointError, CheckpointStore, Fingerprint, Position, SaveHealth,
+};
 use crate::event::{Ack, AckToken, Batch, Fields, Records};
 use crate::metrics::{ComponentMetrics, FileLabels, Metrics};
 
@@ -303,16 +305,41 @@ struct FileSource<W: World> {
     records: Records,
     checkpoints_dirty: bool,
     last_checkpoint: Instant,
+    /// Failed saves, told once per outage and to `/readyz`.
+    checkpoint_health: SaveHealth,
     last_scan: Instant,
 }
 
 impl<W: World> FileSource<W> {
-    fn new(cfg: FileSourceConfig, cx: SourceContext, mut world: W, waker: Waker) -> Result<Self, SourceError> {
-        let saved = world
-            .load_checkpoints()?
-            .into_iter()
-            .map(|c| ((c.dev, c.ino), c))
-            .collect();
+    fn new(mut cfg: FileSourceConfig, cx: SourceContext, mut world: W, waker: Waker) -> Result<Self, SourceError> {
+        let checkpoint_metrics = cx.metrics.checkpoint(&cx.id);
+        let saved = match world.load_checkpoints() {
+            Ok(saved) => saved,
+            // Lost positions are never taken for "nothing seen" (which
+            // `read_from = "end"` would turn into skipping): every file
+            // found now is read from its start (see `checkpoint.rs`).
+            Err(e @ CheckpointError::Corrupt { .. }) => {
+                let exclude = cfg.exclude_set();
+                let mut seen = HashSet::new();
+                let (mut files, mut bytes) = (0, 0);
+                for path in cfg.include.iter().flat_map(|p| world.glob(p)) {
+                    if let Some(st) = world
+                        .stat(&path)
+                        .filter(|st| st.is_file && !exclude.is_match(&path) && seen.insert((st.dev, st.ino)))
+                    {
+                        files += 1;
+                        bytes += st.len;
+                    }
+                }
+                checkpoint::report_corrupt(&e, &checkpoint_metrics, files, bytes, cfg.read_from == ReadFrom::End);
+                cfg.read_from = ReadFrom::Beginning;
+                Vec::new()
+            }
+            Err(e) => return Err(e.into()),
+        }
+        .into_iter()
+        .map(|c| ((c.dev, c.ino), c))
+        .collect();
         let (ack_tx, ack_rx) = std_mpsc::channel();
         let m = cx.metrics.component(&cx.id, "file");
         let counters = SourceCounters {
@@ -344,6 +371,7 @@ impl<W: World> FileSource<W> {
             records: Records::default(),
             checkpoints_dirty: false,
             last_checkpoint: now,
+            checkpoint_health: SaveHealth::new(checkpoint_metrics),
             last_scan: now,
         })
     }
@@ -1201,9 +1229,11 @@ impl<W: World> FileSource<W> {
                 path: w.path.display().to_string(),
             });
         }
-        match self.world.save_checkpoints(&all) {
-            Ok(()) => self.checkpoints_dirty = false,
-            Err(e) => tracing::warn!(error = %e, "cannot save checkpoints; will retry"),
+        let saved = self.world.save_checkpoints(&all);
+        // Logged, counted and reported there; retried while dirty.
+        self.checkpoint_health.record(&saved);
+        if saved.is_ok() {
+            self.checkpoints_dirty = false;
         }
     }
 }
