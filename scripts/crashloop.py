@@ -279,6 +279,7 @@ class App:
         self.since_rotation = 0
         self.reopen_in: int | None = None
         self.done = threading.Event()
+        self.abort = threading.Event()  # the harness failed: stop writing
         self.error: BaseException | None = None
         self.rng = random.Random(f"{plan.seed}/rotator")
         self._threads = [
@@ -333,6 +334,8 @@ class App:
         rate = plan.lines / plan.write_seconds
         start = time.monotonic()
         for first in range(0, plan.lines, BLOCK):
+            if self.abort.is_set():
+                break
             end = min(first + BLOCK, plan.lines)
             data = block_bytes(first, end)
             wait = start + first / rate - time.monotonic()
@@ -899,6 +902,7 @@ class Result:
 
 def run_seed(seed: int, opts: Options, log=print) -> Result:
     plan = Plan.from_seed(seed, opts.lines, opts.max_write_seconds)
+    opts.binary = Path(opts.binary).resolve()  # the router runs in the work dir
     work = Path(tempfile.mkdtemp(prefix=f"crashloop-{seed}-", dir=opts.workdir))
     log(f"seed {seed}: {plan.describe()}; work dir {work}", flush=True)
     res = Result(plan=plan, work=work, dup_limit=opts.max_dup_rate)
@@ -941,6 +945,7 @@ def run_seed(seed: int, opts: Options, log=print) -> Result:
         routers.proc = None
         res.drain_seconds = time.monotonic() - t1
     finally:
+        app.abort.set()  # a no-op unless the harness itself failed
         if routers.proc is not None and routers.proc.poll() is None:
             routers.proc.kill()
             routers.proc.wait(timeout=30)
