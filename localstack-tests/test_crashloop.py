@@ -54,7 +54,9 @@ def test_crash_loop_file_sink_loses_nothing(logferry_bin, tmp_path, seed):
 
 @pytest.mark.parametrize("seed", S3_SEEDS)
 def test_crash_loop_s3_sink_loses_nothing(logferry_bin, endpoint, bucket, tmp_path, seed):
-    opts = crashloop.Options(binary=logferry_bin, workdir=tmp_path, sink="s3", endpoint=endpoint, bucket=bucket)
+    opts = crashloop.Options(
+        binary=logferry_bin, workdir=tmp_path, sink="s3", endpoint=endpoint, bucket=bucket
+    )
     res = crashloop.run_seed(seed, opts)
     assert len(res.rotations) == 3, res.report()
     _assert_no_loss(res)
@@ -69,8 +71,16 @@ def test_ledger_matches_the_files_on_disk(tmp_path):
     ledger that misplaces one block is caught. Nothing counts as delivered, so no rotation is
     deleted and every file is compared."""
     plan = crashloop.Plan(
-        seed=1, lines=40_000, write_seconds=2.0, rotate_by="time", rotate_lo=0.05, rotate_hi=0.15,
-        first_kind=0, delete_after=0.3, kills=8, copy_pause=0.02,
+        seed=1,
+        lines=40_000,
+        write_seconds=2.0,
+        rotate_by="time",
+        rotate_lo=0.05,
+        rotate_hi=0.15,
+        first_kind=0,
+        delete_after=0.3,
+        kills=8,
+        copy_pause=0.02,
     )
     logs = tmp_path / "logs"
     app = crashloop.App(plan, logs, delivered=set)
@@ -88,7 +98,9 @@ def test_ledger_matches_the_files_on_disk(tmp_path):
     live = next(p for p in led.placements if p.file == "app.log")
     live.first += crashloop.BLOCK
     problems = crashloop.verify_ledger(led, logs, plan.lines)
-    assert any("placed at" in p for p in problems) and any(p.startswith("app.log:") for p in problems), problems
+    assert any("placed at" in p for p in problems) and any(
+        p.startswith("app.log:") for p in problems
+    ), problems
 
 
 def _object(lines: list[bytes]) -> bytes:

@@ -432,7 +432,9 @@ class App:
             if first is not None and first != start:
                 self.ledger.bad_copies.append(f"{name} starts with id {first}, app.log with {start}")
             copied_to = last_complete if last_complete is not None else start - 1
-            self.ledger.event("truncate", copy=name, copy_first=first, copied_to=copied_to, last_written=end, torn=torn)
+            self.ledger.event(
+                "truncate", copy=name, copy_first=first, copied_to=copied_to, last_written=end, torn=torn
+            )
             if copied_to >= start:
                 self.ledger.placements.append(Placement(start, copied_to, name, "copytruncate copy"))
             if end > copied_to:
@@ -494,7 +496,9 @@ def verify_ledger(ledger: Ledger, log_dir: Path, lines: int) -> list[str]:
         want = [i for r in ranges.get(name, []) for i in r]
         if got != want:
             bad = next((k for k, (g, w) in enumerate(zip(got, want)) if g != w), min(len(got), len(want)))
-            problems.append(f"{name}: {len(got)} lines on disk, {len(want)} in the ledger, first difference at line {bad}")
+            problems.append(
+                f"{name}: {len(got)} lines on disk, {len(want)} in the ledger, first difference at line {bad}"
+            )
         if tail and _leading_id(tail) != torn.get(name, -1):
             problems.append(f"{name} ends in a partial line the ledger does not know")
     return problems
@@ -740,6 +744,24 @@ class Routers:
             )
         return self.proc
 
+    def terminate(self, timeout: float) -> bool:
+        """SIGTERM and wait; False (and SIGKILL) when it does not exit within `timeout`."""
+        p = self.proc
+        if p is None:
+            return True
+        if p.poll() is not None:
+            self.self_exits.append(f"run {self.runs} exited by itself with {p.returncode}")
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait(timeout=30)
+            return False
+        finally:
+            self.proc = None
+        return True
+
     def kill(self) -> None:
         p = self.proc
         if p is None:
@@ -760,7 +782,9 @@ class Routers:
             except FileNotFoundError:
                 continue
             bad = [
-                ln for ln in text.splitlines() if "panicked" in ln or " ERROR " in ln or ln.startswith("ERROR")
+                ln
+                for ln in text.splitlines()
+                if "panicked" in ln or " ERROR " in ln or ln.startswith("ERROR")
             ]
             out.extend(f"{path.name}: {ln[:400]}" for ln in bad[:5])
         return out
@@ -794,6 +818,8 @@ class Options:
     bucket: str | None = None
     workdir: Path | None = None
     keep: bool = False
+    keep_failed: bool = True
+    no_kill: bool = False
     max_dup_rate: float | None = None
 
 
@@ -822,6 +848,7 @@ class Result:
     router_problems: list[str] = field(default_factory=list)
     self_exits: list[str] = field(default_factory=list)
     drain_stuck: bool = False
+    term_stuck: bool = False
     drain_exit: int | None = None
     drain_seconds: float = 0.0
     loop_seconds: float = 0.0
@@ -829,6 +856,11 @@ class Result:
     temp_files: int = 0
     objects: int = 0
     dup_limit: float | None = None
+    kept: bool = True
+
+    @property
+    def loss_rate(self) -> float:
+        return len(self.lost) / self.written if self.written else 0.0
 
     @property
     def dup_rate(self) -> float:
@@ -848,6 +880,8 @@ class Result:
             f.append(f"{len(self.router_problems)} panic/ERROR lines in router stderr")
         if self.self_exits:
             f.append("; ".join(self.self_exits))
+        if self.term_stuck:
+            f.append("the router did not exit after SIGTERM")
         if self.drain_stuck:
             f.append("the --exit-on-eof drain did not end")
         elif self.drain_exit not in (0, None):
@@ -864,7 +898,7 @@ class Result:
         status = "ok" if self.ok else "FAIL: " + "; ".join(self.failures())
         rot = "/".join(str(self.rotations.get(k, 0)) for k in KINDS)
         return (
-            f"seed {self.plan.seed}: written {self.written}, lost {len(self.lost)}, "
+            f"seed {self.plan.seed}: written {self.written}, lost {len(self.lost)} ({self.loss_rate:.2%}), "
             f"window {self.window} ({self.window_delivered} arrived anyway), "
             f"duplicates {self.duplicates} ({self.dup_rate:.2%}), kills {self.kills}, "
             f"rotations {rot} (rename/copytruncate/rename+delete), deleted {self.deleted}, "
@@ -879,14 +913,19 @@ class Result:
             f"{self.objects} objects, {self.delivered} distinct ids delivered, at most {self.max_copies} copies of one id"
         )
         if self.dups_by_kind:
-            out.append("  duplicates by where the line was written: " + ", ".join(f"{k} {n}" for k, n in self.dups_by_kind.items()))
+            out.append(
+                "  duplicates by where the line was written: "
+                + ", ".join(f"{k} {n}" for k, n in self.dups_by_kind.items())
+            )
         if self.torn_copies or self.fragments:
             out.append(
                 f"  {self.torn_copies} copies ended in a torn line; {self.fragments} fragment records "
                 "(a prefix of one line, e.g. that torn line) arrived"
             )
         if self.temp_files:
-            out.append(f"  {self.temp_files} temp files left in the sink's directory (objects a kill interrupted)")
+            out.append(
+                f"  {self.temp_files} temp files left in the sink's directory (objects a kill interrupted)"
+            )
         out.extend(f"  lost: {s}" for s in self.lost_by_file[:40])
         if len(self.lost_by_file) > 40:
             out.append(f"  lost: ... {len(self.lost_by_file) - 40} more ranges")
@@ -896,7 +935,9 @@ class Result:
         out.extend(f"  router: {p}" for p in self.router_problems[:20])
         out.extend(f"  router: {s}" for s in self.self_exits)
         if not self.ok:
-            out.append(f"  work dir kept: {self.work}")
+            out.append(
+                f"  work dir kept: {self.work}" if self.kept else "  work dir removed (--keep-failed limit)"
+            )
         return "\n".join(out)
 
 
@@ -910,7 +951,11 @@ def run_seed(seed: int, opts: Options, log=print) -> Result:
     logs = work / "logs"
     if opts.sink == "s3":
         output = S3Output(opts.endpoint, opts.bucket)
-        env = {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test", "AWS_EC2_METADATA_DISABLED": "true"}
+        env = {
+            "AWS_ACCESS_KEY_ID": "test",
+            "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_EC2_METADATA_DISABLED": "true",
+        }
     else:
         output = FileOutput(work / "out")
         env = {}
@@ -923,7 +968,13 @@ def run_seed(seed: int, opts: Options, log=print) -> Result:
         app.start()
         routers.start()
         kills = 0
-        while kills < plan.kills or app.writing():
+        if opts.no_kill:
+            # The baseline: one router for the whole write phase, stopped with SIGTERM.
+            while app.writing():
+                time.sleep(0.1)
+            time.sleep(2.0)
+            res.term_stuck = not routers.terminate(opts.drain_timeout)
+        while not opts.no_kill and (kills < plan.kills or app.writing()):
             time.sleep(kill_rng.uniform(0.2, 2.5))
             routers.kill()
             kills += 1
@@ -983,8 +1034,9 @@ def run_seed(seed: int, opts: Options, log=print) -> Result:
     ledger.dump(work / "ledger.json")
     if isinstance(output, S3Output):
         output.cleanup()
-    if res.ok and not opts.keep:
+    if (res.ok and not opts.keep) or (not res.ok and not opts.keep_failed):
         shutil.rmtree(work, ignore_errors=True)
+        res.kept = False
     return res
 
 
@@ -1009,21 +1061,46 @@ def lost_by_file(lost: list[int], ledger: Ledger) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     which = ap.add_mutually_exclusive_group()
     which.add_argument("--seed", type=int, action="append", help="run this seed (repeatable)")
     which.add_argument("--seeds", type=int, metavar="N", help="soak: run N seeds from --first-seed")
     ap.add_argument("--first-seed", type=int, default=1)
     ap.add_argument("--sink", choices=("file", "s3"), default="file")
-    ap.add_argument("--bin", type=Path, default=None, help="router binary (default $LOGFERRY_BIN or target/release/logferry)")
+    ap.add_argument(
+        "--bin",
+        type=Path,
+        default=None,
+        help="router binary (default $LOGFERRY_BIN or target/release/logferry)",
+    )
     ap.add_argument("--lines", type=int, default=150_000, help="lines per seed (default 150000)")
-    ap.add_argument("--max-write-seconds", type=float, default=10.0, help="upper end of the write phase (default 10)")
-    ap.add_argument("--drain-timeout", type=float, default=300.0, help="hang guard on the final drain (default 300 s)")
+    ap.add_argument(
+        "--max-write-seconds", type=float, default=10.0, help="upper end of the write phase (default 10)"
+    )
+    ap.add_argument(
+        "--drain-timeout", type=float, default=300.0, help="hang guard on the final drain (default 300 s)"
+    )
     ap.add_argument("--endpoint", default=os.environ.get("LOCALSTACK_ENDPOINT", DEFAULT_ENDPOINT))
     ap.add_argument("--bucket", help="s3: use this bucket (default: a new one, deleted afterwards)")
     ap.add_argument("--workdir", type=Path, help="parent of the per-seed work dirs (default: the temp dir)")
     ap.add_argument("--keep", action="store_true", help="keep work dirs of passing seeds too")
-    ap.add_argument("--max-dup-rate", type=float, help="fail a seed whose duplicates exceed this fraction of lines")
+    ap.add_argument(
+        "--keep-failed",
+        type=int,
+        default=5,
+        metavar="N",
+        help="keep the work dirs of the first N failing seeds (default 5)",
+    )
+    ap.add_argument(
+        "--max-dup-rate", type=float, help="fail a seed whose duplicates exceed this fraction of lines"
+    )
+    ap.add_argument(
+        "--no-kill",
+        action="store_true",
+        help="baseline: one router through the write phase, stopped with SIGTERM (then the same drain)",
+    )
     ap.add_argument("--fail-fast", action="store_true", help="stop at the first failing seed")
     args = ap.parse_args(argv)
 
@@ -1048,12 +1125,14 @@ def main(argv: list[str] | None = None) -> int:
         workdir=args.workdir,
         keep=args.keep,
         max_dup_rate=args.max_dup_rate,
+        no_kill=args.no_kill,
     )
     shown = f"{seeds[0]}..{seeds[-1]}" if args.seeds is not None else ", ".join(map(str, seeds))
     print(f"crashloop: {len(seeds)} seed(s) {shown}, sink {args.sink}, router {binary}", flush=True)
     results: list[Result] = []
     t0 = time.monotonic()
     for seed in seeds:
+        opts.keep_failed = sum(1 for r in results if not r.ok) < args.keep_failed
         r = run_seed(seed, opts, log=(lambda *a, **k: None) if len(seeds) > 1 else print)
         results.append(r)
         print(r.report() if (len(seeds) == 1 or not r.ok) else r.line(), flush=True)
