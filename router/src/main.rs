@@ -242,54 +242,72 @@ fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(async move {
-        let metrics = Arc::new(Metrics::new());
-        let health = Arc::new(Health::default());
-        let api_stop = tokio_util::sync::CancellationToken::new();
-        if let Some(api_cfg) = &config.api {
-            let addr = api::serve(api_cfg.address, metrics.clone(), health.clone(), api_stop.clone())
-                .await
-                .with_context(|| format!("cannot listen on {} (api.address)", api_cfg.address))?;
-            tracing::info!(%addr, "api listening");
-        }
-        let env: EnvFn = Arc::new(env_lookup);
-        let running = topology::start(&config, opts, metrics.clone(), health.clone(), env)?;
-        health.ready.store(true, std::sync::atomic::Ordering::Release);
+    let result = rt.block_on(pipeline(config, opts));
+    if let Err(e) = &result
+        && let Some(topology::StopError::SourcesStuck(_)) = e.downcast_ref()
+    {
+        // No teardown: dropping the sinks' batches would report them
+        // delivered to a source that may still save a checkpoint.
+        tracing::error!("{e:#}");
+        err_line!("logferry: {e:#}");
+        std::process::exit(1);
+    }
+    // Dropping the runtime would wait for every blocking task (a write or
+    // fsync in flight, a compressor mid-batch) however long it takes; the
+    // drain deadline is a promise, so what is left is left behind.
+    rt.shutdown_timeout(topology::RUNTIME_SHUTDOWN);
+    result
+}
+
+/// Starts the pipeline and waits for its end: the inputs' end with
+/// `--exit-on-eof`, else a signal or an `exit_when` condition and the drain.
+async fn pipeline(config: Config, opts: RunOptions) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let api_stop = tokio_util::sync::CancellationToken::new();
+    if let Some(api_cfg) = &config.api {
+        let addr = api::serve(api_cfg.address, metrics.clone(), health.clone(), api_stop.clone())
+            .await
+            .with_context(|| format!("cannot listen on {} (api.address)", api_cfg.address))?;
+        tracing::info!(%addr, "api listening");
+    }
+    let env: EnvFn = Arc::new(env_lookup);
+    let running = topology::start(&config, opts, metrics.clone(), health.clone(), env)?;
+    health.ready.store(true, std::sync::atomic::Ordering::Release);
+    tracing::info!(
+        sources = config.sources.len(),
+        transforms = config.transforms.len(),
+        sinks = config.sinks.len(),
+        exit_on_eof = opts.exit_on_eof,
+        "logferry started"
+    );
+    let shutdown = running.shutdown.clone();
+    let force = running.force.clone();
+    let (quiet, timeout) = (config.lifecycle.drain_quiet, config.lifecycle.drain_timeout);
+    let signals = tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        shutdown.cancel();
         tracing::info!(
-            sources = config.sources.len(),
-            transforms = config.transforms.len(),
-            sinks = config.sinks.len(),
-            exit_on_eof = opts.exit_on_eof,
-            "logferry started"
+            drain_quiet = %humantime::format_duration(quiet),
+            drain_timeout = %humantime::format_duration(timeout),
+            "stop requested: reading until the inputs are quiet, then flushing sinks and saving checkpoints (signal again to stop at once)"
         );
-        let shutdown = running.shutdown.clone();
-        let force = running.force.clone();
-        let (quiet, timeout) = (config.lifecycle.drain_quiet, config.lifecycle.drain_timeout);
-        let signals = tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-                return;
-            };
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-            shutdown.cancel();
-            tracing::info!(
-                drain_quiet = %humantime::format_duration(quiet),
-                drain_timeout = %humantime::format_duration(timeout),
-                "stop requested: reading until the inputs are quiet, then flushing sinks and saving checkpoints (signal again to stop at once)"
-            );
-            tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-            force.cancel();
-            tracing::warn!("second signal: saving checkpoints and exiting without waiting for sinks");
-        });
-        let result = running.wait().await;
-        signals.abort();
-        api_stop.cancel();
-        health.ready.store(false, std::sync::atomic::Ordering::Release);
-        for (component, kind, received, sent) in metrics.totals() {
-            tracing::info!(%component, %kind, received, sent, "component totals");
-        }
-        result?;
-        tracing::info!("logferry stopped");
-        Ok(())
-    })
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        force.cancel();
+        tracing::warn!("second signal: saving checkpoints and exiting without waiting for sinks");
+    });
+    let result = running.wait().await;
+    signals.abort();
+    api_stop.cancel();
+    health.ready.store(false, std::sync::atomic::Ordering::Release);
+    for (component, kind, received, sent) in metrics.totals() {
+        tracing::info!(%component, %kind, received, sent, "component totals");
+    }
+    result?;
+    tracing::info!("logferry stopped");
+    Ok(())
 }
