@@ -7,6 +7,15 @@
 //! one way: sources stop and drop their senders, transforms drain and drop
 //! theirs, sinks flush and release acks, sources save checkpoints. The same
 //! path serves `--exit-on-eof`.
+//!
+//! A stop request must end the process within `drain_timeout` plus 1 s,
+//! because the orchestrator kills it soon after, and a sink that pushes back
+//! (a dead server, throttling, a full disk buffer) can hold any of those
+//! steps indefinitely. So the deadline lives here, in one place
+//! ([`enforce_deadline`] cancels `force`), and every wait after `force` is
+//! bounded ([`Running::wait`]); the components only need to stop waiting on
+//! `force`. Cutting the drain short loses nothing: the checkpoints stay at
+//! what was acknowledged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
