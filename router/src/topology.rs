@@ -51,7 +51,8 @@ const SOURCE_STOP: Duration = Duration::from_millis(400);
 /// sources take to notice, it keeps the exit within `drain_timeout` + 1 s.
 const EXIT_GRACE: Duration = Duration::from_millis(700);
 /// After `force`, how long tasks that end on it (disk buffers saving their
-/// position) get before the rest are aborted.
+/// position) get before the rest are aborted. Only waited for when a sink
+/// has a disk buffer.
 const STOP_GRACE: Duration = Duration::from_millis(250);
 /// What `main` gives the runtime to drop what is left once the pipeline is
 /// down: a blocking write or fsync in flight, a compressor mid-batch.
@@ -121,6 +122,8 @@ pub struct Running {
     disk_buffers: bool,
     /// Each sink's handles, for the report of what a stop abandoned.
     sinks: Vec<SinkHandles>,
+    /// When [`Running::wait`] saw `force` while joining the sources.
+    forced_seen: Option<Instant>,
 }
 
 /// What the exit report reads of one sink.
@@ -396,6 +399,7 @@ pub fn start(
         health,
         disk_buffers: config.sinks.iter().any(|c| c.buffer != BufferConfig::Memory),
         sinks: sink_handles,
+        forced_seen: None,
         lifecycle,
         deadline,
         sources,
@@ -479,7 +483,12 @@ impl Running {
             Err(stuck @ StopError::SourcesStuck(_)) => return Err(stuck),
             r => r,
         };
-        let mut exit_by = self.force.is_cancelled().then(|| Instant::now() + EXIT_GRACE);
+        // Counted from when `force` was first seen, not from here: the
+        // sources' stop is part of the grace.
+        let mut exit_by = self
+            .force
+            .is_cancelled()
+            .then(|| self.forced_seen.unwrap_or_else(Instant::now) + EXIT_GRACE);
         // Sources only finish once every batch settled or they gave up
         // waiting; whatever a sink still retries is not checkpointed.
         self.health.stopping.store(true, std::sync::atomic::Ordering::Release);
@@ -512,11 +521,14 @@ impl Running {
             // Disk buffers first: an aborted sink drops its batches, and
             // those drops must not count as acks (see `buffer::disk`).
             self.force.cancel();
-            let stop_by = exit_by.min(Instant::now() + STOP_GRACE);
-            let _ = tokio::time::timeout_at(stop_by.into(), async {
-                while self.tasks.join_next().await.is_some() {}
-            })
-            .await;
+            if self.disk_buffers {
+                // They end on `force` after saving their position.
+                let stop_by = exit_by.min(Instant::now() + STOP_GRACE);
+                let _ = tokio::time::timeout_at(stop_by.into(), async {
+                    while self.tasks.join_next().await.is_some() {}
+                })
+                .await;
+            }
             self.tasks.abort_all();
             let ended = tokio::time::timeout_at(exit_by.into(), async {
                 while self.tasks.join_next().await.is_some() {}
@@ -567,7 +579,9 @@ impl Running {
                     }
                 }
                 _ = self.force.cancelled(), if give_up.is_none() => {
-                    give_up = Some(Instant::now() + SOURCE_STOP);
+                    let now = Instant::now();
+                    self.forced_seen = Some(now);
+                    give_up = Some(now + SOURCE_STOP);
                 }
                 _ = sleep_until(give_up), if give_up.is_some() => {
                     return Err(StopError::SourcesStuck(waiting.into_iter().map(|(_, id)| id).collect()));
