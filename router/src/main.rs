@@ -3,7 +3,6 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::{Parser, Subcommand, ValueEnum};
@@ -235,31 +234,6 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-/// After `drain_timeout` the stop becomes forced (sources save checkpoints,
-/// sinks are aborted); this long after that the process exits whatever is
-/// still running, so a stop always ends within `drain_timeout` + 1 s.
-const FORCE_GRACE: Duration = Duration::from_millis(900);
-
-/// Exits the process `after` from now if it is still running then: the last
-/// resort of the drain bound, on a plain thread so that a wedged runtime or a
-/// blocking call cannot hold it. Checkpoints only ever hold acknowledged
-/// offsets, so exiting here repeats records at the next start, never loses
-/// them.
-fn backstop(after: Duration) {
-    let spawned = std::thread::Builder::new()
-        .name("drain-backstop".into())
-        .spawn(move || {
-            std::thread::sleep(after);
-            tracing::error!(
-                "the drain did not finish after drain_timeout; exiting now (checkpoints hold only delivered offsets)"
-            );
-            std::process::exit(0);
-        });
-    if let Err(e) = spawned {
-        tracing::warn!(error = %e, "cannot start the drain backstop");
-    }
-}
-
 fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
     let workers = std::thread::available_parallelism().map_or(2, |n| n.get()).clamp(1, 4);
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -268,65 +242,72 @@ fn run(config: Config, opts: RunOptions) -> anyhow::Result<()> {
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(async move {
-        let metrics = Arc::new(Metrics::new());
-        let health = Arc::new(Health::default());
-        let api_stop = tokio_util::sync::CancellationToken::new();
-        if let Some(api_cfg) = &config.api {
-            let addr = api::serve(api_cfg.address, metrics.clone(), health.clone(), api_stop.clone())
-                .await
-                .with_context(|| format!("cannot listen on {} (api.address)", api_cfg.address))?;
-            tracing::info!(%addr, "api listening");
-        }
-        let env: EnvFn = Arc::new(env_lookup);
-        let running = topology::start(&config, opts, metrics.clone(), health.clone(), env)?;
-        health.ready.store(true, std::sync::atomic::Ordering::Release);
+    let result = rt.block_on(pipeline(config, opts));
+    if let Err(e) = &result
+        && let Some(topology::StopError::SourcesStuck(_)) = e.downcast_ref()
+    {
+        // No teardown: dropping the sinks' batches would report them
+        // delivered to a source that may still save a checkpoint.
+        tracing::error!("{e:#}");
+        err_line!("logferry: {e:#}");
+        std::process::exit(1);
+    }
+    // Dropping the runtime would wait for every blocking task (a write or
+    // fsync in flight, a compressor mid-batch) however long it takes; the
+    // drain deadline is a promise, so what is left is left behind.
+    rt.shutdown_timeout(topology::RUNTIME_SHUTDOWN);
+    result
+}
+
+/// Starts the pipeline and waits for its end: the inputs' end with
+/// `--exit-on-eof`, else a signal or an `exit_when` condition and the drain.
+async fn pipeline(config: Config, opts: RunOptions) -> anyhow::Result<()> {
+    let metrics = Arc::new(Metrics::new());
+    let health = Arc::new(Health::default());
+    let api_stop = tokio_util::sync::CancellationToken::new();
+    if let Some(api_cfg) = &config.api {
+        let addr = api::serve(api_cfg.address, metrics.clone(), health.clone(), api_stop.clone())
+            .await
+            .with_context(|| format!("cannot listen on {} (api.address)", api_cfg.address))?;
+        tracing::info!(%addr, "api listening");
+    }
+    let env: EnvFn = Arc::new(env_lookup);
+    let running = topology::start(&config, opts, metrics.clone(), health.clone(), env)?;
+    health.ready.store(true, std::sync::atomic::Ordering::Release);
+    tracing::info!(
+        sources = config.sources.len(),
+        transforms = config.transforms.len(),
+        sinks = config.sinks.len(),
+        exit_on_eof = opts.exit_on_eof,
+        "logferry started"
+    );
+    let shutdown = running.shutdown.clone();
+    let force = running.force.clone();
+    let (quiet, timeout) = (config.lifecycle.drain_quiet, config.lifecycle.drain_timeout);
+    let signals = tokio::spawn(async move {
+        use tokio::signal::unix::{SignalKind, signal};
+        let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
+            return;
+        };
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        shutdown.cancel();
         tracing::info!(
-            sources = config.sources.len(),
-            transforms = config.transforms.len(),
-            sinks = config.sinks.len(),
-            exit_on_eof = opts.exit_on_eof,
-            "logferry started"
+            drain_quiet = %humantime::format_duration(quiet),
+            drain_timeout = %humantime::format_duration(timeout),
+            "stop requested: reading until the inputs are quiet, then flushing sinks and saving checkpoints (signal again to stop at once)"
         );
-        let shutdown = running.shutdown.clone();
-        let force = running.force.clone();
-        let (quiet, timeout) = (config.lifecycle.drain_quiet, config.lifecycle.drain_timeout);
-        let signals = tokio::spawn(async move {
-            use tokio::signal::unix::{SignalKind, signal};
-            let (Ok(mut term), Ok(mut int)) = (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) else {
-                return;
-            };
-            // A stop is a signal or `exit_when` (lifecycle.rs).
-            tokio::select! {
-                _ = term.recv() => shutdown.cancel(),
-                _ = int.recv() => shutdown.cancel(),
-                _ = shutdown.cancelled() => {}
-            }
-            backstop(timeout + FORCE_GRACE);
-            tracing::info!(
-                drain_quiet = %humantime::format_duration(quiet),
-                drain_timeout = %humantime::format_duration(timeout),
-                "stop requested: reading until the inputs are quiet, then flushing sinks and saving checkpoints (signal again to stop at once)"
-            );
-            tokio::select! {
-                _ = term.recv() => tracing::warn!("second signal: saving checkpoints and exiting without waiting for sinks"),
-                _ = int.recv() => tracing::warn!("second signal: saving checkpoints and exiting without waiting for sinks"),
-                _ = tokio::time::sleep(timeout) => tracing::warn!(
-                    drain_timeout = %humantime::format_duration(timeout),
-                    "drain_timeout reached: saving checkpoints and exiting; what the sinks still hold is read again at the next start"
-                ),
-            }
-            force.cancel();
-        });
-        let result = running.wait().await;
-        signals.abort();
-        api_stop.cancel();
-        health.ready.store(false, std::sync::atomic::Ordering::Release);
-        for (component, kind, received, sent) in metrics.totals() {
-            tracing::info!(%component, %kind, received, sent, "component totals");
-        }
-        result?;
-        tracing::info!("logferry stopped");
-        Ok(())
-    })
+        tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
+        force.cancel();
+        tracing::warn!("second signal: saving checkpoints and exiting without waiting for sinks");
+    });
+    let result = running.wait().await;
+    signals.abort();
+    api_stop.cancel();
+    health.ready.store(false, std::sync::atomic::Ordering::Release);
+    for (component, kind, received, sent) in metrics.totals() {
+        tracing::info!(%component, %kind, received, sent, "component totals");
+    }
+    result?;
+    tracing::info!("logferry stopped");
+    Ok(())
 }

@@ -59,6 +59,10 @@ pub struct Metrics {
     sent_events: Family<ComponentLabels, Counter>,
     sent_bytes: Family<ComponentLabels, Counter>,
     discarded: Family<ReasonLabels, Counter>,
+    /// `discarded` summed over reasons, per component. Not exported: the
+    /// exit report uses it to tell what a sink abandoned from what it
+    /// dropped on purpose.
+    discarded_total: Family<ComponentLabels, Counter>,
     /// Discarded records written to the dead-letter directory.
     dead_letters: Family<ReasonLabels, Counter>,
     /// Lines kept but altered: parse fallback, invalid UTF-8, truncation.
@@ -123,6 +127,7 @@ impl Metrics {
             sent_events: Family::default(),
             sent_bytes: Family::default(),
             discarded: Family::default(),
+            discarded_total: Family::default(),
             dead_letters: Family::default(),
             line_issues: Family::default(),
             file_read_offset: Family::default(),
@@ -399,6 +404,7 @@ impl Metrics {
             unacked_events: self.unacked_events.get_or_create(&labels).clone(),
             objects_written: self.objects_written.get_or_create(&labels).clone(),
             discarded: self.discarded.clone(),
+            discarded_total: self.discarded_total.get_or_create(&labels).clone(),
             dead_letters: self.dead_letters.clone(),
             line_issues: self.line_issues.clone(),
             sink_errors: self.sink_errors.clone(),
@@ -476,6 +482,8 @@ pub struct ComponentMetrics {
     pub retries: Counter,
     redactions: Family<DetectorLabels, Counter>,
     discarded: Family<ReasonLabels, Counter>,
+    /// All of this component's discarded records, whatever the reason.
+    pub discarded_total: Counter,
     dead_letters: Family<ReasonLabels, Counter>,
     line_issues: Family<ReasonLabels, Counter>,
     sink_errors: Family<ReasonLabels, Counter>,
@@ -496,6 +504,7 @@ impl ComponentMetrics {
             return;
         }
         self.discarded.get_or_create(&self.labels(reason)).inc_by(count);
+        self.discarded_total.inc_by(count);
         tracing::debug!(component = %self.id, reason, count, "records discarded");
     }
 

@@ -7,9 +7,19 @@
 //! one way: sources stop and drop their senders, transforms drain and drop
 //! theirs, sinks flush and release acks, sources save checkpoints. The same
 //! path serves `--exit-on-eof`.
+//!
+//! A stop request must end the process within `drain_timeout` plus 1 s,
+//! because the orchestrator kills it soon after, and a sink that pushes back
+//! (a dead server, throttling, a full disk buffer) can hold any of those
+//! steps indefinitely. So the deadline lives here, in one place
+//! ([`enforce_deadline`] cancels `force`), and every wait after `force` is
+//! bounded ([`Running::wait`]); the components only need to stop waiting on
+//! `force`. Cutting the drain short loses nothing: the checkpoints stay at
+//! what was acknowledged.
 
 use std::collections::HashMap;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
@@ -21,7 +31,7 @@ use crate::buffer::disk::{self, DiskBuffer};
 use crate::config::Config;
 use crate::dead_letter::DeadLetters;
 use crate::event::Batch;
-use crate::metrics::Metrics;
+use crate::metrics::{BufferMetrics, ComponentMetrics, Metrics};
 use crate::sinks::{SinkConfig, SinkContext};
 use crate::sources::SourceConfig;
 use crate::sources::file::{self, SourceContext, SourceError};
@@ -31,8 +41,22 @@ use crate::transforms::TransformConfig;
 /// keeps consumers busy.
 const CHANNEL_CAPACITY: usize = 4;
 /// How long sinks may take to wind down once the sources have saved their
-/// checkpoints.
-const SINK_SETTLE: std::time::Duration = std::time::Duration::from_secs(3);
+/// checkpoints (never past the drain deadline).
+const SINK_SETTLE: Duration = Duration::from_secs(3);
+/// Once `force` is cancelled (the drain deadline, or a second signal), how
+/// long the sources may take to save their checkpoints and return.
+const SOURCE_STOP: Duration = Duration::from_millis(400);
+/// Once `force` is cancelled, how long until [`Running::wait`] returns,
+/// whatever the sinks do. With [`RUNTIME_SHUTDOWN`] and the time the
+/// sources take to notice, it keeps the exit within `drain_timeout` + 1 s.
+const EXIT_GRACE: Duration = Duration::from_millis(700);
+/// After `force`, how long tasks that end on it (disk buffers saving their
+/// position) get before the rest are aborted. Only waited for when a sink
+/// has a disk buffer.
+const STOP_GRACE: Duration = Duration::from_millis(250);
+/// What `main` gives the runtime to drop what is left once the pipeline is
+/// down: a blocking write or fsync in flight, a compressor mid-batch.
+pub const RUNTIME_SHUTDOWN: Duration = Duration::from_millis(200);
 
 /// Sends a batch to every downstream component (clones share the records).
 #[derive(Clone, Debug, Default)]
@@ -74,7 +98,8 @@ pub struct RunOptions {
 
 /// A started pipeline.
 pub struct Running {
-    sources: Vec<std::thread::JoinHandle<Result<(), SourceError>>>,
+    /// Each source's id and thread.
+    sources: Vec<(String, std::thread::JoinHandle<Result<(), SourceError>>)>,
     tasks: JoinSet<()>,
     /// Stop reading, drain, save checkpoints.
     pub shutdown: CancellationToken,
@@ -84,6 +109,9 @@ pub struct Running {
     sinks_stop: CancellationToken,
     /// Polls `[lifecycle.exit_when]`; cancels `shutdown` when one holds.
     lifecycle: tokio::task::JoinHandle<()>,
+    /// Owns the drain deadline: cancels `force` at `drain_timeout` after
+    /// `shutdown` (see [`enforce_deadline`]).
+    deadline: tokio::task::JoinHandle<()>,
     /// Held while running: one router per data_dir (released by the kernel
     /// when the process dies, so a kill -9 never leaves it stale).
     _data_dir_lock: std::fs::File,
@@ -92,9 +120,32 @@ pub struct Running {
     health: Arc<Health>,
     /// Some sink has a disk buffer.
     disk_buffers: bool,
-    /// When `shutdown` was cancelled, and how long the whole drain may take.
-    drain_started: Arc<std::sync::OnceLock<std::time::Instant>>,
-    drain_timeout: std::time::Duration,
+    /// Each sink's handles, for the report of what a stop abandoned.
+    sinks: Vec<SinkHandles>,
+    /// When [`Running::wait`] saw `force` while joining the sources.
+    forced_seen: Option<Instant>,
+}
+
+/// What the exit report reads of one sink.
+struct SinkHandles {
+    m: ComponentMetrics,
+    buffer: Option<BufferMetrics>,
+}
+
+/// Why [`Running::wait`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum StopError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    /// A source thread did not return within [`SOURCE_STOP`] of `force`
+    /// (blocked in the kernel: a hung disk or network file system). Its
+    /// last periodic checkpoint stands; the caller must exit at once,
+    /// without tearing the pipeline down: a sink's dropped batches report
+    /// "delivered", and that source could still apply them.
+    #[error(
+        "sources {0:?} did not stop within {SOURCE_STOP:?} of the drain deadline; exiting without their final checkpoints (the last saved ones stand, so what follows them is read again)"
+    )]
+    SourcesStuck(Vec<String>),
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -163,9 +214,14 @@ pub fn start(
     };
 
     let mut tasks = JoinSet::new();
+    let mut sink_handles = Vec::new();
     for c in &config.sinks {
         let Some(rx) = receivers.remove(&c.id) else { continue };
         let m = metrics.component(&c.id, c.inner.kind());
+        sink_handles.push(SinkHandles {
+            m: m.clone(),
+            buffer: (c.buffer != BufferConfig::Memory).then(|| metrics.buffer(&c.id)),
+        });
         // A disk buffer takes the inbox; the sink reads what it replays.
         let rx = match c.buffer {
             BufferConfig::Memory => rx,
@@ -306,36 +362,30 @@ pub fn start(
                     id: c.id.clone(),
                     source,
                 })?;
-                sources.push(h);
+                sources.push((c.id.clone(), h));
             }
             SourceConfig::Forward(cfg) => {
                 let h = crate::sources::forward::spawn(cfg.clone(), cx).map_err(|source| StartError::Source {
                     id: c.id.clone(),
                     source,
                 })?;
-                sources.push(h);
+                sources.push((c.id.clone(), h));
             }
         }
     }
     // Only upstream components hold senders now, so closing propagates.
     drop(senders);
-    let drain_started = Arc::new(std::sync::OnceLock::new());
     let lifecycle = if opts.exit_on_eof {
         tokio::spawn(async {})
     } else {
-        let (watch, started, stop) = (
-            crate::lifecycle::watch(config.lifecycle.clone(), env, shutdown.clone()),
-            drain_started.clone(),
-            shutdown.clone(),
-        );
-        tokio::spawn(async move {
-            let note = async move {
-                stop.cancelled().await;
-                let _ = started.set(std::time::Instant::now());
-            };
-            tokio::join!(watch, note);
-        })
+        tokio::spawn(crate::lifecycle::watch(config.lifecycle.clone(), env, shutdown.clone()))
     };
+    // Also with `--exit-on-eof`: a signal there starts the same drain.
+    let deadline = tokio::spawn(enforce_deadline(
+        shutdown.clone(),
+        force.clone(),
+        config.lifecycle.drain_timeout,
+    ));
     let watchdog = tokio::spawn(crate::watchdog::run(
         crate::config::ApiConfig::thresholds(config.api.as_ref()),
         metrics,
@@ -347,10 +397,11 @@ pub fn start(
         _data_dir_lock: data_dir_lock,
         watchdog,
         health,
-        drain_started,
-        drain_timeout: config.lifecycle.drain_timeout,
         disk_buffers: config.sinks.iter().any(|c| c.buffer != BufferConfig::Memory),
+        sinks: sink_handles,
+        forced_seen: None,
         lifecycle,
+        deadline,
         sources,
         tasks,
         shutdown,
@@ -397,57 +448,190 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
     Ok(file)
 }
 
+/// The drain deadline: `drain_timeout` after `shutdown` (a signal or an
+/// `exit_when` condition), `force` is cancelled, whatever the drain is
+/// waiting for. From there every wait in the stop is bounded (see
+/// [`Running::wait`]), so the process exits within `drain_timeout` plus
+/// [`EXIT_GRACE`] and [`RUNTIME_SHUTDOWN`]. Nothing is lost by it: the
+/// sources save checkpoints at what was acknowledged, and what was not is
+/// read again at the next start (or stays in a disk buffer).
+async fn enforce_deadline(shutdown: CancellationToken, force: CancellationToken, drain_timeout: Duration) {
+    tokio::select! {
+        _ = force.cancelled() => {}
+        _ = shutdown.cancelled() => {
+            tokio::select! {
+                _ = force.cancelled() => {}
+                _ = tokio::time::sleep(drain_timeout) => {
+                    tracing::warn!(
+                        drain_timeout = %humantime::format_duration(drain_timeout),
+                        "drain_timeout reached: saving checkpoints at what was delivered and stopping the sinks"
+                    );
+                    force.cancel();
+                }
+            }
+        }
+    }
+}
+
 impl Running {
     /// Waits until every source has finished (end of input with
     /// `--exit-on-eof`, or after `shutdown`) and the pipeline has drained.
-    /// Returns the first source error.
-    pub async fn wait(mut self) -> Result<(), SourceError> {
-        let sources = std::mem::take(&mut self.sources);
-        let joined = tokio::task::spawn_blocking(move || {
-            let mut first = Ok(());
-            for h in sources {
-                let r = h
-                    .join()
-                    .unwrap_or_else(|_| Err(SourceError::Downstream("a source thread panicked".into())));
-                if first.is_ok() {
-                    first = r;
-                }
-            }
-            first
-        });
-        let result = joined.await.unwrap_or(Ok(()));
+    /// After `force` (the drain deadline or a second signal) it returns
+    /// within [`EXIT_GRACE`], whatever the sinks do.
+    pub async fn wait(mut self) -> Result<(), StopError> {
+        let result = match self.join_sources().await {
+            Err(stuck @ StopError::SourcesStuck(_)) => return Err(stuck),
+            r => r,
+        };
+        // Counted from when `force` was first seen, not from here: the
+        // sources' stop is part of the grace.
+        let mut exit_by = self
+            .force
+            .is_cancelled()
+            .then(|| self.forced_seen.unwrap_or_else(Instant::now) + EXIT_GRACE);
         // Sources only finish once every batch settled or they gave up
         // waiting; whatever a sink still retries is not checkpointed.
         self.health.stopping.store(true, std::sync::atomic::Ordering::Release);
         self.sinks_stop.cancel();
         self.lifecycle.abort();
         self.watchdog.abort();
-        if self.force.is_cancelled() {
-            self.tasks.abort_all();
-        }
         // A sink in the middle of a request gets a moment to finish it; its
         // records are not in any checkpoint, so cutting it short loses nothing.
-        let settle = async { while self.tasks.join_next().await.is_some() {} };
         // At the end of `--exit-on-eof` (no shutdown asked) a disk buffer
         // still hands its backlog to its sink: delivery, not a stuck request,
         // so it is waited for (it ends when drained or when the sink fails).
         // After a stop request the backlog is worth the rest of the drain
-        // time: on Fargate the buffer's volume goes away with the task.
-        let settle_for = match (self.disk_buffers, self.drain_started.get()) {
-            (true, _) if !self.shutdown.is_cancelled() => std::time::Duration::MAX,
-            (true, Some(t)) if !self.force.is_cancelled() => (*t + self.drain_timeout)
-                .saturating_duration_since(std::time::Instant::now())
-                .max(SINK_SETTLE),
-            _ => SINK_SETTLE,
+        // time (`force` comes at its deadline): on Fargate the buffer's volume
+        // goes away with the task.
+        let settle_for = (!self.disk_buffers).then_some(SINK_SETTLE);
+        let settled = exit_by.is_none() && {
+            let force = self.force.clone();
+            let all = async { while self.tasks.join_next().await.is_some() {} };
+            tokio::select! {
+                _ = all => true,
+                _ = force.cancelled() => false,
+                _ = sleep_for(settle_for) => false,
+            }
         };
-        if tokio::time::timeout(settle_for, settle).await.is_err() {
-            tracing::warn!("sinks still busy after the sources stopped; aborting them");
+        if !settled {
+            let exit_by = *exit_by.get_or_insert_with(|| Instant::now() + EXIT_GRACE);
+            if !self.force.is_cancelled() {
+                tracing::warn!("sinks still busy after the sources stopped; stopping them");
+            }
             // Disk buffers first: an aborted sink drops its batches, and
             // those drops must not count as acks (see `buffer::disk`).
             self.force.cancel();
+            if self.disk_buffers {
+                // They end on `force` after saving their position.
+                let stop_by = exit_by.min(Instant::now() + STOP_GRACE);
+                let _ = tokio::time::timeout_at(stop_by.into(), async {
+                    while self.tasks.join_next().await.is_some() {}
+                })
+                .await;
+            }
             self.tasks.abort_all();
-            while self.tasks.join_next().await.is_some() {}
+            let ended = tokio::time::timeout_at(exit_by.into(), async {
+                while self.tasks.join_next().await.is_some() {}
+            })
+            .await;
+            if ended.is_err() {
+                // Stuck in blocking code (a write or fsync that does not
+                // return); the runtime's shutdown leaves it behind.
+                tracing::warn!(
+                    tasks = self.tasks.len(),
+                    "pipeline tasks did not end when aborted; exiting without them"
+                );
+            }
         }
+        self.deadline.abort();
+        self.report_abandoned();
         result
+    }
+
+    /// Joins the source threads. Once `force` is cancelled they have
+    /// [`SOURCE_STOP`] to save their checkpoints and return.
+    async fn join_sources(&mut self) -> Result<(), StopError> {
+        let (done_tx, mut done_rx) = mpsc::unbounded_channel();
+        let mut waiting = Vec::new();
+        for (i, (id, h)) in std::mem::take(&mut self.sources).into_iter().enumerate() {
+            waiting.push((i, id));
+            let tx = done_tx.clone();
+            tokio::task::spawn_blocking(move || {
+                let r = h
+                    .join()
+                    .unwrap_or_else(|_| Err(SourceError::Downstream("a source thread panicked".into())));
+                let _ = tx.send((i, r));
+            });
+        }
+        drop(done_tx);
+        let mut first = Ok(());
+        let mut give_up: Option<Instant> = None;
+        while !waiting.is_empty() {
+            tokio::select! {
+                biased;
+                done = done_rx.recv() => {
+                    // `None`: a join task was dropped (the runtime is going
+                    // away); nothing more will come.
+                    let Some((i, r)) = done else { break };
+                    waiting.retain(|(w, _)| *w != i);
+                    if first.is_ok() {
+                        first = r;
+                    }
+                }
+                _ = self.force.cancelled(), if give_up.is_none() => {
+                    let now = Instant::now();
+                    self.forced_seen = Some(now);
+                    give_up = Some(now + SOURCE_STOP);
+                }
+                _ = sleep_until(give_up), if give_up.is_some() => {
+                    return Err(StopError::SourcesStuck(waiting.into_iter().map(|(_, id)| id).collect()));
+                }
+            }
+        }
+        Ok(first?)
+    }
+
+    /// One warning per sink that stopped with records it had not delivered,
+    /// and per disk buffer that still holds some. Counts only, never
+    /// contents.
+    fn report_abandoned(&self) {
+        for s in &self.sinks {
+            if let Some(b) = &s.buffer {
+                let records = b.records.get();
+                if records > 0 {
+                    tracing::warn!(
+                        sink = %s.m.id,
+                        records,
+                        bytes = b.bytes.get(),
+                        "stopped with records in the disk buffer not yet delivered; they are kept there and delivered after the next start"
+                    );
+                }
+                continue;
+            }
+            let done = s.m.sent_events.get().saturating_add(s.m.discarded_total.get());
+            let pending = s.m.received_events.get().saturating_sub(done);
+            if pending > 0 {
+                tracing::warn!(
+                    sink = %s.m.id,
+                    kind = %s.m.kind,
+                    records = pending,
+                    "stopped with records not delivered; no checkpoint passes them, so they are read again at the next start (or sent again by forward clients)"
+                );
+            }
+        }
+    }
+}
+
+async fn sleep_for(d: Option<Duration>) {
+    match d {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn sleep_until(at: Option<Instant>) {
+    match at {
+        Some(t) => tokio::time::sleep_until(t.into()).await,
+        None => std::future::pending().await,
     }
 }

@@ -436,8 +436,12 @@ impl<W: World> FileSource<W> {
             }
             self.drain_acks();
         }
+        // Also after `force`: acks that came while a send was blocked are
+        // real outcomes (nothing is torn down before the sources return, and
+        // a batch a forced stop kept from its outputs reports failed).
+        self.drain_acks();
         let unsettled: usize = self.files.values().map(|w| w.tracker.unsettled()).sum();
-        if unsettled > 0 && !self.cx.force.is_cancelled() {
+        if unsettled > 0 {
             tracing::warn!(
                 batches = unsettled,
                 "stopping with batches not yet delivered; the checkpoint stays before them, so they are read again at the next start"
@@ -1087,7 +1091,12 @@ impl<W: World> FileSource<W> {
                 p = memory.acquire_many_owned(bytes as u32) => p.ok(),
                 _ = force.cancelled() => None,
             };
-            let Some(permit) = permit else { return false };
+            // A batch not handed to every output is failed: dropped as is,
+            // its token would report it delivered.
+            let Some(permit) = permit else {
+                ack.fail();
+                return false;
+            };
             records.permit = Some(permit);
             let mut batch = Batch::new(records, Some(ack));
             batch.fields.extend(fields);
@@ -1095,9 +1104,13 @@ impl<W: World> FileSource<W> {
             for (i, tx) in outputs.iter().enumerate() {
                 let b = if i + 1 == n { None } else { Some(batch.clone()) };
                 let b = b.unwrap_or_else(|| batch.clone());
-                tokio::select! {
-                    r = tx.send(b) => if r.is_err() { return false },
-                    _ = force.cancelled() => return false,
+                let sent = tokio::select! {
+                    r = tx.send(b) => r.is_ok(),
+                    _ = force.cancelled() => false,
+                };
+                if !sent {
+                    batch.fail();
+                    return false;
                 }
             }
             true

@@ -212,6 +212,13 @@ fn run(
             Err(std_mpsc::RecvTimeoutError::Disconnected) => {}
         }
         if cx.force.is_cancelled() {
+            let outstanding = sh.outstanding.load(Ordering::Acquire);
+            if outstanding > 0 {
+                tracing::warn!(
+                    batches = outstanding,
+                    "stopping at once with batches not yet delivered; their chunks were not acknowledged, so clients resend them"
+                );
+            }
             break;
         }
         let idle_eof =
