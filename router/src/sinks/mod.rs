@@ -8,6 +8,7 @@ pub mod encoding;
 pub mod file;
 pub mod firehose;
 pub mod forward;
+pub mod object;
 pub mod s3;
 pub mod stdout;
 
