@@ -198,6 +198,7 @@ pub fn start(
             health: health.clone(),
             stop: sinks_stop.clone(),
             memory: memory.clone(),
+            memory_limit: limit,
         };
         let task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match &c.inner {
             SinkConfig::File(cfg) => Box::pin(crate::sinks::file::run(cfg.clone(), rx, m)),

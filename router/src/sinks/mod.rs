@@ -33,6 +33,8 @@ pub struct SinkContext {
     pub dead: Arc<DeadLetters>,
     /// `global.memory_limit`, for what the sink buffers (see `memory.rs`).
     pub memory: Arc<tokio::sync::Semaphore>,
+    /// The size of that limit in bytes.
+    pub memory_limit: usize,
 }
 
 /// The configuration of one sink, by `type`.
