@@ -251,13 +251,13 @@ impl OneShot {
         Ok(OneShot { kind })
     }
 
-    /// One complete gzip member or zstd frame holding `plain` (or `plain`
-    /// itself, uncompressed).
-    pub fn compress(&mut self, plain: Vec<u8>) -> std::io::Result<Vec<u8>> {
+    /// One complete gzip member or zstd frame holding `plain` (or a copy
+    /// of `plain`, uncompressed).
+    pub fn compress(&mut self, plain: &[u8]) -> std::io::Result<Vec<u8>> {
         match &mut self.kind {
-            OneShotKind::Gzip(c, level) => gzip_member(c, *level, &plain),
-            OneShotKind::Zstd(z) => z.compress(&plain),
-            OneShotKind::None => Ok(plain),
+            OneShotKind::Gzip(c, level) => gzip_member(c, *level, plain),
+            OneShotKind::Zstd(z) => z.compress(plain),
+            OneShotKind::None => Ok(plain.to_vec()),
         }
     }
 
@@ -323,7 +323,7 @@ mod tests {
         // The context is reused: several objects, small and large, in turn.
         for lines in [1, 3_000, 0, 40_000, 17] {
             let want = sample(lines);
-            let g = gz.compress(want.clone()).unwrap();
+            let g = gz.compress(&want).unwrap();
             let mut stream = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::new(GZIP_DEFAULT_LEVEL));
             stream.write_all(&want).unwrap();
             let s = stream.finish().unwrap();
@@ -333,7 +333,7 @@ mod tests {
             flate2::read::GzDecoder::new(&g[..]).read_to_end(&mut got).unwrap();
             assert_eq!(got, want, "gzip, {lines} lines");
 
-            let z = zs.compress(want.clone()).unwrap();
+            let z = zs.compress(&want).unwrap();
             assert_eq!(
                 zstd::zstd_safe::find_frame_compressed_size(&z),
                 Ok(z.len()),
@@ -342,7 +342,7 @@ mod tests {
             assert_eq!(zstd::decode_all(&z[..]).unwrap(), want, "zstd, {lines} lines");
         }
         let mut none = OneShot::new(Compression::None, None).unwrap();
-        assert_eq!(none.compress(sample(5)).unwrap(), sample(5));
+        assert_eq!(none.compress(&sample(5)).unwrap(), sample(5));
     }
 
     #[test]

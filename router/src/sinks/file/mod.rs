@@ -166,7 +166,7 @@ impl Destination for FileDest {
     }
 
     async fn deliver(&mut self, objects: Vec<Closed<Self::Out, ()>>) -> Vec<Delivery> {
-        tokio::task::block_in_place(|| self.commit(objects))
+        self.commit(objects)
     }
 
     fn error(&mut self, e: &ObjectError) {
