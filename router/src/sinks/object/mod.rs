@@ -228,23 +228,25 @@ pub trait Destination: Send + Sized + 'static {
 /// one thread it stays at a few.
 pub async fn run<D: Destination>(dest: D, cfg: Batching, input: mpsc::Receiver<Batch>, cx: Budget) {
     let span = tracing::Span::current();
-    let (done, finished) = tokio::sync::oneshot::channel::<()>();
+    let (done, finished) = tokio::sync::oneshot::channel();
     let spawned = std::thread::Builder::new()
         .name("logferry-objects".into())
         .spawn(move || {
-            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                Ok(rt) => rt,
-                Err(e) => {
-                    tracing::error!(error = %e, "cannot start the object sink's runtime");
-                    return;
+            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                    Ok(rt) => rt.block_on(tracing::Instrument::instrument(run_here(dest, cfg, input, cx), span)),
+                    Err(e) => tracing::error!(error = %e, "cannot start the object sink's runtime"),
                 }
-            };
-            rt.block_on(tracing::Instrument::instrument(run_here(dest, cfg, input, cx), span));
-            drop(done);
+            }));
+            let _ = done.send(outcome);
         });
     match spawned {
         Ok(_) => {
-            let _ = finished.await;
+            // A panic on the sink's thread is the sink task's panic, as if
+            // it had run on the shared runtime (the health guard sees it).
+            if let Ok(Err(panic)) = finished.await {
+                std::panic::resume_unwind(panic);
+            }
         }
         Err(e) => tracing::error!(error = %e, "cannot start the object sink's thread"),
     }

@@ -15,6 +15,7 @@ struct Mem {
     delivered: Arc<Mutex<Vec<Delivered>>>,
     opened: Arc<Mutex<usize>>,
     fail: bool,
+    panic: bool,
 }
 
 impl Destination for Mem {
@@ -35,6 +36,7 @@ impl Destination for Mem {
     }
 
     async fn deliver(&mut self, objects: Vec<Closed<Vec<u8>, ()>>) -> Vec<Delivery> {
+        assert!(!self.panic, "a destination panicked");
         let mut out = Vec::new();
         for o in objects {
             let bytes = match o.body {
@@ -404,4 +406,28 @@ async fn the_run_loop_delivers_everything_and_gives_the_memory_back() {
     assert_eq!(got, want as u64);
     assert!(metric(&metrics, "memory") > 0, "the limit forced early closes");
     assert_eq!(sem.available_permits(), limit, "all memory given back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panic_on_the_sinks_thread_is_the_sink_tasks_panic() {
+    let metrics = Metrics::new();
+    let dest = Mem {
+        panic: true,
+        ..Mem::default()
+    };
+    let (tx, rx) = mpsc::channel(1);
+    let task = tokio::spawn(run(
+        dest,
+        batching(Compression::Gzip),
+        rx,
+        Budget {
+            memory: Arc::new(Semaphore::new(1 << 20)),
+            memory_limit: 1 << 20,
+            m: metrics.component("out", "file"),
+        },
+    ));
+    tx.send(batch(&records("a", 0, 1, 5))).await.unwrap();
+    drop(tx);
+    let joined = task.await;
+    assert!(joined.is_err_and(|e| e.is_panic()), "the task ends in the panic");
 }
