@@ -78,6 +78,8 @@ pub struct Metrics {
     files_open: Family<ComponentLabels, Gauge>,
     connections: Family<ComponentLabels, Gauge>,
     objects_written: Family<ComponentLabels, Counter>,
+    /// Objects an object sink closed, by reason (size, age, memory, shutdown).
+    objects_closed: Family<ReasonLabels, Counter>,
     sink_errors: Family<ReasonLabels, Counter>,
     /// Requests sent again after an error or a partial rejection.
     retries: Family<ComponentLabels, Counter>,
@@ -140,6 +142,7 @@ impl Metrics {
             files_open: Family::default(),
             connections: Family::default(),
             objects_written: Family::default(),
+            objects_closed: Family::default(),
             sink_errors: Family::default(),
             retries: Family::default(),
             redactions: Family::default(),
@@ -241,6 +244,11 @@ impl Metrics {
             "logferry_sink_objects_written",
             "Objects (files) a sink has completed",
             m.objects_written.clone(),
+        );
+        registry.register(
+            "logferry_sink_objects_closed",
+            "Objects an object sink (s3, file) closed, by reason: size (max_object_size), age (flush_interval), memory (closed early to stay within memory_limit), shutdown (input ended)",
+            m.objects_closed.clone(),
         );
         registry.register(
             "logferry_sink_errors",
@@ -403,6 +411,7 @@ impl Metrics {
             failed_events: self.failed_events.get_or_create(&labels).clone(),
             unacked_events: self.unacked_events.get_or_create(&labels).clone(),
             objects_written: self.objects_written.get_or_create(&labels).clone(),
+            objects_closed: self.objects_closed.clone(),
             discarded: self.discarded.clone(),
             discarded_total: self.discarded_total.get_or_create(&labels).clone(),
             dead_letters: self.dead_letters.clone(),
@@ -480,6 +489,7 @@ pub struct ComponentMetrics {
     pub unacked_events: Gauge,
     pub objects_written: Counter,
     pub retries: Counter,
+    objects_closed: Family<ReasonLabels, Counter>,
     redactions: Family<DetectorLabels, Counter>,
     discarded: Family<ReasonLabels, Counter>,
     /// All of this component's discarded records, whatever the reason.
@@ -527,6 +537,12 @@ impl ComponentMetrics {
                 detector: detector.to_string(),
             })
             .clone()
+    }
+
+    /// The handle of `logferry_sink_objects_closed_total` for one reason
+    /// (an object sink resolves its four once, at start).
+    pub fn objects_closed(&self, reason: &'static str) -> Counter {
+        self.objects_closed.get_or_create(&self.labels(reason)).clone()
     }
 
     pub fn sink_error(&self, reason: &'static str) {

@@ -254,9 +254,10 @@ pub fn start(
             health: health.clone(),
             stop: sinks_stop.clone(),
             memory: memory.clone(),
+            memory_limit: limit,
         };
         let task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match &c.inner {
-            SinkConfig::File(cfg) => Box::pin(crate::sinks::file::run(cfg.clone(), rx, m)),
+            SinkConfig::File(cfg) => Box::pin(crate::sinks::file::run(cfg.clone(), rx, cx)),
             SinkConfig::Stdout(_) => Box::pin(crate::sinks::stdout::run(rx, m)),
             SinkConfig::Blackhole(_) => Box::pin(crate::sinks::blackhole::run(rx, m)),
             SinkConfig::S3(cfg) => Box::pin(crate::sinks::s3::run(cfg.clone(), rx, cx)),

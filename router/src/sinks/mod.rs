@@ -8,6 +8,7 @@ pub mod encoding;
 pub mod file;
 pub mod firehose;
 pub mod forward;
+pub mod object;
 pub mod s3;
 pub mod stdout;
 
@@ -32,6 +33,8 @@ pub struct SinkContext {
     pub dead: Arc<DeadLetters>,
     /// `global.memory_limit`, for what the sink buffers (see `memory.rs`).
     pub memory: Arc<tokio::sync::Semaphore>,
+    /// The size of that limit in bytes.
+    pub memory_limit: usize,
 }
 
 /// The configuration of one sink, by `type`.

@@ -80,6 +80,7 @@ pub async fn run(cfg: CloudWatchLogsSinkConfig, mut input: mpsc::Receiver<Batch>
         stop,
         dead,
         memory,
+        ..
     } = cx;
     // Queued events count against memory_limit; without room, send early.
     let mut charge = Charge::new(memory);

@@ -253,6 +253,7 @@ async fn run_with_client(
         stop,
         dead,
         memory,
+        ..
     } = cx;
     let tick_every = (cfg.flush_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     // Validated to be at most MAX_RECORD_SIZE, so it fits a usize.
@@ -909,6 +910,7 @@ mod tests {
                 stop: stop.clone(),
                 dead: Arc::new(DeadLetters::new(dead_letter_dir, "fh", m.clone())),
                 memory: Arc::new(tokio::sync::Semaphore::new(64 << 20)),
+                memory_limit: 64 << 20,
             },
         ));
         let mut id = 0;

@@ -111,6 +111,7 @@ pub async fn run(cfg: ForwardSinkConfig, mut input: mpsc::Receiver<Batch>, cx: S
         stop,
         dead,
         memory,
+        ..
     } = cx;
     let cfg = Arc::new(cfg);
     health.set_sink(&id, true);
