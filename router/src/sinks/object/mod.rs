@@ -229,12 +229,22 @@ pub trait Destination: Send + Sized + 'static {
 pub async fn run<D: Destination>(dest: D, cfg: Batching, input: mpsc::Receiver<Batch>, cx: Budget) {
     let span = tracing::Span::current();
     let (done, finished) = tokio::sync::oneshot::channel();
+    // The topology aborts a sink task at the drain deadline; the thread must
+    // stop with it (its unfinished objects fail their acks, which nothing
+    // checkpoints any more) rather than go on uploading past the deadline.
+    let aborted = tokio_util::sync::CancellationToken::new();
+    let _abort_with_task = aborted.clone().drop_guard();
     let spawned = std::thread::Builder::new()
         .name("logferry-objects".into())
         .spawn(move || {
             let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 match tokio::runtime::Builder::new_current_thread().enable_all().build() {
-                    Ok(rt) => rt.block_on(tracing::Instrument::instrument(run_here(dest, cfg, input, cx), span)),
+                    Ok(rt) => rt.block_on(async {
+                        tokio::select! {
+                            _ = tracing::Instrument::instrument(run_here(dest, cfg, input, cx), span) => {}
+                            _ = aborted.cancelled() => {}
+                        }
+                    }),
                     Err(e) => tracing::error!(error = %e, "cannot start the object sink's runtime"),
                 }
             }));
