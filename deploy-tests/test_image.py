@@ -73,3 +73,10 @@ def test_every_health_check_calls_the_image_binary():
 def test_dockerignore_keeps_the_context_small():
     ignored = (REPO / ".dockerignore").read_text().split()
     assert "target" in ignored and ".git" in ignored
+
+
+def test_the_shipped_binary_is_small(logferry_bin):
+    # What the image copies: the release profile strips debug info and symbols
+    # (issue 17: at most 30 MiB; 123 MiB with line tables).
+    size = logferry_bin.stat().st_size
+    assert size <= 30 * 2**20, f"{logferry_bin}: {size / 2**20:.1f} MiB; is the release profile still stripped?"

@@ -397,3 +397,18 @@ def test_bad_objects_are_quarantined_without_failing_the_batch(indexer, s3, sqs,
     # A direct invocation whose object cannot be read fails as a whole (Lambda retries it).
     r = fn.invoke(missing_bucket)
     assert r.kind == "error", r.payload
+    # Named, not the Rust type behind the error: operators filter on errorType.
+    assert r.payload["errorType"] == "S3Read", r.payload
+    assert "NoSuchBucket" in r.payload["errorMessage"] and "1 of 1 objects failed" in r.payload["errorMessage"], r.payload
+    # An event this function does not handle.
+    r = fn.invoke({"hello": "world"})
+    assert r.kind == "error" and r.payload["errorType"] == "InvalidEvent", r.payload
+
+
+def test_the_deployment_package_is_small(indexer_bin):
+    # Terraform uploads bootstrap.zip (built next to the binary by lambda/build.sh); the release
+    # profile strips it (issue 17: at most 10 MB; 17.8 MB with line tables).
+    package = indexer_bin.parent / "bootstrap.zip"
+    if not package.exists():
+        pytest.skip(f"no {package}: LOGFERRY_INDEXER_BIN points at a binary built without lambda/build.sh")
+    assert package.stat().st_size <= 10_000_000, f"{package}: {package.stat().st_size / 1e6:.1f} MB"

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use crate::config::IndexerConfig;
 use crate::emf::Totals;
-use crate::process::{ObjectRef, process_object};
+use crate::process::{FailureKind, ObjectRef, process_object};
 use crate::trigger::{self, Invocation, TriggerError};
 
 #[derive(Debug, thiserror::Error)]
@@ -20,7 +20,26 @@ pub enum HandlerError {
     #[error(transparent)]
     Event(#[from] TriggerError),
     #[error("{failed} of {objects} objects failed and will be retried; first: {first}")]
-    Objects { failed: u64, objects: u64, first: String },
+    Objects {
+        failed: u64,
+        objects: u64,
+        /// The first failure's kind names the whole invocation's error.
+        kind: FailureKind,
+        first: String,
+    },
+}
+
+impl HandlerError {
+    /// What Lambda reports as `errorType` (and CloudWatch alarms filter on):
+    /// `InvalidEvent` for an event this function cannot read, else the first
+    /// failed object's [`FailureKind`] (`Throttled`, `AccessDenied`,
+    /// `S3Read`, `S3Write`, `Internal`).
+    pub fn error_type(&self) -> &'static str {
+        match self {
+            Self::Event(_) => "InvalidEvent",
+            Self::Objects { kind, .. } => kind.as_str(),
+        }
+    }
 }
 
 /// Processes `objects`; true when every one is done (indexed, quarantined,
@@ -30,7 +49,7 @@ async fn process_all(
     cfg: &IndexerConfig,
     objects: &[ObjectRef],
     totals: &mut Totals,
-    first: &mut Option<String>,
+    first: &mut Option<(FailureKind, String)>,
 ) -> bool {
     let mut ok = true;
     for obj in objects {
@@ -39,7 +58,7 @@ async fn process_all(
             Err(e) => {
                 tracing::error!(error = %e, "object not indexed; will be retried");
                 totals.add_failed();
-                first.get_or_insert_with(|| e.to_string());
+                first.get_or_insert_with(|| (e.kind, e.to_string()));
                 ok = false;
             }
         }
@@ -94,10 +113,12 @@ async fn run(event: Value, s3: &Client, cfg: &IndexerConfig, totals: &mut Totals
                     "ignored": totals.ignored, "missing": totals.missing,
                 }))
             } else {
+                let (kind, first) = first.unwrap_or((FailureKind::Internal, String::new()));
                 Err(HandlerError::Objects {
                     failed: totals.failed,
                     objects: totals.objects,
-                    first: first.unwrap_or_default(),
+                    kind,
+                    first,
                 })
             }
         }

@@ -1,6 +1,6 @@
 //! `bootstrap`: the indexer Lambda for the `provided.al2023` runtime.
 
-use lambda_runtime::{Error, LambdaEvent, service_fn};
+use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use logferry_indexer::config::IndexerConfig;
 use logferry_indexer::handler;
 use serde_json::Value;
@@ -32,9 +32,13 @@ async fn main() -> Result<(), Error> {
 
     let (s3, cfg, function_name) = (&s3, &cfg, function_name.as_str());
     lambda_runtime::run(service_fn(move |ev: LambdaEvent<Value>| async move {
+        // Named errors: `errorType` is what operators filter and alarm on.
         handler::handle(ev.payload, s3, cfg, function_name)
             .await
-            .map_err(Error::from)
+            .map_err(|e| Diagnostic {
+                error_type: e.error_type().into(),
+                error_message: e.to_string(),
+            })
     }))
     .await
 }

@@ -3,7 +3,8 @@
 //! error document next to it.
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::DisplayErrorContext;
+use aws_sdk_s3::config::http::HttpResponse;
+use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_sdk_s3::primitives::ByteStream;
 use chrono::{DateTime, Utc};
 use percent_encoding::{AsciiSet, NON_ALPHANUMERIC, utf8_percent_encode};
@@ -43,10 +44,69 @@ pub enum Outcome {
 #[derive(Debug, thiserror::Error)]
 #[error("{op} s3://{bucket}/{key}: {message}")]
 pub struct ProcessError {
+    pub kind: FailureKind,
     pub op: &'static str,
     pub bucket: String,
     pub key: String,
     pub message: String,
+}
+
+/// What failed, as operators filter and alarm on it: the invocation's
+/// `errorType` (see `handler`). A retry may fix every one of them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum FailureKind {
+    /// S3 asked us to slow down (`SlowDown`, `Throttling`, HTTP 503).
+    Throttled,
+    /// The function's role may not read or write there (until a policy is fixed).
+    AccessDenied,
+    /// Reading the object failed (GetObject, or its body mid-stream).
+    S3Read,
+    /// Writing the index document or the quarantine copy failed.
+    S3Write,
+    /// The indexing task itself died (a panic): a bug, reported as such.
+    Internal,
+}
+
+impl FailureKind {
+    /// The name Lambda reports as `errorType`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Throttled => "Throttled",
+            Self::AccessDenied => "AccessDenied",
+            Self::S3Read => "S3Read",
+            Self::S3Write => "S3Write",
+            Self::Internal => "Internal",
+        }
+    }
+
+    /// Sorts an S3 error by its error code and HTTP status; `otherwise` when
+    /// neither says throttling or access.
+    pub fn classify(code: Option<&str>, status: Option<u16>, otherwise: Self) -> Self {
+        match (code, status) {
+            (
+                Some(
+                    "SlowDown"
+                    | "Throttling"
+                    | "ThrottlingException"
+                    | "RequestLimitExceeded"
+                    | "TooManyRequestsException"
+                    | "RequestThrottled",
+                ),
+                _,
+            )
+            | (_, Some(429 | 503)) => Self::Throttled,
+            (Some("AccessDenied" | "AllAccessDisabled" | "InvalidAccessKeyId" | "SignatureDoesNotMatch"), _)
+            | (_, Some(403)) => Self::AccessDenied,
+            _ => otherwise,
+        }
+    }
+}
+
+/// [`FailureKind::classify`] for an SDK error.
+fn sdk_kind<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>, otherwise: FailureKind) -> FailureKind {
+    let code = e.as_service_error().and_then(|s| s.code());
+    let status = e.raw_response().map(|r| r.status().as_u16());
+    FailureKind::classify(code, status, otherwise)
 }
 
 /// Characters escaped in a CopyObject source (everything but unreserved and `/`).
@@ -57,8 +117,9 @@ const COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'.')
     .remove(b'~');
 
-fn err(op: &'static str, obj: &ObjectRef, message: impl Into<String>) -> ProcessError {
+fn err(kind: FailureKind, op: &'static str, obj: &ObjectRef, message: impl Into<String>) -> ProcessError {
     ProcessError {
+        kind,
         op,
         bucket: obj.bucket.clone(),
         key: obj.key.clone(),
@@ -78,7 +139,10 @@ pub async fn process_object(s3: &Client, cfg: &IndexerConfig, obj: &ObjectRef) -
             tracing::warn!(bucket = %obj.bucket, key = %obj.key, "object no longer exists; nothing to index");
             return Ok(Outcome::Missing);
         }
-        Err(e) => return Err(err("GetObject", obj, DisplayErrorContext(&e).to_string())),
+        Err(e) => {
+            let kind = sdk_kind(&e, FailureKind::S3Read);
+            return Err(err(kind, "GetObject", obj, DisplayErrorContext(&e).to_string()));
+        }
     };
     let etag = got.e_tag().unwrap_or_default().to_string();
     let size = got.content_length().unwrap_or_default().max(0) as u64;
@@ -91,7 +155,14 @@ pub async fn process_object(s3: &Client, cfg: &IndexerConfig, obj: &ObjectRef) -
     let opts = cfg.index.clone();
     let indexed = tokio::task::spawn_blocking(move || index_stream(body, encoding, &opts))
         .await
-        .map_err(|e| err("index", obj, format!("indexing task failed: {e}")))?;
+        .map_err(|e| {
+            err(
+                FailureKind::Internal,
+                "index",
+                obj,
+                format!("indexing task failed: {e}"),
+            )
+        })?;
     match indexed {
         Ok(stats) => {
             let (records, uncompressed_bytes) = (stats.records, stats.uncompressed_bytes);
@@ -104,7 +175,10 @@ pub async fn process_object(s3: &Client, cfg: &IndexerConfig, obj: &ObjectRef) -
                 .body(ByteStream::from(doc.to_bytes()))
                 .send()
                 .await
-                .map_err(|e| err("PutObject (index)", obj, DisplayErrorContext(&e).to_string()))?;
+                .map_err(|e| {
+                    let kind = sdk_kind(&e, FailureKind::S3Write);
+                    err(kind, "PutObject (index)", obj, DisplayErrorContext(&e).to_string())
+                })?;
             tracing::info!(bucket = %obj.bucket, key = %obj.key, index_key = %key, records, uncompressed_bytes, "indexed");
             Ok(Outcome::Indexed {
                 records,
@@ -112,7 +186,7 @@ pub async fn process_object(s3: &Client, cfg: &IndexerConfig, obj: &ObjectRef) -
                 index_key: key,
             })
         }
-        Err(IndexError::Source(e)) => Err(err("GetObject (body)", obj, e.to_string())),
+        Err(IndexError::Source(e)) => Err(err(FailureKind::S3Read, "GetObject (body)", obj, e.to_string())),
         Err(IndexError::Bad {
             reason,
             message,
@@ -155,7 +229,15 @@ async fn quarantine(
         .copy_source(source)
         .send()
         .await
-        .map_err(|e| err("CopyObject (quarantine)", obj, DisplayErrorContext(&e).to_string()))?;
+        .map_err(|e| {
+            let kind = sdk_kind(&e, FailureKind::S3Write);
+            err(
+                kind,
+                "CopyObject (quarantine)",
+                obj,
+                DisplayErrorContext(&e).to_string(),
+            )
+        })?;
     let mut body = serde_json::to_vec(doc).expect("a QuarantineDoc always serializes");
     body.push(b'\n');
     s3.put_object()
@@ -165,10 +247,41 @@ async fn quarantine(
         .body(ByteStream::from(body))
         .send()
         .await
-        .map_err(|e| err("PutObject (quarantine error)", obj, DisplayErrorContext(&e).to_string()))?;
+        .map_err(|e| {
+            let kind = sdk_kind(&e, FailureKind::S3Write);
+            err(
+                kind,
+                "PutObject (quarantine error)",
+                obj,
+                DisplayErrorContext(&e).to_string(),
+            )
+        })?;
     tracing::warn!(
         bucket = %obj.bucket, key = %obj.key, quarantine_key = %copy_key,
         reason = doc.reason.as_str(), message = %doc.message, "quarantined"
     );
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::FailureKind::{self, *};
+
+    #[test]
+    fn failures_are_sorted_by_code_then_status() {
+        let c = FailureKind::classify;
+        assert_eq!(c(Some("SlowDown"), Some(503), S3Read), Throttled);
+        assert_eq!(c(None, Some(503), S3Write), Throttled);
+        assert_eq!(c(Some("ThrottlingException"), Some(400), S3Write), Throttled);
+        assert_eq!(c(Some("AccessDenied"), Some(403), S3Read), AccessDenied);
+        assert_eq!(c(None, Some(403), S3Write), AccessDenied);
+        assert_eq!(c(Some("NoSuchBucket"), Some(404), S3Read), S3Read);
+        assert_eq!(c(Some("InternalError"), Some(500), S3Write), S3Write);
+        // A timeout or a refused connection has neither.
+        assert_eq!(c(None, None, S3Read), S3Read);
+        let names: Vec<_> = [Throttled, AccessDenied, S3Read, S3Write, Internal]
+            .map(FailureKind::as_str)
+            .into();
+        assert_eq!(names, ["Throttled", "AccessDenied", "S3Read", "S3Write", "Internal"]);
+    }
 }

@@ -732,6 +732,19 @@ inputs = ["meta"]
     }
 
     #[test]
+    fn an_empty_include_entry_is_an_error_at_its_index() {
+        let e = errs(&GOOD.replace(
+            "include = [\"/var/log/app/*.log\"]",
+            "include = [\"/var/log/app/*.log\", \" \"]",
+        ));
+        assert!(
+            e.iter()
+                .any(|m| m.contains("`sources.app.include[1]`: is empty: it would match no file")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
     fn unset_variable_is_an_error_at_its_key() {
         let e = errs(&GOOD.replace("${AWS_REGION:-us-east-1}", "${AWS_REGION}"));
         assert!(

@@ -121,9 +121,15 @@ impl FileSourceConfig {
             ok = false;
         }
         for (i, pat) in self.include.iter().enumerate() {
-            if let Err(e) = glob::Pattern::new(pat) {
-                let mut p = at("include");
-                p.push(Seg::Index(i));
+            let mut p = at("include");
+            p.push(Seg::Index(i));
+            if pat.trim().is_empty() {
+                ctx.error(
+                    &p,
+                    "is empty: it would match no file (give a path or a glob such as \"/var/log/app/*.log\")",
+                );
+                ok = false;
+            } else if let Err(e) = glob::Pattern::new(pat) {
                 ctx.error(&p, format!("invalid glob `{pat}`: {e}"));
                 ok = false;
             }

@@ -542,14 +542,20 @@ impl<W: World> FileSource<W> {
         let patterns = self.cfg.include.clone();
         for pattern in &patterns {
             self.waker.watch_dir_of(pattern);
+            let mut matched = false;
             for path in self.world.glob(pattern) {
                 if self.exclude.is_match(&path) {
                     continue;
                 }
                 let Some(st) = self.world.stat(&path) else { continue };
+                matched |= st.is_file;
                 if st.is_file && seen.insert((st.dev, st.ino)) {
                     found.push((path, st));
                 }
+            }
+            if initial && !matched {
+                // Often a typo; also normal for a log the app has not created yet.
+                tracing::warn!(pattern = %pattern, "no file matches this include pattern yet; files that appear later are read");
             }
         }
         let mut new = Vec::new();
