@@ -17,7 +17,12 @@
 //! - **inotify wakes, rescans decide.** `notify` only shortens the wait; the
 //!   periodic rescan (`glob_interval`) is what finds files on volumes without
 //!   inotify (NFS, EFS).
-//! - **Checkpoints move on acks only** (see `checkpoint.rs`).
+//! - **Checkpoints move on acks only** (see `checkpoint.rs`), **and follow
+//!   them closely**: what a kill -9 repeats is what was delivered since the
+//!   last save, so the idle wait ends on an ack and a long round saves
+//!   between its files (at most every `checkpoint_interval`). A sink that
+//!   commits a second of backlog at once would otherwise have all of it
+//!   repeated by a kill in the few hundred milliseconds before the save.
 //! - **Everything outside goes through [`World`]** (files, clock, checkpoint
 //!   file), so `sim.rs` can crash this very code at any step over a model
 //!   filesystem.
