@@ -819,6 +819,7 @@ class Options:
     workdir: Path | None = None
     keep: bool = False
     keep_failed: bool = True
+    keep_dups: float | None = None
     no_kill: bool = False
     max_dup_rate: float | None = None
 
@@ -832,6 +833,7 @@ class Result:
     lost: list[int] = field(default_factory=list)
     lost_by_file: list[str] = field(default_factory=list)
     dups_by_kind: dict = field(default_factory=dict)
+    dups_by_file: list[str] = field(default_factory=list)
     window: int = 0
     window_delivered: int = 0
     duplicates: int = 0
@@ -857,6 +859,7 @@ class Result:
     objects: int = 0
     dup_limit: float | None = None
     kept: bool = True
+    kept_for_dups: bool = False
 
     @property
     def loss_rate(self) -> float:
@@ -917,6 +920,9 @@ class Result:
                 "  duplicates by where the line was written: "
                 + ", ".join(f"{k} {n}" for k, n in self.dups_by_kind.items())
             )
+        out.extend(f"  duplicated: {s}" for s in self.dups_by_file[:20])
+        if len(self.dups_by_file) > 20:
+            out.append(f"  duplicated: ... {len(self.dups_by_file) - 20} more files")
         if self.torn_copies or self.fragments:
             out.append(
                 f"  {self.torn_copies} copies ended in a torn line; {self.fragments} fragment records "
@@ -938,6 +944,8 @@ class Result:
             out.append(
                 f"  work dir kept: {self.work}" if self.kept else "  work dir removed (--keep-failed limit)"
             )
+        elif self.kept_for_dups:
+            out.append(f"  work dir kept (--keep-dups): {self.work}")
         return "\n".join(out)
 
 
@@ -1021,6 +1029,7 @@ def run_seed(seed: int, opts: Options, log=print) -> Result:
             p = ledger.placement(i)
             dups_by_kind[p.kind if p else "?"] += c - 1
     res.dups_by_kind = dict(dups_by_kind.most_common())
+    res.dups_by_file = dups_by_file(tally.counts, ledger)
     res.unexpected = sorted(i for i in tally.counts if not 0 <= i < plan.lines)
     window = {i for a, b, _ in ledger.windows for i in range(a, b + 1)}
     res.window = len(window)
@@ -1034,10 +1043,36 @@ def run_seed(seed: int, opts: Options, log=print) -> Result:
     ledger.dump(work / "ledger.json")
     if isinstance(output, S3Output):
         output.cleanup()
-    if (res.ok and not opts.keep) or (not res.ok and not opts.keep_failed):
+    res.kept_for_dups = opts.keep_dups is not None and res.dup_rate > opts.keep_dups
+    keep = opts.keep or res.kept_for_dups
+    if (res.ok and not keep) or (not res.ok and not opts.keep_failed):
         shutil.rmtree(work, ignore_errors=True)
         res.kept = False
     return res
+
+
+def dups_by_file(counts: Counter, ledger: Ledger) -> list[str]:
+    """Extra copies grouped by the file (and rotation kind) their lines were written to,
+    most first: whole files repeated point at identity, a short run at the end of a file at
+    progress a kill cut off before its checkpoint was saved."""
+    groups: dict[tuple[str, str], list[int]] = {}
+    extra: Counter = Counter()
+    sizes: dict[tuple[str, str], int] = {}
+    for i, c in counts.items():
+        if c < 2:
+            continue
+        p = ledger.placement(i)
+        key = (p.file, p.kind) if p else ("?", "not in the ledger")
+        groups.setdefault(key, []).append(i)
+        extra[key] += c - 1
+        if p:
+            sizes[key] = p.last - p.first + 1
+    out = []
+    for key, n in extra.most_common():
+        ids = sorted(groups[key])
+        of = f" of {sizes[key]}" if key in sizes else ""
+        out.append(f"{key[0]} [{key[1]}]: {n} extra copies of {len(ids)}{of} lines (ids {ids[0]}-{ids[-1]})")
+    return out
 
 
 def lost_by_file(lost: list[int], ledger: Ledger) -> list[str]:
@@ -1094,6 +1129,12 @@ def main(argv: list[str] | None = None) -> int:
         help="keep the work dirs of the first N failing seeds (default 5)",
     )
     ap.add_argument(
+        "--keep-dups",
+        type=float,
+        metavar="RATE",
+        help="keep the work dirs of seeds whose duplicates exceed this fraction of lines",
+    )
+    ap.add_argument(
         "--max-dup-rate", type=float, help="fail a seed whose duplicates exceed this fraction of lines"
     )
     ap.add_argument(
@@ -1124,6 +1165,7 @@ def main(argv: list[str] | None = None) -> int:
         bucket=args.bucket,
         workdir=args.workdir,
         keep=args.keep,
+        keep_dups=args.keep_dups,
         max_dup_rate=args.max_dup_rate,
         no_kill=args.no_kill,
     )
@@ -1135,7 +1177,8 @@ def main(argv: list[str] | None = None) -> int:
         opts.keep_failed = sum(1 for r in results if not r.ok) < args.keep_failed
         r = run_seed(seed, opts, log=(lambda *a, **k: None) if len(seeds) > 1 else print)
         results.append(r)
-        print(r.report() if (len(seeds) == 1 or not r.ok) else r.line(), flush=True)
+        verbose = len(seeds) == 1 or not r.ok or r.kept_for_dups
+        print(r.report() if verbose else r.line(), flush=True)
         if args.fail_fast and not r.ok:
             break
     if len(results) > 1:
@@ -1159,6 +1202,12 @@ def totals(results: list[Result], elapsed: float) -> str:
         f"window {window}, duplicates {dups} ({dups / written:.2%}), kills {sum(r.kills for r in results)}, "
         f"{elapsed:.0f} s",
     ]
+    rates = sorted(r.dup_rate for r in results)
+    worst = max(results, key=lambda r: r.dup_rate)
+    lines.append(
+        f"duplicate rate per seed: median {rates[len(rates) // 2]:.2%}, worst {worst.dup_rate:.2%} "
+        f"(seed {worst.plan.seed}), none in {sum(1 for r in results if not r.duplicates)} seeds"
+    )
     if kinds:
         lines.append("lost by kind: " + ", ".join(f"{k} {n}" for k, n in kinds.most_common()))
     if failed:

@@ -107,17 +107,38 @@ impl Checkpoint {
 /// first bytes and the CRC of the bytes just before the offset. Two files
 /// holding the same position hold the same bytes up to it, as far as
 /// CRC32s tell.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Position {
     pub offset: u64,
     pub head: Fingerprint,
     pub tail: Fingerprint,
 }
 
+/// Content a file held before it was truncated or replaced, as far as it was
+/// delivered: kept across restarts because its copy may be found only after
+/// a kill -9 (the file source's `Former`). Every point is durable.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SavedFormer {
+    /// Fingerprint of the content's first bytes.
+    pub head: Fingerprint,
+    /// Delivered batch ends, oldest first.
+    pub points: Vec<Position>,
+}
+
+/// Everything a source's checkpoint file holds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Saved {
+    pub files: Vec<Checkpoint>,
+    pub formers: Vec<SavedFormer>,
+}
+
 #[derive(Debug, Serialize, Deserialize)]
 struct CheckpointFile {
     version: u32,
     files: Vec<Checkpoint>,
+    /// Absent in files written before it existed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    formers: Vec<SavedFormer>,
 }
 
 /// The checkpoint file of one source: `<data_dir>/checkpoints/<source>.json`.
@@ -142,10 +163,15 @@ impl CheckpointStore {
     /// doc for what the source makes of it); so is a lone temp file that does
     /// not parse. A temp file beside the checkpoint file is removed.
     pub fn load(&self) -> Result<Vec<Checkpoint>, CheckpointError> {
+        self.load_all().map(|s| s.files)
+    }
+
+    /// [`CheckpointStore::load`], with the former contents.
+    pub fn load_all(&self) -> Result<Saved, CheckpointError> {
         let tmp = tmp_path(&self.path);
         let Some(data) = self.read(&self.path)? else {
             return match self.read(&tmp)? {
-                None => Ok(Vec::new()),
+                None => Ok(Saved::default()),
                 Some(data) => match parse(&data) {
                     Ok(files) => {
                         // The first save of a run that crashed before its
@@ -206,9 +232,25 @@ impl CheckpointStore {
 
     /// Atomically replaces the checkpoint file.
     pub fn save(&self, files: &[Checkpoint]) -> Result<(), CheckpointError> {
-        let body = serde_json::to_vec(&CheckpointFile {
-            version: 1,
+        self.save_all(&Saved {
             files: files.to_vec(),
+            formers: Vec::new(),
+        })
+    }
+
+    /// [`CheckpointStore::save`], with the former contents.
+    pub fn save_all(&self, saved: &Saved) -> Result<(), CheckpointError> {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            version: u32,
+            files: &'a [Checkpoint],
+            #[serde(skip_serializing_if = "<[_]>::is_empty")]
+            formers: &'a [SavedFormer],
+        }
+        let body = serde_json::to_vec(&Out {
+            version: 1,
+            files: &saved.files,
+            formers: &saved.formers,
         })
         .expect("checkpoints always serialize");
         write_atomic(&self.path, &body).map_err(|source| CheckpointError::Write {
@@ -218,8 +260,11 @@ impl CheckpointStore {
     }
 }
 
-fn parse(data: &[u8]) -> Result<Vec<Checkpoint>, serde_json::Error> {
-    serde_json::from_slice::<CheckpointFile>(data).map(|f| f.files)
+fn parse(data: &[u8]) -> Result<Saved, serde_json::Error> {
+    serde_json::from_slice::<CheckpointFile>(data).map(|f| Saved {
+        files: f.files,
+        formers: f.formers,
+    })
 }
 
 /// `<path>.tmp`: where [`write_atomic`] writes before its rename.
@@ -579,6 +624,7 @@ mod tests {
         let newer = serde_json::to_vec(&CheckpointFile {
             version: 1,
             files: vec![cp(500)],
+            formers: Vec::new(),
         })
         .unwrap();
         std::fs::write(tmp_of(&store), &newer[..newer.len() / 2]).unwrap();
@@ -598,6 +644,7 @@ mod tests {
         let body = serde_json::to_vec(&CheckpointFile {
             version: 1,
             files: vec![cp(500)],
+            formers: Vec::new(),
         })
         .unwrap();
         // The first save of a run, cut short between write and rename.

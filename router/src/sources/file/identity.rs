@@ -13,7 +13,7 @@
 //! first bytes (a fixed header, a reused inode) from the file we had read.
 
 use super::world::World;
-use crate::checkpoint::{Fingerprint, Position};
+use crate::checkpoint::{Fingerprint, Position, SavedFormer};
 
 /// Bytes of a file's start that identify it, and of the window before an
 /// offset that `tail` covers.
@@ -132,6 +132,46 @@ pub struct Former {
     pub points: Vec<Point>,
     /// How far the content is durable in every sink.
     pub durable: Position,
+}
+
+/// Delivered points of a former content kept in the checkpoint file: a copy
+/// shorter than the newest still holds one of the older ones.
+pub const SAVED_FORMER_POINTS: usize = 4;
+
+impl Former {
+    /// What survives a restart: the points already durable (`released`
+    /// tells which batches are), the newest `SAVED_FORMER_POINTS`. `None`
+    /// when nothing of it is durable beyond its start.
+    pub fn to_saved(&self, released: impl Fn((u64, u64)) -> bool) -> Option<SavedFormer> {
+        let mut points: Vec<Position> = self
+            .points
+            .iter()
+            .filter(|(_, hold)| hold.is_none_or(&released))
+            .map(|(p, _)| *p)
+            .chain(std::iter::once(self.durable))
+            .filter(|p| p.offset > 0)
+            .collect();
+        points.sort_by_key(|p| p.offset);
+        points.dedup();
+        let skip = points.len().saturating_sub(SAVED_FORMER_POINTS);
+        points.drain(..skip);
+        (!points.is_empty()).then_some(SavedFormer {
+            head: self.head,
+            points,
+        })
+    }
+
+    /// A former content read back from the checkpoint file: every point is
+    /// durable, the newest is how far it was delivered.
+    pub fn from_saved(s: &SavedFormer) -> Option<Former> {
+        let durable = *s.points.last()?;
+        Some(Former {
+            head: s.head,
+            head_bytes: None,
+            points: s.points.iter().map(|&p| (p, None)).collect(),
+            durable,
+        })
+    }
 }
 
 /// A batch end of a file, and the batch to wait for before it is durable.

@@ -17,7 +17,12 @@
 //! - **inotify wakes, rescans decide.** `notify` only shortens the wait; the
 //!   periodic rescan (`glob_interval`) is what finds files on volumes without
 //!   inotify (NFS, EFS).
-//! - **Checkpoints move on acks only** (see `checkpoint.rs`).
+//! - **Checkpoints move on acks only** (see `checkpoint.rs`), **and follow
+//!   them closely**: what a kill -9 repeats is what was delivered since the
+//!   last save, so the idle wait ends on an ack and a long round saves
+//!   between its files (at most every `checkpoint_interval`). A sink that
+//!   commits a second of backlog at once would otherwise have all of it
+//!   repeated by a kill in the few hundred milliseconds before the save.
 //! - **Everything outside goes through [`World`]** (files, clock, checkpoint
 //!   file), so `sim.rs` can crash this very code at any step over a model
 //!   filesystem.
@@ -52,7 +57,7 @@ use tail::{LineSplitter, utf8_prefix};
 use world::{RealWorld, Stat, World};
 
 use crate::checkpoint::{
-    self, AckTracker, Checkpoint, CheckpointError, CheckpointStore, Fingerprint, Position, SaveHealth,
+    self, AckTracker, Checkpoint, CheckpointError, CheckpointStore, Fingerprint, Position, SaveHealth, Saved,
 };
 use crate::event::{Ack, AckToken, Batch, Fields, Records};
 use crate::metrics::{ComponentMetrics, FileLabels, Metrics};
@@ -67,6 +72,9 @@ const BATCH_BYTES: usize = 256 * 1024;
 const FAIR_SHARE: u64 = 1024 * 1024;
 /// Idle wait when nothing was read (inotify usually ends it earlier).
 const IDLE_WAIT: Duration = Duration::from_millis(250);
+/// While batches are in flight, the idle wait listens for acks and looks
+/// for watcher events this often.
+const ACK_WAIT_SLICE: Duration = Duration::from_millis(10);
 /// Upper bound on waiting for outstanding acks at shutdown.
 const ACK_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// Formers remembered (a copy shows up within seconds of its truncation).
@@ -203,6 +211,11 @@ impl Waker {
         }
     }
 
+    /// Takes a pending watcher event without waiting.
+    fn woken(&self) -> bool {
+        self.rx.try_recv().is_ok()
+    }
+
     /// Waits for a watcher event or `IDLE_WAIT`. Never returns early for
     /// lack of a watcher (no inotify, or its thread ended when a watched
     /// directory went away): that would spin.
@@ -313,7 +326,7 @@ struct FileSource<W: World> {
 impl<W: World> FileSource<W> {
     fn new(mut cfg: FileSourceConfig, cx: SourceContext, mut world: W, waker: Waker) -> Result<Self, SourceError> {
         let checkpoint_metrics = cx.metrics.checkpoint(&cx.id);
-        let saved = match world.load_checkpoints() {
+        let loaded = match world.load_checkpoints() {
             Ok(saved) => saved,
             // Lost positions are never taken for "nothing seen" (which
             // `read_from = "end"` would turn into skipping): every file
@@ -333,13 +346,12 @@ impl<W: World> FileSource<W> {
                 }
                 checkpoint::report_corrupt(&e, &checkpoint_metrics, files, bytes, cfg.read_from == ReadFrom::End);
                 cfg.read_from = ReadFrom::Beginning;
-                Vec::new()
+                Saved::default()
             }
             Err(e) => return Err(e.into()),
-        }
-        .into_iter()
-        .map(|c| ((c.dev, c.ino), c))
-        .collect();
+        };
+        let saved = loaded.files.into_iter().map(|c| ((c.dev, c.ino), c)).collect();
+        let formers = loaded.formers.iter().filter_map(Former::from_saved).collect();
         let (ack_tx, ack_rx) = std_mpsc::channel();
         let m = cx.metrics.component(&cx.id, "file");
         let counters = SourceCounters {
@@ -357,7 +369,7 @@ impl<W: World> FileSource<W> {
             cx,
             world,
             saved,
-            formers: Vec::new(),
+            formers,
             deferred: HashMap::new(),
             files: BTreeMap::new(),
             by_key: HashMap::new(),
@@ -418,7 +430,7 @@ impl<W: World> FileSource<W> {
                 break Ok(());
             }
             if !progressed {
-                self.waker.idle_wait();
+                self.idle_wait();
             }
         };
         // Closing our senders lets the pipeline drain; then wait for the acks.
@@ -462,13 +474,51 @@ impl<W: World> FileSource<W> {
         }
         let progressed = self.read_round()?;
         self.housekeeping()?;
+        self.save_if_due();
+        Ok(progressed)
+    }
+
+    /// Saves the checkpoints when they moved and the last save is
+    /// `checkpoint_interval` old. Called after every round and between the
+    /// files of a round, so a checkpoint follows its acks closely even while
+    /// a backlog keeps the round long: what a kill -9 repeats is what was
+    /// delivered since the last save.
+    fn save_if_due(&mut self) {
         let now = self.world.now();
         if self.checkpoints_dirty && now.saturating_duration_since(self.last_checkpoint) >= self.cfg.checkpoint_interval
         {
             self.save_checkpoints();
             self.last_checkpoint = now;
         }
-        Ok(progressed)
+    }
+
+    /// Waits for new data. With batches in flight their acks end the wait
+    /// too, so the checkpoint is saved right after a delivery rather than up
+    /// to `IDLE_WAIT` later (a kill -9 in between would repeat it all).
+    fn idle_wait(&mut self) {
+        if self.files.values().all(|w| w.tracker.unsettled() == 0) {
+            self.waker.idle_wait();
+            return;
+        }
+        let deadline = Instant::now() + IDLE_WAIT;
+        loop {
+            match self.ack_rx.recv_timeout(ACK_WAIT_SLICE) {
+                Ok(ack) => {
+                    self.apply_ack(ack);
+                    self.drain_acks();
+                    return;
+                }
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {}
+                // We hold a sender: it cannot disconnect, but never spin.
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                    self.waker.idle_wait();
+                    return;
+                }
+            }
+            if self.waker.woken() || Instant::now() >= deadline {
+                return;
+            }
+        }
     }
 
     fn drain_acks(&mut self) {
@@ -609,8 +659,17 @@ impl<W: World> FileSource<W> {
         // Our own checkpoint of this very file comes first, if it still holds.
         let saved = self.saved.remove(&key);
         let had_checkpoint = saved.is_some();
-        let start = match &saved {
-            Some(cp) if holds(&self.world, &file, size, &cp.position()) => Some(Continue::at(cp.position())),
+        let held = saved
+            .as_ref()
+            .map(Checkpoint::position)
+            .filter(|at| holds(&self.world, &file, size, at));
+        let start = match held {
+            Some(at) if at.offset > 0 => Some(Continue::at(at)),
+            // A checkpoint at 0 says nothing was delivered from this file,
+            // not that its content is new: a copy opened before it could be
+            // told apart saves one (`identity_pending`), and a kill -9
+            // before the decision is saved must not make it read the whole
+            // copy again. It is classified like a new file.
             _ => match self.classify(key, &file, &head, size) {
                 Some(Verdict::Wait) => {
                     // Keep its checkpoint until it is decided.
@@ -620,7 +679,7 @@ impl<W: World> FileSource<W> {
                     return;
                 }
                 Some(Verdict::Continue(c)) => Some(c),
-                None => None,
+                None => held.map(Continue::at),
             },
         };
         if let Some(cp) = saved.filter(|_| start.is_none()) {
@@ -732,6 +791,7 @@ impl<W: World> FileSource<W> {
             self.formers.remove(0);
         }
         self.formers.push(f);
+        self.checkpoints_dirty = true;
     }
 
     /// Is a new file (first bytes `head`) the copy of a former or a live
@@ -781,6 +841,7 @@ impl<W: World> FileSource<W> {
                     if let Some(j) = self.best_point(file, size, &f.points) {
                         if !short || !self.still_waiting(key) {
                             let f = self.formers.remove(i);
+                            self.checkpoints_dirty = true;
                             self.deferred.remove(&key);
                             return Some(Verdict::Continue(self.continuation(
                                 file,
@@ -814,6 +875,7 @@ impl<W: World> FileSource<W> {
         }
         self.deferred.remove(&key);
         let f = self.formers.remove(fallback?);
+        self.checkpoints_dirty = true;
         tracing::info!(
             offset = f.durable.offset,
             "file is a copy of a truncated file's delivered part; continuing there"
@@ -902,6 +964,10 @@ impl<W: World> FileSource<W> {
         let mut progressed = false;
         for stream in streams {
             progressed |= self.read_file(stream)?;
+            // Not inside `read_file`: the file being read is out of
+            // `self.files` there, and its acks would find no file.
+            self.drain_acks();
+            self.save_if_due();
         }
         Ok(progressed)
     }
@@ -1237,6 +1303,11 @@ impl<W: World> FileSource<W> {
 
     fn save_checkpoints(&mut self) {
         let mut all: Vec<Checkpoint> = self.saved.values().cloned().collect();
+        let formers = self
+            .formers
+            .iter()
+            .filter_map(|f| f.to_saved(|h| self.hold_state(h) == Some(true)))
+            .collect();
         for w in self.files.values() {
             let at = w.tracker.acked();
             all.push(Checkpoint {
@@ -1248,7 +1319,7 @@ impl<W: World> FileSource<W> {
                 path: w.path.display().to_string(),
             });
         }
-        let saved = self.world.save_checkpoints(&all);
+        let saved = self.world.save_checkpoints(&Saved { files: all, formers });
         // Logged, counted and reported there; retried while dirty.
         self.checkpoint_health.record(&saved);
         if saved.is_ok() {

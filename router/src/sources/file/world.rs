@@ -15,7 +15,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
+use crate::checkpoint::{CheckpointError, CheckpointStore, Saved};
 
 /// What `stat` tells about a file.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -42,8 +42,8 @@ pub trait World {
     fn now(&self) -> Instant;
     /// Wall-clock milliseconds since the epoch (read times of records).
     fn wall_ms(&self) -> i64;
-    fn load_checkpoints(&mut self) -> Result<Vec<Checkpoint>, CheckpointError>;
-    fn save_checkpoints(&mut self, files: &[Checkpoint]) -> Result<(), CheckpointError>;
+    fn load_checkpoints(&mut self) -> Result<Saved, CheckpointError>;
+    fn save_checkpoints(&mut self, saved: &Saved) -> Result<(), CheckpointError>;
 }
 
 /// The real filesystem and clock.
@@ -98,11 +98,11 @@ impl World for RealWorld {
             .unwrap_or(0)
     }
 
-    fn load_checkpoints(&mut self) -> Result<Vec<Checkpoint>, CheckpointError> {
-        self.store.load()
+    fn load_checkpoints(&mut self) -> Result<Saved, CheckpointError> {
+        self.store.load_all()
     }
 
-    fn save_checkpoints(&mut self, files: &[Checkpoint]) -> Result<(), CheckpointError> {
-        self.store.save(files)
+    fn save_checkpoints(&mut self, saved: &Saved) -> Result<(), CheckpointError> {
+        self.store.save_all(saved)
     }
 }
