@@ -79,6 +79,8 @@ pub struct Metrics {
     connections: Family<ComponentLabels, Gauge>,
     objects_written: Family<ComponentLabels, Counter>,
     sink_errors: Family<ReasonLabels, Counter>,
+    /// Failed forward-protocol handshakes (source or sink), by reason.
+    handshake_failures: Family<ReasonLabels, Counter>,
     /// Requests sent again after an error or a partial rejection.
     retries: Family<ComponentLabels, Counter>,
     /// Values the redact transform replaced, by detector.
@@ -141,6 +143,7 @@ impl Metrics {
             connections: Family::default(),
             objects_written: Family::default(),
             sink_errors: Family::default(),
+            handshake_failures: Family::default(),
             retries: Family::default(),
             redactions: Family::default(),
             file_checkpoint_age: Family::default(),
@@ -246,6 +249,11 @@ impl Metrics {
             "logferry_sink_errors",
             "Sink write errors, by reason",
             m.sink_errors.clone(),
+        );
+        registry.register(
+            "logferry_forward_handshake_failures",
+            "Failed HELO/PING/PONG handshakes of a forward source (clients refused) or sink (server refused us), by reason",
+            m.handshake_failures.clone(),
         );
         registry.register(
             "logferry_component_retries",
@@ -408,6 +416,7 @@ impl Metrics {
             dead_letters: self.dead_letters.clone(),
             line_issues: self.line_issues.clone(),
             sink_errors: self.sink_errors.clone(),
+            handshake_failures: self.handshake_failures.clone(),
             retries: self.retries.get_or_create(&labels).clone(),
             redactions: self.redactions.clone(),
             firehose_records_sent: self.firehose_records_sent.clone(),
@@ -487,6 +496,7 @@ pub struct ComponentMetrics {
     dead_letters: Family<ReasonLabels, Counter>,
     line_issues: Family<ReasonLabels, Counter>,
     sink_errors: Family<ReasonLabels, Counter>,
+    handshake_failures: Family<ReasonLabels, Counter>,
     firehose_records_sent: Family<SinkLabels, Counter>,
 }
 
@@ -531,6 +541,11 @@ impl ComponentMetrics {
 
     pub fn sink_error(&self, reason: &'static str) {
         self.sink_errors.get_or_create(&self.labels(reason)).inc();
+    }
+
+    /// A forward-protocol handshake that failed (once per connection).
+    pub fn handshake_failure(&self, reason: &'static str) {
+        self.handshake_failures.get_or_create(&self.labels(reason)).inc();
     }
 
     /// The handle of `logferry_firehose_records_sent_total` for this
