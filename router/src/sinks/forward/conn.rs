@@ -307,6 +307,11 @@ impl Conn {
         }
     }
 
+    /// Whether the bytes read but not consumed are a HELO.
+    fn holds_helo(&self) -> bool {
+        matches!(proto::try_decode(&self.rbuf), Ok(Some((v, _))) if proto::parse_helo(&v).is_ok())
+    }
+
     /// Writes one chunk and, when it asked for one, waits for its ack.
     pub async fn send(&mut self, chunk: &Chunk, ack_timeout: Duration) -> Result<(), SendError> {
         let head = proto::message_head(&chunk.tag, chunk.body.len());
@@ -439,11 +444,23 @@ impl Sender {
         if self.cfg.tls.enabled && tls.is_none() {
             *tls = Some(tls::connector(&self.cfg.tls).map_err(SendError::Tls)?);
         }
-        if let Some(c) = conn.as_mut()
-            && c.closed_by_peer().await
-        {
-            tracing::debug!(sink = %self.id, "the server closed the idle connection; reconnecting");
-            *conn = None;
+        if let Some(c) = conn.as_mut() {
+            let closed = c.closed_by_peer().await;
+            // Without `shared_key` (else the HELO was read in `open`), a
+            // server that wants a handshake greets us with an unasked HELO
+            // and drops what we send; without acks that is the only sign.
+            if c.holds_helo() {
+                let peer = c.peer.clone();
+                *conn = None;
+                return Err(SendError::Auth {
+                    peer,
+                    cause: AuthError::KeyRequired,
+                });
+            }
+            if closed {
+                tracing::debug!(sink = %self.id, "the server closed the idle connection; reconnecting");
+                *conn = None;
+            }
         }
         if conn.is_none() {
             *conn = Some(Conn::open(&self.cfg, tls.as_ref()).await?);

@@ -61,6 +61,9 @@ const ACK_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// A client that connects to a shared_key server must finish the handshake
 /// within this (a guard against idle sockets holding a connection slot).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A new connection silent this long (without `shared_key`) gets a log line
+/// about a client that may be waiting for a HELO.
+const SILENT_CLIENT_HINT: Duration = Duration::from_secs(10);
 /// How often the source's thread looks at its stop conditions.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -515,11 +518,12 @@ impl Conn {
         self.sh.m.handshake_failure(reason);
         self.sh.m.discarded("auth_failed", 1);
         if self.sh.auth_log_due(&self.peer.host, reason) {
-            tracing::warn!(conn = self.id, peer = %self.peer.addr, reason,
+            tracing::warn!(source = %self.sh.m.id, conn = self.id, peer = %self.peer.addr, reason,
                 "forward client {} failed the handshake: {e}; closing the connection (repeats from this host \
                  are logged at debug for {}s)", self.peer.addr, AUTH_LOG_EVERY.as_secs());
         } else {
-            tracing::debug!(conn = self.id, peer = %self.peer.addr, reason, "forward client failed the handshake: {e}");
+            tracing::debug!(source = %self.sh.m.id, conn = self.id, peer = %self.peer.addr, reason,
+                "forward client failed the handshake: {e}");
         }
     }
 
@@ -601,6 +605,14 @@ impl Conn {
     async fn read_loop(&mut self) -> End {
         let mut draining: Option<Instant> = None;
         let mut last_data = Instant::now();
+        // A client with a shared key waits for a HELO that a source without
+        // one never sends, and neither side says anything: after a while
+        // of silence from a new connection, say what it may mean.
+        let mut silent_hint = self
+            .sh
+            .shared_key
+            .is_none()
+            .then(|| tokio::time::Instant::now() + SILENT_CLIENT_HINT);
         loop {
             if let Err(e) = self.process().await {
                 return e;
@@ -625,6 +637,15 @@ impl Conn {
                     draining = Some(Instant::now());
                 }
                 _ = sleep_until(wake), if wake.is_some() => {}
+                _ = sleep_until(silent_hint), if silent_hint.is_some() && draining.is_none() => {
+                    silent_hint = None;
+                    if self.sh.auth_log_due(&self.peer.host, "silent") {
+                        tracing::info!(source = %self.sh.m.id, conn = self.id, peer = %self.peer.addr,
+                            "forward client {} has sent nothing for {}s since it connected; if it is configured with a \
+                             shared key it is waiting for a HELO, which this source sends only with `shared_key` set",
+                            self.peer.addr, SILENT_CLIENT_HINT.as_secs());
+                    }
+                }
                 r = self.reader.read_buf(&mut self.buf) => match r {
                     Ok(0) => {
                         if !self.buf.is_empty() {
@@ -633,6 +654,7 @@ impl Conn {
                         return End::Eof;
                     }
                     Ok(n) => {
+                        silent_hint = None;
                         self.sh.m.received_bytes.inc_by(n as u64);
                         last_data = Instant::now();
                     }
