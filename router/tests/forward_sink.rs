@@ -913,6 +913,104 @@ flush_interval = "200ms"
 }
 
 #[test]
+fn users_both_ways_between_two_logferries() {
+    // B: forward source with a key and users -> file; A: file -> forward
+    // sink as `alice`.
+    let (a, b) = (Env::new(), Env::new());
+    let n = 1000;
+    write_logs(&a, n);
+    let (port, b_api, a_api) = (free_port(), free_port(), free_port());
+    let b_cfg = b.write_config(&format!(
+        r#"
+[global]
+data_dir = "{data}"
+
+[api]
+address = "127.0.0.1:{b_api}"
+
+[sources.in]
+type = "forward"
+address = "127.0.0.1:{port}"
+shared_key = "k3y"
+users = [{{ username = "alice", password = "pa55" }}, {{ username = "bob", password = "b0b" }}]
+
+[sinks.out]
+type = "file"
+inputs = ["in"]
+path = "{out}"
+compression = "none"
+flush_interval = "200ms"
+"#,
+        data = b.path("data").display(),
+        out = b.path("out").display(),
+    ));
+    let b_router = spawn(&b_cfg, &[]);
+    wait_for("B listening", LONG, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let a_cfg = config(
+        &a,
+        port,
+        "shared_key = \"k3y\"\nusername = \"alice\"\npassword = \"pa55\"",
+        None,
+    );
+    run_to_eof_within(&a_cfg, LONG);
+    let events: Vec<(i64, serde_json::Value)> = b
+        .records()
+        .iter()
+        .map(|r| (r["id"].as_u64().unwrap() as i64 + T0, r.clone()))
+        .collect();
+    let counts = check_records(&events, n);
+    assert!(counts.values().all(|c| *c == 1), "a record arrived twice");
+
+    // The wrong password: refused, both sides say so, nothing more arrives.
+    let a2 = Env::new();
+    write_logs(&a2, 10);
+    let a2_cfg = config(
+        &a2,
+        port,
+        "shared_key = \"k3y\"\nusername = \"alice\"\npassword = \"pa56\"",
+        Some(a_api),
+    );
+    let a2_router = spawn(&a2_cfg, &[]);
+    wait_for("B counts the refusals", LONG, || {
+        metric(
+            &metrics_of(b_api),
+            "logferry_forward_handshake_failures_total",
+            &["component=\"in\"", "reason=\"user_refused\""],
+        )
+        .unwrap_or(0.0)
+            >= 2.0
+    });
+    wait_for("A counts them", LONG, || {
+        metric(
+            &metrics_of(a_api),
+            "logferry_forward_handshake_failures_total",
+            &["component=\"fw\"", "reason=\"user_refused\""],
+        )
+        .unwrap_or(0.0)
+            >= 2.0
+    });
+    let a_err = a2_router.stderr();
+    assert!(
+        a_err.contains(&format!(
+            "handshake with 127.0.0.1:{port} failed: the server refused user `alice`"
+        )),
+        "{a_err}"
+    );
+    drop(a2_router);
+    b_router.signal(libc::SIGTERM);
+    let (status, b_err) = b_router.wait(LONG);
+    assert!(status.success(), "{b_err}");
+    assert!(b_err.contains("sent a wrong password for user \"alice\""), "{b_err}");
+    assert!(
+        !b_err.contains("pa55") && !a_err.contains("pa56"),
+        "passwords are never logged"
+    );
+    assert_eq!(b.records().len() as u64, n);
+}
+
+#[test]
 fn check_connects_with_the_handshake_and_reports_an_unreachable_server() {
     let env = Env::new();
     write_logs(&env, 1);
