@@ -309,7 +309,8 @@ impl Conn {
 
     /// Whether the bytes read but not consumed are a HELO.
     fn holds_helo(&self) -> bool {
-        matches!(proto::try_decode(&self.rbuf), Ok(Some((v, _))) if proto::parse_helo(&v).is_ok())
+        !self.rbuf.is_empty()
+            && matches!(proto::try_decode(&self.rbuf), Ok(Some((v, _))) if proto::parse_helo(&v).is_ok())
     }
 
     /// Writes one chunk and, when it asked for one, waits for its ack.
