@@ -11,6 +11,12 @@
 //! stream's state is unknown (a late ack, half a message on the wire), and a
 //! fresh connection with the chunk sent again is the only state both sides
 //! agree on. The server may then see a chunk twice: at least once.
+//!
+//! Why handshake errors carry the fix: a refused handshake is always a
+//! configuration that differs between two machines, and the server often
+//! says little (Fluent Bit hangs up on a wrong key). Naming the server, what
+//! it said and which setting to change, once per streak of retries, is what
+//! lets an operator fix it from our log alone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -63,13 +69,13 @@ pub enum AuthError {
     NoHelo(Duration),
     #[error("the server asks for a shared-key handshake (it sent HELO): set `shared_key` to the server's key")]
     KeyRequired,
-    #[error("the server refused our shared key (\"{0}\"): `shared_key` differs between the two sides")]
+    #[error("the server refused our shared key ({0:?}): `shared_key` differs between the two sides")]
     KeyRefused(String),
-    #[error("the server wants a username and password (\"{0}\"): set `username` and `password` to a user it knows")]
+    #[error("the server wants a username and password ({0:?}): set `username` and `password` to a user it knows")]
     UserRequired(String),
-    #[error("the server refused user `{user}` (\"{reason}\"): check `username` and `password`")]
+    #[error("the server refused user `{user}` ({reason:?}): check `username` and `password`")]
     UserRefused { user: String, reason: String },
-    #[error("the server refused the handshake: \"{0}\"")]
+    #[error("the server refused the handshake: {0:?}")]
     Refused(String),
     #[error(
         "the server closed the connection after our PING without answering: it refused the handshake \

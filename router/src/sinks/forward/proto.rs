@@ -221,7 +221,12 @@ pub fn check_pong(v: &Value, salt: &str, helo: &Helo, key: &str) -> Result<Pong,
     let field = |i: usize| a.get(i).and_then(Value::as_str);
     if a.get(1).and_then(Value::as_bool) != Some(true) {
         let reason = field(2).filter(|r| !r.is_empty()).unwrap_or("no reason given");
-        return Ok(Pong::Refused(reason.to_string()));
+        // The server's words go into our log: bounded.
+        let mut cut = reason.len().min(200);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        return Ok(Pong::Refused(reason.get(..cut).unwrap_or(reason).to_string()));
     }
     let want = shared_key_digest(salt.as_bytes(), field(3).unwrap_or_default(), &helo.nonce, key);
     if field(4) != Some(want.as_str()) {
