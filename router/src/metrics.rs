@@ -81,6 +81,8 @@ pub struct Metrics {
     /// Objects an object sink closed, by reason (size, age, memory, shutdown).
     objects_closed: Family<ReasonLabels, Counter>,
     sink_errors: Family<ReasonLabels, Counter>,
+    /// Failed forward-protocol handshakes (source or sink), by reason.
+    handshake_failures: Family<ReasonLabels, Counter>,
     /// Requests sent again after an error or a partial rejection.
     retries: Family<ComponentLabels, Counter>,
     /// Values the redact transform replaced, by detector.
@@ -144,6 +146,7 @@ impl Metrics {
             objects_written: Family::default(),
             objects_closed: Family::default(),
             sink_errors: Family::default(),
+            handshake_failures: Family::default(),
             retries: Family::default(),
             redactions: Family::default(),
             file_checkpoint_age: Family::default(),
@@ -254,6 +257,11 @@ impl Metrics {
             "logferry_sink_errors",
             "Sink write errors, by reason",
             m.sink_errors.clone(),
+        );
+        registry.register(
+            "logferry_forward_handshake_failures",
+            "Failed HELO/PING/PONG handshakes of a forward source (clients refused) or sink (server refused us), by reason",
+            m.handshake_failures.clone(),
         );
         registry.register(
             "logferry_component_retries",
@@ -417,6 +425,7 @@ impl Metrics {
             dead_letters: self.dead_letters.clone(),
             line_issues: self.line_issues.clone(),
             sink_errors: self.sink_errors.clone(),
+            handshake_failures: self.handshake_failures.clone(),
             retries: self.retries.get_or_create(&labels).clone(),
             redactions: self.redactions.clone(),
             firehose_records_sent: self.firehose_records_sent.clone(),
@@ -497,6 +506,7 @@ pub struct ComponentMetrics {
     dead_letters: Family<ReasonLabels, Counter>,
     line_issues: Family<ReasonLabels, Counter>,
     sink_errors: Family<ReasonLabels, Counter>,
+    handshake_failures: Family<ReasonLabels, Counter>,
     firehose_records_sent: Family<SinkLabels, Counter>,
 }
 
@@ -547,6 +557,11 @@ impl ComponentMetrics {
 
     pub fn sink_error(&self, reason: &'static str) {
         self.sink_errors.get_or_create(&self.labels(reason)).inc();
+    }
+
+    /// A forward-protocol handshake that failed (once per connection).
+    pub fn handshake_failure(&self, reason: &'static str) {
+        self.handshake_failures.get_or_create(&self.labels(reason)).inc();
     }
 
     /// The handle of `logferry_firehose_records_sent_total` for this

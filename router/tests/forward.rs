@@ -499,6 +499,148 @@ fn shared_key_handshake_admits_the_right_key_only() {
     assert_eq!(ids_with(&env.records(), "authed"), vec![1]);
 }
 
+/// Reads HELO, sends a PING with `key` and the given user fields (the
+/// password digest is computed from the HELO's auth salt); returns the
+/// PONG's fields and the salt.
+fn handshake_as(c: &mut dyn Stream, key: &str, user: &str, password: &str) -> (Vec<String>, String) {
+    let helo = flat(&read_reply(c));
+    assert_eq!(helo[0], "HELO");
+    let field = |name: &str| helo[helo.iter().position(|x| x == name).unwrap() + 1].clone();
+    let (nonce, auth) = (field("nonce"), field("auth"));
+    let digest = sha512_hex(&[b"salt1", b"client-host", nonce.as_bytes(), key.as_bytes()]);
+    let pw = if user.is_empty() {
+        String::new()
+    } else {
+        sha512_hex(&[auth.as_bytes(), user.as_bytes(), password.as_bytes()])
+    };
+    let ping = V::A(vec![
+        s("PING"),
+        s("client-host"),
+        s("salt1"),
+        s(&digest),
+        s(user),
+        s(&pw),
+    ]);
+    c.write_all(&bytes(&ping)).unwrap();
+    (flat(&read_reply(c)), auth)
+}
+
+#[test]
+fn users_are_checked_by_their_salted_password_digest() {
+    let env = Env::new();
+    let (port, api) = (free_port(), free_port());
+    let source = format!(
+        "address = \"127.0.0.1:{port}\"\nshared_key = \"s3cret\"\nusers = [{{ username = \"bob\", password = \"b0b\" }}, {{ username = \"alice\", password = \"pa55\" }}]"
+    );
+    let cfg = config(&env, &source, api);
+    // At debug, so the second `user_refused` (warned once a minute per
+    // host) shows too.
+    let router = spawn(&cfg, &[("LOGFERRY_LOG", "debug")]);
+    wait_listening(port);
+
+    let mut good = tcp(port);
+    let (pong, salt) = handshake_as(&mut *good, "s3cret", "alice", "pa55");
+    // A salt asks for a user: fresh per connection, never empty.
+    assert_eq!(salt.len(), 32, "{salt}");
+    assert_eq!(&pong[..3], ["PONG", "true", ""]);
+    send_acked(
+        &mut *good,
+        &V::A(vec![s("t"), V::Int(1), record(1, "alice"), chunk_opt("k1")]),
+        "k1",
+    );
+    assert_eq!(ids_with(&env.records(), "alice"), vec![1]);
+
+    // Wrong password, unknown user, no user, wrong key: refused with the
+    // spec's PONG, counted by reason, logged naming the client.
+    for (key, user, pw, reason) in [
+        ("s3cret", "alice", "nope", "user_refused"),
+        ("s3cret", "mallory", "pa55", "user_refused"),
+        ("s3cret", "", "", "user_required"),
+        ("other", "alice", "pa55", "shared_key_mismatch"),
+    ] {
+        let mut bad = tcp(port);
+        let (pong, _) = handshake_as(&mut *bad, key, user, pw);
+        let want = if reason == "shared_key_mismatch" {
+            "shared_key mismatch"
+        } else {
+            "username/password mismatch"
+        };
+        assert_eq!(&pong[..3], ["PONG", "false", want], "{user}/{pw}");
+        assert!(closed(&mut *bad));
+    }
+    let m = http_get(api, "/metrics").unwrap().1;
+    let failures = |r: &str| {
+        metric(
+            &m,
+            "logferry_forward_handshake_failures_total",
+            &["component=\"fw\"", &format!("reason=\"{r}\"")],
+        )
+    };
+    assert_eq!(failures("user_refused"), Some(2.0), "{m}");
+    assert_eq!(failures("user_required"), Some(1.0), "{m}");
+    assert_eq!(failures("shared_key_mismatch"), Some(1.0), "{m}");
+    let err = router.stderr();
+    for says in [
+        "sent a wrong password for user \"alice\"",
+        "sent username \"mallory\", which is not in `users`",
+        "sent no username, but this source has `users`",
+        "proved a different shared key",
+    ] {
+        let line = err
+            .lines()
+            .find(|l| l.contains(says))
+            .unwrap_or_else(|| panic!("no `{says}` in {err}"));
+        assert!(line.contains("peer=127.0.0.1:") && line.contains("source=fw"), "{line}");
+    }
+    assert!(!err.contains("pa55") && !err.contains("nope"), "{err}");
+    assert_eq!(ids_with(&env.records(), "alice"), vec![1]);
+}
+
+#[test]
+fn a_client_without_the_key_is_told_apart_and_logged_once_a_minute() {
+    let env = Env::new();
+    let (port, api) = (free_port(), free_port());
+    let source = format!("address = \"127.0.0.1:{port}\"\nshared_key = \"s3cret\"");
+    let cfg = config(&env, &source, api);
+    let router = spawn(&cfg, &[]);
+    wait_listening(port);
+    // A client with no key sends its data at once.
+    for i in 0..3 {
+        let mut c = tcp(port);
+        let helo = flat(&read_reply(&mut *c));
+        assert_eq!(helo[0], "HELO");
+        // No users: the auth salt is empty.
+        assert_eq!(helo[helo.iter().position(|x| x == "auth").unwrap() + 1], "");
+        c.write_all(&bytes(&V::A(vec![
+            s("t"),
+            V::Int(1),
+            record(i, "nokey"),
+            chunk_opt("c"),
+        ])))
+        .unwrap();
+        let _ = read_reply(&mut *c); // PONG false, then closed
+        assert!(closed(&mut *c));
+    }
+    let m = http_get(api, "/metrics").unwrap().1;
+    assert_eq!(
+        metric(&m, "logferry_forward_handshake_failures_total", &["reason=\"no_ping\""]),
+        Some(3.0),
+        "{m}"
+    );
+    let err = router.stderr();
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("failed the handshake")).collect();
+    assert_eq!(
+        lines.len(),
+        1,
+        "repeats from one host within a minute are not warned again: {err}"
+    );
+    assert!(
+        lines[0].contains("sent data without the handshake this source requires"),
+        "{err}"
+    );
+    assert!(ids_with(&env.records(), "nokey").is_empty());
+}
+
 #[test]
 fn exit_on_eof_ends_after_the_last_connection_with_everything_delivered() {
     let env = Env::new();

@@ -35,6 +35,11 @@ struct Seen {
 #[derive(Default)]
 struct Behaviour {
     shared_key: Option<String>,
+    /// HELO carries a 16-byte `auth` salt (raw bytes, as Fluent Bit sends).
+    auth_salt: bool,
+    /// Users (name, password) the PING's user fields must prove; with
+    /// `auth_salt` and no users, they must be empty (the spec).
+    users: Vec<(String, String)>,
     /// Never ack what the first connection sends.
     drop_first: bool,
     /// Acks wait until this is set (when `gate` is used).
@@ -51,6 +56,8 @@ struct Server {
     seen: Arc<Mutex<Vec<Seen>>>,
     /// PING digests that did not match (handshake failures seen).
     bad_pings: Arc<AtomicUsize>,
+    /// The user fields of every PING: (username, password digest).
+    pings: Arc<Mutex<Vec<(String, String)>>>,
 }
 
 impl Server {
@@ -59,24 +66,30 @@ impl Server {
         let port = listener.local_addr().unwrap().port();
         let seen = Arc::new(Mutex::new(Vec::new()));
         let bad_pings = Arc::new(AtomicUsize::new(0));
+        let pings = Arc::new(Mutex::new(Vec::new()));
         let b = Arc::new(b);
-        let (seen2, bad2) = (seen.clone(), bad_pings.clone());
+        let (seen2, bad2, pings2) = (seen.clone(), bad_pings.clone(), pings.clone());
         std::thread::spawn(move || {
             for (n, stream) in listener.incoming().enumerate() {
                 let Ok(stream) = stream else { continue };
-                let (b, seen, bad) = (b.clone(), seen2.clone(), bad2.clone());
+                let (b, seen, bad, pings) = (b.clone(), seen2.clone(), bad2.clone(), pings2.clone());
                 std::thread::spawn(move || {
                     let _ = match &b.tls {
                         Some(cfg) => {
                             let tls = rustls::ServerConnection::new(cfg.clone()).unwrap();
-                            serve(n, rustls::StreamOwned::new(tls, stream), &b, &seen, &bad)
+                            serve(n, rustls::StreamOwned::new(tls, stream), &b, &seen, &bad, &pings)
                         }
-                        None => serve(n, stream, &b, &seen, &bad),
+                        None => serve(n, stream, &b, &seen, &bad, &pings),
                     };
                 });
             }
         });
-        Server { port, seen, bad_pings }
+        Server {
+            port,
+            seen,
+            bad_pings,
+            pings,
+        }
     }
 
     fn seen(&self) -> Vec<Seen> {
@@ -148,6 +161,7 @@ fn serve<S: Read + Write>(
     b: &Behaviour,
     seen: &Mutex<Vec<Seen>>,
     bad_pings: &AtomicUsize,
+    pings: &Mutex<Vec<(String, String)>>,
 ) -> std::io::Result<()> {
     if b.stall_first && conn == 0 {
         std::thread::sleep(Duration::from_secs(300));
@@ -155,30 +169,58 @@ fn serve<S: Read + Write>(
     }
     if let Some(key) = &b.shared_key {
         let nonce = format!("nonce-{conn}").into_bytes();
-        let helo = Value::Array(vec![
-            "HELO".into(),
-            Value::Map(vec![
-                ("nonce".into(), Value::Binary(nonce.clone())),
-                ("auth".into(), "".into()),
-                ("keepalive".into(), true.into()),
-            ]),
-        ]);
-        write_value(&mut stream, &helo)?;
+        // Raw bytes in a str, as Fluent Bit sends them (not valid UTF-8).
+        let salt: Vec<u8> = if b.auth_salt {
+            (0..16u8).map(|i| i.wrapping_mul(37) ^ 0xa5).collect()
+        } else {
+            Vec::new()
+        };
+        let mut helo = Vec::new();
+        rmp::encode::write_array_len(&mut helo, 2).unwrap();
+        rmp::encode::write_str(&mut helo, "HELO").unwrap();
+        rmp::encode::write_map_len(&mut helo, 3).unwrap();
+        rmp::encode::write_str(&mut helo, "nonce").unwrap();
+        rmp::encode::write_bin(&mut helo, &nonce).unwrap();
+        rmp::encode::write_str(&mut helo, "auth").unwrap();
+        rmp::encode::write_str_len(&mut helo, salt.len() as u32).unwrap();
+        helo.extend_from_slice(&salt);
+        rmp::encode::write_str(&mut helo, "keepalive").unwrap();
+        rmp::encode::write_bool(&mut helo, true).unwrap();
+        stream.write_all(&helo)?;
+        stream.flush()?;
         let ping = rmpv::decode::read_value(&mut stream).map_err(std::io::Error::other)?;
-        let p = ping.as_array().expect("PING is an array");
-        assert_eq!(p[0].as_str(), Some("PING"));
-        let (host, salt, digest) = (p[1].as_str().unwrap(), p[2].as_str().unwrap(), p[3].as_str().unwrap());
-        let want = sha512_hex(&[salt.as_bytes(), host.as_bytes(), &nonce, key.as_bytes()]);
-        let ok = digest == want;
+        let p = ping.as_array().cloned().unwrap_or_default();
+        if p.first().and_then(|v| v.as_str()) != Some("PING") || p.len() != 6 {
+            // Data from a client without the key, or a short PING.
+            bad_pings.fetch_add(1, Ordering::SeqCst);
+            return Ok(());
+        }
+        let text = |i: usize| p[i].as_str().unwrap_or_default().to_string();
+        let (host, ping_salt, digest, user, password) = (text(1), text(2), text(3), text(4), text(5));
+        pings.lock().unwrap().push((user.clone(), password.clone()));
+        let key_ok = digest == sha512_hex(&[ping_salt.as_bytes(), host.as_bytes(), &nonce, key.as_bytes()]);
+        let user_ok = if b.users.is_empty() {
+            user.is_empty() && password.is_empty()
+        } else {
+            b.users
+                .iter()
+                .any(|(u, pw)| *u == user && password == sha512_hex(&[&salt[..], u.as_bytes(), pw.as_bytes()]))
+        };
+        let ok = key_ok && user_ok;
         if !ok {
             bad_pings.fetch_add(1, Ordering::SeqCst);
         }
+        let reason = match (key_ok, user_ok) {
+            (true, true) => "",
+            (false, _) => "shared_key mismatch",
+            (true, false) => "username/password mismatch",
+        };
         let pong = Value::Array(vec![
             "PONG".into(),
             ok.into(),
-            (if ok { "" } else { "shared_key mismatch" }).into(),
+            reason.into(),
             "test-server".into(),
-            sha512_hex(&[salt.as_bytes(), b"test-server", &nonce, key.as_bytes()]).into(),
+            sha512_hex(&[ping_salt.as_bytes(), b"test-server", &nonce, key.as_bytes()]).into(),
         ]);
         write_value(&mut stream, &pong)?;
         if !ok {
@@ -477,6 +519,186 @@ fn shared_key_handshake() {
 }
 
 #[test]
+fn a_salt_without_users_gets_an_empty_username_and_password() {
+    // Fluent Bit 5's in_forward: a 16-byte auth salt in every HELO, no users.
+    let env = Env::new();
+    let n = 300;
+    write_logs(&env, n);
+    let server = Server::start(Behaviour {
+        shared_key: Some("s3cret".into()),
+        auth_salt: true,
+        ..Behaviour::default()
+    });
+    let cfg = config(&env, server.port, "shared_key = \"s3cret\"", None);
+    run_to_eof_within(&cfg, LONG);
+    assert_eq!(server.bad_pings.load(Ordering::SeqCst), 0);
+    let pings = server.pings.lock().unwrap().clone();
+    assert!(
+        !pings.is_empty() && pings.iter().all(|p| p == &(String::new(), String::new())),
+        "{pings:?}"
+    );
+    let counts = check_records(&all_events(&server.seen()), n);
+    assert!(counts.values().all(|c| *c == 1));
+}
+
+#[test]
+fn username_and_password_for_a_server_with_users() {
+    let env = Env::new();
+    let n = 300;
+    write_logs(&env, n);
+    let server = Server::start(Behaviour {
+        shared_key: Some("s3cret".into()),
+        auth_salt: true,
+        users: vec![("bob".into(), "x".into()), ("alice".into(), "pa55".into())],
+        ..Behaviour::default()
+    });
+    let cfg = config(
+        &env,
+        server.port,
+        "shared_key = \"s3cret\"\nusername = \"alice\"\npassword = \"${PW}\"",
+        None,
+    );
+    let mut child = std::process::Command::new(BIN)
+        .args(["run", "--exit-on-eof", "--config"])
+        .arg(&cfg)
+        .env("PW", "pa55")
+        .env("LOGFERRY_LOG", "debug")
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    assert!(child.wait().unwrap().success(), "{err}");
+    assert_eq!(server.bad_pings.load(Ordering::SeqCst), 0);
+    assert!(server.pings.lock().unwrap().iter().all(|(u, _)| u == "alice"));
+    check_records(&all_events(&server.seen()), n);
+    // The password never reaches the log, even at debug.
+    assert!(!err.contains("pa55"), "{err}");
+}
+
+#[test]
+fn refused_users_are_named_with_the_server_and_the_fix() {
+    let env = Env::new();
+    write_logs(&env, 50);
+    let server = Server::start(Behaviour {
+        shared_key: Some("s3cret".into()),
+        auth_salt: true,
+        users: vec![("alice".into(), "pa55".into())],
+        ..Behaviour::default()
+    });
+    let api = free_port();
+    for (sink, reason, says) in [
+        (
+            "shared_key = \"s3cret\"\nusername = \"alice\"\npassword = \"wrong\"",
+            "user_refused",
+            "the server refused user `alice` (\"username/password mismatch\")",
+        ),
+        (
+            "shared_key = \"s3cret\"",
+            "user_required",
+            "the server wants a username and password",
+        ),
+        (
+            "shared_key = \"other\"",
+            "shared_key_mismatch",
+            "the server refused our shared key (\"shared_key mismatch\")",
+        ),
+    ] {
+        let cfg = config(&env, server.port, sink, Some(api));
+        let router = spawn(&cfg, &[]);
+        let failures = |m: &str| {
+            metric(
+                m,
+                "logferry_forward_handshake_failures_total",
+                &["component=\"fw\"", &format!("reason=\"{reason}\"")],
+            )
+            .unwrap_or(0.0)
+        };
+        wait_for("three refused handshakes", LONG, || failures(&metrics_of(api)) >= 3.0);
+        let err = router.stderr();
+        let lines: Vec<&str> = err
+            .lines()
+            .filter(|l| l.contains("forward handshake refused"))
+            .collect();
+        // One line for the streak of retries, naming the server and the cause.
+        assert_eq!(lines.len(), 1, "{err}");
+        assert!(
+            lines[0].contains(&format!("handshake with 127.0.0.1:{}", server.port)),
+            "{err}"
+        );
+        assert!(lines[0].contains(says), "{err}");
+        assert!(!err.contains("wrong\""), "the password is never logged: {err}");
+        drop(router);
+    }
+    assert!(server.seen().is_empty());
+}
+
+#[test]
+fn a_key_here_and_none_on_the_server_says_no_helo_once() {
+    let env = Env::new();
+    write_logs(&env, 10);
+    // The server has no key: it never speaks first.
+    let server = Server::start(Behaviour::default());
+    let api = free_port();
+    let cfg = config(&env, server.port, "shared_key = \"s3cret\"", Some(api));
+    let router = spawn(&cfg, &[]);
+    wait_for("two no_helo failures", LONG, || {
+        metric(
+            &metrics_of(api),
+            "logferry_forward_handshake_failures_total",
+            &["reason=\"no_helo\""],
+        )
+        .unwrap_or(0.0)
+            >= 2.0
+    });
+    let err = router.stderr();
+    let lines: Vec<&str> = err.lines().filter(|l| l.contains("no HELO within")).collect();
+    assert_eq!(lines.len(), 1, "{err}");
+    assert!(
+        lines[0].contains("`shared_key` is set here but the server asks for no handshake"),
+        "{err}"
+    );
+    assert!(lines[0].contains(&format!("127.0.0.1:{}", server.port)), "{err}");
+    drop(router);
+    assert!(server.seen().is_empty());
+}
+
+#[test]
+fn a_server_that_wants_a_key_is_reported_even_without_acks() {
+    let env = Env::new();
+    write_logs(&env, 50);
+    let server = Server::start(Behaviour {
+        shared_key: Some("s3cret".into()),
+        ..Behaviour::default()
+    });
+    let api = free_port();
+    // Without acks the first chunk is written before the HELO is seen (and
+    // lost, as `require_ack = false` allows); small chunks make a second.
+    for sink in ["", "require_ack = false\nmax_chunk_size = \"1KiB\""] {
+        let cfg = config(&env, server.port, sink, Some(api));
+        std::fs::remove_dir_all(env.path("data")).unwrap();
+        std::fs::create_dir_all(env.path("data")).unwrap();
+        let router = spawn(&cfg, &[]);
+        wait_for("key_required failures", LONG, || {
+            metric(
+                &metrics_of(api),
+                "logferry_forward_handshake_failures_total",
+                &["reason=\"key_required\""],
+            )
+            .unwrap_or(0.0)
+                >= 1.0
+        });
+        let err = router.stderr();
+        assert!(
+            err.contains("the server asks for a shared-key handshake (it sent HELO): set `shared_key`"),
+            "{sink}: {err}"
+        );
+        drop(router);
+    }
+}
+
+#[test]
 fn wrong_shared_key_delivers_nothing_and_fails_readiness() {
     let env = Env::new();
     write_logs(&env, 100);
@@ -688,6 +910,104 @@ flush_interval = "200ms"
     b_router.signal(libc::SIGTERM);
     let (status, err) = b_router.wait(LONG);
     assert!(status.success(), "{err}");
+}
+
+#[test]
+fn users_both_ways_between_two_logferries() {
+    // B: forward source with a key and users -> file; A: file -> forward
+    // sink as `alice`.
+    let (a, b) = (Env::new(), Env::new());
+    let n = 1000;
+    write_logs(&a, n);
+    let (port, b_api, a_api) = (free_port(), free_port(), free_port());
+    let b_cfg = b.write_config(&format!(
+        r#"
+[global]
+data_dir = "{data}"
+
+[api]
+address = "127.0.0.1:{b_api}"
+
+[sources.in]
+type = "forward"
+address = "127.0.0.1:{port}"
+shared_key = "k3y"
+users = [{{ username = "alice", password = "pa55" }}, {{ username = "bob", password = "b0b" }}]
+
+[sinks.out]
+type = "file"
+inputs = ["in"]
+path = "{out}"
+compression = "none"
+flush_interval = "200ms"
+"#,
+        data = b.path("data").display(),
+        out = b.path("out").display(),
+    ));
+    let b_router = spawn(&b_cfg, &[]);
+    wait_for("B listening", LONG, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let a_cfg = config(
+        &a,
+        port,
+        "shared_key = \"k3y\"\nusername = \"alice\"\npassword = \"pa55\"",
+        None,
+    );
+    run_to_eof_within(&a_cfg, LONG);
+    let events: Vec<(i64, serde_json::Value)> = b
+        .records()
+        .iter()
+        .map(|r| (r["id"].as_u64().unwrap() as i64 + T0, r.clone()))
+        .collect();
+    let counts = check_records(&events, n);
+    assert!(counts.values().all(|c| *c == 1), "a record arrived twice");
+
+    // The wrong password: refused, both sides say so, nothing more arrives.
+    let a2 = Env::new();
+    write_logs(&a2, 10);
+    let a2_cfg = config(
+        &a2,
+        port,
+        "shared_key = \"k3y\"\nusername = \"alice\"\npassword = \"pa56\"",
+        Some(a_api),
+    );
+    let a2_router = spawn(&a2_cfg, &[]);
+    wait_for("B counts the refusals", LONG, || {
+        metric(
+            &metrics_of(b_api),
+            "logferry_forward_handshake_failures_total",
+            &["component=\"in\"", "reason=\"user_refused\""],
+        )
+        .unwrap_or(0.0)
+            >= 2.0
+    });
+    wait_for("A counts them", LONG, || {
+        metric(
+            &metrics_of(a_api),
+            "logferry_forward_handshake_failures_total",
+            &["component=\"fw\"", "reason=\"user_refused\""],
+        )
+        .unwrap_or(0.0)
+            >= 2.0
+    });
+    let a_err = a2_router.stderr();
+    assert!(
+        a_err.contains(&format!(
+            "handshake with 127.0.0.1:{port} failed: the server refused user `alice`"
+        )),
+        "{a_err}"
+    );
+    drop(a2_router);
+    b_router.signal(libc::SIGTERM);
+    let (status, b_err) = b_router.wait(LONG);
+    assert!(status.success(), "{b_err}");
+    assert!(b_err.contains("sent a wrong password for user \"alice\""), "{b_err}");
+    assert!(
+        !b_err.contains("pa55") && !a_err.contains("pa56"),
+        "passwords are never logged"
+    );
+    assert_eq!(b.records().len() as u64, n);
 }
 
 #[test]

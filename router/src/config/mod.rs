@@ -10,6 +10,7 @@
 mod expand;
 pub mod fluentbit;
 mod locate;
+mod secret;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
@@ -22,6 +23,7 @@ use serde::de::DeserializeOwned;
 pub use expand::{ExpandError, expand};
 pub use fluentbit::{FluentBitConfig, load as load_fluent_bit};
 pub use locate::Seg;
+pub use secret::Secret;
 
 use crate::buffer::BufferConfig;
 use crate::lifecycle::LifecycleConfig;

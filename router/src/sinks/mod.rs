@@ -144,10 +144,10 @@ impl SinkConfig {
                 },
                 c.max_chunk_size.display().iec(),
                 humantime::format_duration(c.flush_interval),
-                if c.shared_key.is_some() {
-                    ", shared_key handshake"
-                } else {
-                    ""
+                match (&c.shared_key, &c.username) {
+                    (Some(_), Some(u)) => format!(", shared_key handshake as user `{u}`"),
+                    (Some(_), None) => ", shared_key handshake".to_string(),
+                    _ => String::new(),
                 }
             ),
             SinkConfig::Stdout(_) => "stdout".to_string(),

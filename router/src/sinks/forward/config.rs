@@ -6,7 +6,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use crate::config::{Ctx, Seg};
+use crate::config::{Ctx, Secret, Seg};
 use crate::template::Template;
 
 /// Largest chunk we let a user configure: Fluent Bit's `in_forward` refuses
@@ -42,7 +42,14 @@ pub struct ForwardSinkConfig {
     #[serde(default = "default_flush_interval", with = "humantime_serde")]
     pub flush_interval: Duration,
     /// Shared key of the HELO/PING/PONG handshake; without it no handshake.
-    pub shared_key: Option<String>,
+    pub shared_key: Option<Secret>,
+    /// User of the handshake, for a server with user authentication (its
+    /// HELO carries an `auth` salt and it has users). Without it the PING
+    /// carries an empty username and password, which a server that sends a
+    /// salt but has no users (Fluent Bit always does) accepts.
+    pub username: Option<String>,
+    /// Password of `username`; only its salted digest is sent.
+    pub password: Option<Secret>,
     /// Our name in the handshake (default: the machine's host name).
     pub self_hostname: Option<String>,
     #[serde(default)]
@@ -142,13 +149,38 @@ impl ForwardSinkConfig {
             ctx.error(&at("flush_interval"), "must be at least 10ms");
             ok = false;
         }
-        if self.shared_key.as_deref() == Some("") {
+        if self.shared_key.as_ref().is_some_and(Secret::is_empty) {
             ctx.error(&at("shared_key"), "must not be empty (omit it for no handshake)");
             ok = false;
         }
         if self.self_hostname.is_some() && self.shared_key.is_none() {
             ctx.error(&at("self_hostname"), "only used in the handshake: set `shared_key` too");
             ok = false;
+        }
+        match (&self.username, &self.password) {
+            (Some(_), None) => {
+                ctx.error(&at("username"), "set `password` too");
+                ok = false;
+            }
+            (None, Some(_)) => {
+                ctx.error(&at("password"), "set `username` too");
+                ok = false;
+            }
+            (Some(u), Some(_)) if u.is_empty() => {
+                ctx.error(
+                    &at("username"),
+                    "must not be empty (omit both for no user authentication)",
+                );
+                ok = false;
+            }
+            (Some(_), Some(_)) if self.shared_key.is_none() => {
+                ctx.error(
+                    &at("username"),
+                    "user authentication is part of the shared-key handshake: set `shared_key` too",
+                );
+                ok = false;
+            }
+            _ => {}
         }
         let tls_set = self.tls.ca_file.is_some() || self.tls.server_name.is_some() || !self.tls.verify;
         if tls_set && !self.tls.enabled {
@@ -226,6 +258,8 @@ max_chunk_size = "256KiB"
 flush_interval = "200ms"
 shared_key = "secret"
 self_hostname = "me"
+username = "web"
+password = "pa55"
 tls = { enabled = true, ca_file = "/etc/ca.pem", server_name = "fluent", verify = true }"#,
             &no_env,
         );
@@ -236,6 +270,10 @@ tls = { enabled = true, ca_file = "/etc/ca.pem", server_name = "fluent", verify 
         assert_eq!(f.max_chunk_size.as_u64(), 256 * 1024);
         assert_eq!(f.tls.ca_file.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
         assert_eq!(f.server_name(), "fluent");
+        assert_eq!(f.username.as_deref(), Some("web"));
+        assert_eq!(f.password.as_ref().map(Secret::expose), Some("pa55"));
+        let shown = format!("{f:?}");
+        assert!(!shown.contains("pa55") && !shown.contains("secret"), "{shown}");
     }
 
     fn errs(sink: &str) -> Vec<String> {
@@ -261,6 +299,18 @@ tls = { enabled = true, ca_file = "/etc/ca.pem", server_name = "fluent", verify 
         assert!(e[0].contains("unknown field `cafile`"), "{e:?}");
         let e = errs("host = \"h\"\nself_hostname = \"me\"");
         assert!(e[0].contains("`sinks.fw.self_hostname`"), "{e:?}");
+        let e = errs("host = \"h\"\nshared_key = \"k\"\nusername = \"u\"");
+        assert!(
+            e[0].contains("`sinks.fw.username`") && e[0].contains("password"),
+            "{e:?}"
+        );
+        let e = errs("host = \"h\"\nshared_key = \"k\"\npassword = \"p\"");
+        assert!(e[0].contains("`sinks.fw.password`"), "{e:?}");
+        let e = errs("host = \"h\"\nusername = \"u\"\npassword = \"p\"");
+        assert!(
+            e[0].contains("`sinks.fw.username`") && e[0].contains("shared_key"),
+            "{e:?}"
+        );
         let e = errs("host = \"h\"\nack_timeout = \"1ms\"");
         assert!(e[0].contains("`sinks.fw.ack_timeout`"), "{e:?}");
     }

@@ -11,6 +11,12 @@
 //! stream's state is unknown (a late ack, half a message on the wire), and a
 //! fresh connection with the chunk sent again is the only state both sides
 //! agree on. The server may then see a chunk twice: at least once.
+//!
+//! Why handshake errors carry the fix: a refused handshake is always a
+//! configuration that differs between two machines, and the server often
+//! says little (Fluent Bit hangs up on a wrong key). Naming the server, what
+//! it said and which setting to change, once per streak of retries, is what
+//! lets an operator fix it from our log alone.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,8 +44,8 @@ pub enum SendError {
     Connect { addr: String, source: std::io::Error },
     #[error("TLS: {0}")]
     Tls(String),
-    #[error("handshake: {0}")]
-    Auth(ProtoError),
+    #[error("handshake with {peer} failed: {cause}")]
+    Auth { peer: String, cause: AuthError },
     #[error("write failed: {0}")]
     Write(std::io::Error),
     #[error("no reply within {0:?}")]
@@ -52,12 +58,79 @@ pub enum SendError {
     Protocol(ProtoError),
 }
 
+/// Why the HELO/PING/PONG handshake failed, worded for the operator who has
+/// to change a config on one side or the other.
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error(
+        "no HELO within {0:?}: `shared_key` is set here but the server asks for no handshake \
+         (set the same key on the server, or remove `shared_key` here)"
+    )]
+    NoHelo(Duration),
+    #[error("the server asks for a shared-key handshake (it sent HELO): set `shared_key` to the server's key")]
+    KeyRequired,
+    #[error("the server refused our shared key ({0:?}): `shared_key` differs between the two sides")]
+    KeyRefused(String),
+    #[error("the server wants a username and password ({0:?}): set `username` and `password` to a user it knows")]
+    UserRequired(String),
+    #[error("the server refused user `{user}` ({reason:?}): check `username` and `password`")]
+    UserRefused { user: String, reason: String },
+    #[error("the server refused the handshake: {0:?}")]
+    Refused(String),
+    #[error(
+        "the server closed the connection after our PING without answering: it refused the handshake \
+         (Fluent Bit does so on a shared key mismatch: is `shared_key` the same on both sides?)"
+    )]
+    ClosedAfterPing,
+    #[error("the server's PONG proves a different key: `shared_key` differs between the two sides")]
+    ServerKeyDiffers,
+    #[error("{0}")]
+    Protocol(ProtoError),
+}
+
+impl AuthError {
+    /// Labels `logferry_forward_handshake_failures_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            AuthError::NoHelo(_) => "no_helo",
+            AuthError::KeyRequired => "key_required",
+            AuthError::KeyRefused(_) | AuthError::ClosedAfterPing | AuthError::ServerKeyDiffers => {
+                "shared_key_mismatch"
+            }
+            AuthError::UserRequired(_) => "user_required",
+            AuthError::UserRefused { .. } => "user_refused",
+            AuthError::Refused(_) => "refused",
+            AuthError::Protocol(_) => "invalid",
+        }
+    }
+}
+
+/// Sorts a PONG's refusal by its reason. The spec leaves the text free;
+/// Fluentd, Fluent Bit and Logferry's own source say "shared_key mismatch"
+/// and "username/password mismatch".
+fn refusal(reason: String, user: Option<&str>) -> AuthError {
+    let lower = reason.to_ascii_lowercase();
+    if lower.contains("user") || lower.contains("password") {
+        match user {
+            Some(u) => AuthError::UserRefused {
+                user: u.to_string(),
+                reason,
+            },
+            None => AuthError::UserRequired(reason),
+        }
+    } else if lower.contains("key") {
+        AuthError::KeyRefused(reason)
+    } else {
+        AuthError::Refused(reason)
+    }
+}
+
 impl SendError {
     pub fn reason(&self) -> &'static str {
         match self {
             SendError::Connect { .. } => "connect",
             SendError::Tls(_) => "tls",
-            SendError::Auth(_) => "auth",
+            SendError::Auth { .. } => "auth",
             SendError::Write(_) => "write",
             SendError::Timeout(_) => "timeout",
             SendError::Closed(_) | SendError::Read(_) => "closed",
@@ -65,11 +138,21 @@ impl SendError {
         }
     }
 
-    /// Errors an operator must fix (key, certificates, a server that wants
-    /// a handshake we are not configured for): `/readyz` fails meanwhile.
+    /// Errors an operator must fix (key, credentials, certificates, a server
+    /// that wants a handshake we are not configured for): `/readyz` fails
+    /// meanwhile.
     fn needs_operator(&self) -> bool {
-        matches!(self, SendError::Tls(_) | SendError::Auth(_) | SendError::Protocol(_))
+        matches!(
+            self,
+            SendError::Tls(_) | SendError::Auth { .. } | SendError::Protocol(_)
+        )
     }
+}
+
+/// A failed handshake: refused, or the connection itself failed.
+enum Handshake {
+    Auth(AuthError),
+    Io(SendError),
 }
 
 trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -78,6 +161,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 /// An open, authenticated connection.
 pub struct Conn {
     io: Box<dyn Io>,
+    /// `host:port`, and the address it resolved to when that differs: what
+    /// errors name.
+    peer: String,
     /// Bytes read but not yet decoded.
     rbuf: Vec<u8>,
 }
@@ -98,6 +184,10 @@ impl Conn {
             }
         };
         let _ = tcp.set_nodelay(true);
+        let peer = match tcp.peer_addr() {
+            Ok(a) if a.to_string() != addr => format!("{addr} ({a})"),
+            _ => addr,
+        };
         let io: Box<dyn Io> = match tls {
             None => Box::new(tcp),
             Some(connector) => {
@@ -112,32 +202,65 @@ impl Conn {
         };
         let mut conn = Conn {
             io,
+            peer,
             rbuf: Vec::with_capacity(256),
         };
         if let Some(key) = &cfg.shared_key {
             let host = cfg.self_hostname.clone().unwrap_or_else(hostname);
-            conn.handshake(key, &host).await?;
+            let user = match (&cfg.username, &cfg.password) {
+                (Some(username), Some(password)) => Some(proto::Credentials {
+                    username,
+                    password: password.expose(),
+                }),
+                _ => None,
+            };
+            if let Err(cause) = conn.handshake(key.expose(), &host, user.as_ref()).await {
+                return Err(match cause {
+                    // Not the handshake's fault: the connection broke.
+                    Handshake::Io(e) => e,
+                    Handshake::Auth(cause) => SendError::Auth { peer: conn.peer, cause },
+                });
+            }
         }
         Ok(conn)
     }
 
-    async fn handshake(&mut self, key: &str, self_hostname: &str) -> Result<(), SendError> {
-        let helo = self.read_msg(CONNECT_TIMEOUT).await?;
-        let helo = proto::parse_helo(&helo).map_err(SendError::Auth)?;
-        if !helo.auth.is_empty() {
-            return Err(SendError::Auth(ProtoError::Refused(
-                "the server asks for a username and password, which this sink does not send".into(),
-            )));
+    async fn handshake(
+        &mut self,
+        key: &str,
+        self_hostname: &str,
+        user: Option<&proto::Credentials<'_>>,
+    ) -> Result<(), Handshake> {
+        let helo = match self.read_msg(CONNECT_TIMEOUT).await {
+            Ok(v) => v,
+            // A server without a key waits for data and says nothing.
+            Err(SendError::Timeout(t)) => return Err(Handshake::Auth(AuthError::NoHelo(t))),
+            Err(e) => return Err(Handshake::Io(e)),
+        };
+        let helo = proto::parse_helo(&helo).map_err(|e| Handshake::Auth(AuthError::Protocol(e)))?;
+        if helo.auth.is_empty() && user.is_some() {
+            tracing::debug!(peer = %self.peer, "the server asks for no user authentication; sending no username");
         }
         let salt = proto::new_salt();
         tokio::time::timeout(
             CONNECT_TIMEOUT,
-            self.write_parts(&[&proto::ping(self_hostname, &salt, &helo, key)]),
+            self.write_parts(&[&proto::ping(self_hostname, &salt, &helo, key, user)]),
         )
         .await
-        .map_err(|_| SendError::Timeout(CONNECT_TIMEOUT))??;
-        let pong = self.read_msg(CONNECT_TIMEOUT).await?;
-        proto::check_pong(&pong, &salt, &helo, key).map_err(SendError::Auth)
+        .map_err(|_| Handshake::Io(SendError::Timeout(CONNECT_TIMEOUT)))?
+        .map_err(Handshake::Io)?;
+        let pong = match self.read_msg(CONNECT_TIMEOUT).await {
+            Ok(v) => v,
+            Err(SendError::Closed(_) | SendError::Read(_)) => return Err(Handshake::Auth(AuthError::ClosedAfterPing)),
+            Err(e) => return Err(Handshake::Io(e)),
+        };
+        let sent_user = user.filter(|_| !helo.auth.is_empty()).map(|u| u.username);
+        match proto::check_pong(&pong, &salt, &helo, key) {
+            Ok(proto::Pong::Accepted) => Ok(()),
+            Ok(proto::Pong::Refused(reason)) => Err(Handshake::Auth(refusal(reason, sent_user))),
+            Ok(proto::Pong::ServerKeyDiffers) => Err(Handshake::Auth(AuthError::ServerKeyDiffers)),
+            Err(e) => Err(Handshake::Auth(AuthError::Protocol(e))),
+        }
     }
 
     async fn write_parts(&mut self, parts: &[&[u8]]) -> Result<(), SendError> {
@@ -190,6 +313,12 @@ impl Conn {
         }
     }
 
+    /// Whether the bytes read but not consumed are a HELO.
+    fn holds_helo(&self) -> bool {
+        !self.rbuf.is_empty()
+            && matches!(proto::try_decode(&self.rbuf), Ok(Some((v, _))) if proto::parse_helo(&v).is_ok())
+    }
+
     /// Writes one chunk and, when it asked for one, waits for its ack.
     pub async fn send(&mut self, chunk: &Chunk, ack_timeout: Duration) -> Result<(), SendError> {
         let head = proto::message_head(&chunk.tag, chunk.body.len());
@@ -222,9 +351,10 @@ impl Conn {
             let reply = self.read_msg(ack_timeout).await?;
             let acked = proto::ack_of(&reply).map_err(|e| match e {
                 // A server that speaks first wants a handshake.
-                ProtoError::Unexpected(m) if m.contains("HELO") => SendError::Protocol(ProtoError::Unexpected(
-                    format!("{m}: the server wants a handshake, set `shared_key`"),
-                )),
+                ProtoError::Unexpected(m) if m.contains("HELO") => SendError::Auth {
+                    peer: self.peer.clone(),
+                    cause: AuthError::KeyRequired,
+                },
                 e => SendError::Protocol(e),
             })?;
             // An ack of an earlier, resent chunk can still arrive: skip it.
@@ -261,7 +391,9 @@ impl Sender {
     pub async fn run(self, mut chunks: mpsc::Receiver<Chunk>) {
         let mut conn: Option<Conn> = None;
         let mut tls: Option<tokio_rustls::TlsConnector> = None;
-        let mut failing = false;
+        // What the last warning said: one line per streak of failures, and
+        // one more whenever the cause changes, never one per retry.
+        let mut logged: Option<String> = None;
         while let Some(chunk) = chunks.recv().await {
             let mut attempt = 0u32;
             loop {
@@ -271,9 +403,8 @@ impl Sender {
                 };
                 match r {
                     Ok(()) => {
-                        if failing {
+                        if logged.take().is_some() {
                             tracing::info!(sink = %self.id, "forward server accepts chunks again");
-                            failing = false;
                         }
                         self.health.set_sink(&self.id, true);
                         chunk.delivered(&self.m);
@@ -284,16 +415,23 @@ impl Sender {
                         attempt += 1;
                         self.m.sink_error(e.reason());
                         self.m.retries.inc();
+                        if let SendError::Auth { cause, .. } = &e {
+                            self.m.handshake_failure(cause.reason());
+                        }
                         if e.needs_operator() {
                             self.health.set_sink(&self.id, false);
                         }
-                        if !failing {
-                            tracing::warn!(sink = %self.id, error = %e, host = %self.cfg.host, port = self.cfg.port,
-                                "forward delivery failed; reconnecting and sending the chunk again with backoff, records are kept");
-                            failing = true;
+                        let text = e.to_string();
+                        if logged.as_deref() == Some(text.as_str()) {
+                            tracing::debug!(sink = %self.id, error = %text, attempt, "forward delivery failed again");
+                        } else if let SendError::Auth { cause, .. } = &e {
+                            tracing::error!(sink = %self.id, error = %text, reason = cause.reason(),
+                                "forward handshake refused; retrying with backoff until the configuration is fixed, records are kept");
                         } else {
-                            tracing::debug!(sink = %self.id, error = %e, attempt, "forward delivery failed again");
+                            tracing::warn!(sink = %self.id, error = %text, host = %self.cfg.host, port = self.cfg.port,
+                                "forward delivery failed; reconnecting and sending the chunk again with backoff, records are kept");
                         }
+                        logged = Some(text);
                         tokio::select! {
                             _ = tokio::time::sleep(backoff(attempt, RETRY_CAP)) => {}
                             _ = self.stop.cancelled() => return,
@@ -313,11 +451,23 @@ impl Sender {
         if self.cfg.tls.enabled && tls.is_none() {
             *tls = Some(tls::connector(&self.cfg.tls).map_err(SendError::Tls)?);
         }
-        if let Some(c) = conn.as_mut()
-            && c.closed_by_peer().await
-        {
-            tracing::debug!(sink = %self.id, "the server closed the idle connection; reconnecting");
-            *conn = None;
+        if let Some(c) = conn.as_mut() {
+            let closed = c.closed_by_peer().await;
+            // Without `shared_key` (else the HELO was read in `open`), a
+            // server that wants a handshake greets us with an unasked HELO
+            // and drops what we send; without acks that is the only sign.
+            if c.holds_helo() {
+                let peer = c.peer.clone();
+                *conn = None;
+                return Err(SendError::Auth {
+                    peer,
+                    cause: AuthError::KeyRequired,
+                });
+            }
+            if closed {
+                tracing::debug!(sink = %self.id, "the server closed the idle connection; reconnecting");
+                *conn = None;
+            }
         }
         if conn.is_none() {
             *conn = Some(Conn::open(&self.cfg, tls.as_ref()).await?);

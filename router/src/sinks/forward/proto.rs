@@ -27,8 +27,6 @@ pub enum ProtoError {
     Unexpected(String),
     #[error("server reply longer than {MAX_REPLY} bytes")]
     TooLong,
-    #[error("server refused the handshake: {0}")]
-    Refused(String),
 }
 
 /// Appends one entry `[EventTime(ts_ms), record]` to `out`; `json` is the
@@ -167,36 +165,74 @@ pub fn shared_key_digest(salt: &[u8], hostname: &str, nonce: &[u8], key: &str) -
     hex::encode(h.finalize())
 }
 
-/// `["PING", self_hostname, salt, digest, username, password_digest]`. We do
-/// not do user authentication, so both user fields are empty.
-pub fn ping(self_hostname: &str, salt: &str, helo: &Helo, key: &str) -> Vec<u8> {
+/// `sha512_hex(auth_salt + username + password)`: the proof of a password
+/// when the server's HELO carries an `auth` salt.
+pub fn password_digest(auth_salt: &[u8], username: &str, password: &str) -> String {
+    let mut h = Sha512::new();
+    h.update(auth_salt);
+    h.update(username.as_bytes());
+    h.update(password.as_bytes());
+    hex::encode(h.finalize())
+}
+
+/// The user fields of PING.
+pub struct Credentials<'a> {
+    pub username: &'a str,
+    pub password: &'a str,
+}
+
+/// `["PING", self_hostname, salt, digest, username, password_digest]`.
+///
+/// The user fields are empty unless the server asked for user
+/// authentication (a non-empty `auth` salt in HELO) and `user` is given: the
+/// spec's answer for a server that sends a salt but has no users (Fluent Bit
+/// always sends one) is an empty username and password.
+pub fn ping(self_hostname: &str, salt: &str, helo: &Helo, key: &str, user: Option<&Credentials<'_>>) -> Vec<u8> {
     let digest = shared_key_digest(salt.as_bytes(), self_hostname, &helo.nonce, key);
-    let mut out = Vec::with_capacity(256);
+    let (username, password) = match user {
+        Some(u) if !helo.auth.is_empty() => (u.username, password_digest(&helo.auth, u.username, u.password)),
+        _ => ("", String::new()),
+    };
+    let mut out = Vec::with_capacity(384);
     let _ = rmp::encode::write_array_len(&mut out, 6);
-    for s in ["PING", self_hostname, salt, &digest, "", ""] {
+    for s in ["PING", self_hostname, salt, &digest, username, &password] {
         let _ = rmp::encode::write_str(&mut out, s);
     }
     out
 }
 
-/// Checks `["PONG", ok, reason, server_hostname, digest]`: the server
-/// accepted us and knows the key too.
-pub fn check_pong(v: &Value, salt: &str, helo: &Helo, key: &str) -> Result<(), ProtoError> {
-    let Some(a) = v.as_array().filter(|a| a.len() == 5 && a[0].as_str() == Some("PONG")) else {
-        return Err(ProtoError::Unexpected(format!("expected PONG, got {}", describe(v))));
+/// What a PONG said.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Pong {
+    /// Accepted, and the server proved it knows the key.
+    Accepted,
+    /// `["PONG", false, reason, ...]`.
+    Refused(String),
+    /// Accepted, but the server's digest is not of our key.
+    ServerKeyDiffers,
+}
+
+/// Reads `["PONG", ok, reason, server_hostname, digest]`.
+pub fn check_pong(v: &Value, salt: &str, helo: &Helo, key: &str) -> Result<Pong, ProtoError> {
+    let a = match v.as_array() {
+        Some(a) if a.first().and_then(Value::as_str) == Some("PONG") => a,
+        _ => return Err(ProtoError::Unexpected(format!("expected PONG, got {}", describe(v)))),
     };
-    if a[1].as_bool() != Some(true) {
-        let reason = a[2].as_str().unwrap_or("no reason given");
-        return Err(ProtoError::Refused(reason.to_string()));
+    let field = |i: usize| a.get(i).and_then(Value::as_str);
+    if a.get(1).and_then(Value::as_bool) != Some(true) {
+        let reason = field(2).filter(|r| !r.is_empty()).unwrap_or("no reason given");
+        // The server's words go into our log: bounded.
+        let mut cut = reason.len().min(200);
+        while !reason.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        return Ok(Pong::Refused(reason.get(..cut).unwrap_or(reason).to_string()));
     }
-    let host = a[3].as_str().unwrap_or_default();
-    let want = shared_key_digest(salt.as_bytes(), host, &helo.nonce, key);
-    if a[4].as_str() != Some(want.as_str()) {
-        return Err(ProtoError::Refused(
-            "the server's key digest does not match: is shared_key the same on both sides?".into(),
-        ));
+    let want = shared_key_digest(salt.as_bytes(), field(3).unwrap_or_default(), &helo.nonce, key);
+    if field(4) != Some(want.as_str()) {
+        return Ok(Pong::ServerKeyDiffers);
     }
-    Ok(())
+    Ok(Pong::Accepted)
 }
 
 /// A short description of a reply for errors (no record data is ever here).
@@ -340,28 +376,39 @@ mod tests {
         assert!(matches!(try_decode(&huge), Err(ProtoError::TooLong)));
     }
 
-    #[test]
-    fn handshake_digests_match_both_ways() {
-        let helo_v = Value::Array(vec![
+    fn helo(auth: &[u8]) -> Helo {
+        let v = Value::Array(vec![
             Value::from("HELO"),
             Value::Map(vec![
                 (Value::from("nonce"), Value::Binary(b"n0nce".to_vec())),
-                (Value::from("auth"), Value::from("")),
+                (Value::from("auth"), Value::Binary(auth.to_vec())),
                 (Value::from("keepalive"), Value::from(true)),
             ]),
         ]);
-        let helo = parse_helo(&helo_v).unwrap();
+        parse_helo(&v).unwrap()
+    }
+
+    fn sha512_hex(s: &[u8]) -> String {
+        hex::encode(Sha512::digest(s))
+    }
+
+    #[test]
+    fn handshake_digests_match_both_ways() {
+        let helo = helo(b"");
         assert_eq!(helo.nonce, b"n0nce");
         let salt = new_salt();
         assert_eq!(salt.len(), 32);
-        let ping = decode_all(&ping("client-1", &salt, &helo, "k3y"));
+        let ping = decode_all(&ping("client-1", &salt, &helo, "k3y", None));
         let p = ping[0].as_array().unwrap();
+        assert_eq!(p.len(), 6);
         assert_eq!(p[0].as_str(), Some("PING"));
         assert_eq!(p[1].as_str(), Some("client-1"));
         // What a server computes from the PING.
-        let mut h = Sha512::new();
-        h.update(format!("{salt}client-1n0ncek3y"));
-        assert_eq!(p[3].as_str(), Some(hex::encode(h.finalize()).as_str()));
+        assert_eq!(
+            p[3].as_str(),
+            Some(sha512_hex(format!("{salt}client-1n0ncek3y").as_bytes()).as_str())
+        );
+        assert_eq!((p[4].as_str(), p[5].as_str()), (Some(""), Some("")));
         let pong = |ok: bool, key: &str| {
             Value::Array(vec![
                 Value::from("PONG"),
@@ -371,13 +418,56 @@ mod tests {
                 Value::from(shared_key_digest(salt.as_bytes(), "server-1", b"n0nce", key)),
             ])
         };
-        check_pong(&pong(true, "k3y"), &salt, &helo, "k3y").unwrap();
-        let e = check_pong(&pong(false, "k3y"), &salt, &helo, "k3y").unwrap_err();
-        assert!(e.to_string().contains("shared_key mismatch"), "{e}");
-        assert!(matches!(
-            check_pong(&pong(true, "other"), &salt, &helo, "k3y"),
-            Err(ProtoError::Refused(_))
-        ));
+        assert_eq!(
+            check_pong(&pong(true, "k3y"), &salt, &helo, "k3y").unwrap(),
+            Pong::Accepted
+        );
+        assert_eq!(
+            check_pong(&pong(false, "k3y"), &salt, &helo, "k3y").unwrap(),
+            Pong::Refused("shared_key mismatch".into())
+        );
+        assert_eq!(
+            check_pong(&pong(true, "other"), &salt, &helo, "k3y").unwrap(),
+            Pong::ServerKeyDiffers
+        );
+        // A refusal without a reason, short PONGs and other messages.
+        let bare = Value::Array(vec![Value::from("PONG"), Value::from(false)]);
+        assert_eq!(
+            check_pong(&bare, &salt, &helo, "k3y").unwrap(),
+            Pong::Refused("no reason given".into())
+        );
+        assert!(check_pong(&Value::Array(vec![]), &salt, &helo, "k3y").is_err());
+        assert!(check_pong(&Value::from("PONG"), &salt, &helo, "k3y").is_err());
         assert!(parse_helo(&Value::from("PONG")).is_err());
+    }
+
+    #[test]
+    fn a_salt_without_credentials_gets_empty_user_fields() {
+        // Fluent Bit's HELO: 16 raw bytes of salt even when it has no users.
+        let salted = helo(&[0xff, 0, 7, 200, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12]);
+        assert_eq!(salted.auth.len(), 16);
+        let p = decode_all(&ping("c", "s", &salted, "k", None));
+        let p = p[0].as_array().unwrap();
+        assert_eq!((p[4].as_str(), p[5].as_str()), (Some(""), Some("")));
+    }
+
+    #[test]
+    fn credentials_are_sent_as_the_salted_digest_only_when_asked_for() {
+        let salt = [0xff, 0, 7, 200, b'a', b'b'];
+        let user = Credentials {
+            username: "alice",
+            password: "s3cret",
+        };
+        let p = decode_all(&ping("c", "s", &helo(&salt), "k", Some(&user)));
+        let p = p[0].as_array().unwrap();
+        assert_eq!(p[4].as_str(), Some("alice"));
+        let mut raw = salt.to_vec();
+        raw.extend_from_slice(b"alices3cret");
+        assert_eq!(p[5].as_str(), Some(sha512_hex(&raw).as_str()));
+        assert_eq!(p[5].as_str(), Some(password_digest(&salt, "alice", "s3cret").as_str()));
+        // No salt: the server wants no user, none is sent.
+        let p = decode_all(&ping("c", "s", &helo(b""), "k", Some(&user)));
+        let p = p[0].as_array().unwrap();
+        assert_eq!((p[4].as_str(), p[5].as_str()), (Some(""), Some("")));
     }
 }

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
-use crate::config::{Ctx, Seg};
+use crate::config::{Ctx, Secret, Seg};
 
 /// The TCP address used when neither `address` nor `path` is set.
 pub const DEFAULT_ADDRESS: &str = "127.0.0.1:24224";
@@ -32,7 +32,12 @@ pub struct ForwardSourceConfig {
     #[serde(default = "default_unix_perm")]
     pub unix_perm: String,
     /// Enables the HELO/PING/PONG handshake: clients must prove this key.
-    pub shared_key: Option<String>,
+    pub shared_key: Option<Secret>,
+    /// With users, the handshake also asks for a username and password
+    /// (HELO carries an `auth` salt, PING the salted password digest), as
+    /// Fluentd's `<user>` and Fluent Bit's `security.users` do.
+    #[serde(default)]
+    pub users: Vec<ForwardUser>,
     /// The name this server gives in PONG (default: the host name).
     pub self_hostname: Option<String>,
     /// Largest message (one msgpack array) a client may send; larger ones
@@ -45,6 +50,14 @@ pub struct ForwardSourceConfig {
     /// Connections served at once; more wait in the listen backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+}
+
+/// One `users` entry.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardUser {
+    pub username: String,
+    pub password: Secret,
 }
 
 fn default_unix_perm() -> String {
@@ -120,7 +133,7 @@ impl ForwardSourceConfig {
                 ok = false;
             }
         }
-        if self.shared_key.as_deref() == Some("") {
+        if self.shared_key.as_ref().is_some_and(Secret::is_empty) {
             ctx.error(
                 &at("shared_key"),
                 "must not be empty (omit it to accept clients without a handshake)",
@@ -130,6 +143,30 @@ impl ForwardSourceConfig {
         if self.self_hostname.is_some() && self.shared_key.is_none() {
             ctx.error(&at("self_hostname"), "only used with `shared_key`");
             ok = false;
+        }
+        if !self.users.is_empty() && self.shared_key.is_none() {
+            ctx.error(
+                &at("users"),
+                "user authentication is part of the shared-key handshake: set `shared_key` too",
+            );
+            ok = false;
+        }
+        for (i, u) in self.users.iter().enumerate() {
+            let mut p = at("users");
+            p.push(Seg::Index(i));
+            if u.username.is_empty() {
+                p.push(Seg::Key("username".into()));
+                ctx.error(&p, "must not be empty");
+                ok = false;
+            } else if u.password.is_empty() {
+                p.push(Seg::Key("password".into()));
+                ctx.error(&p, "must not be empty");
+                ok = false;
+            } else if self.users.iter().take(i).any(|o| o.username == u.username) {
+                p.push(Seg::Key("username".into()));
+                ctx.error(&p, format!("`{}` is listed twice", u.username));
+                ok = false;
+            }
         }
         let frame = self.max_frame_size.as_u64();
         if !(1024..=256 * 1024 * 1024).contains(&frame) {
@@ -160,10 +197,10 @@ impl ForwardSourceConfig {
         if let Some(p) = &self.path {
             parts.push(format!("unix {} (mode {})", p.display(), self.unix_perm));
         }
-        let auth = if self.shared_key.is_some() {
-            "shared_key handshake"
-        } else {
-            "no handshake"
+        let auth = match (&self.shared_key, self.users.len()) {
+            (None, _) => "no handshake".to_string(),
+            (Some(_), 0) => "shared_key handshake".to_string(),
+            (Some(_), n) => format!("shared_key handshake with {n} user(s)"),
         };
         format!(
             "forward: {}, {auth}, max_frame_size {}, max_record_size {}, max_connections {}",
@@ -200,6 +237,22 @@ mod tests {
     }
 
     #[test]
+    fn users_are_read_and_never_shown() {
+        let c = load("shared_key = \"k3y\"\nusers = [{ username = \"alice\", password = \"pa55\" }]").unwrap();
+        let crate::sources::SourceConfig::Forward(f) = &c.sources[0].inner else {
+            panic!("not a forward source")
+        };
+        assert_eq!(f.users.len(), 1);
+        assert_eq!(
+            (f.users[0].username.as_str(), f.users[0].password.expose()),
+            ("alice", "pa55")
+        );
+        let shown = format!("{f:?} {}", f.describe());
+        assert!(!shown.contains("pa55") && !shown.contains("k3y"), "{shown}");
+        assert!(shown.contains("1 user(s)"), "{shown}");
+    }
+
+    #[test]
     fn path_alone_means_no_tcp_and_both_may_be_set() {
         let c = load("path = \"/tmp/f.sock\"").unwrap();
         let crate::sources::SourceConfig::Forward(f) = &c.sources[0].inner else {
@@ -232,6 +285,27 @@ mod tests {
         assert!(errs.iter().any(|e| e.contains("sources.fw.self_hostname")), "{errs:?}");
         assert!(errs.iter().any(|e| e.contains("sources.fw.max_frame_size")), "{errs:?}");
         assert!(errs.iter().any(|e| e.contains("sources.fw.unix_perm")), "{errs:?}");
+        let errs = load("users = [{ username = \"a\", password = \"p\" }]").unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("sources.fw.users") && e.contains("shared_key")),
+            "{errs:?}"
+        );
+        let errs = load(
+            "shared_key = \"k\"\nusers = [{ username = \"a\", password = \"p\" }, { username = \"a\", password = \"q\" }, { username = \"b\", password = \"\" }]",
+        )
+        .unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("sources.fw.users[1].username") && e.contains("twice")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter().any(|e| e.contains("sources.fw.users[2].password")),
+            "{errs:?}"
+        );
+        let errs = load("shared_key = \"k\"\nusers = [{ username = \"a\", pasword = \"p\" }]").unwrap_err();
+        assert!(errs.iter().any(|e| e.contains("pasword")), "{errs:?}");
         let errs = load("adress = \"127.0.0.1:1\"").unwrap_err();
         assert!(errs.iter().any(|e| e.contains("adress")), "{errs:?}");
     }

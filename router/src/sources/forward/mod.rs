@@ -61,6 +61,9 @@ const ACK_DRAIN_TIMEOUT: Duration = Duration::from_secs(60);
 /// A client that connects to a shared_key server must finish the handshake
 /// within this (a guard against idle sockets holding a connection slot).
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(30);
+/// A new connection silent this long (without `shared_key`) gets a log line
+/// about a client that may be waiting for a HELO.
+const SILENT_CLIENT_HINT: Duration = Duration::from_secs(10);
 /// How often the source's thread looks at its stop conditions.
 const TICK: Duration = Duration::from_millis(50);
 
@@ -145,8 +148,37 @@ struct Shared {
     next_conn: AtomicU64,
     max_frame: usize,
     max_record: usize,
-    shared_key: Option<String>,
+    shared_key: Option<crate::config::Secret>,
+    users: Vec<config::ForwardUser>,
     self_hostname: String,
+    /// When a handshake failure was last logged at warn, per client host
+    /// and reason: a client retrying with a wrong key gets one line a
+    /// minute, not one per attempt.
+    auth_logged: Mutex<HashMap<(String, &'static str), Instant>>,
+}
+
+/// Repeats of one client's handshake failure within this are logged at
+/// debug only (they are all counted).
+const AUTH_LOG_EVERY: Duration = Duration::from_secs(60);
+
+impl Shared {
+    /// Whether a failure of `who` for `reason` should be logged at warn now.
+    fn auth_log_due(&self, who: &str, reason: &'static str) -> bool {
+        let Ok(mut seen) = self.auth_logged.lock() else {
+            return true;
+        };
+        let now = Instant::now();
+        if seen.len() >= 4096 {
+            seen.retain(|_, at| now.duration_since(*at) < AUTH_LOG_EVERY);
+        }
+        match seen.get(&(who.to_string(), reason)) {
+            Some(at) if now.duration_since(*at) < AUTH_LOG_EVERY => false,
+            _ => {
+                seen.insert((who.to_string(), reason), now);
+                true
+            }
+        }
+    }
 }
 
 fn run(
@@ -180,6 +212,8 @@ fn run(
         max_record: cfg.max_record_size.as_u64() as usize,
         self_hostname: cfg.self_hostname.clone().unwrap_or_else(hostname),
         shared_key: cfg.shared_key.clone(),
+        users: cfg.users.clone(),
+        auth_logged: Mutex::new(HashMap::new()),
     });
     let stop_accept = CancellationToken::new();
     let tracker = TaskTracker::new();
@@ -291,12 +325,19 @@ async fn accept_loop(
             _ = stop.cancelled() => return,
         };
         match accepted {
-            Ok((reader, writer, peer)) => {
+            Ok((reader, writer, Peer { addr: peer, host })) => {
                 let id = sh.next_conn.fetch_add(1, Ordering::AcqRel);
                 sh.reading.fetch_add(1, Ordering::AcqRel);
                 sh.had_connection.store(true, Ordering::Release);
                 tracing::debug!(conn = id, %peer, "connection accepted");
-                let conn = Conn::new(sh.clone(), id, outputs.clone(), reader, writer);
+                let conn = Conn::new(
+                    sh.clone(),
+                    id,
+                    outputs.clone(),
+                    reader,
+                    writer,
+                    Peer { addr: peer, host },
+                );
                 let open = sh.m.connections.clone();
                 open.inc();
                 tracker.spawn(async move {
@@ -318,18 +359,44 @@ async fn accept_loop(
 type BoxRead = Box<dyn AsyncRead + Send + Unpin>;
 type BoxWrite = Box<dyn AsyncWrite + Send + Unpin>;
 
-async fn accept(l: &Listener) -> std::io::Result<(BoxRead, BoxWrite, String)> {
+/// Who is on the other end, for log lines.
+struct Peer {
+    /// `ip:port`, or `unix:<path>`.
+    addr: String,
+    /// The client's host (the IP, or the socket path): what repeated
+    /// failures are grouped by.
+    host: String,
+}
+
+async fn accept(l: &Listener) -> std::io::Result<(BoxRead, BoxWrite, Peer)> {
     Ok(match l {
         Listener::Tcp(l) => {
             let (s, peer) = l.accept().await?;
             let _ = s.set_nodelay(true);
             let (r, w) = s.into_split();
-            (Box::new(r), Box::new(w), peer.to_string())
+            let peer = Peer {
+                addr: peer.to_string(),
+                host: peer.ip().to_string(),
+            };
+            (Box::new(r), Box::new(w), peer)
         }
         Listener::Unix(l) => {
             let (s, _) = l.accept().await?;
+            let path = l
+                .local_addr()
+                .ok()
+                .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
+                .unwrap_or_default();
             let (r, w) = s.into_split();
-            (Box::new(r), Box::new(w), "unix".to_string())
+            let addr = format!("unix:{path}");
+            (
+                Box::new(r),
+                Box::new(w),
+                Peer {
+                    addr: addr.clone(),
+                    host: addr,
+                },
+            )
         }
     })
 }
@@ -357,6 +424,7 @@ enum End {
 struct Conn {
     sh: Arc<Shared>,
     id: u64,
+    peer: Peer,
     outputs: Vec<mpsc::Sender<Batch>>,
     reader: BoxRead,
     writer: BoxWrite,
@@ -378,7 +446,14 @@ struct Conn {
 }
 
 impl Conn {
-    fn new(sh: Arc<Shared>, id: u64, outputs: Vec<mpsc::Sender<Batch>>, reader: BoxRead, writer: BoxWrite) -> Self {
+    fn new(
+        sh: Arc<Shared>,
+        id: u64,
+        outputs: Vec<mpsc::Sender<Batch>>,
+        reader: BoxRead,
+        writer: BoxWrite,
+        peer: Peer,
+    ) -> Self {
         let (tx, acks) = mpsc::unbounded_channel();
         if let Ok(mut r) = sh.routes.lock() {
             r.insert(id, tx);
@@ -387,6 +462,7 @@ impl Conn {
         Conn {
             sh,
             id,
+            peer,
             outputs,
             reader,
             writer,
@@ -409,11 +485,11 @@ impl Conn {
     async fn serve(mut self) {
         let end = match self.handshake().await {
             Ok(()) => self.read_loop().await,
-            Err(reason) => {
+            Err(e) => {
                 // A connection closed before it said anything (a TCP health
                 // probe) is no failure.
-                if let Some(reason) = reason {
-                    self.refuse(reason);
+                if let Some(e) = e {
+                    self.refuse_handshake(&e);
                 }
                 End::Broken
             }
@@ -436,6 +512,21 @@ impl Conn {
         tracing::warn!(conn = self.id, reason, "closing forward connection");
     }
 
+    /// Counts and logs a failed handshake, naming the client and the cause.
+    fn refuse_handshake(&self, e: &HandshakeError) {
+        let reason = e.reason();
+        self.sh.m.handshake_failure(reason);
+        self.sh.m.discarded("auth_failed", 1);
+        if self.sh.auth_log_due(&self.peer.host, reason) {
+            tracing::warn!(source = %self.sh.m.id, conn = self.id, peer = %self.peer.addr, reason,
+                "forward client {} failed the handshake: {e}; closing the connection (repeats from this host \
+                 are logged at debug for {}s)", self.peer.addr, AUTH_LOG_EVERY.as_secs());
+        } else {
+            tracing::debug!(source = %self.sh.m.id, conn = self.id, peer = %self.peer.addr, reason,
+                "forward client failed the handshake: {e}");
+        }
+    }
+
     fn stop_reading(&mut self) {
         if std::mem::take(&mut self.still_reading) {
             self.sh.reading.fetch_sub(1, Ordering::AcqRel);
@@ -447,63 +538,81 @@ impl Conn {
 
     /// With `shared_key`: HELO, the client's PING, our PONG. `Err(None)`:
     /// the client left without a word.
-    async fn handshake(&mut self) -> Result<(), Option<&'static str>> {
+    async fn handshake(&mut self) -> Result<(), Option<HandshakeError>> {
         let Some(key) = self.sh.shared_key.clone() else {
             return Ok(());
         };
-        let nonce = random_hex().map_err(|_| Some("handshake_error"))?;
-        self.writer.write_all(&proto::helo(&nonce)).await.map_err(|_| None)?;
+        let nonce = random_hex().map_err(|e| Some(HandshakeError::Nonce(e)))?;
+        // A salt asks the client for a username and password; without users
+        // it is empty, and a client sends none (the spec's HELO).
+        let auth_salt = if self.sh.users.is_empty() {
+            String::new()
+        } else {
+            random_hex().map_err(|e| Some(HandshakeError::Nonce(e)))?
+        };
+        self.writer
+            .write_all(&proto::helo(&nonce, &auth_salt))
+            .await
+            .map_err(|_| None)?;
         let mut scanner = FrameScanner::new(6);
-        let len = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        let read = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
             loop {
                 match scanner.scan(&self.buf, 64 * 1024) {
                     Ok(Some(len)) => return Ok(len),
                     Ok(None) => {}
-                    Err(_) => return Err(Some("auth_failed")),
+                    Err(_) if proto::looks_like_data(&self.buf) => return Err(Some(HandshakeError::NoPing)),
+                    Err(_) => return Err(Some(HandshakeError::Invalid("not a msgpack PING"))),
                 }
                 self.buf.reserve(4096);
                 tokio::select! {
                     r = self.reader.read_buf(&mut self.buf) => match r {
                         Ok(0) | Err(_) if self.buf.is_empty() => return Err(None),
-                        Ok(0) | Err(_) => return Err(Some("auth_failed")),
+                        Ok(0) | Err(_) if proto::looks_like_data(&self.buf) => {
+                            return Err(Some(HandshakeError::NoPing));
+                        }
+                        Ok(0) | Err(_) => return Err(Some(HandshakeError::Closed)),
                         Ok(_) => {}
                     },
                     _ = self.sh.kill.cancelled() => return Err(None),
                 }
             }
         })
-        .await
-        .map_err(|_| Some("auth_failed"))??;
-        let frame = self.buf.get(..len).unwrap_or_default();
-        let verdict = match proto::parse_ping(frame) {
-            Err(_) => Err("invalid PING"),
-            Ok(ping) => {
-                let want = proto::shared_key_digest(ping.salt, ping.hostname, nonce.as_bytes(), key.as_bytes());
-                if want.as_bytes() == ping.digest {
-                    let host = self.sh.self_hostname.as_bytes();
-                    Ok(proto::shared_key_digest(
-                        ping.salt,
-                        host,
-                        nonce.as_bytes(),
-                        key.as_bytes(),
-                    ))
-                } else {
-                    Err("shared_key mismatch")
-                }
-            }
+        .await;
+        let len = match read {
+            Ok(r) => r?,
+            Err(_) if proto::looks_like_data(&self.buf) => return Err(Some(HandshakeError::NoPing)),
+            Err(_) if self.buf.is_empty() => return Err(Some(HandshakeError::Timeout(HANDSHAKE_TIMEOUT))),
+            Err(_) => return Err(Some(HandshakeError::Invalid("incomplete PING"))),
         };
+        let frame = self.buf.get(..len).unwrap_or_default();
+        let verdict = check_ping(
+            frame,
+            &nonce,
+            &auth_salt,
+            key.expose(),
+            &self.sh.users,
+            &self.sh.self_hostname,
+        );
         self.buf.drain(..len);
         let reply = match &verdict {
             Ok(digest) => proto::pong(true, "", &self.sh.self_hostname, digest),
-            Err(reason) => proto::pong(false, reason, "", ""),
+            Err(e) => proto::pong(false, e.pong_reason(), "", ""),
         };
         let _ = self.writer.write_all(&reply).await;
-        verdict.map(|_| ()).map_err(|_| Some("auth_failed"))
+        verdict.map(|_| ()).map_err(Some)
     }
 
     async fn read_loop(&mut self) -> End {
         let mut draining: Option<Instant> = None;
         let mut last_data = Instant::now();
+        // A client with a shared key waits for a HELO that a source without
+        // one never sends, and neither side says anything: after a while
+        // of silence from a new connection, say what it may mean.
+        let mut silent_hint = self
+            .sh
+            .shared_key
+            .is_none()
+            .then(|| tokio::time::Instant::now() + SILENT_CLIENT_HINT);
         loop {
             if let Err(e) = self.process().await {
                 return e;
@@ -528,6 +637,15 @@ impl Conn {
                     draining = Some(Instant::now());
                 }
                 _ = sleep_until(wake), if wake.is_some() => {}
+                _ = sleep_until(silent_hint), if silent_hint.is_some() && draining.is_none() => {
+                    silent_hint = None;
+                    if self.sh.auth_log_due(&self.peer.host, "silent") {
+                        tracing::info!(source = %self.sh.m.id, conn = self.id, peer = %self.peer.addr,
+                            "forward client {} has sent nothing for {}s since it connected; if it is configured with a \
+                             shared key it is waiting for a HELO, which this source sends only with `shared_key` set",
+                            self.peer.addr, SILENT_CLIENT_HINT.as_secs());
+                    }
+                }
                 r = self.reader.read_buf(&mut self.buf) => match r {
                     Ok(0) => {
                         if !self.buf.is_empty() {
@@ -536,6 +654,7 @@ impl Conn {
                         return End::Eof;
                     }
                     Ok(n) => {
+                        silent_hint = None;
                         self.sh.m.received_bytes.inc_by(n as u64);
                         last_data = Instant::now();
                     }
@@ -832,6 +951,119 @@ impl Conn {
             }
         }
     }
+}
+
+/// Why a client failed the handshake, worded for the operator who has to
+/// change a config on one side or the other (the client is the subject).
+#[derive(Debug, thiserror::Error)]
+enum HandshakeError {
+    #[error(
+        "sent data without the handshake this source requires (`shared_key` is set here): set the same \
+         shared key on the client (Fluent Bit `Shared_Key`, Fluentd `<security> shared_key`)"
+    )]
+    NoPing,
+    #[error("sent no PING within {0:?} of our HELO")]
+    Timeout(Duration),
+    #[error("closed the connection after our HELO without completing a PING")]
+    Closed,
+    #[error("sent an invalid PING ({0})")]
+    Invalid(&'static str),
+    #[error("proved a different shared key: `shared_key` differs between the client and this source")]
+    KeyMismatch,
+    #[error(
+        "sent no username, but this source has `users`: give the client a username and password \
+         (Fluent Bit `Username`/`Password`)"
+    )]
+    UserRequired,
+    #[error("sent username {0:?}, which is not in `users`")]
+    UnknownUser(String),
+    #[error("sent a wrong password for user {0:?}")]
+    WrongPassword(String),
+    #[error("cannot make a nonce: {0}")]
+    Nonce(std::io::Error),
+}
+
+impl HandshakeError {
+    /// Labels `logferry_forward_handshake_failures_total`.
+    fn reason(&self) -> &'static str {
+        match self {
+            HandshakeError::NoPing | HandshakeError::Timeout(_) | HandshakeError::Closed => "no_ping",
+            HandshakeError::Invalid(_) => "invalid",
+            HandshakeError::KeyMismatch => "shared_key_mismatch",
+            HandshakeError::UserRequired => "user_required",
+            HandshakeError::UnknownUser(_) | HandshakeError::WrongPassword(_) => "user_refused",
+            HandshakeError::Nonce(_) => "internal",
+        }
+    }
+
+    /// The reason PONG gives the client: Fluentd's wording, and never
+    /// which of username or password was wrong.
+    fn pong_reason(&self) -> &'static str {
+        match self {
+            HandshakeError::KeyMismatch => "shared_key mismatch",
+            HandshakeError::UserRequired | HandshakeError::UnknownUser(_) | HandshakeError::WrongPassword(_) => {
+                "username/password mismatch"
+            }
+            _ => "invalid PING",
+        }
+    }
+}
+
+/// Checks a PING against the key and, with users, the password digest
+/// (`sha512_hex(auth_salt + username + password)`); returns the digest our
+/// PONG proves the key with.
+fn check_ping(
+    frame: &[u8],
+    nonce: &str,
+    auth_salt: &str,
+    key: &str,
+    users: &[config::ForwardUser],
+    self_hostname: &str,
+) -> Result<String, HandshakeError> {
+    use subtle::ConstantTimeEq as _;
+    let ping = match proto::parse_ping(frame) {
+        Ok(p) => p,
+        Err(_) if proto::looks_like_data(frame) => return Err(HandshakeError::NoPing),
+        Err(FrameError::Malformed(what)) => return Err(HandshakeError::Invalid(what)),
+        Err(FrameError::TooLarge) => return Err(HandshakeError::Invalid("too large")),
+    };
+    let want = proto::shared_key_digest(ping.salt, ping.hostname, nonce.as_bytes(), key.as_bytes());
+    if !bool::from(want.as_bytes().ct_eq(ping.digest)) {
+        return Err(HandshakeError::KeyMismatch);
+    }
+    if !users.is_empty() {
+        if ping.username.is_empty() {
+            return Err(HandshakeError::UserRequired);
+        }
+        let shown = || {
+            let mut s = String::from_utf8_lossy(ping.username).into_owned();
+            if s.len() > 64 {
+                let mut cut = 64;
+                while !s.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                s.truncate(cut);
+            }
+            s
+        };
+        let Some(user) = users.iter().find(|u| u.username.as_bytes() == ping.username) else {
+            return Err(HandshakeError::UnknownUser(shown()));
+        };
+        let want = proto::password_digest(
+            auth_salt.as_bytes(),
+            user.username.as_bytes(),
+            user.password.expose().as_bytes(),
+        );
+        if !bool::from(want.as_bytes().ct_eq(ping.password)) {
+            return Err(HandshakeError::WrongPassword(shown()));
+        }
+    }
+    Ok(proto::shared_key_digest(
+        ping.salt,
+        self_hostname.as_bytes(),
+        nonce.as_bytes(),
+        key.as_bytes(),
+    ))
 }
 
 async fn sleep_until(at: Option<tokio::time::Instant>) {

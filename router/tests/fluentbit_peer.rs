@@ -1,0 +1,491 @@
+//! The forward protocol against a real Fluent Bit 5.1.1, both ways: our
+//! forward sink into its `in_forward` (counting what its `file` output
+//! writes) and its `out_forward` into our forward source (counting what our
+//! file sink writes), plain, with `Shared_Key`, with users, gzip and acks.
+//!
+//! The binary comes from `../shared/peers/fluent-bit-5.1.1.xz` beside the
+//! repository (or `LOGFERRY_PEERS`), unpacked once into
+//! `~/.cache/logferry/` (`scripts/test.sh` does it too), or from
+//! `LOGFERRY_FLUENT_BIT`. Without it every test here says why and passes: a
+//! fresh clone alone has no peers.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::*;
+
+const LONG: Duration = Duration::from_secs(120);
+const PEER: &str = "fluent-bit-5.1.1";
+
+/// The Fluent Bit binary, or `None` (with a message) when the peers are not
+/// there.
+fn fluent_bit() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("LOGFERRY_FLUENT_BIT") {
+        return Some(PathBuf::from(p));
+    }
+    let peers = std::env::var_os("LOGFERRY_PEERS")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/peers"));
+    let packed = peers.join(format!("{PEER}.xz"));
+    if !packed.is_file() {
+        eprintln!(
+            "SKIP: no Fluent Bit peer at {} (a clone without ../shared); set LOGFERRY_PEERS or LOGFERRY_FLUENT_BIT to run these tests",
+            packed.display()
+        );
+        return None;
+    }
+    let cache = std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .expect("HOME or XDG_CACHE_HOME")
+        .join("logferry");
+    let bin = cache.join(PEER);
+    if !bin.is_file() {
+        // Tests run in parallel: unpack beside, then rename into place.
+        std::fs::create_dir_all(&cache).unwrap();
+        let tmp = cache.join(format!(".{PEER}.{}", std::process::id()));
+        let out = std::fs::File::create(&tmp).unwrap();
+        let st = Command::new("xz")
+            .arg("-dc")
+            .arg(&packed)
+            .stdout(out)
+            .status()
+            .expect("xz is needed to unpack the Fluent Bit peer (apt-get install xz-utils)");
+        assert!(st.success(), "xz -dc {} failed", packed.display());
+        use std::os::unix::fs::PermissionsExt as _;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o755)).unwrap();
+        std::fs::rename(&tmp, &bin).unwrap();
+    }
+    let v = Command::new(&bin).arg("--version").output().expect("run fluent-bit");
+    assert!(
+        v.status.success() && String::from_utf8_lossy(&v.stdout).contains("v5.1.1"),
+        "{} does not run (it needs libyaml-0-2, libsqlite3-0 and libssl3): {}",
+        bin.display(),
+        String::from_utf8_lossy(&v.stderr)
+    );
+    Some(bin)
+}
+
+/// A running Fluent Bit; killed (SIGKILL: one waiting for a HELO ignores
+/// SIGTERM) when dropped.
+struct FluentBit {
+    child: Child,
+    log: PathBuf,
+}
+
+impl FluentBit {
+    fn start(bin: &Path, env: &Env, conf: &str) -> FluentBit {
+        let path = env.path("fluent-bit.conf");
+        std::fs::write(&path, conf).unwrap();
+        let log = env.path("fluent-bit.log");
+        let file = std::fs::File::create(&log).unwrap();
+        let child = Command::new(bin)
+            .arg("-c")
+            .arg(&path)
+            .stdout(file.try_clone().unwrap())
+            .stderr(file)
+            .spawn()
+            .expect("spawn fluent-bit");
+        FluentBit { child, log }
+    }
+
+    fn log(&self) -> String {
+        String::from_utf8_lossy(&std::fs::read(&self.log).unwrap_or_default()).into_owned()
+    }
+
+    fn wait_listening(&self, port: u16) {
+        wait_for("fluent-bit listening", LONG, || {
+            self.log().contains(&format!("listening on 127.0.0.1:{port}"))
+        });
+    }
+}
+
+impl Drop for FluentBit {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- fluent-bit log ---\n{}", self.log());
+        }
+    }
+}
+
+/// `logs/app.log`: JSON lines `{"id": i, "msg": "line i ..."}` for `0..n`.
+fn write_lines(env: &Env, n: u64) {
+    let mut s = String::with_capacity(n as usize * 80);
+    for i in 0..n {
+        s.push_str(&format!(
+            "{{\"id\":{i},\"msg\":\"line {i} \\u00e9 \\\"quoted\\\"\",\"n\":{{\"f\":1.5}}}}\n"
+        ));
+    }
+    std::fs::write(env.logs().join("app.log"), s).unwrap();
+}
+
+/// Each id `0..n` exactly once, each with the fields `write_lines` gave it.
+fn assert_exactly(records: &[serde_json::Value], n: u64) {
+    let mut counts: BTreeMap<u64, usize> = BTreeMap::new();
+    for r in records {
+        let id = r["id"].as_u64().unwrap_or_else(|| panic!("record without id: {r}"));
+        *counts.entry(id).or_default() += 1;
+        assert_eq!(r["msg"], format!("line {id} é \"quoted\""), "{r}");
+        assert_eq!(r["n"]["f"], 1.5, "{r}");
+    }
+    let missing: Vec<u64> = (0..n).filter(|i| !counts.contains_key(i)).take(10).collect();
+    let repeated: Vec<_> = counts.iter().filter(|(_, c)| **c > 1).take(10).collect();
+    assert!(missing.is_empty(), "missing ids (first 10): {missing:?}");
+    assert!(repeated.is_empty(), "repeated ids (first 10): {repeated:?}");
+    assert_eq!(records.len() as u64, n);
+}
+
+/// JSON lines Fluent Bit's `file` output wrote (`Format plain`: the record).
+fn fluent_bit_records(path: &Path) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    // The last line may still be being written.
+    let complete = text.rsplit_once('\n').map(|(done, _)| done).unwrap_or_default();
+    complete
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+// ---- Logferry's forward sink -> Fluent Bit's in_forward ----------------------
+
+/// Fluent Bit: `in_forward` with `input_extra` -> `file` output.
+fn fb_server_conf(env: &Env, port: u16, input_extra: &str) -> String {
+    format!(
+        "[SERVICE]\n    Flush 0.2\n    Grace 1\n    Log_Level info\n\
+         [INPUT]\n    Name forward\n    Listen 127.0.0.1\n    Port {port}\n{input_extra}\n\
+         [OUTPUT]\n    Name file\n    Match *\n    Path {out}\n    File fb.out\n    Format plain\n",
+        out = env.path("out").display()
+    )
+}
+
+/// Logferry: the file source over `logs/` -> forward sink with `sink_extra`.
+fn sink_config(env: &Env, port: u16, sink_extra: &str) -> PathBuf {
+    env.write_config(&format!(
+        r#"
+[global]
+data_dir = "{data}"
+
+[sources.app]
+type = "file"
+include = ["{logs}/*.log"]
+glob_interval = "100ms"
+
+[sinks.fw]
+type = "forward"
+inputs = ["app"]
+host = "127.0.0.1"
+port = {port}
+flush_interval = "100ms"
+{sink_extra}
+"#,
+        data = env.path("data").display(),
+        logs = env.logs().display(),
+    ))
+}
+
+/// Runs the sink to the end of its input (it exits once Fluent Bit acked
+/// every chunk), then waits for Fluent Bit's output to hold `n` records.
+fn deliver_to_fluent_bit(fb: &Path, n: u64, input_extra: &str, sink_extra: &str) {
+    let env = Env::new();
+    write_lines(&env, n);
+    let port = free_port();
+    let server = FluentBit::start(fb, &env, &fb_server_conf(&env, port, input_extra));
+    server.wait_listening(port);
+    let cfg = sink_config(&env, port, sink_extra);
+    let mut child = Command::new(BIN)
+        .args(["run", "--exit-on-eof", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(env.path("logferry.stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let start = std::time::Instant::now();
+    let status = loop {
+        if let Some(st) = child.try_wait().unwrap() {
+            break st;
+        }
+        if start.elapsed() > LONG {
+            let _ = child.kill();
+            panic!(
+                "the sink did not finish (Fluent Bit never acked?):\n{}",
+                std::fs::read_to_string(env.path("logferry.stderr")).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let err = std::fs::read_to_string(env.path("logferry.stderr")).unwrap_or_default();
+    assert!(status.success(), "{err}");
+    assert!(
+        !err.contains("forward delivery failed") && !err.contains("handshake refused"),
+        "{err}"
+    );
+    let out = env.path("out/fb.out");
+    wait_for("Fluent Bit's file output to hold every record", LONG, || {
+        fluent_bit_records(&out).len() as u64 >= n
+    });
+    assert_exactly(&fluent_bit_records(&out), n);
+}
+
+#[test]
+fn sink_to_fluent_bit_plain_with_acks() {
+    let Some(fb) = fluent_bit() else { return };
+    deliver_to_fluent_bit(&fb, 2000, "", "require_ack = true");
+}
+
+#[test]
+fn sink_to_fluent_bit_with_shared_key_gzip_50000_records() {
+    // The issue's bar: 50,000 of 50,000 into an in_forward with Shared_Key
+    // (whose HELO always carries an auth salt).
+    let Some(fb) = fluent_bit() else { return };
+    deliver_to_fluent_bit(
+        &fb,
+        50_000,
+        "    Shared_Key s3cret\n    Self_Hostname fb-server",
+        "shared_key = \"s3cret\"\ncompression = \"gzip\"\nmax_chunk_size = \"256KiB\"",
+    );
+}
+
+#[test]
+fn sink_to_fluent_bit_with_security_users() {
+    let Some(fb) = fluent_bit() else { return };
+    deliver_to_fluent_bit(
+        &fb,
+        2000,
+        "    Shared_Key s3cret\n    security.users alice pa55",
+        "shared_key = \"s3cret\"\nusername = \"alice\"\npassword = \"pa55\"",
+    );
+}
+
+#[test]
+fn sink_to_fluent_bit_refused_says_why() {
+    let Some(fb) = fluent_bit() else { return };
+    let env = Env::new();
+    write_lines(&env, 10);
+    let port = free_port();
+    let server = FluentBit::start(
+        &fb,
+        &env,
+        &fb_server_conf(&env, port, "    Shared_Key s3cret\n    security.users alice pa55"),
+    );
+    server.wait_listening(port);
+    for (sink, says) in [
+        (
+            "shared_key = \"wrong\"",
+            "the server closed the connection after our PING without answering: it refused the handshake \
+             (Fluent Bit does so on a shared key mismatch",
+        ),
+        (
+            "shared_key = \"s3cret\"",
+            "the server wants a username and password (\"username/password mismatch\")",
+        ),
+        (
+            "shared_key = \"s3cret\"\nusername = \"alice\"\npassword = \"nope\"",
+            "the server refused user `alice` (\"username/password mismatch\")",
+        ),
+    ] {
+        let router = spawn(&sink_config(&env, port, sink), &[]);
+        wait_for("the refusal logged", LONG, || router.stderr().contains(says));
+        let err = router.stderr();
+        let line = err.lines().find(|l| l.contains(says)).unwrap_or_default();
+        assert!(
+            line.contains(&format!("handshake with 127.0.0.1:{port} failed")),
+            "{line}"
+        );
+        drop(router);
+    }
+    assert!(fluent_bit_records(&env.path("out/fb.out")).is_empty());
+}
+
+// ---- Fluent Bit's out_forward -> Logferry's forward source -------------------
+
+/// Fluent Bit: `tail` over `logs/app.log` (each line a `log` string) ->
+/// `out_forward` with `output_extra`.
+fn fb_client_conf(env: &Env, port: u16, output_extra: &str) -> String {
+    format!(
+        "[SERVICE]\n    Flush 0.2\n    Grace 1\n    Log_Level info\n\
+         [INPUT]\n    Name tail\n    Path {logs}/app.log\n    Read_from_Head true\n    Tag app.lines\n\
+         [OUTPUT]\n    Name forward\n    Match *\n    Host 127.0.0.1\n    Port {port}\n    Retry_Limit no_limits\n{output_extra}\n",
+        logs = env.logs().display()
+    )
+}
+
+/// Logferry: forward source with `source_extra` -> file sink.
+fn source_config(env: &Env, port: u16, api: u16, source_extra: &str) -> PathBuf {
+    env.write_config(&format!(
+        r#"
+[global]
+data_dir = "{data}"
+
+[api]
+address = "127.0.0.1:{api}"
+
+[sources.fw]
+type = "forward"
+address = "127.0.0.1:{port}"
+{source_extra}
+
+[sinks.out]
+type = "file"
+inputs = ["fw"]
+path = "{out}"
+key_prefix = "{{tag}}/"
+compression = "none"
+flush_interval = "200ms"
+"#,
+        data = env.path("data").display(),
+        out = env.path("out").display(),
+    ))
+}
+
+/// The records our file sink wrote, each `log` line parsed back.
+fn received_lines(env: &Env) -> Vec<serde_json::Value> {
+    env.records()
+        .iter()
+        .map(|r| {
+            let line = r["log"].as_str().unwrap_or_else(|| panic!("no log field: {r}"));
+            serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}"))
+        })
+        .collect()
+}
+
+fn receive_from_fluent_bit(fb: &Path, n: u64, output_extra: &str, source_extra: &str) {
+    let env = Env::new();
+    write_lines(&env, n);
+    let (port, api) = (free_port(), free_port());
+    let router = spawn(&source_config(&env, port, api, source_extra), &[]);
+    wait_for("the source listening", LONG, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let client = FluentBit::start(fb, &env, &fb_client_conf(&env, port, output_extra));
+    wait_for("every record in our file sink", LONG, || {
+        env.records().len() as u64 >= n
+    });
+    drop(client);
+    router.signal(libc::SIGTERM);
+    let (status, err) = router.wait(LONG);
+    assert!(status.success(), "{err}");
+    assert!(!err.contains("failed the handshake"), "{err}");
+    let lines = received_lines(&env);
+    assert_exactly(&lines, n);
+    // The tag travelled: the sink's key prefix is `{tag}/`.
+    assert!(env.path("out/app.lines").is_dir());
+}
+
+#[test]
+fn fluent_bit_to_source_plain_with_acks() {
+    let Some(fb) = fluent_bit() else { return };
+    receive_from_fluent_bit(&fb, 2000, "    Require_ack_response true", "");
+}
+
+#[test]
+fn fluent_bit_to_source_with_shared_key_gzip_and_acks() {
+    let Some(fb) = fluent_bit() else { return };
+    receive_from_fluent_bit(
+        &fb,
+        5000,
+        "    Shared_Key s3cret\n    Compress gzip\n    Require_ack_response true",
+        "shared_key = \"s3cret\"",
+    );
+}
+
+#[test]
+fn fluent_bit_to_source_with_username_and_password() {
+    let Some(fb) = fluent_bit() else { return };
+    receive_from_fluent_bit(
+        &fb,
+        2000,
+        "    Shared_Key s3cret\n    Username alice\n    Password pa55\n    Require_ack_response true",
+        "shared_key = \"s3cret\"\nusers = [{ username = \"bob\", password = \"b0b\" }, { username = \"alice\", password = \"pa55\" }]",
+    );
+}
+
+#[test]
+fn fluent_bit_refused_by_the_source_is_named_with_the_cause() {
+    let Some(fb) = fluent_bit() else { return };
+    let users = "users = [{ username = \"alice\", password = \"pa55\" }]";
+    for (output_extra, source_extra, reason, says) in [
+        (
+            "    Shared_Key wrong".to_string(),
+            "shared_key = \"s3cret\"".to_string(),
+            "shared_key_mismatch",
+            "proved a different shared key",
+        ),
+        (
+            String::new(),
+            "shared_key = \"s3cret\"".to_string(),
+            "no_ping",
+            "sent data without the handshake this source requires",
+        ),
+        (
+            "    Shared_Key s3cret\n    Username alice\n    Password nope".to_string(),
+            format!("shared_key = \"s3cret\"\n{users}"),
+            "user_refused",
+            "sent a wrong password for user \"alice\"",
+        ),
+        (
+            "    Shared_Key s3cret".to_string(),
+            format!("shared_key = \"s3cret\"\n{users}"),
+            "user_required",
+            "sent no username, but this source has `users`",
+        ),
+    ] {
+        let env = Env::new();
+        write_lines(&env, 10);
+        let (port, api) = (free_port(), free_port());
+        let router = spawn(&source_config(&env, port, api, &source_extra), &[]);
+        wait_for("the source listening", LONG, || {
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        let client = FluentBit::start(&fb, &env, &fb_client_conf(&env, port, &output_extra));
+        wait_for("the refusal counted", LONG, || {
+            http_get(api, "/metrics").is_some_and(|(_, m)| {
+                metric(
+                    &m,
+                    "logferry_forward_handshake_failures_total",
+                    &[&format!("reason=\"{reason}\"")],
+                )
+                .unwrap_or(0.0)
+                    >= 1.0
+            })
+        });
+        let err = router.stderr();
+        let line = err
+            .lines()
+            .find(|l| l.contains(says))
+            .unwrap_or_else(|| panic!("no `{says}` in {err}"));
+        assert!(line.contains("forward client 127.0.0.1:"), "{line}");
+        drop(client);
+        drop(router);
+        assert!(env.records().is_empty(), "{reason}: records arrived");
+    }
+}
+
+#[test]
+fn fluent_bit_with_a_key_the_source_lacks_gets_a_hint() {
+    // Fluent Bit waits for a HELO that a source without `shared_key` never
+    // sends, and neither side would say anything.
+    let Some(fb) = fluent_bit() else { return };
+    let env = Env::new();
+    write_lines(&env, 10);
+    let (port, api) = (free_port(), free_port());
+    let router = spawn(&source_config(&env, port, api, ""), &[]);
+    wait_for("the source listening", LONG, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let client = FluentBit::start(&fb, &env, &fb_client_conf(&env, port, "    Shared_Key s3cret"));
+    wait_for("the hint", LONG, || router.stderr().contains("is waiting for a HELO"));
+    let err = router.stderr();
+    assert!(
+        err.contains("has sent nothing for 10s since it connected; if it is configured with a shared key"),
+        "{err}"
+    );
+    drop(client);
+    drop(router);
+    assert!(env.records().is_empty());
+}
