@@ -248,6 +248,17 @@ struct Watched<F> {
     mark: Position,
     /// The last batch ends with their sequence numbers, oldest first.
     recent: std::collections::VecDeque<(Position, u64)>,
+    /// Up to `FINGERPRINT_BYTES` read just before `read_pos`, so a batch
+    /// end's tail CRC comes from the bytes that were read, not from the
+    /// file when the batch is sent: a copytruncate between the two would
+    /// leave a tail no copy holds (and the copy read again from an older
+    /// batch end).
+    behind: Vec<u8>,
+    /// The offset `behind` ends at.
+    behind_end: u64,
+    /// The tail CRC at `consumed` as read, when `behind` and the last chunk
+    /// covered it.
+    read_tail: Option<(u64, Fingerprint)>,
     /// Just past the last complete line read (its `\n`).
     lines_to: u64,
     splitter: LineSplitter,
@@ -745,6 +756,9 @@ impl<W: World> FileSource<W> {
             consumed: 0,
             mark: start.durable,
             recent: std::collections::VecDeque::new(),
+            behind: Vec::new(),
+            behind_end: 0,
+            read_tail: None,
             lines_to: 0,
             splitter: LineSplitter::new(self.cfg.max_line_size.as_u64() as usize),
             parser,
@@ -774,6 +788,7 @@ impl<W: World> FileSource<W> {
         w.tracker = AckTracker::new(c.durable);
         w.mark = c.durable;
         w.recent.clear();
+        w.forget_read();
         for (at, from) in c.pending {
             let seq = w.push_mark(at);
             self.links.push(Link {
@@ -838,18 +853,18 @@ impl<W: World> FileSource<W> {
                     if fallback.is_none() && holds(&self.world, file, size, &f.durable) {
                         fallback = Some(i);
                     }
-                    if let Some(j) = self.best_point(file, size, &f.points) {
-                        if !short || !self.still_waiting(key) {
-                            let f = self.formers.remove(i);
-                            self.checkpoints_dirty = true;
-                            self.deferred.remove(&key);
-                            return Some(Verdict::Continue(self.continuation(
-                                file,
-                                size,
-                                &f.points[..=j],
-                                f.durable,
-                            )));
-                        }
+                    if let Some(j) = self.best_point(file, size, &f.points)
+                        && (!short || !self.still_waiting(key))
+                    {
+                        let f = self.formers.remove(i);
+                        self.checkpoints_dirty = true;
+                        self.deferred.remove(&key);
+                        return Some(Verdict::Continue(self.continuation(
+                            file,
+                            size,
+                            &f.points[..=j],
+                            f.durable,
+                        )));
                     }
                 }
             }
@@ -863,11 +878,11 @@ impl<W: World> FileSource<W> {
         for (points, acked) in live {
             let short = points.last().is_some_and(|p| size < p.0.offset);
             in_progress |= short;
-            if let Some(j) = self.best_point(file, size, &points).filter(|&j| points[j].0.offset > 0) {
-                if !short || !self.still_waiting(key) {
-                    self.deferred.remove(&key);
-                    return Some(Verdict::Continue(self.continuation(file, size, &points[..=j], acked)));
-                }
+            if let Some(j) = self.best_point(file, size, &points).filter(|&j| points[j].0.offset > 0)
+                && (!short || !self.still_waiting(key))
+            {
+                self.deferred.remove(&key);
+                return Some(Verdict::Continue(self.continuation(file, size, &points[..=j], acked)));
             }
         }
         if in_progress && self.defer(key, COPY_WAIT) {
@@ -1039,11 +1054,23 @@ impl<W: World> FileSource<W> {
                     },
                 );
             }
-            self.chunk = chunk;
-            if w.fp.len < FINGERPRINT_BYTES as u32 && w.read_pos > w.fp.len as u64 {
-                w.head = read_head(&self.world, &w.file, w.read_pos);
+            w.note_read(chunk_start, &chunk[..n]);
+            if w.head.len() < FINGERPRINT_BYTES && w.read_pos > w.head.len() as u64 {
+                // The head grows from the bytes read, like the tail: read
+                // again from the file it could be a truncated file's new
+                // content, and the truncation would go unseen.
+                let have = w.head.len();
+                match (have as u64).checked_sub(chunk_start) {
+                    Some(skip) => {
+                        let skip = skip as usize;
+                        let take = (FINGERPRINT_BYTES - have).min(n - skip);
+                        w.head.extend_from_slice(&chunk[skip..skip + take]);
+                    }
+                    None => w.head = read_head(&self.world, &w.file, w.read_pos),
+                }
                 w.fp = fingerprint_of(&w.head);
             }
+            self.chunk = chunk;
             if self.records.buf.len() >= BATCH_BYTES {
                 self.send_batch(w)?;
             }
@@ -1103,6 +1130,7 @@ impl<W: World> FileSource<W> {
             durable: w.tracker.acked(),
         });
         w.recent.clear();
+        w.forget_read();
         w.splitter.reset();
         w.parser.reset_held();
         w.read_pos = 0;
@@ -1120,10 +1148,14 @@ impl<W: World> FileSource<W> {
 
     /// The position at `w.consumed`: where a batch sent now ends.
     fn position_here(&self, w: &Watched<W::File>) -> Position {
+        let tail = match w.read_tail {
+            Some((at, tail)) if at == w.consumed => tail,
+            _ => tail_at(&self.world, &w.file, w.consumed).unwrap_or(UNREADABLE),
+        };
         Position {
             offset: w.consumed,
             head: w.fp,
-            tail: tail_at(&self.world, &w.file, w.consumed).unwrap_or(UNREADABLE),
+            tail,
         }
     }
 
@@ -1329,6 +1361,51 @@ impl<W: World> FileSource<W> {
 }
 
 impl<F> Watched<F> {
+    /// Keeps what [`Watched::read_tail`] needs from a chunk just read at
+    /// `start` (after `consumed` moved for it): the tail CRC at `consumed`,
+    /// and the last bytes before `read_pos` for the next chunk.
+    fn note_read(&mut self, start: u64, chunk: &[u8]) {
+        if self.behind_end != start {
+            self.behind.clear();
+        }
+        let unchanged = self.read_tail.is_some_and(|(at, _)| at == self.consumed);
+        if !unchanged {
+            let from = self.consumed.saturating_sub(FINGERPRINT_BYTES as u64);
+            let behind_from = start - self.behind.len() as u64;
+            let end = self
+                .consumed
+                .checked_sub(start)
+                .map(|e| e as usize)
+                .filter(|&e| e <= chunk.len());
+            self.read_tail = match end {
+                Some(end) if from >= start => Some(fingerprint_of(&chunk[(from - start) as usize..end])),
+                Some(end) if from >= behind_from => {
+                    let mut bytes = self.behind[(from - behind_from) as usize..].to_vec();
+                    bytes.extend_from_slice(&chunk[..end]);
+                    Some(fingerprint_of(&bytes))
+                }
+                _ => None,
+            }
+            .map(|tail| (self.consumed, tail));
+        }
+        if chunk.len() >= FINGERPRINT_BYTES {
+            self.behind.clear();
+            self.behind.extend_from_slice(&chunk[chunk.len() - FINGERPRINT_BYTES..]);
+        } else {
+            self.behind.extend_from_slice(chunk);
+            let excess = self.behind.len().saturating_sub(FINGERPRINT_BYTES);
+            self.behind.drain(..excess);
+        }
+        self.behind_end = start + chunk.len() as u64;
+    }
+
+    /// Reading moves elsewhere (a new start, a truncation): what was read
+    /// before says nothing about the bytes there.
+    fn forget_read(&mut self) {
+        self.behind.clear();
+        self.read_tail = None;
+    }
+
     /// Registers a batch ending at `at` with the tracker.
     fn push_mark(&mut self, at: Position) -> u64 {
         let seq = self.tracker.push(at);

@@ -57,6 +57,10 @@ struct Fs {
     next_ino: u64,
     now_ms: u64,
     checkpoints: Saved,
+    /// A copytruncate to `app.log.<k>` (this name) that happens right after
+    /// the router's next chunk read of `app.log` returns data: between
+    /// reading a batch and sending it.
+    copytruncate_on_read: Option<String>,
 }
 
 impl Fs {
@@ -236,11 +240,27 @@ impl World for SimWorld {
     }
 
     fn read_at(&self, f: &SimFile, buf: &mut [u8], offset: u64) -> std::io::Result<usize> {
-        let fs = self.fs();
+        let mut fs = self.fs();
         let i = fs.inodes.get(&f.ino).ok_or(std::io::ErrorKind::NotFound)?;
         let from = (offset as usize).min(i.data.len());
         let n = buf.len().min(i.data.len() - from);
         buf[..n].copy_from_slice(&i.data[from..from + n]);
+        // A chunk read (the fingerprint checks read at most 1 KiB).
+        if n > 0
+            && buf.len() > super::identity::FINGERPRINT_BYTES
+            && fs.names.get(APP) == Some(&f.ino)
+            && let Some(name) = fs.copytruncate_on_read.take()
+        {
+            let all = fs
+                .inodes
+                .get_mut(&f.ino)
+                .map(|i| std::mem::take(&mut i.data))
+                .unwrap_or_default();
+            let dst = fs.create(&name);
+            if let Some(i) = fs.inodes.get_mut(&dst) {
+                i.data = all;
+            }
+        }
         Ok(n)
     }
 
@@ -278,6 +298,10 @@ enum Op {
     CopyFinish,
     /// `app.log` truncated to 0 (the application writes on at 0: O_APPEND).
     Truncate,
+    /// A whole copytruncate (copy and truncation at once, as the
+    /// application is paused) right after the router's next read of
+    /// `app.log` that returns data, before it sends what it read.
+    CopyTruncateOnRead,
     /// A rotated file deleted (its inode number is reused once free).
     Delete { which: u8 },
     /// A rotated file moved out of the globs.
@@ -302,6 +326,7 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::CopyStart),
         2 => Just(Op::CopyFinish),
         2 => Just(Op::Truncate),
+        1 => Just(Op::CopyTruncateOnRead),
         1 => any::<u8>().prop_map(|which| Op::Delete { which }),
         1 => any::<u8>().prop_map(|which| Op::MoveAway { which }),
         8 => (0u8..5, any::<bool>()).prop_map(|(dt, scan)| Op::Step { dt, scan }),
@@ -473,6 +498,7 @@ impl Sim {
             | Op::CopyStart
             | Op::CopyFinish
             | Op::Truncate
+            | Op::CopyTruncateOnRead
             | Op::Delete { .. }
             | Op::MoveAway { .. }
             | Op::Fail { .. } => {
@@ -542,6 +568,11 @@ impl Sim {
                     i.data.clear();
                 }
             }
+            Op::CopyTruncateOnRead => {
+                let k = self.app.next_rotation;
+                self.app.next_rotation += 1;
+                self.world.fs().copytruncate_on_read = Some(format!("{APP}.{k}"));
+            }
             Op::Delete { which } => {
                 if let Some(name) = self.rotated(which) {
                     self.world.fs().unlink(&name);
@@ -556,8 +587,14 @@ impl Sim {
             }
             Op::Step { dt, scan } => {
                 self.world.fs().now_ms += STEPS_MS[dt as usize % STEPS_MS.len()];
+                let armed = self.world.fs().copytruncate_on_read.is_some();
                 if let Some(s) = self.source.as_mut() {
                     s.step(scan).expect("a simulated round never fails");
+                }
+                if armed && self.world.fs().copytruncate_on_read.is_none() {
+                    // It happened during this round, after its scan.
+                    self.scanned = false;
+                    self.settled = None;
                 }
                 self.collect();
             }
@@ -592,12 +629,18 @@ impl Sim {
                 {
                     s.drain_acks();
                     s.save_checkpoints();
+                    // Read to the end too: an incarnation that has not yet
+                    // read again what a kill -9 left unsaved would call
+                    // "clean" a checkpoint that is behind deliveries.
                     let clean = self.scanned
                         && self.in_flight.is_empty()
                         && s.deferred.is_empty()
-                        && s.files
-                            .values()
-                            .all(|w| w.tracker.unsettled() == 0 && !w.tracker.has_failed() && !w.identity_pending);
+                        && s.files.values().all(|w| {
+                            w.tracker.unsettled() == 0
+                                && !w.tracker.has_failed()
+                                && !w.identity_pending
+                                && s.world.fstat(&w.file).is_ok_and(|st| st.len == w.read_pos)
+                        });
                     if clean {
                         self.settled = Some(self.delivered.keys().copied().collect());
                     }
@@ -835,6 +878,43 @@ mod regressions {
         s.idle_wait();
         assert_eq!(s.files.values().map(|w| w.tracker.unsettled()).sum::<usize>(), 0);
         assert!(s.checkpoints_dirty);
+    }
+
+    /// A copytruncate between the read of a batch and its sending: the
+    /// batch's end must be fingerprinted from the bytes read, or the copy
+    /// holds none of the newest ends and reads the last batch again (seen
+    /// in `tailing::copytruncate_rotation_while_writing`).
+    #[test]
+    fn a_truncation_between_read_and_send_still_lets_the_copy_continue_at_the_end() {
+        let sim = run(&[
+            Op::Write { n: 3, pad: 1 },
+            Op::Step { dt: 1, scan: true },
+            Op::Deliver { mask: 255 },
+            Op::Write { n: 3, pad: 1 },
+            Op::CopyTruncateOnRead,
+            Op::Step { dt: 1, scan: false },
+            Op::Deliver { mask: 255 },
+            Op::Step { dt: 1, scan: true },
+            Op::Deliver { mask: 255 },
+            Op::Step { dt: 1, scan: true },
+        ])
+        .unwrap();
+        once(&sim, 6);
+    }
+
+    /// The same between reading half a line of a small file and taking its
+    /// first bytes: read again from the file they were the truncated
+    /// file's (empty) new content, the truncation went unseen and the
+    /// regrown file was read on from the old offset, skipping its start.
+    #[test]
+    fn a_truncation_right_after_reading_half_a_line_is_seen() {
+        run(&[
+            Op::CopyTruncateOnRead,
+            Op::WriteHalf { pad: 0 },
+            Op::Step { dt: 0, scan: false },
+            Op::Write { n: 1, pad: 3 },
+        ])
+        .unwrap();
     }
 
     /// New files that start with the same 1 KiB as a live one are not its copy.
