@@ -108,20 +108,14 @@ struct FileDest {
 }
 
 pub async fn run(cfg: FileSinkConfig, input: mpsc::Receiver<Batch>, cx: SinkContext) {
-    let key_prefix = match Template::parse(&cfg.key_prefix) {
-        Ok(t) => t,
-        Err(e) => {
-            // validate() already rejected this; keep the process alive anyway.
-            tracing::error!(error = %e, "invalid key_prefix");
-            return;
-        }
-    };
-    let batching = Batching {
-        key_prefix,
-        compression: cfg.compression,
-        compression_level: cfg.compression_level,
-        max_object_size: cfg.max_object_size.as_u64(),
-        flush_interval: cfg.flush_interval,
+    let Some(batching) = Batching::from_keys(
+        &cfg.key_prefix,
+        cfg.compression,
+        cfg.compression_level,
+        cfg.max_object_size.as_u64(),
+        cfg.flush_interval,
+    ) else {
+        return;
     };
     let budget = Budget {
         memory: cx.memory,

@@ -141,6 +141,32 @@ pub struct Batching {
     pub flush_interval: Duration,
 }
 
+impl Batching {
+    /// The batching of an object sink from its keys; `None` (logged) for a
+    /// `key_prefix` that `validate` rejects, so the process stays up.
+    pub fn from_keys(
+        key_prefix: &str,
+        compression: Compression,
+        compression_level: Option<u32>,
+        max_object_size: u64,
+        flush_interval: Duration,
+    ) -> Option<Batching> {
+        match Template::parse(key_prefix) {
+            Ok(key_prefix) => Some(Batching {
+                key_prefix,
+                compression,
+                compression_level,
+                max_object_size,
+                flush_interval,
+            }),
+            Err(e) => {
+                tracing::error!(error = %e, "invalid key_prefix");
+                None
+            }
+        }
+    }
+}
+
 /// A closed object, handed to [`Destination::deliver`].
 #[derive(Debug)]
 pub struct Closed<O, S> {

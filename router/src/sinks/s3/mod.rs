@@ -37,7 +37,6 @@ use crate::api::Health;
 use crate::event::Batch;
 use crate::metrics::ComponentMetrics;
 use crate::sources::file::parse::TimestampFormatter;
-use crate::template::Template;
 
 /// A multipart upload in progress.
 struct Upload {
@@ -75,12 +74,14 @@ pub async fn run(cfg: S3SinkConfig, input: mpsc::Receiver<Batch>, cx: SinkContex
         memory_limit,
         ..
     } = cx;
-    let key_prefix = match Template::parse(&cfg.key_prefix) {
-        Ok(t) => t,
-        Err(e) => {
-            tracing::error!(error = %e, "invalid key_prefix");
-            return;
-        }
+    let Some(batching) = Batching::from_keys(
+        &cfg.key_prefix,
+        cfg.compression,
+        cfg.compression_level,
+        cfg.max_object_size.as_u64(),
+        cfg.flush_interval,
+    ) else {
+        return;
     };
     let sdk = aws::sdk_config(cfg.region.as_deref(), cfg.endpoint_url.as_deref()).await;
     if sdk.region().is_none() {
@@ -89,13 +90,6 @@ pub async fn run(cfg: S3SinkConfig, input: mpsc::Receiver<Batch>, cx: SinkContex
     let s3conf = aws_sdk_s3::config::Builder::from(&sdk)
         .force_path_style(cfg.force_path_style)
         .build();
-    let batching = Batching {
-        key_prefix,
-        compression: cfg.compression,
-        compression_level: cfg.compression_level,
-        max_object_size: cfg.max_object_size.as_u64(),
-        flush_interval: cfg.flush_interval,
-    };
     let budget = Budget {
         memory,
         memory_limit,
