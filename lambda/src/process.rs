@@ -102,11 +102,20 @@ impl FailureKind {
     }
 }
 
-/// [`FailureKind::classify`] for an SDK error.
-fn sdk_kind<E: ProvideErrorMetadata>(e: &SdkError<E, HttpResponse>, otherwise: FailureKind) -> FailureKind {
+/// A failed S3 call: its kind by [`FailureKind::classify`] (`otherwise`
+/// when the error says neither throttling nor access), and its full message.
+fn sdk_err<E>(otherwise: FailureKind, op: &'static str, obj: &ObjectRef, e: &SdkError<E, HttpResponse>) -> ProcessError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
     let code = e.as_service_error().and_then(|s| s.code());
     let status = e.raw_response().map(|r| r.status().as_u16());
-    FailureKind::classify(code, status, otherwise)
+    err(
+        FailureKind::classify(code, status, otherwise),
+        op,
+        obj,
+        DisplayErrorContext(e).to_string(),
+    )
 }
 
 /// Characters escaped in a CopyObject source (everything but unreserved and `/`).
@@ -139,10 +148,7 @@ pub async fn process_object(s3: &Client, cfg: &IndexerConfig, obj: &ObjectRef) -
             tracing::warn!(bucket = %obj.bucket, key = %obj.key, "object no longer exists; nothing to index");
             return Ok(Outcome::Missing);
         }
-        Err(e) => {
-            let kind = sdk_kind(&e, FailureKind::S3Read);
-            return Err(err(kind, "GetObject", obj, DisplayErrorContext(&e).to_string()));
-        }
+        Err(e) => return Err(sdk_err(FailureKind::S3Read, "GetObject", obj, &e)),
     };
     let etag = got.e_tag().unwrap_or_default().to_string();
     let size = got.content_length().unwrap_or_default().max(0) as u64;
@@ -175,10 +181,7 @@ pub async fn process_object(s3: &Client, cfg: &IndexerConfig, obj: &ObjectRef) -
                 .body(ByteStream::from(doc.to_bytes()))
                 .send()
                 .await
-                .map_err(|e| {
-                    let kind = sdk_kind(&e, FailureKind::S3Write);
-                    err(kind, "PutObject (index)", obj, DisplayErrorContext(&e).to_string())
-                })?;
+                .map_err(|e| sdk_err(FailureKind::S3Write, "PutObject (index)", obj, &e))?;
             tracing::info!(bucket = %obj.bucket, key = %obj.key, index_key = %key, records, uncompressed_bytes, "indexed");
             Ok(Outcome::Indexed {
                 records,
@@ -229,15 +232,7 @@ async fn quarantine(
         .copy_source(source)
         .send()
         .await
-        .map_err(|e| {
-            let kind = sdk_kind(&e, FailureKind::S3Write);
-            err(
-                kind,
-                "CopyObject (quarantine)",
-                obj,
-                DisplayErrorContext(&e).to_string(),
-            )
-        })?;
+        .map_err(|e| sdk_err(FailureKind::S3Write, "CopyObject (quarantine)", obj, &e))?;
     let mut body = serde_json::to_vec(doc).expect("a QuarantineDoc always serializes");
     body.push(b'\n');
     s3.put_object()
@@ -247,15 +242,7 @@ async fn quarantine(
         .body(ByteStream::from(body))
         .send()
         .await
-        .map_err(|e| {
-            let kind = sdk_kind(&e, FailureKind::S3Write);
-            err(
-                kind,
-                "PutObject (quarantine error)",
-                obj,
-                DisplayErrorContext(&e).to_string(),
-            )
-        })?;
+        .map_err(|e| sdk_err(FailureKind::S3Write, "PutObject (quarantine error)", obj, &e))?;
     tracing::warn!(
         bucket = %obj.bucket, key = %obj.key, quarantine_key = %copy_key,
         reason = doc.reason.as_str(), message = %doc.message, "quarantined"
