@@ -1,0 +1,144 @@
+//! `[FILTER]` sections: each becomes one or more transforms.
+
+use super::notes::FILTERS;
+use super::syntax::{Pos, Section, split_key};
+use super::translate::{Filter, Step, TagMatch, Tr, alias};
+use super::values::{record_key, s};
+
+impl Tr {
+    /// A `[FILTER]`: its transforms, or `None` when wrong.
+    pub(super) fn filter(&mut self, n: usize, sec: &Section) -> Option<Filter> {
+        let name = sec.name();
+        let what = format!("[FILTER] {name}");
+        let matches = TagMatch::of(sec).map(|(m, _)| m);
+        let mut steps = Vec::new();
+        match name.as_str() {
+            "record_modifier" => {
+                let mut fields = toml::Table::new();
+                let mut origins = vec![(String::new(), sec.pos.clone())];
+                for e in sec.all("record") {
+                    let (k, v) = split_key(&e.value);
+                    if v.is_empty() {
+                        self.errors.push(e.pos.error("`Record` needs a key and a value"));
+                        continue;
+                    }
+                    fields.insert(k.to_string(), s(v));
+                    origins.push((format!("fields.{k}"), e.pos.clone()));
+                }
+                let mut t = toml::Table::new();
+                t.insert("type".into(), s("enrich"));
+                for detect in ["ecs", "ec2", "kubernetes"] {
+                    t.insert(detect.into(), toml::Value::Boolean(false));
+                }
+                t.insert("fields".into(), toml::Value::Table(fields));
+                steps.push(Step {
+                    name: alias(sec).unwrap_or_else(|| format!("filter{n}_record_modifier")),
+                    table: t,
+                    origins,
+                });
+                self.check_keys(sec, &what, &["match", "match_regex", "record"], &[]);
+            }
+            "grep" => {
+                let op = sec.get("logical_op").map(|e| e.value.to_ascii_lowercase());
+                for e in sec.all("regex").chain(sec.all("exclude")) {
+                    let (_, re) = split_key(&e.value);
+                    if let Err(err) = regex::Regex::new(re) {
+                        // The regex crate explains on its last line.
+                        let text = err.to_string();
+                        let why = text.lines().last().unwrap_or_default().trim();
+                        let why = why.strip_prefix("error: ").unwrap_or(why).to_string();
+                        self.errors.push(e.pos.error(format!(
+                            "grep: `{re}` is not a regular expression Logferry reads: {why}"
+                        )));
+                    }
+                }
+                let rules = |key: &str| -> Vec<(toml::Value, Pos)> {
+                    sec.all(key)
+                        .map(|e| {
+                            let (k, re) = split_key(&e.value);
+                            let mut c = toml::Table::new();
+                            c.insert("field".into(), s(&record_key(k)));
+                            c.insert("regex".into(), s(re));
+                            (toml::Value::Table(c), e.pos.clone())
+                        })
+                        .collect()
+                };
+                let (keep, drop) = (rules("regex"), rules("exclude"));
+                if op.as_deref().is_some_and(|o| o != "legacy") && !keep.is_empty() && !drop.is_empty() {
+                    self.errors.push(
+                        sec.pos
+                            .error("grep: Regex and Exclude cannot be mixed with Logical_Op (as in Fluent Bit)"),
+                    );
+                }
+                let any = match op.as_deref() {
+                    None | Some("legacy") => None,
+                    Some("and") => Some(false),
+                    Some("or") => Some(true),
+                    Some(other) => {
+                        self.errors
+                            .push(sec.pos.error(format!("grep: Logical_Op `{other}` (legacy, AND, OR)")));
+                        None
+                    }
+                };
+                for (action, rules, legacy_any) in [("keep", keep, false), ("drop", drop, true)] {
+                    if rules.is_empty() {
+                        continue;
+                    }
+                    let mut t = toml::Table::new();
+                    t.insert("type".into(), s("filter"));
+                    t.insert("action".into(), s(action));
+                    t.insert("match".into(), s(if any.unwrap_or(legacy_any) { "any" } else { "all" }));
+                    let mut origins = vec![(String::new(), sec.pos.clone())];
+                    let mut conds = Vec::new();
+                    for (i, (c, pos)) in rules.into_iter().enumerate() {
+                        conds.push(c);
+                        origins.push((format!("conditions[{i}]"), pos));
+                    }
+                    t.insert("conditions".into(), toml::Value::Array(conds));
+                    let base = alias(sec).unwrap_or_else(|| format!("filter{n}_grep"));
+                    steps.push(Step {
+                        name: if action == "keep" {
+                            base
+                        } else {
+                            format!("{base}_exclude")
+                        },
+                        table: t,
+                        origins,
+                    });
+                }
+                if steps.is_empty() {
+                    self.errors.push(sec.pos.error("grep without Regex or Exclude"));
+                }
+                self.check_keys(
+                    sec,
+                    &what,
+                    &["match", "match_regex", "regex", "exclude", "logical_op"],
+                    &[],
+                );
+            }
+            "" => {
+                self.errors.push(sec.pos.error("[FILTER] without `Name`"));
+                return None;
+            }
+            other => {
+                self.errors.push(sec.pos.error(format!(
+                    "filter plugin `{other}` is not supported by --fluent-bit-config (supported: {FILTERS})"
+                )));
+                return None;
+            }
+        }
+        let Some(matches) = matches else {
+            // Fluent Bit ignores a filter without Match; so do we, loudly.
+            self.notes.push(format!(
+                "{}:{}: {what} has no Match and applies to nothing (as in Fluent Bit)",
+                sec.pos.file, sec.pos.line
+            ));
+            return None;
+        };
+        Some(Filter {
+            matches,
+            pos: sec.pos.clone(),
+            steps,
+        })
+    }
+}
