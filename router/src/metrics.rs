@@ -199,7 +199,7 @@ impl Metrics {
         );
         registry.register(
             "logferry_source_line_issues",
-            "Lines kept but altered, by reason (not_json, no_match, invalid_utf8, truncated, time_missing)",
+            "Lines kept but altered, or passed unparsed, by reason (not_json, no_match, invalid_utf8, truncated, time_missing, parse_failed, parse_field_missing, ...)",
             m.line_issues.clone(),
         );
         registry.register(

@@ -30,6 +30,8 @@ pub enum TemplateError {
 enum Part {
     Lit(String),
     Field(String),
+    /// `{tag[n]}`: part `n` (from 0) of the tag split on `.`.
+    TagNth(usize),
     Time(Vec<Item<'static>>),
 }
 
@@ -63,6 +65,14 @@ impl Template {
                     if !closed {
                         return Err(TemplateError::Unclosed(s.to_string()));
                     }
+                    if let Some(n) = name.strip_prefix("tag[").and_then(|r| r.strip_suffix(']')) {
+                        let n = n
+                            .parse()
+                            .map_err(|_| TemplateError::BadField(s.to_string(), name.clone()))?;
+                        push_lit(&mut parts, &mut lit, s)?;
+                        parts.push(Part::TagNth(n));
+                        continue;
+                    }
                     let valid = !name.is_empty()
                         && !name.starts_with('.')
                         && !name.ends_with('.')
@@ -93,13 +103,17 @@ impl Template {
 
     /// True when rendering needs no record field (only the time).
     pub fn is_time_only(&self) -> bool {
-        !self.parts.iter().any(|p| matches!(p, Part::Field(_)))
+        !self
+            .parts
+            .iter()
+            .any(|p| matches!(p, Part::Field(_) | Part::TagNth(_)))
     }
 
     /// Field paths the template reads.
     pub fn fields(&self) -> impl Iterator<Item = &str> {
         self.parts.iter().filter_map(|p| match p {
             Part::Field(f) => Some(f.as_str()),
+            Part::TagNth(_) => Some("tag"),
             _ => None,
         })
     }
@@ -219,6 +233,15 @@ impl Renderer {
                     Some(v) => push_sanitized(out, &v),
                     None => out.push_str(MISSING),
                 },
+                // Out of range: nothing, as Fluent Bit's record accessor.
+                Part::TagNth(n) => match lookup("tag") {
+                    Some(v) => {
+                        if let Some(part) = v.split('.').nth(*n) {
+                            push_sanitized(out, part);
+                        }
+                    }
+                    None => out.push_str(MISSING),
+                },
             }
         }
     }
@@ -280,6 +303,25 @@ mod tests {
         assert!(matches!(Template::parse("a/{a b}"), Err(TemplateError::BadField(..))));
         assert!(matches!(Template::parse("%Y/%Q/"), Err(TemplateError::BadTime(..))));
         assert!(Template::parse("plain").unwrap().is_time_only());
+    }
+
+    #[test]
+    fn tag_parts_split_on_dots() {
+        let tag = [("tag", "app-firelens.web.prod")];
+        assert_eq!(
+            render("{tag[0]}/{tag[2]}/{tag}/", 0, &tag),
+            "app-firelens/prod/app-firelens.web.prod/"
+        );
+        // Out of range renders nothing; an empty part is `_` like any empty value.
+        assert_eq!(render("a-{tag[3]}-b", 0, &tag), "a--b");
+        assert_eq!(render("{tag[1]}", 0, &[("tag", "x..y")]), "_");
+        assert_eq!(render("{tag[0]}", 0, &[]), "unknown");
+        let t = Template::parse("{tag[1]}").unwrap();
+        assert!(!t.is_time_only());
+        assert_eq!(t.fields().collect::<Vec<_>>(), ["tag"]);
+        for bad in ["{tag[]}", "{tag[-1]}", "{tag[x]}", "{tag[1}"] {
+            assert!(Template::parse(bad).is_err(), "{bad}");
+        }
     }
 
     proptest! {

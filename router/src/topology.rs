@@ -330,6 +330,15 @@ pub fn start(
                 metrics.clone(),
                 memory.clone(),
             )),
+            TransformConfig::Parse(cfg) => Box::pin(crate::transforms::parse::run(
+                c.id.clone(),
+                (**cfg).clone(),
+                rx,
+                out,
+                metrics.clone(),
+                memory.clone(),
+                limit,
+            )),
         };
         let guard = health.guard(&c.id);
         tasks.spawn(tracing::Instrument::instrument(

@@ -574,6 +574,33 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The top-level members of the object `obj`, in order: each key (decoded)
+/// and the member's raw `"key":value` text, to be copied as is. `None` if
+/// `obj` is not one JSON object.
+pub fn object_members(obj: &[u8]) -> Option<Vec<(Cow<'_, str>, &[u8])>> {
+    let mut out = Vec::new();
+    let mut c = Cursor { b: obj, i: 0 };
+    c.eat(b'{')?;
+    c.skip_ws();
+    if c.peek()? == b'}' {
+        return Some(out);
+    }
+    loop {
+        c.skip_ws();
+        let start = c.i;
+        let key = c.string()?;
+        c.eat(b':')?;
+        c.value()?;
+        out.push((key.text()?, obj.get(start..c.i)?));
+        c.skip_ws();
+        match c.peek()? {
+            b',' => c.i += 1,
+            b'}' => return Some(out),
+            _ => return None,
+        }
+    }
+}
+
 /// Calls `f(key, value)` for each member of the object `obj` in order until
 /// it returns false. `None` if the text is not an object as far as read.
 fn for_each_member<'a>(obj: &'a [u8], mut f: impl FnMut(RawStr<'a>, Val<'a>) -> bool) -> Option<()> {
