@@ -188,6 +188,56 @@ pub async fn serve(
     Ok(local)
 }
 
+/// Longest line the TCP health check reads before it answers by closing.
+const HEALTH_TCP_MAX: usize = 64 * 1024;
+
+/// The FireLens health check's `tcp` input (`[api] health_tcp`). Why here and
+/// not a source: its records (`{"health": "check"}`) go nowhere (ECS routes
+/// them to `null`), so a source, its batches and acks would be machinery for
+/// nothing; what the check needs is a port that accepts a connection and the
+/// line, as Fluent Bit's `in_tcp` does. Each connection is read up to the
+/// first newline, end of input, 64 KiB or 10 s, then closed, so
+/// `echo '{"health": "check"}' | nc 127.0.0.1 8877` exits 0 with any `nc`.
+/// Binds now (a taken port fails start-up) on the address configured.
+pub async fn serve_health_tcp(addr: SocketAddr, stop: CancellationToken) -> std::io::Result<SocketAddr> {
+    use tokio::io::AsyncReadExt;
+    let listener = TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    tokio::spawn(async move {
+        loop {
+            let (mut stream, _) = tokio::select! {
+                r = listener.accept() => match r {
+                    Ok(s) => s,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "health tcp accept failed");
+                        continue;
+                    }
+                },
+                _ = stop.cancelled() => break,
+            };
+            tokio::spawn(async move {
+                let read = async {
+                    let mut buf = [0u8; 4096];
+                    let mut total = 0usize;
+                    while total < HEALTH_TCP_MAX {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => break,
+                            Ok(n) => {
+                                total += n;
+                                if buf[..n].contains(&b'\n') {
+                                    break;
+                                }
+                            }
+                        }
+                    }
+                };
+                let _ = tokio::time::timeout(std::time::Duration::from_secs(10), read).await;
+            });
+        }
+    });
+    Ok(local)
+}
+
 fn route<B>(req: Request<B>, metrics: &Metrics, health: &Health) -> Response<Full<Bytes>> {
     let (status, ctype, body) = match req.uri().path() {
         "/healthz" => match health.unhealthy() {

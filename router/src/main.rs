@@ -110,8 +110,11 @@ fn main() -> ExitCode {
         } => match load_fluent_bit(&fb, config.is_some()) {
             Ok(c) => {
                 print!("{}", c.config.describe());
+                for row in &c.mapping {
+                    out_line!("fluent-bit: {row}");
+                }
                 for note in &c.notes {
-                    out_line!("fluent-bit: {note}");
+                    out_line!("fluent-bit: note: {note}");
                 }
                 out_line!("config OK");
                 ExitCode::SUCCESS
@@ -270,6 +273,12 @@ async fn pipeline(config: Config, opts: RunOptions) -> anyhow::Result<()> {
             .await
             .with_context(|| format!("cannot listen on {} (api.address)", api_cfg.address))?;
         tracing::info!(%addr, "api listening");
+        if let Some(tcp) = api_cfg.health_tcp {
+            let addr = api::serve_health_tcp(tcp, api_stop.clone())
+                .await
+                .with_context(|| format!("cannot listen on {tcp} (api.health_tcp)"))?;
+            tracing::info!(%addr, "health check tcp port listening");
+        }
     }
     let env: EnvFn = Arc::new(env_lookup);
     let running = topology::start(&config, opts, metrics.clone(), health.clone(), env)?;

@@ -126,6 +126,10 @@ pub struct ApiConfig {
     /// the router ("0s": never).
     #[serde(default = "default_wedged_timeout", with = "humantime_serde")]
     pub wedged_timeout: std::time::Duration,
+    /// A TCP port that accepts a line and discards it, like Fluent Bit's
+    /// `in_tcp` for the FireLens health check (`nc 127.0.0.1 8877`).
+    #[serde(default)]
+    pub health_tcp: Option<SocketAddr>,
 }
 
 fn default_stall_timeout() -> std::time::Duration {
@@ -613,6 +617,9 @@ impl Config {
         }
         if let Some(api) = &self.api {
             s.push_str(&format!("api: http://{}\n", api.address));
+            if let Some(tcp) = api.health_tcp {
+                s.push_str(&format!("health_tcp: {tcp}\n"));
+            }
         }
         s.push_str(&self.lifecycle.describe());
         s.push('\n');

@@ -1,9 +1,9 @@
 //! `[FILTER]` sections: each becomes one or more transforms.
 
 use super::notes::FILTERS;
-use super::syntax::{Pos, Section, split_key};
+use super::syntax::{Entry, Pos, Section, split_key};
 use super::translate::{Filter, Step, TagMatch, Tr, alias};
-use super::values::{record_key, s};
+use super::values::{is_true, record_key, s};
 
 impl Tr {
     /// A `[FILTER]`: its transforms, or `None` when wrong.
@@ -113,6 +113,73 @@ impl Tr {
                     sec,
                     &what,
                     &["match", "match_regex", "regex", "exclude", "logical_op"],
+                    &[],
+                );
+            }
+            "parser" => {
+                let key = sec.get("key_name");
+                let flag = |tr: &mut Tr, k: &str| match sec.get(k) {
+                    Some(e) => is_true(&e.value).unwrap_or_else(|| {
+                        tr.errors
+                            .push(e.pos.error(format!("{} `{}` is not on/off", e.key, e.value)));
+                        false
+                    }),
+                    None => false,
+                };
+                let reserve = flag(self, "reserve_data");
+                let preserve = flag(self, "preserve_key");
+                let names: Vec<&Entry> = sec.all("parser").collect();
+                if key.is_none() {
+                    self.errors.push(sec.pos.error("parser filter needs `Key_Name`"));
+                }
+                if names.is_empty() {
+                    self.errors.push(sec.pos.error("parser filter needs `Parser`"));
+                }
+                if names.len() > 1 && preserve {
+                    // Each parser is one transform in a chain; a kept
+                    // original would be parsed again by the next one.
+                    self.errors.push(sec.pos.error(
+                        "parser filter: several `Parser`s with Preserve_Key On are not supported; use one Parser",
+                    ));
+                }
+                let base = alias(sec).unwrap_or_else(|| format!("filter{n}_parser"));
+                for (i, e) in names.iter().enumerate() {
+                    let (Some(key), Some(mut t)) = (key, self.parser_settings(&e.value, &e.pos)) else {
+                        continue;
+                    };
+                    t.insert("type".into(), s("parse"));
+                    t.insert("field".into(), s(&record_key(&key.value)));
+                    t.insert("reserve_data".into(), toml::Value::Boolean(reserve));
+                    t.insert("keep_original".into(), toml::Value::Boolean(preserve));
+                    let origins = vec![
+                        (String::new(), sec.pos.clone()),
+                        ("field".to_string(), key.pos.clone()),
+                        ("parser".to_string(), e.pos.clone()),
+                        ("pattern".to_string(), e.pos.clone()),
+                        ("time_format".to_string(), e.pos.clone()),
+                        ("time_key".to_string(), e.pos.clone()),
+                    ];
+                    steps.push(Step {
+                        name: if i == 0 {
+                            base.clone()
+                        } else {
+                            format!("{base}_{}", i + 1)
+                        },
+                        table: t,
+                        origins,
+                    });
+                }
+                self.check_keys(
+                    sec,
+                    &what,
+                    &[
+                        "match",
+                        "match_regex",
+                        "key_name",
+                        "parser",
+                        "reserve_data",
+                        "preserve_key",
+                    ],
                     &[],
                 );
             }

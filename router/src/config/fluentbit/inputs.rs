@@ -55,17 +55,25 @@ impl Tr {
             }
             self.check_keys(sec, "[SERVICE]", HARMLESS_SERVICE, &["plugins_file"]);
         }
-        if api_on == Some(true)
-            && let Some(pos) = api_pos
-        {
-            let host = if listen.contains(':') {
-                format!("[{listen}]")
-            } else {
-                listen
-            };
-            let mut api = toml::Table::new();
-            api.insert("address".into(), s(&format!("{host}:{port}")));
-            self.root.insert("api".into(), toml::Value::Table(api));
+        // `/healthz` is always served: as configured with HTTP_Server On,
+        // else on loopback at Fluent Bit's port, so a FireLens container
+        // health check finds it without a [SERVICE] section.
+        let on = api_on == Some(true);
+        if !on {
+            listen = "127.0.0.1".to_string();
+            self.notes.push(format!(
+                "HTTP_Server is not On: /healthz, /readyz and /metrics are served on 127.0.0.1:{port} anyway (FireLens health checks)"
+            ));
+        }
+        let host = if listen.contains(':') {
+            format!("[{listen}]")
+        } else {
+            listen
+        };
+        let mut api = toml::Table::new();
+        api.insert("address".into(), s(&format!("{host}:{port}")));
+        self.root.insert("api".into(), toml::Value::Table(api));
+        if let Some(pos) = api_pos {
             self.origin("api", &pos);
         }
         if !global.is_empty() {
@@ -158,10 +166,27 @@ impl Tr {
                 Some((id, t))
             }
             "tcp" if sec.get("tag").is_some_and(|e| e.value == HEALTHCHECK_TAG) => {
-                self.notes.push(format!(
-                    "{}:{}: [INPUT] tcp tagged {HEALTHCHECK_TAG} (the FireLens health check) dropped: use `logferry healthcheck` with [api]",
-                    sec.pos.file, sec.pos.line
-                ));
+                // Kept as a listener that answers like in_tcp (see `api.rs`);
+                // its records go nowhere, like the generated `[OUTPUT] null`.
+                let listen = sec.get("listen").map_or("0.0.0.0", |e| e.value.as_str());
+                let port = sec.get("port").map_or("5170", |e| e.value.as_str());
+                let host = if listen.contains(':') {
+                    format!("[{listen}]")
+                } else {
+                    listen.to_string()
+                };
+                let pos = sec
+                    .get("port")
+                    .or(sec.get("listen"))
+                    .map_or(&sec.pos, |e| &e.pos)
+                    .clone();
+                self.health_tcp = Some((format!("{host}:{port}"), pos));
+                self.check_keys(
+                    sec,
+                    &what,
+                    &["tag", "listen", "port", "format"],
+                    &["buffer_size", "chunk_size"],
+                );
                 None
             }
             "" => {

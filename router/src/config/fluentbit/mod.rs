@@ -36,6 +36,7 @@ mod filters;
 mod inputs;
 mod notes;
 mod outputs;
+mod parsers;
 mod syntax;
 mod translate;
 mod values;
@@ -54,6 +55,9 @@ pub struct FluentBitConfig {
     pub notes: Vec<String>,
     /// The equivalent Logferry TOML document.
     pub toml: String,
+    /// `file:line: Key -> path.in.toml`, one line per mapped Fluent Bit key
+    /// or section, in file order (`logferry validate` prints it with the notes).
+    pub mapping: Vec<String>,
 }
 
 /// Loads a Fluent Bit classic-format file (with its `@INCLUDE`s) as a
@@ -64,15 +68,65 @@ pub fn load(path: &Path, lookup: &dyn Fn(&str) -> Option<String>) -> Result<Flue
     if !parser.errors.is_empty() {
         return Err(ConfigErrors(parser.errors));
     }
-    let tr = translate(&parser.sections)?;
+    // `[SERVICE] Parsers_File`, each relative to the file that names it.
+    let files: Vec<(String, syntax::Pos)> = parser
+        .sections
+        .iter()
+        .filter(|s| s.kind == "SERVICE")
+        .flat_map(|s| s.all("parsers_file"))
+        .map(|e| (e.value.clone(), e.pos.clone()))
+        .collect();
+    let mut parsers = Parser::new(lookup);
+    parsers.parsers_file = true;
+    parsers.vars = parser.vars.clone();
+    for (file, pos) in &files {
+        let dir = Path::new(&*pos.file).parent().unwrap_or(Path::new("."));
+        parsers.file(&dir.join(file), Some(pos));
+    }
+    if !parsers.errors.is_empty() {
+        return Err(ConfigErrors(parsers.errors));
+    }
+    let tr = translate(&parser.sections, &parsers.sections)?;
     let origin = path.display().to_string();
     // Every `$` in the document is escaped: variables were expanded above.
+    let mapping = mapping(&tr.origins, &[parser.sections.as_slice(), parsers.sections.as_slice()]);
     match super::load_str(&tr.toml, &origin, &|_| None) {
         Ok(config) => Ok(FluentBitConfig {
             config,
             notes: tr.notes,
             toml: tr.toml,
+            mapping,
         }),
         Err(errors) => Err(tr.relocate(errors)),
     }
+}
+
+/// The mapping table: each origin with the Fluent Bit key (or section) at
+/// its position.
+fn mapping(origins: &[(String, syntax::Pos)], sections: &[&[syntax::Section]]) -> Vec<String> {
+    let label = |pos: &syntax::Pos| -> String {
+        for sec in sections.iter().flat_map(|s| s.iter()) {
+            if sec.pos == *pos {
+                let name = sec.get("name").map(|e| e.value.as_str()).unwrap_or_default();
+                return format!("[{}] {name}", sec.kind);
+            }
+            if let Some(e) = sec.entries.iter().find(|e| e.pos == *pos) {
+                return e.key.clone();
+            }
+        }
+        String::new()
+    };
+    let mut rows: Vec<(&str, usize, String)> = origins
+        .iter()
+        .map(|(path, pos)| {
+            (
+                &*pos.file,
+                pos.line,
+                format!("{}:{}: {} -> {path}", pos.file, pos.line, label(pos)),
+            )
+        })
+        .collect();
+    rows.sort();
+    rows.dedup();
+    rows.into_iter().map(|(_, _, row)| row).collect()
 }

@@ -1,7 +1,7 @@
 //! `[OUTPUT]` sections: each becomes a sink.
 
 use super::notes::OUTPUTS;
-use super::syntax::{Pos, Section};
+use super::syntax::{Entry, Pos, Section};
 use super::translate::{HEALTHCHECK_TAG, Output, TagMatch, Tr, alias};
 use super::values::{cw_template, duration, endpoint, fb_seconds, fb_size, is_true, s, s3_key_prefix};
 
@@ -24,7 +24,7 @@ impl Tr {
             "stdout" => "stdout",
             "null" if matches == TagMatch::Glob(HEALTHCHECK_TAG.into()) => {
                 self.notes.push(format!(
-                    "{}:{}: [OUTPUT] null for {HEALTHCHECK_TAG} dropped with its input",
+                    "{}:{}: [OUTPUT] null for {HEALTHCHECK_TAG}: the health check's records are discarded by its listener",
                     sec.pos.file, sec.pos.line
                 ));
                 return None;
@@ -49,7 +49,19 @@ impl Tr {
             t.insert(key.into(), v);
             origins.push((key.to_string(), pos.clone()));
         };
-        let common = ["match", "match_regex", "region", "endpoint"];
+        let common = ["match", "match_regex", "region", "endpoint", "retry_limit", "log_key"];
+        if let Some(e) = sec.get("retry_limit") {
+            self.retry_limit(kind, e, &mut t, &mut origins);
+        }
+        if let Some(e) = sec.get("log_key") {
+            if matches!(kind, "cloudwatch_logs" | "firehose" | "s3") {
+                // `log_key` on these sinks lands with the log_key helper's merge.
+                set(&mut t, &mut origins, "log_key", s(&e.value), &e.pos);
+            } else {
+                self.errors
+                    .push(e.pos.error(format!("`log_key` of {what} is not supported by Logferry")));
+            }
+        }
         if matches!(kind, "cloudwatch_logs" | "firehose" | "s3") {
             if let Some(e) = sec.get("region") {
                 set(&mut t, &mut origins, "region", s(&e.value), &e.pos);
@@ -118,7 +130,18 @@ impl Tr {
                     "log_retention_days",
                     "log_group_class",
                     "auto_create_group",
+                    "log_format",
                 ]);
+                if let Some(e) = sec.get("log_format") {
+                    if e.value.eq_ignore_ascii_case("json/emf") {
+                        set(&mut t, &mut origins, "log_format", s("json/emf"), &e.pos);
+                    } else {
+                        self.errors.push(e.pos.error(format!(
+                            "log_format `{}` is not supported (Logferry reads `json/emf`)",
+                            e.value
+                        )));
+                    }
+                }
                 self.check_keys(sec, &what, &known, &[]);
             }
             "firehose" => {
@@ -228,7 +251,7 @@ impl Tr {
                 self.check_keys(
                     sec,
                     &what,
-                    &["match", "match_regex"],
+                    &["match", "match_regex", "retry_limit"],
                     &["format", "json_date_key", "json_date_format"],
                 );
             }
@@ -240,5 +263,37 @@ impl Tr {
             table: t,
             origins,
         })
+    }
+
+    /// `Retry_Limit`: the firehose sink's bound on re-sending a rejected
+    /// record; the other sinks retry until delivered or dead-lettered.
+    fn retry_limit(&mut self, kind: &str, e: &Entry, t: &mut toml::Table, origins: &mut Vec<(String, Pos)>) {
+        let v = e.value.to_ascii_lowercase();
+        let n: Option<i64> = match v.as_str() {
+            "false" | "no_limits" => Some(0),
+            "no_retries" => Some(1),
+            _ => e.value.parse::<i64>().ok().filter(|n| *n >= 0).map(|n| n.max(1)),
+        };
+        let Some(n) = n else {
+            return self.errors.push(e.pos.error(format!(
+                "Retry_Limit `{}` is not a number, False, no_limits or no_retries",
+                e.value
+            )));
+        };
+        if kind == "firehose" {
+            t.insert("max_record_retries".into(), toml::Value::Integer(n));
+            origins.push(("max_record_retries".into(), e.pos.clone()));
+            if matches!(v.as_str(), "no_retries" | "0") {
+                self.notes.push(format!(
+                    "{}:{}: Retry_Limit {}: Logferry sends a rejected record once more before dead-lettering it",
+                    e.pos.file, e.pos.line, e.value
+                ));
+            }
+        } else {
+            self.notes.push(format!(
+                "{}:{}: Retry_Limit of [OUTPUT] {kind}: Logferry retries until delivered or dead-lettered, never drops after N retries",
+                e.pos.file, e.pos.line
+            ));
+        }
     }
 }

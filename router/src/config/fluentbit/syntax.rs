@@ -70,6 +70,9 @@ pub(super) struct Parser<'a> {
     pub(super) errors: Vec<ConfigError>,
     /// Files being read, outermost first (include loops).
     pub(super) stack: Vec<PathBuf>,
+    /// Reading a `Parsers_File`: `[PARSER]` and `[MULTILINE_PARSER]`
+    /// sections, nothing else.
+    pub(super) parsers_file: bool,
 }
 
 impl<'a> Parser<'a> {
@@ -80,6 +83,7 @@ impl<'a> Parser<'a> {
             sections: Vec::new(),
             errors: Vec::new(),
             stack: Vec::new(),
+            parsers_file: false,
         }
     }
 
@@ -144,7 +148,13 @@ impl<'a> Parser<'a> {
                     continue;
                 };
                 let kind = name.trim().to_ascii_uppercase();
-                if !["SERVICE", "INPUT", "FILTER", "OUTPUT"].contains(&kind.as_str()) {
+                if self.parsers_file && !["PARSER", "MULTILINE_PARSER"].contains(&kind.as_str()) {
+                    self.errors
+                        .push(pos.error(format!("section [{name}] in a Parsers_File (PARSER, MULTILINE_PARSER)")));
+                    current = None;
+                    continue;
+                }
+                if !self.parsers_file && !["SERVICE", "INPUT", "FILTER", "OUTPUT"].contains(&kind.as_str()) {
                     self.errors.push(pos.error(format!(
                         "section [{name}] is not supported here (SERVICE, INPUT, FILTER, OUTPUT; parsers belong in a Parsers_File)"
                     )));

@@ -142,6 +142,10 @@ pub(super) struct Tr {
     pub(super) notes: Vec<String>,
     pub(super) origins: Vec<(String, Pos)>,
     pub(super) root: toml::Table,
+    /// `[PARSER]` sections of the Parsers_Files, by `Name`.
+    pub(super) parsers: Vec<Section>,
+    /// The FireLens health check `tcp` input's address and line.
+    pub(super) health_tcp: Option<(String, Pos)>,
 }
 
 impl Tr {
@@ -159,8 +163,17 @@ pub(super) fn alias(sec: &Section) -> Option<String> {
         .filter(|a| !a.is_empty() && a.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-'))
 }
 
-pub(super) fn translate(sections: &[Section]) -> Result<Translation, ConfigErrors> {
-    let mut tr = Tr::default();
+pub(super) fn translate(sections: &[Section], parsers: &[Section]) -> Result<Translation, ConfigErrors> {
+    let mut tr = Tr {
+        parsers: parsers.iter().filter(|p| p.kind == "PARSER").cloned().collect(),
+        ..Tr::default()
+    };
+    for p in parsers.iter().filter(|p| p.kind == "MULTILINE_PARSER") {
+        tr.notes.push(format!(
+            "{}:{}: [MULTILINE_PARSER] read, not used (Logferry's multiline transform takes its own config)",
+            p.pos.file, p.pos.line
+        ));
+    }
     let mut flush = None;
     let services: Vec<&Section> = sections.iter().filter(|s| s.kind == "SERVICE").collect();
     tr.service(&services, &mut flush);
@@ -202,6 +215,12 @@ pub(super) fn translate(sections: &[Section]) -> Result<Translation, ConfigError
             g.insert("memory_limit".into(), toml::Value::Integer(bytes as i64));
         }
         tr.origin("global.memory_limit", &pos);
+    }
+    if let Some((addr, pos)) = tr.health_tcp.take()
+        && let Some(toml::Value::Table(api)) = tr.root.get_mut("api")
+    {
+        api.insert("health_tcp".into(), s(&addr));
+        tr.origin("api.health_tcp", &pos);
     }
     let source_ids: Vec<String> = sources.keys().cloned().collect();
     if !sources.is_empty() {

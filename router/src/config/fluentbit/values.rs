@@ -91,11 +91,12 @@ pub(super) fn cw_template(v: &str, pos: &Pos) -> Result<String, ConfigError> {
             return Err(pos.error(format!("unclosed `$(` in `{v}`")));
         };
         let name = &after[..end];
-        if name.starts_with("tag[") {
-            return Err(pos.error(format!("`$({name})`: parts of the tag are not supported; use `$(tag)`")));
-        }
         out.push('{');
-        out.push_str(&record_key(&format!("${name}")));
+        if name.starts_with("tag[") {
+            out.push_str(&tag_part(name, v, pos)?);
+        } else {
+            out.push_str(&record_key(&format!("${name}")));
+        }
         out.push('}');
         rest = &after[end + 1..];
     }
@@ -116,11 +117,6 @@ pub(super) fn s3_key_prefix(v: &str, pos: &Pos) -> Result<String, ConfigError> {
         Some(i) => &trimmed[..=i],
         None => "",
     };
-    if prefix.contains("$TAG[") {
-        return Err(pos.error(format!(
-            "`{v}`: `$TAG[n]` (parts of the tag) is not supported; use `$TAG`"
-        )));
-    }
     for unsupported in ["$UUID", "$INDEX"] {
         if prefix.contains(unsupported) {
             return Err(pos.error(format!(
@@ -128,7 +124,37 @@ pub(super) fn s3_key_prefix(v: &str, pos: &Pos) -> Result<String, ConfigError> {
             )));
         }
     }
-    Ok(prefix.replace("$TAG", "{tag}"))
+    let mut out = String::new();
+    let mut rest = prefix;
+    while let Some(i) = rest.find("$TAG") {
+        out.push_str(&rest[..i]);
+        rest = &rest[i + 4..];
+        if rest.starts_with('[') {
+            let Some(end) = rest.find(']') else {
+                return Err(pos.error(format!("unclosed `$TAG[` in `{v}`")));
+            };
+            out.push('{');
+            out.push_str(&tag_part(&rest[..=end], v, pos)?);
+            out.push('}');
+            rest = &rest[end + 1..];
+        } else {
+            out.push_str("{tag}");
+        }
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+/// `tag[2]` / `[2]` -> `tag[2]`, our template's part of the tag split on `.`.
+fn tag_part(part: &str, whole: &str, pos: &Pos) -> Result<String, ConfigError> {
+    let digits = part
+        .trim_start_matches("tag")
+        .trim_start_matches('[')
+        .trim_end_matches(']');
+    match digits.parse::<usize>() {
+        Ok(n) => Ok(format!("tag[{n}]")),
+        Err(_) => Err(pos.error(format!("`{whole}`: `{part}` is not a tag part (tag[0], tag[1], ...)"))),
+    }
 }
 
 #[cfg(test)]
