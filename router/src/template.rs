@@ -103,10 +103,7 @@ impl Template {
 
     /// True when rendering needs no record field (only the time).
     pub fn is_time_only(&self) -> bool {
-        !self
-            .parts
-            .iter()
-            .any(|p| matches!(p, Part::Field(_) | Part::TagNth(_)))
+        !self.parts.iter().any(|p| matches!(p, Part::Field(_) | Part::TagNth(_)))
     }
 
     /// Field paths the template reads.
