@@ -225,6 +225,18 @@ fn ecs_generated_config_with_a_parser_filter_runs() {
             .collect();
         records.len() >= 2
     });
+    // The line that did not parse is counted, with the filter's id.
+    let mut failed = None;
+    common::wait_for("the parse_failed count", Duration::from_secs(30), || {
+        let text = common::http_get(api, "/metrics").map(|(_, b)| b).unwrap_or_default();
+        failed = common::metric(
+            &text,
+            "logferry_source_line_issues_total",
+            &["component=\"filter2_parser\"", "reason=\"parse_failed\""],
+        );
+        failed.is_some()
+    });
+    assert_eq!(failed, Some(1.0));
     drop(guard);
     assert_eq!(records.len(), 2, "{records:?}");
     let parsed = &records[0];
