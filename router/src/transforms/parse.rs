@@ -404,6 +404,65 @@ mod tests {
         assert_eq!(v["nested"], inner["nested"]);
     }
 
+    fn batch_of(n: usize) -> Batch {
+        let mut r = Records::default();
+        for i in 0..n {
+            let start = r.buf.len();
+            r.buf
+                .extend_from_slice(format!(r#"{{"log":"{{\"i\":{i},\"pad\":\"xxxxxxxxxx\"}}"}}"#).as_bytes());
+            r.push_written(start, 0, 0);
+        }
+        Batch::new(r, None)
+    }
+
+    /// Growth is charged to `memory_limit` when there is room; with none, the
+    /// batch still goes on (waiting could deadlock on what is queued
+    /// upstream), and every permit is given back.
+    #[tokio::test]
+    async fn run_charges_growth_when_there_is_room_and_never_waits_for_it() {
+        const LIMIT: usize = 10_000;
+        let sem = Arc::new(Semaphore::new(LIMIT));
+        let c = cfg("parser = \"json\"\nreserve_data = true\nkeep_original = true");
+        let (in_tx, in_rx) = mpsc::channel(4);
+        let (out_tx, mut out_rx) = mpsc::channel(4);
+        let metrics = Arc::new(Metrics::new());
+        let task = tokio::spawn(run(
+            "p".into(),
+            c,
+            in_rx,
+            Fanout::new(vec![out_tx]),
+            metrics,
+            sem.clone(),
+            LIMIT,
+        ));
+        let mut b = batch_of(10);
+        let bytes = b.records.buf.len();
+        Arc::get_mut(&mut b.records).unwrap().permit = Some(sem.clone().try_acquire_many_owned(bytes as u32).unwrap());
+        in_tx.send(b).await.unwrap();
+        let out = out_rx.recv().await.unwrap();
+        let held = out.records.permit.as_ref().map_or(0, |p| p.num_permits());
+        assert!(out.records.buf.len() > bytes, "keep_original grows the records");
+        assert_eq!(held, out.records.buf.len());
+        assert_eq!(sem.available_permits(), LIMIT - held);
+        let v: Value = serde_json::from_slice(out.records.text(3)).unwrap();
+        assert_eq!((v["i"].as_u64(), v["pad"].as_str()), (Some(3), Some("xxxxxxxxxx")));
+        drop(out);
+        assert_eq!(sem.available_permits(), LIMIT);
+
+        let all = sem.clone().try_acquire_many_owned(LIMIT as u32).unwrap();
+        in_tx.send(batch_of(10)).await.unwrap();
+        let out = tokio::time::timeout(std::time::Duration::from_secs(60), out_rx.recv())
+            .await
+            .expect("the transform waited for memory")
+            .unwrap();
+        assert_eq!(out.len(), 10);
+        assert!(out.records.permit.is_none());
+        drop((out, all));
+        drop(in_tx);
+        task.await.unwrap();
+        assert_eq!(sem.available_permits(), LIMIT);
+    }
+
     proptest::proptest! {
         /// Whatever the field holds, the output is one JSON object (or the
         /// record passes unchanged) and no key appears twice.
