@@ -98,7 +98,8 @@ def test_router_contract():
     assert router["readonlyRootFilesystem"] is True
     assert router["linuxParameters"]["capabilities"]["drop"] == ["ALL"]
     assert {m["containerPath"] for m in router["mountPoints"]} == {"/var/lib/logferry"}
-    # No [api] without an included [SERVICE] HTTP_Server On, so no health check.
+    # /healthz is served on 127.0.0.1:2020 by default under --fluent-bit-config; this task
+    # definition declares no container healthCheck (yet).
     assert "healthCheck" not in router
     for app in apps:
         assert app["logConfiguration"]["logDriver"] == "awsfirelens"

@@ -78,6 +78,8 @@ def test_firelens_config_routes_each_container_to_its_output(router, logs, s3, b
         "FIRELENS_SOCKET": str(sock),
         "FIRELENS_FORWARD_PORT": str(free_port()),
         "FIRELENS_API_PORT": str(free_port()),
+        # The health check's tcp input binds now (as in_tcp does); not 8877 on a shared host.
+        "FIRELENS_HEALTH_PORT": str(free_port()),
         "FIRELENS_TASK_ID": task_id,
         "FIRELENS_GROUP": group,
         "FIRELENS_BUCKET": bucket,
