@@ -509,3 +509,39 @@ fn the_health_check_input_is_kept_and_healthz_is_on_by_default() {
     let d = Dir::new(&[("fluent-bit.conf", "[INPUT]\n    Name tcp\n    Port 5170\n")]);
     assert!(d.errors()[0].contains(":1:1: input plugin `tcp` is not supported"));
 }
+
+#[test]
+fn several_parsers_files_each_relative_to_the_file_naming_it() {
+    let d = Dir::new(&[
+        (
+            "fluent-bit.conf",
+            &format!(
+                "[SERVICE]\n    Parsers_File parsers.conf\n{FORWARD}@INCLUDE user/extra.conf\n[OUTPUT]\n    Name stdout\n    Match *\n"
+            ),
+        ),
+        ("parsers.conf", PARSERS),
+        (
+            "user/extra.conf",
+            "[SERVICE]\n    parsers_file mine.conf\n[FILTER]\n    Name parser\n    Match *\n    Key_Name $kubernetes['raw']\n    Parser kv\n    Parser access\n",
+        ),
+        ("user/mine.conf", "[PARSER]\n    Name kv\n    Format logfmt\n"),
+    ]);
+    let c = d.load().unwrap();
+    let kinds: Vec<(String, crate::transforms::parse::ParseKind)> = c
+        .config
+        .transforms
+        .iter()
+        .filter_map(|t| match &t.inner {
+            TransformConfig::Parse(p) => Some((p.field.clone(), p.parser)),
+            _ => None,
+        })
+        .collect();
+    use crate::transforms::parse::ParseKind::{Logfmt, Regex};
+    assert_eq!(
+        kinds,
+        [("kubernetes.raw".into(), Logfmt), ("kubernetes.raw".into(), Regex)]
+    );
+    // `user/mine.conf` does not exist next to the main file: only the
+    // including file's directory finds it.
+    assert!(!d.path("mine.conf").exists());
+}
