@@ -300,6 +300,31 @@ fn route<B>(req: Request<B>, metrics: &Metrics, health: &Health) -> Response<Ful
 mod tests {
     use super::*;
 
+    /// An idle client does not hold up the next one; a client that sends a
+    /// line is closed; so is one that sends more than the bound, no newline.
+    #[tokio::test]
+    async fn the_health_tcp_port_takes_a_line_and_closes() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let stop = CancellationToken::new();
+        let addr = serve_health_tcp("127.0.0.1:0".parse().unwrap(), stop.clone())
+            .await
+            .unwrap();
+        let _idle = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let guard = std::time::Duration::from_secs(60);
+        for payload in [b"{\"health\": \"check\"}\n".to_vec(), vec![b'x'; 3 * HEALTH_TCP_MAX]] {
+            let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+            // The server may close before the whole 192 KiB is written.
+            let _ = c.write_all(&payload).await;
+            let mut rest = Vec::new();
+            let n = tokio::time::timeout(guard, c.read_to_end(&mut rest))
+                .await
+                .expect("closed by the server")
+                .unwrap_or(0);
+            assert_eq!(n, 0, "nothing is answered");
+        }
+        stop.cancel();
+    }
+
     fn get(path: &str, health: &Health) -> (StatusCode, String) {
         let req = Request::builder().uri(path).body(()).unwrap();
         let resp = route(req, &Metrics::new(), health);
