@@ -1054,8 +1054,8 @@ impl Tr {
                     None => self.errors.push(sec.pos.error("firehose needs `delivery_stream`")),
                 }
                 let mut known = common.to_vec();
-                known.push("delivery_stream");
-                self.check_keys(sec, &what, &known, &["simple_aggregation"]);
+                known.extend(["delivery_stream", "time_key"]);
+                self.check_keys(sec, &what, &known, &["simple_aggregation", "time_key_format"]);
             }
             "s3" => {
                 match sec.get("bucket") {
@@ -1133,6 +1133,7 @@ impl Tr {
                     "upload_chunk_size",
                     "upload_timeout",
                     "storage_class",
+                    "json_date_key",
                 ]);
                 self.check_keys(
                     sec,
@@ -1146,7 +1147,6 @@ impl Tr {
                         "send_content_md5",
                         "preserve_data_ordering",
                         "content_type",
-                        "json_date_key",
                         "json_date_format",
                     ],
                 );
@@ -1160,6 +1160,9 @@ impl Tr {
                 );
             }
         }
+        if let Some(k) = fb_timestamp_key(kind, sec) {
+            t.insert("timestamp_key".into(), s(&k));
+        }
         Some(Output {
             name: id,
             matches,
@@ -1171,6 +1174,23 @@ impl Tr {
 }
 
 const HEALTHCHECK_TAG: &str = "firelens-healthcheck";
+
+/// The `timestamp_key` that makes records what this Fluent Bit output sends
+/// (issue 14 item 5): `cloudwatch_logs` adds no time key (the event carries
+/// the time), `kinesis_firehose` adds `time_key` only when set, `s3` adds
+/// `json_date_key` (`date` unless set, none when `false`/`off`).
+fn fb_timestamp_key(kind: &str, sec: &Section) -> Option<String> {
+    match kind {
+        "cloudwatch_logs" => Some(String::new()),
+        "firehose" => Some(sec.get("time_key").map(|e| e.value.clone()).unwrap_or_default()),
+        "s3" => Some(match sec.get("json_date_key") {
+            None => "date".to_string(),
+            Some(e) if is_true(&e.value) == Some(false) => String::new(),
+            Some(e) => e.value.clone(),
+        }),
+        _ => None,
+    }
+}
 
 /// A section's `Alias`, if it is a usable component name.
 fn alias(sec: &Section) -> Option<String> {
@@ -1635,6 +1655,55 @@ mod tests {
             let e = d.errors();
             assert!(e[0].contains(":9:5: ") && e[0].contains(msg), "{e:?}");
         }
+    }
+
+    /// Issue 14 item 5: each output's records carry the time key Fluent
+    /// Bit's output writes, and nothing else.
+    #[test]
+    fn each_output_gets_fluent_bits_time_key() {
+        let text = format!(
+            "{FORWARD}[OUTPUT]\n    Name cloudwatch\n    Match a\n    log_group_name g\n    log_stream_name s\n\
+             [OUTPUT]\n    Name firehose\n    Match b\n    delivery_stream d\n\
+             [OUTPUT]\n    Name kinesis_firehose\n    Match c\n    delivery_stream d\n    time_key event_time\n    time_key_format %s\n\
+             [OUTPUT]\n    Name s3\n    Match d\n    bucket b-logs\n\
+             [OUTPUT]\n    Name s3\n    Match e\n    bucket b-logs\n    json_date_key ts\n\
+             [OUTPUT]\n    Name s3\n    Match f\n    bucket b-logs\n    json_date_key false\n\
+             [OUTPUT]\n    Name stdout\n    Match g\n"
+        );
+        let d = Dir::new(&[("fluent-bit.conf", &text)]);
+        let c = d.load().unwrap();
+        let keys: Vec<Option<String>> = c
+            .config
+            .sinks
+            .iter()
+            .map(|s| match &s.inner {
+                SinkConfig::CloudWatchLogs(x) => x.timestamp_key.clone(),
+                SinkConfig::Firehose(x) => x.timestamp_key.clone(),
+                SinkConfig::S3(x) => x.timestamp_key.clone(),
+                SinkConfig::Stdout(x) => x.timestamp_key.clone(),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        let some = |k: &str| Some(k.to_string());
+        assert_eq!(
+            keys,
+            [
+                some(""),
+                some(""),
+                some("event_time"),
+                some("date"),
+                some("ts"),
+                some(""),
+                None
+            ]
+        );
+        assert!(
+            c.notes
+                .iter()
+                .any(|n| n.contains("time_key_format") && n.contains("no effect")),
+            "{:?}",
+            c.notes
+        );
     }
 
     #[test]
