@@ -107,3 +107,10 @@ def test_errors_name_the_object_and_the_cause(router, s3, bucket, endpoint, tmp_
     # Nothing on the other end: still one line, naming the object.
     err = fails("validate", "--config", f"s3://{bucket}/k.toml", extra={"AWS_ENDPOINT_URL": "http://127.0.0.1:9"})
     assert f"cannot read config s3://{bucket}/k.toml: " in err, err
+
+    # --fluent-bit-config is one config too: never silently next to another.
+    from conftest import REPO
+
+    fb = REPO / "router" / "tests" / "fixtures" / "fluent-bit" / "cloudwatch.conf"
+    err = fails("validate", "--fluent-bit-config", str(fb), extra={"LOGFERRY_CONFIG_S3": f"s3://{bucket}/x.toml"})
+    assert "--fluent-bit-config cannot be combined with LOGFERRY_CONFIG_S3" in err, err

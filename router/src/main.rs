@@ -243,15 +243,19 @@ fn one_error(message: String) -> ConfigErrors {
 }
 
 /// `--fluent-bit-config`: exclusive with `--config` (clap checks that too)
-/// and with `LOGFERRY_CONFIG`, so two configs never silently compete.
+/// and with `LOGFERRY_CONFIG` and `LOGFERRY_CONFIG_S3`, so two configs never
+/// silently compete.
 fn load_fluent_bit(path: &std::path::Path, has_config: bool) -> Result<config::FluentBitConfig, ConfigErrors> {
-    let inline = std::env::var("LOGFERRY_CONFIG").ok().filter(|s| !s.trim().is_empty());
-    if has_config || inline.is_some() {
-        return Err(ConfigErrors(vec![config::ConfigError {
-            path: String::new(),
-            message: "--fluent-bit-config cannot be combined with --config or LOGFERRY_CONFIG".into(),
-            location: None,
-        }]));
+    let set = |v: &str| std::env::var(v).ok().is_some_and(|s| !s.trim().is_empty());
+    if has_config || set("LOGFERRY_CONFIG") {
+        return Err(one_error(
+            "--fluent-bit-config cannot be combined with --config or LOGFERRY_CONFIG".into(),
+        ));
+    }
+    if set("LOGFERRY_CONFIG_S3") {
+        return Err(one_error(
+            "--fluent-bit-config cannot be combined with LOGFERRY_CONFIG_S3".into(),
+        ));
     }
     config::load_fluent_bit(path, &env_lookup)
 }

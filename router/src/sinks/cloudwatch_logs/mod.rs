@@ -120,7 +120,13 @@ pub async fn run(cfg: CloudWatchLogsSinkConfig, mut input: mpsc::Receiver<Batch>
         let closing = tokio::select! {
             b = input.recv() => match b {
                 Some(batch) => {
-                    let mut enc = Encoding { format: &format, missing: &mut missing, line: &mut line, max_event, truncated: &truncated };
+                    let mut enc = Encoding {
+                        format: &format,
+                        missing: &mut missing,
+                        line: &mut line,
+                        max_event,
+                        truncated: &truncated,
+                    };
                     add_batch(&batch, &mut group_r, &mut stream_r, &mut pending, &mut enc, &m);
                     false
                 }
