@@ -94,3 +94,131 @@ def test_more_than_10000_events_and_1_mib_in_one_flush(router, logs, endpoint, t
     assert ids == list(range(12_000))
     stamps = [e["timestamp"] for e in events]
     assert stamps == sorted(stamps)
+
+
+def iso_ms(ms: int) -> str:
+    from datetime import datetime, timezone
+
+    return datetime.fromtimestamp(ms / 1000, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def test_log_key_timestamp_key_and_emf(router, logs, endpoint, tmp_path):
+    """`log_key` sends the field's text as the message (records without it dropped),
+    `timestamp_key = ""` leaves the added `@timestamp` out while the event timestamp is still
+    the record's time, and LocalStack takes PutLogEvents with `x-amzn-logs-format: json/emf`."""
+    group = unique("/logferry/format")
+    base = int(time.time() * 1000) - 60_000
+    n = 300
+    (tmp_path / "logs").mkdir()
+    with open(tmp_path / "logs" / "app.log", "w") as f:
+        for i in range(n):
+            rec = {"ts": iso_ms(base + i), "n": i}
+            if i % 10 != 9:
+                rec["log"] = f'line {i} "quoted" é\ttab'
+            if i == 5:
+                rec["@timestamp"] = "the app's own"
+            f.write(json.dumps(rec, ensure_ascii=False) + "\n")
+    sink = """
+[sinks.{name}]
+type = "cloudwatch_logs"
+inputs = ["app"]
+log_group = {group}
+log_stream = "{name}"
+flush_interval = "1s"
+region = "us-east-1"
+endpoint_url = {endpoint}
+"""
+    config = f"""
+[global]
+data_dir = {configs.q(tmp_path / "data")}
+
+[sources.app]
+type = "file"
+include = [{configs.q(tmp_path / "logs" / "*.log")}]
+parser = "json"
+time_key = "ts"
+glob_interval = "250ms"
+"""
+    for name, extra in [("raw", 'log_key = "log"\nlog_format = "json/emf"\n'), ("plain", 'timestamp_key = ""\n')]:
+        config += sink.format(name=name, group=configs.q(group), endpoint=configs.q(endpoint)) + extra
+    done = router.run(config, env=ENV)
+    assert done.returncode == 0, done.stderr
+    assert "log_key" in done.stderr and "log_key_missing" in done.stderr, done.stderr
+
+    kept = [i for i in range(n) if i % 10 != 9]
+    raw = poll(lambda: (e := read_stream(logs, group, "raw")) and len(e) >= len(kept) and e, timeout=60, what="raw events")
+    assert [e["message"] for e in raw] == [f'line {i} "quoted" é\ttab' for i in kept]
+    assert [e["timestamp"] for e in raw] == [base + i for i in kept]
+
+    plain = poll(lambda: (e := read_stream(logs, group, "plain")) and len(e) >= n and e, timeout=60, what="plain events")
+    bodies = [json.loads(e["message"]) for e in plain]
+    assert [b["n"] for b in bodies] == list(range(n))
+    assert [e["timestamp"] for e in plain] == [base + i for i in range(n)]
+    for b in bodies:
+        if b["n"] == 5:
+            assert b["@timestamp"] == "the app's own"
+        else:
+            assert "@timestamp" not in b, b
+        assert b["ts"] == iso_ms(base + b["n"])
+
+
+def test_log_format_emf_sends_the_header(router, tmp_path):
+    """LocalStack ignores the header, so a local endpoint records what the sink sends."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    seen: list[tuple[str | None, str | None, dict]] = []
+
+    class Recorder(BaseHTTPRequestHandler):
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+            seen.append((self.headers.get("X-Amz-Target"), self.headers.get("x-amzn-logs-format"), json.loads(body or b"{}")))
+            self.send_response(200)
+            self.send_header("Content-Type", "application/x-amz-json-1.1")
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"{}")
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Recorder)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    try:
+        (tmp_path / "logs").mkdir()
+        with open(tmp_path / "logs" / "app.log", "w") as f:
+            for i in range(50):
+                f.write(json.dumps({"log": json.dumps({"_aws": {"CloudWatchMetrics": []}, "i": i})}) + "\n")
+        config = f"""
+[global]
+data_dir = {configs.q(tmp_path / "data")}
+
+[sources.app]
+type = "file"
+include = [{configs.q(tmp_path / "logs" / "*.log")}]
+"""
+        for name, extra in [("emf", 'log_format = "json/emf"\nlog_key = "log"\n'), ("plain", "")]:
+            config += f"""
+[sinks.{name}]
+type = "cloudwatch_logs"
+inputs = ["app"]
+log_group = "g"
+log_stream = "{name}"
+flush_interval = "1s"
+region = "us-east-1"
+endpoint_url = {configs.q(endpoint)}
+{extra}"""
+        done = router.run(config, env=ENV)
+        assert done.returncode == 0, done.stderr
+    finally:
+        server.shutdown()
+    puts = [(fmt, body) for target, fmt, body in seen if target == "Logs_20140328.PutLogEvents"]
+    by_stream: dict[str, list] = {}
+    for fmt, body in puts:
+        by_stream.setdefault(body["logStreamName"], []).append((fmt, len(body["logEvents"])))
+    assert sum(c for _, c in by_stream["emf"]) == 50 and sum(c for _, c in by_stream["plain"]) == 50, by_stream
+    assert all(fmt == "json/emf" for fmt, _ in by_stream["emf"]), by_stream
+    assert all(fmt is None for fmt, _ in by_stream["plain"]), by_stream
+    # Other calls (CreateLogGroup, CreateLogStream) carry no format.
+    assert all(fmt is None for target, fmt, _ in seen if target != "Logs_20140328.PutLogEvents")

@@ -89,10 +89,12 @@ def test_firelens_config_routes_each_container_to_its_output(router, logs, s3, b
     poll(lambda: sock.exists() or not running.alive(), timeout=60, what="the forward socket")
     assert running.alive(), running.stderr
 
+    sent_from = int(time.time()) * 1000
     send(sock, f"app-firelens-{task_id}", "app", PER_CONTAINER, DEBUG_LINES)
     send(sock, f"worker-firelens-{task_id}", "worker", PER_CONTAINER, DEBUG_LINES)
     # No output matches this tag: routed nowhere, as in Fluent Bit.
     send(sock, f"sidecar-firelens-{task_id}", "sidecar", 10, 0)
+    sent_until = int(time.time() * 1000) + 1
     time.sleep(1)
     stderr = running.terminate()
     assert running.returncode == 0, stderr
@@ -121,3 +123,12 @@ def test_firelens_config_routes_each_container_to_its_output(router, logs, s3, b
         assert not r["log"].startswith("DEBUG")
         # The tag routes; it is not written into the record.
         assert "tag" not in r
+
+    # What Fluent Bit's outputs send (issue 14 item 5): no time key in CloudWatch messages, the
+    # event timestamp is the record's time; S3 records carry it as `date` (json_date_key).
+    for e, r in zip(events, records):
+        assert "@timestamp" not in r and "date" not in r, r
+        assert sent_from <= e["timestamp"] <= sent_until, (e["timestamp"], sent_from, sent_until)
+    for r in objects:
+        assert "@timestamp" not in r, r
+        assert r["date"].endswith("Z") and r["date"][:4].isdigit(), r

@@ -19,7 +19,31 @@ use std::borrow::Cow;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use crate::sources::file::parse::{has_top_level_key, key_bit, lookup_field};
+use crate::sinks::encoding::TimestampKey;
+use crate::sources::file::parse::{FieldText, has_top_level_key, key_bit, lookup_field, top_level_value, write_str};
+
+/// The opening the sources write for the time they add:
+/// `{"@timestamp":"<RFC 3339>"`, then `,` or `}`.
+const STAMP_OPEN: &[u8] = b"{\"@timestamp\":\"";
+
+/// Splits a record whose first member is the source's `@timestamp` into the
+/// time's text and what follows the member (the other members and the
+/// closing brace, without the separating comma). `None` if the text does not
+/// open that way (it was rewritten since): the record is then kept whole.
+fn split_stamp(text: &[u8]) -> Option<(&[u8], &[u8])> {
+    let after_open = text.strip_prefix(STAMP_OPEN)?;
+    // The value is digits, `-`, `:`, `.`, `T` and `Z`: no escapes.
+    let q = memchr::memchr(b'"', after_open)?;
+    let value = &after_open[..q];
+    if value.contains(&b'\\') {
+        return None;
+    }
+    match after_open.get(q + 1..)? {
+        [b',', rest @ ..] => Some((value, rest)),
+        rest @ [b'}', ..] => Some((value, rest)),
+        _ => None,
+    }
+}
 
 /// Position of one record inside [`Records::buf`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -30,6 +54,10 @@ pub struct RecordMeta {
     pub ts_ms: i64,
     /// Bloom bits of the record's top-level keys (see `parse::key_bit`).
     pub key_mask: u64,
+    /// The record's first member is the `"@timestamp"` the source added
+    /// from `ts_ms` (the application's data had none). Sinks rename or
+    /// leave out only this one (`timestamp_key`), never the application's.
+    pub ts_added: bool,
 }
 
 /// The records of a batch, stored back to back in one buffer. Shared (not
@@ -59,12 +87,29 @@ impl Records {
 
     /// Appends one record produced by a parser writing at the end of `buf`.
     pub fn push_written(&mut self, start: usize, ts_ms: i64, key_mask: u64) {
+        self.push_at(start, ts_ms, key_mask, false);
+    }
+
+    /// Like [`Records::push_written`], for a record whose first member is
+    /// the `@timestamp` the source spliced in (see [`RecordMeta::ts_added`]).
+    pub fn push_stamped(&mut self, start: usize, ts_ms: i64, key_mask: u64) {
+        self.push_at(start, ts_ms, key_mask, true);
+    }
+
+    /// Appends a record written at `start` that keeps the time, keys and
+    /// `@timestamp` origin of `like` (a transform copying or rewriting one).
+    pub fn push_like(&mut self, start: usize, like: &RecordMeta) {
+        self.push_at(start, like.ts_ms, like.key_mask, like.ts_added);
+    }
+
+    fn push_at(&mut self, start: usize, ts_ms: i64, key_mask: u64, ts_added: bool) {
         let len = self.buf.len() - start;
         self.meta.push(RecordMeta {
             start: start as u32,
             len: len as u32,
             ts_ms,
             key_mask,
+            ts_added,
         });
     }
 }
@@ -317,17 +362,59 @@ impl Batch {
     /// added field of the same name: the application's data is never
     /// overwritten, and no object ever carries a key twice.
     pub fn encode(&self, i: usize, out: &mut Vec<u8>) {
+        self.encode_stamped(i, &TimestampKey::Keep, out);
+    }
+
+    /// [`Batch::encode`], with the `@timestamp` the source added (and only
+    /// that one, see [`RecordMeta::ts_added`]) kept, left out or renamed.
+    pub fn encode_stamped(&self, i: usize, ts: &TimestampKey, out: &mut Vec<u8>) {
         let meta = self.records.meta[i];
         let text = self.records.text(i);
-        if self.fields.is_empty() {
-            out.extend_from_slice(text);
-            return;
-        }
-        // Parsers emit objects whose last byte is `}`.
-        let body = &text[..text.len().saturating_sub(1)];
-        out.extend_from_slice(body);
-        let mut need_comma = body.iter().rev().find(|b| !b.is_ascii_whitespace()) != Some(&b'{');
+        let stamp = match ts {
+            TimestampKey::Keep => None,
+            _ if !meta.ts_added => None,
+            _ => split_stamp(text),
+        };
         let mut seen_mask = meta.key_mask;
+        let mut renamed: Option<&str> = None;
+        let mut need_comma;
+        match stamp {
+            None => {
+                if self.fields.is_empty() {
+                    out.extend_from_slice(text);
+                    return;
+                }
+                // Parsers emit objects whose last byte is `}`.
+                let body = &text[..text.len().saturating_sub(1)];
+                out.extend_from_slice(body);
+                need_comma = body.iter().rev().find(|b| !b.is_ascii_whitespace()) != Some(&b'{');
+            }
+            Some((value, rest)) => {
+                out.push(b'{');
+                need_comma = false;
+                if let TimestampKey::Rename(key) = ts {
+                    let bit = key_bit(key.as_bytes());
+                    if meta.key_mask & bit == 0 || !has_top_level_key(text, key) {
+                        write_str(out, key);
+                        out.extend_from_slice(b":\"");
+                        out.extend_from_slice(value);
+                        out.push(b'"');
+                        need_comma = true;
+                        seen_mask |= bit;
+                        renamed = Some(key);
+                    }
+                }
+                // `rest` is the members after the stamp and the closing `}`.
+                let body = &rest[..rest.len().saturating_sub(1)];
+                if body.iter().any(|b| !b.is_ascii_whitespace()) {
+                    if need_comma {
+                        out.push(b',');
+                    }
+                    out.extend_from_slice(body);
+                    need_comma = true;
+                }
+            }
+        }
         for (n, fields) in self.fields.iter().enumerate() {
             if fields.entries.is_empty() {
                 continue;
@@ -343,7 +430,7 @@ impl Batch {
                 continue;
             }
             for e in &fields.entries {
-                if seen_mask & e.bit != 0 && self.key_taken(text, &e.key, n) {
+                if seen_mask & e.bit != 0 && (self.key_taken(text, &e.key, n) || renamed == Some(e.key.as_str())) {
                     continue;
                 }
                 if need_comma {
@@ -355,6 +442,31 @@ impl Batch {
             }
         }
         out.push(b'}');
+    }
+
+    /// Appends the value of top-level field `key` of record `i` as encoded
+    /// (the record's own field first, then the first fragment that has it):
+    /// a string as its raw text, unescaped; any other value as its JSON text.
+    /// False, with nothing written, when the record has no such field.
+    pub fn encode_field(&self, i: usize, key: &str, out: &mut Vec<u8>) -> bool {
+        let meta = self.records.meta[i];
+        if meta.key_mask & key_bit(key.as_bytes()) != 0
+            && let Some(v) = top_level_value(self.records.text(i), key)
+        {
+            match v {
+                FieldText::Str(s) => out.extend_from_slice(s.as_bytes()),
+                FieldText::Json(raw) => out.extend_from_slice(raw),
+            }
+            return true;
+        }
+        let Some(e) = self.fields.iter().find_map(|f| f.entries.iter().find(|e| e.key == key)) else {
+            return false;
+        };
+        match &e.value {
+            serde_json::Value::String(s) => out.extend_from_slice(s.as_bytes()),
+            v => serde_json::to_writer(&mut *out, v).expect("writing to a Vec cannot fail"),
+        }
+        true
     }
 
     /// Is `key` already present in the record or in a fragment before `upto`?
@@ -549,5 +661,236 @@ mod tests {
         assert_eq!(got.len(), 2);
         assert!(got.iter().all(|a| !a.delivered), "{got:?}");
         assert_eq!(got.iter().map(|a| a.seq).collect::<Vec<_>>(), [1, 2]);
+    }
+
+    /// Members of a JSON object in order, duplicates kept (serde_json's
+    /// `Value` would hide a key written twice).
+    struct Pairs(Vec<(String, serde_json::Value)>);
+
+    impl<'de> serde::Deserialize<'de> for Pairs {
+        fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl<'de> serde::de::Visitor<'de> for V {
+                type Value = Pairs;
+                fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                    f.write_str("an object")
+                }
+                fn visit_map<A: serde::de::MapAccess<'de>>(self, mut m: A) -> Result<Pairs, A::Error> {
+                    let mut v = Vec::new();
+                    while let Some(kv) = m.next_entry()? {
+                        v.push(kv);
+                    }
+                    Ok(Pairs(v))
+                }
+            }
+            d.deserialize_map(V)
+        }
+    }
+
+    const TS: &str = "2026-01-02T03:04:05.678Z";
+
+    /// A batch of records; `stamped` ones get the source's `@timestamp`
+    /// spliced in front, as parsers write it.
+    fn stamped_batch(records: &[(bool, &str)]) -> Batch {
+        let mut r = Records::default();
+        for (stamped, body) in records {
+            let start = r.buf.len();
+            let text = if *stamped {
+                let inner = body.trim().strip_prefix('{').unwrap().trim_start();
+                if inner.starts_with('}') {
+                    format!("{{\"@timestamp\":\"{TS}\"}}")
+                } else {
+                    format!("{{\"@timestamp\":\"{TS}\",{inner}")
+                }
+            } else {
+                body.to_string()
+            };
+            r.buf.extend_from_slice(text.as_bytes());
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            let mask = v.as_object().unwrap().keys().fold(0, |m, k| m | key_bit(k.as_bytes()));
+            if *stamped {
+                r.push_stamped(start, 1, mask);
+            } else {
+                r.push_written(start, 1, mask);
+            }
+        }
+        Batch::new(r, None)
+    }
+
+    fn encode_ts(b: &Batch, i: usize, ts: &TimestampKey) -> Vec<(String, serde_json::Value)> {
+        let mut out = Vec::new();
+        b.encode_stamped(i, ts, &mut out);
+        serde_json::from_slice::<Pairs>(&out)
+            .unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out)))
+            .0
+    }
+
+    fn keys(p: &[(String, serde_json::Value)]) -> Vec<&str> {
+        p.iter().map(|(k, _)| k.as_str()).collect()
+    }
+
+    #[test]
+    fn timestamp_key_renames_or_omits_only_the_added_stamp() {
+        let mut b = stamped_batch(&[
+            (true, r#"{"log":"a"}"#),
+            (true, r#"{ }"#),
+            // The application's own, byte-identical to a stamp: kept.
+            (false, &format!(r#"{{"@timestamp":"{TS}","log":"b"}}"#)),
+            // The record has its own `date`: it wins over the renamed stamp.
+            (true, r#"{"date":"mine","log":"c"}"#),
+        ]);
+        let omit = TimestampKey::Omit;
+        let date = TimestampKey::Rename("date".into());
+        assert_eq!(keys(&encode_ts(&b, 0, &omit)), ["log"]);
+        assert_eq!(encode_ts(&b, 1, &omit), vec![]);
+        assert_eq!(keys(&encode_ts(&b, 2, &omit)), ["@timestamp", "log"]);
+        assert_eq!(keys(&encode_ts(&b, 3, &omit)), ["date", "log"]);
+        assert_eq!(
+            encode_ts(&b, 0, &date),
+            vec![("date".into(), json!(TS)), ("log".into(), json!("a"))]
+        );
+        assert_eq!(encode_ts(&b, 1, &date), vec![("date".into(), json!(TS))]);
+        assert_eq!(keys(&encode_ts(&b, 2, &date)), ["@timestamp", "log"]);
+        assert_eq!(
+            encode_ts(&b, 3, &date),
+            vec![("date".into(), json!("mine")), ("log".into(), json!("c"))]
+        );
+        // Enrichment after the stamp: a field named like the renamed stamp
+        // is not added twice; one named `@timestamp` is not added by omission.
+        b.fields.push(Arc::new(Fields::new([
+            ("date".to_string(), json!("enriched")),
+            ("@timestamp".to_string(), json!("enriched")),
+            ("ecs_cluster".to_string(), json!("prod")),
+        ])));
+        assert_eq!(
+            encode_ts(&b, 0, &date),
+            vec![
+                ("date".into(), json!(TS)),
+                ("log".into(), json!("a")),
+                ("ecs_cluster".into(), json!("prod"))
+            ]
+        );
+        assert_eq!(keys(&encode_ts(&b, 1, &omit)), ["date", "ecs_cluster"]);
+        assert_eq!(keys(&encode_ts(&b, 1, &date)), ["date", "ecs_cluster"]);
+        for i in 0..b.len() {
+            let mut want = Vec::new();
+            b.encode(i, &mut want);
+            let mut got = Vec::new();
+            b.encode_stamped(i, &TimestampKey::Keep, &mut got);
+            assert_eq!(got, want, "Keep is encode");
+        }
+    }
+
+    #[test]
+    fn a_rewritten_stamp_is_kept_whole() {
+        // A transform rewrote the stamp (a custom redact pattern): the text no
+        // longer opens with a plain stamp, so nothing is cut.
+        let mut r = Records::default();
+        r.buf
+            .extend_from_slice(br#"{"@timestamp":"[REDACTED:x\"y]","log":"a"}"#);
+        r.push_stamped(0, 1, key_bit(b"@timestamp") | key_bit(b"log"));
+        let b = Batch::new(r, None);
+        assert_eq!(keys(&encode_ts(&b, 0, &TimestampKey::Omit)), ["@timestamp", "log"]);
+    }
+
+    #[test]
+    fn log_key_sends_the_value_alone() {
+        let mut b = batch_of(&[
+            r#"{"log":"line \"quoted\"\tté\u00e9 \ud83d\ude00\n","n":1}"#,
+            r#"{"log":12.50e1}"#,
+            r#"{"log": {"a":[1, "x"]} ,"z":0}"#,
+            r#"{"log":[1,2]}"#,
+            r#"{"log":null}"#,
+            r#"{"log":true}"#,
+            r#"{"other":"x","nested":{"log":"no"}}"#,
+            r#"{"log":"first","log":"last"}"#,
+            r#"{"log":""}"#,
+        ]);
+        b.fields
+            .push(Arc::new(Fields::new([("ecs_task_id".to_string(), json!({"id": 7}))])));
+        let get = |i: usize, key: &str| {
+            let mut out = b"keep".to_vec();
+            let found = b.encode_field(i, key, &mut out);
+            (found, String::from_utf8(out[4..].to_vec()).unwrap())
+        };
+        assert_eq!(get(0, "log"), (true, "line \"quoted\"\ttéé 😀\n".to_string()));
+        assert_eq!(get(1, "log"), (true, "12.50e1".to_string()));
+        assert_eq!(get(2, "log"), (true, r#"{"a":[1, "x"]}"#.to_string()));
+        assert_eq!(get(3, "log"), (true, "[1,2]".to_string()));
+        assert_eq!(get(4, "log"), (true, "null".to_string()));
+        assert_eq!(get(5, "log"), (true, "true".to_string()));
+        assert_eq!(
+            get(6, "log"),
+            (false, String::new()),
+            "a nested key is not a top-level one"
+        );
+        assert_eq!(get(7, "log"), (true, "last".to_string()));
+        assert_eq!(get(8, "log"), (true, String::new()));
+        assert_eq!(
+            get(6, "ecs_task_id"),
+            (true, r#"{"id":7}"#.to_string()),
+            "an enrichment field"
+        );
+        let format = crate::sinks::encoding::RecordFormat::new(Some("log"), Some(""));
+        let mut out = Vec::new();
+        assert!(!format.encode(&b, 6, &mut out));
+        assert!(out.is_empty(), "nothing written for a record without the key");
+    }
+
+    proptest::proptest! {
+        /// Whatever the record, stamp and enrichment: every option writes one
+        /// JSON object without a duplicate key; `Omit` is `encode` without
+        /// the stamp, `Rename` puts the stamp's time under the new key unless
+        /// the record has that key, and unstamped records are never changed.
+        #[test]
+        fn timestamp_key_never_loses_or_duplicates_a_member(
+            members in proptest::collection::btree_map("(@timestamp|date|log|[a-c])", "[a-z\"\\\\]{0,4}", 0..5),
+            stamped in proptest::bool::ANY,
+            fields in proptest::collection::btree_map("(@timestamp|date|log|[a-c])", "[a-z]{0,3}", 0..4),
+            rename in "(date|log|a|x)",
+        ) {
+            let mut members = members;
+            if stamped {
+                members.remove("@timestamp");
+            }
+            let body = serde_json::to_string(&members).unwrap();
+            let mut b = stamped_batch(&[(stamped, &body)]);
+            if !fields.is_empty() {
+                b.fields.push(Arc::new(Fields::new(fields.iter().map(|(k, v)| (k.clone(), json!(v))))));
+            }
+            let mut full = Vec::new();
+            b.encode(0, &mut full);
+            let full = serde_json::from_slice::<Pairs>(&full).unwrap().0;
+            for ts in [TimestampKey::Omit, TimestampKey::Rename(rename.clone())] {
+                let got = encode_ts(&b, 0, &ts);
+                let mut ks = keys(&got);
+                ks.sort_unstable();
+                let n = ks.len();
+                ks.dedup();
+                proptest::prop_assert_eq!(ks.len(), n, "duplicate key in {:?}", got);
+                if !stamped {
+                    proptest::prop_assert_eq!(&got, &full);
+                    continue;
+                }
+                let without: Vec<_> = full.iter().filter(|(k, _)| k != "@timestamp").cloned().collect();
+                match &ts {
+                    TimestampKey::Omit => proptest::prop_assert_eq!(&got, &without),
+                    TimestampKey::Rename(k) => {
+                        let own = members.get(k.as_str());
+                        let v = got.iter().find(|(gk, _)| gk == k).map(|(_, v)| v.clone());
+                        match own {
+                            Some(own) => proptest::prop_assert_eq!(v, Some(json!(own))),
+                            None => proptest::prop_assert_eq!(v, Some(json!(TS))),
+                        }
+                        proptest::prop_assert!(got.iter().all(|(gk, _)| gk != "@timestamp"));
+                        // Everything else is as encode wrote it.
+                        let rest: Vec<_> = got.iter().filter(|(gk, _)| gk != k).cloned().collect();
+                        let want: Vec<_> = without.iter().filter(|(wk, _)| wk != k).cloned().collect();
+                        proptest::prop_assert_eq!(rest, want);
+                    }
+                    TimestampKey::Keep => unreachable!(),
+                }
+            }
+        }
     }
 }

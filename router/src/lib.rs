@@ -8,6 +8,7 @@ pub mod buffer;
 pub mod check;
 pub mod checkpoint;
 pub mod config;
+pub mod config_s3;
 pub mod dead_letter;
 pub mod event;
 pub mod healthcheck;

@@ -9,6 +9,7 @@ use clap::{Parser, Subcommand, ValueEnum};
 
 use logferry::api::{self, Health};
 use logferry::config::{self, Config, ConfigErrors};
+use logferry::config_s3::S3Url;
 use logferry::metrics::Metrics;
 use logferry::topology::{self, EnvFn, RunOptions};
 
@@ -67,7 +68,8 @@ enum LogFormat {
 enum Command {
     /// Run the pipeline.
     Run {
-        /// Config file (TOML). Without it: LOGFERRY_CONFIG (inline TOML), else the embedded local example.
+        /// Config file (TOML) or s3://bucket/key. Without it: LOGFERRY_CONFIG_S3 (s3://bucket/key),
+        /// LOGFERRY_CONFIG (inline TOML), else the embedded local example.
         #[arg(long, short)]
         config: Option<PathBuf>,
         /// A FireLens router's Fluent Bit config (classic format) instead of --config.
@@ -200,25 +202,63 @@ fn env_lookup(name: &str) -> Option<String> {
 
 fn load(path: Option<&std::path::Path>) -> Result<Config, ConfigErrors> {
     if let Some(p) = path {
-        return config::load_file(p, &env_lookup);
+        return match p.to_str().and_then(S3Url::parse) {
+            Some(url) => load_s3(url),
+            None => config::load_file(p, &env_lookup),
+        };
     }
-    if let Some(inline) = std::env::var("LOGFERRY_CONFIG").ok().filter(|s| !s.trim().is_empty()) {
+    let inline = std::env::var("LOGFERRY_CONFIG").ok().filter(|s| !s.trim().is_empty());
+    if let Some(s3) = std::env::var("LOGFERRY_CONFIG_S3")
+        .ok()
+        .filter(|s| !s.trim().is_empty())
+    {
+        if inline.is_some() {
+            return Err(one_error(
+                "LOGFERRY_CONFIG and LOGFERRY_CONFIG_S3 are both set: keep one".into(),
+            ));
+        }
+        return match S3Url::parse(s3.trim()) {
+            Some(url) => load_s3(url),
+            None => Err(one_error(format!("LOGFERRY_CONFIG_S3 `{s3}` is not s3://bucket/key"))),
+        };
+    }
+    if let Some(inline) = inline {
         return config::load_str(&inline, "LOGFERRY_CONFIG", &env_lookup);
     }
     tracing::info!("no --config and no LOGFERRY_CONFIG: using the embedded local example");
     config::load_str(config::EMBEDDED_DEFAULT, "<embedded>", &env_lookup)
 }
 
+/// A config read from S3 (see `config_s3.rs`); its errors name the object.
+fn load_s3(url: Result<S3Url, String>) -> Result<Config, ConfigErrors> {
+    let url = url.map_err(one_error)?;
+    let text = logferry::config_s3::fetch(&url).map_err(one_error)?;
+    tracing::info!(config = %url, bytes = text.len(), "config read from S3");
+    config::load_str(&text, &url.to_string(), &env_lookup)
+}
+
+fn one_error(message: String) -> ConfigErrors {
+    ConfigErrors(vec![config::ConfigError {
+        path: String::new(),
+        message,
+        location: None,
+    }])
+}
+
 /// `--fluent-bit-config`: exclusive with `--config` (clap checks that too)
-/// and with `LOGFERRY_CONFIG`, so two configs never silently compete.
+/// and with `LOGFERRY_CONFIG` and `LOGFERRY_CONFIG_S3`, so two configs never
+/// silently compete.
 fn load_fluent_bit(path: &std::path::Path, has_config: bool) -> Result<config::FluentBitConfig, ConfigErrors> {
-    let inline = std::env::var("LOGFERRY_CONFIG").ok().filter(|s| !s.trim().is_empty());
-    if has_config || inline.is_some() {
-        return Err(ConfigErrors(vec![config::ConfigError {
-            path: String::new(),
-            message: "--fluent-bit-config cannot be combined with --config or LOGFERRY_CONFIG".into(),
-            location: None,
-        }]));
+    let set = |v: &str| std::env::var(v).ok().is_some_and(|s| !s.trim().is_empty());
+    if has_config || set("LOGFERRY_CONFIG") {
+        return Err(one_error(
+            "--fluent-bit-config cannot be combined with --config or LOGFERRY_CONFIG".into(),
+        ));
+    }
+    if set("LOGFERRY_CONFIG_S3") {
+        return Err(one_error(
+            "--fluent-bit-config cannot be combined with LOGFERRY_CONFIG_S3".into(),
+        ));
     }
     config::load_fluent_bit(path, &env_lookup)
 }

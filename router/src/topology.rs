@@ -258,7 +258,7 @@ pub fn start(
         };
         let task: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> = match &c.inner {
             SinkConfig::File(cfg) => Box::pin(crate::sinks::file::run(cfg.clone(), rx, cx)),
-            SinkConfig::Stdout(_) => Box::pin(crate::sinks::stdout::run(rx, m)),
+            SinkConfig::Stdout(cfg) => Box::pin(crate::sinks::stdout::run(cfg.clone(), rx, m)),
             SinkConfig::Blackhole(_) => Box::pin(crate::sinks::blackhole::run(rx, m)),
             SinkConfig::S3(cfg) => Box::pin(crate::sinks::s3::run(cfg.clone(), rx, cx)),
             SinkConfig::CloudWatchLogs(cfg) => Box::pin(crate::sinks::cloudwatch_logs::run(cfg.clone(), rx, cx)),

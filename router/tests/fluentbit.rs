@@ -43,7 +43,7 @@ source input1_forward (forward: unix /var/run/fluent.sock (mode 0666), no handsh
 source input2_forward (forward: tcp 127.0.0.1:24224, no handshake, max_frame_size 16.0 MiB, max_record_size 1.0 MiB, max_connections 256)
 transform filter1_record_modifier (enrich: ecs Disabled, ec2 Disabled, kubernetes Disabled, 3 static field(s)) <- input1_forward, input2_forward
 transform output2_cloudwatch_logs_match (filter: keep records matching all of 1 condition(s)) <- filter1_record_modifier
-sink output2_cloudwatch_logs (cloudwatch_logs: group /ecs/web, stream app-{tag}, create_missing true) <- output2_cloudwatch_logs_match
+sink output2_cloudwatch_logs (cloudwatch_logs: group /ecs/web, stream app-{tag}, create_missing true, timestamp_key (none)) <- output2_cloudwatch_logs_match
 ";
     assert!(out.starts_with(expected), "{out}");
     for line in [
@@ -69,7 +69,7 @@ fn firehose_firelens_config_with_include_and_exclude_patterns() {
         "transform filter2_grep_exclude (filter: drop records matching any of 1 condition(s)) <- filter1_grep\n",
         "transform filter3_record_modifier (enrich: ecs Disabled, ec2 Disabled, kubernetes Disabled, 4 static field(s)) <- filter2_grep_exclude\n",
         "transform output2_firehose_match (filter: keep records matching all of 1 condition(s)) <- filter3_record_modifier\n",
-        "sink output2_firehose (firehose: demo-stream, max_record_size 1000.0 KiB, flush_interval 1s) <- output2_firehose_match\n",
+        "sink output2_firehose (firehose: demo-stream, max_record_size 1000.0 KiB, flush_interval 1s, timestamp_key (none)) <- output2_firehose_match\n",
     ] {
         assert!(out.contains(line), "missing {line:?} in:\n{out}");
     }
@@ -91,7 +91,7 @@ fn s3_firelens_config_with_the_users_included_file() {
         "transform output1_stdout_match (filter: keep records matching all of 1 condition(s)) <- filter3_record_modifier\n",
         "transform output3_s3_match (filter: keep records matching all of 1 condition(s)) <- filter3_record_modifier\n",
         "sink output1_stdout (stdout) <- output1_stdout_match\n",
-        "sink output3_s3 (s3: s3://acme-api-logs/firelens/{tag}/%Y/%m/%d/%H/*.ndjson.gz, max_object_size 47.7 MiB, flush_interval 5m) <- output3_s3_match\n",
+        "sink output3_s3 (s3: s3://acme-api-logs/firelens/{tag}/%Y/%m/%d/%H/*.ndjson.gz, max_object_size 47.7 MiB, flush_interval 5m, timestamp_key date) <- output3_s3_match\n",
         "fluent-bit: note: FB/extra.conf:26: Retry_Limit of [OUTPUT] stdout: Logferry retries until delivered or dead-lettered, never drops after N retries\n",
         "fluent-bit: note: FB/s3.conf:36: s3_key_format: the object name `%M-$UUID.gz` is Logferry's own",
     ] {

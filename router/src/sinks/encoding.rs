@@ -1,5 +1,19 @@
 //! Object encoding shared by the object sinks (`file`, `s3`): NDJSON,
-//! compressed as configured.
+//! compressed as configured; and [`RecordFormat`], what every record sink
+//! (`s3`, `file`, `cloudwatch_logs`, `firehose`, `stdout`) makes of one
+//! record: the whole JSON object, or one field's value (`log_key`), with the
+//! source's `@timestamp` kept, renamed or left out (`timestamp_key`).
+//!
+//! Why these two, and per sink: a FireLens user's Fluent Bit outputs differ
+//! exactly here. `log_key log` sends the application's line as it was written
+//! (CloudWatch shows the text, not `{"log":"..."}`), and each output adds the
+//! event time its own way: `cloudwatch_logs` not at all (the event carries
+//! it), `kinesis_firehose` under `time_key` if set, `s3` under
+//! `json_date_key` (`date` by default). The router keeps the time beside the
+//! record (`RecordMeta::ts_ms`) for CloudWatch's event timestamp, S3 time
+//! slices and templates, so leaving the key out of the text loses nothing
+//! the sinks need. Only the `@timestamp` the source added is touched
+//! (`RecordMeta::ts_added`), never one the application wrote.
 //!
 //! Why gzip level 2 through `flate2`'s zlib-rs backend, and zstd level 3:
 //! both formats are what downstream tools (Athena, `zcat`, the indexer) read
@@ -30,6 +44,127 @@
 use std::io::Write;
 
 use serde::Deserialize;
+
+/// Where a sink writes the event time the source added to a record.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum TimestampKey {
+    /// As `@timestamp`, the first member (the default).
+    #[default]
+    Keep,
+    /// Not at all (`timestamp_key = ""`).
+    Omit,
+    /// Under another name, still first, unless the record has a member of
+    /// that name itself (the record wins, as with enrichment).
+    Rename(String),
+}
+
+impl TimestampKey {
+    /// From the `timestamp_key` option: `@timestamp`, `""` or another name.
+    pub fn from_option(key: Option<&str>) -> Self {
+        match key {
+            None | Some("@timestamp") => TimestampKey::Keep,
+            Some("") => TimestampKey::Omit,
+            Some(k) => TimestampKey::Rename(k.to_string()),
+        }
+    }
+
+    /// How `validate` prints it.
+    pub fn describe(&self) -> String {
+        match self {
+            TimestampKey::Keep => "@timestamp".into(),
+            TimestampKey::Omit => "(none)".into(),
+            TimestampKey::Rename(k) => k.clone(),
+        }
+    }
+}
+
+/// What a record sink writes for one record; see the module docs.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RecordFormat {
+    /// Send only this top-level field's value (`log_key`): a string raw,
+    /// anything else as its JSON text. Enrichment is not added (unless the
+    /// key names an enrichment field, whose value is then sent).
+    pub log_key: Option<String>,
+    pub timestamp: TimestampKey,
+}
+
+impl RecordFormat {
+    pub fn new(log_key: Option<&str>, timestamp_key: Option<&str>) -> Self {
+        RecordFormat {
+            log_key: log_key.map(str::to_string),
+            timestamp: TimestampKey::from_option(timestamp_key),
+        }
+    }
+
+    /// Writes record `i` of `batch` as this format says (no newline). False,
+    /// with nothing written, when `log_key` is set and the record lacks it:
+    /// the caller drops the record and counts it (`reason="log_key_missing"`),
+    /// as Fluent Bit skips it with "Could not find log_key".
+    pub fn encode(&self, batch: &crate::event::Batch, i: usize, out: &mut Vec<u8>) -> bool {
+        match &self.log_key {
+            Some(key) => batch.encode_field(i, key, out),
+            None => {
+                batch.encode_stamped(i, &self.timestamp, out);
+                true
+            }
+        }
+    }
+
+    /// `validate` of the options: a `log_key` is a non-empty field name.
+    pub fn validate(log_key: Option<&str>, ctx: &mut crate::config::Ctx<'_>, base: &[crate::config::Seg]) -> bool {
+        if log_key == Some("") {
+            let mut p = base.to_vec();
+            p.push(crate::config::Seg::Key("log_key".into()));
+            ctx.error(&p, "must name a field (leave it out to send whole records)");
+            return false;
+        }
+        true
+    }
+
+    /// `, log_key x, timestamp_key y` for `validate`'s pipeline listing;
+    /// empty for the defaults.
+    pub fn describe(&self) -> String {
+        let mut s = String::new();
+        if let Some(k) = &self.log_key {
+            s.push_str(&format!(", log_key {k}"));
+        } else if self.timestamp != TimestampKey::Keep {
+            s.push_str(&format!(", timestamp_key {}", self.timestamp.describe()));
+        }
+        s
+    }
+}
+
+/// Records a sink dropped for lacking its `log_key`: counted per batch
+/// (`reason="log_key_missing"`) and warned about once, naming the key, never
+/// the record.
+#[derive(Debug, Default)]
+pub struct MissingKey {
+    pending: u64,
+    warned: bool,
+}
+
+impl MissingKey {
+    pub fn record(&mut self) {
+        self.pending += 1;
+    }
+
+    /// Counts what `record` noted since the last call.
+    pub fn flush(&mut self, m: &crate::metrics::ComponentMetrics, format: &RecordFormat) {
+        if self.pending == 0 {
+            return;
+        }
+        m.discarded("log_key_missing", self.pending);
+        if !self.warned {
+            tracing::warn!(
+                log_key = format.log_key.as_deref().unwrap_or_default(),
+                count = self.pending,
+                "records without the log_key field are dropped (as Fluent Bit does), counted as reason=\"log_key_missing\""
+            );
+            self.warned = true;
+        }
+        self.pending = 0;
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]

@@ -74,7 +74,10 @@ impl SinkConfig {
                 let c: forward::ForwardSinkConfig = deserialize_at(ctx, base, value)?;
                 c.validate(ctx, base).then_some(SinkConfig::Forward(c))
             }
-            "stdout" => deserialize_at(ctx, base, value).map(SinkConfig::Stdout),
+            "stdout" => {
+                let c: stdout::StdoutSinkConfig = deserialize_at(ctx, base, value)?;
+                c.validate(ctx, base).then_some(SinkConfig::Stdout(c))
+            }
             "blackhole" => deserialize_at(ctx, base, value).map(SinkConfig::Blackhole),
             other => {
                 ctx.error(base, format!("unknown sink type `{other}`, expected one of: {KINDS}"));
@@ -98,15 +101,16 @@ impl SinkConfig {
     pub fn describe(&self) -> String {
         match self {
             SinkConfig::File(c) => format!(
-                "file: {}/{}*{}, max_object_size {}, flush_interval {}",
+                "file: {}/{}*{}, max_object_size {}, flush_interval {}{}",
                 c.path.display(),
                 c.key_prefix,
                 c.compression.extension(),
                 c.max_object_size.display().iec(),
-                humantime::format_duration(c.flush_interval)
+                humantime::format_duration(c.flush_interval),
+                c.record_format().describe()
             ),
             SinkConfig::S3(c) => format!(
-                "s3: s3://{}/{}*{}, max_object_size {}, flush_interval {}{}",
+                "s3: s3://{}/{}*{}, max_object_size {}, flush_interval {}{}{}",
                 c.bucket,
                 c.key_prefix,
                 c.compression.extension(),
@@ -115,21 +119,30 @@ impl SinkConfig {
                 c.endpoint_url
                     .as_deref()
                     .map(|e| format!(", endpoint {e}"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                c.record_format().describe()
             ),
             SinkConfig::CloudWatchLogs(c) => format!(
-                "cloudwatch_logs: group {}, stream {}, create_missing {}",
-                c.log_group, c.log_stream, c.create_missing
+                "cloudwatch_logs: group {}, stream {}, create_missing {}{}{}",
+                c.log_group,
+                c.log_stream,
+                c.create_missing,
+                c.record_format().describe(),
+                c.log_format
+                    .as_deref()
+                    .map(|f| format!(", log_format {f}"))
+                    .unwrap_or_default()
             ),
             SinkConfig::Firehose(c) => format!(
-                "firehose: {}, max_record_size {}, flush_interval {}{}",
+                "firehose: {}, max_record_size {}, flush_interval {}{}{}",
                 c.delivery_stream,
                 c.max_record_size.display().iec(),
                 humantime::format_duration(c.flush_interval),
                 c.endpoint_url
                     .as_deref()
                     .map(|e| format!(", endpoint {e}"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                c.record_format().describe()
             ),
             SinkConfig::Forward(c) => format!(
                 "forward: {}{}:{}, tag {}, require_ack {}, compression {}, max_chunk_size {}, flush_interval {}{}",

@@ -5,22 +5,41 @@ use std::io::Write;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
+use super::encoding::{MissingKey, RecordFormat};
 use crate::event::Batch;
 use crate::metrics::ComponentMetrics;
 
 #[derive(Debug, Clone, Deserialize, Default)]
 #[serde(deny_unknown_fields)]
-pub struct StdoutSinkConfig {}
+pub struct StdoutSinkConfig {
+    /// Send only this field's value (see `sinks::encoding::RecordFormat`).
+    pub log_key: Option<String>,
+    /// Key of the time the source added: `@timestamp` (default), `""` to
+    /// leave it out, or another name.
+    pub timestamp_key: Option<String>,
+}
 
-pub async fn run(mut input: mpsc::Receiver<Batch>, m: ComponentMetrics) {
+impl StdoutSinkConfig {
+    pub fn validate(&self, ctx: &mut crate::config::Ctx<'_>, base: &[crate::config::Seg]) -> bool {
+        RecordFormat::validate(self.log_key.as_deref(), ctx, base)
+    }
+}
+
+pub async fn run(cfg: StdoutSinkConfig, mut input: mpsc::Receiver<Batch>, m: ComponentMetrics) {
+    let format = RecordFormat::new(cfg.log_key.as_deref(), cfg.timestamp_key.as_deref());
     let mut buf = Vec::with_capacity(256 * 1024);
     let mut warned = false;
+    let mut missing = MissingKey::default();
     while let Some(batch) = input.recv().await {
         buf.clear();
         for i in 0..batch.len() {
-            batch.encode(i, &mut buf);
-            buf.push(b'\n');
+            if format.encode(&batch, i, &mut buf) {
+                buf.push(b'\n');
+            } else {
+                missing.record();
+            }
         }
+        missing.flush(&m, &format);
         let n = batch.len() as u64;
         m.received_events.inc_by(n);
         m.received_bytes.inc_by(batch.bytes());

@@ -131,7 +131,7 @@ pub fn retain(batch: Batch, keep: &[bool]) -> Batch {
                     let start = r.buf.len();
                     r.buf.extend_from_slice(shared.text(i));
                     let m = shared.meta[i];
-                    r.push_written(start, m.ts_ms, m.key_mask);
+                    r.push_like(start, &m);
                 }
             }
             r

@@ -283,8 +283,8 @@ struct Key {
 struct Group {
     /// The first record's text, emitted with `joined` in place of its field.
     first: Vec<u8>,
-    ts_ms: i64,
-    key_mask: u64,
+    /// The first record's time, keys and `@timestamp` origin.
+    meta: crate::event::RecordMeta,
     fields: Vec<Arc<Fields>>,
     tag: Option<Arc<str>>,
     joined: String,
@@ -491,7 +491,7 @@ impl Joiner {
                 let slot = out.slot(&batch.fields, &batch.tag);
                 let start = slot.records.buf.len();
                 slot.records.buf.extend_from_slice(text);
-                slot.records.push_written(start, meta.ts_ms, meta.key_mask);
+                slot.records.push_like(start, &meta);
                 continue;
             };
             let max_bytes = usize::try_from(self.cfg.max_bytes.as_u64()).unwrap_or(usize::MAX);
@@ -533,8 +533,7 @@ impl Joiner {
             }
             let g = Group {
                 first: text.to_vec(),
-                ts_ms: meta.ts_ms,
-                key_mask: meta.key_mask,
+                meta,
                 fields: batch.fields.clone(),
                 tag: batch.tag.clone(),
                 joined: line.into_owned(),
@@ -638,7 +637,7 @@ impl Joiner {
         } else {
             buf.extend_from_slice(&g.first);
         }
-        slot.records.push_written(start, g.ts_ms, g.key_mask);
+        slot.records.push_like(start, &g.meta);
     }
 }
 

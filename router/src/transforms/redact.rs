@@ -754,7 +754,7 @@ fn replace_records(batch: Batch, rewrites: &[(usize, usize, usize)], scratch: &[
             _ => r.buf.extend_from_slice(old.text(i)),
         }
         let m = old.meta[i];
-        r.push_written(start, m.ts_ms, m.key_mask);
+        r.push_like(start, &m);
     }
     Batch {
         records: Arc::new(r),

@@ -5,7 +5,8 @@
 //! crc     = CRC-32 (IEEE) of the 4 bytes of `len` followed by the payload
 //! payload = texts | metas | [tag | tag_len: u16 LE] | count: u32 LE
 //! texts   = the records' final JSON (batch fields spliced in), back to back
-//! metas   = count x (len: u32 LE, ts_ms: i64 LE, key_mask: u64 LE)
+//! metas   = count x (len: u32 LE, ts_ms: i64 LE, key_mask: u64 LE);
+//!           bit 31 of len: the record's `@timestamp` is the source's
 //! tag     = the batch's Fluent tag (UTF-8), present when bit 31 of count is set
 //! ```
 //!
@@ -18,7 +19,10 @@
 //! Why the tag rides on a bit of the count: frames written before it existed
 //! stay readable as they are (their count never has bit 31), and templates
 //! such as `key_prefix = "fluent/{tag}/"` render the same after a replay as
-//! they would have without the buffer. Why [`MAX_PAYLOAD`]: a length is data from disk; bounding it bounds what a
+//! they would have without the buffer; likewise a record's length carries
+//! [`RecordMeta::ts_added`] in its bit 31 (a length never reaches it), so a
+//! sink's `timestamp_key` treats a replayed record as it would the original.
+//! Why [`MAX_PAYLOAD`]: a length is data from disk; bounding it bounds what a
 //! damaged header can make the reader allocate.
 
 use std::fs::File;
@@ -32,6 +36,8 @@ pub const HEADER_LEN: u64 = 12;
 const META_LEN: usize = 20;
 /// Set in a frame's count when a tag precedes it.
 const TAGGED: u32 = 1 << 31;
+/// Set in a record's length when its `@timestamp` is the source's.
+const TS_ADDED: u32 = 1 << 31;
 /// Records are packed into frames of about this many payload bytes.
 pub const FRAME_TARGET: usize = 1 << 20;
 /// Hard bound on a payload; a longer length is damage by definition. A
@@ -97,7 +103,8 @@ impl Encoder {
                     dropped += 1;
                     continue;
                 }
-                self.metas.extend_from_slice(&(len as u32).to_le_bytes());
+                let flag = if meta.ts_added { TS_ADDED } else { 0 };
+                self.metas.extend_from_slice(&(len as u32 | flag).to_le_bytes());
                 self.metas.extend_from_slice(&meta.ts_ms.to_le_bytes());
                 self.metas
                     .extend_from_slice(&(meta.key_mask | fields_mask).to_le_bytes());
@@ -178,12 +185,14 @@ pub fn decode(mut payload: Vec<u8>) -> Option<Frame> {
     let mut meta = Vec::with_capacity(count);
     let mut start = 0usize;
     for m in payload.get(text_len..n)?.chunks_exact(META_LEN) {
-        let len = le_u32(m, 0)?;
+        let len_field = le_u32(m, 0)?;
+        let len = len_field & !TS_ADDED;
         meta.push(RecordMeta {
             start: start as u32,
             len,
             ts_ms: le_u64(m, 4)? as i64,
             key_mask: le_u64(m, 12)?,
+            ts_added: len_field & TS_ADDED != 0,
         });
         start = start.checked_add(len as usize)?;
     }
@@ -301,7 +310,12 @@ mod tests {
             r.buf.extend_from_slice(b"{\"k\":");
             serde_json::to_writer(&mut r.buf, t).unwrap();
             r.buf.push(b'}');
-            r.push_written(start, i as i64 * 1_000 - 7, key_bit(b"k") | (i as u64) << 40);
+            let (ts, mask) = (i as i64 * 1_000 - 7, key_bit(b"k") | (i as u64) << 40);
+            if i % 3 == 1 {
+                r.push_stamped(start, ts, mask);
+            } else {
+                r.push_written(start, ts, mask);
+            }
         }
         let mut b = Batch::new(r, None);
         if !fields.is_empty() {
@@ -359,6 +373,8 @@ mod tests {
                     b.encode(i, &mut want);
                     prop_assert_eq!(records.text(j), &want[..]);
                     prop_assert_eq!(records.meta[j].ts_ms, b.ts_ms(i));
+                    prop_assert_eq!(records.meta[j].ts_added, b.records.meta[i].ts_added, "record {}", i);
+                    prop_assert_eq!(records.meta[j].len as usize, want.len());
                     let replay = Batch::new(Records { buf: records.buf.clone(), meta: records.meta.clone(), permit: None }, None);
                     prop_assert_eq!(replay.lookup(j, "k"), b.lookup(i, "k"));
                     for (k, _) in &fields {

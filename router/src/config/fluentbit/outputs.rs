@@ -150,8 +150,8 @@ impl Tr {
                     None => self.errors.push(sec.pos.error("firehose needs `delivery_stream`")),
                 }
                 let mut known = common.to_vec();
-                known.push("delivery_stream");
-                self.check_keys(sec, &what, &known, &["simple_aggregation"]);
+                known.extend(["delivery_stream", "time_key"]);
+                self.check_keys(sec, &what, &known, &["simple_aggregation", "time_key_format"]);
             }
             "s3" => {
                 match sec.get("bucket") {
@@ -229,6 +229,7 @@ impl Tr {
                     "upload_chunk_size",
                     "upload_timeout",
                     "storage_class",
+                    "json_date_key",
                 ]);
                 self.check_keys(
                     sec,
@@ -242,7 +243,6 @@ impl Tr {
                         "send_content_md5",
                         "preserve_data_ordering",
                         "content_type",
-                        "json_date_key",
                         "json_date_format",
                     ],
                 );
@@ -255,6 +255,9 @@ impl Tr {
                     &["format", "json_date_key", "json_date_format"],
                 );
             }
+        }
+        if let Some(k) = fb_timestamp_key(kind, sec) {
+            t.insert("timestamp_key".into(), s(&k));
         }
         Some(Output {
             name: id,
@@ -295,5 +298,22 @@ impl Tr {
                 e.pos.file, e.pos.line
             ));
         }
+    }
+}
+
+/// The `timestamp_key` that makes records what this Fluent Bit output sends
+/// (issue 14 item 5): `cloudwatch_logs` adds no time key (the event carries
+/// the time), `kinesis_firehose` adds `time_key` only when set, `s3` adds
+/// `json_date_key` (`date` unless set, none when `false`/`off`).
+fn fb_timestamp_key(kind: &str, sec: &Section) -> Option<String> {
+    match kind {
+        "cloudwatch_logs" => Some(String::new()),
+        "firehose" => Some(sec.get("time_key").map(|e| e.value.clone()).unwrap_or_default()),
+        "s3" => Some(match sec.get("json_date_key") {
+            None => "date".to_string(),
+            Some(e) if is_true(&e.value) == Some(false) => String::new(),
+            Some(e) => e.value.clone(),
+        }),
+        _ => None,
     }
 }

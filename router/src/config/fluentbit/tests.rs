@@ -37,15 +37,6 @@ impl Dir {
         load(&self.path("fluent-bit.conf"), &env)
     }
 
-    /// The translated TOML, not loaded (for keys the loader learns in
-    /// another branch: `log_key`, `log_format`).
-    fn translated(&self) -> String {
-        let mut p = super::syntax::Parser::new(&env);
-        p.file(&self.path("fluent-bit.conf"), None);
-        assert!(p.errors.is_empty(), "{:?}", p.errors);
-        super::translate::translate(&p.sections, &[]).unwrap().toml
-    }
-
     fn errors(&self) -> Vec<String> {
         match self.load() {
             Ok(c) => panic!("expected errors, got:\n{}", c.toml),
@@ -466,30 +457,32 @@ fn retry_limit_bounds_firehose_and_is_a_note_elsewhere() {
     assert!(d.errors()[0].contains(":11:5: Retry_Limit `often` is not a number"));
 }
 
-/// MERGE: `log_key` and `log_format` land with the sink options of another
-/// branch; until then this asserts the TOML text. After the merge, switch to
-/// `d.load()` and assert the sink configs' `log_key`/`log_format`.
+/// FB `log_key` and `log_format json/emf` load as the sinks' own keys.
 #[test]
 fn log_key_and_log_format_map_to_the_sink_keys() {
     let d = Dir::new(&[(
         "fluent-bit.conf",
         &cw(
-            "    log_key log\n    log_format json/emf\n[OUTPUT]\n    Name s3\n    Match *\n    bucket b\n    log_key message\n",
+            "    log_key log\n    log_format json/emf\n[OUTPUT]\n    Name s3\n    Match *\n    bucket b-logs\n    log_key message\n",
         ),
     )]);
-    let toml = d.translated();
-    let doc: toml::Table = toml.parse().unwrap();
-    let sink = |id: &str, k: &str| doc["sinks"][id].get(k).and_then(|v| v.as_str()).map(str::to_string);
-    assert_eq!(
-        sink("output1_cloudwatch_logs", "log_key").as_deref(),
-        Some("log"),
-        "{toml}"
-    );
-    assert_eq!(
-        sink("output1_cloudwatch_logs", "log_format").as_deref(),
-        Some("json/emf")
-    );
-    assert_eq!(sink("output2_s3", "log_key").as_deref(), Some("message"));
+    let c = d.load().unwrap();
+    let mut seen = 0;
+    for sink in &c.config.sinks {
+        match &sink.inner {
+            SinkConfig::CloudWatchLogs(x) => {
+                assert_eq!(x.log_key.as_deref(), Some("log"));
+                assert_eq!(x.log_format.as_deref(), Some("json/emf"));
+                seen += 1;
+            }
+            SinkConfig::S3(x) => {
+                assert_eq!(x.log_key.as_deref(), Some("message"));
+                seen += 1;
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(seen, 2, "{:?}", c.toml);
     let d = Dir::new(&[("fluent-bit.conf", &cw("    log_format plain\n"))]);
     assert!(d.errors()[0].contains(":11:5: log_format `plain` is not supported"));
 }
@@ -544,4 +537,53 @@ fn several_parsers_files_each_relative_to_the_file_naming_it() {
     // `user/mine.conf` does not exist next to the main file: only the
     // including file's directory finds it.
     assert!(!d.path("mine.conf").exists());
+}
+
+/// Issue 14 item 5: each output's records carry the time key Fluent
+/// Bit's output writes, and nothing else.
+#[test]
+fn each_output_gets_fluent_bits_time_key() {
+    let text = format!(
+        "{FORWARD}[OUTPUT]\n    Name cloudwatch\n    Match a\n    log_group_name g\n    log_stream_name s\n\
+         [OUTPUT]\n    Name firehose\n    Match b\n    delivery_stream d\n\
+         [OUTPUT]\n    Name kinesis_firehose\n    Match c\n    delivery_stream d\n    time_key event_time\n    time_key_format %s\n\
+         [OUTPUT]\n    Name s3\n    Match d\n    bucket b-logs\n\
+         [OUTPUT]\n    Name s3\n    Match e\n    bucket b-logs\n    json_date_key ts\n\
+         [OUTPUT]\n    Name s3\n    Match f\n    bucket b-logs\n    json_date_key false\n\
+         [OUTPUT]\n    Name stdout\n    Match g\n"
+    );
+    let d = Dir::new(&[("fluent-bit.conf", &text)]);
+    let c = d.load().unwrap();
+    let keys: Vec<Option<String>> = c
+        .config
+        .sinks
+        .iter()
+        .map(|s| match &s.inner {
+            SinkConfig::CloudWatchLogs(x) => x.timestamp_key.clone(),
+            SinkConfig::Firehose(x) => x.timestamp_key.clone(),
+            SinkConfig::S3(x) => x.timestamp_key.clone(),
+            SinkConfig::Stdout(x) => x.timestamp_key.clone(),
+            other => panic!("{other:?}"),
+        })
+        .collect();
+    let some = |k: &str| Some(k.to_string());
+    assert_eq!(
+        keys,
+        [
+            some(""),
+            some(""),
+            some("event_time"),
+            some("date"),
+            some("ts"),
+            some(""),
+            None
+        ]
+    );
+    assert!(
+        c.notes
+            .iter()
+            .any(|n| n.contains("time_key_format") && n.contains("no effect")),
+        "{:?}",
+        c.notes
+    );
 }

@@ -31,7 +31,20 @@ pub struct CloudWatchLogsSinkConfig {
     pub max_event_size: ByteSize,
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
+    /// Send only this top-level field's value instead of the whole record
+    /// (Fluent Bit's `log_key`): a string as its text, anything else as JSON.
+    /// Records without it are dropped and counted (`log_key_missing`).
+    pub log_key: Option<String>,
+    /// Key of the event time the source added: `@timestamp` (default), `""`
+    /// to leave it out, or another name. The record's own keys are kept.
+    pub timestamp_key: Option<String>,
+    /// `json/emf`: PutLogEvents carries `x-amzn-logs-format: json/emf`, so
+    /// CloudWatch extracts Embedded Metric Format metrics from the events.
+    pub log_format: Option<String>,
 }
+
+/// The one `log_format` CloudWatch Logs knows.
+pub const EMF: &str = "json/emf";
 
 fn default_true() -> bool {
     true
@@ -51,6 +64,11 @@ const RETENTION_DAYS: &[i32] = &[
 ];
 
 impl CloudWatchLogsSinkConfig {
+    /// What this sink writes for one record (`log_key`, `timestamp_key`).
+    pub fn record_format(&self) -> crate::sinks::encoding::RecordFormat {
+        crate::sinks::encoding::RecordFormat::new(self.log_key.as_deref(), self.timestamp_key.as_deref())
+    }
+
     pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
         let at = |k: &str| {
             let mut p = base.to_vec();
@@ -92,6 +110,13 @@ impl CloudWatchLogsSinkConfig {
         }
         if self.flush_interval < Duration::from_millis(10) {
             ctx.error(&at("flush_interval"), "must be at least 10ms");
+            ok = false;
+        }
+        ok &= crate::sinks::encoding::RecordFormat::validate(self.log_key.as_deref(), ctx, base);
+        if let Some(f) = &self.log_format
+            && f != EMF
+        {
+            ctx.error(&at("log_format"), format!("`{f}`: the only format is `{EMF}`"));
             ok = false;
         }
         ok

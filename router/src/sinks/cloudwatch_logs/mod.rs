@@ -28,6 +28,7 @@ pub use config::CloudWatchLogsSinkConfig;
 
 use super::SinkContext;
 use super::aws::{self, Abandoned, RetryCtx};
+use super::encoding::{MissingKey, RecordFormat};
 use crate::api::Health;
 use crate::dead_letter::DeadLetters;
 use crate::event::{AckToken, Batch};
@@ -43,6 +44,8 @@ pub const MAX_SPAN_MS: i64 = 24 * 3600 * 1000;
 pub const MAX_AGE_MS: i64 = 14 * 24 * 3600 * 1000;
 pub const MAX_AHEAD_MS: i64 = 2 * 3600 * 1000;
 const TRUNCATION_MARK: &str = "...[truncated by logferry]";
+/// The header that makes CloudWatch read events as `log_format` says.
+const LOGS_FORMAT_HEADER: &str = "x-amzn-logs-format";
 
 /// One log event waiting to be sent.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -111,11 +114,20 @@ pub async fn run(cfg: CloudWatchLogsSinkConfig, mut input: mpsc::Receiver<Batch>
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut line = Vec::with_capacity(4096);
     let truncated = m.line_issue("truncated");
+    let format = cfg.record_format();
+    let mut missing = MissingKey::default();
     loop {
         let closing = tokio::select! {
             b = input.recv() => match b {
                 Some(batch) => {
-                    add_batch(&batch, &mut group_r, &mut stream_r, &mut pending, &mut line, max_event, &truncated, &m);
+                    let mut enc = Encoding {
+                        format: &format,
+                        missing: &mut missing,
+                        line: &mut line,
+                        max_event,
+                        truncated: &truncated,
+                    };
+                    add_batch(&batch, &mut group_r, &mut stream_r, &mut pending, &mut enc, &m);
                     false
                 }
                 None => true,
@@ -153,15 +165,21 @@ pub async fn run(cfg: CloudWatchLogsSinkConfig, mut input: mpsc::Receiver<Batch>
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// How `add_batch` turns records into event messages.
+struct Encoding<'a> {
+    format: &'a RecordFormat,
+    missing: &'a mut MissingKey,
+    line: &'a mut Vec<u8>,
+    max_event: usize,
+    truncated: &'a prometheus_client::metrics::counter::Counter,
+}
+
 fn add_batch(
     batch: &Batch,
     group_r: &mut Renderer,
     stream_r: &mut Renderer,
     pending: &mut HashMap<StreamKey, Pending>,
-    line: &mut Vec<u8>,
-    max_event: usize,
-    truncated: &prometheus_client::metrics::counter::Counter,
+    enc: &mut Encoding<'_>,
     m: &ComponentMetrics,
 ) {
     m.received_events.inc_by(batch.len() as u64);
@@ -169,6 +187,7 @@ fn add_batch(
     let mut group = String::new();
     let mut stream = String::new();
     let mut touched: Vec<StreamKey> = Vec::new();
+    let mut empty = 0;
     group_r.begin_batch();
     stream_r.begin_batch();
     for i in 0..batch.len() {
@@ -176,12 +195,21 @@ fn add_batch(
         stream_r.render(batch, i, &mut stream);
         clean_group_name(&mut group);
         clean_stream_name(&mut stream);
+        let line = &mut *enc.line;
         line.clear();
-        batch.encode(i, line);
+        if !enc.format.encode(batch, i, line) {
+            enc.missing.record();
+            continue;
+        }
+        if line.is_empty() {
+            // CloudWatch rejects an empty message; Fluent Bit skips it too.
+            empty += 1;
+            continue;
+        }
         let mut message = String::from_utf8_lossy(line).into_owned();
-        if message.len() > max_event {
-            truncate_message(&mut message, max_event);
-            truncated.inc();
+        if message.len() > enc.max_event {
+            truncate_message(&mut message, enc.max_event);
+            enc.truncated.inc();
         }
         let key = (group.clone(), stream.clone());
         let p = pending.entry(key.clone()).or_default();
@@ -195,6 +223,8 @@ fn add_batch(
             touched.push(key);
         }
     }
+    enc.missing.flush(m, enc.format);
+    m.discarded("empty_message", empty);
     if let Some(ack) = &batch.ack {
         for k in touched {
             if let Some(p) = pending.get_mut(&k) {
@@ -338,6 +368,7 @@ async fn send_stream_inner(
             .collect();
         let mut recreated = false;
         let mut attempt = 0u32;
+        let emf = s.cfg.log_format.is_some();
         let out = loop {
             let r = s
                 .client
@@ -345,6 +376,12 @@ async fn send_stream_inner(
                 .log_group_name(group)
                 .log_stream_name(stream)
                 .set_log_events(Some(input.clone()))
+                .customize()
+                .mutate_request(move |req| {
+                    if emf {
+                        req.headers_mut().insert(LOGS_FORMAT_HEADER, config::EMF);
+                    }
+                })
                 .send()
                 .await;
             match r {

@@ -58,6 +58,13 @@ pub struct FileSinkConfig {
     /// Age after which an open object is closed.
     #[serde(default = "default_flush_interval", with = "humantime_serde")]
     pub flush_interval: Duration,
+    /// Send only this top-level field's value instead of the whole record
+    /// (Fluent Bit's `log_key`): a string as its text, anything else as JSON.
+    /// Records without it are dropped and counted (`log_key_missing`).
+    pub log_key: Option<String>,
+    /// Key of the event time the source added: `@timestamp` (default), `""`
+    /// to leave it out, or another name. The record's own keys are kept.
+    pub timestamp_key: Option<String>,
 }
 
 fn default_key_prefix() -> String {
@@ -73,6 +80,11 @@ fn default_flush_interval() -> Duration {
 }
 
 impl FileSinkConfig {
+    /// What this sink writes for one record (`log_key`, `timestamp_key`).
+    pub fn record_format(&self) -> crate::sinks::encoding::RecordFormat {
+        crate::sinks::encoding::RecordFormat::new(self.log_key.as_deref(), self.timestamp_key.as_deref())
+    }
+
     pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
         let at = |k: &str| {
             let mut p = base.to_vec();
@@ -96,6 +108,7 @@ impl FileSinkConfig {
             ctx.error(&at("flush_interval"), "must be at least 10ms");
             ok = false;
         }
+        ok &= crate::sinks::encoding::RecordFormat::validate(self.log_key.as_deref(), ctx, base);
         ok
     }
 }
@@ -114,7 +127,8 @@ pub async fn run(cfg: FileSinkConfig, input: mpsc::Receiver<Batch>, cx: SinkCont
         cfg.compression_level,
         cfg.max_object_size.as_u64(),
         cfg.flush_interval,
-    ) else {
+    )
+    .map(|b| b.with_format(cfg.record_format())) else {
         return;
     };
     let budget = Budget {

@@ -52,6 +52,7 @@ pub use config::{FirehoseSinkConfig, MAX_RECORD_SIZE};
 
 use super::SinkContext;
 use super::aws::{self, Failure};
+use super::encoding::{MissingKey, RecordFormat};
 use crate::api::Health;
 use crate::dead_letter::DeadLetters;
 use crate::event::{Batch, HeldAck};
@@ -224,6 +225,9 @@ struct FirehoseSink {
     health: Arc<Health>,
     stop: CancellationToken,
     line: Vec<u8>,
+    /// What each record becomes (`log_key`, `timestamp_key`).
+    format: RecordFormat,
+    missing: MissingKey,
     failing: bool,
     dead: Arc<DeadLetters>,
     /// Queued and packed bytes, against `memory_limit`.
@@ -269,6 +273,8 @@ async fn run_with_client(
         health,
         stop,
         line: Vec::with_capacity(4096),
+        format: cfg.record_format(),
+        missing: MissingKey::default(),
         failing: false,
         dead,
         charge: Charge::new(memory),
@@ -315,7 +321,10 @@ impl FirehoseSink {
         let mut result = Ok(());
         for i in 0..n {
             self.line.clear();
-            batch.encode(i, &mut self.line);
+            if !self.format.encode(&batch, i, &mut self.line) {
+                self.missing.record();
+                continue;
+            }
             self.line.push(b'\n');
             self.m.received_bytes.inc_by(self.line.len() as u64);
             match self.packer.push(&self.line) {
@@ -334,6 +343,7 @@ impl FirehoseSink {
             }
             self.oldest.get_or_insert_with(Instant::now);
         }
+        self.missing.flush(&self.m, &self.format);
         if let Some(tag) = self.packer.end() {
             tag.release();
         }
@@ -892,6 +902,8 @@ mod tests {
             flush_interval: Duration::from_secs(60),
             max_record_size: bytesize::ByteSize::kib(1),
             max_record_retries,
+            log_key: None,
+            timestamp_key: None,
         };
         let metrics = crate::metrics::Metrics::new();
         let m = metrics.component("fh", "firehose");

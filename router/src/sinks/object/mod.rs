@@ -39,7 +39,7 @@ use prometheus_client::metrics::counter::Counter;
 use thiserror::Error;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use super::encoding::{Compression, Encoder, OneShot};
+use super::encoding::{Compression, Encoder, MissingKey, OneShot, RecordFormat};
 use crate::event::{AckToken, Batch};
 use crate::memory::Charge;
 use crate::metrics::ComponentMetrics;
@@ -139,9 +139,16 @@ pub struct Batching {
     /// Uncompressed bytes after which an object is closed.
     pub max_object_size: u64,
     pub flush_interval: Duration,
+    /// What each record becomes (`log_key`, `timestamp_key`).
+    pub format: RecordFormat,
 }
 
 impl Batching {
+    /// The same batching writing records as `format` says.
+    pub fn with_format(self, format: RecordFormat) -> Batching {
+        Batching { format, ..self }
+    }
+
     /// The batching of an object sink from its keys; `None` (logged) for a
     /// `key_prefix` that `validate` rejects, so the process stays up.
     pub fn from_keys(
@@ -158,6 +165,7 @@ impl Batching {
                 compression_level,
                 max_object_size,
                 flush_interval,
+                format: RecordFormat::default(),
             }),
             Err(e) => {
                 tracing::error!(error = %e, "invalid key_prefix");
@@ -526,6 +534,8 @@ pub struct ObjectBatcher<D: Destination> {
     one_shot: Option<(OneShot, usize)>,
     buffers: Buffers,
     line: Vec<u8>,
+    /// Records dropped for lacking `log_key`.
+    missing: MissingKey,
     batch_seq: u64,
     m: ComponentMetrics,
     closed: [Counter; 4],
@@ -562,6 +572,7 @@ impl<D: Destination> ObjectBatcher<D> {
                 ..Buffers::default()
             },
             line: Vec::with_capacity(4096),
+            missing: MissingKey::default(),
             batch_seq: 0,
             m: cx.m,
             closed,
@@ -598,7 +609,10 @@ impl<D: Destination> ObjectBatcher<D> {
         for i in 0..n {
             self.renderer.render(&batch, i, &mut key);
             self.line.clear();
-            batch.encode(i, &mut self.line);
+            if !self.cfg.format.encode(&batch, i, &mut self.line) {
+                self.missing.record();
+                continue;
+            }
             self.line.push(b'\n');
             if !self.open.contains_key(&key) {
                 let o = OpenObject {
@@ -673,6 +687,7 @@ impl<D: Destination> ObjectBatcher<D> {
                 self.close(o, CloseReason::Size);
             }
         }
+        self.missing.flush(&self.m, &self.cfg.format);
         if result.is_err() {
             batch.fail();
         }

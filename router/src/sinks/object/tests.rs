@@ -83,6 +83,7 @@ fn batching(c: Compression) -> Batching {
         compression_level: None,
         max_object_size: 50 << 20,
         flush_interval: Duration::from_secs(3600),
+        format: Default::default(),
     }
 }
 

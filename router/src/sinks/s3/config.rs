@@ -41,6 +41,13 @@ pub struct S3SinkConfig {
     pub server_side_encryption: Option<String>,
     /// KMS key for `aws:kms` (default: the account's S3 key).
     pub kms_key_id: Option<String>,
+    /// Send only this top-level field's value instead of the whole record
+    /// (Fluent Bit's `log_key`): a string as its text, anything else as JSON.
+    /// Records without it are dropped and counted (`log_key_missing`).
+    pub log_key: Option<String>,
+    /// Key of the event time the source added: `@timestamp` (default), `""`
+    /// to leave it out, or another name. The record's own keys are kept.
+    pub timestamp_key: Option<String>,
 }
 
 fn default_key_prefix() -> String {
@@ -72,6 +79,11 @@ const STORAGE_CLASSES: &[&str] = &[
 ];
 
 impl S3SinkConfig {
+    /// What this sink writes for one record (`log_key`, `timestamp_key`).
+    pub fn record_format(&self) -> crate::sinks::encoding::RecordFormat {
+        crate::sinks::encoding::RecordFormat::new(self.log_key.as_deref(), self.timestamp_key.as_deref())
+    }
+
     pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
         let at = |k: &str| {
             let mut p = base.to_vec();
@@ -134,6 +146,7 @@ impl S3SinkConfig {
             ctx.error(&at("kms_key_id"), "needs server_side_encryption = \"aws:kms\"");
             ok = false;
         }
+        ok &= crate::sinks::encoding::RecordFormat::validate(self.log_key.as_deref(), ctx, base);
         ok
     }
 }

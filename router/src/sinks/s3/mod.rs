@@ -80,7 +80,8 @@ pub async fn run(cfg: S3SinkConfig, input: mpsc::Receiver<Batch>, cx: SinkContex
         cfg.compression_level,
         cfg.max_object_size.as_u64(),
         cfg.flush_interval,
-    ) else {
+    )
+    .map(|b| b.with_format(cfg.record_format())) else {
         return;
     };
     let sdk = aws::sdk_config(cfg.region.as_deref(), cfg.endpoint_url.as_deref()).await;

@@ -1319,7 +1319,7 @@ impl<W: World> FileSource<W> {
                     let Some((parsed, cut)) = parser.flush_held(cutoff, &mut records.buf) else {
                         break;
                     };
-                    push_record(records, counters, start, parsed, cut);
+                    push_record(records, counters, start, parsed, cut, parser.stamped());
                 }
             }
             if whole {
@@ -1485,14 +1485,24 @@ fn emit_line(
     };
     let start = records.buf.len();
     match parser.parse_at(text, line_start, truncated, read_time, &mut records.buf) {
-        Step::Record { parsed, cut } => push_record(records, counters, start, parsed, truncated || cut),
+        Step::Record { parsed, cut } => {
+            let stamped = parser.stamped();
+            push_record(records, counters, start, parsed, truncated || cut, stamped)
+        }
         Step::Held => {}
     }
 }
 
 /// Counts what the parser reported about the record it wrote at `start`,
 /// marks it if truncated, and registers it.
-fn push_record(records: &mut Records, counters: &SourceCounters, start: usize, parsed: Parsed, truncated: bool) {
+fn push_record(
+    records: &mut Records,
+    counters: &SourceCounters,
+    start: usize,
+    parsed: Parsed,
+    truncated: bool,
+    stamped: bool,
+) {
     let mut mask = parsed.key_mask;
     if parsed.fallback {
         counters.not_json.inc();
@@ -1511,7 +1521,11 @@ fn push_record(records: &mut Records, counters: &SourceCounters, start: usize, p
             mask |= bit;
         }
     }
-    records.push_written(start, parsed.ts_ms, mask);
+    if stamped {
+        records.push_stamped(start, parsed.ts_ms, mask);
+    } else {
+        records.push_written(start, parsed.ts_ms, mask);
+    }
 }
 
 #[cfg(test)]

@@ -710,7 +710,11 @@ impl Decoder {
             self.issues.too_large += 1;
             return Ok(());
         }
-        records.push_written(start, ts_ms, mask);
+        if own_ts {
+            records.push_written(start, ts_ms, mask);
+        } else {
+            records.push_stamped(start, ts_ms, mask);
+        }
         Ok(())
     }
 
@@ -1212,6 +1216,11 @@ pub(crate) mod tests {
         );
         assert_eq!(vals[1], json!({"@timestamp": "1970-01-01T00:00:01.000Z"}));
         assert_eq!(std::str::from_utf8(r.text(2)).unwrap(), r#"{"@timestamp":"only"}"#);
+        // Only the record without one of its own carries the added stamp.
+        assert_eq!(
+            r.meta.iter().map(|m| m.ts_added).collect::<Vec<_>>(),
+            vec![false, true, false]
+        );
     }
 
     #[test]

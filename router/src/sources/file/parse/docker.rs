@@ -145,14 +145,9 @@ pub(super) fn parse(p: &mut Parser, line: &str, out: &mut Vec<u8>) -> Option<Par
         Text::Borrowed(s) => s,
         Text::Scratch => p.scratch.as_str(),
     };
-    Some(write(
-        &mut p.fmt,
-        p.ts_bit | p.log_bit,
-        ts_ms,
-        strip_newline(log),
-        stream,
-        out,
-    ))
+    let parsed = write(&mut p.fmt, p.ts_bit | p.log_bit, ts_ms, strip_newline(log), stream, out);
+    p.stamped = true;
+    Some(parsed)
 }
 
 /// `parse` with entries whose `log` lacks the newline joined per stream to
@@ -174,6 +169,7 @@ pub(super) fn parse_at(
     let ends = log.ends_with('\n');
     if ends && !p.partials.is_open(slot) {
         let parsed = write(&mut p.fmt, p.ts_bit | p.log_bit, ts_ms, strip_newline(log), stream, out);
+        p.stamped = true;
         return Some(Step::Record { parsed, cut: false });
     }
     p.partials
@@ -197,6 +193,7 @@ pub(super) fn write_joined(p: &mut Parser, slot: usize, out: &mut Vec<u8>) -> (P
         out,
     );
     let cut = s.truncated;
+    p.stamped = true;
     p.partials.put_back(slot, s);
     (parsed, cut)
 }

@@ -414,6 +414,48 @@ pub fn lookup_field<'a>(obj: &'a [u8], path: &str) -> Option<Cow<'a, str>> {
     None
 }
 
+/// A top-level member's value as [`top_level_value`] finds it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FieldText<'a> {
+    /// A string, unescaped.
+    Str(Cow<'a, str>),
+    /// Any other value (number, `true`, `false`, `null`, object, array) as
+    /// its JSON text.
+    Json(&'a [u8]),
+}
+
+/// The value of top-level key `key` of the JSON object text `obj` (the last
+/// one with duplicate keys, as [`lookup_field`]); `None` when absent or the
+/// text is malformed before it is found.
+pub fn top_level_value<'a>(obj: &'a [u8], key: &str) -> Option<FieldText<'a>> {
+    let mut c = Cursor { b: obj, i: 0 };
+    c.eat(b'{')?;
+    c.skip_ws();
+    if c.peek()? == b'}' {
+        return None;
+    }
+    let mut hit = None;
+    loop {
+        c.skip_ws();
+        let k = c.string()?;
+        c.eat(b':')?;
+        c.skip_ws();
+        let start = c.i;
+        let v = c.value()?;
+        if k.matches(key) {
+            hit = Some(match v {
+                Val::Str(raw) => FieldText::Str(raw.text()?),
+                _ => FieldText::Json(obj.get(start..c.i)?),
+            });
+        }
+        c.skip_ws();
+        match c.peek() {
+            Some(b',') => c.i += 1,
+            _ => return hit,
+        }
+    }
+}
+
 /// A JSON string's raw content (between the quotes).
 #[derive(Clone, Copy)]
 struct RawStr<'a> {

@@ -34,7 +34,7 @@ mod partial;
 mod regex_parser;
 mod time;
 
-pub use self::json::{has_top_level_key, lookup_field, object_members, write_str};
+pub use self::json::{FieldText, has_top_level_key, lookup_field, object_members, top_level_value, write_str};
 pub use self::time::{TimeFormat, TimestampFormatter};
 
 use self::time::TimeParser;
@@ -160,6 +160,9 @@ pub struct Parser {
     log_bit: u64,
     /// Partial lines being joined (cri, docker).
     partials: partial::Partials,
+    /// The record the last call emitted opens with the `@timestamp` the
+    /// parser spliced in (see [`Parser::stamped`]).
+    stamped: bool,
 }
 
 impl Parser {
@@ -186,6 +189,7 @@ impl Parser {
             ts_bit: key_bit(TS_KEY.as_bytes()),
             log_bit: key_bit(b"log"),
             partials: partial::Partials::new(opts.max_line_size.unwrap_or(1024 * 1024)),
+            stamped: false,
         })
     }
 
@@ -195,6 +199,7 @@ impl Parser {
     /// `line` is valid UTF-8 without its line terminator; `read_time_ms` (Unix
     /// ms) is the event time when the record carries none.
     pub fn parse(&mut self, line: &str, read_time_ms: i64, out: &mut Vec<u8>) -> Parsed {
+        self.stamped = false;
         let start = out.len();
         let parsed = match self.kind {
             ParserKind::Json => json::parse(self, line, read_time_ms, out),
@@ -224,6 +229,7 @@ impl Parser {
     /// [`Parser::held_from`] while the line is held; `truncated` says the
     /// line was already cut (it marks the joined record).
     pub fn parse_at(&mut self, line: &str, start: u64, truncated: bool, read_time_ms: i64, out: &mut Vec<u8>) -> Step {
+        self.stamped = false;
         let step = match self.kind {
             ParserKind::Cri => cri::parse_at(self, line, start, truncated, read_time_ms, out),
             ParserKind::Docker => docker::parse_at(self, line, start, truncated, read_time_ms, out),
@@ -253,11 +259,21 @@ impl Parser {
     /// before `cutoff_ms` (`i64::MAX`: any), as joined so far, as a record
     /// (end of input, or the partial-line timeout); `None` when none is.
     pub fn flush_held(&mut self, cutoff_ms: i64, out: &mut Vec<u8>) -> Option<(Parsed, bool)> {
+        self.stamped = false;
         let i = self.partials.oldest_touched_by(cutoff_ms)?;
         Some(match self.kind {
             ParserKind::Docker => docker::write_joined(self, i, out),
             _ => cri::write_joined(self, i, "P", out),
         })
+    }
+
+    /// Does the record the last `parse`, `parse_at` or `flush_held` emitted
+    /// open with the `@timestamp` this parser added (rather than one of the
+    /// line's own)? Sources register such records with
+    /// [`crate::event::Records::push_stamped`], so sinks can rename or leave
+    /// out that member (`timestamp_key`) and nothing the application wrote.
+    pub fn stamped(&self) -> bool {
+        self.stamped
     }
 
     /// Forgets held partial lines (the file was truncated or replaced).
@@ -288,6 +304,7 @@ impl Parser {
     /// `{"@timestamp":"…"` (no closing brace).
     #[inline]
     fn open_with_timestamp(&mut self, ts_ms: i64, out: &mut Vec<u8>) {
+        self.stamped = true;
         out.extend_from_slice(b"{\"@timestamp\":\"");
         self.fmt.write(ts_ms, out);
         out.push(b'"');
@@ -437,6 +454,49 @@ mod tests {
         );
     }
 
+    /// ECS-logging style lines open with their own `@timestamp`, in exactly
+    /// the form the router writes: byte-identical to a stamped record, yet
+    /// the application's, so never `stamped` (a sink must not drop it).
+    #[test]
+    fn a_lines_own_leading_timestamp_is_not_stamped() {
+        let own = r#"{"@timestamp":"2026-11-25T21:15:47.123Z","log.level":"info","message":"x"}"#;
+        let mut p = parser(ParserKind::Json);
+        let mut out = Vec::new();
+        p.parse(own, 1_795_641_347_123, &mut out);
+        assert_eq!(out, own.as_bytes());
+        assert!(!p.stamped());
+        out.clear();
+        p.parse(r#"{"message":"x"}"#, 1_795_641_347_123, &mut out);
+        assert!(p.stamped());
+        assert_eq!(
+            String::from_utf8(out.clone()).unwrap(),
+            r#"{"@timestamp":"2026-11-25T21:15:47.123Z","message":"x"}"#
+        );
+        // The flag is per record: the next own-timestamp line clears it.
+        out.clear();
+        p.parse(own, 0, &mut out);
+        assert!(!p.stamped());
+
+        let mut p = parser(ParserKind::Logfmt);
+        out.clear();
+        p.parse("@timestamp=2026-11-25T21:15:47.123Z msg=x", 0, &mut out);
+        assert!(out.starts_with(b"{\"@timestamp\":\"2026-11-25T21:15:47.123Z\""));
+        assert!(!p.stamped());
+        for (kind, line) in [
+            (
+                ParserKind::Docker,
+                r#"{"log":"x\n","stream":"stdout","time":"2019-04-25T10:00:00.123Z"}"#,
+            ),
+            (ParserKind::Cri, "2016-10-06T00:17:09.669794202Z stdout F x"),
+            (ParserKind::None, r#"{"@timestamp":"2026-11-25T21:15:47.123Z"}"#),
+        ] {
+            let mut p = parser(kind);
+            out.clear();
+            p.parse(line, 0, &mut out);
+            assert!(p.stamped(), "{kind:?}");
+        }
+    }
+
     #[test]
     fn read_time_is_clamped_to_writable_range() {
         let mut p = parser(ParserKind::None);
@@ -481,6 +541,13 @@ mod tests {
                 let mut out = Vec::new();
                 let r = p.parse(&line, 1_795_641_347_123, &mut out);
                 let m = check_output(&out, &r);
+                // `stamped` says the first member is ours, so sinks may drop it.
+                if p.stamped() {
+                    prop_assert!(out.starts_with(b"{\"@timestamp\":\""), "{kind:?} {line:?}");
+                }
+                if r.fallback || kind == ParserKind::None {
+                    prop_assert!(p.stamped(), "{kind:?} {line:?}");
+                }
                 if out.starts_with(b"{\"@timestamp\":\"") {
                     prop_assert!(m.get("@timestamp").is_some_and(Value::is_string), "{kind:?} {line:?}");
                 } else {
