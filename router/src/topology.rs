@@ -330,6 +330,14 @@ pub fn start(
                 metrics.clone(),
                 memory.clone(),
             )),
+            TransformConfig::PartialMessage(cfg) => Box::pin(crate::transforms::partial_message::run(
+                c.id.clone(),
+                cfg.clone(),
+                rx,
+                out,
+                metrics.clone(),
+                memory.clone(),
+            )),
         };
         let guard = health.guard(&c.id);
         tasks.spawn(tracing::Instrument::instrument(

@@ -464,7 +464,7 @@ const HARMLESS_SERVICE: &[&str] = &[
 ];
 
 const INPUTS: &str = "forward (and the FireLens health check `tcp` input tagged firelens-healthcheck)";
-const FILTERS: &str = "record_modifier, grep";
+const FILTERS: &str = "record_modifier, grep, multiline (Mode partial_message)";
 const OUTPUTS: &str = "cloudwatch_logs (cloudwatch), kinesis_firehose (firehose), s3, null, stdout";
 
 #[derive(Default)]
@@ -907,6 +907,7 @@ impl Tr {
                     &[],
                 );
             }
+            "multiline" => steps.extend(self.multiline_filter(n, sec, &what)),
             "" => {
                 self.errors.push(sec.pos.error("[FILTER] without `Name`"));
                 return None;
@@ -930,6 +931,66 @@ impl Tr {
             matches,
             pos: sec.pos.clone(),
             steps,
+        })
+    }
+
+    /// `[FILTER] Name multiline` with `Mode partial_message` (Docker's split
+    /// lines joined): the `partial_message` transform. `Mode parser` is not
+    /// mapped: Fluent Bit's multiline parsers are not Logferry's `multiline`
+    /// rules, and a silent approximation would join other lines.
+    fn multiline_filter(&mut self, n: usize, sec: &Section, what: &str) -> Option<Step> {
+        self.check_keys(
+            sec,
+            what,
+            &["match", "match_regex", "mode", "multiline.key_content", "flush_ms"],
+            &[
+                "buffer",
+                "debug_flush",
+                "emitter_name",
+                "emitter_storage.type",
+                "emitter_mem_buf_limit",
+            ],
+        );
+        match sec.get("mode").map(|e| (e.value.to_ascii_lowercase(), e.pos.clone())) {
+            Some((m, _)) if m == "partial_message" => {}
+            Some((m, pos)) => {
+                self.errors.push(pos.error(format!(
+                    "multiline: Mode `{m}` is not supported, only `partial_message` (for stack traces use Logferry's \
+                     `multiline` transform with a `preset` or `start_pattern`)"
+                )));
+                return None;
+            }
+            None => {
+                self.errors.push(sec.pos.error(
+                    "multiline: only `Mode partial_message` is supported (Fluent Bit's default, Mode parser with \
+                     multiline.parser, is not; use Logferry's `multiline` transform)",
+                ));
+                return None;
+            }
+        }
+        let mut t = toml::Table::new();
+        t.insert("type".into(), s("partial_message"));
+        let mut origins = vec![(String::new(), sec.pos.clone())];
+        if let Some(e) = sec.get("multiline.key_content") {
+            t.insert("key".into(), s(&record_key(&e.value)));
+            origins.push(("key".into(), e.pos.clone()));
+        }
+        if let Some(e) = sec.get("flush_ms") {
+            match e.value.trim().parse::<u64>() {
+                Ok(ms) if ms > 0 => {
+                    t.insert("flush_timeout".into(), s(&format!("{ms}ms")));
+                    origins.push(("flush_timeout".into(), e.pos.clone()));
+                }
+                _ => self.errors.push(e.pos.error(format!(
+                    "multiline: flush_ms `{}` is not a number of milliseconds above 0",
+                    e.value
+                ))),
+            }
+        }
+        Some(Step {
+            name: alias(sec).unwrap_or_else(|| format!("filter{n}_multiline")),
+            table: t,
+            origins,
         })
     }
 
@@ -1544,6 +1605,52 @@ mod tests {
             e[0].contains(":8:5: grep: `*failure*` is not a regular expression Logferry reads: repetition operator missing expression"),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn multiline_partial_message_maps_to_the_transform() {
+        let text = format!(
+            "{FORWARD}[FILTER]\n    Name multiline\n    Match *\n    multiline.key_content log\n    Mode partial_message\n    flush_ms 500\n    Buffer On\n[OUTPUT]\n    Name stdout\n    Match *\n"
+        );
+        let c = Dir::new(&[("fluent-bit.conf", &text)]).load().unwrap();
+        let t = c
+            .config
+            .transforms
+            .iter()
+            .find(|t| t.id == "filter1_multiline")
+            .unwrap();
+        let TransformConfig::PartialMessage(p) = &t.inner else {
+            panic!("{}", c.toml)
+        };
+        assert_eq!(
+            (p.key.as_str(), p.flush_timeout),
+            ("log", std::time::Duration::from_millis(500))
+        );
+        assert_eq!(
+            p.max_size,
+            crate::transforms::partial_message::PartialMessageConfig::default().max_size
+        );
+        assert!(c.notes.iter().any(|n| n.contains("`Buffer`")), "{:?}", c.notes);
+        for (extra, says) in [
+            (
+                "    Mode parser\n    multiline.parser go\n",
+                ":8:5: multiline: Mode `parser` is not supported",
+            ),
+            (
+                "    multiline.parser go\n",
+                ":5:1: multiline: only `Mode partial_message` is supported",
+            ),
+            (
+                "    Mode partial_message\n    flush_ms soon\n",
+                ":9:5: multiline: flush_ms `soon`",
+            ),
+        ] {
+            let text = format!(
+                "{FORWARD}[FILTER]\n    Name multiline\n    Match *\n{extra}[OUTPUT]\n    Name stdout\n    Match *\n"
+            );
+            let e = Dir::new(&[("fluent-bit.conf", &text)]).errors();
+            assert!(e.iter().any(|e| e.contains(says)), "{says}: {e:?}");
+        }
     }
 
     #[test]

@@ -4,6 +4,7 @@ pub mod condition;
 pub mod enrich;
 pub mod filter;
 pub mod multiline;
+pub mod partial_message;
 pub mod redact;
 pub mod route;
 pub mod throttle;
@@ -19,6 +20,7 @@ pub enum TransformConfig {
     Throttle(throttle::Throttle),
     Redact(Box<redact::RedactConfig>),
     Multiline(Box<multiline::MultilineConfig>),
+    PartialMessage(partial_message::PartialMessageConfig),
 }
 
 impl TransformConfig {
@@ -48,10 +50,14 @@ impl TransformConfig {
                 let c: multiline::MultilineConfig = deserialize_at(ctx, base, value)?;
                 c.validate(ctx, base).then_some(TransformConfig::Multiline(Box::new(c)))
             }
+            "partial_message" => {
+                let c: partial_message::PartialMessageConfig = deserialize_at(ctx, base, value)?;
+                c.validate(ctx, base).then_some(TransformConfig::PartialMessage(c))
+            }
             other => {
                 ctx.error(
                     base,
-                    format!("unknown transform type `{other}`, expected one of: enrich, filter, multiline, redact, route, throttle"),
+                    format!("unknown transform type `{other}`, expected one of: enrich, filter, multiline, partial_message, redact, route, throttle"),
                 );
                 None
             }
@@ -72,6 +78,7 @@ impl TransformConfig {
             TransformConfig::Throttle(c) => c.describe(),
             TransformConfig::Redact(c) => c.describe(),
             TransformConfig::Multiline(c) => c.describe(),
+            TransformConfig::PartialMessage(c) => c.describe(),
         }
     }
 
@@ -83,6 +90,7 @@ impl TransformConfig {
             TransformConfig::Throttle(_) => "throttle",
             TransformConfig::Redact(_) => "redact",
             TransformConfig::Multiline(_) => "multiline",
+            TransformConfig::PartialMessage(_) => "partial_message",
         }
     }
 

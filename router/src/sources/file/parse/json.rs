@@ -414,6 +414,22 @@ pub fn lookup_field<'a>(obj: &'a [u8], path: &str) -> Option<Cow<'a, str>> {
     None
 }
 
+/// The value of top-level member `key` of `obj` when it is a JSON string
+/// (unescaped); `None` for any other type, a missing key or broken text.
+pub fn lookup_string<'a>(obj: &'a [u8], key: &str) -> Option<Cow<'a, str>> {
+    let mut hit = None;
+    for_each_member(obj, |k, v| {
+        if k.matches(key) {
+            hit = Some(v);
+        }
+        true
+    })?;
+    match hit? {
+        Val::Str(raw) => raw.text(),
+        _ => None,
+    }
+}
+
 /// A JSON string's raw content (between the quotes).
 #[derive(Clone, Copy)]
 struct RawStr<'a> {
@@ -574,6 +590,35 @@ impl<'a> Cursor<'a> {
     }
 }
 
+/// The top-level members of the object text `obj`, in order: each key
+/// (unescaped) and the byte range of the whole member (`"key":value`) in
+/// `obj`. `None` when the text is not a well-formed object. Lets a transform
+/// rebuild a record member by member (drop some, replace one) while copying
+/// every other member's bytes as they are.
+pub fn members(obj: &[u8]) -> Option<Vec<(Cow<'_, str>, std::ops::Range<usize>)>> {
+    let mut c = Cursor { b: obj, i: 0 };
+    let mut out = Vec::new();
+    c.eat(b'{')?;
+    c.skip_ws();
+    if c.peek()? == b'}' {
+        return Some(out);
+    }
+    loop {
+        c.skip_ws();
+        let start = c.i;
+        let key = c.string()?.text()?;
+        c.eat(b':')?;
+        c.value()?;
+        out.push((key, start..c.i));
+        c.skip_ws();
+        match c.peek()? {
+            b',' => c.i += 1,
+            b'}' => return Some(out),
+            _ => return None,
+        }
+    }
+}
+
 /// Calls `f(key, value)` for each member of the object `obj` in order until
 /// it returns false. `None` if the text is not an object as far as read.
 fn for_each_member<'a>(obj: &'a [u8], mut f: impl FnMut(RawStr<'a>, Val<'a>) -> bool) -> Option<()> {
@@ -610,6 +655,28 @@ mod tests {
 
     const READ: i64 = 1_000_000_000_000; // 2001-09-09T01:46:40.000Z
     const T: i64 = 1_795_641_347_123; // 2026-11-25T21:15:47.123Z
+
+    #[test]
+    fn members_give_unescaped_keys_and_whole_member_spans() {
+        let obj = br#"{ "a":1, "l\u006fg" : "x,}\"y" ,"o":{"p":[1,{"q":2}]},"n":null}"#;
+        let m = members(obj).unwrap();
+        let got: Vec<(String, &str)> = m
+            .iter()
+            .map(|(k, r)| (k.to_string(), std::str::from_utf8(&obj[r.clone()]).unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a".to_string(), r#""a":1"#),
+                ("log".to_string(), r#""l\u006fg" : "x,}\"y""#),
+                ("o".to_string(), r#""o":{"p":[1,{"q":2}]}"#),
+                ("n".to_string(), r#""n":null"#),
+            ]
+        );
+        assert_eq!(members(b"{}").unwrap().len(), 0);
+        assert!(members(br#"{"a":1"#).is_none());
+        assert!(members(br#"["a"]"#).is_none());
+    }
 
     fn parser(time_key: Option<&str>, time_format: TimeFormat) -> Parser {
         Parser::new(&ParserOptions {

@@ -34,7 +34,7 @@ mod partial;
 mod regex_parser;
 mod time;
 
-pub use self::json::{has_top_level_key, lookup_field, write_str};
+pub use self::json::{has_top_level_key, lookup_field, lookup_string, members, write_str};
 pub use self::time::{TimeFormat, TimestampFormatter};
 
 use self::time::TimeParser;
