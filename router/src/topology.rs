@@ -339,6 +339,14 @@ pub fn start(
                 memory.clone(),
                 limit,
             )),
+            TransformConfig::PartialMessage(cfg) => Box::pin(crate::transforms::partial_message::run(
+                c.id.clone(),
+                cfg.clone(),
+                rx,
+                out,
+                metrics.clone(),
+                memory.clone(),
+            )),
         };
         let guard = health.guard(&c.id);
         tasks.spawn(tracing::Instrument::instrument(

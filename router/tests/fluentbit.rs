@@ -105,7 +105,9 @@ fn unsupported_plugin_in_an_included_file_fails_with_its_file_and_line() {
     assert_eq!(code, 78, "{out}");
     assert_eq!(
         err,
-        "logferry: invalid configuration:\n  FB/conf.d/lua.conf:1:1: filter plugin `lua` is not supported by --fluent-bit-config (supported: record_modifier, grep, parser)\n"
+        "logferry: invalid configuration:
+  FB/conf.d/lua.conf:1:1: filter plugin `lua` is not supported by --fluent-bit-config (supported: record_modifier, grep, parser, multiline (Mode partial_message))
+"
     );
 }
 

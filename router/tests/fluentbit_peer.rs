@@ -489,3 +489,83 @@ fn fluent_bit_with_a_key_the_source_lacks_gets_a_hint() {
     drop(router);
     assert!(env.records().is_empty());
 }
+
+#[test]
+fn fluent_bit_partial_messages_are_joined_by_the_source() {
+    // Docker's fluentd driver output as Fluent Bit forwards it: a 40 KiB
+    // JSON line in three partial messages, interleaved with another
+    // container's two, read by `tail` with a json parser and sent by
+    // `out_forward` with acks into our source with `partial` on.
+    let Some(fb) = fluent_bit() else { return };
+    let env = Env::new();
+    let body: String = (0..40 * 1024).map(|i| (b'a' + (i % 26) as u8) as char).collect();
+    let big = serde_json::json!({"level": "info", "msg": "big \"quoted\" é", "body": body}).to_string();
+    let small = serde_json::json!({"level": "warn", "msg": "second", "body": &body[..20 * 1024]}).to_string();
+    let cut = |s: &str| -> Vec<String> {
+        s.as_bytes()
+            .chunks(16 * 1024)
+            .map(|c| String::from_utf8(c.to_vec()).unwrap())
+            .collect()
+    };
+    // ASCII but for the é near the start: byte chunks stay valid UTF-8 as
+    // long as no chunk boundary falls inside it.
+    let (a, b) = (cut(&big), cut(&small));
+    assert_eq!((a.len(), b.len()), (3, 2));
+    let part = |c: &str, id: &str, ord: usize, last: bool, log: &str| {
+        serde_json::json!({"container_id": c, "source": "stdout", "log": log, "partial_message": "true",
+            "partial_id": id, "partial_ordinal": ord.to_string(), "partial_last": last.to_string()})
+        .to_string()
+    };
+    let lines = [
+        part("ca", "pa", 1, false, &a[0]),
+        part("cb", "pb", 1, false, &b[0]),
+        part("ca", "pa", 2, false, &a[1]),
+        part("cb", "pb", 2, true, &b[1]),
+        part("ca", "pa", 3, true, &a[2]),
+    ];
+    std::fs::write(env.logs().join("app.log"), lines.join("\n") + "\n").unwrap();
+    std::fs::write(env.path("parsers.conf"), "[PARSER]\n    Name json\n    Format json\n").unwrap();
+    let (port, api) = (free_port(), free_port());
+    let router = spawn(
+        &source_config(&env, port, api, "partial = { flush_timeout = \"60s\" }"),
+        &[],
+    );
+    wait_for("the source listening", LONG, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let conf = format!(
+        "[SERVICE]\n    Flush 0.2\n    Grace 1\n    Log_Level info\n    Parsers_File {parsers}\n\
+         [INPUT]\n    Name tail\n    Path {logs}/app.log\n    Read_from_Head true\n    Tag app.lines\n    Parser json\n\
+         \x20   Buffer_Chunk_Size 64k\n    Buffer_Max_Size 256k\n\
+         [OUTPUT]\n    Name forward\n    Match *\n    Host 127.0.0.1\n    Port {port}\n    Retry_Limit no_limits\n\
+         \x20   Require_ack_response true\n",
+        parsers = env.path("parsers.conf").display(),
+        logs = env.logs().display()
+    );
+    let client = FluentBit::start(&fb, &env, &conf);
+    wait_for("both joined lines in our file sink", LONG, || env.records().len() >= 2);
+    let want = ["component=\"fw\""];
+    wait_for("every part acknowledged", LONG, || {
+        let m = http_get(api, "/metrics").map(|r| r.1).unwrap_or_default();
+        metric(&m, "logferry_source_acked_events_total", &want) == Some(5.0)
+    });
+    drop(client);
+    router.signal(libc::SIGTERM);
+    let (status, err) = router.wait(LONG);
+    assert!(status.success(), "{err}");
+    let got = env.records();
+    assert_eq!(got.len(), 2, "{got:?}");
+    let whole = got.iter().find(|r| r["container_id"] == "ca").unwrap();
+    assert_eq!(whole["log"].as_str(), Some(big.as_str()));
+    let parsed: serde_json::Value = serde_json::from_str(whole["log"].as_str().unwrap()).unwrap();
+    assert_eq!(parsed["body"].as_str().map(str::len), Some(40 * 1024));
+    let other = got.iter().find(|r| r["container_id"] == "cb").unwrap();
+    assert_eq!(other["log"].as_str(), Some(small.as_str()));
+    for r in &got {
+        let o = r.as_object().unwrap();
+        assert!(
+            o.keys().all(|k| !k.starts_with("partial_") && k != "logferry_partial"),
+            "{o:?}"
+        );
+    }
+}

@@ -5,6 +5,7 @@ pub mod enrich;
 pub mod filter;
 pub mod multiline;
 pub mod parse;
+pub mod partial_message;
 pub mod redact;
 pub mod route;
 pub mod throttle;
@@ -21,6 +22,7 @@ pub enum TransformConfig {
     Redact(Box<redact::RedactConfig>),
     Multiline(Box<multiline::MultilineConfig>),
     Parse(Box<parse::ParseConfig>),
+    PartialMessage(partial_message::PartialMessageConfig),
 }
 
 impl TransformConfig {
@@ -54,10 +56,16 @@ impl TransformConfig {
                 let c: parse::ParseConfig = deserialize_at(ctx, base, value)?;
                 c.validate(ctx, base).then_some(TransformConfig::Parse(Box::new(c)))
             }
+            "partial_message" => {
+                let c: partial_message::PartialMessageConfig = deserialize_at(ctx, base, value)?;
+                c.validate(ctx, base).then_some(TransformConfig::PartialMessage(c))
+            }
             other => {
                 ctx.error(
                     base,
-                    format!("unknown transform type `{other}`, expected one of: enrich, filter, multiline, parse, redact, route, throttle"),
+                    format!(
+                        "unknown transform type `{other}`, expected one of: enrich, filter, multiline, parse, partial_message, redact, route, throttle"
+                    ),
                 );
                 None
             }
@@ -79,6 +87,7 @@ impl TransformConfig {
             TransformConfig::Redact(c) => c.describe(),
             TransformConfig::Multiline(c) => c.describe(),
             TransformConfig::Parse(c) => c.describe(),
+            TransformConfig::PartialMessage(c) => c.describe(),
         }
     }
 
@@ -91,6 +100,7 @@ impl TransformConfig {
             TransformConfig::Redact(_) => "redact",
             TransformConfig::Multiline(_) => "multiline",
             TransformConfig::Parse(_) => "parse",
+            TransformConfig::PartialMessage(_) => "partial_message",
         }
     }
 

@@ -303,15 +303,15 @@ impl Group {
 
 /// Batches being built: one per distinct (fields, tag) of the records in them.
 #[derive(Default)]
-struct Out {
+pub(crate) struct Out {
     slots: Vec<Slot>,
 }
 
-struct Slot {
+pub(crate) struct Slot {
     fields: Vec<Arc<Fields>>,
     tag: Option<Arc<str>>,
-    records: Records,
-    acks: Vec<AckToken>,
+    pub(crate) records: Records,
+    pub(crate) acks: Vec<AckToken>,
 }
 
 fn same_fields(a: &[Arc<Fields>], b: &[Arc<Fields>]) -> bool {
@@ -319,7 +319,7 @@ fn same_fields(a: &[Arc<Fields>], b: &[Arc<Fields>]) -> bool {
 }
 
 impl Out {
-    fn slot(&mut self, fields: &[Arc<Fields>], tag: &Option<Arc<str>>) -> &mut Slot {
+    pub(crate) fn slot(&mut self, fields: &[Arc<Fields>], tag: &Option<Arc<str>>) -> &mut Slot {
         let at = self
             .slots
             .iter()
@@ -339,7 +339,7 @@ impl Out {
         &mut self.slots[at]
     }
 
-    fn into_batches(self) -> impl Iterator<Item = Batch> {
+    pub(crate) fn into_batches(self) -> impl Iterator<Item = Batch> {
         self.slots.into_iter().filter(|s| !s.records.is_empty()).map(|s| {
             let ack = (!s.acks.is_empty()).then(|| AckToken::combine(s.acks));
             Batch {
@@ -373,18 +373,22 @@ pub struct Joiner {
 /// transform from joining, and one with no room at all gets the groups
 /// emitted instead of waiting for memory.
 #[derive(Debug)]
-struct Budget {
+pub(crate) struct Budget {
     sem: Arc<Semaphore>,
     held: Option<OwnedSemaphorePermit>,
 }
 
 impl Budget {
-    fn bytes(&self) -> usize {
+    pub(crate) fn new(sem: Arc<Semaphore>) -> Self {
+        Budget { sem, held: None }
+    }
+
+    pub(crate) fn bytes(&self) -> usize {
         self.held.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
     }
 
     /// Sets the share to `bytes`; false when it cannot grow that far.
-    fn resize(&mut self, bytes: usize, donor: Option<&mut OwnedSemaphorePermit>) -> bool {
+    pub(crate) fn resize(&mut self, bytes: usize, donor: Option<&mut OwnedSemaphorePermit>) -> bool {
         let have = self.bytes();
         if bytes <= have {
             if let Some(p) = self.held.as_mut() {
@@ -684,7 +688,7 @@ pub async fn run(
     let _ = send(joiner.flush_all()).await;
 }
 
-async fn sleep_until(deadline: Option<Instant>) {
+pub(crate) async fn sleep_until(deadline: Option<Instant>) {
     match deadline {
         Some(d) => tokio::time::sleep_until(d).await,
         None => std::future::pending().await,

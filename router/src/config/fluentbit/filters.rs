@@ -183,6 +183,7 @@ impl Tr {
                     &[],
                 );
             }
+            "multiline" => steps.extend(self.multiline_filter(n, sec, &what)),
             "" => {
                 self.errors.push(sec.pos.error("[FILTER] without `Name`"));
                 return None;
@@ -206,6 +207,66 @@ impl Tr {
             matches,
             pos: sec.pos.clone(),
             steps,
+        })
+    }
+
+    /// `[FILTER] Name multiline` with `Mode partial_message` (Docker's split
+    /// lines joined): the `partial_message` transform. `Mode parser` is not
+    /// mapped: Fluent Bit's multiline parsers are not Logferry's `multiline`
+    /// rules, and a silent approximation would join other lines.
+    fn multiline_filter(&mut self, n: usize, sec: &Section, what: &str) -> Option<Step> {
+        self.check_keys(
+            sec,
+            what,
+            &["match", "match_regex", "mode", "multiline.key_content", "flush_ms"],
+            &[
+                "buffer",
+                "debug_flush",
+                "emitter_name",
+                "emitter_storage.type",
+                "emitter_mem_buf_limit",
+            ],
+        );
+        match sec.get("mode").map(|e| (e.value.to_ascii_lowercase(), e.pos.clone())) {
+            Some((m, _)) if m == "partial_message" => {}
+            Some((m, pos)) => {
+                self.errors.push(pos.error(format!(
+                    "multiline: Mode `{m}` is not supported, only `partial_message` (for stack traces use Logferry's \
+                     `multiline` transform with a `preset` or `start_pattern`)"
+                )));
+                return None;
+            }
+            None => {
+                self.errors.push(sec.pos.error(
+                    "multiline: only `Mode partial_message` is supported (Fluent Bit's default, Mode parser with \
+                     multiline.parser, is not; use Logferry's `multiline` transform)",
+                ));
+                return None;
+            }
+        }
+        let mut t = toml::Table::new();
+        t.insert("type".into(), s("partial_message"));
+        let mut origins = vec![(String::new(), sec.pos.clone())];
+        if let Some(e) = sec.get("multiline.key_content") {
+            t.insert("key".into(), s(&record_key(&e.value)));
+            origins.push(("key".into(), e.pos.clone()));
+        }
+        if let Some(e) = sec.get("flush_ms") {
+            match e.value.trim().parse::<u64>() {
+                Ok(ms) if ms > 0 => {
+                    t.insert("flush_timeout".into(), s(&format!("{ms}ms")));
+                    origins.push(("flush_timeout".into(), e.pos.clone()));
+                }
+                _ => self.errors.push(e.pos.error(format!(
+                    "multiline: flush_ms `{}` is not a number of milliseconds above 0",
+                    e.value
+                ))),
+            }
+        }
+        Some(Step {
+            name: alias(sec).unwrap_or_else(|| format!("filter{n}_multiline")),
+            table: t,
+            origins,
         })
     }
 }

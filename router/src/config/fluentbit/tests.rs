@@ -587,3 +587,49 @@ fn each_output_gets_fluent_bits_time_key() {
         c.notes
     );
 }
+
+#[test]
+fn multiline_partial_message_maps_to_the_transform() {
+    let text = format!(
+        "{FORWARD}[FILTER]\n    Name multiline\n    Match *\n    multiline.key_content log\n    Mode partial_message\n    flush_ms 500\n    Buffer On\n[OUTPUT]\n    Name stdout\n    Match *\n"
+    );
+    let c = Dir::new(&[("fluent-bit.conf", &text)]).load().unwrap();
+    let t = c
+        .config
+        .transforms
+        .iter()
+        .find(|t| t.id == "filter1_multiline")
+        .unwrap();
+    let TransformConfig::PartialMessage(p) = &t.inner else {
+        panic!("{}", c.toml)
+    };
+    assert_eq!(
+        (p.key.as_str(), p.flush_timeout),
+        ("log", std::time::Duration::from_millis(500))
+    );
+    assert_eq!(
+        p.max_size,
+        crate::transforms::partial_message::PartialMessageConfig::default().max_size
+    );
+    assert!(c.notes.iter().any(|n| n.contains("`Buffer`")), "{:?}", c.notes);
+    for (extra, says) in [
+        (
+            "    Mode parser\n    multiline.parser go\n",
+            ":8:5: multiline: Mode `parser` is not supported",
+        ),
+        (
+            "    multiline.parser go\n",
+            ":5:1: multiline: only `Mode partial_message` is supported",
+        ),
+        (
+            "    Mode partial_message\n    flush_ms soon\n",
+            ":9:5: multiline: flush_ms `soon`",
+        ),
+    ] {
+        let text = format!(
+            "{FORWARD}[FILTER]\n    Name multiline\n    Match *\n{extra}[OUTPUT]\n    Name stdout\n    Match *\n"
+        );
+        let e = Dir::new(&[("fluent-bit.conf", &text)]).errors();
+        assert!(e.iter().any(|e| e.contains(says)), "{says}: {e:?}");
+    }
+}

@@ -50,6 +50,11 @@ pub struct ForwardSourceConfig {
     /// Connections served at once; more wait in the listen backlog.
     #[serde(default = "default_max_connections")]
     pub max_connections: usize,
+    /// Joins Docker partial messages (`partial_message`, `partial_id`,
+    /// ...) into one record before they leave the source: `true` for the
+    /// defaults, or a table with the `partial_message` transform's keys.
+    #[serde(default, deserialize_with = "crate::transforms::partial_message::deserialize_option")]
+    pub partial: Option<crate::transforms::partial_message::PartialMessageConfig>,
 }
 
 /// One `users` entry.
@@ -182,6 +187,9 @@ impl ForwardSourceConfig {
             ctx.error(&at("max_connections"), "must be between 1 and 65536");
             ok = false;
         }
+        if let Some(p) = &self.partial {
+            ok &= p.validate(ctx, &at("partial"));
+        }
         ok
     }
 
@@ -202,8 +210,12 @@ impl ForwardSourceConfig {
             (Some(_), 0) => "shared_key handshake".to_string(),
             (Some(_), n) => format!("shared_key handshake with {n} user(s)"),
         };
+        let partial = match &self.partial {
+            Some(p) => format!(", then {}", p.describe()),
+            None => String::new(),
+        };
         format!(
-            "forward: {}, {auth}, max_frame_size {}, max_record_size {}, max_connections {}",
+            "forward: {}, {auth}, max_frame_size {}, max_record_size {}, max_connections {}{partial}",
             parts.join(" + "),
             self.max_frame_size,
             self.max_record_size,
@@ -250,6 +262,45 @@ mod tests {
         let shown = format!("{f:?} {}", f.describe());
         assert!(!shown.contains("pa55") && !shown.contains("k3y"), "{shown}");
         assert!(shown.contains("1 user(s)"), "{shown}");
+    }
+
+    #[test]
+    fn partial_is_true_false_or_a_table_and_checked() {
+        use crate::transforms::partial_message::PartialMessageConfig;
+        let get = |c: &crate::config::Config| match &c.sources[0].inner {
+            crate::sources::SourceConfig::Forward(f) => f.partial.clone(),
+            _ => panic!("not a forward source"),
+        };
+        assert_eq!(get(&load("").unwrap()), None);
+        assert_eq!(get(&load("partial = false").unwrap()), None);
+        assert_eq!(
+            get(&load("partial = true").unwrap()),
+            Some(PartialMessageConfig::default())
+        );
+        let c = load("partial = { key = \"message\", max_size = \"64KiB\", flush_timeout = \"5s\" }").unwrap();
+        let p = get(&c).unwrap();
+        assert_eq!(
+            (p.key.as_str(), p.max_size.as_u64(), p.flush_timeout.as_secs()),
+            ("message", 64 * 1024, 5)
+        );
+        assert!(
+            c.sources[0].inner.describe().contains("partial_message"),
+            "{}",
+            c.sources[0].inner.describe()
+        );
+        let errs = load("partial = { max_size = \"0B\" }").unwrap_err();
+        assert!(
+            errs.iter().any(|e| e.contains("sources.fw.partial.max_size")),
+            "{errs:?}"
+        );
+        let errs = load("partial = { kye = \"log\" }").unwrap_err();
+        assert!(errs.iter().any(|e| e.contains("kye")), "{errs:?}");
+        let errs = load("partial = \"yes\"").unwrap_err();
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("sources.fw.partial") || e.contains("true, false")),
+            "{errs:?}"
+        );
     }
 
     #[test]

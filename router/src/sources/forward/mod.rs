@@ -23,6 +23,12 @@
 //!   frames and failed handshakes close that connection with a counted
 //!   reason; a frame is checked whole before any of its records leave, so a
 //!   rejected frame delivered nothing.
+//! - **Partial messages joined before they leave (`partial`)**: every
+//!   connection's batches go through one `partial_message` join task (see
+//!   `transforms/partial_message.rs`), which holds a part's `AckToken` until
+//!   its line is delivered, so a chunk is never acked before its line; the
+//!   task is tracked like a connection and emits what it holds once the
+//!   connections and listeners let go of it.
 //! - **`--exit-on-eof`**: the source ends once it has had a connection and
 //!   every connection reached end of input (a backfill pipes frames in and
 //!   closes); without a connection it runs until stopped.
@@ -218,7 +224,16 @@ fn run(
     let stop_accept = CancellationToken::new();
     let tracker = TaskTracker::new();
     let slots = Arc::new(Semaphore::new(cfg.max_connections));
-    let outputs = std::mem::take(&mut cx.outputs);
+    let mut outputs = std::mem::take(&mut cx.outputs);
+    if let Some(p) = cfg.partial.clone() {
+        // Every connection's batches go through one joiner (parts of a line
+        // may even come on different connections); it ends, emitting what
+        // it holds, once the connections and listeners let go of it.
+        let (tx, rx) = mpsc::channel(4);
+        let out = crate::topology::Fanout::new(std::mem::replace(&mut outputs, vec![tx]));
+        let join = crate::transforms::partial_message::join(p, rx, out, sh.m.clone(), false, cx.memory.clone());
+        tracker.spawn_on(join, &cx.rt);
+    }
     for l in listeners {
         let (sh, stop, slots, outputs, t) = (
             sh.clone(),

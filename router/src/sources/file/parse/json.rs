@@ -456,6 +456,15 @@ pub fn top_level_value<'a>(obj: &'a [u8], key: &str) -> Option<FieldText<'a>> {
     }
 }
 
+/// The value of top-level member `key` of `obj` when it is a JSON string
+/// (unescaped); `None` for any other type, a missing key or broken text.
+pub fn lookup_string<'a>(obj: &'a [u8], key: &str) -> Option<Cow<'a, str>> {
+    match top_level_value(obj, key)? {
+        FieldText::Str(s) => Some(s),
+        FieldText::Json(_) => None,
+    }
+}
+
 /// A JSON string's raw content (between the quotes).
 #[derive(Clone, Copy)]
 struct RawStr<'a> {
@@ -620,8 +629,18 @@ impl<'a> Cursor<'a> {
 /// and the member's raw `"key":value` text, to be copied as is. `None` if
 /// `obj` is not one JSON object.
 pub fn object_members(obj: &[u8]) -> Option<Vec<(Cow<'_, str>, &[u8])>> {
-    let mut out = Vec::new();
+    let members = members(obj)?;
+    Some(members.into_iter().map(|(k, r)| (k, &obj[r])).collect())
+}
+
+/// The top-level members of the object text `obj`, in order: each key
+/// (unescaped) and the byte range of the whole member (`"key":value`) in
+/// `obj`. `None` when the text is not a well-formed object. Lets a transform
+/// rebuild a record member by member (drop some, replace one) while copying
+/// every other member's bytes as they are.
+pub fn members(obj: &[u8]) -> Option<Vec<(Cow<'_, str>, std::ops::Range<usize>)>> {
     let mut c = Cursor { b: obj, i: 0 };
+    let mut out = Vec::new();
     c.eat(b'{')?;
     c.skip_ws();
     if c.peek()? == b'}' {
@@ -630,10 +649,10 @@ pub fn object_members(obj: &[u8]) -> Option<Vec<(Cow<'_, str>, &[u8])>> {
     loop {
         c.skip_ws();
         let start = c.i;
-        let key = c.string()?;
+        let key = c.string()?.text()?;
         c.eat(b':')?;
         c.value()?;
-        out.push((key.text()?, obj.get(start..c.i)?));
+        out.push((key, start..c.i));
         c.skip_ws();
         match c.peek()? {
             b',' => c.i += 1,
@@ -679,6 +698,28 @@ mod tests {
 
     const READ: i64 = 1_000_000_000_000; // 2001-09-09T01:46:40.000Z
     const T: i64 = 1_795_641_347_123; // 2026-11-25T21:15:47.123Z
+
+    #[test]
+    fn members_give_unescaped_keys_and_whole_member_spans() {
+        let obj = br#"{ "a":1, "l\u006fg" : "x,}\"y" ,"o":{"p":[1,{"q":2}]},"n":null}"#;
+        let m = members(obj).unwrap();
+        let got: Vec<(String, &str)> = m
+            .iter()
+            .map(|(k, r)| (k.to_string(), std::str::from_utf8(&obj[r.clone()]).unwrap()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("a".to_string(), r#""a":1"#),
+                ("log".to_string(), r#""l\u006fg" : "x,}\"y""#),
+                ("o".to_string(), r#""o":{"p":[1,{"q":2}]}"#),
+                ("n".to_string(), r#""n":null"#),
+            ]
+        );
+        assert_eq!(members(b"{}").unwrap().len(), 0);
+        assert!(members(br#"{"a":1"#).is_none());
+        assert!(members(br#"["a"]"#).is_none());
+    }
 
     fn parser(time_key: Option<&str>, time_format: TimeFormat) -> Parser {
         Parser::new(&ParserOptions {

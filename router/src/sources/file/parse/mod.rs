@@ -34,7 +34,9 @@ mod partial;
 mod regex_parser;
 mod time;
 
-pub use self::json::{FieldText, has_top_level_key, lookup_field, object_members, top_level_value, write_str};
+pub use self::json::{
+    FieldText, has_top_level_key, lookup_field, lookup_string, members, object_members, top_level_value, write_str,
+};
 pub use self::time::{TimeFormat, TimestampFormatter};
 
 use self::time::TimeParser;

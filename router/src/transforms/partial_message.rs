@@ -1,0 +1,1069 @@
+//! `type = "partial_message"` (and the forward source's `partial` option):
+//! joins the partial messages Docker and containerd make of a line over
+//! 16 KiB back into one record.
+//!
+//! Why: through the `fluentd`/`awsfirelens` log driver a 40 KiB JSON line
+//! arrives as three records, each with a piece of it in `log` and
+//! `partial_message: "true"`, `partial_id` (one id per line),
+//! `partial_ordinal` (`"1"`, `"2"`, ...) and `partial_last`. Shipped as they
+//! come, no query and no JSON parser can put the line back together.
+//!
+//! What it does, matching Fluent Bit's `multiline` filter in
+//! `mode partial_message` where that is sensible:
+//! - Parts are grouped by (tag, `partial_id`), so any number of containers
+//!   interleave freely; a line is complete when its `partial_last` part and
+//!   every ordinal below it have arrived, in whatever order they came. The
+//!   joined `key` (default `log`) is the parts' values in ordinal order;
+//!   every other field and the event time are those of the lowest ordinal.
+//!   Fluent Bit appends in arrival order; ordinals make the order certain.
+//! - On a complete line the four Docker keys (`partial_message`,
+//!   `partial_id`, `partial_ordinal`, `partial_last`) are removed, as Fluent
+//!   Bit does (it removes every key starting with `partial_`; we remove only
+//!   these four, so an application's own `partial_*` field survives).
+//! - A line that cannot be completed is never held forever nor lost: it is
+//!   emitted as far as it got, keeps `partial_id` (so its pieces can be
+//!   correlated) and gets `"logferry_partial": "<why>"`: `timeout` (no part
+//!   within `flush_timeout`, Fluent Bit's `flush_ms`, default 2s),
+//!   `max_size` (the next part would make the text longer than `max_size`:
+//!   what is held goes out and the following parts continue in a new record),
+//!   `memory` (no room in `memory_limit` for what is held) or `shutdown`
+//!   (input closed). Each is counted in
+//!   `logferry_component_line_issues_total{reason="partial_<why>"}`. Fluent
+//!   Bit has no such mark; it emits silently on its timer.
+//! - A part seen twice for the same id (a client resending a chunk that was
+//!   not acknowledged yet) is dropped and counted (`partial_duplicate`).
+//! - A record without `partial_message: "true"`, a `partial_id` and a
+//!   string `key` passes through untouched, at once and in order.
+//!
+//! Why acknowledgements are combined: a group holds the `AckToken` of every
+//! batch it took a part from, and the batch carrying the joined record gets
+//! `AckToken::combine` of them (as `multiline` does). A forward client's
+//! chunk is therefore answered only once the line its parts belong to is
+//! delivered, and a crash before that makes the client resend.
+//!
+//! Why the file source's joining (`sources/file/parse/partial.rs`) is not
+//! shared: it joins raw lines of one file before they are records, per
+//! stream slot and in file order (the json-file and CRI formats carry no id
+//! nor ordinal), and its state is a file offset the checkpoint must not pass.
+//! Here parts are records that arrive with ids and ordinals, out of order and
+//! across batches, and what must not be released is an ack token. The only
+//! common step is appending text under a size bound, which is one line in
+//! each; one core for both would need the union of the two state models.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use prometheus_client::metrics::counter::Counter;
+use serde::{Deserialize, Deserializer};
+use tokio::sync::{Semaphore, mpsc};
+use tokio::time::Instant;
+
+use crate::config::{Ctx, Seg};
+use crate::event::{AckToken, Batch, Fields};
+use crate::metrics::{ComponentMetrics, Metrics};
+use crate::sources::file::parse::{key_bit, lookup_field, lookup_string, members, write_str};
+use crate::topology::Fanout;
+use crate::transforms::multiline::{Budget, Out, sleep_until};
+
+/// The Docker keys of a partial message.
+const MESSAGE: &str = "partial_message";
+const ID: &str = "partial_id";
+const ORDINAL: &str = "partial_ordinal";
+const LAST: &str = "partial_last";
+/// The mark of a record that does not hold its whole line.
+pub const MARK: &str = "logferry_partial";
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PartialMessageConfig {
+    /// Top-level string field holding the pieces (Fluent Bit's
+    /// `multiline.key_content`).
+    #[serde(default = "default_key")]
+    pub key: String,
+    /// Bytes of joined text in one record at most.
+    #[serde(default = "default_max_size")]
+    pub max_size: ByteSize,
+    /// A line with no new part for this long is emitted as it is, marked
+    /// (Fluent Bit's `flush_ms`).
+    #[serde(default = "default_flush_timeout", with = "humantime_serde")]
+    pub flush_timeout: Duration,
+}
+
+fn default_key() -> String {
+    "log".to_string()
+}
+fn default_max_size() -> ByteSize {
+    ByteSize::mib(1)
+}
+fn default_flush_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+
+impl Default for PartialMessageConfig {
+    fn default() -> Self {
+        PartialMessageConfig {
+            key: default_key(),
+            max_size: default_max_size(),
+            flush_timeout: default_flush_timeout(),
+        }
+    }
+}
+
+impl PartialMessageConfig {
+    pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
+        let at = |k: &str| {
+            let mut p = base.to_vec();
+            p.push(Seg::Key(k.into()));
+            p
+        };
+        let mut ok = true;
+        if self.key.is_empty() {
+            ctx.error(&at("key"), "must not be empty");
+            ok = false;
+        }
+        if self.max_size.as_u64() == 0 {
+            ctx.error(&at("max_size"), "must be more than 0");
+            ok = false;
+        }
+        if self.flush_timeout.is_zero() {
+            ctx.error(&at("flush_timeout"), "must be more than 0");
+            ok = false;
+        }
+        ok
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "partial_message: join Docker partial messages by partial_id into `{}`, at most {}, flush after {}",
+            self.key,
+            self.max_size,
+            humantime::format_duration(self.flush_timeout),
+        )
+    }
+}
+
+/// `partial = true`, `partial = false` or `partial = { key = ..., ... }`
+/// (the forward source's option).
+pub fn deserialize_option<'de, D: Deserializer<'de>>(d: D) -> Result<Option<PartialMessageConfig>, D::Error> {
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<PartialMessageConfig>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("true, false, or a table with key, max_size, flush_timeout")
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Self::Value, E> {
+            Ok(v.then(PartialMessageConfig::default))
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+            PartialMessageConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map)).map(Some)
+        }
+    }
+    d.deserialize_any(V)
+}
+
+/// Why a record does not hold its whole line (the value of [`MARK`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    Timeout,
+    MaxSize,
+    Memory,
+    Shutdown,
+}
+
+impl Cut {
+    fn name(self) -> &'static str {
+        match self {
+            Cut::Timeout => "timeout",
+            Cut::MaxSize => "max_size",
+            Cut::Memory => "memory",
+            Cut::Shutdown => "shutdown",
+        }
+    }
+}
+
+/// One part as read from a record.
+struct Part {
+    id: String,
+    ordinal: Option<u64>,
+    last: bool,
+    text: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct Key {
+    tag: Option<Arc<str>>,
+    id: String,
+}
+
+#[derive(Debug)]
+struct Group {
+    /// The record of the lowest ordinal held: its other fields and time
+    /// are the joined record's.
+    template: Vec<u8>,
+    template_ord: u64,
+    ts_ms: i64,
+    key_mask: u64,
+    fields: Vec<Arc<Fields>>,
+    tag: Option<Arc<str>>,
+    /// Pieces held, by ordinal.
+    parts: BTreeMap<u64, String>,
+    /// Bytes of `parts`.
+    bytes: usize,
+    /// Every ordinal taken for this id (emitted or held).
+    seen: BTreeSet<u64>,
+    last: Option<u64>,
+    /// Some pieces already went out (`max_size`): the rest is marked too.
+    cut: bool,
+    acks: Vec<AckToken>,
+    touched: Instant,
+}
+
+impl Group {
+    fn complete(&self) -> bool {
+        self.last
+            .is_some_and(|l| self.seen.len() as u64 == l && self.seen.last() == Some(&l))
+    }
+}
+
+/// Counters of incomplete records, by cause.
+struct Counters {
+    timeout: Counter,
+    max_size: Counter,
+    memory: Counter,
+    shutdown: Counter,
+}
+
+/// The joining state; see the module docs.
+pub struct PartialJoiner {
+    cfg: PartialMessageConfig,
+    key_bit: u64,
+    message_bit: u64,
+    max: usize,
+    groups: HashMap<Key, Group>,
+    held: usize,
+    m: Option<ComponentMetrics>,
+    counters: Option<Counters>,
+    budget: Option<Budget>,
+}
+
+impl PartialJoiner {
+    pub fn new(cfg: PartialMessageConfig, m: Option<ComponentMetrics>, memory: Option<Arc<Semaphore>>) -> Self {
+        PartialJoiner {
+            key_bit: key_bit(cfg.key.as_bytes()),
+            message_bit: key_bit(MESSAGE.as_bytes()),
+            max: usize::try_from(cfg.max_size.as_u64()).unwrap_or(usize::MAX),
+            groups: HashMap::new(),
+            held: 0,
+            counters: m.as_ref().map(|m| Counters {
+                timeout: m.line_issue("partial_timeout"),
+                max_size: m.line_issue("partial_max_size"),
+                memory: m.line_issue("partial_memory"),
+                shutdown: m.line_issue("partial_shutdown"),
+            }),
+            m,
+            cfg,
+            budget: memory.map(Budget::new),
+        }
+    }
+
+    /// Bytes the open lines hold.
+    pub fn held(&self) -> usize {
+        self.held
+    }
+
+    /// Bytes of `memory_limit` held for them.
+    pub fn charged(&self) -> usize {
+        self.budget.as_ref().map_or(0, Budget::bytes)
+    }
+
+    /// Lines being joined.
+    pub fn open(&self) -> usize {
+        self.groups.len()
+    }
+
+    /// The part record `text` is, if it is one.
+    fn part(&self, text: &[u8], key_mask: u64) -> Option<Part> {
+        if key_mask & self.message_bit == 0 || key_mask & self.key_bit == 0 {
+            return None;
+        }
+        let is = |k: &str| lookup_field(text, k).is_some_and(|v| v.eq_ignore_ascii_case("true"));
+        if !is(MESSAGE) {
+            return None;
+        }
+        let id = lookup_field(text, ID).filter(|v| !v.is_empty())?.into_owned();
+        // Only a string is a piece of a line.
+        let piece = lookup_string(text, &self.cfg.key)?.into_owned();
+        Some(Part {
+            id,
+            ordinal: lookup_field(text, ORDINAL)
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .filter(|o| *o >= 1),
+            last: is(LAST),
+            text: piece,
+        })
+    }
+
+    /// Takes in the records of `batch`; returns the batches to send now
+    /// (completed lines, cut lines and records that are no parts). The
+    /// first one carries `batch`'s memory permit when the batch was not
+    /// shared.
+    pub fn push(&mut self, batch: Batch, now: Instant) -> Vec<Batch> {
+        let mut out = Out::default();
+        out.slot(&batch.fields, &batch.tag).acks.extend(batch.ack.clone());
+        let records = &batch.records;
+        let mut duplicates = 0u64;
+        for i in 0..records.len() {
+            let text = records.text(i);
+            let meta = records.meta[i];
+            let Some(part) = self.part(text, meta.key_mask) else {
+                let slot = out.slot(&batch.fields, &batch.tag);
+                let start = slot.records.buf.len();
+                slot.records.buf.extend_from_slice(text);
+                slot.records.push_written(start, meta.ts_ms, meta.key_mask);
+                continue;
+            };
+            let key = Key {
+                tag: batch.tag.clone(),
+                id: part.id,
+            };
+            let g = match self.groups.entry(key.clone()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(v) => {
+                    self.held += text.len();
+                    v.insert(Group {
+                        template: text.to_vec(),
+                        template_ord: u64::MAX,
+                        ts_ms: meta.ts_ms,
+                        key_mask: meta.key_mask,
+                        fields: batch.fields.clone(),
+                        tag: batch.tag.clone(),
+                        parts: BTreeMap::new(),
+                        bytes: 0,
+                        seen: BTreeSet::new(),
+                        last: None,
+                        cut: false,
+                        acks: Vec::new(),
+                        touched: now,
+                    })
+                }
+            };
+            // Without an ordinal (older Docker), parts come in order.
+            let ord = part
+                .ordinal
+                .unwrap_or_else(|| g.seen.last().map_or(1, |l| l.saturating_add(1)));
+            if g.seen.contains(&ord) {
+                duplicates += 1;
+                continue;
+            }
+            if !g.parts.is_empty() && g.bytes + part.text.len() > self.max {
+                // The held pieces go out now; this one starts the next record.
+                emit(
+                    &self.cfg,
+                    g,
+                    Some(Cut::MaxSize),
+                    &mut out,
+                    &mut self.held,
+                    self.m.as_ref(),
+                );
+                bump(&self.counters, Cut::MaxSize);
+            }
+            if ord < g.template_ord {
+                if g.template_ord != u64::MAX {
+                    self.held = self.held - g.template.len() + text.len();
+                    g.template = text.to_vec();
+                    g.ts_ms = meta.ts_ms;
+                    g.key_mask = meta.key_mask;
+                }
+                g.template_ord = ord;
+            }
+            g.seen.insert(ord);
+            if part.last {
+                g.last = Some(ord);
+            }
+            g.bytes += part.text.len();
+            self.held += part.text.len();
+            g.parts.insert(ord, part.text);
+            if let Some(a) = &batch.ack
+                && !g.acks.iter().any(|h| h.same(a))
+            {
+                g.acks.push(a.clone());
+            }
+            g.touched = now;
+            if g.complete() {
+                let cut = g.cut.then_some(Cut::MaxSize);
+                emit(&self.cfg, g, cut, &mut out, &mut self.held, self.m.as_ref());
+                if cut.is_some() {
+                    bump(&self.counters, Cut::MaxSize);
+                }
+                if let Some(g) = self.groups.remove(&key) {
+                    self.held -= g.template.len();
+                }
+            } else if g.bytes > self.max {
+                // One part alone over max_size: out as it is.
+                emit(
+                    &self.cfg,
+                    g,
+                    Some(Cut::MaxSize),
+                    &mut out,
+                    &mut self.held,
+                    self.m.as_ref(),
+                );
+                bump(&self.counters, Cut::MaxSize);
+            }
+        }
+        if duplicates > 0
+            && let Some(m) = &self.m
+        {
+            m.discarded("partial_duplicate", duplicates);
+        }
+        let Batch {
+            records, fields, tag, ..
+        } = batch;
+        // The records were copied out; an owned batch's memory share moves on
+        // with what it became.
+        let mut permit = Arc::try_unwrap(records).ok().and_then(|mut r| r.permit.take());
+        let held = self.held;
+        if let Some(b) = self.budget.as_mut()
+            && !b.resize(held, permit.as_mut())
+        {
+            // No room in memory_limit: the lines go now rather than wait.
+            b.resize(0, None);
+            self.take_where(&mut out, Cut::Memory, |_| true);
+        }
+        out.slot(&fields, &tag).records.permit = permit;
+        out.into_batches().collect()
+    }
+
+    /// Emits the lines with no new part for `flush_timeout`.
+    pub fn expire(&mut self, now: Instant) -> Vec<Batch> {
+        let timeout = self.cfg.flush_timeout;
+        let mut out = Out::default();
+        self.take_where(&mut out, Cut::Timeout, |g| g.touched + timeout <= now);
+        self.settle_budget();
+        out.into_batches().collect()
+    }
+
+    /// Emits every open line (input closed).
+    pub fn flush_all(&mut self) -> Vec<Batch> {
+        let mut out = Out::default();
+        self.take_where(&mut out, Cut::Shutdown, |_| true);
+        self.settle_budget();
+        out.into_batches().collect()
+    }
+
+    /// When the oldest open line is due.
+    pub fn next_deadline(&self) -> Option<Instant> {
+        self.groups.values().map(|g| g.touched + self.cfg.flush_timeout).min()
+    }
+
+    fn settle_budget(&mut self) {
+        let held = self.held;
+        if let Some(b) = self.budget.as_mut() {
+            b.resize(held, None);
+        }
+    }
+
+    fn take_where(&mut self, out: &mut Out, why: Cut, due: impl Fn(&Group) -> bool) {
+        let mut keys: Vec<(Instant, Key)> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| due(g))
+            .map(|(k, g)| (g.touched, k.clone()))
+            .collect();
+        // Oldest first, so lines leave in the order they went quiet.
+        keys.sort_by_key(|(t, _)| *t);
+        for (_, k) in keys {
+            if let Some(mut g) = self.groups.remove(&k) {
+                if !g.parts.is_empty() {
+                    emit(&self.cfg, &mut g, Some(why), out, &mut self.held, self.m.as_ref());
+                    bump(&self.counters, why);
+                }
+                self.held -= g.template.len();
+            }
+        }
+    }
+}
+
+fn bump(c: &Option<Counters>, why: Cut) {
+    if let Some(c) = c {
+        match why {
+            Cut::Timeout => c.timeout.inc(),
+            Cut::MaxSize => c.max_size.inc(),
+            Cut::Memory => c.memory.inc(),
+            Cut::Shutdown => c.shutdown.inc(),
+        };
+    }
+}
+
+/// Writes the pieces `g` holds as one record into its slot of `out`, moves
+/// its acks there, and empties it of them (its template stays, for the
+/// pieces still to come after a `max_size` cut).
+fn emit(
+    cfg: &PartialMessageConfig,
+    g: &mut Group,
+    cut: Option<Cut>,
+    out: &mut Out,
+    held: &mut usize,
+    m: Option<&ComponentMetrics>,
+) {
+    *held -= g.bytes;
+    let mut joined = String::with_capacity(g.bytes);
+    for p in std::mem::take(&mut g.parts).into_values() {
+        joined.push_str(&p);
+    }
+    g.bytes = 0;
+    if cut.is_some() {
+        g.cut = true;
+    }
+    let template = &g.template;
+    let slot = out.slot(&g.fields, &g.tag);
+    for a in std::mem::take(&mut g.acks) {
+        if !slot.acks.iter().any(|h| h.same(&a)) {
+            slot.acks.push(a);
+        }
+    }
+    let buf = &mut slot.records.buf;
+    let start = buf.len();
+    let mut mask = g.key_mask;
+    match members(template) {
+        Some(ms) => {
+            buf.push(b'{');
+            let mut first = true;
+            let mut sep = |buf: &mut Vec<u8>| {
+                if !std::mem::take(&mut first) {
+                    buf.push(b',');
+                }
+            };
+            for (k, r) in &ms {
+                let k: &str = k;
+                if k == cfg.key {
+                    sep(buf);
+                    write_str(buf, k);
+                    buf.push(b':');
+                    write_str(buf, &joined);
+                } else if k == MESSAGE || k == ORDINAL || k == LAST || (k == ID && cut.is_none()) || k == MARK {
+                    continue;
+                } else {
+                    sep(buf);
+                    buf.extend_from_slice(template.get(r.clone()).unwrap_or_default());
+                }
+            }
+            if let Some(c) = cut {
+                sep(buf);
+                write_str(buf, MARK);
+                buf.push(b':');
+                write_str(buf, c.name());
+                mask |= key_bit(MARK.as_bytes());
+            }
+            buf.push(b'}');
+        }
+        None => {
+            // The template parsed as a record before; if it does not now,
+            // keep it whole rather than lose it (counted, never silent).
+            buf.extend_from_slice(template);
+            if let Some(m) = m {
+                m.discarded("partial_unjoinable", 1);
+            }
+        }
+    }
+    slot.records.push_written(start, g.ts_ms, mask);
+}
+
+/// The transform's task.
+pub async fn run(
+    id: String,
+    cfg: PartialMessageConfig,
+    input: mpsc::Receiver<Batch>,
+    output: Fanout,
+    metrics: Arc<Metrics>,
+    memory: Arc<Semaphore>,
+) {
+    let m = metrics.component(&id, "partial_message");
+    join(cfg, input, output, m, true, memory).await
+}
+
+/// Joins what comes in on `input` into `output` until `input` closes, then
+/// emits every open line. `count`: bump `m`'s received/sent counters (a
+/// transform does; a source whose batches pass through here already did).
+pub async fn join(
+    cfg: PartialMessageConfig,
+    mut input: mpsc::Receiver<Batch>,
+    output: Fanout,
+    m: ComponentMetrics,
+    count: bool,
+    memory: Arc<Semaphore>,
+) {
+    let mut joiner = PartialJoiner::new(cfg, Some(m.clone()), Some(memory));
+    let send = |batches: Vec<Batch>| {
+        let (output, m) = (&output, &m);
+        async move {
+            for b in batches {
+                let (n, bytes) = (b.len() as u64, b.bytes());
+                output.send(b).await?;
+                if count {
+                    m.sent_events.inc_by(n);
+                    m.sent_bytes.inc_by(bytes);
+                }
+            }
+            Ok::<(), crate::topology::Closed>(())
+        }
+    };
+    loop {
+        let deadline = joiner.next_deadline();
+        let batches = tokio::select! {
+            b = input.recv() => match b {
+                Some(b) => {
+                    if count {
+                        m.received_events.inc_by(b.len() as u64);
+                        m.received_bytes.inc_by(b.bytes());
+                    }
+                    joiner.push(b, Instant::now())
+                }
+                None => break,
+            },
+            () = sleep_until(deadline) => joiner.expire(Instant::now()),
+        };
+        if send(batches).await.is_err() {
+            return;
+        }
+    }
+    // Input closed: every held part goes out before this task ends.
+    let _ = send(joiner.flush_all()).await;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::Ack;
+    use proptest::prelude::*;
+    use serde_json::{Value, json};
+
+    fn cfg(toml_text: &str) -> PartialMessageConfig {
+        toml::from_str(toml_text).unwrap()
+    }
+
+    /// A Docker partial message as the fluentd log driver sends it.
+    fn part(id: &str, ord: u64, last: bool, log: &str) -> String {
+        json!({
+            "container_id": format!("c-{id}"),
+            "container_name": "/app",
+            "source": "stdout",
+            "log": log,
+            "partial_message": "true",
+            "partial_id": id,
+            "partial_ordinal": ord.to_string(),
+            "partial_last": if last { "true" } else { "false" },
+        })
+        .to_string()
+    }
+
+    fn batch(recs: &[String], seq: u64, tx: &std::sync::mpsc::Sender<Ack>) -> Batch {
+        let mut b = crate::event::batch_of(&recs.iter().map(String::as_str).collect::<Vec<_>>());
+        b.ack = Some(AckToken::new(1, seq, tx.clone()));
+        b
+    }
+
+    fn values(batches: &[Batch]) -> Vec<Value> {
+        batches
+            .iter()
+            .flat_map(|b| (0..b.len()).map(move |i| serde_json::from_slice(b.records.text(i)).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn interleaved_out_of_order_parts_join_and_lose_their_partial_keys() {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let mut j = PartialJoiner::new(PartialMessageConfig::default(), None, None);
+        let now = Instant::now();
+        let plain = json!({"log": "plain", "source": "stderr"}).to_string();
+        let app_flag = json!({"log": "x", "partial_message": "false", "partial_id": "z"}).to_string();
+        let out = j.push(
+            batch(
+                &[
+                    part("a", 2, false, "{\"k\":\"é\\\"q"),
+                    part("b", 1, false, "B1-"),
+                    plain.clone(),
+                    part("a", 3, true, "\"}"),
+                    app_flag.clone(),
+                ],
+                0,
+                &tx,
+            ),
+            now,
+        );
+        assert_eq!(
+            values(&out),
+            [
+                json!({"log": "plain", "source": "stderr"}),
+                serde_json::from_str::<Value>(&app_flag).unwrap()
+            ]
+        );
+        assert_eq!(j.open(), 2);
+        let out = j.push(
+            batch(&[part("b", 2, true, "B2"), part("a", 1, false, "A1:")], 1, &tx),
+            now,
+        );
+        let got = values(&out);
+        assert_eq!(
+            got,
+            [
+                json!({"container_id": "c-b", "container_name": "/app", "source": "stdout", "log": "B1-B2"}),
+                json!({"container_id": "c-a", "container_name": "/app", "source": "stdout", "log": "A1:{\"k\":\"é\\\"q\"}"}),
+            ]
+        );
+        // The joined line of `a` is itself the JSON the application wrote.
+        let inner: Value = serde_json::from_str(got[1]["log"].as_str().unwrap().trim_start_matches("A1:")).unwrap();
+        assert_eq!(inner, json!({"k": "é\"q"}));
+        assert_eq!((j.open(), j.held()), (0, 0));
+        assert!(j.flush_all().is_empty());
+    }
+
+    #[test]
+    fn duplicates_are_dropped_and_a_part_without_ordinal_follows_arrival() {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let mut j = PartialJoiner::new(PartialMessageConfig::default(), None, None);
+        let now = Instant::now();
+        let no_ord = |log: &str, last: bool| {
+            json!({"log": log, "partial_message": "true", "partial_id": "n", "partial_last": last.to_string()})
+                .to_string()
+        };
+        let out = j.push(
+            batch(
+                &[
+                    part("d", 1, false, "one "),
+                    part("d", 1, false, "one "),
+                    no_ord("x", false),
+                    no_ord("y", false),
+                    no_ord("z", true),
+                    part("d", 2, true, "two"),
+                    part("d", 2, true, "two"),
+                ],
+                0,
+                &tx,
+            ),
+            now,
+        );
+        let logs: Vec<Value> = values(&out).iter().map(|v| v["log"].clone()).collect();
+        assert_eq!(logs, [json!("xyz"), json!("one two")]);
+        // The second "two" starts a new line that never completes: out at the
+        // timeout, marked, with its id.
+        let late = j.expire(now + Duration::from_secs(2));
+        assert_eq!(
+            values(&late),
+            [
+                json!({"container_id": "c-d", "container_name": "/app", "source": "stdout", "log": "two",
+                "partial_id": "d", "logferry_partial": "timeout"})
+            ]
+        );
+    }
+
+    #[test]
+    fn records_that_are_not_parts_pass_untouched() {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let mut j = PartialJoiner::new(PartialMessageConfig::default(), None, None);
+        let recs = vec![
+            // No partial_id, a non-string log, no log at all: not joinable.
+            json!({"log": "a", "partial_message": "true"}).to_string(),
+            json!({"log": 5, "partial_message": "true", "partial_id": "i", "partial_ordinal": "1"}).to_string(),
+            json!({"msg": "b", "partial_message": "true", "partial_id": "i"}).to_string(),
+            r#"{"log":"c",  "x" : [1,2]}"#.to_string(),
+        ];
+        let b = batch(&recs, 0, &tx);
+        let want: Vec<Vec<u8>> = (0..b.len()).map(|i| b.records.text(i).to_vec()).collect();
+        let out = j.push(b, Instant::now());
+        let got: Vec<Vec<u8>> = out
+            .iter()
+            .flat_map(|b| (0..b.len()).map(|i| b.records.text(i).to_vec()))
+            .collect();
+        assert_eq!(got, want, "byte for byte, in order");
+        assert_eq!(j.open(), 0);
+    }
+
+    #[test]
+    fn max_size_cuts_into_marked_records_that_together_hold_the_line() {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let mut j = PartialJoiner::new(cfg("max_size = \"10B\""), None, None);
+        let now = Instant::now();
+        let mut out = j.push(
+            batch(
+                &[
+                    part("m", 1, false, "aaaa"),
+                    part("m", 2, false, "bbbb"),
+                    part("m", 3, false, "cccc"),
+                    part("m", 4, false, "0123456789ABC"),
+                    part("m", 5, true, "e"),
+                ],
+                0,
+                &tx,
+            ),
+            now,
+        );
+        out.extend(j.flush_all());
+        let got = values(&out);
+        let logs: Vec<&str> = got.iter().map(|v| v["log"].as_str().unwrap()).collect();
+        assert_eq!(logs, ["aaaabbbb", "cccc", "0123456789ABC", "e"]);
+        for v in &got {
+            assert_eq!(v["logferry_partial"], "max_size", "{v}");
+            assert_eq!(v["partial_id"], "m", "{v}");
+            assert!(v.get("partial_ordinal").is_none(), "{v}");
+        }
+        assert_eq!(j.held(), 0);
+    }
+
+    #[test]
+    fn the_joined_batch_holds_every_parts_ack_until_delivered() {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mut j = PartialJoiner::new(PartialMessageConfig::default(), None, None);
+        let now = Instant::now();
+        let out1 = j.push(
+            batch(&[part("q", 1, false, "1"), "{\"log\":\"plain\"}".into()], 1, &tx),
+            now,
+        );
+        assert_eq!(values(&out1).len(), 1);
+        drop(out1);
+        assert!(rx.try_recv().is_err(), "batch 1 has a part held");
+        let out2 = j.push(batch(&[part("q", 2, false, "2")], 2, &tx), now);
+        assert!(out2.is_empty());
+        assert!(rx.try_recv().is_err(), "batch 2 has a part held");
+        let out3 = j.push(batch(&[part("q", 3, true, "3")], 3, &tx), now);
+        assert_eq!(values(&out3)[0]["log"], "123");
+        assert!(rx.try_recv().is_err(), "the joined record is not delivered yet");
+        // The sink fails it: all three source batches are reported failed.
+        out3[0].fail();
+        drop(out3);
+        let mut acks: Vec<(u64, bool)> = rx.try_iter().map(|a| (a.seq, a.delivered)).collect();
+        acks.sort();
+        assert_eq!(acks, [(1, false), (2, false), (3, false)]);
+    }
+
+    #[test]
+    fn held_parts_are_charged_to_memory_limit_or_emitted() {
+        let sem = Arc::new(Semaphore::new(100_000));
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let mut j = PartialJoiner::new(PartialMessageConfig::default(), None, Some(sem.clone()));
+        let now = Instant::now();
+        let mut b = batch(
+            &[part("r", 1, false, &"x".repeat(500)), part("s", 1, false, "s1")],
+            0,
+            &tx,
+        );
+        let bytes = b.records.buf.len();
+        Arc::get_mut(&mut b.records).unwrap().permit = Some(sem.clone().try_acquire_many_owned(bytes as u32).unwrap());
+        let out = j.push(b, now);
+        assert!(out.is_empty());
+        assert!(j.held() > 500);
+        assert_eq!(j.charged(), j.held());
+        assert_eq!(
+            sem.available_permits(),
+            100_000 - j.held(),
+            "the batch's share moved, nothing more"
+        );
+        // No room left: what is held goes out at once, marked.
+        let _rest = sem
+            .clone()
+            .try_acquire_many_owned(sem.available_permits() as u32)
+            .unwrap();
+        let out = j.push(batch(&[part("r", 2, false, "more")], 1, &tx), now);
+        let mut got = values(&out);
+        got.sort_by_key(|v| v["partial_id"].as_str().unwrap().to_string());
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0]["log"].as_str().unwrap(), format!("{}more", "x".repeat(500)));
+        assert!(got.iter().all(|v| v["logferry_partial"] == "memory"), "{got:?}");
+        assert_eq!((j.open(), j.held(), j.charged()), (0, 0, 0));
+    }
+
+    #[test]
+    fn config_defaults_and_errors() {
+        let c = PartialMessageConfig::default();
+        assert_eq!(
+            (c.key.as_str(), c.max_size.as_u64(), c.flush_timeout),
+            ("log", 1 << 20, Duration::from_secs(2))
+        );
+        let check = |text: &str| {
+            crate::config::load_str(
+                &format!(
+                    "[sources.fw]\ntype = \"forward\"\n[transforms.p]\ntype = \"partial_message\"\ninputs = [\"fw\"]\n{text}\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"p\"]\n"
+                ),
+                "t.toml",
+                &|_| None,
+            )
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default()
+        };
+        assert_eq!(check(""), "");
+        assert!(
+            check("key = \"\"").contains("transforms.p.key"),
+            "{}",
+            check("key = \"\"")
+        );
+        assert!(check("flush_timeout = \"0s\"").contains("transforms.p.flush_timeout"));
+        let e = check("max_sise = \"1KiB\"");
+        assert!(e.contains("max_sise") && e.contains("t.toml:6"), "{e}");
+    }
+
+    /// Lines of many ids, each cut into parts, sent in any interleaving
+    /// (`shuffle`: parts of one id out of order too), with duplicates, in
+    /// batches of any size.
+    fn run_lines(
+        lines: &[String],
+        cuts: &[Vec<usize>],
+        order: &[u16],
+        dups: &[bool],
+        per: usize,
+        max: usize,
+        in_order: bool,
+    ) -> (Vec<Value>, Vec<Value>, Vec<Vec<String>>) {
+        let (tx, _rx) = std::sync::mpsc::channel();
+        let mut j = PartialJoiner::new(cfg(&format!("max_size = \"{max}B\"")), None, None);
+        let mut parts: Vec<String> = Vec::new();
+        let mut plain = Vec::new();
+        let mut all_pieces = Vec::new();
+        for (n, (line, cut)) in lines.iter().zip(cuts).enumerate() {
+            let mut bounds: Vec<usize> = cut
+                .iter()
+                .map(|c| line.floor_char_boundary(c % (line.len() + 1)))
+                .collect();
+            bounds.push(0);
+            bounds.push(line.len());
+            bounds.sort();
+            bounds.dedup();
+            let pieces: Vec<&str> = bounds.windows(2).map(|w| &line[w[0]..w[1]]).collect();
+            let pieces = if pieces.is_empty() { vec![""] } else { pieces };
+            for (i, p) in pieces.iter().enumerate() {
+                parts.push(part(&format!("id{n}"), i as u64 + 1, i + 1 == pieces.len(), p));
+            }
+            all_pieces.push(pieces.iter().map(|p| p.to_string()).collect());
+            let p = json!({"log": format!("plain {n}")}).to_string();
+            plain.push(p.clone());
+            parts.push(p);
+        }
+        // A permutation from `order` (a random key per element).
+        let mut idx: Vec<usize> = (0..parts.len()).collect();
+        idx.sort_by_key(|i| order.get(*i).copied().unwrap_or(0));
+        if in_order {
+            // Each id's parts back in ordinal order, in the slots its parts
+            // were shuffled to (ids stay interleaved).
+            for n in 0..lines.len() {
+                let tag = format!("\"c-id{n}\"");
+                let slots: Vec<usize> = (0..idx.len()).filter(|k| parts[idx[*k]].contains(&tag)).collect();
+                let mut mine: Vec<usize> = slots.iter().map(|k| idx[*k]).collect();
+                mine.sort();
+                for (k, i) in slots.into_iter().zip(mine) {
+                    idx[k] = i;
+                }
+            }
+        }
+        let mut sent: Vec<String> = Vec::new();
+        for (k, i) in idx.iter().enumerate() {
+            sent.push(parts[*i].clone());
+            if dups.get(k).copied().unwrap_or(false) && parts[*i].contains("partial_id") {
+                sent.push(parts[*i].clone());
+            }
+        }
+        let now = Instant::now();
+        let mut out = Vec::new();
+        for (n, chunk) in sent.chunks(per.max(1)).enumerate() {
+            out.extend(j.push(batch(chunk, n as u64, &tx), now));
+        }
+        out.extend(j.flush_all());
+        assert_eq!((j.held(), j.open()), (0, 0));
+        let got = values(&out);
+        let plain_sent: Vec<Value> = sent
+            .iter()
+            .filter(|s| !s.contains("partial_id"))
+            .map(|s| serde_json::from_str(s).unwrap())
+            .collect();
+        (got, plain_sent, all_pieces)
+    }
+
+    fn line_strategy() -> impl Strategy<Value = String> {
+        prop::collection::vec(
+            prop_oneof![
+                Just('a'),
+                Just('é'),
+                Just('"'),
+                Just('\\'),
+                Just('\n'),
+                Just('😀'),
+                Just('{')
+            ],
+            0..60,
+        )
+        .prop_map(|cs| cs.into_iter().collect())
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(200))]
+
+        /// Any interleaving, any order of parts, duplicates, any batching:
+        /// one unmarked record per line holding exactly the line, plain
+        /// records in their order. A duplicate that comes after its line
+        /// was completed cannot be told from a resend of a line whose
+        /// delivery failed: it comes out again (at least once), marked
+        /// (whole again for a one-part line), and is only a piece sent twice.
+        #[test]
+        fn every_line_comes_out_whole_once(
+            lines in prop::collection::vec(line_strategy(), 1..8),
+            cuts in prop::collection::vec(prop::collection::vec(0usize..64, 0..5), 8),
+            order in prop::collection::vec(any::<u16>(), 80),
+            dups in prop::collection::vec(prop::bool::weighted(0.15), 120),
+            per in 1usize..12,
+        ) {
+            let (got, plain, pieces) = run_lines(&lines, &cuts, &order, &dups, per, 1 << 20, false);
+            let (joined, passed): (Vec<&Value>, Vec<&Value>) = got.iter().partition(|v| v["container_id"].is_string());
+            prop_assert_eq!(passed.into_iter().cloned().collect::<Vec<_>>(), plain);
+            let any_dup = dups.iter().any(|d| *d);
+            for (n, line) in lines.iter().enumerate() {
+                let mine: Vec<&&Value> = joined.iter().filter(|v| v["container_id"] == format!("c-id{n}")).collect();
+                let (whole, marked): (Vec<&&Value>, Vec<&&Value>) = mine.iter().partition(|v| v.get(MARK).is_none());
+                // A one-part line sent twice is whole twice.
+                prop_assert!(whole.len() == 1 || (any_dup && pieces[n].len() == 1), "{:?}", mine);
+                for w in &whole {
+                    prop_assert_eq!(w["log"].as_str(), Some(line.as_str()));
+                    let obj = w.as_object().unwrap();
+                    prop_assert!(obj.keys().all(|k| !k.starts_with("partial_")), "{:?}", obj);
+                }
+                prop_assert!(marked.is_empty() || any_dup, "{:?}", marked);
+                for m in &marked {
+                    prop_assert_eq!(&m[MARK], "shutdown");
+                    prop_assert!(pieces[n].iter().any(|p| Some(p.as_str()) == m["log"].as_str()), "{:?}", m);
+                }
+            }
+            if !any_dup {
+                prop_assert_eq!(joined.len(), lines.len());
+            }
+        }
+
+        /// Parts of one id in order (ids interleaved), a small max_size:
+        /// the records of a line, in order, spell the line; each holds at
+        /// most max_size bytes unless it is a single part; cut lines are
+        /// marked, whole ones are not.
+        #[test]
+        fn max_size_bounds_records_and_loses_nothing(
+            lines in prop::collection::vec(line_strategy(), 1..6),
+            cuts in prop::collection::vec(prop::collection::vec(0usize..64, 0..6), 6),
+            order in prop::collection::vec(any::<u16>(), 60),
+            per in 1usize..10,
+            max in 1usize..40,
+        ) {
+            let (got, _, pieces) = run_lines(&lines, &cuts, &order, &[], per, max, true);
+            for (n, line) in lines.iter().enumerate() {
+                let mine: Vec<&Value> = got.iter().filter(|v| v["container_id"] == format!("c-id{n}")).collect();
+                let text: String = mine.iter().map(|v| v["log"].as_str().unwrap()).collect();
+                prop_assert_eq!(&text, line);
+                for v in &mine {
+                    let log = v["log"].as_str().unwrap();
+                    prop_assert!(log.len() <= max || pieces[n].iter().any(|p| p == log), "{} > {}", log.len(), max);
+                }
+                if mine.len() > 1 {
+                    prop_assert!(mine.iter().all(|v| v[MARK] == "max_size"), "{:?}", mine);
+                } else {
+                    prop_assert!(mine[0].get(MARK).is_none() || line.len() > max, "{:?}", mine);
+                }
+            }
+        }
+    }
+}
