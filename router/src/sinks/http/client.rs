@@ -248,13 +248,6 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> (String, bool) {
         if err.downcast_ref::<rustls::Error>().is_some() {
             tls = true;
         }
-        // io::Error hides the error it wraps from `source()`.
-        if let Some(io) = err.downcast_ref::<std::io::Error>()
-            && let Some(inner) = io.get_ref()
-            && inner.downcast_ref::<rustls::Error>().is_some()
-        {
-            tls = true;
-        }
         if !std::ptr::eq(err as *const _ as *const u8, e as *const _ as *const u8) {
             let s = err.to_string();
             if !text.contains(&s) {
@@ -262,7 +255,13 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> (String, bool) {
                 text.push_str(&s);
             }
         }
-        cur = err.source();
+        // io::Error hides the error it wraps from `source()` (it returns
+        // that error's source): walk into it instead, since rustls's error
+        // sits inside io::Errors (tokio-rustls, then hyper-rustls).
+        cur = match err.downcast_ref::<std::io::Error>().and_then(|io| io.get_ref()) {
+            Some(inner) => Some(inner as &(dyn std::error::Error + 'static)),
+            None => err.source(),
+        };
     }
     (text, tls)
 }
