@@ -29,6 +29,10 @@ pub async fn check(config: &Config) -> Vec<SinkCheck> {
                 format!("forward {}:{}", f.host, f.port),
                 crate::sinks::forward::check(f).await,
             ),
+            SinkConfig::Http(h) => match crate::sinks::http::check(h).await {
+                Ok(said) => (format!("http {said}"), Ok(())),
+                Err(e) => (format!("http {}", crate::sinks::http::shown_uri(h)), Err(e)),
+            },
             SinkConfig::File(f) => (f.path.display().to_string(), check_dir(&f.path)),
             SinkConfig::Stdout(_) => ("stdout".to_string(), Ok(())),
             SinkConfig::Blackhole(_) => ("blackhole".to_string(), Ok(())),

@@ -40,6 +40,12 @@ pub struct OutputLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusLabels {
+    pub component: String,
+    pub status: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct DetectorLabels {
     pub component: String,
     pub detector: String,
@@ -81,6 +87,8 @@ pub struct Metrics {
     /// Objects an object sink closed, by reason (size, age, memory, shutdown).
     objects_closed: Family<ReasonLabels, Counter>,
     sink_errors: Family<ReasonLabels, Counter>,
+    /// HTTP requests of the http sink by answer class (`2xx`..`5xx`, `error`).
+    http_requests: Family<StatusLabels, Counter>,
     /// Failed forward-protocol handshakes (source or sink), by reason.
     handshake_failures: Family<ReasonLabels, Counter>,
     /// Requests sent again after an error or a partial rejection.
@@ -146,6 +154,7 @@ impl Metrics {
             objects_written: Family::default(),
             objects_closed: Family::default(),
             sink_errors: Family::default(),
+            http_requests: Family::default(),
             handshake_failures: Family::default(),
             retries: Family::default(),
             redactions: Family::default(),
@@ -257,6 +266,11 @@ impl Metrics {
             "logferry_sink_errors",
             "Sink write errors, by reason",
             m.sink_errors.clone(),
+        );
+        registry.register(
+            "logferry_http_requests",
+            "Requests of an http sink, by answer class: 2xx, 3xx, 4xx, 5xx, or error (no answer: connect, TLS, timeout)",
+            m.http_requests.clone(),
         );
         registry.register(
             "logferry_forward_handshake_failures",
@@ -425,6 +439,7 @@ impl Metrics {
             dead_letters: self.dead_letters.clone(),
             line_issues: self.line_issues.clone(),
             sink_errors: self.sink_errors.clone(),
+            http_requests: self.http_requests.clone(),
             handshake_failures: self.handshake_failures.clone(),
             retries: self.retries.get_or_create(&labels).clone(),
             redactions: self.redactions.clone(),
@@ -506,6 +521,7 @@ pub struct ComponentMetrics {
     dead_letters: Family<ReasonLabels, Counter>,
     line_issues: Family<ReasonLabels, Counter>,
     sink_errors: Family<ReasonLabels, Counter>,
+    http_requests: Family<StatusLabels, Counter>,
     handshake_failures: Family<ReasonLabels, Counter>,
     firehose_records_sent: Family<SinkLabels, Counter>,
 }
@@ -557,6 +573,16 @@ impl ComponentMetrics {
 
     pub fn sink_error(&self, reason: &'static str) {
         self.sink_errors.get_or_create(&self.labels(reason)).inc();
+    }
+
+    /// An http sink request, by the class of its answer (or `error`).
+    pub fn http_request(&self, status: &'static str) {
+        self.http_requests
+            .get_or_create(&StatusLabels {
+                component: self.id.clone(),
+                status: status.to_string(),
+            })
+            .inc();
     }
 
     /// A forward-protocol handshake that failed (once per connection).

@@ -8,6 +8,7 @@ pub mod encoding;
 pub mod file;
 pub mod firehose;
 pub mod forward;
+pub mod http;
 pub mod object;
 pub mod s3;
 pub mod stdout;
@@ -47,9 +48,10 @@ pub enum SinkConfig {
     CloudWatchLogs(cloudwatch_logs::CloudWatchLogsSinkConfig),
     Firehose(firehose::FirehoseSinkConfig),
     Forward(forward::ForwardSinkConfig),
+    Http(http::HttpSinkConfig),
 }
 
-const KINDS: &str = "s3, cloudwatch_logs, firehose, forward, file, stdout, blackhole";
+const KINDS: &str = "s3, cloudwatch_logs, firehose, forward, http, file, stdout, blackhole";
 
 impl SinkConfig {
     pub fn build(ctx: &mut Ctx<'_>, base: &[Seg], kind: &str, value: toml::Value) -> Option<Self> {
@@ -74,6 +76,10 @@ impl SinkConfig {
                 let c: forward::ForwardSinkConfig = deserialize_at(ctx, base, value)?;
                 c.validate(ctx, base).then_some(SinkConfig::Forward(c))
             }
+            "http" => {
+                let c: http::HttpSinkConfig = deserialize_at(ctx, base, value)?;
+                c.validate(ctx, base).then_some(SinkConfig::Http(c))
+            }
             "stdout" => {
                 let c: stdout::StdoutSinkConfig = deserialize_at(ctx, base, value)?;
                 c.validate(ctx, base).then_some(SinkConfig::Stdout(c))
@@ -95,6 +101,7 @@ impl SinkConfig {
             SinkConfig::CloudWatchLogs(_) => "cloudwatch_logs",
             SinkConfig::Firehose(_) => "firehose",
             SinkConfig::Forward(_) => "forward",
+            SinkConfig::Http(_) => "http",
         }
     }
 
@@ -161,6 +168,31 @@ impl SinkConfig {
                     (Some(_), Some(u)) => format!(", shared_key handshake as user `{u}`"),
                     (Some(_), None) => ", shared_key handshake".to_string(),
                     _ => String::new(),
+                }
+            ),
+            SinkConfig::Http(c) => format!(
+                "http: {} {}, encoding {:?}, framing {:?}, compression {:?}, batch {} / {} records, flush_interval {}{}{}",
+                match c.method {
+                    http::HttpMethod::Post => "POST",
+                    http::HttpMethod::Put => "PUT",
+                },
+                http::shown_uri(c),
+                c.encoding,
+                c.framing,
+                c.compression,
+                c.batch.max_bytes.display().iec(),
+                c.batch.max_events,
+                humantime::format_duration(c.flush_interval),
+                match &c.auth {
+                    Some(http::HttpAuth::Basic { user, .. }) => format!(", basic auth as `{user}`"),
+                    Some(http::HttpAuth::Bearer { .. }) => ", bearer token".to_string(),
+                    None => String::new(),
+                },
+                // Names only: header values are secrets.
+                if c.headers.is_empty() {
+                    String::new()
+                } else {
+                    format!(", headers {}", c.headers.keys().cloned().collect::<Vec<_>>().join(", "))
                 }
             ),
             SinkConfig::Stdout(_) => "stdout".to_string(),

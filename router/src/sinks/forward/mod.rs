@@ -24,7 +24,7 @@
 mod config;
 mod conn;
 mod proto;
-mod tls;
+pub(crate) mod tls;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};

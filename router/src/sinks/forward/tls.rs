@@ -6,6 +6,7 @@
 //! self-signed server), else the system's roots. `verify = false` accepts any
 //! certificate; it exists for tests and is logged loudly.
 
+use std::path::Path;
 use std::sync::Arc;
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -19,19 +20,27 @@ use super::config::TlsOptions;
 /// Builds the connector; the error says what is wrong with the options or
 /// files.
 pub fn connector(opts: &TlsOptions) -> Result<tokio_rustls::TlsConnector, String> {
+    let config = client_config(opts.ca_file.as_deref(), opts.verify, "forward server")?;
+    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+}
+
+/// The rustls client configuration both TLS sinks (forward, http) use:
+/// `ca_file` alone when given, else the system's roots; `verify = false`
+/// accepts any certificate. `peer` names the server in the warning.
+pub fn client_config(ca_file: Option<&Path>, verify: bool, peer: &str) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
         .map_err(|e| e.to_string())?;
-    let config = if !opts.verify {
-        tracing::warn!("tls.verify = false: the forward server's certificate is not checked");
+    let config = if !verify {
+        tracing::warn!("tls.verify = false: the {peer}'s certificate is not checked");
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCert(provider.signature_verification_algorithms)))
             .with_no_client_auth()
     } else {
         let mut roots = rustls::RootCertStore::empty();
-        match &opts.ca_file {
+        match ca_file {
             Some(path) => {
                 let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
                     .and_then(|it| it.collect::<Result<_, _>>())
@@ -58,7 +67,7 @@ pub fn connector(opts: &TlsOptions) -> Result<tokio_rustls::TlsConnector, String
         }
         builder.with_root_certificates(roots).with_no_client_auth()
     };
-    Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
+    Ok(config)
 }
 
 /// Accepts any server certificate, still checking the handshake signatures.

@@ -1,0 +1,409 @@
+//! `[sinks.<id>] type = "http"`.
+//!
+//! Names follow what users of Vector's `http` sink and Fluent Bit's
+//! `out_http` already write (`uri`, `method`, `headers`, `auth.strategy`,
+//! `batch.max_bytes`, `batch.max_events`, `tls.ca_file`), in Logferry's
+//! shapes (`flush_interval`, `compression`, `tls.verify` as in the forward
+//! sink).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use bytesize::ByteSize;
+use hyper::header::{HeaderName, HeaderValue};
+use serde::Deserialize;
+
+use crate::config::{Ctx, Secret, Seg};
+
+/// Largest `batch.max_bytes`: a request body is held in memory until the
+/// server answered 2xx, and SaaS intake APIs refuse bigger bodies anyway
+/// (Datadog 5 MB, Splunk HEC 1 MB by default, New Relic 1 MB compressed).
+pub const MAX_BATCH_BYTES: u64 = 10 * 1024 * 1024;
+
+/// Headers the sink sets itself; configuring them would break the body.
+const MANAGED_HEADERS: &[&str] = &["content-length", "content-encoding", "transfer-encoding", "host"];
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpSinkConfig {
+    /// Where requests go: `http://` or `https://`, path and query included.
+    pub uri: String,
+    #[serde(default)]
+    pub method: HttpMethod,
+    /// The body: one JSON record per line, or one JSON array of records.
+    #[serde(default)]
+    pub encoding: HttpEncoding,
+    /// How each record is wrapped for the backend's bulk API.
+    #[serde(default)]
+    pub framing: Framing,
+    #[serde(default)]
+    pub compression: HttpCompression,
+    /// Extra request headers (API keys: `DD-API-KEY = "${DD_API_KEY}"`).
+    /// Values are secrets: never logged, marked sensitive for hyper.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    pub auth: Option<HttpAuth>,
+    #[serde(default)]
+    pub batch: BatchOptions,
+    /// Longest time a record waits in the sink before its request is sent.
+    #[serde(default = "default_flush_interval", with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// One attempt (connect, send, read the answer) may take this long;
+    /// then it is retried.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// Longest pause a `Retry-After` answer may ask for; longer asks wait
+    /// this long.
+    #[serde(default = "default_max_retry_after", with = "humantime_serde")]
+    pub max_retry_after: Duration,
+    #[serde(default)]
+    pub tls: HttpTls,
+    /// `logferry check` sends a GET here and wants a 2xx; without it, check
+    /// sends a HEAD to `uri` (see `check` in `mod.rs`).
+    pub healthcheck_uri: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "UPPERCASE")]
+pub enum HttpMethod {
+    #[default]
+    #[serde(alias = "post")]
+    Post,
+    #[serde(alias = "put")]
+    Put,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum HttpEncoding {
+    /// `application/x-ndjson`: each record and a newline.
+    #[default]
+    Ndjson,
+    /// `application/json`: `[record,record,...]`.
+    JsonArray,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum Framing {
+    /// The record as it is.
+    #[default]
+    None,
+    /// Splunk HEC `/services/collector/event`: `{"time":<s>,"event":record}`.
+    SplunkHec,
+    /// OpenSearch / Elasticsearch `_bulk`: `{"index":{}}` then the record.
+    OpensearchBulk,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum HttpCompression {
+    #[default]
+    None,
+    /// The body gzipped, `Content-Encoding: gzip`.
+    Gzip,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(tag = "strategy", rename_all = "lowercase", deny_unknown_fields)]
+pub enum HttpAuth {
+    Basic { user: String, password: Secret },
+    Bearer { token: Secret },
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchOptions {
+    /// Uncompressed bytes of records in one request (framing included).
+    #[serde(default = "default_max_bytes")]
+    pub max_bytes: ByteSize,
+    /// Records in one request.
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
+}
+
+impl Default for BatchOptions {
+    fn default() -> Self {
+        BatchOptions {
+            max_bytes: default_max_bytes(),
+            max_events: default_max_events(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HttpTls {
+    /// PEM file of the certificates to trust instead of the system's roots.
+    pub ca_file: Option<PathBuf>,
+    /// Check the server's certificate; `false` accepts any (tests only).
+    #[serde(default = "default_true")]
+    pub verify: bool,
+}
+
+impl Default for HttpTls {
+    fn default() -> Self {
+        HttpTls {
+            ca_file: None,
+            verify: true,
+        }
+    }
+}
+
+fn default_true() -> bool {
+    true
+}
+
+fn default_max_bytes() -> ByteSize {
+    ByteSize::mib(1)
+}
+
+fn default_max_events() -> usize {
+    1000
+}
+
+fn default_flush_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+
+fn default_max_retry_after() -> Duration {
+    Duration::from_secs(60)
+}
+
+/// Is `uri` an absolute http(s) URI with a host?
+fn check_uri(uri: &str) -> Result<hyper::Uri, String> {
+    let u: hyper::Uri = uri.parse().map_err(|e| format!("not a URI: {e}"))?;
+    match u.scheme_str() {
+        Some("http" | "https") => {}
+        _ => return Err("must start with http:// or https://".into()),
+    }
+    if u.host().is_none_or(str::is_empty) {
+        return Err("has no host".into());
+    }
+    Ok(u)
+}
+
+impl HttpSinkConfig {
+    pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
+        let at = |k: &[&str]| {
+            let mut p = base.to_vec();
+            p.extend(k.iter().map(|k| Seg::Key((*k).into())));
+            p
+        };
+        let mut ok = true;
+        if let Err(e) = check_uri(&self.uri) {
+            ctx.error(&at(&["uri"]), e);
+            ok = false;
+        }
+        if let Some(h) = &self.healthcheck_uri
+            && let Err(e) = check_uri(h)
+        {
+            ctx.error(&at(&["healthcheck_uri"]), e);
+            ok = false;
+        }
+        for (name, value) in &self.headers {
+            let path = at(&["headers", name.as_str()]);
+            if HeaderName::from_bytes(name.as_bytes()).is_err() {
+                ctx.error(&path, "not a valid header name");
+                ok = false;
+            } else if MANAGED_HEADERS.contains(&name.to_ascii_lowercase().as_str()) {
+                ctx.error(&path, "set by the sink itself (from `compression` and the body)");
+                ok = false;
+            } else if name.eq_ignore_ascii_case("authorization") && self.auth.is_some() {
+                ctx.error(&path, "both `auth` and an Authorization header: keep one");
+                ok = false;
+            }
+            // The value is a secret: the error does not repeat it.
+            if HeaderValue::from_str(value.expose()).is_err() {
+                ctx.error(
+                    &path,
+                    "the value has characters a header cannot carry (control characters, non-ASCII)",
+                );
+                ok = false;
+            }
+        }
+        match &self.auth {
+            Some(HttpAuth::Basic { user, .. }) if user.contains(':') => {
+                ctx.error(
+                    &at(&["auth", "user"]),
+                    "must not contain `:` (basic auth joins user:password)",
+                );
+                ok = false;
+            }
+            Some(HttpAuth::Bearer { token }) if token.is_empty() => {
+                ctx.error(&at(&["auth", "token"]), "must not be empty");
+                ok = false;
+            }
+            _ => {}
+        }
+        if !(1024..=MAX_BATCH_BYTES).contains(&self.batch.max_bytes.as_u64()) {
+            ctx.error(&at(&["batch", "max_bytes"]), "must be between 1KiB and 10MiB");
+            ok = false;
+        }
+        if !(1..=100_000).contains(&self.batch.max_events) {
+            ctx.error(&at(&["batch", "max_events"]), "must be between 1 and 100000");
+            ok = false;
+        }
+        if self.flush_interval < Duration::from_millis(10) {
+            ctx.error(&at(&["flush_interval"]), "must be at least 10ms");
+            ok = false;
+        }
+        if self.request_timeout < Duration::from_millis(100) {
+            ctx.error(&at(&["request_timeout"]), "must be at least 100ms");
+            ok = false;
+        }
+        if self.framing != Framing::None && self.encoding != HttpEncoding::Ndjson {
+            ctx.error(
+                &at(&["framing"]),
+                "splunk_hec and opensearch_bulk bodies are line-delimited: use encoding = \"ndjson\"",
+            );
+            ok = false;
+        }
+        let tls_set = self.tls.ca_file.is_some() || !self.tls.verify;
+        if tls_set && !self.uri.starts_with("https://") {
+            ctx.error(&at(&["tls"]), "TLS options given but `uri` is not https://");
+            ok = false;
+        }
+        ok
+    }
+
+    /// The `Content-Type` the body has, unless `headers` sets one.
+    pub fn content_type(&self) -> &'static str {
+        match self.encoding {
+            HttpEncoding::Ndjson => "application/x-ndjson",
+            HttpEncoding::JsonArray => "application/json",
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_str;
+    use crate::sinks::SinkConfig;
+
+    use super::*;
+
+    fn config(sink: &str) -> String {
+        format!(
+            r#"
+[sources.app]
+type = "file"
+include = ["/var/log/app/*.log"]
+
+[sinks.h]
+type = "http"
+inputs = ["app"]
+{sink}
+"#
+        )
+    }
+
+    fn load(sink: &str, env: &dyn Fn(&str) -> Option<String>) -> HttpSinkConfig {
+        let c = load_str(&config(sink), "t.toml", env).unwrap();
+        let SinkConfig::Http(h) = &c.sinks[0].inner else {
+            panic!("not an http sink: {:?}", c.sinks[0].inner)
+        };
+        h.clone()
+    }
+
+    fn errs(sink: &str) -> Vec<String> {
+        match load_str(&config(sink), "t.toml", &|_| None) {
+            Ok(_) => panic!("expected errors for {sink}"),
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn defaults() {
+        let h = load(r#"uri = "http://127.0.0.1:8080/logs""#, &|_| None);
+        assert_eq!(h.method, HttpMethod::Post);
+        assert_eq!(h.encoding, HttpEncoding::Ndjson);
+        assert_eq!(h.framing, Framing::None);
+        assert_eq!(h.compression, HttpCompression::None);
+        assert_eq!(h.batch.max_bytes.as_u64(), 1024 * 1024);
+        assert_eq!(h.batch.max_events, 1000);
+        assert_eq!(h.flush_interval, Duration::from_secs(1));
+        assert_eq!(h.request_timeout, Duration::from_secs(30));
+        assert_eq!(h.max_retry_after, Duration::from_secs(60));
+        assert!(h.headers.is_empty() && h.auth.is_none() && h.tls.verify && h.tls.ca_file.is_none());
+        assert_eq!(h.content_type(), "application/x-ndjson");
+    }
+
+    #[test]
+    fn all_options_and_secrets_stay_hidden() {
+        let env = |k: &str| (k == "DD_API_KEY").then(|| "k3y-from-env".to_string());
+        let h = load(
+            r#"uri = "https://http-intake.logs.datadoghq.eu/api/v2/logs?ddsource=logferry"
+method = "put"
+encoding = "json_array"
+compression = "gzip"
+headers = { "DD-API-KEY" = "${DD_API_KEY}", "X-Team" = "web" }
+auth = { strategy = "basic", user = "u", password = "hunter2" }
+batch = { max_bytes = "512KiB", max_events = 50 }
+flush_interval = "200ms"
+request_timeout = "5s"
+max_retry_after = "10s"
+tls = { ca_file = "/etc/ca.pem", verify = true }
+healthcheck_uri = "https://http-intake.logs.datadoghq.eu/api/v1/validate""#,
+            &env,
+        );
+        assert_eq!(h.method, HttpMethod::Put);
+        assert_eq!(h.encoding, HttpEncoding::JsonArray);
+        assert_eq!(h.compression, HttpCompression::Gzip);
+        assert_eq!(h.headers["DD-API-KEY"].expose(), "k3y-from-env");
+        assert_eq!(h.batch.max_events, 50);
+        assert_eq!(h.content_type(), "application/json");
+        let shown = format!("{h:?}");
+        assert!(!shown.contains("k3y-from-env") && !shown.contains("hunter2"), "{shown}");
+        let h = load(
+            "uri = \"https://x.example/a\"\nauth = { strategy = \"bearer\", token = \"t0ken\" }",
+            &|_| None,
+        );
+        assert!(matches!(&h.auth, Some(HttpAuth::Bearer { token }) if token.expose() == "t0ken"));
+        assert!(!format!("{h:?}").contains("t0ken"));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = errs(r#"uri = "ftp://x/y""#);
+        assert!(e[0].contains("`sinks.h.uri`") && e[0].contains("http://"), "{e:?}");
+        let e = errs(r#"uri = "not a uri""#);
+        assert!(e[0].contains("`sinks.h.uri`"), "{e:?}");
+        let e = errs("uri = \"http://h/\"\nmethod = \"GET\"");
+        assert!(e[0].contains("`sinks.h.method`"), "{e:?}");
+        let e = errs("uri = \"http://h/\"\nencoding = \"csv\"");
+        assert!(e[0].contains("`sinks.h.encoding`"), "{e:?}");
+        let e = errs("uri = \"http://h/\"\ncompression = \"zstd\"");
+        assert!(e[0].contains("`sinks.h.compression`"), "{e:?}");
+        let e = errs("uri = \"http://h/\"\nauth = { strategy = \"digest\", user = \"u\" }");
+        assert!(e[0].contains("`sinks.h.auth.strategy`"), "{e:?}");
+        let e = errs("uri = \"http://h/\"\nauth = { strategy = \"bearer\", token = \"t\", user = \"u\" }");
+        assert!(e[0].contains("unknown field `user`"), "{e:?}");
+        let e = errs("uri = \"http://h/\"\nbatch = { max_bytes = \"64MiB\" }");
+        assert!(e[0].contains("`sinks.h.batch.max_bytes`"), "{e:?}");
+        let e = errs("uri = \"http://h/\"\nbatch = { max_events = 0 }");
+        assert!(e[0].contains("`sinks.h.batch.max_events`"), "{e:?}");
+        let e = errs("uri = \"http://h/\"\nheaders = { \"Content-Encoding\" = \"br\" }");
+        assert!(e[0].contains("`sinks.h.headers.Content-Encoding`"), "{e:?}");
+        let e = errs("uri = \"http://h/\"\nheaders = { \"X-Key\" = \"bad\\nvalue-s3cret\" }");
+        assert!(e[0].contains("`sinks.h.headers.X-Key`"), "{e:?}");
+        assert!(!e[0].contains("s3cret"), "a header value is never repeated: {e:?}");
+        let e = errs(
+            "uri = \"http://h/\"\nheaders = { Authorization = \"x\" }\nauth = { strategy = \"bearer\", token = \"t\" }",
+        );
+        assert!(e[0].contains("Authorization"), "{e:?}");
+        let e = errs("uri = \"http://h/\"\ntls = { ca_file = \"/x\" }");
+        assert!(e[0].contains("`sinks.h.tls`"), "{e:?}");
+        let e = errs("uri = \"http://h/\"\nencoding = \"json_array\"\nframing = \"splunk_hec\"");
+        assert!(e[0].contains("`sinks.h.framing`"), "{e:?}");
+        let e = errs("uri = \"http://h/\"\nrequest_timeout = \"1ms\"");
+        assert!(e[0].contains("`sinks.h.request_timeout`"), "{e:?}");
+        let e = errs("uri = \"http://h/\"\nbatch_size = 3");
+        assert!(e[0].contains("unknown field `batch_size`"), "{e:?}");
+    }
+}

@@ -1,0 +1,808 @@
+//! `type = "http"`: records POSTed (or PUT) to an HTTP endpoint, for the
+//! log backends FireLens users ship to (Datadog, Splunk HEC, New Relic,
+//! Grafana Loki's JSON push through a gateway, OpenSearch `_bulk`).
+//!
+//! Why one request in flight: a request is answered before the next is sent,
+//! so a failure never leaves a gap behind a later success and what must be
+//! sent again is exactly one body. The sink encodes the next body meanwhile
+//! (one closed body waits), so the network wait and the encoding overlap;
+//! past that the sink takes no input and the sources stop reading.
+//!
+//! Bodies: records are framed (`framing`) and written into the open body
+//! (NDJSON or a JSON array, gzipped as they arrive when `compression =
+//! "gzip"`), which closes at `batch.max_bytes` uncompressed bytes,
+//! `batch.max_events` records, when its first record is `flush_interval`
+//! old, when `memory_limit` has no room for it to grow, and when the input
+//! ends. A record that alone is over `batch.max_bytes` can never be sent:
+//! it goes to the dead letters (`over_size_limit`). Each body keeps where
+//! each record starts, so a rejected body's records go to the dead letters
+//! one by one, without the framing.
+//!
+//! Acknowledgement: a body holds a clone of the `AckToken` of every batch it
+//! has records of, released only after a 2xx (or after its records were
+//! written to the dead letters on a permanent 4xx). Retries (`client.rs`
+//! decides which answers are retried) wait `Retry-After` when the server
+//! sent one (capped by `max_retry_after`), else a capped, jittered backoff.
+//! A body abandoned at shutdown drops its clones as failed, so no checkpoint
+//! passes records the server has not taken.
+//!
+//! Memory held here (the open body, the waiting one, the one in flight, the
+//! record offsets, the gzip state) is charged to `memory_limit`.
+
+mod client;
+mod config;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+pub use client::{Verdict, retry_after, verdict};
+pub use config::{
+    BatchOptions, Framing, HttpAuth, HttpCompression, HttpEncoding, HttpMethod, HttpSinkConfig, HttpTls,
+    MAX_BATCH_BYTES,
+};
+
+use super::SinkContext;
+use super::encoding::{Compression, Encoder};
+use crate::api::Health;
+use crate::dead_letter::DeadLetters;
+use crate::event::{Batch, HeldAck};
+use crate::memory::Charge;
+use crate::metrics::ComponentMetrics;
+use crate::sinks::aws::{RETRY_CAP, backoff};
+
+/// A closed body and what its delivery settles.
+pub struct Body {
+    /// What goes on the wire (gzipped when `gzip`).
+    wire: Bytes,
+    gzip: bool,
+    /// (start, length) of each record in the uncompressed body.
+    spans: Vec<(usize, usize)>,
+    acks: Vec<HeldAck>,
+    _charge: Charge,
+}
+
+impl Body {
+    fn events(&self) -> u64 {
+        self.spans.len() as u64
+    }
+
+    /// The server has the records: count them and let their batches move on.
+    fn delivered(self, m: &ComponentMetrics) {
+        m.sent_events.inc_by(self.events());
+        m.sent_bytes.inc_by(self.wire.len() as u64);
+        for a in self.acks {
+            a.release();
+        }
+    }
+
+    /// The server refused the body for good: its records go to the dead
+    /// letters (synced before the acks are released).
+    fn rejected(self, reason: &'static str, dead: &DeadLetters) {
+        let plain = if self.gzip {
+            let mut out = Vec::new();
+            let r = std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&self.wire[..]), &mut out);
+            // A body we compressed ourselves always decodes.
+            debug_assert!(r.is_ok());
+            Bytes::from(out)
+        } else {
+            self.wire.clone()
+        };
+        dead.send(
+            reason,
+            self.spans
+                .iter()
+                .map(|&(start, len)| plain.get(start..start + len).unwrap_or_default()),
+        );
+        for a in self.acks {
+            a.release();
+        }
+    }
+}
+
+/// The body being filled.
+struct Open {
+    body: Encoder<Vec<u8>>,
+    /// Uncompressed bytes written.
+    raw: usize,
+    spans: Vec<(usize, usize)>,
+    acks: Vec<HeldAck>,
+    /// `acks` already holds a clone of the current batch's token.
+    tagged: bool,
+    charge: Charge,
+    /// When its first record arrived.
+    since: Option<Instant>,
+}
+
+/// The delivery task has stopped.
+struct Abandoned;
+
+/// Writes record `rec` framed into `out`; returns where the record itself
+/// starts in `out`. The length does not depend on `first` (`[` or `,`).
+fn frame(framing: Framing, encoding: HttpEncoding, first: bool, rec: &[u8], ts_ms: i64, out: &mut Vec<u8>) -> usize {
+    match encoding {
+        HttpEncoding::JsonArray => out.push(if first { b'[' } else { b',' }),
+        HttpEncoding::Ndjson => {}
+    }
+    match framing {
+        Framing::None => {}
+        Framing::SplunkHec => {
+            use std::io::Write as _;
+            // HEC's `time`: epoch seconds with milliseconds.
+            let _ = write!(
+                out,
+                "{{\"time\":{}.{:03},\"event\":",
+                ts_ms.div_euclid(1000),
+                ts_ms.rem_euclid(1000)
+            );
+        }
+        Framing::OpensearchBulk => out.extend_from_slice(b"{\"index\":{}}\n"),
+    }
+    let at = out.len();
+    out.extend_from_slice(rec);
+    if framing == Framing::SplunkHec {
+        out.push(b'}');
+    }
+    if encoding == HttpEncoding::Ndjson {
+        out.push(b'\n');
+    }
+    at
+}
+
+struct HttpSink {
+    cfg: Arc<HttpSinkConfig>,
+    open: Open,
+    bodies: mpsc::Sender<Body>,
+    memory: Arc<tokio::sync::Semaphore>,
+    m: ComponentMetrics,
+    dead: Arc<DeadLetters>,
+    line: Vec<u8>,
+    entry: Vec<u8>,
+}
+
+pub async fn run(cfg: HttpSinkConfig, mut input: mpsc::Receiver<Batch>, cx: SinkContext) {
+    let SinkContext {
+        id,
+        m,
+        health,
+        stop,
+        dead,
+        memory,
+        ..
+    } = cx;
+    let cfg = Arc::new(cfg);
+    health.set_sink(&id, true);
+    let sender = match Sender::new(id.clone(), cfg.clone(), m.clone(), health.clone(), stop, dead.clone()) {
+        Ok(s) => Some(s),
+        Err(e) => {
+            // The TLS setup failed (a ca_file that cannot be read, no system
+            // roots): nothing can be sent until it is fixed. Records stay
+            // unacknowledged (read again after a restart).
+            m.sink_error("tls");
+            tracing::error!(sink = %id, error = %e, "http sink cannot set up TLS; records are not acknowledged");
+            health.set_sink(&id, false);
+            None
+        }
+    };
+    let Some(sender) = sender else {
+        while let Some(b) = input.recv().await {
+            b.fail();
+        }
+        return;
+    };
+    // One body waits while one is in flight.
+    let (tx, rx) = mpsc::channel::<Body>(1);
+    let delivery =
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tracing::Instrument::in_current_span(sender.run(rx))));
+    let mut sink = HttpSink::new(cfg, tx, memory, m, dead);
+    let tick_every = (sink.cfg.flush_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
+    let mut tick = tokio::time::interval(tick_every);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let abandoned = loop {
+        let r = tokio::select! {
+            b = input.recv() => match b {
+                Some(batch) => sink.write_batch(batch).await,
+                None => break false,
+            },
+            _ = tick.tick() => sink.flush_if_due().await,
+        };
+        if r.is_err() {
+            break true;
+        }
+    };
+    if !abandoned {
+        let _ = sink.close().await;
+    }
+    let HttpSink { bodies, m, .. } = sink;
+    drop(bodies);
+    let _ = delivery.await;
+    tracing::info!(events_sent = m.sent_events.get(), "http sink finished");
+}
+
+/// `logferry check`: with `healthcheck_uri`, a GET that must answer 2xx;
+/// without, a HEAD of `uri` (with the configured headers and auth) that must
+/// connect and not be refused for credentials (401, 403, 407) or fail on
+/// the server (5xx). Any other answer (405 for a HEAD is common on intake
+/// APIs) proves the endpoint is reachable over TLS with the given trust.
+pub async fn check(cfg: &HttpSinkConfig) -> Result<String, String> {
+    let c = client::build(cfg)?;
+    let p = client::Prepared::new(cfg)?;
+    let (method, uri) = match &cfg.healthcheck_uri {
+        Some(u) => (hyper::Method::GET, u.parse::<hyper::Uri>().map_err(|e| e.to_string())?),
+        None => (hyper::Method::HEAD, p.uri.clone()),
+    };
+    let shown = client::redact_uri(&uri.to_string());
+    let a = client::send(&c, &p, method.clone(), &uri, Bytes::new(), cfg.request_timeout)
+        .await
+        .map_err(|e| e.to_string())?;
+    let s = a.status.as_u16();
+    let ok = match (&cfg.healthcheck_uri, verdict(s)) {
+        (Some(_), v) => v == Verdict::Delivered,
+        (None, _) => !matches!(s, 401 | 403 | 407 | 500..=599),
+    };
+    let said = format!("{method} {shown} answered {}", a.status);
+    if ok {
+        Ok(said)
+    } else if matches!(s, 401 | 403 | 407) {
+        Err(format!("{said}: credentials refused (check `auth` and `headers`)"))
+    } else {
+        Err(said)
+    }
+}
+
+/// `uri` as logs and reports show it (no user info, no query).
+pub fn shown_uri(cfg: &HttpSinkConfig) -> String {
+    client::redact_uri(&cfg.uri)
+}
+
+impl Open {
+    fn new(cfg: &HttpSinkConfig, memory: &Arc<tokio::sync::Semaphore>) -> Self {
+        let body =
+            Encoder::new(compression(cfg), None, Vec::new()).expect("creating an encoder over a Vec cannot fail");
+        Open {
+            body,
+            raw: 0,
+            spans: Vec::new(),
+            acks: Vec::new(),
+            tagged: false,
+            charge: Charge::new(memory.clone()),
+            since: None,
+        }
+    }
+
+    /// What the open body holds in memory: output, offsets, gzip state.
+    fn held(&self, cfg: &HttpSinkConfig) -> usize {
+        self.body.get_ref().len()
+            + self.spans.len() * std::mem::size_of::<(usize, usize)>()
+            + compression(cfg).stream_state(None, self.raw as u64)
+    }
+}
+
+fn compression(cfg: &HttpSinkConfig) -> Compression {
+    match cfg.compression {
+        HttpCompression::None => Compression::None,
+        HttpCompression::Gzip => Compression::Gzip,
+    }
+}
+
+impl HttpSink {
+    fn new(
+        cfg: Arc<HttpSinkConfig>,
+        bodies: mpsc::Sender<Body>,
+        memory: Arc<tokio::sync::Semaphore>,
+        m: ComponentMetrics,
+        dead: Arc<DeadLetters>,
+    ) -> Self {
+        HttpSink {
+            open: Open::new(&cfg, &memory),
+            cfg,
+            bodies,
+            memory,
+            m,
+            dead,
+            line: Vec::with_capacity(4096),
+            entry: Vec::with_capacity(4096),
+        }
+    }
+
+    /// Bytes a body needs besides its records: the closing `]`.
+    fn closing(&self) -> usize {
+        usize::from(self.cfg.encoding == HttpEncoding::JsonArray)
+    }
+
+    async fn write_batch(&mut self, batch: Batch) -> Result<(), Abandoned> {
+        let n = batch.len();
+        self.m.received_events.inc_by(n as u64);
+        let token = batch.ack.clone().map(|a| HeldAck(Some(a)));
+        self.open.tagged = false;
+        let max = self.cfg.batch.max_bytes.as_u64() as usize;
+        let mut result = Ok(());
+        for i in 0..n {
+            self.line.clear();
+            batch.encode(i, &mut self.line);
+            self.m.received_bytes.inc_by(self.line.len() as u64 + 1);
+            let ts = batch.ts_ms(i);
+            self.entry.clear();
+            frame(
+                self.cfg.framing,
+                self.cfg.encoding,
+                self.open.spans.is_empty(),
+                &self.line,
+                ts,
+                &mut self.entry,
+            );
+            if self.entry.len() + self.closing() > max {
+                tracing::debug!(bytes = self.line.len(), "record over batch.max_bytes");
+                self.dead.send("over_size_limit", [&self.line[..]]);
+                continue;
+            }
+            if !self.open.spans.is_empty()
+                && self.open.raw + self.entry.len() + self.closing() > max
+                && let Err(a) = self.close().await
+            {
+                result = Err(a);
+                break;
+            }
+            self.entry.clear();
+            let first = self.open.spans.is_empty();
+            let at = frame(
+                self.cfg.framing,
+                self.cfg.encoding,
+                first,
+                &self.line,
+                ts,
+                &mut self.entry,
+            );
+            if first {
+                self.open.since = Some(Instant::now());
+            }
+            // Writing into a Vec (through gzip) cannot fail.
+            let _ = self.open.body.write_all(&self.entry);
+            self.open.spans.push((self.open.raw + at, self.line.len()));
+            self.open.raw += self.entry.len();
+            if !self.open.tagged {
+                if let Some(HeldAck(Some(t))) = &token {
+                    self.open.acks.push(HeldAck(Some(t.clone())));
+                }
+                self.open.tagged = true;
+            }
+            let full = self.open.spans.len() >= self.cfg.batch.max_events;
+            // Without room in memory_limit for the body to grow, send it now.
+            let held = self.open.held(&self.cfg);
+            if (full || !self.open.charge.resize(held))
+                && let Err(a) = self.close().await
+            {
+                result = Err(a);
+                break;
+            }
+        }
+        match token {
+            Some(t) if result.is_ok() => t.release(),
+            // Not all of its records were taken: the batch fails.
+            _ => {}
+        }
+        result
+    }
+
+    async fn flush_if_due(&mut self) -> Result<(), Abandoned> {
+        match self.open.since {
+            Some(t) if t.elapsed() >= self.cfg.flush_interval => self.close().await,
+            _ => Ok(()),
+        }
+    }
+
+    /// Closes the open body (if it has records) and hands it to delivery;
+    /// waits while one body is already waiting.
+    async fn close(&mut self) -> Result<(), Abandoned> {
+        if self.open.spans.is_empty() {
+            return Ok(());
+        }
+        let mut open = std::mem::replace(&mut self.open, Open::new(&self.cfg, &self.memory));
+        if self.cfg.encoding == HttpEncoding::JsonArray {
+            let _ = open.body.write_all(b"]");
+        }
+        // Finishing a gzip stream into a Vec cannot fail.
+        let wire = open.body.finish().unwrap_or_default();
+        let mut charge = open.charge;
+        // Growing can fail when memory is short; the body is sent anyway.
+        let _ = charge.resize(wire.len() + open.spans.len() * std::mem::size_of::<(usize, usize)>());
+        let body = Body {
+            wire: Bytes::from(wire),
+            gzip: self.cfg.compression == HttpCompression::Gzip,
+            spans: open.spans,
+            acks: open.acks,
+            _charge: charge,
+        };
+        // When delivery has stopped, the body comes back and drops: its acks fail.
+        self.bodies.send(body).await.map_err(|_| Abandoned)
+    }
+}
+
+/// The task that delivers closed bodies, one at a time.
+struct Sender {
+    id: String,
+    cfg: Arc<HttpSinkConfig>,
+    m: ComponentMetrics,
+    health: Arc<Health>,
+    stop: CancellationToken,
+    dead: Arc<DeadLetters>,
+    client: client::Client,
+    prepared: client::Prepared,
+}
+
+/// Why an attempt did not deliver, for the retry loop.
+struct Failed {
+    /// Labels `logferry_sink_errors_total`.
+    reason: &'static str,
+    text: String,
+    retry_after: Option<Duration>,
+    operator: bool,
+}
+
+impl Sender {
+    fn new(
+        id: String,
+        cfg: Arc<HttpSinkConfig>,
+        m: ComponentMetrics,
+        health: Arc<Health>,
+        stop: CancellationToken,
+        dead: Arc<DeadLetters>,
+    ) -> Result<Sender, String> {
+        Ok(Sender {
+            client: client::build(&cfg)?,
+            prepared: client::Prepared::new(&cfg)?,
+            id,
+            cfg,
+            m,
+            health,
+            stop,
+            dead,
+        })
+    }
+
+    /// Delivers bodies in order until the input closes or the sink is told
+    /// to stop. A body is retried until the server takes it (2xx) or refuses
+    /// it for good (dead letters); when abandoned, its acks drop as failed.
+    async fn run(self, mut bodies: mpsc::Receiver<Body>) {
+        // What the last warning said: one line per streak of failures, and
+        // one more whenever the cause changes, never one per retry.
+        let mut logged: Option<String> = None;
+        while let Some(body) = bodies.recv().await {
+            let mut attempt = 0u32;
+            loop {
+                let r = tokio::select! {
+                    r = self.attempt(&body) => r,
+                    _ = self.stop.cancelled() => return,
+                };
+                let f = match r {
+                    Ok(None) => {
+                        if logged.take().is_some() {
+                            tracing::info!(sink = %self.id, uri = %self.prepared.shown, "http server accepts requests again");
+                        }
+                        self.health.set_sink(&self.id, true);
+                        body.delivered(&self.m);
+                        break;
+                    }
+                    Ok(Some(reject)) => {
+                        tracing::warn!(sink = %self.id, uri = %self.prepared.shown, reason = reject,
+                            records = body.events(), "http server refused a request for good; its records go to the dead letters");
+                        body.rejected(reject, &self.dead);
+                        break;
+                    }
+                    Err(f) => f,
+                };
+                attempt += 1;
+                self.m.sink_error(f.reason);
+                self.m.retries.inc();
+                if f.operator {
+                    self.health.set_sink(&self.id, false);
+                }
+                if logged.as_deref() == Some(f.text.as_str()) {
+                    tracing::debug!(sink = %self.id, error = %f.text, attempt, "http request failed again");
+                } else if f.operator {
+                    tracing::error!(sink = %self.id, error = %f.text,
+                        "http request refused; retrying with backoff until the configuration is fixed, records are kept");
+                } else {
+                    tracing::warn!(sink = %self.id, error = %f.text,
+                        "http request failed; sending it again with backoff, records are kept");
+                }
+                logged = Some(f.text);
+                let pause = match f.retry_after {
+                    Some(d) => d.min(self.cfg.max_retry_after),
+                    None => backoff(attempt, RETRY_CAP),
+                };
+                tokio::select! {
+                    _ = tokio::time::sleep(pause) => {}
+                    _ = self.stop.cancelled() => return,
+                }
+            }
+        }
+    }
+
+    /// One request. `Ok(None)`: delivered; `Ok(Some(reason))`: refused for
+    /// good; `Err`: try again.
+    async fn attempt(&self, body: &Body) -> Result<Option<&'static str>, Failed> {
+        let r = client::send(
+            &self.client,
+            &self.prepared,
+            self.prepared.method.clone(),
+            &self.prepared.uri,
+            body.wire.clone(),
+            self.cfg.request_timeout,
+        )
+        .await;
+        let a = match r {
+            Ok(a) => a,
+            Err(e) => {
+                self.m.http_request("error");
+                return Err(Failed {
+                    reason: e.reason(),
+                    operator: e.needs_operator(),
+                    text: e.to_string(),
+                    retry_after: None,
+                });
+            }
+        };
+        let s = a.status.as_u16();
+        self.m.http_request(client::status_class(s));
+        if !a.text.is_empty() && !a.status.is_success() {
+            // The answer may echo records: debug only.
+            tracing::debug!(sink = %self.id, status = s, answer = %a.text, "http answer");
+        }
+        let v = verdict(s);
+        match v {
+            Verdict::Delivered => Ok(None),
+            Verdict::Reject => Ok(Some(client::status_reason(s))),
+            Verdict::Retry | Verdict::Operator => Err(Failed {
+                reason: client::status_reason(s),
+                text: format!(
+                    "{} {} answered {}{}",
+                    self.prepared.method,
+                    self.prepared.shown,
+                    a.status,
+                    match (v, s) {
+                        (Verdict::Operator, 401 | 403 | 407) => ": credentials refused (check `auth` and `headers`)",
+                        (Verdict::Operator, _) => ": redirects are not followed (set `uri` to where it points)",
+                        _ => "",
+                    }
+                ),
+                retry_after: a.retry_after,
+                operator: v == Verdict::Operator,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Ack, AckToken, batch_of};
+    use crate::metrics::Metrics;
+
+    fn sink(extra: &str, memory: usize) -> (HttpSink, mpsc::Receiver<Body>) {
+        let cfg: HttpSinkConfig = toml::from_str(&format!("uri = \"http://h/\"\n{extra}")).unwrap();
+        let m = Metrics::new().component("h", "http");
+        let dead = Arc::new(DeadLetters::new(None, "h", m.clone()));
+        let (tx, rx) = mpsc::channel(1024);
+        let sem = Arc::new(tokio::sync::Semaphore::new(memory));
+        (HttpSink::new(Arc::new(cfg), tx, sem, m, dead), rx)
+    }
+
+    fn with_ack(mut b: Batch, seq: u64) -> (Batch, std::sync::mpsc::Receiver<Ack>) {
+        let (tx, rx) = std::sync::mpsc::channel();
+        b.ack = Some(AckToken::new(1, seq, tx));
+        (b, rx)
+    }
+
+    fn plain(b: &Body) -> Vec<u8> {
+        if b.gzip {
+            let mut out = Vec::new();
+            std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&b.wire[..]), &mut out).unwrap();
+            out
+        } else {
+            b.wire.to_vec()
+        }
+    }
+
+    /// The records of a body, through its spans.
+    fn records(b: &Body) -> Vec<serde_json::Value> {
+        let p = plain(b);
+        b.spans
+            .iter()
+            .map(|&(s, l)| serde_json::from_slice(&p[s..s + l]).unwrap())
+            .collect()
+    }
+
+    fn drain(rx: &mut mpsc::Receiver<Body>) -> Vec<Body> {
+        std::iter::from_fn(|| rx.try_recv().ok()).collect()
+    }
+
+    fn lines(n: usize) -> Vec<String> {
+        (0..n)
+            .map(|i| format!(r#"{{"i":{i},"msg":"{}"}}"#, "x".repeat(i % 37)))
+            .collect()
+    }
+
+    #[tokio::test]
+    async fn every_encoding_and_framing_decodes_to_the_records() {
+        let src = lines(80);
+        let refs: Vec<&str> = src.iter().map(String::as_str).collect();
+        let want: Vec<serde_json::Value> = src.iter().map(|l| serde_json::from_str(l).unwrap()).collect();
+        for (opts, parse) in [
+            ("", "ndjson"),
+            ("compression = \"gzip\"", "ndjson"),
+            ("encoding = \"json_array\"", "array"),
+            ("encoding = \"json_array\"\ncompression = \"gzip\"", "array"),
+            ("framing = \"splunk_hec\"", "hec"),
+            ("framing = \"opensearch_bulk\"\ncompression = \"gzip\"", "bulk"),
+        ] {
+            let (mut s, mut rx) = sink(&format!("{opts}\nbatch = {{ max_bytes = \"1KiB\" }}"), usize::MAX >> 4);
+            s.write_batch(batch_of(&refs)).await.ok().unwrap();
+            s.close().await.ok().unwrap();
+            let bodies = drain(&mut rx);
+            assert!(bodies.len() > 1, "{opts}: 1 KiB bodies");
+            let mut got = Vec::new();
+            for b in &bodies {
+                let p = plain(b);
+                assert!(p.len() <= 1024, "{opts}: {} bytes", p.len());
+                // The body as the server parses it.
+                let from_wire: Vec<serde_json::Value> = match parse {
+                    "ndjson" => p
+                        .split(|c| *c == b'\n')
+                        .filter(|l| !l.is_empty())
+                        .map(|l| serde_json::from_slice(l).unwrap())
+                        .collect(),
+                    "array" => serde_json::from_slice(&p).unwrap(),
+                    "hec" => serde_json::Deserializer::from_slice(&p)
+                        .into_iter::<serde_json::Value>()
+                        .map(|v| {
+                            let v = v.unwrap();
+                            assert!(v["time"].is_number(), "{v}");
+                            v["event"].clone()
+                        })
+                        .collect(),
+                    _ => {
+                        let ls: Vec<&[u8]> = p.split(|c| *c == b'\n').filter(|l| !l.is_empty()).collect();
+                        assert_eq!(ls.len() % 2, 0);
+                        ls.chunks(2)
+                            .map(|pair| {
+                                assert_eq!(pair[0], b"{\"index\":{}}");
+                                serde_json::from_slice(pair[1]).unwrap()
+                            })
+                            .collect()
+                    }
+                };
+                assert_eq!(from_wire, records(b), "{opts}: spans point at the records");
+                got.extend(from_wire);
+            }
+            assert_eq!(got, want, "{opts}");
+        }
+    }
+
+    #[tokio::test]
+    async fn max_events_oversize_records_and_acks_wait_for_delivery() {
+        let (mut s, mut rx) = sink("batch = { max_events = 3, max_bytes = \"1KiB\" }", usize::MAX >> 4);
+        let big = format!(r#"{{"big":"{}"}}"#, "y".repeat(2000));
+        let (b1, acks1) = with_ack(batch_of(&[r#"{"a":1}"#, &big, r#"{"a":2}"#, r#"{"a":3}"#]), 1);
+        let (b2, acks2) = with_ack(batch_of(&[r#"{"a":4}"#]), 2);
+        s.write_batch(b1).await.ok().unwrap();
+        s.write_batch(b2).await.ok().unwrap();
+        s.close().await.ok().unwrap();
+        let bodies = drain(&mut rx);
+        let got: Vec<Vec<serde_json::Value>> = bodies.iter().map(records).collect();
+        assert_eq!(
+            got,
+            vec![
+                vec![
+                    serde_json::json!({"a":1}),
+                    serde_json::json!({"a":2}),
+                    serde_json::json!({"a":3})
+                ],
+                vec![serde_json::json!({"a":4})]
+            ]
+        );
+        assert_eq!(s.m.discarded_total.get(), 1, "the oversize record is counted");
+        assert!(
+            acks1.try_recv().is_err() && acks2.try_recv().is_err(),
+            "nothing acked before delivery"
+        );
+        let mut it = bodies.into_iter();
+        it.next().unwrap().delivered(&s.m);
+        assert!(acks1.try_recv().unwrap().delivered);
+        // A body dropped undelivered fails its batch.
+        drop(it.next());
+        assert!(!acks2.try_recv().unwrap().delivered);
+    }
+
+    #[tokio::test]
+    async fn a_full_memory_limit_sends_bodies_early() {
+        let (mut s, mut rx) = sink("", 40);
+        let (b, acks) = with_ack(batch_of(&[r#"{"msg":"0123456789abcdef"}"#; 5]), 1);
+        s.write_batch(b).await.ok().unwrap();
+        s.close().await.ok().unwrap();
+        let bodies = drain(&mut rx);
+        assert_eq!(bodies.iter().map(Body::events).sum::<u64>(), 5);
+        assert!(bodies.len() >= 4, "{} bodies", bodies.len());
+        for b in bodies {
+            assert!(acks.try_recv().is_err(), "acked before the last body");
+            b.delivered(&s.m);
+        }
+        assert!(acks.try_recv().unwrap().delivered);
+    }
+
+    #[tokio::test]
+    async fn a_rejected_body_goes_to_the_dead_letters_record_by_record() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, mut rx) = sink("encoding = \"json_array\"\ncompression = \"gzip\"", usize::MAX >> 4);
+        let dead = DeadLetters::new(Some(dir.path()), "h", s.m.clone());
+        let (b, acks) = with_ack(batch_of(&[r#"{"a":1}"#, r#"{"b":[1,2]}"#]), 1);
+        s.write_batch(b).await.ok().unwrap();
+        s.close().await.ok().unwrap();
+        let body = drain(&mut rx).pop().unwrap();
+        body.rejected("http_400", &dead);
+        assert!(
+            acks.try_recv().unwrap().delivered,
+            "handled: the checkpoint may pass it"
+        );
+        let mut recs = Vec::new();
+        for f in std::fs::read_dir(dir.path().join("h")).unwrap() {
+            for l in std::fs::read_to_string(f.unwrap().path()).unwrap().lines() {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                assert_eq!(v["reason"], "http_400");
+                recs.push(v["record"].clone());
+            }
+        }
+        assert_eq!(recs, vec![serde_json::json!({"a":1}), serde_json::json!({"b":[1,2]})]);
+    }
+
+    mod prop {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(48))]
+            /// Whatever the record sizes, limits and options: every record
+            /// is in exactly one body, in order, and no body's uncompressed
+            /// bytes or record count pass the limits.
+            #[test]
+            fn bodies_respect_limits_and_keep_every_record(
+                sizes in proptest::collection::vec(0usize..1500, 1..60),
+                max_bytes in 1024usize..4096,
+                max_events in 1usize..20,
+                enc in 0u8..4,
+            ) {
+                let opts = match enc {
+                    0 => "",
+                    1 => "encoding = \"json_array\"\ncompression = \"gzip\"",
+                    2 => "framing = \"splunk_hec\"",
+                    _ => "framing = \"opensearch_bulk\"",
+                };
+                let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+                let src: Vec<String> = sizes.iter().enumerate()
+                    .map(|(i, n)| format!(r#"{{"i":{i},"p":"{}"}}"#, "z".repeat(*n)))
+                    .collect();
+                let refs: Vec<&str> = src.iter().map(String::as_str).collect();
+                let (bodies, dropped) = rt.block_on(async {
+                    let (mut s, mut rx) = sink(
+                        &format!("{opts}\nbatch = {{ max_bytes = {max_bytes}, max_events = {max_events} }}"),
+                        usize::MAX >> 4,
+                    );
+                    s.write_batch(batch_of(&refs)).await.ok().unwrap();
+                    s.close().await.ok().unwrap();
+                    (drain(&mut rx), s.m.discarded_total.get())
+                });
+                let mut seen = Vec::new();
+                for b in &bodies {
+                    prop_assert!(plain(b).len() <= max_bytes);
+                    prop_assert!(b.spans.len() <= max_events && !b.spans.is_empty());
+                    seen.extend(records(b).into_iter().map(|r| r["i"].as_u64().unwrap()));
+                }
+                prop_assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order, once");
+                prop_assert_eq!(seen.len() as u64 + dropped, src.len() as u64);
+            }
+        }
+    }
+}
