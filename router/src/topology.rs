@@ -264,6 +264,7 @@ pub fn start(
             SinkConfig::CloudWatchLogs(cfg) => Box::pin(crate::sinks::cloudwatch_logs::run(cfg.clone(), rx, cx)),
             SinkConfig::Firehose(cfg) => Box::pin(crate::sinks::firehose::run(cfg.clone(), rx, cx)),
             SinkConfig::Forward(cfg) => Box::pin(crate::sinks::forward::run(cfg.clone(), rx, cx)),
+            SinkConfig::Kinesis(cfg) => Box::pin(crate::sinks::kinesis::run(cfg.clone(), rx, cx)),
         };
         let guard = health.guard(&c.id);
         tasks.spawn(tracing::Instrument::instrument(

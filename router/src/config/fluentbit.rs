@@ -465,7 +465,7 @@ const HARMLESS_SERVICE: &[&str] = &[
 
 const INPUTS: &str = "forward (and the FireLens health check `tcp` input tagged firelens-healthcheck)";
 const FILTERS: &str = "record_modifier, grep";
-const OUTPUTS: &str = "cloudwatch_logs (cloudwatch), kinesis_firehose (firehose), s3, null, stdout";
+const OUTPUTS: &str = "cloudwatch_logs (cloudwatch), kinesis_firehose (firehose), kinesis_streams, s3, null, stdout";
 
 #[derive(Default)]
 struct Tr {
@@ -947,6 +947,7 @@ impl Tr {
         let kind = match name.as_str() {
             "cloudwatch_logs" | "cloudwatch" => "cloudwatch_logs",
             "kinesis_firehose" | "firehose" => "firehose",
+            "kinesis_streams" => "kinesis_streams",
             "s3" => "s3",
             "stdout" => "stdout",
             "null" if matches == TagMatch::Glob(HEALTHCHECK_TAG.into()) => {
@@ -977,7 +978,7 @@ impl Tr {
             origins.push((key.to_string(), pos.clone()));
         };
         let common = ["match", "match_regex", "region", "endpoint"];
-        if matches!(kind, "cloudwatch_logs" | "firehose" | "s3") {
+        if matches!(kind, "cloudwatch_logs" | "firehose" | "kinesis_streams" | "s3") {
             if let Some(e) = sec.get("region") {
                 set(&mut t, &mut origins, "region", s(&e.value), &e.pos);
             }
@@ -985,7 +986,7 @@ impl Tr {
                 set(&mut t, &mut origins, "endpoint_url", s(&endpoint(&e.value)), &e.pos);
             }
         }
-        if matches!(kind, "cloudwatch_logs" | "firehose")
+        if matches!(kind, "cloudwatch_logs" | "firehose" | "kinesis_streams")
             && let Some(f) = flush
         {
             t.insert("flush_interval".into(), s(&duration(f)));
@@ -1056,6 +1057,11 @@ impl Tr {
                 let mut known = common.to_vec();
                 known.push("delivery_stream");
                 self.check_keys(sec, &what, &known, &["simple_aggregation"]);
+            }
+            "kinesis_streams" => {
+                for (key, v, pos) in self.kinesis_streams(sec, &what, &common) {
+                    set(&mut t, &mut origins, key, v, &pos);
+                }
             }
             "s3" => {
                 match sec.get("bucket") {
@@ -1167,6 +1173,36 @@ impl Tr {
             table: t,
             origins,
         })
+    }
+}
+
+impl Tr {
+    /// `[OUTPUT] Name kinesis_streams` (region, endpoint and Flush are
+    /// mapped with the other AWS outputs): the sink keys it sets.
+    fn kinesis_streams(&mut self, sec: &Section, what: &str, common: &[&str]) -> Vec<(&'static str, toml::Value, Pos)> {
+        let mut out = Vec::new();
+        match sec.get("stream") {
+            Some(e) => out.push(("stream", s(&e.value), e.pos.clone())),
+            None => self.errors.push(sec.pos.error("kinesis_streams needs `stream`")),
+        }
+        // Fluent Bit names a record key (`->` for nested ones); missing in a
+        // record, the key is random, as in the sink.
+        if let Some(e) = sec.get("partition_key") {
+            let path = e.value.trim().replace("->", ".");
+            match crate::template::Template::parse(&format!("{{{path}}}")) {
+                Ok(_) if !path.is_empty() => out.push(("partition_key", s(&format!("{{{path}}}")), e.pos.clone())),
+                _ => self
+                    .errors
+                    .push(e.pos.error(format!("partition_key `{}` is not a record key", e.value))),
+            }
+        }
+        let mut known = common.to_vec();
+        known.extend(["stream", "partition_key"]);
+        // Logferry always retries failed requests (with backoff); Fluent
+        // Bit's simple_aggregation concatenates records, which readers of
+        // newline-delimited records read the same as one per record.
+        self.check_keys(sec, what, &known, &["auto_retry_requests", "simple_aggregation"]);
+        out
     }
 }
 
@@ -1646,5 +1682,61 @@ mod tests {
         assert_eq!(fb_seconds("10m"), Some(600.0));
         assert_eq!(fb_seconds("0.5"), Some(0.5));
         assert_eq!(fb_seconds("soon"), None);
+    }
+
+    #[test]
+    fn kinesis_streams_maps_to_the_kinesis_sink() {
+        let text = format!(
+            "[SERVICE]\n    Flush 2\n{FORWARD}[OUTPUT]\n    Name kinesis_streams\n    Match *\n    region us-east-1\n    stream app-logs\n    partition_key kubernetes->pod_name\n    endpoint http://127.0.0.1:4566\n    auto_retry_requests true\n"
+        );
+        let d = Dir::new(&[("fluent-bit.conf", &text)]);
+        let c = d.load().unwrap();
+        let SinkConfig::Kinesis(k) = &c.config.sinks[0].inner else {
+            panic!("{:?}", c.config.sinks)
+        };
+        assert_eq!(k.stream, "app-logs");
+        assert_eq!(k.partition_key.as_deref(), Some("{kubernetes.pod_name}"));
+        assert_eq!(k.region.as_deref(), Some("us-east-1"));
+        assert_eq!(k.endpoint_url.as_deref(), Some("http://127.0.0.1:4566"));
+        assert_eq!(k.flush_interval, std::time::Duration::from_secs(2));
+        assert!(!k.aggregation);
+        assert!(
+            c.notes.iter().any(|n| n.contains("auto_retry_requests")),
+            "{:?}",
+            c.notes
+        );
+
+        // Without partition_key: random keys.
+        let text = format!("{FORWARD}[OUTPUT]\n    Name kinesis_streams\n    Match *\n    stream s\n");
+        let c = Dir::new(&[("fluent-bit.conf", &text)]).load().unwrap();
+        let SinkConfig::Kinesis(k) = &c.config.sinks[0].inner else {
+            panic!("{:?}", c.config.sinks)
+        };
+        assert!(k.partition_key.is_none());
+    }
+
+    #[test]
+    fn kinesis_streams_keys_that_do_not_map_are_errors() {
+        for (extra, msg) in [
+            ("    region us-east-1\n", "kinesis_streams needs `stream`"),
+            (
+                "    stream s\n    role_arn arn:aws:iam::1:role/x\n",
+                "`role_arn` of [OUTPUT] kinesis_streams is not supported",
+            ),
+            (
+                "    stream s\n    time_key ts\n",
+                "`time_key` of [OUTPUT] kinesis_streams is not supported",
+            ),
+            (
+                "    stream s\n    partition_key a b\n",
+                "partition_key `a b` is not a record key",
+            ),
+            ("    stream no/slash\n", "not a valid stream name"),
+        ] {
+            let text = format!("{FORWARD}[OUTPUT]\n    Name kinesis_streams\n    Match *\n{extra}");
+            let d = Dir::new(&[("fluent-bit.conf", &text)]);
+            let e = d.errors();
+            assert!(e.iter().any(|e| e.contains(msg)), "{extra}: {e:?}");
+        }
     }
 }

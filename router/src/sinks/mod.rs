@@ -8,7 +8,9 @@ pub mod encoding;
 pub mod file;
 pub mod firehose;
 pub mod forward;
+pub mod kinesis;
 pub mod object;
+pub mod records;
 pub mod s3;
 pub mod stdout;
 
@@ -47,9 +49,10 @@ pub enum SinkConfig {
     CloudWatchLogs(cloudwatch_logs::CloudWatchLogsSinkConfig),
     Firehose(firehose::FirehoseSinkConfig),
     Forward(forward::ForwardSinkConfig),
+    Kinesis(kinesis::KinesisSinkConfig),
 }
 
-const KINDS: &str = "s3, cloudwatch_logs, firehose, forward, file, stdout, blackhole";
+const KINDS: &str = "s3, cloudwatch_logs, firehose, kinesis_streams, forward, file, stdout, blackhole";
 
 impl SinkConfig {
     pub fn build(ctx: &mut Ctx<'_>, base: &[Seg], kind: &str, value: toml::Value) -> Option<Self> {
@@ -69,6 +72,10 @@ impl SinkConfig {
             "firehose" => {
                 let c: firehose::FirehoseSinkConfig = deserialize_at(ctx, base, value)?;
                 c.validate(ctx, base).then_some(SinkConfig::Firehose(c))
+            }
+            "kinesis_streams" => {
+                let c: kinesis::KinesisSinkConfig = deserialize_at(ctx, base, value)?;
+                c.validate(ctx, base).then_some(SinkConfig::Kinesis(c))
             }
             "forward" => {
                 let c: forward::ForwardSinkConfig = deserialize_at(ctx, base, value)?;
@@ -92,6 +99,7 @@ impl SinkConfig {
             SinkConfig::CloudWatchLogs(_) => "cloudwatch_logs",
             SinkConfig::Firehose(_) => "firehose",
             SinkConfig::Forward(_) => "forward",
+            SinkConfig::Kinesis(_) => "kinesis_streams",
         }
     }
 
@@ -125,6 +133,17 @@ impl SinkConfig {
                 "firehose: {}, max_record_size {}, flush_interval {}{}",
                 c.delivery_stream,
                 c.max_record_size.display().iec(),
+                humantime::format_duration(c.flush_interval),
+                c.endpoint_url
+                    .as_deref()
+                    .map(|e| format!(", endpoint {e}"))
+                    .unwrap_or_default()
+            ),
+            SinkConfig::Kinesis(c) => format!(
+                "kinesis_streams: {}, partition_key {}, aggregation {}, flush_interval {}{}",
+                c.stream,
+                c.partition_key.as_deref().unwrap_or("(random)"),
+                c.aggregation,
                 humantime::format_duration(c.flush_interval),
                 c.endpoint_url
                     .as_deref()
