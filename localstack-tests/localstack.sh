@@ -204,10 +204,18 @@ cmd_start() {
   fi
   rm -rf "$RUN_DIR"
   mkdir -p "$RUN_DIR/fs" "$RUN_DIR/tmp" "$RUN_DIR/volume" "$CACHE/localstack-home"
-  # Where host-mode LocalStack looks for a pre-installed package; stop removes the link only.
+  # Where LocalStack looks for a pre-installed package: its static libs, under FILESYSTEM_ROOT
+  # in host mode, but /usr/lib/localstack when it detects a container (as on these machines,
+  # where its own npm install also fails: it runs without the user's npm settings).
   if [[ -f $KINESIS_MOCK_DIR/node_modules/kinesis-local/main.js ]]; then
-    mkdir -p "$RUN_DIR/fs/usr/lib/localstack/kinesis-local"
-    ln -s "$KINESIS_MOCK_DIR" "$RUN_DIR/fs/usr/lib/localstack/kinesis-local/$KINESIS_MOCK_VERSION"
+    local libs
+    for libs in "$RUN_DIR/fs/usr/lib/localstack" /usr/lib/localstack; do
+      if mkdir -p "$libs/kinesis-local" 2>/dev/null; then
+        ln -sfn "$KINESIS_MOCK_DIR" "$libs/kinesis-local/$KINESIS_MOCK_VERSION"
+      else
+        log "cannot link kinesis-local into $libs; LocalStack will try to npm-install it"
+      fi
+    done
   fi
   log "starting LocalStack on 127.0.0.1:$PORT (log: $LOG_FILE)"
   # A clean environment: the outer AWS_* settings must not reach LocalStack. setsid makes
