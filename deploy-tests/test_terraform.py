@@ -262,6 +262,7 @@ ALL_OPTIONS = {
     "s3_compression": "zstd",
     "cloudwatch_log_group": "/logferry/staging",
     "firehose_delivery_stream": "logferry-staging",
+    "kinesis_stream": "logferry-staging",
 }
 
 
@@ -290,7 +291,8 @@ def test_rendered_config_passes_logferry_validate(rendered, validate):
     assert_valid(result, f"the config rendered for {name}")
     # The sinks the inputs ask for, and no others.
     for var, sink in [("s3_bucket", "sink archive (s3"), ("cloudwatch_log_group", "sink cloudwatch (cloudwatch_logs"),
-                      ("firehose_delivery_stream", "sink firehose (firehose")]:
+                      ("firehose_delivery_stream", "sink firehose (firehose"),
+                      ("kinesis_stream", "sink kinesis (kinesis_streams")]:
         assert (sink in result.stdout) == (variables[var] != ""), f"{name}: {sink}?\n{result.stdout}"
 
 
@@ -331,12 +333,14 @@ def test_iam_statements_follow_the_sinks():
         "KmsForS3Objects": ["kms:Decrypt", "kms:GenerateDataKey"],
         "CloudWatchLogsWrite": ["logs:CreateLogStream", "logs:PutLogEvents"],
         "FirehosePut": ["firehose:PutRecordBatch"],
+        "KinesisPut": ["kinesis:PutRecords"],
     }
     gates = {sid: fe for sid, (fe, _) in statements.items()}
     assert "var.s3_bucket" in gates["S3WriteUnderPrefix"]
     assert "var.s3_kms_key_arn" in gates["KmsForS3Objects"]
     assert "var.cloudwatch_log_group" in gates["CloudWatchLogsWrite"]
     assert "var.firehose_delivery_stream" in gates["FirehosePut"]
+    assert "var.kinesis_stream" in gates["KinesisPut"]
 
 
 # -- the renderer itself ---------------------------------------------------------------------

@@ -22,13 +22,18 @@ set -euo pipefail
 LS_SPEC='localstack-core[runtime]==4.14.0'
 LS_EXTRA=(boto3 pytest fluent-logger==0.11.1 msgpack==1.1.1)
 EXCLUDE_NEWER=2026-02-27
-SERVICES=s3,logs,firehose,sqs,sts,iam
-REQUIRED=(s3 logs firehose)
+SERVICES=s3,logs,firehose,kinesis,sqs,sts,iam
+REQUIRED=(s3 logs firehose kinesis)
+# LocalStack's Kinesis is kinesis-mock (npm `kinesis-local`, its default node engine), which
+# it would npm-install on the first Kinesis call of every start (the state dir is new each
+# time): installed once by `install` under the cache, linked into each run's static libs.
+KINESIS_MOCK_VERSION=0.5.2
 
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${LOGFERRY_CACHE:-$HOME/.cache/logferry}
 VENV=$CACHE/localstack-venv
 MARKER=$VENV/.logferry-installed
+KINESIS_MOCK_DIR=$CACHE/kinesis-local-$KINESIS_MOCK_VERSION
 PORT=${LOCALSTACK_PORT:-4566}
 RUN_DIR=${LOCALSTACK_RUN_DIR:-${TMPDIR:-/tmp}/logferry-localstack-$PORT}
 PID_FILE=$RUN_DIR/localstack.pid
@@ -96,8 +101,21 @@ find_uv() {
   UV=(python3 -m uv)
 }
 
+# kinesis-mock for the Kinesis service (npm; idempotent).
+install_kinesis_mock() {
+  [[ -f $KINESIS_MOCK_DIR/node_modules/kinesis-local/main.js ]] && return 0
+  command -v npm >/dev/null 2>&1 || die "npm not found (LocalStack's Kinesis runs kinesis-mock on Node.js)"
+  log "installing kinesis-local@$KINESIS_MOCK_VERSION (LocalStack's Kinesis) into $KINESIS_MOCK_DIR"
+  mkdir -p "$CACHE"
+  npm install --silent --no-audit --no-fund --prefix "$KINESIS_MOCK_DIR.tmp" "kinesis-local@$KINESIS_MOCK_VERSION" >&2 \
+    || die "npm install kinesis-local@$KINESIS_MOCK_VERSION failed"
+  rm -rf "$KINESIS_MOCK_DIR"
+  mv "$KINESIS_MOCK_DIR.tmp" "$KINESIS_MOCK_DIR"
+}
+
 cmd_install() {
   local py want
+  install_kinesis_mock
   py=$(find_python313)
   want="$LS_SPEC ${LS_EXTRA[*]} --exclude-newer $EXCLUDE_NEWER python=$("$py" -c 'import sys; print(sys.version.split()[0])')"
   if [[ -x $VENV/bin/python && -f $MARKER && "$(cat "$MARKER")" == "$want" ]]; then
@@ -186,6 +204,19 @@ cmd_start() {
   fi
   rm -rf "$RUN_DIR"
   mkdir -p "$RUN_DIR/fs" "$RUN_DIR/tmp" "$RUN_DIR/volume" "$CACHE/localstack-home"
+  # Where LocalStack looks for a pre-installed package: its static libs, under FILESYSTEM_ROOT
+  # in host mode, but /usr/lib/localstack when it detects a container (as on these machines,
+  # where its own npm install also fails: it runs without the user's npm settings).
+  if [[ -f $KINESIS_MOCK_DIR/node_modules/kinesis-local/main.js ]]; then
+    local libs
+    for libs in "$RUN_DIR/fs/usr/lib/localstack" /usr/lib/localstack; do
+      if mkdir -p "$libs/kinesis-local" 2>/dev/null; then
+        ln -sfn "$KINESIS_MOCK_DIR" "$libs/kinesis-local/$KINESIS_MOCK_VERSION"
+      else
+        log "cannot link kinesis-local into $libs; LocalStack will try to npm-install it"
+      fi
+    done
+  fi
   log "starting LocalStack on 127.0.0.1:$PORT (log: $LOG_FILE)"
   # A clean environment: the outer AWS_* settings must not reach LocalStack. setsid makes
   # LocalStack the leader of its own process group, so stop can end it and any child.
@@ -211,6 +242,7 @@ cmd_start() {
       GATEWAY_LISTEN="127.0.0.1:$PORT" \
       LOCALSTACK_HOST="127.0.0.1:$PORT" \
       SERVICES="$SERVICES" \
+      KINESIS_MOCK_VERSION="$KINESIS_MOCK_VERSION" \
       SQS_ENDPOINT_STRATEGY=path \
       DNS_ADDRESS=0 \
       SKIP_SSL_CERT_DOWNLOAD=1 \

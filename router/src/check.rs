@@ -25,6 +25,7 @@ pub async fn check(config: &Config) -> Vec<SinkCheck> {
             SinkConfig::S3(s) => (format!("s3://{}/{}", s.bucket, s.key_prefix), check_s3(s).await),
             SinkConfig::CloudWatchLogs(c) => (format!("cloudwatch_logs {}", c.log_group), check_cloudwatch(c).await),
             SinkConfig::Firehose(f) => (format!("firehose:{}", f.delivery_stream), check_firehose(f).await),
+            SinkConfig::Kinesis(k) => (format!("kinesis_streams:{}", k.stream), check_kinesis(k).await),
             SinkConfig::Forward(f) => (
                 format!("forward {}:{}", f.host, f.port),
                 crate::sinks::forward::check(f).await,
@@ -143,6 +144,32 @@ async fn check_firehose(f: &crate::sinks::firehose::FirehoseSinkConfig) -> Resul
             "delivery stream `{}` is {status}, not ACTIVE",
             f.delivery_stream
         ))
+    }
+}
+
+async fn check_kinesis(k: &crate::sinks::kinesis::KinesisSinkConfig) -> Result<(), String> {
+    let sdk = aws::sdk_config(k.region.as_deref(), k.endpoint_url.as_deref()).await;
+    if sdk.region().is_none() {
+        return Err(
+            "no AWS region (set the sink's `region`, AWS_REGION, or run where instance metadata answers)".into(),
+        );
+    }
+    let client = aws_sdk_kinesis::Client::new(&sdk);
+    let out = client
+        .describe_stream_summary()
+        .stream_name(&k.stream)
+        .send()
+        .await
+        .map_err(|e| describe(&e))?;
+    let status = out
+        .stream_description_summary()
+        .map(|d| d.stream_status().as_str().to_string())
+        .unwrap_or_else(|| "unknown (no description returned)".to_string());
+    // UPDATING streams (resharding, retention changes) take writes.
+    if status == "ACTIVE" || status == "UPDATING" {
+        Ok(())
+    } else {
+        Err(format!("stream `{}` is {status}, not ACTIVE", k.stream))
     }
 }
 

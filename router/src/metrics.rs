@@ -104,6 +104,8 @@ pub struct Metrics {
     pub delivery_stalled: Gauge,
     /// Firehose records (each many log records) the delivery stream accepted.
     firehose_records_sent: Family<SinkLabels, Counter>,
+    /// Kinesis records (one log record, or a KPL aggregate) a stream accepted.
+    kinesis_records_sent: Family<SinkLabels, Counter>,
     buffer_bytes: Family<SinkLabels, Gauge>,
     buffer_records: Family<SinkLabels, Gauge>,
     buffer_corrupt_frames: Family<SinkLabels, Counter>,
@@ -163,6 +165,7 @@ impl Metrics {
             memory_limit: Gauge::default(),
             delivery_stalled: Gauge::default(),
             firehose_records_sent: Family::default(),
+            kinesis_records_sent: Family::default(),
             buffer_bytes: Family::default(),
             buffer_records: Family::default(),
             buffer_corrupt_frames: Family::default(),
@@ -313,6 +316,11 @@ impl Metrics {
             m.firehose_records_sent.clone(),
         );
         registry.register(
+            "logferry_kinesis_records_sent",
+            "Kinesis records (a log record each, or a KPL aggregate of many) a data stream accepted",
+            m.kinesis_records_sent.clone(),
+        );
+        registry.register(
             "logferry_buffer_bytes",
             "Bytes in a sink's disk buffer the sink has not acknowledged yet",
             m.buffer_bytes.clone(),
@@ -444,6 +452,7 @@ impl Metrics {
             retries: self.retries.get_or_create(&labels).clone(),
             redactions: self.redactions.clone(),
             firehose_records_sent: self.firehose_records_sent.clone(),
+            kinesis_records_sent: self.kinesis_records_sent.clone(),
         };
         if let Ok(mut all) = self.components.lock()
             && !all.iter().any(|c| c.id == id)
@@ -524,6 +533,7 @@ pub struct ComponentMetrics {
     http_requests: Family<StatusLabels, Counter>,
     handshake_failures: Family<ReasonLabels, Counter>,
     firehose_records_sent: Family<SinkLabels, Counter>,
+    kinesis_records_sent: Family<SinkLabels, Counter>,
 }
 
 impl ComponentMetrics {
@@ -594,6 +604,16 @@ impl ComponentMetrics {
     /// component (a Firehose sink resolves it once, at start).
     pub fn firehose_records_sent(&self) -> Counter {
         self.firehose_records_sent
+            .get_or_create(&SinkLabels {
+                component: self.id.clone(),
+            })
+            .clone()
+    }
+
+    /// The handle of `logferry_kinesis_records_sent_total` for this
+    /// component (a Kinesis sink resolves it once, at start).
+    pub fn kinesis_records_sent(&self) -> Counter {
+        self.kinesis_records_sent
             .get_or_create(&SinkLabels {
                 component: self.id.clone(),
             })

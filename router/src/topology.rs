@@ -265,6 +265,7 @@ pub fn start(
             SinkConfig::Firehose(cfg) => Box::pin(crate::sinks::firehose::run(cfg.clone(), rx, cx)),
             SinkConfig::Forward(cfg) => Box::pin(crate::sinks::forward::run(cfg.clone(), rx, cx)),
             SinkConfig::Http(cfg) => Box::pin(crate::sinks::http::run(cfg.clone(), rx, cx)),
+            SinkConfig::Kinesis(cfg) => Box::pin(crate::sinks::kinesis::run(cfg.clone(), rx, cx)),
         };
         let guard = health.guard(&c.id);
         tasks.spawn(tracing::Instrument::instrument(

@@ -82,6 +82,11 @@ pub fn classify(code: Option<&str>) -> Failure {
             | "KMS.InvalidStateException"
             | "KMS.OptInRequired"
             | "InvalidKMSResourceException"
+            | "KMSAccessDeniedException"
+            | "KMSDisabledException"
+            | "KMSInvalidStateException"
+            | "KMSNotFoundException"
+            | "KMSOptInRequired"
             | "AuthorizationHeaderMalformed",
         ) => Failure::Permanent,
         _ => Failure::Transient,

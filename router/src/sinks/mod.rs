@@ -9,7 +9,9 @@ pub mod file;
 pub mod firehose;
 pub mod forward;
 pub mod http;
+pub mod kinesis;
 pub mod object;
+pub mod records;
 pub mod s3;
 pub mod stdout;
 
@@ -49,9 +51,10 @@ pub enum SinkConfig {
     Firehose(firehose::FirehoseSinkConfig),
     Forward(forward::ForwardSinkConfig),
     Http(http::HttpSinkConfig),
+    Kinesis(kinesis::KinesisSinkConfig),
 }
 
-const KINDS: &str = "s3, cloudwatch_logs, firehose, forward, http, file, stdout, blackhole";
+const KINDS: &str = "s3, cloudwatch_logs, firehose, kinesis_streams, forward, http, file, stdout, blackhole";
 
 impl SinkConfig {
     pub fn build(ctx: &mut Ctx<'_>, base: &[Seg], kind: &str, value: toml::Value) -> Option<Self> {
@@ -71,6 +74,10 @@ impl SinkConfig {
             "firehose" => {
                 let c: firehose::FirehoseSinkConfig = deserialize_at(ctx, base, value)?;
                 c.validate(ctx, base).then_some(SinkConfig::Firehose(c))
+            }
+            "kinesis_streams" => {
+                let c: kinesis::KinesisSinkConfig = deserialize_at(ctx, base, value)?;
+                c.validate(ctx, base).then_some(SinkConfig::Kinesis(c))
             }
             "forward" => {
                 let c: forward::ForwardSinkConfig = deserialize_at(ctx, base, value)?;
@@ -102,6 +109,7 @@ impl SinkConfig {
             SinkConfig::Firehose(_) => "firehose",
             SinkConfig::Forward(_) => "forward",
             SinkConfig::Http(_) => "http",
+            SinkConfig::Kinesis(_) => "kinesis_streams",
         }
     }
 
@@ -150,6 +158,17 @@ impl SinkConfig {
                     .map(|e| format!(", endpoint {e}"))
                     .unwrap_or_default(),
                 c.record_format().describe()
+            ),
+            SinkConfig::Kinesis(c) => format!(
+                "kinesis_streams: {}, partition_key {}, aggregation {}, flush_interval {}{}",
+                c.stream,
+                c.partition_key.as_deref().unwrap_or("(random)"),
+                c.aggregation,
+                humantime::format_duration(c.flush_interval),
+                c.endpoint_url
+                    .as_deref()
+                    .map(|e| format!(", endpoint {e}"))
+                    .unwrap_or_default()
             ),
             SinkConfig::Forward(c) => format!(
                 "forward: {}{}:{}, tag {}, require_ack {}, compression {}, max_chunk_size {}, flush_interval {}{}",

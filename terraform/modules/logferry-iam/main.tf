@@ -4,7 +4,7 @@ data "aws_caller_identity" "current" {}
 locals {
   partition = data.aws_partition.current.partition
   account   = data.aws_caller_identity.current.account_id
-  any_sink  = var.s3_bucket != "" || var.cloudwatch_log_group != "" || var.firehose_delivery_stream != ""
+  any_sink  = var.s3_bucket != "" || var.cloudwatch_log_group != "" || var.firehose_delivery_stream != "" || var.kinesis_stream != ""
 
   # The IAM resource for the s3 sink: the key prefix up to its first template part.
   s3_static_prefix = regex("^[^{%]*", var.s3_key_prefix)
@@ -53,10 +53,19 @@ data "aws_iam_policy_document" "router" {
     }
   }
 
+  dynamic "statement" {
+    for_each = var.kinesis_stream == "" ? [] : [1]
+    content {
+      sid       = "KinesisPut"
+      actions   = ["kinesis:PutRecords"]
+      resources = ["arn:${local.partition}:kinesis:${var.region}:${local.account}:stream/${var.kinesis_stream}"]
+    }
+  }
+
   lifecycle {
     precondition {
       condition     = local.any_sink
-      error_message = "Set at least one of s3_bucket, cloudwatch_log_group, firehose_delivery_stream."
+      error_message = "Set at least one of s3_bucket, cloudwatch_log_group, firehose_delivery_stream, kinesis_stream."
     }
   }
 }

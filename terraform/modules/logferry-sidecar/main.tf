@@ -22,6 +22,7 @@ locals {
     cloudwatch_log_stream     = var.cloudwatch_log_stream
     cloudwatch_flush_interval = var.cloudwatch_flush_interval
     firehose_delivery_stream  = var.firehose_delivery_stream
+    kinesis_stream            = var.kinesis_stream
   })
 
 
@@ -96,4 +97,5 @@ module "iam" {
   s3_kms_key_arn           = var.s3_kms_key_arn
   cloudwatch_log_group     = var.cloudwatch_log_group
   firehose_delivery_stream = var.firehose_delivery_stream
+  kinesis_stream           = var.kinesis_stream
 }

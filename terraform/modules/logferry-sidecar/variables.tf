@@ -339,3 +339,14 @@ variable "firehose_delivery_stream" {
     error_message = "firehose_delivery_stream must be empty or a delivery stream name."
   }
 }
+
+variable "kinesis_stream" {
+  description = "Kinesis data stream of the kinesis_streams sink (empty: no such sink)."
+  type        = string
+  default     = ""
+
+  validation {
+    condition     = var.kinesis_stream == "" || can(regex("^[A-Za-z0-9_.-]{1,128}$", var.kinesis_stream))
+    error_message = "kinesis_stream must be empty or a stream name."
+  }
+}

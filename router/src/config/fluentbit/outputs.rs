@@ -20,6 +20,7 @@ impl Tr {
         let kind = match name.as_str() {
             "cloudwatch_logs" | "cloudwatch" => "cloudwatch_logs",
             "kinesis_firehose" | "firehose" => "firehose",
+            "kinesis_streams" => "kinesis_streams",
             "s3" => "s3",
             "stdout" => "stdout",
             "null" if matches == TagMatch::Glob(HEALTHCHECK_TAG.into()) => {
@@ -62,7 +63,7 @@ impl Tr {
                     .push(e.pos.error(format!("`log_key` of {what} is not supported by Logferry")));
             }
         }
-        if matches!(kind, "cloudwatch_logs" | "firehose" | "s3") {
+        if matches!(kind, "cloudwatch_logs" | "firehose" | "kinesis_streams" | "s3") {
             if let Some(e) = sec.get("region") {
                 set(&mut t, &mut origins, "region", s(&e.value), &e.pos);
             }
@@ -70,7 +71,7 @@ impl Tr {
                 set(&mut t, &mut origins, "endpoint_url", s(&endpoint(&e.value)), &e.pos);
             }
         }
-        if matches!(kind, "cloudwatch_logs" | "firehose")
+        if matches!(kind, "cloudwatch_logs" | "firehose" | "kinesis_streams")
             && let Some(f) = flush
         {
             t.insert("flush_interval".into(), s(&duration(f)));
@@ -152,6 +153,11 @@ impl Tr {
                 let mut known = common.to_vec();
                 known.extend(["delivery_stream", "time_key"]);
                 self.check_keys(sec, &what, &known, &["simple_aggregation", "time_key_format"]);
+            }
+            "kinesis_streams" => {
+                for (key, v, pos) in self.kinesis_streams(sec, &what, &common) {
+                    set(&mut t, &mut origins, key, v, &pos);
+                }
             }
             "s3" => {
                 match sec.get("bucket") {
@@ -283,7 +289,7 @@ impl Tr {
                 e.value
             )));
         };
-        if kind == "firehose" {
+        if matches!(kind, "firehose" | "kinesis_streams") {
             t.insert("max_record_retries".into(), toml::Value::Integer(n));
             origins.push(("max_record_retries".into(), e.pos.clone()));
             if matches!(v.as_str(), "no_retries" | "0") {
@@ -315,5 +321,35 @@ fn fb_timestamp_key(kind: &str, sec: &Section) -> Option<String> {
             Some(e) => e.value.clone(),
         }),
         _ => None,
+    }
+}
+
+impl Tr {
+    /// `[OUTPUT] Name kinesis_streams` (region, endpoint and Flush are
+    /// mapped with the other AWS outputs): the sink keys it sets.
+    fn kinesis_streams(&mut self, sec: &Section, what: &str, common: &[&str]) -> Vec<(&'static str, toml::Value, Pos)> {
+        let mut out = Vec::new();
+        match sec.get("stream") {
+            Some(e) => out.push(("stream", s(&e.value), e.pos.clone())),
+            None => self.errors.push(sec.pos.error("kinesis_streams needs `stream`")),
+        }
+        // Fluent Bit names a record key (`->` for nested ones); missing in a
+        // record, the key is random, as in the sink.
+        if let Some(e) = sec.get("partition_key") {
+            let path = e.value.trim().replace("->", ".");
+            match crate::template::Template::parse(&format!("{{{path}}}")) {
+                Ok(_) if !path.is_empty() => out.push(("partition_key", s(&format!("{{{path}}}")), e.pos.clone())),
+                _ => self
+                    .errors
+                    .push(e.pos.error(format!("partition_key `{}` is not a record key", e.value))),
+            }
+        }
+        let mut known = common.to_vec();
+        known.extend(["stream", "partition_key"]);
+        // Logferry always retries failed requests (with backoff); Fluent
+        // Bit's simple_aggregation concatenates records, which readers of
+        // newline-delimited records read the same as one per record.
+        self.check_keys(sec, what, &known, &["auto_retry_requests", "simple_aggregation"]);
+        out
     }
 }

@@ -633,3 +633,59 @@ fn multiline_partial_message_maps_to_the_transform() {
         assert!(e.iter().any(|e| e.contains(says)), "{says}: {e:?}");
     }
 }
+
+#[test]
+fn kinesis_streams_maps_to_the_kinesis_sink() {
+    let text = format!(
+        "[SERVICE]\n    Flush 2\n{FORWARD}[OUTPUT]\n    Name kinesis_streams\n    Match *\n    region us-east-1\n    stream app-logs\n    partition_key kubernetes->pod_name\n    endpoint http://127.0.0.1:4566\n    auto_retry_requests true\n"
+    );
+    let d = Dir::new(&[("fluent-bit.conf", &text)]);
+    let c = d.load().unwrap();
+    let SinkConfig::Kinesis(k) = &c.config.sinks[0].inner else {
+        panic!("{:?}", c.config.sinks)
+    };
+    assert_eq!(k.stream, "app-logs");
+    assert_eq!(k.partition_key.as_deref(), Some("{kubernetes.pod_name}"));
+    assert_eq!(k.region.as_deref(), Some("us-east-1"));
+    assert_eq!(k.endpoint_url.as_deref(), Some("http://127.0.0.1:4566"));
+    assert_eq!(k.flush_interval, std::time::Duration::from_secs(2));
+    assert!(!k.aggregation);
+    assert!(
+        c.notes.iter().any(|n| n.contains("auto_retry_requests")),
+        "{:?}",
+        c.notes
+    );
+
+    // Without partition_key: random keys.
+    let text = format!("{FORWARD}[OUTPUT]\n    Name kinesis_streams\n    Match *\n    stream s\n");
+    let c = Dir::new(&[("fluent-bit.conf", &text)]).load().unwrap();
+    let SinkConfig::Kinesis(k) = &c.config.sinks[0].inner else {
+        panic!("{:?}", c.config.sinks)
+    };
+    assert!(k.partition_key.is_none());
+}
+
+#[test]
+fn kinesis_streams_keys_that_do_not_map_are_errors() {
+    for (extra, msg) in [
+        ("    region us-east-1\n", "kinesis_streams needs `stream`"),
+        (
+            "    stream s\n    role_arn arn:aws:iam::1:role/x\n",
+            "`role_arn` of [OUTPUT] kinesis_streams is not supported",
+        ),
+        (
+            "    stream s\n    time_key ts\n",
+            "`time_key` of [OUTPUT] kinesis_streams is not supported",
+        ),
+        (
+            "    stream s\n    partition_key a b\n",
+            "partition_key `a b` is not a record key",
+        ),
+        ("    stream no/slash\n", "not a valid stream name"),
+    ] {
+        let text = format!("{FORWARD}[OUTPUT]\n    Name kinesis_streams\n    Match *\n{extra}");
+        let d = Dir::new(&[("fluent-bit.conf", &text)]);
+        let e = d.errors();
+        assert!(e.iter().any(|e| e.contains(msg)), "{extra}: {e:?}");
+    }
+}

@@ -32,16 +32,15 @@
 //! attempts goes to the dead letters (`retries_exhausted`) so that one
 //! poisoned record cannot hold the stream forever; whole-call failures
 //! (stream missing, access denied, network) are retried until the sink is
-//! told to stop, since they say nothing about the records.
+//! told to stop, since they say nothing about the records. That call loop
+//! lives in `records.rs`, shared with the Kinesis sink.
 
 mod config;
 
 use std::collections::VecDeque;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use aws_sdk_firehose::error::{DisplayErrorContext, ProvideErrorMetadata};
 use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::Record;
 use prometheus_client::metrics::counter::Counter;
@@ -51,8 +50,9 @@ use tokio_util::sync::CancellationToken;
 pub use config::{FirehoseSinkConfig, MAX_RECORD_SIZE};
 
 use super::SinkContext;
-use super::aws::{self, Failure};
+use super::aws::{self, Abandoned};
 use super::encoding::{MissingKey, RecordFormat};
+use super::records::{self, Answer, CallLimits, Caller, Settled};
 use crate::api::Health;
 use crate::dead_letter::DeadLetters;
 use crate::event::{Batch, HeldAck};
@@ -62,9 +62,6 @@ use crate::metrics::ComponentMetrics;
 /// PutRecordBatch limits: records per call, and data bytes per call.
 pub const MAX_CALL_RECORDS: usize = 500;
 pub const MAX_CALL_BYTES: usize = 4 * 1024 * 1024;
-
-/// Longest pause between retries of one call.
-const RETRY_CAP: Duration = Duration::from_secs(30);
 
 /// One Firehose record: log records, each ending in `\n`, and the tags (ack
 /// clones) of the batches they came from, one per batch.
@@ -162,53 +159,11 @@ impl<T: Clone> Packer<T> {
     }
 }
 
-/// How many of the queued records (sizes in order) go into the next
-/// PutRecordBatch call: as many as fit in 500 records and 4 MiB, at least
-/// one.
-fn next_call(sizes: impl IntoIterator<Item = usize>) -> usize {
-    let (mut n, mut bytes) = (0usize, 0usize);
-    for s in sizes {
-        if n == MAX_CALL_RECORDS || (n > 0 && bytes + s > MAX_CALL_BYTES) {
-            break;
-        }
-        n += 1;
-        bytes += s;
-    }
-    n
-}
-
-/// Whether the queue makes a full call: 500 records, or so many bytes that
-/// another record of up to `record_limit` bytes might not fit.
-fn call_ready(records: usize, bytes: usize, record_limit: usize) -> bool {
-    records >= MAX_CALL_RECORDS || (records > 0 && bytes + record_limit > MAX_CALL_BYTES)
-}
-
-/// Indices of the records of a PutRecordBatch call to send again: those
-/// whose response entry has an `ErrorCode`. When the response cannot be
-/// matched to the records (wrong length, or a failure count without
-/// codes), all of them: a duplicate is better than a loss.
-fn failed_indices(sent: usize, failed_put_count: i32, codes: &[Option<&str>]) -> Vec<usize> {
-    if codes.len() != sent {
-        return if failed_put_count > 0 {
-            (0..sent).collect()
-        } else {
-            Vec::new()
-        };
-    }
-    let failed: Vec<usize> = codes
-        .iter()
-        .enumerate()
-        .filter(|(_, c)| c.is_some())
-        .map(|(i, _)| i)
-        .collect();
-    if failed.is_empty() && failed_put_count > 0 {
-        return (0..sent).collect();
-    }
-    failed
-}
-
-/// The operation was abandoned at shutdown.
-struct Abandoned;
+/// PutRecordBatch's limits.
+const LIMITS: CallLimits = CallLimits {
+    records: MAX_CALL_RECORDS,
+    bytes: MAX_CALL_BYTES,
+};
 
 struct FirehoseSink {
     id: String,
@@ -361,7 +316,7 @@ impl FirehoseSink {
 
     /// Sends full calls while the queue has them.
     async fn send_ready(&mut self) -> Result<(), Abandoned> {
-        while call_ready(self.queue.len(), self.queued_bytes, self.packer.limit) {
+        while records::call_ready(self.queue.len(), self.queued_bytes, self.packer.limit, LIMITS) {
             self.send_next().await?;
         }
         Ok(())
@@ -387,14 +342,14 @@ impl FirehoseSink {
     }
 
     async fn send_next(&mut self) -> Result<(), Abandoned> {
-        let n = next_call(self.queue.iter().map(|r| r.data.len()));
+        let n = records::next_call(self.queue.iter().map(|r| r.data.len()), LIMITS);
         let recs: Vec<Rec<HeldAck>> = self.queue.drain(..n).collect();
         self.queued_bytes -= recs.iter().map(|r| r.data.len()).sum::<usize>();
         self.put(recs).await
     }
 
     /// One PutRecordBatch call, until every record is accepted: rejected
-    /// records alone are sent again after a backoff.
+    /// records alone are sent again after a backoff (see `records.rs`).
     async fn put(&mut self, recs: Vec<Rec<HeldAck>>) -> Result<(), Abandoned> {
         // The record data moves into the request; `held` keeps the rest.
         let mut held = Vec::with_capacity(recs.len());
@@ -412,148 +367,52 @@ impl FirehoseSink {
             }
         }
         let (client, stream) = (self.client.clone(), self.cfg.delivery_stream.clone());
-        let mut attempt = 0u32;
-        while !records.is_empty() {
-            let out = retry(
-                &self.id,
-                &mut self.failing,
-                &self.m,
-                &self.health,
-                &self.stop,
-                "PutRecordBatch",
-                || {
-                    client
-                        .put_record_batch()
-                        .delivery_stream_name(&stream)
-                        .set_records(Some(records.clone()))
-                        .send()
-                },
-            )
-            .await?;
-            let codes: Vec<Option<&str>> = out.request_responses().iter().map(|e| e.error_code()).collect();
-            let failed = failed_indices(records.len(), out.failed_put_count(), &codes);
-            let first_code = failed
-                .first()
-                .and_then(|&i| codes.get(i).copied().flatten())
-                .map(str::to_string);
-            let (mut again_records, mut again_held) = (Vec::new(), Vec::new());
-            let mut next_failed = failed.iter().peekable();
-            for (i, (rec, h)) in records.drain(..).zip(held.drain(..)).enumerate() {
-                if next_failed.next_if_eq(&&i).is_some() {
-                    again_records.push(rec);
-                    again_held.push(h);
-                } else {
-                    self.accepted(h);
+        let send = |records: Vec<Record>| {
+            let call = client
+                .put_record_batch()
+                .delivery_stream_name(&stream)
+                .set_records(Some(records));
+            async move {
+                call.send().await.map(|out| Answer {
+                    failed_count: out.failed_put_count(),
+                    codes: out
+                        .request_responses()
+                        .iter()
+                        .map(|e| e.error_code().map(str::to_string))
+                        .collect(),
+                })
+            }
+        };
+        let caller = Caller {
+            id: &self.id,
+            service: "Firehose",
+            what: "PutRecordBatch",
+            m: &self.m,
+            health: &self.health,
+            stop: &self.stop,
+            failing: &mut self.failing,
+            max_record_retries: self.cfg.max_record_retries,
+        };
+        let (m, records_sent, dead) = (&self.m, &self.records_sent, &self.dead);
+        records::put_all(caller, records, held, send, |settled, rec, (lines, bytes, tags)| {
+            match settled {
+                Settled::Accepted => {
+                    m.sent_events.inc_by(lines);
+                    m.sent_bytes.inc_by(bytes as u64);
+                    records_sent.inc();
                 }
-            }
-            records = again_records;
-            held = again_held;
-            if records.is_empty() {
-                break;
-            }
-            attempt += 1;
-            let limit = self.cfg.max_record_retries;
-            if limit > 0 && attempt > limit {
-                for (rec, h) in records.drain(..).zip(held.drain(..)) {
+                Settled::Exhausted => {
                     let lines = rec.data().as_ref().split_inclusive(|b| *b == b'\n');
-                    self.dead.send("retries_exhausted", lines);
-                    // Dropped on purpose and counted: the batches may move on.
-                    for t in h.2 {
-                        t.release();
-                    }
-                }
-                break;
-            }
-            let class = aws::classify(first_code.as_deref());
-            self.m.retries.inc();
-            self.m.sink_error(if class == Failure::Permanent {
-                "permanent"
-            } else {
-                "transient"
-            });
-            if class == Failure::Permanent {
-                self.health.set_sink(&self.id, false);
-            }
-            if !self.failing {
-                tracing::warn!(
-                    sink = %self.id,
-                    rejected = records.len(),
-                    code = first_code.as_deref().unwrap_or("none"),
-                    "Firehose rejected records; sending those again with backoff, records are kept"
-                );
-                self.failing = true;
-            }
-            let pause = aws::backoff(attempt, RETRY_CAP);
-            tokio::select! {
-                _ = tokio::time::sleep(pause) => {}
-                _ = self.stop.cancelled() => return Err(Abandoned),
-            }
-        }
-        if self.failing {
-            tracing::info!(sink = %self.id, "Firehose accepts records again");
-            self.failing = false;
-            self.health.set_sink(&self.id, true);
-        }
-        Ok(())
-    }
-
-    /// A record is in the delivery stream: count it, release its acks.
-    fn accepted(&mut self, (lines, bytes, tags): (u64, usize, Vec<HeldAck>)) {
-        self.m.sent_events.inc_by(lines);
-        self.m.sent_bytes.inc_by(bytes as u64);
-        self.records_sent.inc();
-        for t in tags {
-            t.release();
-        }
-    }
-}
-
-/// Runs `op` until it succeeds or the sink is told to stop. Never drops
-/// data: while this waits, the sink takes no input. Unlike the S3 sink's,
-/// success does not end a failure burst: a call can succeed with rejected
-/// records, so [`FirehoseSink::put`] decides.
-async fn retry<T, E, F, Fut>(
-    id: &str,
-    failing: &mut bool,
-    m: &ComponentMetrics,
-    health: &Health,
-    stop: &CancellationToken,
-    what: &'static str,
-    mut op: F,
-) -> Result<T, Abandoned>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, aws_sdk_firehose::error::SdkError<E, aws_sdk_firehose::config::http::HttpResponse>>>,
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    let mut attempt = 0u32;
-    loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) => {
-                attempt += 1;
-                let class = aws::classify(e.code());
-                m.retries.inc();
-                m.sink_error(if class == Failure::Permanent {
-                    "permanent"
-                } else {
-                    "transient"
-                });
-                if class == Failure::Permanent {
-                    health.set_sink(id, false);
-                }
-                if !*failing {
-                    tracing::warn!(sink = id, request = what, error = %DisplayErrorContext(&e),
-                        "Firehose request failed; retrying with backoff, records are kept");
-                    *failing = true;
-                }
-                let pause = aws::backoff(attempt, RETRY_CAP);
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = stop.cancelled() => return Err(Abandoned),
+                    dead.send("retries_exhausted", lines);
                 }
             }
-        }
+            // Delivered, or dropped on purpose and counted: the batches may
+            // move on.
+            for t in tags {
+                t.release();
+            }
+        })
+        .await
     }
 }
 
@@ -657,7 +516,7 @@ mod tests {
         let mut rest = sizes;
         let mut calls = Vec::new();
         while !rest.is_empty() {
-            let n = next_call(rest.iter().copied());
+            let n = records::next_call(rest.iter().copied(), LIMITS);
             assert!(n > 0);
             calls.push(rest[..n].to_vec());
             rest = &rest[n..];
@@ -688,26 +547,7 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_call_is_ready_when_it_cannot_grow() {
-        let full = MAX_RECORD_SIZE as usize;
-        assert!(!call_ready(0, 0, full));
-        assert!(!call_ready(3, 3 * full, full));
-        assert!(call_ready(4, 4 * full, full));
-        assert!(call_ready(500, 500 * 100, 1024));
-        assert!(!call_ready(499, 499 * 100, 1024));
-    }
-
-    #[test]
-    fn only_records_with_an_error_code_are_retried() {
-        let codes = [None, Some("ServiceUnavailableException"), None, Some("InternalFailure")];
-        assert_eq!(failed_indices(4, 2, &codes), [1, 3]);
-        assert!(failed_indices(4, 0, &[None; 4]).is_empty());
-        // Responses that do not line up with the records: send all again.
-        assert_eq!(failed_indices(3, 1, &[Some("X")]), [0, 1, 2]);
-        assert_eq!(failed_indices(3, 1, &[None, None, None]), [0, 1, 2]);
-        assert!(failed_indices(3, 0, &[]).is_empty());
-    }
+    // `call_ready` and `failed_indices` are tested in `records.rs`.
 
     #[test]
     fn dropped_unreleased_acks_fail_their_batch() {

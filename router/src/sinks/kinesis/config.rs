@@ -1,0 +1,166 @@
+//! `[sinks.<id>] type = "kinesis_streams"`.
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::{Ctx, Seg};
+use crate::template::Template;
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KinesisSinkConfig {
+    /// Name of the data stream.
+    pub stream: String,
+    /// Template of each record's partition key (`{tag}`,
+    /// `{ecs_task_id}`, `{kubernetes.pod_name}`, literals, `%H`). Unset, or
+    /// a record lacking one of its fields: a random key, so records spread
+    /// over the shards.
+    pub partition_key: Option<String>,
+    /// Region; default from the environment, profile or instance metadata.
+    pub region: Option<String>,
+    /// Endpoint override (LocalStack, VPC endpoints); `AWS_ENDPOINT_URL` and
+    /// `AWS_ENDPOINT_URL_KINESIS` work too.
+    pub endpoint_url: Option<String>,
+    /// Longest time a log record waits in the sink before it is sent.
+    #[serde(default = "default_flush_interval", with = "humantime_serde")]
+    pub flush_interval: Duration,
+    /// Calls a record Kinesis keeps rejecting is sent again before it goes
+    /// to the dead letters; 0 retries forever.
+    #[serde(default = "default_max_record_retries")]
+    pub max_record_retries: u32,
+    /// Pack log records into KPL aggregated records (magic, protobuf, MD5)
+    /// that KCL consumers and Lambda's deaggregation read back.
+    #[serde(default)]
+    pub aggregation: bool,
+}
+
+fn default_max_record_retries() -> u32 {
+    20
+}
+
+fn default_flush_interval() -> Duration {
+    Duration::from_secs(1)
+}
+
+impl KinesisSinkConfig {
+    pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
+        let at = |k: &str| {
+            let mut p = base.to_vec();
+            p.push(Seg::Key(k.into()));
+            p
+        };
+        let mut ok = true;
+        let name = &self.stream;
+        let name_ok = (1..=128).contains(&name.len())
+            && name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '.' || c == '-');
+        if !name_ok {
+            ctx.error(
+                &at("stream"),
+                format!("`{name}` is not a valid stream name (1-128 of A-Z a-z 0-9 _ . -)"),
+            );
+            ok = false;
+        }
+        if let Some(k) = &self.partition_key {
+            if k.is_empty() {
+                ctx.error(&at("partition_key"), "must not be empty (leave it out for random keys)");
+                ok = false;
+            } else if let Err(e) = Template::parse(k) {
+                ctx.error(&at("partition_key"), e.to_string());
+                ok = false;
+            }
+        }
+        if self.flush_interval < Duration::from_millis(10) {
+            ctx.error(&at("flush_interval"), "must be at least 10ms");
+            ok = false;
+        }
+        ok
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::config::load_str;
+    use crate::sinks::SinkConfig;
+
+    fn no_env(_: &str) -> Option<String> {
+        None
+    }
+
+    fn config(sink: &str) -> String {
+        format!(
+            r#"
+[sources.app]
+type = "file"
+include = ["/var/log/app/*.log"]
+
+[sinks.ks]
+type = "kinesis_streams"
+inputs = ["app"]
+{sink}
+"#
+        )
+    }
+
+    #[test]
+    fn defaults_and_all_options() {
+        let c = load_str(&config("stream = \"my-stream\""), "t.toml", &no_env).unwrap();
+        let SinkConfig::Kinesis(k) = &c.sinks[0].inner else {
+            panic!("not a kinesis sink: {:?}", c.sinks[0].inner)
+        };
+        assert_eq!(k.stream, "my-stream");
+        assert_eq!(k.flush_interval, std::time::Duration::from_secs(1));
+        assert_eq!(k.max_record_retries, 20);
+        assert!(k.partition_key.is_none() && !k.aggregation);
+        assert!(c.describe().contains("kinesis_streams: my-stream"), "{}", c.describe());
+
+        let text = config(
+            r#"stream = "s"
+partition_key = "{tag}-{ecs_task_id}"
+region = "eu-west-1"
+endpoint_url = "http://127.0.0.1:4566"
+flush_interval = "250ms"
+max_record_retries = 3
+aggregation = true"#,
+        );
+        let c = load_str(&text, "t.toml", &no_env).unwrap();
+        let SinkConfig::Kinesis(k) = &c.sinks[0].inner else {
+            panic!("not a kinesis sink")
+        };
+        assert_eq!(k.partition_key.as_deref(), Some("{tag}-{ecs_task_id}"));
+        assert_eq!(k.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(k.flush_interval, std::time::Duration::from_millis(250));
+        assert_eq!(k.max_record_retries, 3);
+        assert!(k.aggregation);
+    }
+
+    fn errs(sink: &str) -> Vec<String> {
+        match load_str(&config(sink), "t.toml", &no_env) {
+            Ok(_) => panic!("expected errors for {sink}"),
+            Err(e) => e.0.iter().map(|e| e.to_string()).collect(),
+        }
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = errs("stream = \"no spaces\"");
+        assert!(e[0].contains("`sinks.ks.stream`"), "{e:?}");
+        let e = errs(&format!("stream = \"{}\"", "a".repeat(129)));
+        assert!(e[0].contains("`sinks.ks.stream`"), "{e:?}");
+        let e = errs("stream = \"s\"\npartition_key = \"{unclosed\"");
+        assert!(
+            e[0].contains("`sinks.ks.partition_key`") && e[0].contains("unclosed"),
+            "{e:?}"
+        );
+        let e = errs("stream = \"s\"\npartition_key = \"\"");
+        assert!(e[0].contains("`sinks.ks.partition_key`"), "{e:?}");
+        let e = errs("stream = \"s\"\nflush_interval = \"1ms\"");
+        assert!(e[0].contains("`sinks.ks.flush_interval`"), "{e:?}");
+        let e = errs("stream = \"s\"\ndelivery_stream = \"x\"");
+        assert!(e[0].contains("unknown field `delivery_stream`"), "{e:?}");
+        let e = errs("region = \"us-east-1\"");
+        assert!(e[0].contains("stream"), "{e:?}");
+    }
+}
