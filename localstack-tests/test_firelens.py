@@ -54,18 +54,25 @@ def s3_records(s3, bucket: str, prefix: str) -> list[dict]:
     return out
 
 
-def send(socket_path, tag: str, container: str, n: int, debug: int) -> None:
+def send_lines(socket_path, tag: str, container: str, lines: list[str]) -> None:
     """Like the Docker fluentd/awsfirelens log driver: one record per stdout line."""
     from fluent import sender
 
     s = sender.FluentSender(tag, host=f"unix://{socket_path}", timeout=10)
     try:
-        for i in range(n + debug):
-            line = f"DEBUG noise {i}" if i >= n else json.dumps({"id": i, "msg": f"{container} {i}"})
+        for line in lines:
             ok = s.emit(None, {"container_name": f"/ecs-{container}", "source": "stdout", "log": line})
             assert ok, f"emit failed: {s.last_error}"
     finally:
         s.close()
+
+
+def send(socket_path, tag: str, container: str, n: int, debug: int) -> None:
+    """`n` JSON lines with ids, then `debug` lines the user's grep drops."""
+    lines = [
+        f"DEBUG noise {i}" if i >= n else json.dumps({"id": i, "msg": f"{container} {i}"}) for i in range(n + debug)
+    ]
+    send_lines(socket_path, tag, container, lines)
 
 
 def test_firelens_config_routes_each_container_to_its_output(router, logs, s3, bucket, endpoint, tmp_path):

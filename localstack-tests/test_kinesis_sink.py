@@ -239,3 +239,66 @@ def test_check_requires_an_existing_stream(router, stream, endpoint, tmp_path):
     done = router.command("check", "--config", str(bad), env=DUMMY_CREDENTIALS)
     assert done.returncode != 0, done.stdout + done.stderr
     assert f"FAIL  stream (kinesis_streams:{missing}): ResourceNotFoundException" in done.stdout, done.stdout
+
+
+FIRELENS_FIXTURE = (
+    __import__("conftest").REPO / "router" / "tests" / "fixtures" / "fluent-bit" / "kinesis.conf"
+)
+
+
+def test_firelens_config_with_a_parser_filter_and_log_key_into_kinesis(router, kinesis, stream, endpoint, tmp_path):
+    """Issue 14's FireLens case, unchanged: the ECS-shaped file with its health `tcp` input, a
+    user file with `Parsers_File` and a `parser` filter, and a `kinesis_streams` output with
+    `log_key log`. Each Kinesis record must be exactly the parsed `log` value and a newline
+    (nothing else of the record), keyed by the parsed `level`; an unparsable line passes the
+    filter unchanged and is sent whole; the health port takes a line like `nc` sends it and
+    closes; `/healthz` answers without `HTTP_Server On`."""
+    import socket
+    import urllib.request
+
+    from test_firelens import free_port, send_lines
+
+    task_id = "t" + str(int(time.time() * 1000))
+    sock = tmp_path / "fluent.sock"
+    health, api = free_port(), free_port()
+    env = {
+        **DUMMY_CREDENTIALS,
+        "AWS_EC2_METADATA_DISABLED": "true",
+        "LOCALSTACK_ENDPOINT": endpoint,
+        "FIRELENS_SOCKET": str(sock),
+        "FIRELENS_HEALTH_PORT": str(health),
+        "FIRELENS_API_PORT": str(api),
+        "FIRELENS_TASK_ID": task_id,
+        "FIRELENS_STREAM": stream,
+        "FIRELENS_DATA_DIR": str(tmp_path / "data"),
+    }
+    running = router.start_args("run", "--fluent-bit-config", str(FIRELENS_FIXTURE), env=env)
+    poll(lambda: sock.exists() or not running.alive(), timeout=60, what="the forward socket")
+    assert running.alive(), running.stderr
+
+    # The documented health check: `echo '{"health": "check"}' | nc 127.0.0.1 8877`.
+    with socket.create_connection(("127.0.0.1", health), timeout=10) as c:
+        c.sendall(b'{"health": "check"}\n')
+        c.settimeout(15)
+        assert c.recv(1) == b"", "the health port should take the line and close"
+    with urllib.request.urlopen(f"http://127.0.0.1:{api}/healthz", timeout=10) as r:
+        assert r.status == 200
+
+    n = 400
+    lines = [f"{'INFO' if i % 3 else 'WARN'} msg {i}" for i in range(n)] + ["no level here"]
+    send_lines(sock, f"app-firelens-{task_id}", "app", lines)
+    time.sleep(1)
+    stderr = running.terminate()
+    assert running.returncode == 0, stderr[-4000:]
+
+    got = read_all(kinesis, stream, n + 1)
+    data = Counter(r["data"] for r in got)
+    want = Counter(f"msg {i}\n".encode() for i in range(n))
+    unparsed = [r for r in got if r["data"].startswith(b"{")]
+    assert len(unparsed) == 0, unparsed
+    assert data - Counter([b"no level here\n"]) == want, (len(got), list(data.items())[:5])
+    assert data[b"no level here\n"] == 1
+    for r in got:
+        if r["data"] != b"no level here\n":
+            i = int(r["data"].split()[1])
+            assert r["key"] == ("INFO" if i % 3 else "WARN"), r

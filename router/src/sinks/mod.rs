@@ -160,7 +160,7 @@ impl SinkConfig {
                 c.record_format().describe()
             ),
             SinkConfig::Kinesis(c) => format!(
-                "kinesis_streams: {}, partition_key {}, aggregation {}, flush_interval {}{}",
+                "kinesis_streams: {}, partition_key {}, aggregation {}, flush_interval {}{}{}",
                 c.stream,
                 c.partition_key.as_deref().unwrap_or("(random)"),
                 c.aggregation,
@@ -168,7 +168,8 @@ impl SinkConfig {
                 c.endpoint_url
                     .as_deref()
                     .map(|e| format!(", endpoint {e}"))
-                    .unwrap_or_default()
+                    .unwrap_or_default(),
+                c.record_format().describe()
             ),
             SinkConfig::Forward(c) => format!(
                 "forward: {}{}:{}, tag {}, require_ack {}, compression {}, max_chunk_size {}, flush_interval {}{}",

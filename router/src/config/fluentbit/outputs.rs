@@ -55,8 +55,7 @@ impl Tr {
             self.retry_limit(kind, e, &mut t, &mut origins);
         }
         if let Some(e) = sec.get("log_key") {
-            if matches!(kind, "cloudwatch_logs" | "firehose" | "s3") {
-                // `log_key` on these sinks lands with the log_key helper's merge.
+            if matches!(kind, "cloudwatch_logs" | "firehose" | "kinesis_streams" | "s3") {
                 set(&mut t, &mut origins, "log_key", s(&e.value), &e.pos);
             } else {
                 self.errors
@@ -309,12 +308,13 @@ impl Tr {
 
 /// The `timestamp_key` that makes records what this Fluent Bit output sends
 /// (issue 14 item 5): `cloudwatch_logs` adds no time key (the event carries
-/// the time), `kinesis_firehose` adds `time_key` only when set, `s3` adds
+/// the time), `kinesis_firehose` and `kinesis_streams` add `time_key` only
+/// when set, `s3` adds
 /// `json_date_key` (`date` unless set, none when `false`/`off`).
 fn fb_timestamp_key(kind: &str, sec: &Section) -> Option<String> {
     match kind {
         "cloudwatch_logs" => Some(String::new()),
-        "firehose" => Some(sec.get("time_key").map(|e| e.value.clone()).unwrap_or_default()),
+        "firehose" | "kinesis_streams" => Some(sec.get("time_key").map(|e| e.value.clone()).unwrap_or_default()),
         "s3" => Some(match sec.get("json_date_key") {
             None => "date".to_string(),
             Some(e) if is_true(&e.value) == Some(false) => String::new(),
@@ -345,11 +345,16 @@ impl Tr {
             }
         }
         let mut known = common.to_vec();
-        known.extend(["stream", "partition_key"]);
+        known.extend(["stream", "partition_key", "time_key"]);
         // Logferry always retries failed requests (with backoff); Fluent
         // Bit's simple_aggregation concatenates records, which readers of
         // newline-delimited records read the same as one per record.
-        self.check_keys(sec, what, &known, &["auto_retry_requests", "simple_aggregation"]);
+        self.check_keys(
+            sec,
+            what,
+            &known,
+            &["auto_retry_requests", "simple_aggregation", "time_key_format"],
+        );
         out
     }
 }

@@ -637,7 +637,7 @@ fn multiline_partial_message_maps_to_the_transform() {
 #[test]
 fn kinesis_streams_maps_to_the_kinesis_sink() {
     let text = format!(
-        "[SERVICE]\n    Flush 2\n{FORWARD}[OUTPUT]\n    Name kinesis_streams\n    Match *\n    region us-east-1\n    stream app-logs\n    partition_key kubernetes->pod_name\n    endpoint http://127.0.0.1:4566\n    auto_retry_requests true\n"
+        "[SERVICE]\n    Flush 2\n{FORWARD}[OUTPUT]\n    Name kinesis_streams\n    Match *\n    region us-east-1\n    stream app-logs\n    partition_key kubernetes->pod_name\n    endpoint http://127.0.0.1:4566\n    auto_retry_requests true\n    log_key log\n    time_key ts\n    time_key_format %s\n"
     );
     let d = Dir::new(&[("fluent-bit.conf", &text)]);
     let c = d.load().unwrap();
@@ -650,6 +650,10 @@ fn kinesis_streams_maps_to_the_kinesis_sink() {
     assert_eq!(k.endpoint_url.as_deref(), Some("http://127.0.0.1:4566"));
     assert_eq!(k.flush_interval, std::time::Duration::from_secs(2));
     assert!(!k.aggregation);
+    // As Fluent Bit's kinesis_streams: `log_key`'s value alone, and a time
+    // key only when `time_key` is set.
+    assert_eq!(k.log_key.as_deref(), Some("log"));
+    assert_eq!(k.timestamp_key.as_deref(), Some("ts"));
     assert!(
         c.notes.iter().any(|n| n.contains("auto_retry_requests")),
         "{:?}",
@@ -663,6 +667,8 @@ fn kinesis_streams_maps_to_the_kinesis_sink() {
         panic!("{:?}", c.config.sinks)
     };
     assert!(k.partition_key.is_none());
+    assert_eq!(k.timestamp_key.as_deref(), Some(""));
+    assert!(k.log_key.is_none());
 }
 
 #[test]
@@ -672,10 +678,6 @@ fn kinesis_streams_keys_that_do_not_map_are_errors() {
         (
             "    stream s\n    role_arn arn:aws:iam::1:role/x\n",
             "`role_arn` of [OUTPUT] kinesis_streams is not supported",
-        ),
-        (
-            "    stream s\n    time_key ts\n",
-            "`time_key` of [OUTPUT] kinesis_streams is not supported",
         ),
         (
             "    stream s\n    partition_key a b\n",

@@ -33,6 +33,13 @@ pub struct KinesisSinkConfig {
     /// that KCL consumers and Lambda's deaggregation read back.
     #[serde(default)]
     pub aggregation: bool,
+    /// Send only this top-level field's value instead of the whole record
+    /// (Fluent Bit's `log_key`): a string as its text, anything else as JSON.
+    /// Records without it are dropped and counted (`log_key_missing`).
+    pub log_key: Option<String>,
+    /// Key of the event time the source added: `@timestamp` (default), `""`
+    /// to leave it out, or another name. The record's own keys are kept.
+    pub timestamp_key: Option<String>,
 }
 
 fn default_max_record_retries() -> u32 {
@@ -44,6 +51,11 @@ fn default_flush_interval() -> Duration {
 }
 
 impl KinesisSinkConfig {
+    /// What this sink writes for one record (`log_key`, `timestamp_key`).
+    pub fn record_format(&self) -> crate::sinks::encoding::RecordFormat {
+        crate::sinks::encoding::RecordFormat::new(self.log_key.as_deref(), self.timestamp_key.as_deref())
+    }
+
     pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
         let at = |k: &str| {
             let mut p = base.to_vec();
@@ -76,6 +88,7 @@ impl KinesisSinkConfig {
             ctx.error(&at("flush_interval"), "must be at least 10ms");
             ok = false;
         }
+        ok &= crate::sinks::encoding::RecordFormat::validate(self.log_key.as_deref(), ctx, base);
         ok
     }
 }

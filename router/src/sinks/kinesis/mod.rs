@@ -43,6 +43,7 @@ pub use config::KinesisSinkConfig;
 
 use super::SinkContext;
 use super::aws::{self, Abandoned};
+use super::encoding::{MissingKey, RecordFormat};
 use super::records::{self, Answer, CallLimits, Caller, Settled};
 use crate::api::Health;
 use crate::dead_letter::DeadLetters;
@@ -227,6 +228,9 @@ struct KinesisSink {
     health: Arc<Health>,
     stop: CancellationToken,
     line: Vec<u8>,
+    /// `log_key` / `timestamp_key`, and the records dropped for want of the key.
+    format: RecordFormat,
+    missing: MissingKey,
     key: String,
     failing: bool,
     dead: Arc<DeadLetters>,
@@ -278,6 +282,8 @@ async fn run_with_client(
         health,
         stop,
         line: Vec::with_capacity(4096),
+        format: cfg.record_format(),
+        missing: MissingKey::default(),
         key: String::with_capacity(64),
         failing: false,
         dead,
@@ -325,7 +331,10 @@ impl KinesisSink {
         let mut result = Ok(());
         for i in 0..n {
             self.line.clear();
-            batch.encode(i, &mut self.line);
+            if !self.format.encode(&batch, i, &mut self.line) {
+                self.missing.record();
+                continue;
+            }
             self.line.push(b'\n');
             self.m.received_bytes.inc_by(self.line.len() as u64);
             self.keys.render(&batch, i, &mut self.key);
@@ -346,6 +355,7 @@ impl KinesisSink {
             }
             self.oldest.get_or_insert_with(Instant::now);
         }
+        self.missing.flush(&self.m, &self.format);
         if let Some(tag) = self.builder.end() {
             tag.release();
         }

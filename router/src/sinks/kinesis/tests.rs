@@ -369,6 +369,8 @@ async fn scenario(run: Run<'_>) -> Outcome {
         flush_interval: Duration::from_secs(60),
         max_record_retries: run.max_record_retries,
         aggregation: run.aggregation,
+        log_key: None,
+        timestamp_key: None,
     };
     let metrics = crate::metrics::Metrics::new();
     let m = metrics.component("ks", "kinesis_streams");
