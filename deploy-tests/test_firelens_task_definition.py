@@ -114,7 +114,7 @@ def test_the_generated_fluent_bit_config_passes_logferry_validate(logferry_bin, 
     assert "source input1_forward (forward: unix /var/run/fluent.sock" in p.stdout
     assert "source input2_forward (forward: tcp 127.0.0.1:24224" in p.stdout
     assert "transform filter1_record_modifier (enrich: ecs Disabled, ec2 Disabled, kubernetes Disabled, 3 static field(s))" in p.stdout
-    assert "sink output2_cloudwatch_logs (cloudwatch_logs: group /ecs/logferry-firelens, stream app-{tag}, create_missing true) <- output2_cloudwatch_logs_match" in p.stdout
+    assert "sink output2_cloudwatch_logs (cloudwatch_logs: group /ecs/logferry-firelens, stream app-{tag}, create_missing true, timestamp_key (none)) <- output2_cloudwatch_logs_match" in p.stdout
 
 
 def test_with_a_users_file_enabling_the_api(logferry_bin, tmp_path):
