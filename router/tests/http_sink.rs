@@ -40,6 +40,8 @@ struct Seen {
     records: Vec<serde_json::Value>,
     /// The status answered (0: none, hung).
     status: u16,
+    /// For a `_bulk` answer: each document's status, as `ids`.
+    items: Option<Vec<u16>>,
 }
 
 #[derive(Default)]
@@ -53,6 +55,11 @@ struct Behaviour {
     /// While set, answer 503 to everything.
     failing: Option<Arc<AtomicBool>>,
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// Answer as OpenSearch `_bulk` does: 200 with an item per document,
+    /// whose status this gives from the id and how often it came before.
+    bulk: Option<fn(u64, usize) -> u16>,
+    /// Answer the first bulk request 200 with a body that is not JSON.
+    bulk_garbage_first: bool,
 }
 
 struct Server {
@@ -117,8 +124,14 @@ impl Server {
     fn accepted(&self) -> BTreeMap<u64, usize> {
         let mut m = BTreeMap::new();
         for s in self.seen().iter().filter(|s| (200..300).contains(&s.status)) {
-            for id in &s.ids {
-                *m.entry(*id).or_insert(0) += 1;
+            for (i, id) in s.ids.iter().enumerate() {
+                let taken = match &s.items {
+                    Some(items) => items.get(i).is_some_and(|st| (200..300).contains(st)),
+                    None => true,
+                };
+                if taken {
+                    *m.entry(*id).or_insert(0) += 1;
+                }
             }
         }
         m
@@ -179,6 +192,47 @@ async fn handle(
         Act::Status(s, _) => *s,
         Act::Hang(_) => 0,
     };
+    let mut answer = Bytes::from_static(b"{}");
+    let mut items = None;
+    if let (Some(rule), 200) = (b.bulk, status) {
+        let seen = seen.lock().unwrap();
+        let first = !seen.iter().any(|s| s.items.is_some() || s.status == 200);
+        if b.bulk_garbage_first && first {
+            answer = Bytes::from_static(b"<html>upstream ok</html>");
+            // No item statuses: nothing counts as taken, nor as an attempt.
+            items = Some(Vec::new());
+        } else {
+            let st: Vec<u16> = ids
+                .iter()
+                .map(|id| {
+                    let before = seen
+                        .iter()
+                        .filter(|s| s.items.as_ref().is_some_and(|i| !i.is_empty()))
+                        .flat_map(|s| s.ids.iter())
+                        .filter(|x| *x == id)
+                        .count();
+                    rule(*id, before)
+                })
+                .collect();
+            let items_json: Vec<serde_json::Value> = st
+                .iter()
+                .map(|s| match s {
+                    200..=299 => serde_json::json!({"index": {"_index": "logs", "_id": "x", "_version": 1, "result": "created",
+                        "_shards": {"total": 2, "successful": 1, "failed": 0}, "_seq_no": 0, "_primary_term": 1, "status": s}}),
+                    429 => serde_json::json!({"index": {"_index": "logs", "_id": "x", "status": s, "error": {
+                        "type": "es_rejected_execution_exception", "reason": "rejected execution of coordinating operation"}}}),
+                    _ => serde_json::json!({"index": {"_index": "logs", "_id": "x", "status": s, "error": {
+                        "type": "mapper_parsing_exception", "reason": "failed to parse field [id] of type [date]"}}}),
+                })
+                .collect();
+            let errors = st.iter().any(|s| !(200..300).contains(s));
+            answer = Bytes::from(
+                serde_json::to_vec(&serde_json::json!({"took": 7, "errors": errors, "items": items_json})).unwrap(),
+            );
+            items = Some(st);
+        }
+        drop(seen);
+    }
     seen.lock().unwrap().push(Seen {
         at: Instant::now(),
         method,
@@ -186,8 +240,9 @@ async fn handle(
         ids,
         records,
         status,
+        items,
     });
-    let mut resp = Response::new(Full::new(Bytes::from_static(b"{}")));
+    let mut resp = Response::new(Full::new(answer));
     match act {
         Act::Ok => {}
         Act::Status(s, retry_after) => {
@@ -595,4 +650,110 @@ fn check_uses_the_healthcheck_uri_or_a_head_of_uri() {
     assert!(!ok && text.contains("cannot connect"), "{text}");
     let seen = server.seen();
     assert!(seen.iter().any(|s| s.method == "HEAD") && seen.iter().any(|s| s.method == "GET"));
+}
+
+/// OpenSearch `_bulk` answers 200 even when documents were refused: the sink
+/// must read the items, send again only the busy ones (429, 5xx), dead-letter
+/// the refused ones with their status, and release the checkpoint only when
+/// every document is settled. A 200 that cannot be read resends the body.
+#[test]
+fn a_bulk_answer_with_errors_resends_only_the_busy_documents_and_dead_letters_the_refused() {
+    let env = Env::new();
+    let n = 3000;
+    write_logs(&env, n);
+    fn rule(id: u64, before: usize) -> u16 {
+        match id {
+            _ if id.is_multiple_of(97) => 400,
+            _ if id % 10 == 3 && before < 2 => 429,
+            _ if id % 50 == 7 && before < 1 => 503,
+            _ => 201,
+        }
+    }
+    let server = Server::start(Behaviour {
+        bulk: Some(rule),
+        bulk_garbage_first: true,
+        ..Behaviour::default()
+    });
+    let dead = env.path("dead");
+    let sink = "framing = \"opensearch_bulk\"\ncompression = \"gzip\"\nbatch = { max_events = 200 }";
+    let global = format!("dead_letter_dir = \"{}\"", dead.display());
+    let api = free_port();
+    let cfg = config(&env, &server.uri("/_bulk"), sink, &global, Some(api));
+    let router = spawn(&cfg, &[]);
+    wait_for("every record accepted or dead-lettered", LONG, || {
+        metric(
+            &metrics_of(api),
+            "logferry_source_acked_events_total",
+            &["component=\"app\""],
+        ) == Some(n as f64)
+    });
+    let m = metrics_of(api);
+    router.signal(libc::SIGTERM);
+    let (status, err) = router.wait(LONG);
+    assert!(status.success(), "{err}");
+    let refused: BTreeSet<u64> = (0..n).filter(|id| id.is_multiple_of(97)).collect();
+    let mut dead_ids = BTreeSet::new();
+    for f in std::fs::read_dir(dead.join("web")).unwrap() {
+        for l in std::fs::read_to_string(f.unwrap().path()).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["reason"], "bulk_400", "{v}");
+            assert!(
+                dead_ids.insert(v["record"]["id"].as_u64().unwrap()),
+                "dead-lettered twice: {v}"
+            );
+        }
+    }
+    assert_eq!(dead_ids, refused, "exactly the refused documents are dead letters");
+    assert_eq!(
+        metric(
+            &m,
+            "logferry_component_discarded_events_total",
+            &["reason=\"bulk_400\""]
+        ),
+        Some(refused.len() as f64)
+    );
+    // Every other document was taken exactly once: taken ones were never sent again.
+    let mut all = server.accepted();
+    assert!(all.keys().all(|id| !refused.contains(id)));
+    for id in &refused {
+        all.insert(*id, 1);
+    }
+    assert_all_once(&all, n);
+    let seen = server.seen();
+    // The unreadable 200 made the whole first body go again, as it was.
+    assert_eq!(
+        seen[0].items.as_deref(),
+        Some(&[][..]),
+        "the first answer was the unreadable one"
+    );
+    assert_eq!(
+        seen[1].ids, seen[0].ids,
+        "the body after an unreadable answer is resent whole"
+    );
+    // Retried bodies hold only busy documents, and each busy one went 3 times (429, 429, 201).
+    let sent: BTreeMap<u64, usize> =
+        seen.iter()
+            .skip(1)
+            .flat_map(|s| s.ids.iter().copied())
+            .fold(BTreeMap::new(), |mut m, id| {
+                *m.entry(id).or_insert(0) += 1;
+                m
+            });
+    for id in 0..n {
+        let want = match id {
+            _ if id.is_multiple_of(97) => 1,
+            _ if id % 10 == 3 => 3,
+            _ if id % 50 == 7 => 2,
+            _ => 1,
+        };
+        assert_eq!(sent[&id], want, "id {id} sent {} times", sent[&id]);
+    }
+    assert!(
+        metric(&m, "logferry_sink_errors_total", &["reason=\"bulk_429\""]).unwrap_or(0.0) >= 2.0,
+        "busy answers are counted"
+    );
+    assert_eq!(
+        metric(&m, "logferry_sink_errors_total", &["reason=\"bulk_answer\""]),
+        Some(1.0)
+    );
 }

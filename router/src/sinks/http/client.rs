@@ -15,7 +15,7 @@
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use hyper::header::{self, HeaderMap, HeaderName, HeaderValue};
 use hyper::{Method, Request, StatusCode, Uri};
 use hyper_rustls::HttpsConnector;
@@ -29,7 +29,7 @@ use super::config::{HttpAuth, HttpCompression, HttpMethod, HttpSinkConfig};
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// How much of an answer's body is read (for the debug log); the rest is
 /// dropped with the connection.
-const MAX_ANSWER: usize = 64 * 1024;
+pub const MAX_ANSWER: usize = 64 * 1024;
 
 pub type Client = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
 
@@ -72,15 +72,20 @@ pub fn status_class(status: u16) -> &'static str {
 /// strings are made once per distinct status (at most a few hundred exist)
 /// and kept, since reasons are `&'static str` everywhere.
 pub fn status_reason(status: u16) -> &'static str {
+    interned("http", status)
+}
+
+/// `<prefix>_<status>`, made once and kept (`prefix` is one of a few literals).
+pub fn interned(prefix: &'static str, status: u16) -> &'static str {
     use std::collections::HashMap;
     use std::sync::{Mutex, OnceLock};
-    static REASONS: OnceLock<Mutex<HashMap<u16, &'static str>>> = OnceLock::new();
+    static REASONS: OnceLock<Mutex<HashMap<(&'static str, u16), &'static str>>> = OnceLock::new();
     let status = status.min(999);
     let Ok(mut m) = REASONS.get_or_init(Default::default).lock() else {
         return "http_status";
     };
-    m.entry(status)
-        .or_insert_with(|| Box::leak(format!("http_{status}").into_boxed_str()))
+    m.entry((prefix, status))
+        .or_insert_with(|| Box::leak(format!("{prefix}_{status}").into_boxed_str()))
 }
 
 /// The pause a `Retry-After` value asks for: delay-seconds or an HTTP date
@@ -207,6 +212,8 @@ pub struct Answer {
     pub retry_after: Option<Duration>,
     /// The start of the body, for the debug log (it may echo records).
     pub text: String,
+    /// The body, up to the `max_answer` bytes asked for.
+    pub body: Bytes,
 }
 
 /// Why no answer came.
@@ -266,7 +273,8 @@ fn causes(e: &(dyn std::error::Error + 'static)) -> (String, bool) {
     (text, tls)
 }
 
-/// Sends one request with `body` and reads the answer, all within `timeout`.
+/// Sends one request with `body` and reads the answer (at most `max_answer`
+/// bytes of it), all within `timeout`.
 pub async fn send(
     client: &Client,
     p: &Prepared,
@@ -274,6 +282,7 @@ pub async fn send(
     uri: &Uri,
     body: Bytes,
     timeout: Duration,
+    max_answer: usize,
 ) -> Result<Answer, SendError> {
     let mut req = Request::new(Full::new(body));
     *req.method_mut() = method;
@@ -297,19 +306,26 @@ pub async fn send(
             .get(header::RETRY_AFTER)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| retry_after(v, SystemTime::now()));
-        // The body is read so the connection can be reused; one too large
-        // is cut off (and the connection dropped), which is fine.
-        let text = match Limited::new(resp.into_body(), MAX_ANSWER).collect().await {
-            Ok(b) => {
-                let b = b.to_bytes();
-                String::from_utf8_lossy(&b[..b.len().min(512)]).into_owned()
+        // The body is read so the connection can be reused; past
+        // `max_answer` the rest is left unread (and the connection dropped).
+        let mut body = resp.into_body();
+        let mut got = Vec::new();
+        while got.len() < max_answer {
+            match body.frame().await {
+                Some(Ok(f)) => {
+                    if let Ok(d) = f.into_data() {
+                        got.extend_from_slice(&d[..d.len().min(max_answer - got.len())]);
+                    }
+                }
+                Some(Err(_)) | None => break,
             }
-            Err(_) => String::new(),
-        };
+        }
+        let text = String::from_utf8_lossy(&got[..got.len().min(512)]).into_owned();
         Ok(Answer {
             status,
             retry_after,
             text,
+            body: Bytes::from(got),
         })
     };
     match tokio::time::timeout(timeout, attempt).await {

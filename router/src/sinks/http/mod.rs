@@ -29,6 +29,7 @@
 //! Memory held here (the open body, the waiting one, the one in flight, the
 //! record offsets, the gzip state) is charged to `memory_limit`.
 
+mod bulk;
 mod client;
 mod config;
 
@@ -79,10 +80,9 @@ impl Body {
         }
     }
 
-    /// The server refused the body for good: its records go to the dead
-    /// letters (synced before the acks are released).
-    fn rejected(self, reason: &'static str, dead: &DeadLetters) {
-        let plain = if self.gzip {
+    /// The body as framed, uncompressed.
+    fn plain(&self) -> Bytes {
+        if self.gzip {
             let mut out = Vec::new();
             let r = std::io::Read::read_to_end(&mut flate2::read::GzDecoder::new(&self.wire[..]), &mut out);
             // A body we compressed ourselves always decodes.
@@ -90,7 +90,13 @@ impl Body {
             Bytes::from(out)
         } else {
             self.wire.clone()
-        };
+        }
+    }
+
+    /// The server refused the body for good: its records go to the dead
+    /// letters (synced before the acks are released).
+    fn rejected(self, reason: &'static str, dead: &DeadLetters) {
+        let plain = self.plain();
         dead.send(
             reason,
             self.spans
@@ -100,6 +106,59 @@ impl Body {
         for a in self.acks {
             a.release();
         }
+    }
+
+    /// A bulk answer settled the body record by record (`items[i]` is
+    /// record `i`): taken ones are counted, refused ones go to the dead
+    /// letters, and those to send again make a new body, which keeps the
+    /// acks. `None` when nothing is left to send (the acks are released).
+    fn settle(
+        self,
+        items: &[bulk::Item],
+        cfg: &HttpSinkConfig,
+        m: &ComponentMetrics,
+        dead: &DeadLetters,
+    ) -> Option<Body> {
+        let plain = self.plain();
+        let rec = |&(start, len): &(usize, usize)| plain.get(start..start + len).unwrap_or_default();
+        let mut again = Encoder::new(compression(cfg), None, Vec::new()).expect("an encoder over a Vec");
+        let (mut spans, mut raw, mut entry) = (Vec::new(), 0usize, Vec::new());
+        for (span, item) in self.spans.iter().zip(items) {
+            match item {
+                bulk::Item::Taken => {
+                    m.sent_events.inc();
+                    m.sent_bytes.inc_by(span.1 as u64);
+                }
+                bulk::Item::Reject(s) => dead.send(bulk::reason(*s), [rec(span)]),
+                bulk::Item::Retry(_) => {
+                    entry.clear();
+                    let at = frame(cfg.framing, cfg.encoding, spans.is_empty(), rec(span), 0, &mut entry);
+                    // Writing into a Vec (through gzip) cannot fail.
+                    let _ = again.write_all(&entry);
+                    spans.push((raw + at, span.1));
+                    raw += entry.len();
+                }
+            }
+        }
+        if spans.is_empty() {
+            for a in self.acks {
+                a.release();
+            }
+            return None;
+        }
+        if cfg.encoding == HttpEncoding::JsonArray {
+            let _ = again.write_all(b"]");
+        }
+        let wire = again.finish().unwrap_or_default();
+        let mut charge = self._charge;
+        let _ = charge.resize(wire.len() + spans.len() * std::mem::size_of::<(usize, usize)>());
+        Some(Body {
+            wire: Bytes::from(wire),
+            gzip: self.gzip,
+            spans,
+            acks: self.acks,
+            _charge: charge,
+        })
     }
 }
 
@@ -235,9 +294,17 @@ pub async fn check(cfg: &HttpSinkConfig) -> Result<String, String> {
         None => (hyper::Method::HEAD, p.uri.clone()),
     };
     let shown = client::redact_uri(&uri.to_string());
-    let a = client::send(&c, &p, method.clone(), &uri, Bytes::new(), cfg.request_timeout)
-        .await
-        .map_err(|e| e.to_string())?;
+    let a = client::send(
+        &c,
+        &p,
+        method.clone(),
+        &uri,
+        Bytes::new(),
+        cfg.request_timeout,
+        client::MAX_ANSWER,
+    )
+    .await
+    .map_err(|e| e.to_string())?;
     let s = a.status.as_u16();
     let ok = match (&cfg.healthcheck_uri, verdict(s)) {
         (Some(_), v) => v == Verdict::Delivered,
@@ -433,6 +500,15 @@ struct Sender {
     prepared: client::Prepared,
 }
 
+/// How the server settled a body.
+enum Settled {
+    Delivered,
+    /// Refused for good (a 4xx): every record goes to the dead letters.
+    Rejected(&'static str),
+    /// A bulk answer with an outcome per record, not all taken.
+    Items(Vec<bulk::Item>),
+}
+
 /// Why an attempt did not deliver, for the retry loop.
 struct Failed {
     /// Labels `logferry_sink_errors_total`.
@@ -470,7 +546,7 @@ impl Sender {
         // What the last warning said: one line per streak of failures, and
         // one more whenever the cause changes, never one per retry.
         let mut logged: Option<String> = None;
-        while let Some(body) = bodies.recv().await {
+        while let Some(mut body) = bodies.recv().await {
             let mut attempt = 0u32;
             loop {
                 let r = tokio::select! {
@@ -478,7 +554,7 @@ impl Sender {
                     _ = self.stop.cancelled() => return,
                 };
                 let f = match r {
-                    Ok(None) => {
+                    Ok(Settled::Delivered) => {
                         if logged.take().is_some() {
                             tracing::info!(sink = %self.id, uri = %self.prepared.shown, "http server accepts requests again");
                         }
@@ -486,11 +562,41 @@ impl Sender {
                         body.delivered(&self.m);
                         break;
                     }
-                    Ok(Some(reject)) => {
+                    Ok(Settled::Rejected(reject)) => {
                         tracing::warn!(sink = %self.id, uri = %self.prepared.shown, reason = reject,
                             records = body.events(), "http server refused a request for good; its records go to the dead letters");
                         body.rejected(reject, &self.dead);
                         break;
+                    }
+                    Ok(Settled::Items(items)) => {
+                        let again = items.iter().filter(|i| matches!(i, bulk::Item::Retry(_))).count();
+                        let refused = items.iter().filter(|i| matches!(i, bulk::Item::Reject(_))).count();
+                        if refused > 0 {
+                            tracing::warn!(sink = %self.id, uri = %self.prepared.shown, records = refused,
+                                "bulk answer refused documents for good; they go to the dead letters");
+                        }
+                        self.health.set_sink(&self.id, true);
+                        match body.settle(&items, &self.cfg, &self.m, &self.dead) {
+                            None => break,
+                            Some(rest) => {
+                                body = rest;
+                                let status = items.iter().find_map(|i| match i {
+                                    bulk::Item::Retry(s) => Some(*s),
+                                    _ => None,
+                                });
+                                Failed {
+                                    reason: bulk::reason(status.unwrap_or(0)),
+                                    text: format!(
+                                        "bulk answer from {} refused {again} of {} documents for now ({}); sending those again",
+                                        self.prepared.shown,
+                                        items.len(),
+                                        bulk::reason(status.unwrap_or(0)),
+                                    ),
+                                    retry_after: None,
+                                    operator: false,
+                                }
+                            }
+                        }
                     }
                     Err(f) => f,
                 };
@@ -522,9 +628,15 @@ impl Sender {
         }
     }
 
-    /// One request. `Ok(None)`: delivered; `Ok(Some(reason))`: refused for
-    /// good; `Err`: try again.
-    async fn attempt(&self, body: &Body) -> Result<Option<&'static str>, Failed> {
+    /// One request: how the server settled the body, or why to try again.
+    async fn attempt(&self, body: &Body) -> Result<Settled, Failed> {
+        let bulk = self.cfg.framing == Framing::OpensearchBulk;
+        // A bulk answer has an item per document (200-400 bytes each).
+        let max_answer = if bulk {
+            client::MAX_ANSWER + 1024 * body.spans.len()
+        } else {
+            client::MAX_ANSWER
+        };
         let r = client::send(
             &self.client,
             &self.prepared,
@@ -532,6 +644,7 @@ impl Sender {
             &self.prepared.uri,
             body.wire.clone(),
             self.cfg.request_timeout,
+            max_answer,
         )
         .await;
         let a = match r {
@@ -554,8 +667,22 @@ impl Sender {
         }
         let v = verdict(s);
         match v {
-            Verdict::Delivered => Ok(None),
-            Verdict::Reject => Ok(Some(client::status_reason(s))),
+            Verdict::Delivered if bulk => match bulk::read(&a.body, body.spans.len()) {
+                bulk::Outcome::AllTaken => Ok(Settled::Delivered),
+                bulk::Outcome::Items(items) if items.iter().all(|i| *i == bulk::Item::Taken) => Ok(Settled::Delivered),
+                bulk::Outcome::Items(items) => Ok(Settled::Items(items)),
+                bulk::Outcome::Unreadable(why) => Err(Failed {
+                    reason: "bulk_answer",
+                    text: format!(
+                        "{} {} answered {}, but {why}; sending the whole body again",
+                        self.prepared.method, self.prepared.shown, a.status
+                    ),
+                    retry_after: None,
+                    operator: false,
+                }),
+            },
+            Verdict::Delivered => Ok(Settled::Delivered),
+            Verdict::Reject => Ok(Settled::Rejected(client::status_reason(s))),
             Verdict::Retry | Verdict::Operator => Err(Failed {
                 reason: client::status_reason(s),
                 text: format!(
@@ -756,6 +883,64 @@ mod tests {
             }
         }
         assert_eq!(recs, vec![serde_json::json!({"a":1}), serde_json::json!({"b":[1,2]})]);
+    }
+
+    #[tokio::test]
+    async fn a_bulk_answer_settles_record_by_record_and_keeps_the_acks_until_the_last() {
+        let dir = tempfile::tempdir().unwrap();
+        let (mut s, mut rx) = sink("framing = \"opensearch_bulk\"\ncompression = \"gzip\"", usize::MAX >> 4);
+        let dead = DeadLetters::new(Some(dir.path()), "h", s.m.clone());
+        let recs: Vec<String> = (0..6).map(|i| format!(r#"{{"i":{i}}}"#)).collect();
+        let refs: Vec<&str> = recs.iter().map(String::as_str).collect();
+        let (b, acks) = with_ack(batch_of(&refs), 1);
+        s.write_batch(b).await.ok().unwrap();
+        s.close().await.ok().unwrap();
+        let body = drain(&mut rx).pop().unwrap();
+        use bulk::Item::*;
+        let items = [Taken, Retry(429), Reject(400), Retry(503), Taken, Reject(409)];
+        let rest = body.settle(&items, &s.cfg, &s.m, &dead).expect("two to send again");
+        assert_eq!(s.m.sent_events.get(), 2);
+        assert!(
+            acks.try_recv().is_err(),
+            "not acked while records wait to be sent again"
+        );
+        // The new body is a well-formed bulk body of exactly those records.
+        let p = plain(&rest);
+        let ls: Vec<&[u8]> = p.split(|c| *c == b'\n').filter(|l| !l.is_empty()).collect();
+        assert_eq!(
+            ls,
+            [&b"{\"index\":{}}"[..], br#"{"i":1}"#, b"{\"index\":{}}", br#"{"i":3}"#]
+        );
+        assert_eq!(
+            records(&rest),
+            vec![serde_json::json!({"i":1}), serde_json::json!({"i":3})]
+        );
+        // Second answer: one taken, one refused for good.
+        assert!(rest.settle(&[Taken, Reject(400)], &s.cfg, &s.m, &dead).is_none());
+        assert!(
+            acks.try_recv().unwrap().delivered,
+            "settled: the checkpoint may pass it"
+        );
+        assert_eq!(s.m.sent_events.get(), 3);
+        let mut got = Vec::new();
+        for f in std::fs::read_dir(dir.path().join("h")).unwrap() {
+            for l in std::fs::read_to_string(f.unwrap().path()).unwrap().lines() {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                got.push((
+                    v["reason"].as_str().unwrap().to_string(),
+                    v["record"]["i"].as_u64().unwrap(),
+                ));
+            }
+        }
+        got.sort();
+        assert_eq!(
+            got,
+            [
+                ("bulk_400".to_string(), 2),
+                ("bulk_400".to_string(), 3),
+                ("bulk_409".to_string(), 5)
+            ]
+        );
     }
 
     mod prop {
