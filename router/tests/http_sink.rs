@@ -151,6 +151,23 @@ fn decode(headers: &BTreeMap<String, String>, body: &[u8]) -> Vec<serde_json::Va
     if plain.first() == Some(&b'[') {
         return serde_json::from_slice(&plain).expect("JSON array body");
     }
+    if plain.starts_with(b"{\"streams\"") {
+        // Loki push: each value's line is a record; the stream labels and the
+        // nanosecond time are kept beside it for the test to check.
+        let v: serde_json::Value = serde_json::from_slice(&plain).expect("Loki push body");
+        let mut out = Vec::new();
+        for (k, st) in v["streams"].as_array().expect("streams").iter().enumerate() {
+            for val in st["values"].as_array().expect("values") {
+                let mut rec: serde_json::Value =
+                    serde_json::from_str(val[1].as_str().expect("line string")).expect("line is a record");
+                rec["_labels"] = st["stream"].clone();
+                rec["_ns"] = val[0].clone();
+                rec["_stream"] = k.into();
+                out.push(rec);
+            }
+        }
+        return out;
+    }
     plain
         .split(|c| *c == b'\n')
         .filter(|l| !l.is_empty())
@@ -755,5 +772,101 @@ fn a_bulk_answer_with_errors_resends_only_the_busy_documents_and_dead_letters_th
     assert_eq!(
         metric(&m, "logferry_sink_errors_total", &["reason=\"bulk_answer\""]),
         Some(1.0)
+    );
+}
+
+/// Grafana Loki's push API: records grouped into streams by rendered labels,
+/// nanosecond times as strings, the record as the line; throttled and failed
+/// pushes are sent again whole, a 400 (Loki's "entry too far behind") sends
+/// the records, not Loki's envelope, to the dead letters.
+#[test]
+fn loki_push_bodies_group_streams_by_labels_and_survive_throttles() {
+    let env = Env::new();
+    let n = 2400u64;
+    let levels = ["info", "warn", "error"];
+    let mut text = String::new();
+    for i in 0..n {
+        // Runs of 7 records share a level, so bodies hold several streams.
+        text.push_str(&format!(
+            "{{\"id\":{i},\"level\":\"{}\",\"msg\":\"quote \\\" and tab \\t in line {i}\"}}\n",
+            levels[(i / 7 % 3) as usize]
+        ));
+    }
+    std::fs::write(env.logs().join("app.log"), text).unwrap();
+    let server = Server::start(Behaviour {
+        plan: Mutex::new(VecDeque::from([
+            Act::Status(429, Some("1".into())),
+            Act::Status(500, None),
+            Act::Ok,
+            Act::Status(400, None),
+        ])),
+        ..Behaviour::default()
+    });
+    let dead = env.path("dead");
+    let sink = "framing = \"loki\"\ncompression = \"gzip\"\nlabels = { job = \"app\", level = \"{level}\" }\nbatch = { max_events = 300 }";
+    let global = format!("dead_letter_dir = \"{}\"", dead.display());
+    let api = free_port();
+    let cfg = config(&env, &server.uri("/loki/api/v1/push"), sink, &global, Some(api));
+    let router = spawn(&cfg, &[]);
+    wait_for("every record pushed or dead-lettered", LONG, || {
+        metric(
+            &metrics_of(api),
+            "logferry_source_acked_events_total",
+            &["component=\"app\""],
+        ) == Some(n as f64)
+    });
+    router.signal(libc::SIGTERM);
+    let (status, err) = router.wait(LONG);
+    assert!(status.success(), "{err}");
+    let seen = server.seen();
+    assert_eq!(
+        seen.iter().map(|s| s.status).take(4).collect::<Vec<_>>(),
+        [429, 500, 200, 400]
+    );
+    assert_eq!(seen[1].ids, seen[0].ids);
+    assert_eq!(seen[2].ids, seen[0].ids, "the same push until a 2xx");
+    let rejected: BTreeSet<u64> = seen[3].ids.iter().copied().collect();
+    assert!(!rejected.is_empty());
+    let mut dead_ids = BTreeSet::new();
+    for f in std::fs::read_dir(dead.join("web")).unwrap() {
+        for l in std::fs::read_to_string(f.unwrap().path()).unwrap().lines() {
+            let v: serde_json::Value = serde_json::from_str(l).unwrap();
+            assert_eq!(v["reason"], "http_400");
+            assert!(
+                v["record"]["msg"].as_str().unwrap().contains("quote \" and tab \t"),
+                "the record itself: {v}"
+            );
+            dead_ids.insert(v["record"]["id"].as_u64().unwrap());
+        }
+    }
+    assert_eq!(dead_ids, rejected);
+    let mut all = server.accepted();
+    for id in &dead_ids {
+        assert!(all.insert(*id, 1).is_none());
+    }
+    assert_all_once(&all, n);
+    let mut streams_per_body = Vec::new();
+    for s in seen.iter().filter(|s| s.status == 200) {
+        assert_eq!(s.headers["content-type"], "application/json");
+        let streams = s.records.iter().map(|r| r["_stream"].as_u64().unwrap()).max().unwrap() + 1;
+        for r in &s.records {
+            let id = r["id"].as_u64().unwrap();
+            assert_eq!(
+                r["_labels"],
+                serde_json::json!({"job": "app", "level": levels[(id / 7 % 3) as usize]})
+            );
+            assert!(r["msg"].as_str().unwrap().ends_with(&format!("line {id}")), "{r}");
+            // The line's time and the stream value's time are the same instant.
+            let ms = chrono::DateTime::parse_from_rfc3339(r["@timestamp"].as_str().unwrap())
+                .unwrap()
+                .timestamp_millis();
+            assert_eq!(r["_ns"].as_str().unwrap(), (ms as i128 * 1_000_000).to_string());
+        }
+        streams_per_body.push((s.records.len(), streams as usize));
+    }
+    // Runs of 7 share a stream entry: a body of 300 has about 300/7 streams, not 300.
+    assert!(
+        streams_per_body.iter().all(|(r, st)| *st <= r / 7 + 2),
+        "{streams_per_body:?}"
     );
 }

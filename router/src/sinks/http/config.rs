@@ -39,6 +39,10 @@ pub struct HttpSinkConfig {
     pub framing: Framing,
     #[serde(default)]
     pub compression: HttpCompression,
+    /// `framing = "loki"`: the stream labels, name to template (`{level}`,
+    /// `{kubernetes.namespace}`, `{tag[1]}`); rendered per record.
+    #[serde(default)]
+    pub labels: BTreeMap<String, String>,
     /// Extra request headers (API keys: `DD-API-KEY = "${DD_API_KEY}"`).
     /// Values are secrets: never logged, marked sensitive for hyper.
     #[serde(default)]
@@ -94,6 +98,9 @@ pub enum Framing {
     SplunkHec,
     /// OpenSearch / Elasticsearch `_bulk`: `{"index":{}}` then the record.
     OpensearchBulk,
+    /// Grafana Loki `/loki/api/v1/push` JSON: records grouped into streams
+    /// by their `labels`, each `["<ns>","<record>"]`.
+    Loki,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
@@ -260,9 +267,40 @@ impl HttpSinkConfig {
         if self.framing != Framing::None && self.encoding != HttpEncoding::Ndjson {
             ctx.error(
                 &at(&["framing"]),
-                "splunk_hec and opensearch_bulk bodies are line-delimited: use encoding = \"ndjson\"",
+                match self.framing {
+                    Framing::Loki => "loki bodies are Loki's own JSON envelope: leave `encoding` unset",
+                    _ => "splunk_hec and opensearch_bulk bodies are line-delimited: use encoding = \"ndjson\"",
+                },
             );
             ok = false;
+        }
+        if self.framing == Framing::Loki && self.labels.is_empty() {
+            ctx.error(
+                &at(&["labels"]),
+                "Loki needs at least one stream label, e.g. labels = { job = \"logferry\" }",
+            );
+            ok = false;
+        }
+        if self.framing != Framing::Loki && !self.labels.is_empty() {
+            ctx.error(&at(&["labels"]), "stream labels are only sent with framing = \"loki\"");
+            ok = false;
+        }
+        for (name, t) in &self.labels {
+            let mut c = name.chars();
+            let valid = c.next().is_some_and(|f| f.is_ascii_alphabetic() || f == '_')
+                && c.all(|ch| ch.is_ascii_alphanumeric() || ch == '_')
+                && !name.starts_with("__");
+            if !valid {
+                ctx.error(
+                    &at(&["labels", name]),
+                    "a Loki label name is letters, digits and `_`, not starting with a digit or `__`",
+                );
+                ok = false;
+            }
+            if let Err(e) = crate::template::Template::parse(t) {
+                ctx.error(&at(&["labels", name]), e.to_string());
+                ok = false;
+            }
         }
         let tls_set = self.tls.ca_file.is_some() || !self.tls.verify;
         if tls_set && !self.uri.starts_with("https://") {
@@ -274,6 +312,9 @@ impl HttpSinkConfig {
 
     /// The `Content-Type` the body has, unless `headers` sets one.
     pub fn content_type(&self) -> &'static str {
+        if self.framing == Framing::Loki {
+            return "application/json";
+        }
         match self.encoding {
             HttpEncoding::Ndjson => "application/x-ndjson",
             HttpEncoding::JsonArray => "application/json",
@@ -405,5 +446,48 @@ healthcheck_uri = "https://http-intake.logs.datadoghq.eu/api/v1/validate""#,
         assert!(e[0].contains("`sinks.h.request_timeout`"), "{e:?}");
         let e = errs("uri = \"http://h/\"\nbatch_size = 3");
         assert!(e[0].contains("unknown field `batch_size`"), "{e:?}");
+    }
+
+    #[test]
+    fn loki_labels_are_checked() {
+        let ok = load(
+            "uri = \"http://h/loki/api/v1/push\"\nframing = \"loki\"\nlabels = { job = \"x\", ns = \"{kubernetes.namespace}\" }",
+            &|_| None,
+        );
+        assert_eq!(ok.content_type(), "application/json");
+        for (sink, key, says) in [
+            ("framing = \"loki\"", "labels", "at least one stream label"),
+            (
+                "labels = { job = \"x\" }",
+                "labels",
+                "only sent with framing = \"loki\"",
+            ),
+            (
+                "framing = \"loki\"\nlabels = { \"1x\" = \"a\" }",
+                "labels.1x",
+                "label name",
+            ),
+            (
+                "framing = \"loki\"\nlabels = { __name__ = \"a\" }",
+                "labels.__name__",
+                "label name",
+            ),
+            (
+                "framing = \"loki\"\nlabels = { job = \"{unclosed\" }",
+                "labels.job",
+                "unclosed",
+            ),
+            (
+                "framing = \"loki\"\nlabels = { job = \"x\" }\nencoding = \"json_array\"",
+                "framing",
+                "leave `encoding` unset",
+            ),
+        ] {
+            let e = errs(&format!("uri = \"http://h/\"\n{sink}"));
+            assert!(
+                e[0].contains(&format!("`sinks.h.{key}`")) && e[0].contains(says),
+                "{sink}: {e:?}"
+            );
+        }
     }
 }

@@ -1,6 +1,6 @@
 //! `type = "http"`: records POSTed (or PUT) to an HTTP endpoint, for the
 //! log backends FireLens users ship to (Datadog, Splunk HEC, New Relic,
-//! Grafana Loki's JSON push through a gateway, OpenSearch `_bulk`).
+//! Grafana Loki push, OpenSearch `_bulk`).
 //!
 //! Why one request in flight: a request is answered before the next is sent,
 //! so a failure never leaves a gap behind a later success and what must be
@@ -54,12 +54,14 @@ use crate::event::{Batch, HeldAck};
 use crate::memory::Charge;
 use crate::metrics::ComponentMetrics;
 use crate::sinks::aws::{RETRY_CAP, backoff};
+use crate::template::{Renderer, Template};
 
 /// A closed body and what its delivery settles.
 pub struct Body {
     /// What goes on the wire (gzipped when `gzip`).
     wire: Bytes,
     gzip: bool,
+    framing: Framing,
     /// (start, length) of each record in the uncompressed body.
     spans: Vec<(usize, usize)>,
     acks: Vec<HeldAck>,
@@ -97,12 +99,12 @@ impl Body {
     /// letters (synced before the acks are released).
     fn rejected(self, reason: &'static str, dead: &DeadLetters) {
         let plain = self.plain();
-        dead.send(
-            reason,
-            self.spans
-                .iter()
-                .map(|&(start, len)| plain.get(start..start + len).unwrap_or_default()),
-        );
+        let recs: Vec<_> = self
+            .spans
+            .iter()
+            .map(|&(start, len)| unframed(self.framing, plain.get(start..start + len).unwrap_or_default()))
+            .collect();
+        dead.send(reason, recs.iter().map(|r| &r[..]));
         for a in self.acks {
             a.release();
         }
@@ -132,7 +134,12 @@ impl Body {
                 bulk::Item::Reject(s) => dead.send(bulk::reason(*s), [rec(span)]),
                 bulk::Item::Retry(_) => {
                     entry.clear();
-                    let at = frame(cfg.framing, cfg.encoding, spans.is_empty(), rec(span), 0, &mut entry);
+                    let place = Place {
+                        first: spans.is_empty(),
+                        labels: b"",
+                        same_stream: false,
+                    };
+                    let at = frame(cfg.framing, cfg.encoding, place, rec(span), 0, &mut entry);
                     // Writing into a Vec (through gzip) cannot fail.
                     let _ = again.write_all(&entry);
                     spans.push((raw + at, span.1));
@@ -146,15 +153,14 @@ impl Body {
             }
             return None;
         }
-        if cfg.encoding == HttpEncoding::JsonArray {
-            let _ = again.write_all(b"]");
-        }
+        let _ = again.write_all(closing(cfg));
         let wire = again.finish().unwrap_or_default();
         let mut charge = self._charge;
         let _ = charge.resize(wire.len() + spans.len() * std::mem::size_of::<(usize, usize)>());
         Some(Body {
             wire: Bytes::from(wire),
             gzip: self.gzip,
+            framing: self.framing,
             spans,
             acks: self.acks,
             _charge: charge,
@@ -171,6 +177,8 @@ struct Open {
     acks: Vec<HeldAck>,
     /// `acks` already holds a clone of the current batch's token.
     tagged: bool,
+    /// Loki: the labels of the last record written (its stream).
+    labels: Vec<u8>,
     charge: Charge,
     /// When its first record arrived.
     since: Option<Instant>,
@@ -179,17 +187,50 @@ struct Open {
 /// The delivery task has stopped.
 struct Abandoned;
 
+/// Where a record goes in its body, for the framings whose entries depend
+/// on their neighbours (Loki's streams).
+#[derive(Clone, Copy)]
+struct Place<'a> {
+    /// The first record of the body.
+    first: bool,
+    /// Loki: this record's labels (`{"job":"x"}`), and whether the record
+    /// before it in the body had the same, so it joins that stream.
+    labels: &'a [u8],
+    same_stream: bool,
+}
+
 /// Writes record `rec` framed into `out`; returns where the record itself
-/// starts in `out`. The length does not depend on `first` (`[` or `,`).
-fn frame(framing: Framing, encoding: HttpEncoding, first: bool, rec: &[u8], ts_ms: i64, out: &mut Vec<u8>) -> usize {
+/// starts in `out` (for Loki, where its JSON string starts). With JSON
+/// arrays the length does not depend on `first` (`[` or `,`).
+fn frame(framing: Framing, encoding: HttpEncoding, at: Place<'_>, rec: &[u8], ts_ms: i64, out: &mut Vec<u8>) -> usize {
+    use std::io::Write as _;
+    if framing == Framing::Loki {
+        // {"streams":[{"stream":{..},"values":[["<ns>","<record>"],...]},...]}
+        if at.first {
+            out.extend_from_slice(b"{\"streams\":[{\"stream\":");
+            out.extend_from_slice(at.labels);
+            out.extend_from_slice(b",\"values\":[");
+        } else if at.same_stream {
+            out.push(b',');
+        } else {
+            out.extend_from_slice(b"]},{\"stream\":");
+            out.extend_from_slice(at.labels);
+            out.extend_from_slice(b",\"values\":[");
+        }
+        let _ = write!(out, "[\"{}\",", i128::from(ts_ms) * 1_000_000);
+        let start = out.len();
+        // A record is JSON we encoded: UTF-8.
+        let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(rec));
+        out.push(b']');
+        return start;
+    }
     match encoding {
-        HttpEncoding::JsonArray => out.push(if first { b'[' } else { b',' }),
+        HttpEncoding::JsonArray => out.push(if at.first { b'[' } else { b',' }),
         HttpEncoding::Ndjson => {}
     }
     match framing {
-        Framing::None => {}
+        Framing::None | Framing::Loki => {}
         Framing::SplunkHec => {
-            use std::io::Write as _;
             // HEC's `time`: epoch seconds with milliseconds.
             let _ = write!(
                 out,
@@ -211,6 +252,27 @@ fn frame(framing: Framing, encoding: HttpEncoding, first: bool, rec: &[u8], ts_m
     at
 }
 
+/// What closes a body after its last record.
+fn closing(cfg: &HttpSinkConfig) -> &'static [u8] {
+    match (cfg.framing, cfg.encoding) {
+        (Framing::Loki, _) => b"]}]}",
+        (_, HttpEncoding::JsonArray) => b"]",
+        _ => b"",
+    }
+}
+
+/// A record as the dead letters take it: Loki bodies hold it as a JSON
+/// string.
+fn unframed(framing: Framing, span: &[u8]) -> std::borrow::Cow<'_, [u8]> {
+    match framing {
+        Framing::Loki => match serde_json::from_slice::<String>(span) {
+            Ok(s) => std::borrow::Cow::Owned(s.into_bytes()),
+            Err(_) => std::borrow::Cow::Borrowed(span),
+        },
+        _ => std::borrow::Cow::Borrowed(span),
+    }
+}
+
 struct HttpSink {
     cfg: Arc<HttpSinkConfig>,
     open: Open,
@@ -220,6 +282,11 @@ struct HttpSink {
     dead: Arc<DeadLetters>,
     line: Vec<u8>,
     entry: Vec<u8>,
+    /// Loki: a renderer per label, and the labels of the current record as
+    /// a JSON object.
+    labels: Vec<(String, Renderer)>,
+    label_json: Vec<u8>,
+    value: String,
 }
 
 pub async fn run(cfg: HttpSinkConfig, mut input: mpsc::Receiver<Batch>, cx: SinkContext) {
@@ -335,6 +402,7 @@ impl Open {
             spans: Vec::new(),
             acks: Vec::new(),
             tagged: false,
+            labels: Vec::new(),
             charge: Charge::new(memory.clone()),
             since: None,
         }
@@ -365,6 +433,11 @@ impl HttpSink {
     ) -> Self {
         HttpSink {
             open: Open::new(&cfg, &memory),
+            labels: cfg
+                .labels
+                .iter()
+                .filter_map(|(k, t)| Some((k.clone(), Renderer::new(Template::parse(t).ok()?))))
+                .collect(),
             cfg,
             bodies,
             memory,
@@ -372,12 +445,50 @@ impl HttpSink {
             dead,
             line: Vec::with_capacity(4096),
             entry: Vec::with_capacity(4096),
+            label_json: Vec::new(),
+            value: String::new(),
         }
     }
 
-    /// Bytes a body needs besides its records: the closing `]`.
+    /// Loki: renders record `i`'s labels into `label_json`.
+    fn render_labels(&mut self, batch: &Batch, i: usize) {
+        self.label_json.clear();
+        self.label_json.push(b'{');
+        for (k, (name, r)) in self.labels.iter_mut().enumerate() {
+            if k > 0 {
+                self.label_json.push(b',');
+            }
+            let _ = serde_json::to_writer(&mut self.label_json, name);
+            self.label_json.push(b':');
+            r.render(batch, i, &mut self.value);
+            let _ = serde_json::to_writer(&mut self.label_json, &self.value);
+        }
+        self.label_json.push(b'}');
+    }
+
+    /// Bytes a body needs besides its records: the closing `]` (or `]}]}`).
     fn closing(&self) -> usize {
-        usize::from(self.cfg.encoding == HttpEncoding::JsonArray)
+        closing(&self.cfg).len()
+    }
+
+    /// Frames record `line` into `entry` as it goes into the open body (or
+    /// as the first of a new one); returns where the record starts.
+    fn frame_entry(&mut self, ts: i64, as_first: bool) -> usize {
+        self.entry.clear();
+        let first = as_first || self.open.spans.is_empty();
+        let place = Place {
+            first,
+            labels: &self.label_json,
+            same_stream: !first && self.open.labels == self.label_json,
+        };
+        frame(
+            self.cfg.framing,
+            self.cfg.encoding,
+            place,
+            &self.line,
+            ts,
+            &mut self.entry,
+        )
     }
 
     async fn write_batch(&mut self, batch: Batch) -> Result<(), Abandoned> {
@@ -386,50 +497,52 @@ impl HttpSink {
         let token = batch.ack.clone().map(|a| HeldAck(Some(a)));
         self.open.tagged = false;
         let max = self.cfg.batch.max_bytes.as_u64() as usize;
+        let loki = self.cfg.framing == Framing::Loki;
+        for (_, r) in &mut self.labels {
+            r.begin_batch();
+        }
         let mut result = Ok(());
         for i in 0..n {
             self.line.clear();
             batch.encode(i, &mut self.line);
             self.m.received_bytes.inc_by(self.line.len() as u64 + 1);
             let ts = batch.ts_ms(i);
-            self.entry.clear();
-            frame(
-                self.cfg.framing,
-                self.cfg.encoding,
-                self.open.spans.is_empty(),
-                &self.line,
-                ts,
-                &mut self.entry,
-            );
+            if loki {
+                self.render_labels(&batch, i);
+            }
+            // As the first record of a body: the longest it can be framed.
+            self.frame_entry(ts, true);
             if self.entry.len() + self.closing() > max {
                 tracing::debug!(bytes = self.line.len(), "record over batch.max_bytes");
                 self.dead.send("over_size_limit", [&self.line[..]]);
                 continue;
             }
-            if !self.open.spans.is_empty()
-                && self.open.raw + self.entry.len() + self.closing() > max
-                && let Err(a) = self.close().await
-            {
-                result = Err(a);
-                break;
+            let mut at = self.frame_entry(ts, false);
+            if !self.open.spans.is_empty() && self.open.raw + self.entry.len() + self.closing() > max {
+                if let Err(a) = self.close().await {
+                    result = Err(a);
+                    break;
+                }
+                at = self.frame_entry(ts, true);
             }
-            self.entry.clear();
             let first = self.open.spans.is_empty();
-            let at = frame(
-                self.cfg.framing,
-                self.cfg.encoding,
-                first,
-                &self.line,
-                ts,
-                &mut self.entry,
-            );
+            // Loki holds the record as a JSON string: the span covers that.
+            let len = if loki {
+                self.entry.len() - 1 - at
+            } else {
+                self.line.len()
+            };
             if first {
                 self.open.since = Some(Instant::now());
             }
             // Writing into a Vec (through gzip) cannot fail.
             let _ = self.open.body.write_all(&self.entry);
-            self.open.spans.push((self.open.raw + at, self.line.len()));
+            self.open.spans.push((self.open.raw + at, len));
             self.open.raw += self.entry.len();
+            if loki && !self.open.labels.eq(&self.label_json) {
+                self.open.labels.clear();
+                self.open.labels.extend_from_slice(&self.label_json);
+            }
             if !self.open.tagged {
                 if let Some(HeldAck(Some(t))) = &token {
                     self.open.acks.push(HeldAck(Some(t.clone())));
@@ -468,9 +581,7 @@ impl HttpSink {
             return Ok(());
         }
         let mut open = std::mem::replace(&mut self.open, Open::new(&self.cfg, &self.memory));
-        if self.cfg.encoding == HttpEncoding::JsonArray {
-            let _ = open.body.write_all(b"]");
-        }
+        let _ = open.body.write_all(closing(&self.cfg));
         // Finishing a gzip stream into a Vec cannot fail.
         let wire = open.body.finish().unwrap_or_default();
         let mut charge = open.charge;
@@ -479,6 +590,7 @@ impl HttpSink {
         let body = Body {
             wire: Bytes::from(wire),
             gzip: self.cfg.compression == HttpCompression::Gzip,
+            framing: self.cfg.framing,
             spans: open.spans,
             acks: open.acks,
             _charge: charge,
@@ -739,8 +851,34 @@ mod tests {
         let p = plain(b);
         b.spans
             .iter()
-            .map(|&(s, l)| serde_json::from_slice(&p[s..s + l]).unwrap())
+            .map(|&(s, l)| serde_json::from_slice(&unframed(b.framing, &p[s..s + l])).unwrap())
             .collect()
+    }
+
+    /// A Loki push body as Loki reads it: (labels, ns, record) per value;
+    /// checks that neighbouring streams differ.
+    fn loki(p: &[u8]) -> Vec<(serde_json::Value, u128, serde_json::Value)> {
+        let v: serde_json::Value = serde_json::from_slice(p).expect("a Loki push body is one JSON object");
+        let streams = v["streams"].as_array().expect("streams");
+        assert!(!streams.is_empty());
+        for w in streams.windows(2) {
+            assert_ne!(
+                w[0]["stream"], w[1]["stream"],
+                "neighbouring records of one stream share it"
+            );
+        }
+        let mut out = Vec::new();
+        for st in streams {
+            assert!(st["stream"].is_object());
+            for val in st["values"].as_array().expect("values") {
+                let pair = val.as_array().unwrap();
+                assert_eq!(pair.len(), 2);
+                let ns: u128 = pair[0].as_str().expect("ns as a string").parse().unwrap();
+                let rec = serde_json::from_str(pair[1].as_str().expect("the line is a string")).unwrap();
+                out.push((st["stream"].clone(), ns, rec));
+            }
+        }
+        out
     }
 
     fn drain(rx: &mut mpsc::Receiver<Body>) -> Vec<Body> {
@@ -765,6 +903,11 @@ mod tests {
             ("encoding = \"json_array\"\ncompression = \"gzip\"", "array"),
             ("framing = \"splunk_hec\"", "hec"),
             ("framing = \"opensearch_bulk\"\ncompression = \"gzip\"", "bulk"),
+            ("framing = \"loki\"\nlabels = { job = \"t\", n = \"{msg}\" }", "loki"),
+            (
+                "framing = \"loki\"\nlabels = { job = \"t\" }\ncompression = \"gzip\"",
+                "loki",
+            ),
         ] {
             let (mut s, mut rx) = sink(&format!("{opts}\nbatch = {{ max_bytes = \"1KiB\" }}"), usize::MAX >> 4);
             s.write_batch(batch_of(&refs)).await.ok().unwrap();
@@ -783,6 +926,18 @@ mod tests {
                         .map(|l| serde_json::from_slice(l).unwrap())
                         .collect(),
                     "array" => serde_json::from_slice(&p).unwrap(),
+                    "loki" => loki(&p)
+                        .into_iter()
+                        .map(|(labels, ns, rec)| {
+                            assert_eq!(labels["job"], "t");
+                            if opts.contains("{msg}") {
+                                let m = rec["msg"].as_str().unwrap();
+                                assert_eq!(labels["n"], if m.is_empty() { "_" } else { m }, "{rec}");
+                            }
+                            assert_eq!(ns % 1_000_000, 0, "ns from the ms time");
+                            rec
+                        })
+                        .collect(),
                     "hec" => serde_json::Deserializer::from_slice(&p)
                         .into_iter::<serde_json::Value>()
                         .map(|v| {
@@ -957,17 +1112,18 @@ mod tests {
                 sizes in proptest::collection::vec(0usize..1500, 1..60),
                 max_bytes in 1024usize..4096,
                 max_events in 1usize..20,
-                enc in 0u8..4,
+                enc in 0u8..5,
             ) {
                 let opts = match enc {
                     0 => "",
                     1 => "encoding = \"json_array\"\ncompression = \"gzip\"",
                     2 => "framing = \"splunk_hec\"",
-                    _ => "framing = \"opensearch_bulk\"",
+                    3 => "framing = \"opensearch_bulk\"",
+                    _ => "framing = \"loki\"\nlabels = { g = \"{g}\" }\ncompression = \"gzip\"",
                 };
                 let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
                 let src: Vec<String> = sizes.iter().enumerate()
-                    .map(|(i, n)| format!(r#"{{"i":{i},"p":"{}"}}"#, "z".repeat(*n)))
+                    .map(|(i, n)| format!(r#"{{"i":{i},"g":{},"p":"{}"}}"#, i / 4 % 3, "z".repeat(*n)))
                     .collect();
                 let refs: Vec<&str> = src.iter().map(String::as_str).collect();
                 let (bodies, dropped) = rt.block_on(async {
@@ -983,6 +1139,13 @@ mod tests {
                 for b in &bodies {
                     prop_assert!(plain(b).len() <= max_bytes);
                     prop_assert!(b.spans.len() <= max_events && !b.spans.is_empty());
+                    if enc == 4 {
+                        let from_wire: Vec<_> = loki(&plain(b)).into_iter().map(|(l, _, r)| {
+                            assert_eq!(l["g"], r["g"].to_string());
+                            r
+                        }).collect();
+                        prop_assert_eq!(&from_wire, &records(b));
+                    }
                     seen.extend(records(b).into_iter().map(|r| r["i"].as_u64().unwrap()));
                 }
                 prop_assert!(seen.windows(2).all(|w| w[0] < w[1]), "in order, once");
