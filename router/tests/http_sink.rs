@@ -158,8 +158,12 @@ fn decode(headers: &BTreeMap<String, String>, body: &[u8]) -> Vec<serde_json::Va
         let mut out = Vec::new();
         for (k, st) in v["streams"].as_array().expect("streams").iter().enumerate() {
             for val in st["values"].as_array().expect("values") {
-                let mut rec: serde_json::Value =
-                    serde_json::from_str(val[1].as_str().expect("line string")).expect("line is a record");
+                let line = val[1].as_str().expect("line string");
+                // A line from `log_key` is the field's text, not a record.
+                let mut rec: serde_json::Value = match serde_json::from_str(line) {
+                    Ok(v @ serde_json::Value::Object(_)) => v,
+                    _ => serde_json::json!({ "_line": line }),
+                };
                 rec["_labels"] = st["stream"].clone();
                 rec["_ns"] = val[0].clone();
                 rec["_stream"] = k.into();
@@ -869,4 +873,70 @@ fn loki_push_bodies_group_streams_by_labels_and_survive_throttles() {
         streams_per_body.iter().all(|(r, st)| *st <= r / 7 + 2),
         "{streams_per_body:?}"
     );
+}
+
+/// `log_key` makes the Loki line the field's text (as Fluent Bit's loki
+/// output with `line_format key_value`/`drop_single_key` users expect), a
+/// record without the field is dropped and counted; `timestamp_key` renames
+/// the event time the source added in JSON bodies.
+#[test]
+fn log_key_lines_for_loki_and_timestamp_key_for_json_bodies() {
+    let env = Env::new();
+    let mut text = String::new();
+    for i in 0..200u64 {
+        if i == 50 {
+            text.push_str("{\"id\":50,\"level\":\"info\"}\n");
+        } else {
+            text.push_str(&format!(
+                "{{\"id\":{i},\"level\":\"info\",\"log\":\"GET /item/{i} 200 \\\"ok\\\"\"}}\n"
+            ));
+        }
+    }
+    std::fs::write(env.logs().join("app.log"), &text).unwrap();
+    let server = Server::start(Behaviour::default());
+    let api = free_port();
+    let sink = "framing = \"loki\"\nlabels = { job = \"app\" }\nlog_key = \"log\"";
+    let cfg = config(&env, &server.uri("/loki/api/v1/push"), sink, "", Some(api));
+    let router = spawn(&cfg, &[]);
+    wait_for("every record settled", LONG, || {
+        metric(
+            &metrics_of(api),
+            "logferry_source_acked_events_total",
+            &["component=\"app\""],
+        ) == Some(200.0)
+    });
+    let m = metrics_of(api);
+    router.signal(libc::SIGTERM);
+    assert!(router.wait(LONG).0.success());
+    assert_eq!(
+        metric(
+            &m,
+            "logferry_component_discarded_events_total",
+            &["reason=\"log_key_missing\""]
+        ),
+        Some(1.0)
+    );
+    let lines: Vec<String> = server
+        .seen()
+        .iter()
+        .filter(|s| s.status == 200)
+        .flat_map(|s| s.records.iter().map(|r| r["_line"].as_str().unwrap().to_string()))
+        .collect();
+    let want: Vec<String> = (0..200u64)
+        .filter(|i| *i != 50)
+        .map(|i| format!("GET /item/{i} 200 \"ok\""))
+        .collect();
+    assert_eq!(lines, want, "each line is the log field's text, in order");
+
+    let env = Env::new();
+    write_logs(&env, 100);
+    let server = Server::start(Behaviour::default());
+    let cfg = config(&env, &server.uri("/logs"), "timestamp_key = \"time\"", "", None);
+    run_to_eof(&cfg, &[]);
+    assert_all_once(&server.accepted(), 100);
+    for s in server.seen() {
+        for r in &s.records {
+            assert!(r["time"].is_string() && r.get("@timestamp").is_none(), "{r}");
+        }
+    }
 }

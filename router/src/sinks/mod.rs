@@ -191,7 +191,7 @@ impl SinkConfig {
                 }
             ),
             SinkConfig::Http(c) => format!(
-                "http: {} {}, encoding {:?}, framing {:?}, compression {:?}, batch {} / {} records, flush_interval {}{}{}",
+                "http: {} {}, encoding {:?}, framing {:?}, compression {:?}, batch {} / {} records, flush_interval {}{}{}{}{}",
                 match c.method {
                     http::HttpMethod::Post => "POST",
                     http::HttpMethod::Put => "PUT",
@@ -213,7 +213,14 @@ impl SinkConfig {
                     String::new()
                 } else {
                     format!(", headers {}", c.headers.keys().cloned().collect::<Vec<_>>().join(", "))
-                }
+                },
+                if c.labels.is_empty() {
+                    String::new()
+                } else {
+                    let l: Vec<String> = c.labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+                    format!(", labels {}", l.join(" "))
+                },
+                c.record_format().describe()
             ),
             SinkConfig::Stdout(_) => "stdout".to_string(),
             SinkConfig::Blackhole(_) => "blackhole".to_string(),

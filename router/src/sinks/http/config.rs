@@ -43,6 +43,14 @@ pub struct HttpSinkConfig {
     /// `{kubernetes.namespace}`, `{tag[1]}`); rendered per record.
     #[serde(default)]
     pub labels: BTreeMap<String, String>,
+    /// `framing = "loki"`: the line is this top-level field's value (a
+    /// string as its text) instead of the whole record, as Fluent Bit's
+    /// `log_key`. Records without it are dropped and counted
+    /// (`log_key_missing`).
+    pub log_key: Option<String>,
+    /// Key of the event time the source added: `@timestamp` (default), `""`
+    /// to leave it out, or another name. The record's own keys are kept.
+    pub timestamp_key: Option<String>,
     /// Extra request headers (API keys: `DD-API-KEY = "${DD_API_KEY}"`).
     /// Values are secrets: never logged, marked sensitive for hyper.
     #[serde(default)]
@@ -274,6 +282,14 @@ impl HttpSinkConfig {
             );
             ok = false;
         }
+        ok &= crate::sinks::encoding::RecordFormat::validate(self.log_key.as_deref(), ctx, base);
+        if self.log_key.is_some() && self.framing != Framing::Loki {
+            ctx.error(
+                &at(&["log_key"]),
+                "a field's text is only a valid body as a Loki line (framing = \"loki\"); the other bodies carry JSON records",
+            );
+            ok = false;
+        }
         if self.framing == Framing::Loki && self.labels.is_empty() {
             ctx.error(
                 &at(&["labels"]),
@@ -308,6 +324,11 @@ impl HttpSinkConfig {
             ok = false;
         }
         ok
+    }
+
+    /// What this sink writes for one record (`log_key`, `timestamp_key`).
+    pub fn record_format(&self) -> crate::sinks::encoding::RecordFormat {
+        crate::sinks::encoding::RecordFormat::new(self.log_key.as_deref(), self.timestamp_key.as_deref())
     }
 
     /// The `Content-Type` the body has, unless `headers` sets one.
@@ -481,6 +502,12 @@ healthcheck_uri = "https://http-intake.logs.datadoghq.eu/api/v1/validate""#,
                 "framing = \"loki\"\nlabels = { job = \"x\" }\nencoding = \"json_array\"",
                 "framing",
                 "leave `encoding` unset",
+            ),
+            ("log_key = \"log\"", "log_key", "only a valid body as a Loki line"),
+            (
+                "framing = \"loki\"\nlabels = { job = \"x\" }\nlog_key = \"\"",
+                "log_key",
+                "",
             ),
         ] {
             let e = errs(&format!("uri = \"http://h/\"\n{sink}"));

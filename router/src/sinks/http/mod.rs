@@ -47,7 +47,7 @@ pub use config::{
 };
 
 use super::SinkContext;
-use super::encoding::{Compression, Encoder};
+use super::encoding::{Compression, Encoder, MissingKey, RecordFormat};
 use crate::api::Health;
 use crate::dead_letter::DeadLetters;
 use crate::event::{Batch, HeldAck};
@@ -287,6 +287,9 @@ struct HttpSink {
     labels: Vec<(String, Renderer)>,
     label_json: Vec<u8>,
     value: String,
+    /// `log_key` / `timestamp_key`, and the records dropped for want of the key.
+    format: RecordFormat,
+    missing: MissingKey,
 }
 
 pub async fn run(cfg: HttpSinkConfig, mut input: mpsc::Receiver<Batch>, cx: SinkContext) {
@@ -438,6 +441,7 @@ impl HttpSink {
                 .iter()
                 .filter_map(|(k, t)| Some((k.clone(), Renderer::new(Template::parse(t).ok()?))))
                 .collect(),
+            format: cfg.record_format(),
             cfg,
             bodies,
             memory,
@@ -447,6 +451,7 @@ impl HttpSink {
             entry: Vec::with_capacity(4096),
             label_json: Vec::new(),
             value: String::new(),
+            missing: MissingKey::default(),
         }
     }
 
@@ -504,7 +509,10 @@ impl HttpSink {
         let mut result = Ok(());
         for i in 0..n {
             self.line.clear();
-            batch.encode(i, &mut self.line);
+            if !self.format.encode(&batch, i, &mut self.line) {
+                self.missing.record();
+                continue;
+            }
             self.m.received_bytes.inc_by(self.line.len() as u64 + 1);
             let ts = batch.ts_ms(i);
             if loki {
@@ -559,6 +567,7 @@ impl HttpSink {
                 break;
             }
         }
+        self.missing.flush(&self.m, &self.format);
         match token {
             Some(t) if result.is_ok() => t.release(),
             // Not all of its records were taken: the batch fails.
