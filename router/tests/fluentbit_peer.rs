@@ -1,7 +1,8 @@
 //! The forward protocol against a real Fluent Bit 5.1.1, both ways: our
 //! forward sink into its `in_forward` (counting what its `file` output
 //! writes) and its `out_forward` into our forward source (counting what our
-//! file sink writes), plain, with `Shared_Key`, with users, gzip and acks.
+//! file sink writes), plain, with `Shared_Key`, with users, gzip and acks;
+//! and our http sink into its `http`, `splunk` and `elasticsearch` inputs.
 //!
 //! The binary comes from `../shared/peers/fluent-bit-5.1.1.xz` beside the
 //! repository (or `LOGFERRY_PEERS`), unpacked once into
@@ -568,4 +569,122 @@ fn fluent_bit_partial_messages_are_joined_by_the_source() {
             "{o:?}"
         );
     }
+}
+
+// ---- Logferry's http sink -> Fluent Bit's http, splunk and elasticsearch inputs ----
+
+/// Fluent Bit's HTTP intakes are real peers for three of the http sink's
+/// bodies: `in_http` takes a JSON array or concatenated JSON records (not
+/// `application/x-ndjson`), `in_splunk` a HEC event stream, and
+/// `in_elasticsearch` a `_bulk` body, answering with per-item statuses.
+/// Each run sends `n` records through gzip and checks the set Fluent Bit's
+/// `file` output writes.
+fn http_into_fluent_bit(fb: &Path, n: u64, input: &str, path: &str, sink_extra: &str) -> Vec<serde_json::Value> {
+    let env = Env::new();
+    write_lines(&env, n);
+    let port = free_port();
+    let conf = format!(
+        "[SERVICE]\n    Flush 0.2\n    Grace 1\n    Log_Level info\n\
+         [INPUT]\n    Name {input}\n    Listen 127.0.0.1\n    Port {port}\n\
+         [OUTPUT]\n    Name file\n    Match *\n    Path {out}\n    File fb.out\n    Format plain\n",
+        out = env.path("out").display()
+    );
+    let server = FluentBit::start(fb, &env, &conf);
+    server.wait_listening(port);
+    let cfg = env.write_config(&format!(
+        r#"
+[global]
+data_dir = "{data}"
+
+[sources.app]
+type = "file"
+include = ["{logs}/*.log"]
+glob_interval = "100ms"
+
+[sinks.web]
+type = "http"
+inputs = ["app"]
+uri = "http://127.0.0.1:{port}{path}"
+flush_interval = "100ms"
+compression = "gzip"
+batch = {{ max_events = 400 }}
+timestamp_key = ""
+{sink_extra}
+"#,
+        data = env.path("data").display(),
+        logs = env.logs().display(),
+    ));
+    let out = Command::new(BIN)
+        .args(["run", "--exit-on-eof", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        !err.contains("WARN") && !err.contains("ERROR"),
+        "no request failed: {err}"
+    );
+    let path = env.path("out/fb.out");
+    wait_for("Fluent Bit's file output to hold every record", LONG, || {
+        fluent_bit_records(&path).len() as u64 >= n
+    });
+    fluent_bit_records(&path)
+}
+
+#[test]
+fn http_sink_json_array_and_concatenated_json_into_fluent_bit_in_http() {
+    let Some(fb) = fluent_bit() else { return };
+    let recs = http_into_fluent_bit(&fb, 3000, "http", "/app", "encoding = \"json_array\"");
+    assert_exactly(&recs, 3000);
+    let recs = http_into_fluent_bit(
+        &fb,
+        3000,
+        "http",
+        "/app",
+        "headers = { \"Content-Type\" = \"application/json\" }",
+    );
+    assert_exactly(&recs, 3000);
+}
+
+#[test]
+fn http_sink_splunk_hec_into_fluent_bit_in_splunk() {
+    let Some(fb) = fluent_bit() else { return };
+    let recs = http_into_fluent_bit(
+        &fb,
+        3000,
+        "splunk",
+        "/services/collector/event",
+        "framing = \"splunk_hec\"",
+    );
+    // in_splunk keeps the HEC envelope: the record is its `event`.
+    let events: Vec<serde_json::Value> = recs
+        .iter()
+        .map(|r| {
+            assert!(
+                r["time"].as_f64().is_some_and(|t| t > 1.6e9),
+                "HEC time in epoch seconds: {r}"
+            );
+            r["event"].clone()
+        })
+        .collect();
+    assert_exactly(&events, 3000);
+}
+
+#[test]
+fn http_sink_opensearch_bulk_into_fluent_bit_in_elasticsearch() {
+    let Some(fb) = fluent_bit() else { return };
+    let recs = http_into_fluent_bit(&fb, 3000, "elasticsearch", "/_bulk", "framing = \"opensearch_bulk\"");
+    // in_elasticsearch adds the action line as `@meta`.
+    let docs: Vec<serde_json::Value> = recs
+        .into_iter()
+        .map(|mut r| {
+            assert_eq!(r["@meta"], serde_json::json!({"index": {}}), "{r}");
+            r.as_object_mut().unwrap().remove("@meta");
+            r
+        })
+        .collect();
+    assert_exactly(&docs, 3000);
 }

@@ -36,6 +36,7 @@ mod filters;
 mod inputs;
 mod notes;
 mod outputs;
+mod outputs_http;
 mod parsers;
 mod syntax;
 mod translate;

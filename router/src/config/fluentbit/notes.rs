@@ -49,7 +49,7 @@ pub(super) const HARMLESS_SERVICE: &[&str] = &[
 pub(super) const INPUTS: &str = "forward (and the FireLens health check `tcp` input tagged firelens-healthcheck)";
 pub(super) const FILTERS: &str = "record_modifier, grep, parser, multiline (Mode partial_message)";
 pub(super) const OUTPUTS: &str =
-    "cloudwatch_logs (cloudwatch), kinesis_firehose (firehose), kinesis_streams, s3, null, stdout";
+    "cloudwatch_logs (cloudwatch), kinesis_firehose (firehose), kinesis_streams, s3, http, loki, null, stdout";
 
 impl Tr {
     /// Reports every key of `section` not in `known` (mapped) or harmless.

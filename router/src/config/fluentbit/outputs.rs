@@ -21,6 +21,7 @@ impl Tr {
             "cloudwatch_logs" | "cloudwatch" => "cloudwatch_logs",
             "kinesis_firehose" | "firehose" => "firehose",
             "kinesis_streams" => "kinesis_streams",
+            "http" | "loki" => "http",
             "s3" => "s3",
             "stdout" => "stdout",
             "null" if matches == TagMatch::Glob(HEALTHCHECK_TAG.into()) => {
@@ -55,7 +56,7 @@ impl Tr {
             self.retry_limit(kind, e, &mut t, &mut origins);
         }
         if let Some(e) = sec.get("log_key") {
-            if matches!(kind, "cloudwatch_logs" | "firehose" | "kinesis_streams" | "s3") {
+            if matches!(kind, "cloudwatch_logs" | "firehose" | "kinesis_streams" | "s3") || name == "loki" {
                 set(&mut t, &mut origins, "log_key", s(&e.value), &e.pos);
             } else {
                 self.errors
@@ -70,7 +71,7 @@ impl Tr {
                 set(&mut t, &mut origins, "endpoint_url", s(&endpoint(&e.value)), &e.pos);
             }
         }
-        if matches!(kind, "cloudwatch_logs" | "firehose" | "kinesis_streams")
+        if matches!(kind, "cloudwatch_logs" | "firehose" | "kinesis_streams" | "http")
             && let Some(f) = flush
         {
             t.insert("flush_interval".into(), s(&duration(f)));
@@ -155,6 +156,16 @@ impl Tr {
             }
             "kinesis_streams" => {
                 for (key, v, pos) in self.kinesis_streams(sec, &what, &common) {
+                    set(&mut t, &mut origins, key, v, &pos);
+                }
+            }
+            "http" => {
+                let keys = if name == "loki" {
+                    self.loki_output(sec, &what, &common)
+                } else {
+                    self.http_output(sec, &what, &common)
+                };
+                for (key, v, pos) in keys {
                     set(&mut t, &mut origins, key, v, &pos);
                 }
             }

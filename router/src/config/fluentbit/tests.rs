@@ -691,3 +691,124 @@ fn kinesis_streams_keys_that_do_not_map_are_errors() {
         assert!(e.iter().any(|e| e.contains(msg)), "{extra}: {e:?}");
     }
 }
+
+#[test]
+fn http_output_maps_to_the_http_sink() {
+    let text = format!(
+        "[SERVICE]\n    Flush 2\n{FORWARD}[OUTPUT]\n    Name http\n    Match *\n    Host logs.example.com\n    Port 8443\n    URI /v1/ingest?src=ecs\n    tls On\n    tls.ca_file /etc/ca.pem\n    Format json_lines\n    Header X-API-Key abc def\n    Header X-Source ecs\n    http_User ingest\n    http_Passwd s3cret\n    compress gzip\n    json_date_key ts\n    Retry_Limit 5\n"
+    );
+    let c = Dir::new(&[("fluent-bit.conf", &text)]).load().unwrap();
+    let SinkConfig::Http(h) = &c.config.sinks[0].inner else {
+        panic!("{:?}", c.config.sinks)
+    };
+    assert_eq!(h.uri, "https://logs.example.com:8443/v1/ingest?src=ecs");
+    assert_eq!(h.encoding, crate::sinks::http::HttpEncoding::Ndjson);
+    assert_eq!(h.compression, crate::sinks::http::HttpCompression::Gzip);
+    assert_eq!(h.headers["X-API-Key"].expose(), "abc def");
+    assert_eq!(h.headers["X-Source"].expose(), "ecs");
+    assert!(
+        matches!(&h.auth, Some(crate::sinks::http::HttpAuth::Basic { user, password })
+        if user == "ingest" && password.expose() == "s3cret")
+    );
+    assert_eq!(h.tls.ca_file.as_deref(), Some(std::path::Path::new("/etc/ca.pem")));
+    assert_eq!(h.flush_interval, std::time::Duration::from_secs(2));
+    assert_eq!(h.timestamp_key.as_deref(), Some("ts"));
+    assert!(c.notes.iter().any(|n| n.contains("Retry_Limit")), "{:?}", c.notes);
+    // The secrets are not in the mapping table `validate` prints.
+    assert!(
+        !c.mapping.iter().any(|m| m.contains("s3cret") || m.contains("abc def")),
+        "{:?}",
+        c.mapping
+    );
+
+    // Fluent Bit's defaults: 127.0.0.1:80, `/`, `date`, JSON array for `json`.
+    let text = format!("{FORWARD}[OUTPUT]\n    Name http\n    Match *\n    Format json\n");
+    let c = Dir::new(&[("fluent-bit.conf", &text)]).load().unwrap();
+    let SinkConfig::Http(h) = &c.config.sinks[0].inner else {
+        panic!()
+    };
+    assert_eq!(h.uri, "http://127.0.0.1:80/");
+    assert_eq!(h.encoding, crate::sinks::http::HttpEncoding::JsonArray);
+    assert_eq!(h.timestamp_key.as_deref(), Some("date"));
+}
+
+#[test]
+fn loki_output_maps_to_the_http_sink_with_loki_framing() {
+    let text = format!(
+        "{FORWARD}[OUTPUT]\n    Name loki\n    Match *\n    Host loki.internal\n    Labels job=ecs, level=$level, $kubernetes['namespace_name']\n    Label_keys $container_name\n    tenant_id team-a\n    log_key log\n"
+    );
+    let c = Dir::new(&[("fluent-bit.conf", &text)]).load().unwrap();
+    let SinkConfig::Http(h) = &c.config.sinks[0].inner else {
+        panic!("{:?}", c.config.sinks)
+    };
+    assert_eq!(h.uri, "http://loki.internal:3100/loki/api/v1/push");
+    assert_eq!(h.framing, crate::sinks::http::Framing::Loki);
+    let labels: Vec<(&str, &str)> = h.labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    assert_eq!(
+        labels,
+        [
+            ("container_name", "{container_name}"),
+            ("job", "ecs"),
+            ("level", "{level}"),
+            ("namespace_name", "{kubernetes.namespace_name}")
+        ]
+    );
+    assert_eq!(h.headers["X-Scope-OrgID"].expose(), "team-a");
+    assert_eq!(h.log_key.as_deref(), Some("log"));
+    assert_eq!(h.timestamp_key.as_deref(), Some(""));
+
+    // No labels: Fluent Bit's `job=fluent-bit`.
+    let text = format!("{FORWARD}[OUTPUT]\n    Name loki\n    Match *\n    tls on\n    bearer_token t0k\n");
+    let c = Dir::new(&[("fluent-bit.conf", &text)]).load().unwrap();
+    let SinkConfig::Http(h) = &c.config.sinks[0].inner else {
+        panic!()
+    };
+    assert_eq!(h.labels["job"], "fluent-bit");
+    assert_eq!(h.uri, "https://127.0.0.1:3100/loki/api/v1/push");
+    assert!(matches!(&h.auth, Some(crate::sinks::http::HttpAuth::Bearer { token }) if token.expose() == "t0k"));
+}
+
+#[test]
+fn http_and_loki_keys_that_do_not_map_are_errors() {
+    for (name, extra, msg) in [
+        ("http", "", "needs `Format json` or `Format json_lines`"),
+        ("http", "    Format msgpack\n", "Format `msgpack` is not supported"),
+        (
+            "http",
+            "    Format json\n    Header Lonely\n",
+            "Header `Lonely` is not `Name value`",
+        ),
+        (
+            "http",
+            "    Format json\n    Port http\n",
+            "Port `http` is not a port number",
+        ),
+        (
+            "http",
+            "    Format json\n    compress zstd\n",
+            "compress `zstd` is not supported",
+        ),
+        (
+            "http",
+            "    Format json\n    body_key $log\n",
+            "`body_key` of [OUTPUT] http is not supported",
+        ),
+        (
+            "http",
+            "    Format json\n    http_Passwd x\n",
+            "http_Passwd without http_User",
+        ),
+        ("loki", "    line_format key_value\n", "line_format `key_value`"),
+        ("loki", "    Labels x=$a['b\n", "label `x=$a['b` of [OUTPUT] loki"),
+        (
+            "loki",
+            "    remove_keys a\n",
+            "`remove_keys` of [OUTPUT] loki is not supported",
+        ),
+        ("loki", "    Labels 9x=a\n", "label name"),
+    ] {
+        let text = format!("{FORWARD}[OUTPUT]\n    Name {name}\n    Match *\n{extra}");
+        let e = Dir::new(&[("fluent-bit.conf", &text)]).errors();
+        assert!(e.iter().any(|e| e.contains(msg)), "{name} {extra}: {e:?}");
+    }
+}
