@@ -114,3 +114,63 @@ def test_errors_name_the_object_and_the_cause(router, s3, bucket, endpoint, tmp_
     fb = REPO / "router" / "tests" / "fixtures" / "fluent-bit" / "cloudwatch.conf"
     err = fails("validate", "--fluent-bit-config", str(fb), extra={"LOGFERRY_CONFIG_S3": f"s3://{bucket}/x.toml"})
     assert "--fluent-bit-config cannot be combined with LOGFERRY_CONFIG_S3" in err, err
+
+
+def test_fluent_bit_config_from_s3_with_its_includes_and_parsers(router, s3, bucket, endpoint, tmp_path):
+    """`--fluent-bit-config s3://...`, as aws-for-fluent-bit's init image reads configs from
+    S3: the object's relative `@INCLUDE` and `Parsers_File` come from beside it in the
+    bucket, and every message names the object and line, never a local copy."""
+    from conftest import REPO
+
+    fixtures = REPO / "router" / "tests" / "fixtures" / "fluent-bit"
+    for name in ("kinesis.conf", "kinesis-extra.conf", "kinesis-parsers.conf"):
+        s3.put_object(Bucket=bucket, Key=f"firelens/web/{name}", Body=(fixtures / name).read_bytes())
+    env = env_for(
+        endpoint,
+        LOCALSTACK_ENDPOINT=endpoint,
+        FIRELENS_SOCKET=str(tmp_path / "fl.sock"),
+        FIRELENS_HEALTH_PORT="18877",
+        FIRELENS_API_PORT="12020",
+        FIRELENS_TASK_ID="t1",
+        FIRELENS_STREAM="s1",
+        FIRELENS_DATA_DIR=str(tmp_path / "data"),
+    )
+    url = f"s3://{bucket}/firelens/web/kinesis.conf"
+    done = router.command("validate", "--fluent-bit-config", url, env=env)
+    assert done.returncode == 0, done.stderr
+    assert "config OK" in done.stdout
+    # The parser filter came from the included object, its parser from the Parsers_File.
+    assert f"fluent-bit: s3://{bucket}/firelens/web/kinesis-extra.conf:" in done.stdout, done.stdout
+    assert "parse" in done.stdout and "kinesis_streams" in done.stdout
+    assert "logferry-fluent-bit-" not in done.stdout + done.stderr, "no local copy is named"
+
+    def fails(key: str) -> str:
+        done = router.command("validate", "--fluent-bit-config", f"s3://{bucket}/{key}", env=env)
+        assert done.returncode == EXIT_CONFIG, (done.returncode, done.stdout, done.stderr)
+        assert "logferry-fluent-bit-" not in done.stderr, done.stderr
+        return done.stderr
+
+    # An include that is not there: named with the line that names it.
+    main = (fixtures / "kinesis.conf").read_text()
+    s3.put_object(Bucket=bucket, Key="firelens/bad/a.conf", Body=main.replace("kinesis-extra.conf", "nope.conf").encode())
+    err = fails("firelens/bad/a.conf")
+    line = next(i + 1 for i, l in enumerate(main.splitlines()) if l.startswith("@INCLUDE"))
+    assert f"cannot read s3://{bucket}/firelens/bad/nope.conf (named at s3://{bucket}/firelens/bad/a.conf:{line}): NoSuchKey" in err, err
+
+    # A problem inside an included object: located in that object.
+    s3.put_object(Bucket=bucket, Key="firelens/bad2/kinesis.conf", Body=main.encode())
+    s3.put_object(
+        Bucket=bucket,
+        Key="firelens/bad2/kinesis-extra.conf",
+        Body=b"[FILTER]\n    Name lua\n    Match *\n",
+    )
+    err = fails("firelens/bad2/kinesis.conf")
+    assert f"s3://{bucket}/firelens/bad2/kinesis-extra.conf:1" in err and "lua" in err, err
+
+    s3.put_object(Bucket=bucket, Key="firelens/glob/a.conf", Body=b"@INCLUDE conf.d/*.conf\n")
+    err = fails("firelens/glob/a.conf")
+    assert "is a glob, which cannot be read from S3" in err, err
+
+    s3.put_object(Bucket=bucket, Key="firelens/up/a.conf", Body=b"@INCLUDE ../../secrets.conf\n")
+    err = fails("firelens/up/a.conf")
+    assert "leaves the config's folder" in err, err

@@ -1,5 +1,6 @@
 //! `--config s3://bucket/key` and `LOGFERRY_CONFIG_S3`: the TOML config read
-//! from S3 once, at start.
+//! from S3 once, at start; `--fluent-bit-config s3://...` likewise, with the
+//! files it includes.
 //!
 //! Why: on Fargate a config file means a custom image or a mounted volume;
 //! aws-for-fluent-bit's init image reads its configs from S3 for that reason,
@@ -110,9 +111,147 @@ async fn fetch_async(url: &S3Url) -> Result<String, String> {
     String::from_utf8(text).map_err(|e| format!("the object is not UTF-8 text (byte {})", e.utf8_error().valid_up_to()))
 }
 
+/// Most files one Fluent Bit config read from S3 may pull in (itself,
+/// `@INCLUDE`s and `Parsers_File`s): a loop of includes must end.
+pub const MAX_FLUENT_BIT_FILES: usize = 64;
+
+/// A Fluent Bit config read from S3 with what it includes, copied into a
+/// private directory so the usual loader reads it; `prefix` maps that
+/// directory back to the `s3://` address its messages must name.
+pub struct FluentBitTree {
+    pub dir: tempfile::TempDir,
+    pub main: std::path::PathBuf,
+    pub prefix: String,
+}
+
+impl FluentBitTree {
+    /// `text` with the private directory shown as the S3 address.
+    pub fn shown(&self, text: &str) -> String {
+        text.replace(&format!("{}/", self.dir.path().display()), &self.prefix)
+    }
+}
+
+/// Reads the Fluent Bit config at `url` and every relative `@INCLUDE` and
+/// `Parsers_File` it names (from the same bucket, relative to the object
+/// naming it, as a file's are to its directory), transitively. Absolute
+/// paths stay local files (the image's own parsers); a relative glob cannot
+/// be listed this way and is an error.
+pub fn fetch_fluent_bit(url: &S3Url) -> Result<FluentBitTree, String> {
+    let dir = tempfile::Builder::new()
+        .prefix("logferry-fluent-bit-")
+        .tempdir()
+        .map_err(|e| format!("cannot read config {url}: no temporary directory: {e}"))?;
+    let base = match url.key.rsplit_once('/') {
+        Some((d, _)) => format!("{d}/"),
+        None => String::new(),
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot read config {url}: cannot start the async runtime: {e}"))?;
+    let mut todo = vec![(url.key[base.len()..].to_string(), None::<String>)];
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some((rel, named_at)) = todo.pop() {
+        if !seen.insert(rel.clone()) {
+            continue;
+        }
+        if seen.len() > MAX_FLUENT_BIT_FILES {
+            return Err(format!(
+                "cannot read config {url}: it includes more than {MAX_FLUENT_BIT_FILES} files"
+            ));
+        }
+        let obj = S3Url {
+            bucket: url.bucket.clone(),
+            key: format!("{base}{rel}"),
+        };
+        let text = rt.block_on(fetch_async(&obj)).map_err(|cause| match &named_at {
+            Some(at) => format!("cannot read {obj} (named at {at}): {cause}"),
+            None => format!("cannot read config {obj}: {cause}"),
+        })?;
+        let local = dir.path().join(&rel);
+        if let Some(parent) = local.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("cannot read config {url}: {e}"))?;
+        }
+        std::fs::write(&local, &text).map_err(|e| format!("cannot read config {url}: {e}"))?;
+        let rel_dir = match rel.rsplit_once('/') {
+            Some((d, _)) => format!("{d}/"),
+            None => String::new(),
+        };
+        for (line, arg) in named_files(&text) {
+            let at = format!("{obj}:{line}");
+            if arg.starts_with('/') {
+                continue;
+            }
+            if arg.contains(['*', '?', '[']) {
+                return Err(format!(
+                    "{at}: `{arg}` is a glob, which cannot be read from S3: name each file"
+                ));
+            }
+            let joined = normalize(&format!("{rel_dir}{arg}"))
+                .ok_or_else(|| format!("{at}: `{arg}` leaves the config's folder in the bucket"))?;
+            todo.push((joined, Some(at)));
+        }
+    }
+    let main = dir.path().join(&url.key[base.len()..]);
+    Ok(FluentBitTree {
+        prefix: format!("s3://{}/{base}", url.bucket),
+        dir,
+        main,
+    })
+}
+
+/// (line, argument) of each `@INCLUDE` and `Parsers_File` in a Fluent Bit
+/// classic config.
+fn named_files(text: &str) -> Vec<(usize, String)> {
+    let mut out = Vec::new();
+    for (i, raw) in text.lines().enumerate() {
+        let l = raw.trim();
+        let (k, v) = match l.split_once(char::is_whitespace) {
+            Some((k, v)) => (k, v.trim()),
+            None => continue,
+        };
+        if (k.eq_ignore_ascii_case("@include") || k.eq_ignore_ascii_case("parsers_file")) && !v.is_empty() {
+            out.push((i + 1, v.to_string()));
+        }
+    }
+    out
+}
+
+/// `a/./b/../c` as `a/c`; `None` when it climbs above the start.
+fn normalize(path: &str) -> Option<String> {
+    let mut parts: Vec<&str> = Vec::new();
+    for p in path.split('/') {
+        match p {
+            "" | "." => {}
+            ".." => {
+                parts.pop()?;
+            }
+            p => parts.push(p),
+        }
+    }
+    (!parts.is_empty()).then(|| parts.join("/"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn included_files_are_found_and_kept_in_the_folder() {
+        let text = "[SERVICE]\n    Parsers_File parsers.conf\n    parsers_file /fluent-bit/parsers/parsers.conf\n@INCLUDE outputs/cw.conf\n  @include  ../x.conf\n[OUTPUT]\n    Name null\n";
+        assert_eq!(
+            named_files(text),
+            [
+                (2, "parsers.conf".to_string()),
+                (3, "/fluent-bit/parsers/parsers.conf".to_string()),
+                (4, "outputs/cw.conf".to_string()),
+                (5, "../x.conf".to_string())
+            ]
+        );
+        assert_eq!(normalize("a/./b/../c.conf").as_deref(), Some("a/c.conf"));
+        assert_eq!(normalize("outputs/../p.conf").as_deref(), Some("p.conf"));
+        assert_eq!(normalize("../x.conf"), None);
+    }
 
     #[test]
     fn addresses() {

@@ -72,7 +72,7 @@ enum Command {
         /// LOGFERRY_CONFIG (inline TOML), else the embedded local example.
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// A FireLens router's Fluent Bit config (classic format) instead of --config.
+        /// A FireLens router's Fluent Bit config (classic format), a file or s3://bucket/key, instead of --config.
         #[arg(long, value_name = "FILE", conflicts_with = "config")]
         fluent_bit_config: Option<PathBuf>,
         /// Read every input to its end, deliver everything, save checkpoints and exit 0.
@@ -83,7 +83,7 @@ enum Command {
     Validate {
         #[arg(long, short)]
         config: Option<PathBuf>,
-        /// A FireLens router's Fluent Bit config (classic format) instead of --config.
+        /// A FireLens router's Fluent Bit config (classic format), a file or s3://bucket/key, instead of --config.
         #[arg(long, value_name = "FILE", conflicts_with = "config")]
         fluent_bit_config: Option<PathBuf>,
     },
@@ -260,7 +260,34 @@ fn load_fluent_bit(path: &std::path::Path, has_config: bool) -> Result<config::F
             "--fluent-bit-config cannot be combined with LOGFERRY_CONFIG_S3".into(),
         ));
     }
-    config::load_fluent_bit(path, &env_lookup)
+    let Some(url) = path.to_str().and_then(S3Url::parse) else {
+        return config::load_fluent_bit(path, &env_lookup);
+    };
+    // From S3: the object and what it includes, read into a private folder
+    // first; messages name the objects, never that folder.
+    let url = url.map_err(one_error)?;
+    let tree = logferry::config_s3::fetch_fluent_bit(&url).map_err(one_error)?;
+    tracing::info!(config = %url, "Fluent Bit config read from S3");
+    match config::load_fluent_bit(&tree.main, &env_lookup) {
+        Ok(mut c) => {
+            c.config.origin = tree.shown(&c.config.origin);
+            for s in c.mapping.iter_mut().chain(c.notes.iter_mut()) {
+                *s = tree.shown(s);
+            }
+            Ok(c)
+        }
+        Err(ConfigErrors(errs)) => Err(ConfigErrors(
+            errs.into_iter()
+                .map(|mut e| {
+                    e.message = tree.shown(&e.message);
+                    if let Some((file, _, _)) = &mut e.location {
+                        *file = tree.shown(file);
+                    }
+                    e
+                })
+                .collect(),
+        )),
+    }
 }
 
 fn init_logging(format: LogFormat) {
