@@ -16,6 +16,12 @@
 //!   field is then removed unless `keep_time_key`, Fluent Bit's `Time_Keep`);
 //!   otherwise the record keeps its time and `@timestamp`.
 //!
+//! `fallback` parsers are tried in order when the ones before do not read the
+//! field, all inside this one transform: Fluent Bit's filter with several
+//! `Parser` lines tries them on the same field value, while a chain of
+//! transforms would let the second parse the first one's output and count
+//! a miss for every line only a later parser reads.
+//!
 //! A record whose field is missing or does not parse passes unchanged, as in
 //! Fluent Bit, and is counted in `logferry_source_line_issues_total` with
 //! reason `parse_field_missing` or `parse_failed`; nothing is dropped. Record
@@ -66,6 +72,25 @@ pub struct ParseConfig {
     /// Keep the record's other fields (`Reserve_Data`).
     #[serde(default)]
     pub reserve_data: bool,
+    /// Parsers tried in order when `parser` does not read the field (a
+    /// Fluent Bit `parser` filter with several `Parser` lines): the first
+    /// that reads it wins; a record passes unchanged, counted once, only
+    /// when none does.
+    #[serde(default)]
+    pub fallback: Vec<FallbackParser>,
+}
+
+/// One more way to read the field; same keys as the transform's own.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackParser {
+    pub parser: ParseKind,
+    pub pattern: Option<String>,
+    pub time_key: Option<String>,
+    #[serde(default = "default_time_format")]
+    pub time_format: String,
+    #[serde(default = "default_true")]
+    pub keep_time_key: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -96,28 +121,67 @@ impl ParseConfig {
             p
         };
         let mut ok = true;
-        let mut fail = |ctx: &mut Ctx<'_>, key: &'static str, message: String| {
-            ok = false;
-            ctx.error(&at(key), message);
-        };
         if self.field.is_empty() {
-            fail(ctx, "field", "must not be empty".into());
+            ok = false;
+            ctx.error(&at("field"), "must not be empty");
         }
-        if self.pattern.is_some() && self.parser != ParseKind::Regex {
-            fail(ctx, "pattern", "only used with parser = \"regex\"".into());
-        }
-        if let Err(e) = self.time_format.parse::<TimeFormat>() {
-            fail(ctx, "time_format", e.to_string());
-        } else if let Err(e) = Parser::new(&self.options()) {
-            let key = match self.parser {
-                ParseKind::Regex => "pattern",
-                _ => "time_key",
+        for (i, alt) in self.alternatives().iter().enumerate() {
+            let key = |k: &str| {
+                let mut p = base.to_vec();
+                if i > 0 {
+                    p.push(Seg::Key("fallback".into()));
+                    p.push(Seg::Index(i - 1));
+                }
+                p.push(Seg::Key(k.into()));
+                p
             };
-            fail(ctx, key, e.to_string());
+            if alt.pattern.is_some() && alt.parser != ParseKind::Regex {
+                ok = false;
+                ctx.error(&key("pattern"), "only used with parser = \"regex\"");
+            }
+            if let Err(e) = alt.time_format.parse::<TimeFormat>() {
+                ok = false;
+                ctx.error(&key("time_format"), e.to_string());
+            } else if let Err(e) = Parser::new(&alt.options()) {
+                ok = false;
+                let k = match alt.parser {
+                    ParseKind::Regex => "pattern",
+                    _ => "time_key",
+                };
+                ctx.error(&key(k), e.to_string());
+            }
         }
         ok
     }
 
+    /// The transform's own parser, then its fallbacks, in the order tried.
+    fn alternatives(&self) -> Vec<FallbackParser> {
+        let own = FallbackParser {
+            parser: self.parser,
+            pattern: self.pattern.clone(),
+            time_key: self.time_key.clone(),
+            time_format: self.time_format.clone(),
+            keep_time_key: self.keep_time_key,
+        };
+        std::iter::once(own).chain(self.fallback.iter().cloned()).collect()
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "parse: field `{}` as {:?}{}{}{}",
+            self.field,
+            self.parser,
+            self.fallback
+                .iter()
+                .map(|f| format!(", else {:?}", f.parser))
+                .collect::<String>(),
+            if self.reserve_data { ", other fields kept" } else { "" },
+            if self.keep_original { ", original kept" } else { "" }
+        )
+    }
+}
+
+impl FallbackParser {
     fn options(&self) -> ParserOptions {
         ParserOptions {
             kind: match self.parser {
@@ -131,16 +195,6 @@ impl ParseConfig {
             max_line_size: None,
         }
     }
-
-    pub fn describe(&self) -> String {
-        format!(
-            "parse: field `{}` as {:?}{}{}",
-            self.field,
-            self.parser,
-            if self.reserve_data { ", other fields kept" } else { "" },
-            if self.keep_original { ", original kept" } else { "" }
-        )
-    }
 }
 
 /// Why a record passed unparsed.
@@ -153,16 +207,21 @@ pub enum Unparsed {
 /// Parses records of one configuration; reusable buffers inside.
 pub struct Reparser {
     cfg: ParseConfig,
-    parser: Parser,
+    /// Tried in order: the transform's parser, then its fallbacks.
+    parsers: Vec<(FallbackParser, Parser)>,
     parsed: Vec<u8>,
 }
 
 impl Reparser {
     pub fn new(cfg: ParseConfig) -> Result<Reparser, String> {
-        let parser = Parser::new(&cfg.options()).map_err(|e| e.to_string())?;
+        let parsers = cfg
+            .alternatives()
+            .into_iter()
+            .map(|a| Parser::new(&a.options()).map(|p| (a, p)).map_err(|e| e.to_string()))
+            .collect::<Result<_, _>>()?;
         Ok(Reparser {
             cfg,
-            parser,
+            parsers,
             parsed: Vec::new(),
         })
     }
@@ -172,16 +231,22 @@ impl Reparser {
     pub fn rewrite(&mut self, record: &[u8], ts_ms: i64, out: &mut Vec<u8>) -> Result<(i64, u64), Unparsed> {
         let field = self.cfg.field.as_str();
         let value = lookup_field(record, field).ok_or(Unparsed::FieldMissing)?;
-        self.parsed.clear();
-        let p = self.parser.parse(&value, ts_ms, &mut self.parsed);
-        if p.fallback {
-            return Err(Unparsed::Failed);
+        let mut read = None;
+        for (k, (_, parser)) in self.parsers.iter_mut().enumerate() {
+            self.parsed.clear();
+            let p = parser.parse(&value, ts_ms, &mut self.parsed);
+            if !p.fallback {
+                read = Some((k, p));
+                break;
+            }
         }
+        let (k, p) = read.ok_or(Unparsed::Failed)?;
+        let alt = &self.parsers[k].0;
         let parsed = object_members(&self.parsed).ok_or(Unparsed::Failed)?;
         let original = object_members(record).ok_or(Unparsed::Failed)?;
         // The parser writes `@timestamp` first unless the payload has its own.
-        let own_ts = self.cfg.parser == ParseKind::Json && has_top_level_key(value.as_bytes(), "@timestamp");
-        let time_key = self.cfg.time_key.as_deref();
+        let own_ts = alt.parser == ParseKind::Json && has_top_level_key(value.as_bytes(), "@timestamp");
+        let time_key = alt.time_key.as_deref();
         let timed = time_key.is_some() && !p.time_missing;
         let ts_ms = if timed { p.ts_ms } else { ts_ms };
         let spliced = |i: usize, k: &str| i == 0 && !own_ts && k == "@timestamp";
@@ -214,7 +279,7 @@ impl Reparser {
             }
         }
         for (i, (k, raw)) in parsed.iter().enumerate() {
-            if spliced(i, k) || (timed && !self.cfg.keep_time_key && time_key.is_some_and(|t| k == t)) {
+            if spliced(i, k) || (timed && !alt.keep_time_key && time_key.is_some_and(|t| k == t)) {
                 continue;
             }
             if k == field && self.cfg.keep_original {
@@ -316,6 +381,40 @@ mod tests {
 
     fn cfg(text: &str) -> ParseConfig {
         toml::from_str(text).unwrap()
+    }
+
+    #[test]
+    fn fallbacks_are_tried_in_order_and_a_miss_is_counted_once() {
+        let c = r#"
+parser = "regex"
+pattern = '^(?P<lvl>[A-Z]+) (?P<msg>.*)$'
+reserve_data = true
+fallback = [
+  { parser = "json", time_key = "ts", time_format = "epoch_ms", keep_time_key = false },
+  { parser = "logfmt" },
+]
+"#;
+        let (v, ts) = one(c, json!({"log": "WARN disk full", "k": 1})).unwrap();
+        assert_eq!(v, json!({"k": 1, "lvl": "WARN", "msg": "disk full"}));
+        assert_eq!(ts, 7_000);
+        // The second parser's own time settings apply when it is the one that reads.
+        let (v, ts) = one(c, json!({"log": "{\"ts\":1795641347250,\"a\":true}", "k": 1})).unwrap();
+        assert_eq!(ts, 1_795_641_347_250);
+        assert_eq!(v["a"], true);
+        assert!(v.get("ts").is_none(), "keep_time_key = false of that parser: {v}");
+        let (v, _) = one(c, json!({"log": "a=1 b=two"})).unwrap();
+        assert_eq!((v["a"].clone(), v["b"].clone()), (json!("1"), json!("two")));
+        // The last one, logfmt, reads almost anything with `=`; without it, a miss:
+        let two = c.replace("  { parser = \"logfmt\" },\n", "");
+        assert_eq!(one(&two, json!({"log": "plain words"})), Err(Unparsed::Failed));
+
+        let lookup = |_: &str| None;
+        let mut ctx = crate::config::Ctx::for_tests(&lookup);
+        let bad: ParseConfig =
+            toml::from_str("parser = \"json\"\nfallback = [{ parser = \"regex\", pattern = \"(\" }]").unwrap();
+        assert!(!bad.validate(&mut ctx, &crate::config::path(&["transforms", "p"])));
+        let m = ctx.messages();
+        assert!(m[0].contains("transforms.p.fallback[0].pattern"), "{m:?}");
     }
 
     /// The record after `rewrite` (`None`: passed unchanged) and its time.

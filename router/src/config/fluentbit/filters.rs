@@ -135,36 +135,43 @@ impl Tr {
                 if names.is_empty() {
                     self.errors.push(sec.pos.error("parser filter needs `Parser`"));
                 }
-                if names.len() > 1 && preserve {
-                    // Each parser is one transform in a chain; a kept
-                    // original would be parsed again by the next one.
-                    self.errors.push(sec.pos.error(
-                        "parser filter: several `Parser`s with Preserve_Key On are not supported; use one Parser",
-                    ));
-                }
                 let base = alias(sec).unwrap_or_else(|| format!("filter{n}_parser"));
-                for (i, e) in names.iter().enumerate() {
-                    let (Some(key), Some(mut t)) = (key, self.parser_settings(&e.value, &e.pos)) else {
-                        continue;
-                    };
+                // One transform: the first Parser, then the others as its
+                // fallbacks, tried in order as Fluent Bit does.
+                let tables: Vec<(toml::Table, &Entry)> = names
+                    .iter()
+                    .filter_map(|e| self.parser_settings(&e.value, &e.pos).map(|t| (t, *e)))
+                    .collect();
+                if let (Some(key), true) = (key, tables.len() == names.len() && !names.is_empty()) {
+                    let mut it = tables.into_iter();
+                    let (mut t, first) = it.next().expect("not empty");
                     t.insert("type".into(), s("parse"));
                     t.insert("field".into(), s(&record_key(&key.value)));
                     t.insert("reserve_data".into(), toml::Value::Boolean(reserve));
                     t.insert("keep_original".into(), toml::Value::Boolean(preserve));
-                    let origins = vec![
+                    let mut origins = vec![
                         (String::new(), sec.pos.clone()),
                         ("field".to_string(), key.pos.clone()),
-                        ("parser".to_string(), e.pos.clone()),
-                        ("pattern".to_string(), e.pos.clone()),
-                        ("time_format".to_string(), e.pos.clone()),
-                        ("time_key".to_string(), e.pos.clone()),
+                        ("parser".to_string(), first.pos.clone()),
+                        ("pattern".to_string(), first.pos.clone()),
+                        ("time_format".to_string(), first.pos.clone()),
+                        ("time_key".to_string(), first.pos.clone()),
                     ];
+                    let rest: Vec<toml::Value> = it
+                        .enumerate()
+                        .map(|(i, (alt, e))| {
+                            for k in ["parser", "pattern", "time_format", "time_key"] {
+                                origins.push((format!("fallback[{i}].{k}"), e.pos.clone()));
+                            }
+                            toml::Value::Table(alt)
+                        })
+                        .collect();
+                    if !rest.is_empty() {
+                        origins.push(("fallback".to_string(), names[1].pos.clone()));
+                        t.insert("fallback".into(), toml::Value::Array(rest));
+                    }
                     steps.push(Step {
-                        name: if i == 0 {
-                            base.clone()
-                        } else {
-                            format!("{base}_{}", i + 1)
-                        },
+                        name: base,
                         table: t,
                         origins,
                     });

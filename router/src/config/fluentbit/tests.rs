@@ -321,7 +321,12 @@ fn parser_filter_with_parsers_file_becomes_parse_transforms() {
     let d = Dir::new(&[("fluent-bit.conf", &conf), ("parsers.conf", PARSERS)]);
     let c = d.load().unwrap();
     let ids: Vec<&str> = c.config.transforms.iter().map(|t| t.id.as_str()).collect();
-    assert_eq!(ids, ["filter1_parser", "filter1_parser_2"], "{}", c.toml);
+    assert_eq!(
+        ids,
+        ["filter1_parser"],
+        "one transform, its parsers tried in order: {}",
+        c.toml
+    );
     let TransformConfig::Parse(a) = &c.config.transforms[0].inner else {
         panic!("{}", c.toml)
     };
@@ -331,14 +336,11 @@ fn parser_filter_with_parsers_file_becomes_parse_transforms() {
     assert_eq!(a.time_key.as_deref(), Some("time"));
     let pattern = a.pattern.as_deref().unwrap();
     assert!(pattern.starts_with("^(?P<host>"), "{pattern}");
-    let TransformConfig::Parse(b) = &c.config.transforms[1].inner else {
-        panic!()
-    };
+    let b = &a.fallback[0];
+    assert_eq!(a.fallback.len(), 1);
     assert_eq!(b.parser, ParseKind::Json);
     assert_eq!(b.time_format, "%Y-%m-%dT%H:%M:%S%.f%z");
     assert!(b.keep_time_key);
-    // The second parser reads what the first passed on.
-    assert_eq!(c.config.transforms[1].inputs, ["filter1_parser"]);
     assert!(
         c.notes.iter().any(|n| n.contains("parsers.conf:7: Types")),
         "{:?}",
@@ -355,6 +357,24 @@ fn parser_filter_with_parsers_file_becomes_parse_transforms() {
         v,
         serde_json::json!({"@timestamp": "2026-11-25T21:15:47.000Z", "container_name": "app", "host": "10.1.2.3", "msg": "GET /"})
     );
+    // A line only the second parser reads: read by it, with its own time
+    // key kept (Time_Keep On), not counted as a failure of the first.
+    out.clear();
+    let rec = br#"{"log":"{\"ts\":\"2026-11-25T21:15:47.250+0000\",\"level\":\"warn\"}","container_name":"app"}"#;
+    let (ts, _) = r.rewrite(rec, 0, &mut out).unwrap();
+    assert_eq!(ts, 1_795_641_347_250);
+    let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+    assert_eq!(v["level"], "warn");
+    assert_eq!(v["ts"], "2026-11-25T21:15:47.250+0000");
+    assert_eq!(v["container_name"], "app");
+    // Neither reads it: passed unchanged, one failure.
+    out.clear();
+    let rec = br#"{"log":"plain text","container_name":"app"}"#;
+    assert_eq!(
+        r.rewrite(rec, 0, &mut out),
+        Err(crate::transforms::parse::Unparsed::Failed)
+    );
+    assert!(out.is_empty());
 }
 
 #[test]
@@ -401,11 +421,9 @@ fn parser_errors_name_the_line_in_either_file() {
         e[0].contains("fluent-bit.conf:2:5: cannot read Fluent Bit config"),
         "{e:?}"
     );
-    let e = f(
-        "    Key_Name log\n    Parser access\n    Parser app_json\n    Preserve_Key On\n",
-        PARSERS,
-    );
-    assert!(e[0].contains("Preserve_Key On are not supported"), "{e:?}");
+    // Errors in a later Parser's section name its line too.
+    let e = f("    Key_Name log\n    Parser access\n    Parser unused_ltsv\n", PARSERS);
+    assert!(e[0].contains("parsers.conf:18:5: [PARSER] unused_ltsv"), "{e:?}");
 }
 
 #[test]
@@ -525,9 +543,14 @@ fn several_parsers_files_each_relative_to_the_file_naming_it() {
         .transforms
         .iter()
         .filter_map(|t| match &t.inner {
-            TransformConfig::Parse(p) => Some((p.field.clone(), p.parser)),
+            TransformConfig::Parse(p) => Some(
+                std::iter::once((p.field.clone(), p.parser))
+                    .chain(p.fallback.iter().map(|f| (p.field.clone(), f.parser)))
+                    .collect::<Vec<_>>(),
+            ),
             _ => None,
         })
+        .flatten()
         .collect();
     use crate::transforms::parse::ParseKind::{Logfmt, Regex};
     assert_eq!(
