@@ -98,9 +98,9 @@ def test_router_contract():
     assert router["readonlyRootFilesystem"] is True
     assert router["linuxParameters"]["capabilities"]["drop"] == ["ALL"]
     assert {m["containerPath"] for m in router["mountPoints"]} == {"/var/lib/logferry"}
-    # /healthz is served on 127.0.0.1:2020 by default under --fluent-bit-config; this task
-    # definition declares no container healthCheck (yet).
-    assert "healthCheck" not in router
+    # /healthz is served on 127.0.0.1:2020 by default under --fluent-bit-config, which is
+    # `logferry healthcheck`'s default URL: the container health check needs no arguments.
+    assert router["healthCheck"]["command"] == ["CMD", "/usr/local/bin/logferry", "healthcheck"]
     for app in apps:
         assert app["logConfiguration"]["logDriver"] == "awsfirelens"
         assert app["logConfiguration"]["options"]["Name"] == "cloudwatch_logs"
@@ -111,6 +111,8 @@ def test_the_generated_fluent_bit_config_passes_logferry_validate(logferry_bin, 
     conf.write_text(firelens_config(load()))
     p = validate_fb(logferry_bin, conf)
     assert p.returncode == 0, f"{conf.read_text()}\n{p.stderr}"
+    # The generated file enables no HTTP server; /healthz is on for the health check anyway.
+    assert "api: http://127.0.0.1:2020" in p.stdout, p.stdout
     assert "source input1_forward (forward: unix /var/run/fluent.sock" in p.stdout
     assert "source input2_forward (forward: tcp 127.0.0.1:24224" in p.stdout
     assert "transform filter1_record_modifier (enrich: ecs Disabled, ec2 Disabled, kubernetes Disabled, 3 static field(s))" in p.stdout
