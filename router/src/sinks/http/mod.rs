@@ -684,8 +684,13 @@ impl Sender {
                         break;
                     }
                     Ok(Settled::Rejected(reject)) => {
-                        tracing::warn!(sink = %self.id, uri = %self.prepared.shown, reason = reject,
-                            records = body.events(), "http server refused a request for good; its records go to the dead letters");
+                        if reject == "http_413" {
+                            tracing::warn!(sink = %self.id, uri = %self.prepared.shown, reason = reject, records = body.events(),
+                                bytes = body.wire.len(), "http server refused a request as too large; its records go to the dead letters: lower batch.max_bytes");
+                        } else {
+                            tracing::warn!(sink = %self.id, uri = %self.prepared.shown, reason = reject,
+                                records = body.events(), "http server refused a request for good; its records go to the dead letters");
+                        }
                         body.rejected(reject, &self.dead);
                         break;
                     }
