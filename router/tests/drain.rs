@@ -422,3 +422,117 @@ fn full_disk_buffer_in_front_of_a_dead_sink_and_exit_when() {
     assert!(checkpoint(&env) > 0, "nothing reached the disk buffer");
     restart_delivers_everything(&env, buffer, &BTreeSet::new());
 }
+
+fn http_sink(port: u16, extra: &str) -> String {
+    format!(
+        r#"
+[sinks.out]
+type = "http"
+inputs = ["app"]
+uri = "http://127.0.0.1:{port}/logs"
+flush_interval = "200ms"
+{extra}
+"#
+    )
+}
+
+#[test]
+fn http_sink_to_an_endpoint_that_never_answers() {
+    let env = Env::new();
+    // Accepted by the kernel, never read: each request waits for request_timeout.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let api = free_port();
+    let sink = format!(
+        "[api]\naddress = \"127.0.0.1:{api}\"\n{}",
+        http_sink(port, "request_timeout = \"120s\"")
+    );
+    let child = start(&env, &sink, &[]);
+    wait_for("batches to hold memory_limit", LONG, || {
+        metric_value(api, "logferry_memory_used_bytes") >= 512.0 * 1024.0
+    });
+    stop_within_the_bound(child, "http, endpoint never answers", sigterm);
+    assert_eq!(assert_checkpoint_covers_only(&env, &BTreeSet::new()), 0);
+    drop(silent);
+    restart_delivers_everything(&env, "", &BTreeSet::new());
+}
+
+/// A server answering every request `429 Retry-After: 3600`: the sink waits
+/// (up to `max_retry_after`) between attempts, and the drain must not wait
+/// with it.
+#[test]
+fn http_sink_told_to_retry_after_an_hour() {
+    let env = Env::new();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let requests = Arc::new(AtomicUsize::new(0));
+    let r = requests.clone();
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(mut stream) = stream else { continue };
+            let r = r.clone();
+            std::thread::spawn(move || {
+                let mut reader = BufReader::new(stream.try_clone().unwrap());
+                loop {
+                    // Headers, then the body by Content-Length.
+                    let mut len = 0usize;
+                    loop {
+                        let mut line = String::new();
+                        if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                            return;
+                        }
+                        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                            len = v.trim().parse().unwrap_or(0);
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                    }
+                    let mut body = vec![0; len];
+                    if reader.read_exact(&mut body).is_err() {
+                        return;
+                    }
+                    r.fetch_add(1, Ordering::SeqCst);
+                    let _ = stream
+                        .write_all(b"HTTP/1.1 429 Too Many Requests\r\nretry-after: 3600\r\ncontent-length: 0\r\n\r\n");
+                }
+            });
+        }
+    });
+    let child = start(&env, &http_sink(port, "max_retry_after = \"60s\""), &[]);
+    wait_for("the server to have throttled a request", LONG, || {
+        requests.load(Ordering::SeqCst) >= 1
+    });
+    stop_within_the_bound(child, "http, 429 retry after an hour", sigterm);
+    assert_eq!(assert_checkpoint_covers_only(&env, &BTreeSet::new()), 0);
+    restart_delivers_everything(&env, "", &BTreeSet::new());
+}
+
+#[test]
+fn kinesis_sink_to_an_endpoint_that_never_answers() {
+    let env = Env::new();
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let api = free_port();
+    let sink = format!(
+        r#"[api]
+address = "127.0.0.1:{api}"
+
+[sinks.out]
+type = "kinesis_streams"
+inputs = ["app"]
+stream = "s"
+region = "us-east-1"
+endpoint_url = "http://127.0.0.1:{port}"
+flush_interval = "200ms"
+"#
+    );
+    let child = start(&env, &sink, AWS_ENV);
+    wait_for("batches to hold memory_limit", LONG, || {
+        metric_value(api, "logferry_memory_used_bytes") >= 512.0 * 1024.0
+    });
+    stop_within_the_bound(child, "kinesis, endpoint never answers", sigterm);
+    assert_eq!(assert_checkpoint_covers_only(&env, &BTreeSet::new()), 0);
+    drop(silent);
+    restart_delivers_everything(&env, "", &BTreeSet::new());
+}
