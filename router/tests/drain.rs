@@ -286,25 +286,30 @@ fn s3_sink_to_an_endpoint_that_refuses_connections() {
     restart_delivers_everything(&env, "", &BTreeSet::new());
 }
 
-#[test]
-fn s3_sink_to_an_endpoint_that_never_answers() {
+/// A sink whose endpoint accepts connections (the kernel's backlog) and
+/// never reads them, so each request waits for the client's own timeout:
+/// no error comes first, so the test waits for the backpressure (batches
+/// queued in front of the stuck sink hold memory), then stops the router.
+fn stuck_endpoint_drains(case: &str, sink: impl Fn(u16) -> String, envs: &[(&str, &str)]) {
     let env = Env::new();
-    // Connections complete in the kernel's backlog; nothing ever reads
-    // them, so each request waits for the SDK's attempt timeout (60 s).
     let silent = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = silent.local_addr().unwrap().port();
     let api = free_port();
-    let sink = format!("[api]\naddress = \"127.0.0.1:{api}\"\n{}", s3_sink(port));
-    let child = start(&env, &sink, AWS_ENV);
-    // No error comes before the attempt timeout: wait for the backpressure
-    // (batches queued in front of the stuck sink hold memory).
+    let sink = format!("[api]\naddress = \"127.0.0.1:{api}\"\n{}", sink(port));
+    let child = start(&env, &sink, envs);
     wait_for("batches to hold memory_limit", LONG, || {
         metric_value(api, "logferry_memory_used_bytes") >= 512.0 * 1024.0
     });
-    stop_within_the_bound(child, "s3, endpoint never answers", sigterm);
+    stop_within_the_bound(child, case, sigterm);
     assert_eq!(assert_checkpoint_covers_only(&env, &BTreeSet::new()), 0);
     drop(silent);
     restart_delivers_everything(&env, "", &BTreeSet::new());
+}
+
+#[test]
+fn s3_sink_to_an_endpoint_that_never_answers() {
+    // Each request waits for the SDK's attempt timeout (60 s).
+    stuck_endpoint_drains("s3, endpoint never answers", s3_sink, AWS_ENV);
 }
 
 /// CloudWatch Logs answering every request as throttled, the way the AWS
@@ -438,23 +443,11 @@ flush_interval = "200ms"
 
 #[test]
 fn http_sink_to_an_endpoint_that_never_answers() {
-    let env = Env::new();
-    // Accepted by the kernel, never read: each request waits for request_timeout.
-    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = silent.local_addr().unwrap().port();
-    let api = free_port();
-    let sink = format!(
-        "[api]\naddress = \"127.0.0.1:{api}\"\n{}",
-        http_sink(port, "request_timeout = \"120s\"")
+    stuck_endpoint_drains(
+        "http, endpoint never answers",
+        |port| http_sink(port, "request_timeout = \"120s\""),
+        &[],
     );
-    let child = start(&env, &sink, &[]);
-    wait_for("batches to hold memory_limit", LONG, || {
-        metric_value(api, "logferry_memory_used_bytes") >= 512.0 * 1024.0
-    });
-    stop_within_the_bound(child, "http, endpoint never answers", sigterm);
-    assert_eq!(assert_checkpoint_covers_only(&env, &BTreeSet::new()), 0);
-    drop(silent);
-    restart_delivers_everything(&env, "", &BTreeSet::new());
 }
 
 /// A server answering every request `429 Retry-After: 3600`: the sink waits
@@ -510,14 +503,9 @@ fn http_sink_told_to_retry_after_an_hour() {
 
 #[test]
 fn kinesis_sink_to_an_endpoint_that_never_answers() {
-    let env = Env::new();
-    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = silent.local_addr().unwrap().port();
-    let api = free_port();
-    let sink = format!(
-        r#"[api]
-address = "127.0.0.1:{api}"
-
+    let sink = |port| {
+        format!(
+            r#"
 [sinks.out]
 type = "kinesis_streams"
 inputs = ["app"]
@@ -526,13 +514,7 @@ region = "us-east-1"
 endpoint_url = "http://127.0.0.1:{port}"
 flush_interval = "200ms"
 "#
-    );
-    let child = start(&env, &sink, AWS_ENV);
-    wait_for("batches to hold memory_limit", LONG, || {
-        metric_value(api, "logferry_memory_used_bytes") >= 512.0 * 1024.0
-    });
-    stop_within_the_bound(child, "kinesis, endpoint never answers", sigterm);
-    assert_eq!(assert_checkpoint_covers_only(&env, &BTreeSet::new()), 0);
-    drop(silent);
-    restart_delivers_everything(&env, "", &BTreeSet::new());
+        )
+    };
+    stuck_endpoint_drains("kinesis, endpoint never answers", sink, AWS_ENV);
 }

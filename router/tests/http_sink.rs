@@ -323,6 +323,17 @@ fn metrics_of(port: u16) -> String {
     http_get(port, "/metrics").map(|(_, b)| b).unwrap_or_default()
 }
 
+/// Every dead letter the sink `web` wrote under `dir`.
+fn dead_letters(dir: &Path) -> Vec<serde_json::Value> {
+    let mut out = Vec::new();
+    for f in std::fs::read_dir(dir.join("web")).unwrap() {
+        for l in std::fs::read_to_string(f.unwrap().path()).unwrap().lines() {
+            out.push(serde_json::from_str(l).unwrap());
+        }
+    }
+    out
+}
+
 fn assert_all_once(got: &BTreeMap<u64, usize>, n: u64) {
     let missing: Vec<u64> = (0..n).filter(|i| !got.contains_key(i)).take(10).collect();
     assert!(missing.is_empty(), "missing ids (first 10): {missing:?}");
@@ -427,13 +438,10 @@ fn a_rejected_body_goes_to_the_dead_letters_and_nothing_else_is_lost() {
     assert!(status.success(), "{err}");
     // Dead letters hold exactly the rejected body's records.
     let mut dead_ids = BTreeSet::new();
-    for f in std::fs::read_dir(dead.join("web")).unwrap() {
-        for l in std::fs::read_to_string(f.unwrap().path()).unwrap().lines() {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            assert_eq!(v["reason"], "http_400");
-            assert_eq!(v["sink"], "web");
-            dead_ids.insert(v["record"]["id"].as_u64().unwrap());
-        }
+    for v in dead_letters(&dead) {
+        assert_eq!(v["reason"], "http_400");
+        assert_eq!(v["sink"], "web");
+        dead_ids.insert(v["record"]["id"].as_u64().unwrap());
     }
     assert_eq!(dead_ids, rejected_ids);
     // Everything else was accepted, once, through PUT with JSON arrays.
@@ -714,15 +722,12 @@ fn a_bulk_answer_with_errors_resends_only_the_busy_documents_and_dead_letters_th
     assert!(status.success(), "{err}");
     let refused: BTreeSet<u64> = (0..n).filter(|id| id.is_multiple_of(97)).collect();
     let mut dead_ids = BTreeSet::new();
-    for f in std::fs::read_dir(dead.join("web")).unwrap() {
-        for l in std::fs::read_to_string(f.unwrap().path()).unwrap().lines() {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            assert_eq!(v["reason"], "bulk_400", "{v}");
-            assert!(
-                dead_ids.insert(v["record"]["id"].as_u64().unwrap()),
-                "dead-lettered twice: {v}"
-            );
-        }
+    for v in dead_letters(&dead) {
+        assert_eq!(v["reason"], "bulk_400", "{v}");
+        assert!(
+            dead_ids.insert(v["record"]["id"].as_u64().unwrap()),
+            "dead-lettered twice: {v}"
+        );
     }
     assert_eq!(dead_ids, refused, "exactly the refused documents are dead letters");
     assert_eq!(
@@ -832,16 +837,13 @@ fn loki_push_bodies_group_streams_by_labels_and_survive_throttles() {
     let rejected: BTreeSet<u64> = seen[3].ids.iter().copied().collect();
     assert!(!rejected.is_empty());
     let mut dead_ids = BTreeSet::new();
-    for f in std::fs::read_dir(dead.join("web")).unwrap() {
-        for l in std::fs::read_to_string(f.unwrap().path()).unwrap().lines() {
-            let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            assert_eq!(v["reason"], "http_400");
-            assert!(
-                v["record"]["msg"].as_str().unwrap().contains("quote \" and tab \t"),
-                "the record itself: {v}"
-            );
-            dead_ids.insert(v["record"]["id"].as_u64().unwrap());
-        }
+    for v in dead_letters(&dead) {
+        assert_eq!(v["reason"], "http_400");
+        assert!(
+            v["record"]["msg"].as_str().unwrap().contains("quote \" and tab \t"),
+            "the record itself: {v}"
+        );
+        dead_ids.insert(v["record"]["id"].as_u64().unwrap());
     }
     assert_eq!(dead_ids, rejected);
     let mut all = server.accepted();

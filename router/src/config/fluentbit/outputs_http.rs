@@ -12,6 +12,19 @@ use super::values::{is_true, s};
 
 type Keys = Vec<(&'static str, toml::Value, Pos)>;
 
+/// The keys `endpoint_keys` and `compress_key` map.
+const ENDPOINT_KEYS: [&str; 9] = [
+    "host",
+    "port",
+    "uri",
+    "tls",
+    "tls.verify",
+    "tls.ca_file",
+    "http_user",
+    "http_passwd",
+    "compress",
+];
+
 impl Tr {
     /// `Host`, `Port`, `URI` and `tls` as one `uri`; `tls.verify` and
     /// `tls.ca_file` as `tls`; `http_User`/`http_Passwd` as basic auth.
@@ -134,20 +147,8 @@ impl Tr {
                 .unwrap_or_else(|| sec.pos.clone()),
         ));
         let mut known = common.to_vec();
-        known.extend([
-            "host",
-            "port",
-            "uri",
-            "tls",
-            "tls.verify",
-            "tls.ca_file",
-            "http_user",
-            "http_passwd",
-            "compress",
-            "format",
-            "header",
-            "json_date_key",
-        ]);
+        known.extend(ENDPOINT_KEYS);
+        known.extend(["format", "header", "json_date_key"]);
         self.check_keys(
             sec,
             what,
@@ -228,22 +229,8 @@ impl Tr {
         // Fluent Bit's loki output adds no time key: the value carries the time.
         out.push(("timestamp_key", s(""), sec.pos.clone()));
         let mut known = common.to_vec();
-        known.extend([
-            "host",
-            "port",
-            "uri",
-            "tls",
-            "tls.verify",
-            "tls.ca_file",
-            "http_user",
-            "http_passwd",
-            "compress",
-            "labels",
-            "label_keys",
-            "tenant_id",
-            "bearer_token",
-            "line_format",
-        ]);
+        known.extend(ENDPOINT_KEYS);
+        known.extend(["labels", "label_keys", "tenant_id", "bearer_token", "line_format"]);
         self.check_keys(sec, what, &known, &["drop_single_key"]);
         out
     }
