@@ -154,7 +154,7 @@ struct Shared {
     next_conn: AtomicU64,
     max_frame: usize,
     max_record: usize,
-    shared_key: Option<crate::config::Secret>,
+    shared_key: Option<crate::confdiag::Secret>,
     users: Vec<config::ForwardUser>,
     self_hostname: String,
     /// When a handshake failure was last logged at warn, per client host
