@@ -23,6 +23,10 @@
 //! found. Each redaction is counted by detector
 //! (`logferry_redactions_total{component,detector}`); record contents are
 //! never logged.
+//!
+//! Length: about 770 lines of code and 250 of unit tests, which exercise
+//! its private items and so stay beside them (over the ~1,000-line mark
+//! only with its tests).
 
 use std::borrow::Cow;
 use std::sync::Arc;
