@@ -7,6 +7,7 @@ pub mod api;
 pub mod buffer;
 pub mod check;
 pub mod checkpoint;
+pub mod confdiag;
 pub mod config;
 pub mod config_s3;
 pub mod dead_letter;

@@ -22,7 +22,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::config::{Ctx, Seg};
+use crate::confdiag::{Ctx, Seg};
 use crate::topology::EnvFn;
 use crate::transforms::enrich::metadata::{ECS_METADATA_URI_ENV, ecs_container_status};
 

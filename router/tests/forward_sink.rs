@@ -1,6 +1,9 @@
 //! The `forward` sink through the real binary, against a small Fluent
 //! forward server written here (std threads, `rmpv` decoding): PackedForward
 //! and CompressedPackedForward, acks, the shared-key handshake, TLS.
+//!
+//! Length: over 1,000 lines because every case shares the one fake server
+//! written in this file (frames, acks, handshake, TLS); split by concern when it grows.
 
 mod common;
 

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::Health;
-use crate::config::{Ctx, Seg, deserialize_at};
+use crate::confdiag::{Ctx, Seg, deserialize_at};
 use crate::dead_letter::DeadLetters;
 use crate::metrics::ComponentMetrics;
 

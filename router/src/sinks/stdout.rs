@@ -20,7 +20,7 @@ pub struct StdoutSinkConfig {
 }
 
 impl StdoutSinkConfig {
-    pub fn validate(&self, ctx: &mut crate::config::Ctx<'_>, base: &[crate::config::Seg]) -> bool {
+    pub fn validate(&self, ctx: &mut crate::confdiag::Ctx<'_>, base: &[crate::confdiag::Seg]) -> bool {
         RecordFormat::validate(self.log_key.as_deref(), ctx, base)
     }
 }

@@ -3,7 +3,7 @@
 pub mod file;
 pub mod forward;
 
-use crate::config::{Ctx, Seg, deserialize_at};
+use crate::confdiag::{Ctx, Seg, deserialize_at};
 
 /// The configuration of one source, by `type`.
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@
 use regex::Regex;
 use serde::Deserialize;
 
-use crate::config::{Ctx, Seg};
+use crate::confdiag::{Ctx, Seg};
 use crate::event::Batch;
 
 /// The field a `level_at_least` test reads when it names none.
@@ -265,7 +265,7 @@ impl Rule {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::path;
+    use crate::confdiag::path;
     use crate::event::batch_of;
 
     fn rule(text: &str) -> Result<Rule, Vec<String>> {

@@ -16,7 +16,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::config::{Ctx, Seg};
+use crate::confdiag::{Ctx, Seg};
 use crate::event::{Batch, Records};
 use crate::metrics::Metrics;
 use crate::topology::Fanout;

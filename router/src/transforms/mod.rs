@@ -10,7 +10,7 @@ pub mod redact;
 pub mod route;
 pub mod throttle;
 
-use crate::config::{Ctx, Seg, deserialize_at};
+use crate::confdiag::{Ctx, Seg, deserialize_at};
 
 /// The configuration of one transform, by `type`.
 #[derive(Debug, Clone)]

@@ -32,7 +32,7 @@ use serde::Deserialize;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio::time::Instant;
 
-use crate::config::{Ctx, Seg};
+use crate::confdiag::{Ctx, Seg};
 use crate::event::{AckToken, Batch, Fields, Records};
 use crate::metrics::{ComponentMetrics, Metrics};
 use crate::sources::file::parse::{key_bit, lookup_field};
@@ -985,28 +985,5 @@ mod tests {
         let out = j.push(batch(&log_records("c\nS3 is a longer line\nd"), 1, 1, &tx), now);
         assert_eq!(logs(&out), ["S2\nb\nc", "S3 is a longer line\nd"]);
         assert_eq!((j.open_groups(), j.held(), j.charged()), (0, 0, 0));
-    }
-
-    #[test]
-    fn config_needs_one_rule() {
-        let check = |text: &str| {
-            let cfg = crate::config::load_str(
-                &format!(
-                    "[sources.app]\ntype = \"file\"\ninclude = [\"/x/*.log\"]\n[transforms.m]\ntype = \"multiline\"\ninputs = [\"app\"]\n{text}\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"m\"]\n"
-                ),
-                "t.toml",
-                &|_| None,
-            );
-            cfg.err().map(|e| e.to_string()).unwrap_or_default()
-        };
-        assert!(
-            check("").contains("needs exactly one of `start_pattern` and `preset`"),
-            "{}",
-            check("")
-        );
-        assert!(check("preset = \"go\"\nstart_pattern = \"x\"").contains("exactly one"));
-        assert!(check("preset = \"ruby\"").contains("ruby"));
-        assert!(check("preset = \"go\"\nmax_lines = 0").contains("transforms.m.max_lines"));
-        assert_eq!(check("preset = \"go\"\nflush_timeout = \"500ms\""), "");
     }
 }

@@ -39,7 +39,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::config::{Ctx, Seg};
+use crate::confdiag::{Ctx, Seg};
 use crate::event::{Batch, Records};
 use crate::metrics::Metrics;
 use crate::sources::file::parse::{
@@ -409,10 +409,10 @@ fallback = [
         assert_eq!(one(&two, json!({"log": "plain words"})), Err(Unparsed::Failed));
 
         let lookup = |_: &str| None;
-        let mut ctx = crate::config::Ctx::for_tests(&lookup);
+        let mut ctx = crate::confdiag::Ctx::for_tests(&lookup);
         let bad: ParseConfig =
             toml::from_str("parser = \"json\"\nfallback = [{ parser = \"regex\", pattern = \"(\" }]").unwrap();
-        assert!(!bad.validate(&mut ctx, &crate::config::path(&["transforms", "p"])));
+        assert!(!bad.validate(&mut ctx, &crate::confdiag::path(&["transforms", "p"])));
         let m = ctx.messages();
         assert!(m[0].contains("transforms.p.fallback[0].pattern"), "{m:?}");
     }

@@ -26,7 +26,7 @@ use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use tokio::sync::{Semaphore, mpsc};
 
-use crate::config::{Ctx, Seg};
+use crate::confdiag::{Ctx, Seg};
 use crate::event::Batch;
 use crate::metrics::Metrics;
 use crate::topology::Fanout;
@@ -210,13 +210,13 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::path;
+    use crate::confdiag::path;
     use crate::event::{AckToken, batch_of};
 
     fn route(text: &str) -> Result<Route, Vec<String>> {
         let c: RouteConfig = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
         let lookup = |_: &str| None;
-        let mut ctx = crate::config::Ctx::for_tests(&lookup);
+        let mut ctx = crate::confdiag::Ctx::for_tests(&lookup);
         c.build(&mut ctx, &path(&["transforms", "r"]))
             .ok_or_else(|| ctx.messages())
     }

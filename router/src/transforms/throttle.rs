@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 use tokio::sync::mpsc;
 
-use crate::config::{Ctx, Seg};
+use crate::confdiag::{Ctx, Seg};
 use crate::event::Batch;
 use crate::metrics::Metrics;
 use crate::template::{Renderer, Template};
@@ -256,13 +256,13 @@ pub async fn run(id: String, cfg: Throttle, mut input: mpsc::Receiver<Batch>, ou
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::path;
+    use crate::confdiag::path;
     use crate::event::{AckToken, batch_of};
 
     fn throttle(text: &str) -> Result<Throttle, Vec<String>> {
         let c: ThrottleConfig = toml::from_str(text).map_err(|e| vec![e.to_string()])?;
         let lookup = |_: &str| None;
-        let mut ctx = crate::config::Ctx::for_tests(&lookup);
+        let mut ctx = crate::confdiag::Ctx::for_tests(&lookup);
         c.build(&mut ctx, &path(&["transforms", "t"]))
             .ok_or_else(|| ctx.messages())
     }

@@ -32,7 +32,7 @@ use tokio::sync::mpsc;
 use super::SinkContext;
 pub use super::encoding::Compression;
 use super::object::{self, Batching, Body, Budget, Closed, Delivery, Destination, ObjectError};
-use crate::config::{Ctx, Seg};
+use crate::confdiag::{Ctx, Seg};
 use crate::event::Batch;
 use crate::metrics::ComponentMetrics;
 use crate::template::Template;

@@ -6,7 +6,7 @@ use bytesize::ByteSize;
 use serde::Deserialize;
 
 use super::parse::{Parser, ParserKind, ParserOptions, TimeFormat};
-use crate::config::{Ctx, Seg};
+use crate::confdiag::{Ctx, Seg};
 
 /// Where to start in a file the router has never seen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]

@@ -19,7 +19,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use tokio::sync::{mpsc, watch};
 
-use crate::config::{Ctx, Seg};
+use crate::confdiag::{Ctx, Seg};
 use crate::event::{Batch, Fields};
 use crate::metrics::Metrics;
 use crate::topology::Fanout;
