@@ -32,13 +32,14 @@
 mod bulk;
 mod client;
 mod config;
+mod deliver;
+mod frame;
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 pub use client::{Verdict, retry_after, verdict};
 pub use config::{
@@ -48,13 +49,13 @@ pub use config::{
 
 use super::SinkContext;
 use super::encoding::{Compression, Encoder, MissingKey, RecordFormat};
-use crate::api::Health;
 use crate::dead_letter::DeadLetters;
 use crate::event::{Batch, HeldAck};
 use crate::memory::Charge;
 use crate::metrics::ComponentMetrics;
-use crate::sinks::aws::{RETRY_CAP, backoff};
 use crate::template::{Renderer, Template};
+use deliver::Sender;
+use frame::{Place, closing, frame, unframed};
 
 /// A closed body and what its delivery settles.
 pub struct Body {
@@ -186,92 +187,6 @@ struct Open {
 
 /// The delivery task has stopped.
 struct Abandoned;
-
-/// Where a record goes in its body, for the framings whose entries depend
-/// on their neighbours (Loki's streams).
-#[derive(Clone, Copy)]
-struct Place<'a> {
-    /// The first record of the body.
-    first: bool,
-    /// Loki: this record's labels (`{"job":"x"}`), and whether the record
-    /// before it in the body had the same, so it joins that stream.
-    labels: &'a [u8],
-    same_stream: bool,
-}
-
-/// Writes record `rec` framed into `out`; returns where the record itself
-/// starts in `out` (for Loki, where its JSON string starts). With JSON
-/// arrays the length does not depend on `first` (`[` or `,`).
-fn frame(framing: Framing, encoding: HttpEncoding, at: Place<'_>, rec: &[u8], ts_ms: i64, out: &mut Vec<u8>) -> usize {
-    use std::io::Write as _;
-    if framing == Framing::Loki {
-        // {"streams":[{"stream":{..},"values":[["<ns>","<record>"],...]},...]}
-        if at.first {
-            out.extend_from_slice(b"{\"streams\":[{\"stream\":");
-            out.extend_from_slice(at.labels);
-            out.extend_from_slice(b",\"values\":[");
-        } else if at.same_stream {
-            out.push(b',');
-        } else {
-            out.extend_from_slice(b"]},{\"stream\":");
-            out.extend_from_slice(at.labels);
-            out.extend_from_slice(b",\"values\":[");
-        }
-        let _ = write!(out, "[\"{}\",", i128::from(ts_ms) * 1_000_000);
-        let start = out.len();
-        // A record is JSON we encoded: UTF-8.
-        let _ = serde_json::to_writer(&mut *out, &String::from_utf8_lossy(rec));
-        out.push(b']');
-        return start;
-    }
-    match encoding {
-        HttpEncoding::JsonArray => out.push(if at.first { b'[' } else { b',' }),
-        HttpEncoding::Ndjson => {}
-    }
-    match framing {
-        Framing::None | Framing::Loki => {}
-        Framing::SplunkHec => {
-            // HEC's `time`: epoch seconds with milliseconds.
-            let _ = write!(
-                out,
-                "{{\"time\":{}.{:03},\"event\":",
-                ts_ms.div_euclid(1000),
-                ts_ms.rem_euclid(1000)
-            );
-        }
-        Framing::OpensearchBulk => out.extend_from_slice(b"{\"index\":{}}\n"),
-    }
-    let at = out.len();
-    out.extend_from_slice(rec);
-    if framing == Framing::SplunkHec {
-        out.push(b'}');
-    }
-    if encoding == HttpEncoding::Ndjson {
-        out.push(b'\n');
-    }
-    at
-}
-
-/// What closes a body after its last record.
-fn closing(cfg: &HttpSinkConfig) -> &'static [u8] {
-    match (cfg.framing, cfg.encoding) {
-        (Framing::Loki, _) => b"]}]}",
-        (_, HttpEncoding::JsonArray) => b"]",
-        _ => b"",
-    }
-}
-
-/// A record as the dead letters take it: Loki bodies hold it as a JSON
-/// string.
-fn unframed(framing: Framing, span: &[u8]) -> std::borrow::Cow<'_, [u8]> {
-    match framing {
-        Framing::Loki => match serde_json::from_slice::<String>(span) {
-            Ok(s) => std::borrow::Cow::Owned(s.into_bytes()),
-            Err(_) => std::borrow::Cow::Borrowed(span),
-        },
-        _ => std::borrow::Cow::Borrowed(span),
-    }
-}
 
 struct HttpSink {
     cfg: Arc<HttpSinkConfig>,
@@ -606,226 +521,6 @@ impl HttpSink {
         };
         // When delivery has stopped, the body comes back and drops: its acks fail.
         self.bodies.send(body).await.map_err(|_| Abandoned)
-    }
-}
-
-/// The task that delivers closed bodies, one at a time.
-struct Sender {
-    id: String,
-    cfg: Arc<HttpSinkConfig>,
-    m: ComponentMetrics,
-    health: Arc<Health>,
-    stop: CancellationToken,
-    dead: Arc<DeadLetters>,
-    client: client::Client,
-    prepared: client::Prepared,
-}
-
-/// How the server settled a body.
-enum Settled {
-    Delivered,
-    /// Refused for good (a 4xx): every record goes to the dead letters.
-    Rejected(&'static str),
-    /// A bulk answer with an outcome per record, not all taken.
-    Items(Vec<bulk::Item>),
-}
-
-/// Why an attempt did not deliver, for the retry loop.
-struct Failed {
-    /// Labels `logferry_sink_errors_total`.
-    reason: &'static str,
-    text: String,
-    retry_after: Option<Duration>,
-    operator: bool,
-}
-
-impl Sender {
-    fn new(
-        id: String,
-        cfg: Arc<HttpSinkConfig>,
-        m: ComponentMetrics,
-        health: Arc<Health>,
-        stop: CancellationToken,
-        dead: Arc<DeadLetters>,
-    ) -> Result<Sender, String> {
-        Ok(Sender {
-            client: client::build(&cfg)?,
-            prepared: client::Prepared::new(&cfg)?,
-            id,
-            cfg,
-            m,
-            health,
-            stop,
-            dead,
-        })
-    }
-
-    /// Delivers bodies in order until the input closes or the sink is told
-    /// to stop. A body is retried until the server takes it (2xx) or refuses
-    /// it for good (dead letters); when abandoned, its acks drop as failed.
-    async fn run(self, mut bodies: mpsc::Receiver<Body>) {
-        // What the last warning said: one line per streak of failures, and
-        // one more whenever the cause changes, never one per retry.
-        let mut logged: Option<String> = None;
-        while let Some(mut body) = bodies.recv().await {
-            let mut attempt = 0u32;
-            loop {
-                let r = tokio::select! {
-                    r = self.attempt(&body) => r,
-                    _ = self.stop.cancelled() => return,
-                };
-                let f = match r {
-                    Ok(Settled::Delivered) => {
-                        if logged.take().is_some() {
-                            tracing::info!(sink = %self.id, uri = %self.prepared.shown, "http server accepts requests again");
-                        }
-                        self.health.set_sink(&self.id, true);
-                        body.delivered(&self.m);
-                        break;
-                    }
-                    Ok(Settled::Rejected(reject)) => {
-                        if reject == "http_413" {
-                            tracing::warn!(sink = %self.id, uri = %self.prepared.shown, reason = reject, records = body.events(),
-                                bytes = body.wire.len(), "http server refused a request as too large; its records go to the dead letters: lower batch.max_bytes");
-                        } else {
-                            tracing::warn!(sink = %self.id, uri = %self.prepared.shown, reason = reject,
-                                records = body.events(), "http server refused a request for good; its records go to the dead letters");
-                        }
-                        body.rejected(reject, &self.dead);
-                        break;
-                    }
-                    Ok(Settled::Items(items)) => {
-                        let again = items.iter().filter(|i| matches!(i, bulk::Item::Retry(_))).count();
-                        let refused = items.iter().filter(|i| matches!(i, bulk::Item::Reject(_))).count();
-                        if refused > 0 {
-                            tracing::warn!(sink = %self.id, uri = %self.prepared.shown, records = refused,
-                                "bulk answer refused documents for good; they go to the dead letters");
-                        }
-                        self.health.set_sink(&self.id, true);
-                        match body.settle(&items, &self.cfg, &self.m, &self.dead) {
-                            None => break,
-                            Some(rest) => {
-                                body = rest;
-                                let status = items.iter().find_map(|i| match i {
-                                    bulk::Item::Retry(s) => Some(*s),
-                                    _ => None,
-                                });
-                                Failed {
-                                    reason: bulk::reason(status.unwrap_or(0)),
-                                    text: format!(
-                                        "bulk answer from {} refused {again} of {} documents for now ({}); sending those again",
-                                        self.prepared.shown,
-                                        items.len(),
-                                        bulk::reason(status.unwrap_or(0)),
-                                    ),
-                                    retry_after: None,
-                                    operator: false,
-                                }
-                            }
-                        }
-                    }
-                    Err(f) => f,
-                };
-                attempt += 1;
-                self.m.sink_error(f.reason);
-                self.m.retries.inc();
-                if f.operator {
-                    self.health.set_sink(&self.id, false);
-                }
-                if logged.as_deref() == Some(f.text.as_str()) {
-                    tracing::debug!(sink = %self.id, error = %f.text, attempt, "http request failed again");
-                } else if f.operator {
-                    tracing::error!(sink = %self.id, error = %f.text,
-                        "http request refused; retrying with backoff until the configuration is fixed, records are kept");
-                } else {
-                    tracing::warn!(sink = %self.id, error = %f.text,
-                        "http request failed; sending it again with backoff, records are kept");
-                }
-                logged = Some(f.text);
-                let pause = match f.retry_after {
-                    Some(d) => d.min(self.cfg.max_retry_after),
-                    None => backoff(attempt, RETRY_CAP),
-                };
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = self.stop.cancelled() => return,
-                }
-            }
-        }
-    }
-
-    /// One request: how the server settled the body, or why to try again.
-    async fn attempt(&self, body: &Body) -> Result<Settled, Failed> {
-        let bulk = self.cfg.framing == Framing::OpensearchBulk;
-        // A bulk answer has an item per document (200-400 bytes each).
-        let max_answer = if bulk {
-            client::MAX_ANSWER + 1024 * body.spans.len()
-        } else {
-            client::MAX_ANSWER
-        };
-        let r = client::send(
-            &self.client,
-            &self.prepared,
-            self.prepared.method.clone(),
-            &self.prepared.uri,
-            body.wire.clone(),
-            self.cfg.request_timeout,
-            max_answer,
-        )
-        .await;
-        let a = match r {
-            Ok(a) => a,
-            Err(e) => {
-                self.m.http_request("error");
-                return Err(Failed {
-                    reason: e.reason(),
-                    operator: e.needs_operator(),
-                    text: e.to_string(),
-                    retry_after: None,
-                });
-            }
-        };
-        let s = a.status.as_u16();
-        self.m.http_request(client::status_class(s));
-        if !a.text.is_empty() && !a.status.is_success() {
-            // The answer may echo records: debug only.
-            tracing::debug!(sink = %self.id, status = s, answer = %a.text, "http answer");
-        }
-        let v = verdict(s);
-        match v {
-            Verdict::Delivered if bulk => match bulk::read(&a.body, body.spans.len()) {
-                bulk::Outcome::AllTaken => Ok(Settled::Delivered),
-                bulk::Outcome::Items(items) if items.iter().all(|i| *i == bulk::Item::Taken) => Ok(Settled::Delivered),
-                bulk::Outcome::Items(items) => Ok(Settled::Items(items)),
-                bulk::Outcome::Unreadable(why) => Err(Failed {
-                    reason: "bulk_answer",
-                    text: format!(
-                        "{} {} answered {}, but {why}; sending the whole body again",
-                        self.prepared.method, self.prepared.shown, a.status
-                    ),
-                    retry_after: None,
-                    operator: false,
-                }),
-            },
-            Verdict::Delivered => Ok(Settled::Delivered),
-            Verdict::Reject => Ok(Settled::Rejected(client::status_reason(s))),
-            Verdict::Retry | Verdict::Operator => Err(Failed {
-                reason: client::status_reason(s),
-                text: format!(
-                    "{} {} answered {}{}",
-                    self.prepared.method,
-                    self.prepared.shown,
-                    a.status,
-                    match (v, s) {
-                        (Verdict::Operator, 401 | 403 | 407) => ": credentials refused (check `auth` and `headers`)",
-                        (Verdict::Operator, _) => ": redirects are not followed (set `uri` to where it points)",
-                        _ => "",
-                    }
-                ),
-                retry_after: a.retry_after,
-                operator: v == Verdict::Operator,
-            }),
-        }
     }
 }
 
