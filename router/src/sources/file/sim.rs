@@ -929,7 +929,6 @@ mod regressions {
     /// differs only between the two sampled windows, was never read.
     /// (`CopyTruncateOnRead` never fires here: nothing is read after it.)
     #[test]
-    #[ignore = "issue 13: lost line, fixed in the next commit"]
     fn issue_13_copy_of_a_truncated_file_then_a_copytruncate_on_read() {
         run(&[
             Op::Rename,
@@ -946,6 +945,33 @@ mod regressions {
             Op::CopyFinish,
         ])
         .unwrap();
+    }
+
+    /// The shape of issue 13 without the crash and renames around it: a
+    /// file found while the router had not read it yet is truncated and
+    /// regrows; a copy spliced from its old start and its new end holds the
+    /// read position of the live file. It is read whole (line 0 delivered),
+    /// and the lines it shares with the live file are delivered again,
+    /// never lost.
+    #[test]
+    fn a_copy_spliced_across_a_truncation_is_not_continued() {
+        let mut sim = Sim::new();
+        sim.apply(Op::Write { n: 2, pad: 3 });
+        sim.apply(Op::Crash { save: false });
+        sim.apply(Op::CopyStart);
+        sim.apply(Op::Truncate);
+        sim.apply(Op::Write { n: 2, pad: 3 });
+        sim.apply(Op::Write { n: 1, pad: 0 });
+        sim.apply(Op::Step { dt: 0, scan: false });
+        sim.apply(Op::CopyFinish);
+        sim.quiesce();
+        sim.check().unwrap();
+        assert!(sim.delivered.contains_key(&0), "{:?}", sim.delivered);
+        assert!(!sim.delivered.contains_key(&1), "line 1 left before it was read");
+        // 3 and 4 come from the live file and from the copy.
+        assert_eq!(sim.delivered.get(&3), Some(&2), "{:?}", sim.delivered);
+        assert_eq!(sim.delivered.get(&4), Some(&2), "{:?}", sim.delivered);
+        assert_eq!(sim.delivered.get(&2), Some(&1), "{:?}", sim.delivered);
     }
 
     /// New files that start with the same 1 KiB as a live one are not its copy.
