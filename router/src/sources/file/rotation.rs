@@ -11,7 +11,7 @@
 
 use super::identity::{Continue, Former, Point, Relation, fingerprint_of, holds, read_head, relation};
 use super::world::World;
-use super::{COPY_WAIT, FileSource, MAX_FORMERS, SourceError, Watched};
+use super::{CHUNK, COPY_WAIT, FileSource, MAX_FORMERS, SourceError, Watched};
 use crate::checkpoint::{Fingerprint, Position};
 
 /// What a new file is.
@@ -94,20 +94,42 @@ impl<W: World> FileSource<W> {
                 }
             }
         }
-        let live: Vec<(Vec<Point>, Position)> = self
+        let live: Vec<(u64, Vec<Point>, Position)> = self
             .files
             .values()
             .filter(|w| (w.dev, w.ino) != key && !w.gone && relation(head, w.fp, Some(&w.head)) != Relation::Unrelated)
-            .map(|w| (w.points(), w.tracker.acked()))
+            .map(|w| (w.stream, w.points(), w.tracker.acked()))
             .collect();
-        for (points, acked) in live {
+        for (stream, points, acked) in live {
             let short = points.last().is_some_and(|p| size < p.0.offset);
             in_progress |= short;
             if let Some(j) = self.best_point(file, size, &points).filter(|&j| points[j].0.offset > 0)
                 && (!short || !self.still_waiting(key))
             {
+                // Head and tail are samples: a file spliced from two contents
+                // of the original (a copy that went on reading after the
+                // original was truncated and regrew) holds both yet differs
+                // between them, and continuing would skip its first part. The
+                // original is still open and holds the point: compare the
+                // bytes, and continue only as far as they are the same.
+                let same = self.same_bytes_to(file, stream, points[j].0.offset);
+                let Some(j) = self
+                    .best_point(file, size.min(same), &points[..=j])
+                    .filter(|&j| points[j].0.offset > 0)
+                else {
+                    tracing::info!(
+                        differs_at = same,
+                        "file starts like a live file and holds its position, but its bytes differ before it; not a copy"
+                    );
+                    continue;
+                };
                 self.deferred.remove(&key);
-                return Some(Verdict::Continue(self.continuation(file, size, &points[..=j], acked)));
+                return Some(Verdict::Continue(self.continuation(
+                    file,
+                    size.min(same),
+                    &points[..=j],
+                    acked,
+                )));
             }
         }
         if in_progress && self.defer(key, COPY_WAIT) {
@@ -126,6 +148,35 @@ impl<W: World> FileSource<W> {
     /// True while a file that may be a copy being written is within its wait.
     pub(super) fn still_waiting(&mut self, key: (u64, u64)) -> bool {
         self.defer(key, COPY_WAIT)
+    }
+
+    /// How far (up to `upto`) `file` has the same bytes as the live file
+    /// `stream`: the offset of the first difference, or `upto`.
+    pub(super) fn same_bytes_to(&self, file: &W::File, stream: u64, upto: u64) -> u64 {
+        let Some(w) = self.files.get(&stream) else {
+            return 0;
+        };
+        let mut a = vec![0u8; CHUNK];
+        let mut b = vec![0u8; CHUNK];
+        let mut at = 0;
+        while at < upto {
+            let want = ((upto - at) as usize).min(CHUNK);
+            let (Ok(n), Ok(m)) = (
+                self.world.read_at(file, &mut a[..want], at),
+                self.world.read_at(&w.file, &mut b[..want], at),
+            ) else {
+                return at;
+            };
+            let n = n.min(m);
+            if let Some(k) = a[..n].iter().zip(&b[..n]).position(|(x, y)| x != y) {
+                return at + k as u64;
+            }
+            if n == 0 {
+                return at;
+            }
+            at += n as u64;
+        }
+        upto
     }
 
     /// Index of the furthest of `points` the file holds.

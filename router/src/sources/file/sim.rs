@@ -917,6 +917,63 @@ mod regressions {
         .unwrap();
     }
 
+    /// Issue 13 (seed 9f4902a1 in `proptest-regressions`), replayed as
+    /// shrunk. After the restart `app.log` (lines 0, 1; its first KiB is
+    /// all pad) is open at 0 but not read yet; a copy starts (`app.log.2`
+    /// gets line 0), `app.log` is truncated and regrows with lines 2, 3, 4
+    /// past its old length, the router reads those, then the copy finishes
+    /// with the bytes after its offset *as the file is now* (lines 3, 4).
+    /// The copy starts and ends like `app.log` (same head, same KiB before
+    /// its read position 2235: the same lines 3, 4), so it held
+    /// `app.log`'s position and was continued at 2235: line 0, which
+    /// differs only between the two sampled windows, was never read.
+    /// (`CopyTruncateOnRead` never fires here: nothing is read after it.)
+    #[test]
+    fn issue_13_copy_of_a_truncated_file_then_a_copytruncate_on_read() {
+        run(&[
+            Op::Rename,
+            Op::Rename,
+            Op::Reopen,
+            Op::Write { n: 2, pad: 3 },
+            Op::Crash { save: false },
+            Op::CopyStart,
+            Op::Truncate,
+            Op::Write { n: 2, pad: 3 },
+            Op::Write { n: 1, pad: 0 },
+            Op::Step { dt: 0, scan: false },
+            Op::CopyTruncateOnRead,
+            Op::CopyFinish,
+        ])
+        .unwrap();
+    }
+
+    /// The shape of issue 13 without the crash and renames around it: a
+    /// file found while the router had not read it yet is truncated and
+    /// regrows; a copy spliced from its old start and its new end holds the
+    /// read position of the live file. It is read whole (line 0 delivered),
+    /// and the lines it shares with the live file are delivered again,
+    /// never lost.
+    #[test]
+    fn a_copy_spliced_across_a_truncation_is_not_continued() {
+        let mut sim = Sim::new();
+        sim.apply(Op::Write { n: 2, pad: 3 });
+        sim.apply(Op::Crash { save: false });
+        sim.apply(Op::CopyStart);
+        sim.apply(Op::Truncate);
+        sim.apply(Op::Write { n: 2, pad: 3 });
+        sim.apply(Op::Write { n: 1, pad: 0 });
+        sim.apply(Op::Step { dt: 0, scan: false });
+        sim.apply(Op::CopyFinish);
+        sim.quiesce();
+        sim.check().unwrap();
+        assert!(sim.delivered.contains_key(&0), "{:?}", sim.delivered);
+        assert!(!sim.delivered.contains_key(&1), "line 1 left before it was read");
+        // 3 and 4 come from the live file and from the copy.
+        assert_eq!(sim.delivered.get(&3), Some(&2), "{:?}", sim.delivered);
+        assert_eq!(sim.delivered.get(&4), Some(&2), "{:?}", sim.delivered);
+        assert_eq!(sim.delivered.get(&2), Some(&1), "{:?}", sim.delivered);
+    }
+
     /// New files that start with the same 1 KiB as a live one are not its copy.
     #[test]
     fn identical_first_kilobyte_is_not_a_copy() {
