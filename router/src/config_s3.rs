@@ -61,20 +61,25 @@ pub fn fetch(url: &S3Url) -> Result<String, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot read config {url}: cannot start the async runtime: {e}"))?;
-    rt.block_on(fetch_async(url))
+    rt.block_on(async { fetch_async(&client().await, url).await })
         .map_err(|cause| format!("cannot read config {url}: {cause}"))
 }
 
-async fn fetch_async(url: &S3Url) -> Result<String, String> {
+/// An S3 client on the SDK's default chain; path-style addressing when an
+/// endpoint variable points it at LocalStack or MinIO.
+async fn client() -> aws_sdk_s3::Client {
     let sdk = crate::sinks::aws::sdk_config(None, None).await;
     let custom_endpoint = ["AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL"]
         .iter()
         .any(|v| std::env::var_os(v).is_some_and(|x| !x.is_empty()));
-    let s3 = aws_sdk_s3::Client::from_conf(
+    aws_sdk_s3::Client::from_conf(
         aws_sdk_s3::config::Builder::from(&sdk)
             .force_path_style(custom_endpoint)
             .build(),
-    );
+    )
+}
+
+async fn fetch_async(s3: &aws_sdk_s3::Client, url: &S3Url) -> Result<String, String> {
     let out = s3
         .get_object()
         .bucket(&url.bucket)
@@ -149,6 +154,8 @@ pub fn fetch_fluent_bit(url: &S3Url) -> Result<FluentBitTree, String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot read config {url}: cannot start the async runtime: {e}"))?;
+    // One client (and one credential lookup) for every object of the tree.
+    let s3 = rt.block_on(client());
     let mut todo = vec![(url.key[base.len()..].to_string(), None::<String>)];
     let mut seen = std::collections::BTreeSet::new();
     while let Some((rel, named_at)) = todo.pop() {
@@ -164,7 +171,7 @@ pub fn fetch_fluent_bit(url: &S3Url) -> Result<FluentBitTree, String> {
             bucket: url.bucket.clone(),
             key: format!("{base}{rel}"),
         };
-        let text = rt.block_on(fetch_async(&obj)).map_err(|cause| match &named_at {
+        let text = rt.block_on(fetch_async(&s3, &obj)).map_err(|cause| match &named_at {
             Some(at) => format!("cannot read {obj} (named at {at}): {cause}"),
             None => format!("cannot read config {obj}: {cause}"),
         })?;

@@ -323,6 +323,18 @@ fn metrics_of(port: u16) -> String {
     http_get(port, "/metrics").map(|(_, b)| b).unwrap_or_default()
 }
 
+/// Waits until the file source has every one of `n` records acknowledged
+/// (delivered, or handled as dead letters).
+fn wait_acked(api: u16, what: &str, n: f64) {
+    wait_for(what, LONG, || {
+        metric(
+            &metrics_of(api),
+            "logferry_source_acked_events_total",
+            &["component=\"app\""],
+        ) == Some(n)
+    });
+}
+
 /// Every dead letter the sink `web` wrote under `dir`.
 fn dead_letters(dir: &Path) -> Vec<serde_json::Value> {
     let mut out = Vec::new();
@@ -409,13 +421,7 @@ fn a_rejected_body_goes_to_the_dead_letters_and_nothing_else_is_lost() {
     let api = free_port();
     let cfg = config(&env, &server.uri("/bulk"), sink, &global, Some(api));
     let router = spawn(&cfg, &[]);
-    wait_for("every record accepted or rejected", LONG, || {
-        metric(
-            &metrics_of(api),
-            "logferry_source_acked_events_total",
-            &["component=\"app\""],
-        ) == Some(n as f64)
-    });
+    wait_acked(api, "every record accepted or rejected", n as f64);
     let m = metrics_of(api);
     let rejected: Vec<Seen> = server.seen().into_iter().filter(|s| s.status == 400).collect();
     assert_eq!(rejected.len(), 1, "a 400 is not retried");
@@ -709,13 +715,7 @@ fn a_bulk_answer_with_errors_resends_only_the_busy_documents_and_dead_letters_th
     let api = free_port();
     let cfg = config(&env, &server.uri("/_bulk"), sink, &global, Some(api));
     let router = spawn(&cfg, &[]);
-    wait_for("every record accepted or dead-lettered", LONG, || {
-        metric(
-            &metrics_of(api),
-            "logferry_source_acked_events_total",
-            &["component=\"app\""],
-        ) == Some(n as f64)
-    });
+    wait_acked(api, "every record accepted or dead-lettered", n as f64);
     let m = metrics_of(api);
     router.signal(libc::SIGTERM);
     let (status, err) = router.wait(LONG);
@@ -817,13 +817,7 @@ fn loki_push_bodies_group_streams_by_labels_and_survive_throttles() {
     let api = free_port();
     let cfg = config(&env, &server.uri("/loki/api/v1/push"), sink, &global, Some(api));
     let router = spawn(&cfg, &[]);
-    wait_for("every record pushed or dead-lettered", LONG, || {
-        metric(
-            &metrics_of(api),
-            "logferry_source_acked_events_total",
-            &["component=\"app\""],
-        ) == Some(n as f64)
-    });
+    wait_acked(api, "every record pushed or dead-lettered", n as f64);
     router.signal(libc::SIGTERM);
     let (status, err) = router.wait(LONG);
     assert!(status.success(), "{err}");
@@ -900,13 +894,7 @@ fn log_key_lines_for_loki_and_timestamp_key_for_json_bodies() {
     let sink = "framing = \"loki\"\nlabels = { job = \"app\" }\nlog_key = \"log\"";
     let cfg = config(&env, &server.uri("/loki/api/v1/push"), sink, "", Some(api));
     let router = spawn(&cfg, &[]);
-    wait_for("every record settled", LONG, || {
-        metric(
-            &metrics_of(api),
-            "logferry_source_acked_events_total",
-            &["component=\"app\""],
-        ) == Some(200.0)
-    });
+    wait_acked(api, "every record settled", 200.0);
     let m = metrics_of(api);
     router.signal(libc::SIGTERM);
     assert!(router.wait(LONG).0.success());

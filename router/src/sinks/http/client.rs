@@ -27,8 +27,9 @@ use super::config::{HttpAuth, HttpCompression, HttpMethod, HttpSinkConfig};
 
 /// Longest wait for a TCP connection (within `request_timeout`).
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
-/// How much of an answer's body is read (for the debug log); the rest is
-/// dropped with the connection.
+/// How much of an answer's body is read when only its status and the
+/// debug log need it (a bulk answer gets more, see `deliver.rs`); the rest
+/// is dropped with the connection.
 pub const MAX_ANSWER: usize = 64 * 1024;
 
 pub type Client = HyperClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
