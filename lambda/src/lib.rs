@@ -13,6 +13,8 @@
 //! retry can fix (S3 unreachable, throttling) are reported as failures.
 
 pub mod bloom;
+#[cfg(feature = "parquet")]
+pub mod compact;
 pub mod config;
 pub mod doc;
 pub mod emf;
