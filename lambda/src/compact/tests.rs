@@ -416,3 +416,25 @@ fn hours_and_schedules() {
     );
     assert_eq!(default_source("logs/2026/12/"), "logs");
 }
+
+#[test]
+fn the_emf_line_names_every_metric() {
+    let s = Summary {
+        objects: 3,
+        records: 10,
+        bytes_out: 99,
+        ..Summary::default()
+    };
+    let v: Value = serde_json::from_str(&s.emf_line("fn", false, 1.5, 7)).unwrap();
+    let metrics = &v["_aws"]["CloudWatchMetrics"][0];
+    assert_eq!(metrics["Namespace"], EMF_NAMESPACE);
+    for m in metrics["Metrics"].as_array().unwrap() {
+        let name = m["Name"].as_str().unwrap();
+        assert!(v.get(name).is_some(), "{name} has no value");
+    }
+    assert_eq!(
+        (v["Objects"].as_u64(), v["BytesOut"].as_u64(), v["Failed"].as_u64()),
+        (Some(3), Some(99), Some(0))
+    );
+    assert_eq!(v["Seconds"], 1.5);
+}
