@@ -254,3 +254,34 @@ def test_an_hour_compacts_to_parquet_that_duckdb_and_pyarrow_read(router, indexe
     # A bad request is a named error, not a crash.
     bad = fn.invoke({"compact": {"bucket": bucket, "prefix": "logs/", "hour": "not an hour"}})
     assert bad.kind == "error" and bad.payload["errorType"] == "InvalidEvent", bad.payload
+
+
+def test_a_run_near_its_deadline_leaves_the_rest_to_the_retry(indexer, s3, bucket):  # noqa: F811
+    """One group per object; with 30 s left (under the 60 s margin) only the first group runs,
+    the invocation fails as `Incomplete`, and the retry compacts the rest: every record once."""
+    prefix = "logs2/2026/12/03/10/"
+    want = []
+    for n in range(4):
+        recs = [{"@timestamp": f"2026-12-03T10:0{n}:{i:02d}.000Z", "id": f"{n}-{i}", "level": "info"} for i in range(25)]
+        want.extend(recs)
+        body = gzip.compress("".join(json.dumps(r) + "\n" for r in recs).encode())
+        s3.put_object(Bucket=bucket, Key=f"{prefix}obj-{n}.ndjson.gz", Body=body)
+    fn = indexer(COMPACT_FILE_INPUT_BYTES="1", COMPACT_INPUTS="delete")
+    event = {"compact": {"bucket": bucket, "prefix": prefix, "hour": "2026-12-03T10"}}
+    fn.runtime.timeout_ms = 30_000
+    cut = fn.invoke(event)
+    assert cut.kind == "error" and cut.payload["errorType"] == "Incomplete", cut.payload
+    assert "3 groups left" in cut.payload["errorMessage"], cut.payload
+    assert len([k for k in list_keys(s3, bucket, "compacted/") if k.endswith(".parquet")]) == 1
+    fn.runtime.timeout_ms = 300_000
+    done = fn.invoke(event)
+    assert done.kind == "response", done.payload
+    summary = done.payload["compacted"][0]["summary"]
+    assert (summary["objects"], summary["files"], summary["found_by"]) == (3, 3, "list"), summary
+    rows = []
+    for k in list_keys(s3, bucket, "compacted/"):
+        if k.endswith(".parquet"):
+            rows.extend(pq.read_table(pa.BufferReader(get(s3, bucket, k)[0])).to_pylist())
+    key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
+    assert sorted(map(key, map(rebuild, rows))) == sorted(map(key, want))
+    assert list_keys(s3, bucket, prefix) == [], "COMPACT_INPUTS=delete removes the compacted inputs"

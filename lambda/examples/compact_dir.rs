@@ -193,7 +193,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         root: PathBuf::from(root),
         uploads: AtomicU64::new(0),
     });
-    let summary = compact(store, &cfg, &job).await?;
+    let summary = compact(store, &cfg, &job, None).await?;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }

@@ -31,6 +31,16 @@ pub enum HandlerError {
         kind: FailureKind,
         first: String,
     },
+    #[error(
+        "compacting s3://{bucket}/{prefix} ({hour}) stopped at the invocation's deadline with {left} \
+         groups left; a retry compacts them"
+    )]
+    Incomplete {
+        bucket: String,
+        prefix: String,
+        hour: String,
+        left: u64,
+    },
     #[error("compacting s3://{bucket}/{prefix} ({hour}) failed and will be retried: {error}")]
     Compact {
         bucket: String,
@@ -50,6 +60,7 @@ impl HandlerError {
             Self::Event(_) => "InvalidEvent",
             Self::Objects { kind, .. } => kind.as_str(),
             Self::Compact { error, .. } => error.kind.as_str(),
+            Self::Incomplete { .. } => "Incomplete",
         }
     }
 }
@@ -84,9 +95,10 @@ pub async fn handle(
     s3: &Client,
     cfg: &IndexerConfig,
     function_name: &str,
+    deadline: Option<std::time::Instant>,
 ) -> Result<Value, HandlerError> {
     let mut totals = Totals::default();
-    let result = run(event, s3, cfg, &mut totals, function_name).await;
+    let result = run(event, s3, cfg, &mut totals, function_name, deadline).await;
     let now = chrono::Utc::now().timestamp_millis();
     // Lambda sends stdout to the function's log group, where EMF becomes metrics.
     {
@@ -104,10 +116,11 @@ async fn compact_one(
     cfg: &IndexerConfig,
     job: &Job,
     function_name: &str,
+    deadline: Option<std::time::Instant>,
 ) -> Result<Summary, HandlerError> {
     let started = std::time::Instant::now();
     let store = Arc::new(S3Store(s3.clone()));
-    let result = compact::compact(store, cfg, job).await;
+    let result = compact::compact(store, cfg, job, deadline).await;
     let seconds = started.elapsed().as_secs_f64();
     let hour = job.hour.format("%Y-%m-%dT%H").to_string();
     let summary = result.as_ref().cloned().unwrap_or_default();
@@ -131,6 +144,14 @@ async fn compact_one(
                 files = s.files, inputs_settled = s.inputs_settled, orphans_removed = s.orphans_removed,
                 found_by = s.found_by, seconds, "compacted"
             );
+            if s.groups_left > 0 {
+                return Err(HandlerError::Incomplete {
+                    bucket: job.bucket.clone(),
+                    prefix: job.prefix.clone(),
+                    hour,
+                    left: s.groups_left,
+                });
+            }
             Ok(s)
         }
         Err(error) => {
@@ -168,13 +189,14 @@ async fn run(
     cfg: &IndexerConfig,
     totals: &mut Totals,
     function_name: &str,
+    deadline: Option<std::time::Instant>,
 ) -> Result<Value, HandlerError> {
     let mut first = None;
     match trigger::parse(event)? {
         Invocation::Direct(work @ (Work::Compact(_) | Work::Scheduled(_))) => {
             let mut done = Vec::new();
             for job in jobs_of(work, cfg) {
-                let s = compact_one(s3, cfg, &job, function_name).await?;
+                let s = compact_one(s3, cfg, &job, function_name, deadline).await?;
                 done.push(json!({"bucket": job.bucket, "prefix": job.prefix, "source": job.source, "summary": s}));
             }
             Ok(json!({ "compacted": done }))
@@ -187,7 +209,7 @@ async fn run(
                     Ok(work) => {
                         let mut ok = true;
                         for job in jobs_of(work, cfg) {
-                            ok &= compact_one(s3, cfg, &job, function_name).await.is_ok();
+                            ok &= compact_one(s3, cfg, &job, function_name, deadline).await.is_ok();
                         }
                         ok
                     }

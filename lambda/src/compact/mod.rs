@@ -190,6 +190,9 @@ pub struct Summary {
     pub orphans_removed: u64,
     /// Where the inputs came from: `index` or `list`.
     pub found_by: &'static str,
+    /// Groups not started because the invocation's deadline was near: the
+    /// next run compacts them (the handler reports the run as `Incomplete`).
+    pub groups_left: u64,
 }
 
 /// EMF namespace of the compactor's metrics.
@@ -312,7 +315,19 @@ fn read_dir(dir: &str, keys: impl IntoIterator<Item = String>) -> Dir {
 }
 
 /// Compacts one partition (see the module doc for the steps).
-pub async fn compact<S: Store>(store: Arc<S>, cfg: &IndexerConfig, job: &Job) -> Result<Summary, ProcessError> {
+/// Time kept in hand at the deadline: a group starts only when at least this
+/// much, and twice the longest group so far, remain.
+const DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Compacts one partition (see the module doc for the steps). With a
+/// `deadline` (the Lambda's), groups stop starting when it is near; the
+/// first group always runs.
+pub async fn compact<S: Store>(
+    store: Arc<S>,
+    cfg: &IndexerConfig,
+    job: &Job,
+    deadline: Option<std::time::Instant>,
+) -> Result<Summary, ProcessError> {
     let cc = &cfg.compact;
     let mut summary = Summary::default();
     let dir = job.dir(cc);
@@ -372,7 +387,19 @@ pub async fn compact<S: Store>(store: Arc<S>, cfg: &IndexerConfig, job: &Job) ->
     inputs.dedup_by(|a, b| a.key == b.key && a.etag == b.etag);
 
     // 3. Compact, group by group.
-    for group in groups(inputs, cc.file_input_bytes) {
+    let all = groups(inputs, cc.file_input_bytes);
+    let count = all.len() as u64;
+    let mut longest = std::time::Duration::ZERO;
+    for (n, group) in all.into_iter().enumerate() {
+        let started = std::time::Instant::now();
+        if n > 0
+            && let Some(d) = deadline
+            && d.saturating_duration_since(started) < DEADLINE_MARGIN.max(2 * longest)
+        {
+            summary.groups_left = count - n as u64;
+            tracing::warn!(partition = %dir, left = summary.groups_left, "the invocation's deadline is near: the rest is left to the next run");
+            break;
+        }
         let id = group_id(&group);
         let pending = format!("{dir}_pending-{id}.json");
         let names: Vec<&str> = group.iter().map(|c| c.key.as_str()).collect();
@@ -427,6 +454,7 @@ pub async fn compact<S: Store>(store: Arc<S>, cfg: &IndexerConfig, job: &Job) ->
         summary.files += m.outputs.len() as u64;
         summary.inputs_settled += settle(&*store, cc, job, &m).await?;
         finish(&*store, job, &dir, &id).await?;
+        longest = longest.max(started.elapsed());
     }
     Ok(summary)
 }

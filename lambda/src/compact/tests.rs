@@ -134,7 +134,7 @@ fn run(store: &Arc<MemoryStore>, cfg: &IndexerConfig) -> Result<Summary, Process
         .enable_all()
         .build()
         .unwrap()
-        .block_on(compact(store.clone(), cfg, &job()))
+        .block_on(compact(store.clone(), cfg, &job(), None))
 }
 
 /// Asserts the end state of a partition after a run that succeeded.
@@ -437,4 +437,22 @@ fn the_emf_line_names_every_metric() {
         (Some(3), Some(99), Some(0))
     );
     assert_eq!(v["Seconds"], 1.5);
+}
+
+#[test]
+fn a_near_deadline_leaves_groups_to_the_next_run() {
+    let (objs, want) = inputs(6, 30);
+    let store = Arc::new(MemoryStore::with(objs));
+    let c = cfg(InputAction::Delete, 1);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let soon = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let first = rt.block_on(compact(store.clone(), &c, &job(), Some(soon))).unwrap();
+    assert_eq!((first.files, first.groups_left), (1, 5), "the first group always runs");
+    let rest = rt.block_on(compact(store.clone(), &c, &job(), None)).unwrap();
+    assert_eq!((rest.files, rest.groups_left), (5, 0));
+    check(&store, &c, &want, "after a run cut short by its deadline");
 }
