@@ -256,17 +256,43 @@ def test_an_hour_compacts_to_parquet_that_duckdb_and_pyarrow_read(router, indexe
     assert bad.kind == "error" and bad.payload["errorType"] == "InvalidEvent", bad.payload
 
 
-def test_a_run_near_its_deadline_leaves_the_rest_to_the_retry(indexer, s3, bucket):  # noqa: F811
-    """One group per object; with 30 s left (under the 60 s margin) only the first group runs,
-    the invocation fails as `Incomplete`, and the retry compacts the rest: every record once."""
-    prefix = "logs2/2026/12/03/10/"
+def sqs_body_event(body: dict) -> dict:
+    """An SQS event of one message whose body is `body`, as the event source mapping sends it."""
+    return {"Records": [{
+        "messageId": "m-1", "receiptHandle": "r", "body": json.dumps(body), "attributes": {},
+        "messageAttributes": {}, "md5OfBody": "", "eventSource": "aws:sqs",
+        "eventSourceARN": "arn:aws:sqs:us-east-1:000000000000:compact", "awsRegion": "us-east-1",
+    }]}
+
+
+def put_objects(s3, bucket: str, prefix: str, names: range, hour: str = "10") -> list[dict]:
     want = []
-    for n in range(4):
-        recs = [{"@timestamp": f"2026-12-03T10:0{n}:{i:02d}.000Z", "id": f"{n}-{i}", "level": "info"} for i in range(25)]
+    for n in names:
+        recs = [{"@timestamp": f"2026-12-03T{hour}:{n:02d}:{i:02d}.000Z", "id": f"{n}-{i}", "level": "info"} for i in range(25)]
         want.extend(recs)
         body = gzip.compress("".join(json.dumps(r) + "\n" for r in recs).encode())
-        s3.put_object(Bucket=bucket, Key=f"{prefix}obj-{n}.ndjson.gz", Body=body)
-    fn = indexer(COMPACT_FILE_INPUT_BYTES="1", COMPACT_INPUTS="delete")
+        s3.put_object(Bucket=bucket, Key=f"{prefix}obj-{n:02d}.ndjson.gz", Body=body)
+    return want
+
+
+def compacted_records(s3, bucket: str) -> list[str]:
+    rows = []
+    for k in list_keys(s3, bucket, "compacted/"):
+        if k.endswith(".parquet"):
+            rows.extend(pq.read_table(pa.BufferReader(get(s3, bucket, k)[0])).to_pylist())
+    return sorted(json.dumps(rebuild(r), sort_keys=True) for r in rows)
+
+
+def test_deadline_sqs_and_schedule_triggers(indexer, s3, bucket):  # noqa: F811
+    """One group per object. With 30 s left (under the 60 s margin) only the first group runs and
+    the invocation fails as `Incomplete`; the same request in an SQS message compacts the rest;
+    then late objects arrive and the hourly Scheduled Event compacts them. Every record once."""
+    prefix = "logs2/2026/12/03/10/"
+    want = put_objects(s3, bucket, prefix, range(4))
+    fn = indexer(
+        COMPACT_FILE_INPUT_BYTES="1", COMPACT_INPUTS="delete",
+        COMPACT_BUCKET=bucket, COMPACT_SOURCES="logs2/%Y/%m/%d/%H/", COMPACT_DELAY="10m",
+    )
     event = {"compact": {"bucket": bucket, "prefix": prefix, "hour": "2026-12-03T10"}}
     fn.runtime.timeout_ms = 30_000
     cut = fn.invoke(event)
@@ -274,14 +300,21 @@ def test_a_run_near_its_deadline_leaves_the_rest_to_the_retry(indexer, s3, bucke
     assert "3 groups left" in cut.payload["errorMessage"], cut.payload
     assert len([k for k in list_keys(s3, bucket, "compacted/") if k.endswith(".parquet")]) == 1
     fn.runtime.timeout_ms = 300_000
-    done = fn.invoke(event)
-    assert done.kind == "response", done.payload
-    summary = done.payload["compacted"][0]["summary"]
-    assert (summary["objects"], summary["files"], summary["found_by"]) == (3, 3, "list"), summary
-    rows = []
-    for k in list_keys(s3, bucket, "compacted/"):
-        if k.endswith(".parquet"):
-            rows.extend(pq.read_table(pa.BufferReader(get(s3, bucket, k)[0])).to_pylist())
+    done = fn.invoke(sqs_body_event(event))
+    assert done.kind == "response" and done.payload == {"batchItemFailures": []}, done.payload
     key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
-    assert sorted(map(key, map(rebuild, rows))) == sorted(map(key, want))
+    assert compacted_records(s3, bucket) == sorted(map(key, want))
     assert list_keys(s3, bucket, prefix) == [], "COMPACT_INPUTS=delete removes the compacted inputs"
+
+    # Late objects, then the hourly schedule at 11:15 (hour 10 closed more than 10 min ago).
+    want += put_objects(s3, bucket, prefix, range(10, 12))
+    sched = {"version": "0", "id": "e", "detail-type": "Scheduled Event", "source": "aws.events",
+             "account": "000000000000", "time": "2026-12-03T11:15:00Z", "region": "us-east-1",
+             "resources": ["arn:aws:events:us-east-1:000000000000:rule/compact-hourly"], "detail": {}}
+    done = fn.invoke(sched)
+    assert done.kind == "response", done.payload
+    (job,) = done.payload["compacted"]
+    assert (job["prefix"], job["source"]) == (prefix, "logs2"), job
+    assert (job["summary"]["objects"], job["summary"]["files"]) == (2, 2), job
+    assert compacted_records(s3, bucket) == sorted(map(key, want))
+    assert len([k for k in list_keys(s3, bucket, "compacted/") if "/_manifest-" in k]) == 6

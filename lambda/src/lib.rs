@@ -15,6 +15,8 @@
 pub mod bloom;
 #[cfg(feature = "parquet")]
 pub mod compact;
+#[cfg(feature = "parquet-read")]
+pub mod compacted;
 pub mod config;
 pub mod doc;
 pub mod emf;

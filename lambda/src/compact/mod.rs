@@ -44,6 +44,8 @@
 pub mod rows;
 pub mod store;
 
+pub use crate::compacted::{InputEntry, MANIFEST_VERSION, Manifest, OutputEntry};
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufReader, Read, Write};
 use std::sync::Arc;
@@ -54,7 +56,7 @@ use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, Encoding as ParquetEncoding, ZstdLevel};
 use parquet::file::properties::{EnabledStatistics, WriterProperties};
 use parquet::schema::types::ColumnPath;
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::runtime::Handle;
 use tokio_util::io::SyncIoBridge;
@@ -66,8 +68,6 @@ use crate::process::{FailureKind, ProcessError};
 use rows::Rows;
 use store::{Store, read_all};
 
-/// Version of [`Manifest`]'s format.
-pub const MANIFEST_VERSION: u32 = 1;
 /// The tag put on inputs with `COMPACT_INPUTS=tag`.
 pub const COMPACTED_TAG: &str = "logferry-compacted";
 const BATCH_ROWS: usize = 8192;
@@ -120,53 +120,6 @@ pub fn parse_hour(s: &str) -> Option<DateTime<Utc>> {
 /// The first path segment of a prefix, as a source name (`logs/2026/...` -> `logs`).
 pub fn default_source(prefix: &str) -> String {
     source_name(prefix.split('/').find(|s| !s.is_empty()).unwrap_or("logs"))
-}
-
-/// One input as the manifest records it.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct InputEntry {
-    pub key: String,
-    pub etag: String,
-    /// Stored size.
-    pub size: u64,
-    /// Rows written from it.
-    pub records: u64,
-    /// Lines sent to the quarantine.
-    pub quarantined: u64,
-    /// Decompressed bytes read.
-    pub uncompressed_bytes: u64,
-    /// Read to its end with every line kept (as a row or quarantined whole).
-    /// An incomplete input is never deleted.
-    pub complete: bool,
-    /// Why it is incomplete; `gone` when it was deleted or replaced before it was read.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub error: Option<String>,
-}
-
-/// An output file.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OutputEntry {
-    pub key: String,
-    pub records: u64,
-    pub bytes: u64,
-    pub row_groups: u64,
-}
-
-/// Written last: the proof that a group's output is complete.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Manifest {
-    pub version: u32,
-    pub id: String,
-    pub bucket: String,
-    pub prefix: String,
-    pub hour: String,
-    pub source: String,
-    pub inputs: Vec<InputEntry>,
-    pub outputs: Vec<OutputEntry>,
-    pub quarantine: Vec<String>,
-    pub records: u64,
-    pub quarantined: u64,
-    pub uncompressed_bytes: u64,
 }
 
 /// What one run did (the summary log line and the EMF metrics).

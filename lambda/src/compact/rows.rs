@@ -27,68 +27,17 @@ use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
-use arrow_array::MapArray;
 use arrow_array::builder::{MapBuilder, MapFieldNames, StringBuilder, TimestampMicrosecondBuilder};
-use arrow_array::cast::AsArray;
-use arrow_array::types::TimestampMicrosecondType;
 use arrow_array::{Array, ArrayRef, RecordBatch, StructArray};
 use arrow_schema::{DataType, Field, Fields, SchemaRef};
-use chrono::{DateTime, SecondsFormat, Utc};
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde::de::{self, Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
-use serde_json::{Map, Value, json};
 
-/// Top-level string columns, in schema order.
-pub const STRING_COLUMNS: &[&str] = &[
-    "level",
-    "log",
-    "message",
-    "msg",
-    // ECS
-    "ecs_cluster",
-    "ecs_task_arn",
-    "ecs_task_id",
-    "ecs_task_definition",
-    "container_name",
-    "container_id",
-    "aws_region",
-    "availability_zone",
-    "launch_type",
-    // EC2
-    "ec2_instance_id",
-    "ec2_instance_type",
-    "az",
-    "private_ip",
-    "ami_id",
-    "account_id",
-    "hostname",
-];
-
-/// String fields of the `kubernetes` struct (Fluent Bit's names).
-pub const KUBERNETES_STRINGS: &[&str] = &[
-    "pod_name",
-    "namespace_name",
-    "pod_id",
-    "host",
-    "container_name",
-    "container_id",
-    "container_image",
-    "container_hash",
-    "docker_id",
-];
-
-/// Map fields of the `kubernetes` struct.
-pub const KUBERNETES_MAPS: &[&str] = &["labels", "annotations"];
-
-/// The record's event time field...
-pub const TIMESTAMP: &str = "@timestamp";
-/// ...and its column: Athena and Glue allow no `@` in a column name, and the
-/// Glue table over the NDJSON objects already calls it `timestamp`. A
-/// record's own `timestamp` field is not typed (it stays in `rest`).
-pub const TIMESTAMP_COLUMN: &str = "timestamp";
-pub const KUBERNETES: &str = "kubernetes";
-pub const REST: &str = "rest";
+pub use crate::compacted::{
+    KUBERNETES, KUBERNETES_MAPS, KUBERNETES_STRINGS, REST, STRING_COLUMNS, TIMESTAMP, TIMESTAMP_COLUMN, canonical_time,
+};
 
 /// A key as it appears in the line: borrowed unless it had escapes.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,11 +130,6 @@ impl Reject {
             Reject::NotJsonObject => "not_json_object",
         }
     }
-}
-
-/// The router's form of a time: RFC 3339, UTC, milliseconds.
-pub fn canonical_time(t: DateTime<Utc>) -> String {
-    t.to_rfc3339_opts(SecondsFormat::Millis, true)
 }
 
 /// Appends `members` as a JSON object's text (`{"k":raw,...}`).
@@ -432,76 +376,6 @@ impl Rows {
     }
 }
 
-fn map_of(m: &MapArray, row: usize) -> Value {
-    let entries = m.value(row);
-    let keys = entries.column(0).as_string::<i32>();
-    let values = entries.column(1).as_string::<i32>();
-    let mut out = Map::new();
-    for i in 0..entries.len() {
-        out.insert(keys.value(i).to_string(), json!(values.value(i)));
-    }
-    Value::Object(out)
-}
-
-/// The record a row stands for: the typed columns, then `rest` laid over
-/// them (deep for `kubernetes`). What a reader of the archive does; a batch
-/// read back from a compacted file must have [`Rows::schema`]'s columns.
-pub fn rebuild(batch: &RecordBatch, row: usize) -> Value {
-    let mut out = Map::new();
-    let ts = batch
-        .column_by_name(TIMESTAMP_COLUMN)
-        .expect("the schema has timestamp")
-        .as_primitive::<TimestampMicrosecondType>();
-    if ts.is_valid(row) {
-        let t = DateTime::<Utc>::from_timestamp_micros(ts.value(row)).expect("in range");
-        out.insert(TIMESTAMP.into(), json!(canonical_time(t)));
-    }
-    for name in STRING_COLUMNS {
-        let c = batch.column_by_name(name).expect("column").as_string::<i32>();
-        if c.is_valid(row) {
-            out.insert(name.to_string(), json!(c.value(row)));
-        }
-    }
-    let k8s = batch
-        .column_by_name(KUBERNETES)
-        .expect("the schema has kubernetes")
-        .as_struct();
-    if k8s.is_valid(row) {
-        let mut k = Map::new();
-        for name in KUBERNETES_STRINGS {
-            let c = k8s.column_by_name(name).expect("column").as_string::<i32>();
-            if c.is_valid(row) {
-                k.insert(name.to_string(), json!(c.value(row)));
-            }
-        }
-        for name in KUBERNETES_MAPS {
-            let c = k8s.column_by_name(name).expect("column").as_map();
-            if c.is_valid(row) {
-                k.insert(name.to_string(), map_of(c, row));
-            }
-        }
-        out.insert(KUBERNETES.into(), Value::Object(k));
-    }
-    let rest = batch
-        .column_by_name(REST)
-        .expect("the schema has rest")
-        .as_string::<i32>();
-    if rest.is_valid(row) {
-        let Value::Object(r) = serde_json::from_str(rest.value(row)).expect("rest is a JSON object") else {
-            panic!("rest is not an object");
-        };
-        for (k, v) in r {
-            match (out.get_mut(&k), v) {
-                (Some(Value::Object(typed)), Value::Object(more)) if k == KUBERNETES => typed.extend(more),
-                (_, v) => {
-                    out.insert(k, v);
-                }
-            }
-        }
-    }
-    Value::Object(out)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -509,6 +383,25 @@ mod tests {
     use arrow_array::types::TimestampMicrosecondType;
     use proptest::prelude::*;
     use serde_json::{Value, json};
+
+    /// Every row of `batch` as a reader gets it back: written to Parquet, read
+    /// with the record API, rebuilt by [`crate::compacted::record_of`].
+    fn rebuild_all(batch: &RecordBatch) -> Vec<Value> {
+        use parquet::file::reader::{FileReader, SerializedFileReader};
+        let mut buf = Vec::new();
+        let mut w = parquet::arrow::ArrowWriter::try_new(&mut buf, batch.schema(), None).unwrap();
+        w.write(batch).unwrap();
+        w.close().unwrap();
+        let r = SerializedFileReader::new(bytes::Bytes::from(buf)).unwrap();
+        r.get_row_iter(None)
+            .unwrap()
+            .map(|row| crate::compacted::record_of(&row.unwrap()))
+            .collect()
+    }
+
+    fn rebuild(batch: &RecordBatch, row: usize) -> Value {
+        rebuild_all(batch).swap_remove(row)
+    }
 
     fn one(line: &str) -> (RecordBatch, Value) {
         let mut rows = Rows::new();
@@ -633,8 +526,9 @@ mod tests {
             }
             let b = rows.finish();
             prop_assert_eq!(b.num_rows(), values.len());
+            let back = rebuild_all(&b);
             for (i, v) in values.iter().enumerate() {
-                prop_assert_eq!(&rebuild(&b, i), v);
+                prop_assert_eq!(&back[i], v);
             }
         }
     }

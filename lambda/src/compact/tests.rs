@@ -5,7 +5,6 @@ use std::collections::BTreeMap;
 use std::io::Write as _;
 
 use bytes::Bytes;
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use parquet::file::reader::{FileReader, SerializedFileReader};
 use proptest::prelude::*;
 use serde_json::{Value, json};
@@ -95,15 +94,9 @@ fn compacted(store: &MemoryStore, cfg: &IndexerConfig) -> Vec<Value> {
             break;
         }
         if k.ends_with(".parquet") {
-            let reader = ParquetRecordBatchReaderBuilder::try_new(Bytes::from(body.clone()))
-                .unwrap()
-                .build()
-                .unwrap();
-            for b in reader {
-                let b = b.unwrap();
-                for i in 0..b.num_rows() {
-                    out.push(rows::rebuild(&b, i));
-                }
+            let r = SerializedFileReader::new(Bytes::from(body.clone())).unwrap();
+            for row in r.get_row_iter(None).unwrap() {
+                out.push(crate::compacted::record_of(&row.unwrap()));
             }
         }
     }

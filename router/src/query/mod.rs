@@ -516,7 +516,7 @@ async fn fetch_manifests(
     bucket: &str,
     keys: Vec<String>,
     summary: &mut Summary,
-) -> Vec<logferry_indexer::compact::Manifest> {
+) -> Vec<logferry_indexer::compacted::Manifest> {
     let mut out = Vec::with_capacity(keys.len());
     let mut pending = VecDeque::new();
     let mut next = keys.into_iter();
@@ -526,9 +526,9 @@ async fn fetch_manifests(
             let (s3, bucket) = (s3.clone(), bucket.to_string());
             pending.push_back(tokio::spawn(async move {
                 let bytes = get_bytes(&s3, &bucket, &key).await?;
-                let m: logferry_indexer::compact::Manifest =
+                let m: logferry_indexer::compacted::Manifest =
                     serde_json::from_slice(&bytes).map_err(|e| format!("manifest s3://{bucket}/{key}: {e}"))?;
-                if m.version != logferry_indexer::compact::MANIFEST_VERSION {
+                if m.version != logferry_indexer::compacted::MANIFEST_VERSION {
                     return Err(format!("manifest s3://{bucket}/{key} has version {}", m.version));
                 }
                 Ok(m)

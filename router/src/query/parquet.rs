@@ -10,17 +10,20 @@
 //! row groups whose `timestamp` statistics miss the range, or whose min/max
 //! of a `--where` column rule the value out, are not read.
 //!
-//! Each row is rebuilt into its record (the compactor's own rule:
-//! `logferry_indexer::compact::rows::rebuild`) and matched exactly as a
-//! stored line is, so both sides give the same set of records.
+//! Each row is rebuilt into its record (the archive's own rule:
+//! `logferry_indexer::compacted::record_of`, with the `parquet` crate's
+//! record API: the router carries no Arrow) and matched exactly as a stored
+//! line is, so both sides give the same set of records.
 
 use std::fs::File;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
-use logferry_indexer::compact::Manifest;
-use logferry_indexer::compact::rows::{self, STRING_COLUMNS, TIMESTAMP_COLUMN};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use logferry_indexer::compacted::{Manifest, STRING_COLUMNS, TIMESTAMP_COLUMN, record_of};
 use parquet::file::metadata::RowGroupMetaData;
+use parquet::file::reader::FileReader;
+use parquet::file::serialized_reader::{ReadOptionsBuilder, SerializedFileReader};
 use parquet::file::statistics::Statistics;
 use serde_json::Value;
 
@@ -74,35 +77,34 @@ fn row_group_can_match(rg: &RowGroupMetaData, q: &Query) -> bool {
 /// Reads the matching records of a downloaded compacted file, in time order,
 /// at most `limit`. Returns them and the row groups skipped by statistics.
 pub fn scan_file(file: File, q: &Query, token_fields: &[String], limit: u64) -> Result<(Matches, u64), String> {
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file).map_err(|e| e.to_string())?;
-    let groups: Vec<usize> = builder
-        .metadata()
-        .row_groups()
-        .iter()
-        .enumerate()
-        .filter(|(_, rg)| row_group_can_match(rg, q))
-        .map(|(i, _)| i)
-        .collect();
-    let skipped = (builder.metadata().num_row_groups() - groups.len()) as u64;
-    let reader = builder.with_row_groups(groups).build().map_err(|e| e.to_string())?;
+    let skipped = Arc::new(AtomicU64::new(0));
+    let (query, counter) = (q.clone(), skipped.clone());
+    let options = ReadOptionsBuilder::new()
+        .with_predicate(Box::new(move |rg, _| {
+            let keep = row_group_can_match(rg, &query);
+            if !keep {
+                counter.fetch_add(1, Ordering::Relaxed);
+            }
+            keep
+        }))
+        .build();
+    let reader = SerializedFileReader::new_with_options(file, options).map_err(|e| e.to_string())?;
     let mut matches = Vec::new();
-    'batches: for batch in reader {
-        let batch = batch.map_err(|e| e.to_string())?;
-        for row in 0..batch.num_rows() {
-            let Value::Object(record) = rows::rebuild(&batch, row) else {
-                continue;
-            };
-            if let Some(t) = q.matches(&record, token_fields) {
-                let line = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
-                matches.push((t, line));
-                if matches.len() as u64 >= limit {
-                    break 'batches;
-                }
+    for row in reader.get_row_iter(None).map_err(|e| e.to_string())? {
+        let row = row.map_err(|e| e.to_string())?;
+        let Value::Object(record) = record_of(&row) else {
+            continue;
+        };
+        if let Some(t) = q.matches(&record, token_fields) {
+            let line = serde_json::to_vec(&record).map_err(|e| e.to_string())?;
+            matches.push((t, line));
+            if matches.len() as u64 >= limit {
+                break;
             }
         }
     }
     matches.sort_by_key(|(t, _): &(DateTime<Utc>, Vec<u8>)| *t);
-    Ok((matches, skipped))
+    Ok((matches, skipped.load(Ordering::Relaxed)))
 }
 
 #[cfg(test)]
