@@ -164,17 +164,31 @@ resource "aws_glue_catalog_table" "index" {
 # NDJSON `logs` table keeps serving the open one.
 locals {
   # The Parquet schema, in the file's column order (lambda/README.md, "Columns").
-  parquet_columns = concat(
-    [["timestamp", "timestamp"]],
-    [for c in [
-      "level", "log", "message", "msg",
-      "ecs_cluster", "ecs_task_arn", "ecs_task_id", "ecs_task_definition", "container_name", "container_id",
-      "aws_region", "availability_zone", "launch_type",
-      "ec2_instance_id", "ec2_instance_type", "az", "private_ip", "ami_id", "account_id", "hostname",
-    ] : [c, "string"]],
-    [["kubernetes", "struct<pod_name:string,namespace_name:string,pod_id:string,host:string,container_name:string,container_id:string,container_image:string,container_hash:string,docker_id:string,labels:map<string,string>,annotations:map<string,string>>"]],
-    [["rest", "string"]],
-  )
+  parquet_columns = [
+    ["timestamp", "timestamp"],
+    ["level", "string"],
+    ["log", "string"],
+    ["message", "string"],
+    ["msg", "string"],
+    ["ecs_cluster", "string"],
+    ["ecs_task_arn", "string"],
+    ["ecs_task_id", "string"],
+    ["ecs_task_definition", "string"],
+    ["container_name", "string"],
+    ["container_id", "string"],
+    ["aws_region", "string"],
+    ["availability_zone", "string"],
+    ["launch_type", "string"],
+    ["ec2_instance_id", "string"],
+    ["ec2_instance_type", "string"],
+    ["az", "string"],
+    ["private_ip", "string"],
+    ["ami_id", "string"],
+    ["account_id", "string"],
+    ["hostname", "string"],
+    ["kubernetes", "struct<pod_name:string,namespace_name:string,pod_id:string,host:string,container_name:string,container_id:string,container_image:string,container_hash:string,docker_id:string,labels:map<string,string>,annotations:map<string,string>>"],
+    ["rest", "string"],
+  ]
   parquet_tables = var.create_glue_tables && local.compactor ? 1 : 0
 }
 
