@@ -506,3 +506,25 @@ def test_parquet_table_columns_are_the_parquet_schema():
         '"s3://${local.bucket_id}/${var.compact_prefix}dt=$${dt}/hour=$${hour}/source=$${source}/"'
     assert params["projection.source.values"] == '${join(",", keys(var.compact_sources))}'
     assert hcl.value(params["projection.hour.digits"], hcl.no_refs) == "2"
+
+
+def test_destinations_plan_with_the_compactor(tmp_path):
+    """`terraform test` (tests/compactor.tftest.hcl): the compactor's settings as planned
+    (environment, shared timeout/memory, schedule, permission, Glue layout, queries) and the
+    plan-time refusals (no sources, sources outside logs_prefix, compact_prefix under
+    logs_prefix, tag expiration, bad compact_inputs, bad source name)."""
+    if TERRAFORM is None:
+        pytest.skip("no terraform binary on PATH")
+    mirror = _aws_provider_mirror()
+    if mirror is None:
+        pytest.skip("the hashicorp/aws provider is not available offline here: terraform test skipped")
+    work = tmp_path / "destinations"
+    shutil.copytree(DESTINATIONS, work)
+    zip_path = tmp_path / "bootstrap.zip"
+    zip_path.write_bytes(b"")
+    done = terraform("init", "-backend=false", "-input=false", f"-plugin-dir={mirror}", cwd=work)
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = terraform("test", "-no-color", f"-var=indexer_zip_path={zip_path}", cwd=work)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"Success! (\d+) passed, 0 failed", done.stdout), done.stdout
+    assert int(re.search(r"(\d+) passed", done.stdout).group(1)) >= 8, done.stdout

@@ -190,6 +190,8 @@ locals {
     ["rest", "string"],
   ]
   parquet_tables = var.create_glue_tables && local.compactor ? 1 : 0
+  # The named queries' sample source; empty sources fail the rule's precondition instead.
+  parquet_example_source = length(var.compact_sources) > 0 ? keys(var.compact_sources)[0] : "<source>"
 }
 
 resource "aws_glue_catalog_table" "logs_parquet" {
@@ -263,7 +265,7 @@ resource "aws_athena_named_query" "errors_by_task" {
     SELECT ecs_task_id, container_name, count(*) AS errors,
            min("timestamp") AS first_seen, max("timestamp") AS last_seen
     FROM logs_parquet
-    WHERE dt = '2026-12-03' AND hour = '14' AND source = '${keys(var.compact_sources)[0]}'
+    WHERE dt = '2026-12-03' AND hour = '14' AND source = '${local.parquet_example_source}'
       AND level = 'error'
     GROUP BY ecs_task_id, container_name
     ORDER BY errors DESC
@@ -280,7 +282,7 @@ resource "aws_athena_named_query" "by_label" {
   query       = <<-SQL
     SELECT "timestamp", kubernetes.namespace_name, kubernetes.pod_name, level, coalesce(message, msg, log) AS text
     FROM logs_parquet
-    WHERE dt = '2026-12-03' AND hour = '14' AND source = '${keys(var.compact_sources)[0]}'
+    WHERE dt = '2026-12-03' AND hour = '14' AND source = '${local.parquet_example_source}'
       AND kubernetes.labels['app'] = 'checkout'
     ORDER BY "timestamp"
     LIMIT 100;
