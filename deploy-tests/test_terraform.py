@@ -38,6 +38,9 @@ def rel(p: Path) -> str:
 def terraform(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     assert TERRAFORM
     env = {**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1"}
+    # The mirror is passed as -plugin-dir; the same directory as the plugin cache makes init
+    # fail ("cannot install existing provider directory to itself").
+    env.pop("TF_PLUGIN_CACHE_DIR", None)
     return subprocess.run(
         [TERRAFORM, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TF_TIMEOUT
     )
