@@ -56,8 +56,10 @@ def test_terraform_fmt():
 
 
 def _aws_provider_mirror() -> Path | None:
-    """A local provider mirror holding hashicorp/aws, if this machine has one."""
-    for d in [os.environ.get("TF_PLUGIN_CACHE_DIR"), Path.home() / ".terraform.d" / "plugins"]:
+    """A local provider mirror holding hashicorp/aws, if this machine has one: TF_PLUGIN_CACHE_DIR,
+    the user's plugin directory, or /opt/tf-plugins (where the offline dev machines keep one)."""
+    candidates = [os.environ.get("TF_PLUGIN_CACHE_DIR"), Path.home() / ".terraform.d" / "plugins", "/opt/tf-plugins"]
+    for d in candidates:
         if d and (Path(d) / "registry.terraform.io" / "hashicorp" / "aws").is_dir():
             return Path(d)
     return None

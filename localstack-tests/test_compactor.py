@@ -224,7 +224,7 @@ def test_an_hour_compacts_to_parquet_that_duckdb_and_pyarrow_read(router, indexe
     for k in objects:
         assert inputs[k]["etag"] == s3.head_object(Bucket=bucket, Key=k)["ETag"]
         tags = {t["Key"]: t["Value"] for t in s3.get_object_tagging(Bucket=bucket, Key=k)["TagSet"]}
-        assert tags.get("logferry-compacted"), (k, tags)
+        assert tags.get("logferry-compacted") == "true", (k, tags)
 
     # Again: everything is covered, nothing is written twice.
     layout = list_keys(s3, bucket, "compacted/")
@@ -286,12 +286,13 @@ def compacted_records(s3, bucket: str) -> list[str]:
 def test_deadline_sqs_and_schedule_triggers(indexer, s3, bucket):  # noqa: F811
     """One group per object. With 30 s left (under the 60 s margin) only the first group runs and
     the invocation fails as `Incomplete`; the same request in an SQS message compacts the rest;
-    then late objects arrive and the hourly Scheduled Event compacts them. Every record once."""
+    then late objects arrive and the hourly Scheduled Event (over the last two closed hours)
+    compacts them. Every record once."""
     prefix = "logs2/2026/12/03/10/"
     want = put_objects(s3, bucket, prefix, range(4))
     fn = indexer(
         COMPACT_FILE_INPUT_BYTES="1", COMPACT_INPUTS="delete",
-        COMPACT_BUCKET=bucket, COMPACT_SOURCES="logs2/%Y/%m/%d/%H/", COMPACT_DELAY="10m",
+        COMPACT_BUCKET=bucket, COMPACT_SOURCES="logs2/%Y/%m/%d/%H/", COMPACT_DELAY="10m", COMPACT_HOURS="2",
     )
     event = {"compact": {"bucket": bucket, "prefix": prefix, "hour": "2026-12-03T10"}}
     fn.runtime.timeout_ms = 30_000
@@ -313,7 +314,9 @@ def test_deadline_sqs_and_schedule_triggers(indexer, s3, bucket):  # noqa: F811
              "resources": ["arn:aws:events:us-east-1:000000000000:rule/compact-hourly"], "detail": {}}
     done = fn.invoke(sched)
     assert done.kind == "response", done.payload
-    (job,) = done.payload["compacted"]
+    # COMPACT_HOURS=2: hour 10 and the one before, oldest first.
+    before, job = done.payload["compacted"]
+    assert (before["prefix"], before["summary"]["objects"]) == ("logs2/2026/12/03/09/", 0), before
     assert (job["prefix"], job["source"]) == (prefix, "logs2"), job
     assert (job["summary"]["objects"], job["summary"]["files"]) == (2, 2), job
     assert compacted_records(s3, bucket) == sorted(map(key, want))

@@ -31,7 +31,7 @@ pub struct IndexerConfig {
 /// What the compactor does with its inputs once their manifest is written.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InputAction {
-    /// Tag each input `logferry-compacted=<manifest id>` (for an S3 lifecycle rule).
+    /// Tag each input `logferry-compacted=true` (for an S3 lifecycle rule).
     Tag,
     /// Delete them.
     Delete,
@@ -56,6 +56,10 @@ pub struct CompactConfig {
     pub sources: Vec<(String, String)>,
     /// How long after an hour ends the schedule still waits before compacting it.
     pub delay: std::time::Duration,
+    /// Closed hours each scheduled run goes over (the last one and those
+    /// before it): an hour a run could not finish, or a late object, is
+    /// picked up by the next runs; covered inputs cost only a look.
+    pub hours: u32,
     /// Bytes per upload part of a Parquet file (not a variable: S3 wants 5 MiB or more;
     /// tests use tiny parts).
     pub part_bytes: usize,
@@ -73,6 +77,7 @@ impl Default for CompactConfig {
             bucket: None,
             sources: Vec::new(),
             delay: std::time::Duration::from_secs(600),
+            hours: 3,
             part_bytes: 16 << 20,
         }
     }
@@ -166,6 +171,18 @@ impl CompactConfig {
                     reason: "COMPACT_SOURCES is set: the schedule also needs the bucket".into(),
                 });
             }
+        }
+        if let Some(v) = get("COMPACT_HOURS") {
+            c.hours = v
+                .trim()
+                .parse()
+                .ok()
+                .filter(|n| (1..=168).contains(n))
+                .ok_or_else(|| ConfigError {
+                    name: "COMPACT_HOURS",
+                    value: v.clone(),
+                    reason: "must be a whole number of hours from 1 to 168".into(),
+                })?;
         }
         if let Some(v) = get("COMPACT_DELAY") {
             c.delay = humantime::parse_duration(v.trim()).map_err(|e| ConfigError {
@@ -400,6 +417,7 @@ mod tests {
             ("COMPACT_ROW_GROUP_BYTES", "0"),
             ("COMPACT_SOURCES", "=logs/"),
             ("COMPACT_DELAY", "soon"),
+            ("COMPACT_HOURS", "0"),
         ] {
             let e = cfg(&[(name, bad)]).expect_err(bad);
             assert_eq!(e.name, name);

@@ -68,8 +68,10 @@ use crate::process::{FailureKind, ProcessError};
 use rows::Rows;
 use store::{Store, read_all};
 
-/// The tag put on inputs with `COMPACT_INPUTS=tag`.
-pub const COMPACTED_TAG: &str = "logferry-compacted";
+/// The tag put on inputs with `COMPACT_INPUTS=tag`: `logferry-compacted=true`
+/// (a fixed value, so that an S3 lifecycle rule can select them; the
+/// manifests say which run compacted which input).
+pub const COMPACTED_TAG: (&str, &str) = ("logferry-compacted", "true");
 const BATCH_ROWS: usize = 8192;
 const BATCH_BYTES: usize = 8 << 20;
 const QUARANTINE_OBJECT_BYTES: usize = 8 << 20;
@@ -420,7 +422,7 @@ async fn settle<S: Store>(store: &S, cc: &CompactConfig, job: &Job, m: &Manifest
         InputAction::Delete => store.delete(&job.bucket, &done).await?,
         InputAction::Tag => {
             for k in &done {
-                store.tag(&job.bucket, k, (COMPACTED_TAG, &m.id)).await?;
+                store.tag(&job.bucket, k, COMPACTED_TAG).await?;
             }
         }
     }
@@ -808,19 +810,23 @@ fn encode_group<S: Store>(
 }
 
 /// The partitions a scheduled run compacts: every configured source, for
-/// the last hour that ended at least `delay` before `now`.
+/// the last hour that ended at least `delay` before `now` and the
+/// `hours - 1` before it (oldest first).
 pub fn scheduled_jobs(cc: &CompactConfig, now: DateTime<Utc>) -> Vec<Job> {
     let Some(bucket) = &cc.bucket else { return Vec::new() };
-    let Some(hour) = parse_hour(&(now - cc.delay).to_rfc3339()).map(|h| h - chrono::Duration::hours(1)) else {
+    let Some(last) = parse_hour(&(now - cc.delay).to_rfc3339()).map(|h| h - chrono::Duration::hours(1)) else {
         return Vec::new();
     };
-    cc.sources
-        .iter()
-        .map(|(name, template)| Job {
-            bucket: bucket.clone(),
-            prefix: hour.format(template).to_string(),
-            hour,
-            source: name.clone(),
+    (0..i64::from(cc.hours.max(1)))
+        .rev()
+        .map(|back| last - chrono::Duration::hours(back))
+        .flat_map(|hour| {
+            cc.sources.iter().map(move |(name, template)| Job {
+                bucket: bucket.clone(),
+                prefix: hour.format(template).to_string(),
+                hour,
+                source: name.clone(),
+            })
         })
         .collect()
 }

@@ -161,7 +161,11 @@ fn check(store: &MemoryStore, cfg: &IndexerConfig, want: &[Value], ctx: &str) {
         if k.starts_with(PREFIX) {
             match cfg.compact.inputs {
                 InputAction::Delete => panic!("{ctx}: input {k} not deleted"),
-                InputAction::Tag => assert!(tags.contains_key(COMPACTED_TAG), "{ctx}: input {k} not tagged"),
+                InputAction::Tag => assert_eq!(
+                    tags.get(COMPACTED_TAG.0).map(String::as_str),
+                    Some(COMPACTED_TAG.1),
+                    "{ctx}: input {k} not tagged"
+                ),
                 InputAction::Keep => assert!(tags.is_empty()),
             }
         }
@@ -394,6 +398,7 @@ fn hours_and_schedules() {
     let mut cc = crate::config::CompactConfig {
         bucket: Some("b".into()),
         sources: vec![("app".into(), "logs/app/%Y/%m/%d/%H/".into())],
+        hours: 1,
         ..Default::default()
     };
     let now = parse_hour("2026-12-03T15").unwrap() + chrono::Duration::minutes(15);
@@ -408,6 +413,17 @@ fn hours_and_schedules() {
         "hour 14 not yet closed long enough"
     );
     assert_eq!(default_source("logs/2026/12/"), "logs");
+    cc.hours = 3;
+    let jobs = scheduled_jobs(&cc, now);
+    let prefixes: Vec<&str> = jobs.iter().map(|j| j.prefix.as_str()).collect();
+    assert_eq!(
+        prefixes,
+        [
+            "logs/app/2026/12/03/11/",
+            "logs/app/2026/12/03/12/",
+            "logs/app/2026/12/03/13/"
+        ]
+    );
 }
 
 #[test]

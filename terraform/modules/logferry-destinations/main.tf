@@ -160,6 +160,24 @@ resource "aws_s3_bucket_lifecycle_configuration" "logs" {
     }
   }
 
+  # Inputs the compactor tagged (compact_inputs = "tag") expire once compacted.
+  dynamic "rule" {
+    for_each = local.compactor && var.compact_inputs == "tag" && var.compacted_input_expiration_days > 0 ? [1] : []
+    content {
+      id     = "compacted-inputs"
+      status = "Enabled"
+      filter {
+        and {
+          prefix = var.logs_prefix
+          tags   = { "logferry-compacted" = "true" }
+        }
+      }
+      expiration {
+        days = var.compacted_input_expiration_days
+      }
+    }
+  }
+
   # Index documents go with the objects they describe.
   dynamic "rule" {
     for_each = var.expiration_days > 0 ? [1] : []
@@ -513,10 +531,6 @@ resource "aws_cloudwatch_event_rule" "compactor" {
       condition = !anytrue([for p in [var.logs_prefix, var.index_prefix, var.quarantine_prefix] :
       startswith(var.compact_prefix, p) || startswith(p, var.compact_prefix)])
       error_message = "compact_prefix must not overlap logs_prefix, index_prefix or quarantine_prefix."
-    }
-    precondition {
-      condition     = var.compacted_input_expiration_days == 0
-      error_message = "compacted_input_expiration_days is not supported yet: S3 lifecycle tag filters match an exact value, and the compactor tags logferry-compacted=<manifest id>. Use compact_inputs = \"delete\", or expiration_days."
     }
   }
 }

@@ -299,7 +299,7 @@ variable "compact_sources" {
 }
 
 variable "compact_inputs" {
-  description = "What happens to compacted inputs once their manifest exists (COMPACT_INPUTS): tag (logferry-compacted=<manifest id>), delete, or keep. Only delete gives the function s3:DeleteObject under the sources' prefixes."
+  description = "What happens to compacted inputs once their manifest exists (COMPACT_INPUTS): tag (logferry-compacted=true), delete, or keep. Only delete gives the function s3:DeleteObject under the sources' prefixes."
   type        = string
   default     = "tag"
 
@@ -354,7 +354,7 @@ variable "compactor_memory_size" {
 }
 
 variable "compacted_input_expiration_days" {
-  description = "Days after which inputs tagged logferry-compacted expire (0: never). Not supported yet: S3 lifecycle filters match a tag's exact value and the compactor writes the manifest id as the value, so a value > 0 is refused at plan time."
+  description = "Days after which inputs the compactor tagged logferry-compacted=true expire (0: never; with compact_inputs = \"tag\")."
   type        = number
   default     = 0
 

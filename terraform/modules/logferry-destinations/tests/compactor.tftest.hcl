@@ -136,12 +136,20 @@ run "compact_prefix_not_under_logs" {
   expect_failures = [aws_cloudwatch_event_rule.compactor]
 }
 
-run "expiration_by_tag_refused" {
+run "compacted_inputs_expire_by_tag" {
   command = plan
   variables {
+    create_bucket                   = true
     compacted_input_expiration_days = 7
   }
-  expect_failures = [aws_cloudwatch_event_rule.compactor]
+  assert {
+    condition     = one([for r in aws_s3_bucket_lifecycle_configuration.logs[0].rule : r if r.id == "compacted-inputs"]).expiration[0].days == 7
+    error_message = "compacted inputs expire after compacted_input_expiration_days"
+  }
+  assert {
+    condition     = one([for r in aws_s3_bucket_lifecycle_configuration.logs[0].rule : r if r.id == "compacted-inputs"]).filter[0].and[0].tags["logferry-compacted"] == "true"
+    error_message = "compacted inputs are selected by their logferry-compacted=true tag"
+  }
 }
 
 run "bad_inputs_mode" {
