@@ -32,35 +32,14 @@ use arrow_array::{Array, ArrayRef, RecordBatch, StructArray};
 use arrow_schema::{DataType, Field, Fields, SchemaRef};
 use chrono::{DateTime, Utc};
 use serde::Deserialize;
-use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::de::{Deserializer, MapAccess, Visitor};
 use serde_json::value::RawValue;
+
+use crate::fields::Key;
 
 pub use crate::compacted::{
     KUBERNETES, KUBERNETES_MAPS, KUBERNETES_STRINGS, REST, STRING_COLUMNS, TIMESTAMP, TIMESTAMP_COLUMN, canonical_time,
 };
-
-/// A key as it appears in the line: borrowed unless it had escapes.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Key<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Key<'de> {
-    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Key<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E: de::Error>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
-            }
-            fn visit_str<E: de::Error>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_string())))
-            }
-        }
-        d.deserialize_str(V)
-    }
-}
 
 /// An object's members in order, duplicates kept, values unparsed.
 struct Members<'a>(Vec<(Key<'a>, &'a RawValue)>);

@@ -264,8 +264,27 @@ pub async fn run(args: &QueryArgs, out: &mut dyn Write) -> Result<Summary, Query
         );
     }
     summary.index_documents = doc_keys.len() as u64;
-    let docs = fetch_docs(&s3, &args.bucket, doc_keys, &mut summary).await;
-    let manifests = fetch_manifests(&s3, &args.bucket, manifest_keys, &mut summary).await;
+    let (docs, unreadable) = fetch_json(
+        &s3,
+        &args.bucket,
+        doc_keys,
+        "index document",
+        |d: &IndexDoc| d.version,
+        INDEX_VERSION,
+    )
+    .await;
+    summary.unreadable_documents += unreadable;
+    // A manifest that cannot be read leaves its objects to be read as stored.
+    let (manifests, unreadable) = fetch_json(
+        &s3,
+        &args.bucket,
+        manifest_keys,
+        "manifest",
+        |m: &logferry_indexer::compacted::Manifest| m.version,
+        logferry_indexer::compacted::MANIFEST_VERSION,
+    )
+    .await;
+    summary.unreadable_manifests += unreadable;
     // (key, ETag) of every compacted object -> its manifest.
     let mut covered: HashMap<(&str, &str), usize> = HashMap::new();
     for (i, m) in manifests.iter().enumerate() {
@@ -472,52 +491,21 @@ async fn get_bytes(s3: &Client, bucket: &str, key: &str) -> Result<Vec<u8>, Stri
     Ok(body.into_bytes().to_vec())
 }
 
-async fn fetch_docs(s3: &Client, bucket: &str, keys: Vec<String>, summary: &mut Summary) -> Vec<IndexDoc> {
-    let mut docs = Vec::with_capacity(keys.len());
-    let mut pending = VecDeque::new();
-    let mut next = keys.into_iter();
-    loop {
-        while pending.len() < DOC_CONCURRENCY {
-            let Some(key) = next.next() else { break };
-            let (s3, bucket) = (s3.clone(), bucket.to_string());
-            pending.push_back(tokio::spawn(async move {
-                let bytes = get_bytes(&s3, &bucket, &key).await?;
-                let doc: IndexDoc =
-                    serde_json::from_slice(&bytes).map_err(|e| format!("index document s3://{bucket}/{key}: {e}"))?;
-                if doc.version != INDEX_VERSION {
-                    return Err(format!(
-                        "index document s3://{bucket}/{key} has version {}",
-                        doc.version
-                    ));
-                }
-                Ok(doc)
-            }));
-        }
-        let Some(h) = pending.pop_front() else { break };
-        match h.await {
-            Ok(Ok(doc)) => docs.push(doc),
-            Ok(Err(e)) => {
-                tracing::warn!("{e}");
-                summary.unreadable_documents += 1;
-            }
-            Err(e) => {
-                tracing::warn!("index document task failed: {e}");
-                summary.unreadable_documents += 1;
-            }
-        }
-    }
-    docs
-}
-
-/// Reads a manifest of each key; one that cannot be read is counted, and the
-/// objects it names are read as stored.
-async fn fetch_manifests(
+/// Reads the versioned JSON documents at `keys`, [`DOC_CONCURRENCY`] at a
+/// time (index documents, compaction manifests). One that cannot be read,
+/// or has another version, is warned about and counted in the second value.
+async fn fetch_json<T>(
     s3: &Client,
     bucket: &str,
     keys: Vec<String>,
-    summary: &mut Summary,
-) -> Vec<logferry_indexer::compacted::Manifest> {
-    let mut out = Vec::with_capacity(keys.len());
+    what: &'static str,
+    version: fn(&T) -> u32,
+    want: u32,
+) -> (Vec<T>, u64)
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+{
+    let (mut out, mut unreadable) = (Vec::with_capacity(keys.len()), 0);
     let mut pending = VecDeque::new();
     let mut next = keys.into_iter();
     loop {
@@ -526,28 +514,27 @@ async fn fetch_manifests(
             let (s3, bucket) = (s3.clone(), bucket.to_string());
             pending.push_back(tokio::spawn(async move {
                 let bytes = get_bytes(&s3, &bucket, &key).await?;
-                let m: logferry_indexer::compacted::Manifest =
-                    serde_json::from_slice(&bytes).map_err(|e| format!("manifest s3://{bucket}/{key}: {e}"))?;
-                if m.version != logferry_indexer::compacted::MANIFEST_VERSION {
-                    return Err(format!("manifest s3://{bucket}/{key} has version {}", m.version));
+                let doc: T = serde_json::from_slice(&bytes).map_err(|e| format!("{what} s3://{bucket}/{key}: {e}"))?;
+                match version(&doc) {
+                    v if v == want => Ok(doc),
+                    v => Err(format!("{what} s3://{bucket}/{key} has version {v}")),
                 }
-                Ok(m)
             }));
         }
         let Some(h) = pending.pop_front() else { break };
         match h.await {
-            Ok(Ok(m)) => out.push(m),
+            Ok(Ok(doc)) => out.push(doc),
             Ok(Err(e)) => {
                 tracing::warn!("{e}");
-                summary.unreadable_manifests += 1;
+                unreadable += 1;
             }
             Err(e) => {
-                tracing::warn!("manifest task failed: {e}");
-                summary.unreadable_manifests += 1;
+                tracing::warn!("{what} task failed: {e}");
+                unreadable += 1;
             }
         }
     }
-    out
+    (out, unreadable)
 }
 
 /// Downloads a compacted file to a temporary file (row groups are read from
