@@ -21,13 +21,7 @@ struct DirStore {
 }
 
 fn io_err(op: &'static str, key: &str, e: std::io::Error) -> ProcessError {
-    ProcessError {
-        kind: FailureKind::S3Read,
-        op,
-        bucket: "dir".into(),
-        key: key.into(),
-        message: e.to_string(),
-    }
+    ProcessError::new(FailureKind::S3Read, op, "dir", key, e.to_string())
 }
 
 fn etag(meta: &std::fs::Metadata) -> String {

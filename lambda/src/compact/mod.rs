@@ -47,7 +47,7 @@ pub mod store;
 pub use crate::compacted::{InputEntry, MANIFEST_VERSION, Manifest, OutputEntry};
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::io::{self, BufReader, Read, Write};
+use std::io::{self, BufReader, Write};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
@@ -63,7 +63,7 @@ use tokio_util::io::SyncIoBridge;
 
 use crate::config::{CompactConfig, IndexerConfig, InputAction, source_name};
 use crate::doc::{IndexDoc, partition};
-use crate::index::{Encoding, Limited, Line, MAX_LINE_BYTES, decoder, read_line};
+use crate::index::{Encoding, Limited, Line, MAX_LINE_BYTES, SourceTag, decoder, read_line};
 use crate::process::{FailureKind, ProcessError};
 use rows::Rows;
 use store::{Store, read_all};
@@ -201,13 +201,7 @@ struct Candidate {
 }
 
 fn internal(op: &'static str, job: &Job, key: &str, e: impl std::fmt::Display) -> ProcessError {
-    ProcessError {
-        kind: FailureKind::Internal,
-        op,
-        bucket: job.bucket.clone(),
-        key: key.to_string(),
-        message: e.to_string(),
-    }
+    ProcessError::new(FailureKind::Internal, op, &job.bucket, key, e.to_string())
 }
 
 /// The id of a group: the first 20 hex digits of SHA-256 over its inputs.
@@ -608,21 +602,6 @@ fn new_gz() -> flate2::write::GzEncoder<Vec<u8>> {
     flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default())
 }
 
-/// Remembers that the reader below (the network) failed, so a dropped
-/// connection (retry) is told apart from a corrupt stream (incomplete input).
-struct SourceTag<R> {
-    inner: R,
-    failed: Arc<AtomicBool>,
-}
-
-impl<R: Read> Read for SourceTag<R> {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        self.inner
-            .read(buf)
-            .inspect_err(|_| self.failed.store(true, Ordering::Relaxed))
-    }
-}
-
 fn writer_properties(row_group_bytes: u64) -> WriterProperties {
     WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("a valid level")))
@@ -762,13 +741,13 @@ fn encode_group<S: Store>(
                     }
                 }
                 Err(e) if failed.load(Ordering::Relaxed) => {
-                    return Err(ProcessError {
-                        kind: FailureKind::S3Read,
-                        op: "GetObject (body)",
-                        bucket: job.bucket.clone(),
-                        key: c.key.clone(),
-                        message: e.to_string(),
-                    });
+                    return Err(ProcessError::new(
+                        FailureKind::S3Read,
+                        "GetObject (body)",
+                        &job.bucket,
+                        &c.key,
+                        e.to_string(),
+                    ));
                 }
                 Err(e) => {
                     // Corrupt or too large: the rows before stay; the input is kept.

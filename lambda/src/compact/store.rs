@@ -11,7 +11,7 @@ use std::future::Future;
 use std::sync::Mutex;
 
 use aws_sdk_s3::Client;
-use aws_sdk_s3::error::{DisplayErrorContext, ProvideErrorMetadata};
+use aws_sdk_s3::error::ProvideErrorMetadata;
 use aws_sdk_s3::primitives::ByteStream;
 use aws_sdk_s3::types::{CompletedMultipartUpload, CompletedPart, Delete, ObjectIdentifier, Tag, Tagging};
 use tokio::io::AsyncRead;
@@ -31,16 +31,6 @@ pub struct Got {
     pub etag: String,
     pub content_encoding: Option<String>,
     pub body: Box<dyn AsyncRead + Send + Unpin>,
-}
-
-fn fail(kind: FailureKind, op: &'static str, bucket: &str, key: &str, message: impl Into<String>) -> ProcessError {
-    ProcessError {
-        kind,
-        op,
-        bucket: bucket.to_string(),
-        key: key.to_string(),
-        message: message.into(),
-    }
 }
 
 /// What the compactor needs from S3.
@@ -89,7 +79,7 @@ pub async fn read_all<S: Store>(store: &S, bucket: &str, key: &str) -> Result<Op
     got.body
         .read_to_end(&mut out)
         .await
-        .map_err(|e| fail(FailureKind::S3Read, "GetObject (body)", bucket, key, e.to_string()))?;
+        .map_err(|e| ProcessError::new(FailureKind::S3Read, "GetObject (body)", bucket, key, e.to_string()))?;
     Ok(Some(out))
 }
 
@@ -103,15 +93,7 @@ fn sdk<E: ProvideErrorMetadata + std::error::Error + 'static>(
     key: &str,
     e: aws_sdk_s3::error::SdkError<E, aws_sdk_s3::config::http::HttpResponse>,
 ) -> ProcessError {
-    let code = e.as_service_error().and_then(|s| s.code()).map(str::to_string);
-    let status = e.raw_response().map(|r| r.status().as_u16());
-    fail(
-        FailureKind::classify(code.as_deref(), status, otherwise),
-        op,
-        bucket,
-        key,
-        DisplayErrorContext(e).to_string(),
-    )
+    ProcessError::from_sdk(otherwise, op, bucket, key, &e)
 }
 
 impl Store for S3Store {
@@ -191,7 +173,7 @@ impl Store for S3Store {
                 .map_err(|e| sdk(FailureKind::S3Write, "DeleteObjects", bucket, &chunk[0], e))?;
             if let Some(e) = out.errors().first() {
                 let kind = FailureKind::classify(e.code(), None, FailureKind::S3Write);
-                return Err(fail(
+                return Err(ProcessError::new(
                     kind,
                     "DeleteObjects",
                     bucket,
@@ -333,7 +315,7 @@ impl MemoryStore {
         let mut st = self.state.lock().expect("not poisoned");
         if st.crashed || st.crash_after.is_some_and(|n| st.writes >= n) {
             st.crashed = true;
-            return Err(fail(FailureKind::Internal, op, "mem", key, "crashed"));
+            return Err(ProcessError::new(FailureKind::Internal, op, "mem", key, "crashed"));
         }
         st.writes += 1;
         Ok(f(&mut st))
@@ -342,7 +324,7 @@ impl MemoryStore {
     fn read<T>(&self, op: &'static str, key: &str, f: impl FnOnce(&MemoryState) -> T) -> Result<T, ProcessError> {
         let st = self.state.lock().expect("not poisoned");
         if st.crashed {
-            return Err(fail(FailureKind::Internal, op, "mem", key, "crashed"));
+            return Err(ProcessError::new(FailureKind::Internal, op, "mem", key, "crashed"));
         }
         Ok(f(&st))
     }
