@@ -361,17 +361,11 @@ pub async fn compact<S: Store>(
             .await?;
         let out_key = format!("{dir}part-{id}.parquet");
         let q_base = format!("{qdir}{id}");
-        let (st, j, g, rg, pb) = (
-            store.clone(),
-            job.clone(),
-            group.clone(),
-            cc.row_group_bytes,
-            cc.part_bytes,
-        );
+        let (st, j, rg, pb) = (store.clone(), job.clone(), cc.row_group_bytes, cc.part_bytes);
         let max_bytes = cfg.index.max_decompressed_bytes;
         let handle = Handle::current();
         let written = tokio::task::spawn_blocking(move || {
-            encode_group(&handle, &*st, &j, &g, &out_key, &q_base, rg, pb, max_bytes)
+            encode_group(&handle, &*st, &j, &group, &out_key, &q_base, rg, pb, max_bytes)
         })
         .await
         .map_err(|e| internal("compact", job, &dir, format!("the compaction task died: {e}")))??;
