@@ -35,7 +35,9 @@
 //! saying our resource version is too old: kube relists at once.
 //!
 //! Why the memory charge can refuse a pod: everything held counts under
-//! `memory_limit`. A pod that does not fit is not cached (its records keep
+//! `memory_limit`, and the cache takes at most a quarter of it, so batches
+//! always find room (a full cache must not stall reading). A pod that does
+//! not fit is not cached (its records keep
 //! the path's fields), counted, and the watch relists once room returns.
 //!
 //! Token and CA: kube re-reads `token_file` and `ca_file` about every minute,
@@ -374,6 +376,9 @@ struct Inner {
     charge: Charge,
     /// Sum of the entries' `bytes`.
     bytes: usize,
+    /// At most this many bytes (a share of `memory_limit`, so batches
+    /// always find room).
+    max: usize,
 }
 
 /// The pods of this node, shared by the watch task (writer) and the file
@@ -393,13 +398,15 @@ pub struct Lookup {
 }
 
 impl PodCache {
-    pub fn new(memory: Arc<Semaphore>, metrics: &Metrics, id: &str) -> Self {
+    /// `max`: the most bytes the cache may hold.
+    pub fn new(memory: Arc<Semaphore>, max: usize, metrics: &Metrics, id: &str) -> Self {
         let (pods, bytes) = metrics.kubernetes_cache(id);
         PodCache {
             inner: RwLock::new(Inner {
                 pods: HashMap::new(),
                 charge: Charge::new(memory),
                 bytes: 0,
+                max,
             }),
             generation: AtomicU64::new(1),
             synced: AtomicBool::new(false),
@@ -457,7 +464,7 @@ impl PodCache {
             return true;
         }
         let want = g.bytes - old + meta.bytes;
-        if !g.charge.resize(want) {
+        if want > g.max || !g.charge.resize(want) {
             return false;
         }
         g.bytes = want;
@@ -939,7 +946,7 @@ mod tests {
     }
 
     fn cache(limit: usize) -> PodCache {
-        PodCache::new(Arc::new(Semaphore::new(limit)), &Metrics::new(), "k")
+        PodCache::new(Arc::new(Semaphore::new(limit)), usize::MAX, &Metrics::new(), "k")
     }
 
     fn k(ns: &str, pod: &str) -> (String, String) {
@@ -1022,6 +1029,21 @@ mod tests {
         c.sweep(t0 + Duration::from_secs(120), Duration::from_secs(60));
         assert_eq!(c.len(), 1);
         assert!(c.lookup("prod", "p1").is_none());
+    }
+
+    #[test]
+    fn the_cache_keeps_to_its_share_of_the_limit() {
+        let f = Filters::new(&KubernetesApiConfig::default());
+        let one = pod_meta(&web(), &f).bytes;
+        let c = PodCache::new(Arc::new(Semaphore::new(1 << 30)), one * 3, &Metrics::new(), "k");
+        let mut n = 0;
+        for i in 0..10 {
+            let mut p = web();
+            p.metadata.name = Some(format!("w{i}"));
+            n += usize::from(c.apply(k("prod", &format!("w{i}")), pod_meta(&p, &f)));
+        }
+        assert_eq!(n, 3);
+        assert!(c.charged() <= one * 3);
     }
 
     #[test]

@@ -125,7 +125,9 @@ pub fn spawn(
                 let _rt = cx.rt.enter();
                 kube_api::Watch::new(&api).map_err(std::io::Error::other)?
             };
-            let cache = Arc::new(kube_api::PodCache::new(cx.memory.clone(), &cx.metrics, &cx.id));
+            // A quarter of the limit at most: batches always find room.
+            let max = cx.memory_limit / 4;
+            let cache = Arc::new(kube_api::PodCache::new(cx.memory.clone(), max, &cx.metrics, &cx.id));
             // The watch ends with the source (`force`) or when the process stops.
             let stop = cx.force.child_token();
             cx.rt
