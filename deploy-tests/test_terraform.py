@@ -38,6 +38,9 @@ def rel(p: Path) -> str:
 def terraform(*args: str, cwd: Path) -> subprocess.CompletedProcess:
     assert TERRAFORM
     env = {**os.environ, "TF_IN_AUTOMATION": "1", "CHECKPOINT_DISABLE": "1"}
+    # The mirror is passed as -plugin-dir; the same directory as the plugin cache makes init
+    # fail ("cannot install existing provider directory to itself").
+    env.pop("TF_PLUGIN_CACHE_DIR", None)
     return subprocess.run(
         [TERRAFORM, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=TF_TIMEOUT
     )
@@ -53,8 +56,10 @@ def test_terraform_fmt():
 
 
 def _aws_provider_mirror() -> Path | None:
-    """A local provider mirror holding hashicorp/aws, if this machine has one."""
-    for d in [os.environ.get("TF_PLUGIN_CACHE_DIR"), Path.home() / ".terraform.d" / "plugins"]:
+    """A local provider mirror holding hashicorp/aws, if this machine has one: TF_PLUGIN_CACHE_DIR,
+    the user's plugin directory, or /opt/tf-plugins (where the offline dev machines keep one)."""
+    candidates = [os.environ.get("TF_PLUGIN_CACHE_DIR"), Path.home() / ".terraform.d" / "plugins", "/opt/tf-plugins"]
+    for d in candidates:
         if d and (Path(d) / "registry.terraform.io" / "hashicorp" / "aws").is_dir():
             return Path(d)
     return None
@@ -400,3 +405,131 @@ def test_references_resolve(root):
         assert args <= set(mod_vars), f"{rel(root)}: module {name} has no variables {args - set(mod_vars)}"
         required = {k for k, v in mod_vars.items() if "default" not in v}
         assert required <= args, f"{rel(root)}: module {name} needs {required - args}"
+
+
+# -- the Parquet compactor in logferry-destinations ------------------------------------------
+
+DESTINATIONS = TF / "modules" / "logferry-destinations"
+
+# The compactor's Parquet schema (lambda/README.md, "Columns"), in file order.
+PARQUET_SCHEMA = [
+    ("timestamp", "timestamp"),
+    *[(c, "string") for c in [
+        "level", "log", "message", "msg", "ecs_cluster", "ecs_task_arn", "ecs_task_id", "ecs_task_definition",
+        "container_name", "container_id", "aws_region", "availability_zone", "launch_type", "ec2_instance_id",
+        "ec2_instance_type", "az", "private_ip", "ami_id", "account_id", "hostname"]],
+    ("kubernetes", "struct<pod_name:string,namespace_name:string,pod_id:string,host:string,container_name:string,"
+                   "container_id:string,container_image:string,container_hash:string,docker_id:string,"
+                   "labels:map<string,string>,annotations:map<string,string>>"),
+    ("rest", "string"),
+]
+
+
+def _indexer_statements() -> dict[str, tuple[str, dict]]:
+    """sid -> (for_each, content) of the indexer policy's dynamic statements."""
+    doc = hcl.resources(hcl.load_dir(DESTINATIONS), "data")["aws_iam_policy_document.indexer"]
+    out = {}
+    for dyn in doc["dynamic"]:
+        ((name, body),) = [(hcl.label(k), v) for k, v in dyn.items() if not k.startswith("__")]
+        assert name == "statement"
+        content = body["content"][0]
+        out[hcl.value(content["sid"], hcl.no_refs)] = (body["for_each"], content)
+    return out
+
+
+def test_compactor_iam_statements_follow_the_settings():
+    """Each compactor statement is gated on local.compactor, with exactly the calls the
+    compactor makes; DeleteObject reaches the sources' prefixes only with compact_inputs =
+    delete, tagging only with tag."""
+    statements = _indexer_statements()
+    compact = {sid: v for sid, v in statements.items() if sid.startswith("Compact")}
+    actions = {sid: sorted(hcl.value(a, hcl.no_refs) for a in c["actions"]) for sid, (_, c) in compact.items()}
+    assert actions == {
+        "CompactList": ["s3:ListBucket"],
+        "CompactRead": ["s3:GetObject"],
+        "CompactWriteOwn": ["s3:DeleteObject", "s3:PutObject"],
+        "CompactTagInputs": ["s3:GetObjectTagging", "s3:PutObjectTagging"],
+        "CompactDeleteInputs": ["s3:DeleteObject"],
+    }
+    for sid, (gate, _) in compact.items():
+        assert "local.compactor" in gate, f"{sid} is not gated on the compactor"
+    assert 'var.compact_inputs == "delete"' in compact["CompactDeleteInputs"][0]
+    assert 'var.compact_inputs == "tag"' in compact["CompactTagInputs"][0]
+    for sid in ["CompactList", "CompactRead", "CompactWriteOwn"]:
+        assert "compact_inputs" not in compact[sid][0], f"{sid} does not depend on compact_inputs"
+    # Own output only: the prefix and the compactor's quarantine, never the sources.
+    own = compact["CompactWriteOwn"][1]["resources"]
+    assert own == ['"${local.bucket_arn}/${var.compact_prefix}*"', '"${local.bucket_arn}/${local.compact_quarantine}*"']
+    for sid in ["CompactTagInputs", "CompactDeleteInputs"]:
+        assert "local.compact_source_prefixes" in str(compact[sid][1]["resources"])
+    # ListBucket only under the prefixes it lists.
+    (cond,) = compact["CompactList"][1]["condition"]
+    assert hcl.value(cond["test"], hcl.no_refs) == "StringLike"
+    assert hcl.value(cond["variable"], hcl.no_refs) == "s3:prefix"
+    for p in ["var.compact_prefix", "var.index_prefix", "local.compact_quarantine", "local.compact_source_prefixes"]:
+        assert p in cond["values"]
+    # No ungated statement deletes objects.
+    doc = hcl.resources(hcl.load_dir(DESTINATIONS), "data")["aws_iam_policy_document.indexer"]
+    for st in doc["statement"]:
+        assert not any("s3:Delete" in a for a in st["actions"]), st
+
+
+def test_compactor_schedule_targets_the_function():
+    res = hcl.resources(hcl.load_dir(DESTINATIONS))
+    rule = res["aws_cloudwatch_event_rule.compactor"]
+    target = res["aws_cloudwatch_event_target.compactor"]
+    perm = res["aws_lambda_permission.compactor"]
+    for body in (rule, target, perm):
+        assert body["count"] == "${local.compactor ? 1 : 0}"
+    assert rule["schedule_expression"] == "${var.compact_schedule}"
+    assert target["rule"] == "${aws_cloudwatch_event_rule.compactor[0].name}"
+    assert target["arn"] == "${aws_lambda_function.indexer[0].arn}"
+    assert hcl.value(perm["principal"], hcl.no_refs) == "events.amazonaws.com"
+    assert hcl.value(perm["action"], hcl.no_refs) == "lambda:InvokeFunction"
+    assert perm["function_name"] == "${aws_lambda_function.indexer[0].function_name}"
+    assert perm["source_arn"] == "${aws_cloudwatch_event_rule.compactor[0].arn}"
+    # The function gets the settings, and the timeout the compactor needs.
+    fn = res["aws_lambda_function.indexer"]
+    assert "local.compact_environment" in fn["environment"][0]["variables"]
+    assert fn["timeout"] == "${local.function_timeout}"
+    assert res["aws_sqs_queue.indexer"]["visibility_timeout_seconds"] == "${6 * local.function_timeout}"
+
+
+def test_parquet_table_columns_are_the_parquet_schema():
+    parsed = hcl.load_dir(DESTINATIONS)
+    locals_ = {}
+    for block in parsed.get("locals", []):
+        locals_.update(block)
+    assert [tuple(c) for c in hcl.value(locals_["parquet_columns"], hcl.no_refs)] == PARQUET_SCHEMA
+    table = hcl.resources(parsed)["aws_glue_catalog_table.logs_parquet"]
+    (dyn,) = table["storage_descriptor"][0]["dynamic"]
+    assert dyn['"columns"']["for_each"] == "${local.parquet_columns}"
+    params = {hcl.label(k): v for k, v in table["parameters"].items()}
+    assert [hcl.value(k["name"], hcl.no_refs) for k in table["partition_keys"]] == ["dt", "hour", "source"]
+    # The compactor's layout; $${x} is a literal ${x} for Athena's projection.
+    assert params["storage.location.template"] == \
+        '"s3://${local.bucket_id}/${var.compact_prefix}dt=$${dt}/hour=$${hour}/source=$${source}/"'
+    assert params["projection.source.values"] == '${join(",", keys(var.compact_sources))}'
+    assert hcl.value(params["projection.hour.digits"], hcl.no_refs) == "2"
+
+
+def test_destinations_plan_with_the_compactor(tmp_path):
+    """`terraform test` (tests/compactor.tftest.hcl): the compactor's settings as planned
+    (environment, shared timeout/memory, schedule, permission, Glue layout, queries) and the
+    plan-time refusals (no sources, sources outside logs_prefix, compact_prefix under
+    logs_prefix, tag expiration, bad compact_inputs, bad source name)."""
+    if TERRAFORM is None:
+        pytest.skip("no terraform binary on PATH")
+    mirror = _aws_provider_mirror()
+    if mirror is None:
+        pytest.skip("the hashicorp/aws provider is not available offline here: terraform test skipped")
+    work = tmp_path / "destinations"
+    shutil.copytree(DESTINATIONS, work)
+    zip_path = tmp_path / "bootstrap.zip"
+    zip_path.write_bytes(b"")
+    done = terraform("init", "-backend=false", "-input=false", f"-plugin-dir={mirror}", cwd=work)
+    assert done.returncode == 0, done.stdout + done.stderr
+    done = terraform("test", "-no-color", f"-var=indexer_zip_path={zip_path}", cwd=work)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"Success! (\d+) passed, 0 failed", done.stdout), done.stdout
+    assert int(re.search(r"(\d+) passed", done.stdout).group(1)) >= 8, done.stdout

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # LocalStack for the end-to-end tests, in host mode (no Docker on these machines).
 #
-#   localstack.sh install   venv with the pinned LocalStack, boto3, pytest (idempotent)
+#   localstack.sh install   venv with the pinned LocalStack, boto3, pytest, pyarrow, duckdb (idempotent)
 #   localstack.sh start     start it on 127.0.0.1:${LOCALSTACK_PORT:-4566}, wait until healthy
 #   localstack.sh stop      stop what start started; nothing is left running
 #   localstack.sh status    print the endpoint's health
@@ -20,7 +20,7 @@
 set -euo pipefail
 
 LS_SPEC='localstack-core[runtime]==4.14.0'
-LS_EXTRA=(boto3 pytest fluent-logger==0.11.1 msgpack==1.1.1)
+LS_EXTRA=(boto3 pytest fluent-logger==0.11.1 msgpack==1.1.1 pyarrow duckdb)
 EXCLUDE_NEWER=2026-02-27
 SERVICES=s3,logs,firehose,kinesis,sqs,sts,iam
 REQUIRED=(s3 logs firehose kinesis)

@@ -114,8 +114,8 @@ impl<'de> Visitor<'de> for Sparse<'_> {
     }
 }
 
-/// A key, borrowed from the line unless it has escapes.
-struct Key<'de>(Cow<'de, str>);
+/// A key (or a string value), borrowed from the line unless it has escapes.
+pub(crate) struct Key<'de>(pub(crate) Cow<'de, str>);
 
 impl<'de> serde::Deserialize<'de> for Key<'de> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {

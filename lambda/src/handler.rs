@@ -10,10 +10,14 @@ use aws_lambda_events::sqs::SqsBatchResponse;
 use aws_sdk_s3::Client;
 use serde_json::{Value, json};
 
+use std::sync::Arc;
+
+use crate::compact::store::S3Store;
+use crate::compact::{self, Job, Summary};
 use crate::config::IndexerConfig;
 use crate::emf::Totals;
-use crate::process::{FailureKind, ObjectRef, process_object};
-use crate::trigger::{self, Invocation, TriggerError};
+use crate::process::{FailureKind, ObjectRef, ProcessError, process_object};
+use crate::trigger::{self, Invocation, TriggerError, Work};
 
 #[derive(Debug, thiserror::Error)]
 pub enum HandlerError {
@@ -27,6 +31,23 @@ pub enum HandlerError {
         kind: FailureKind,
         first: String,
     },
+    #[error(
+        "compacting s3://{bucket}/{prefix} ({hour}) stopped at the invocation's deadline with {left} \
+         groups left; a retry compacts them"
+    )]
+    Incomplete {
+        bucket: String,
+        prefix: String,
+        hour: String,
+        left: u64,
+    },
+    #[error("compacting s3://{bucket}/{prefix} ({hour}) failed and will be retried: {error}")]
+    Compact {
+        bucket: String,
+        prefix: String,
+        hour: String,
+        error: ProcessError,
+    },
 }
 
 impl HandlerError {
@@ -38,6 +59,8 @@ impl HandlerError {
         match self {
             Self::Event(_) => "InvalidEvent",
             Self::Objects { kind, .. } => kind.as_str(),
+            Self::Compact { error, .. } => error.kind.as_str(),
+            Self::Incomplete { .. } => "Incomplete",
         }
     }
 }
@@ -72,9 +95,10 @@ pub async fn handle(
     s3: &Client,
     cfg: &IndexerConfig,
     function_name: &str,
+    deadline: Option<std::time::Instant>,
 ) -> Result<Value, HandlerError> {
     let mut totals = Totals::default();
-    let result = run(event, s3, cfg, &mut totals).await;
+    let result = run(event, s3, cfg, &mut totals, function_name, deadline).await;
     let now = chrono::Utc::now().timestamp_millis();
     // Lambda sends stdout to the function's log group, where EMF becomes metrics.
     {
@@ -86,14 +110,109 @@ pub async fn handle(
     result
 }
 
-async fn run(event: Value, s3: &Client, cfg: &IndexerConfig, totals: &mut Totals) -> Result<Value, HandlerError> {
+/// Compacts one partition; logs the summary line and prints its EMF line.
+async fn compact_one(
+    s3: &Client,
+    cfg: &IndexerConfig,
+    job: &Job,
+    function_name: &str,
+    deadline: Option<std::time::Instant>,
+) -> Result<Summary, HandlerError> {
+    let started = std::time::Instant::now();
+    let store = Arc::new(S3Store(s3.clone()));
+    let result = compact::compact(store, cfg, job, deadline).await;
+    let seconds = started.elapsed().as_secs_f64();
+    let hour = job.hour.format("%Y-%m-%dT%H").to_string();
+    let summary = result.as_ref().cloned().unwrap_or_default();
+    {
+        use std::io::Write as _;
+        let now = chrono::Utc::now().timestamp_millis();
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(
+            out,
+            "{}",
+            summary.emf_line(function_name, result.is_err(), seconds, now)
+        );
+        let _ = out.flush();
+    }
+    match result {
+        Ok(s) => {
+            tracing::info!(
+                bucket = %job.bucket, prefix = %job.prefix, hour = %hour, source = %job.source,
+                objects = s.objects, covered = s.covered, records = s.records, quarantined = s.quarantined,
+                bytes_in = s.bytes_in, uncompressed_bytes = s.uncompressed_bytes, bytes_out = s.bytes_out,
+                files = s.files, inputs_settled = s.inputs_settled, orphans_removed = s.orphans_removed,
+                found_by = s.found_by, seconds, "compacted"
+            );
+            if s.groups_left > 0 {
+                return Err(HandlerError::Incomplete {
+                    bucket: job.bucket.clone(),
+                    prefix: job.prefix.clone(),
+                    hour,
+                    left: s.groups_left,
+                });
+            }
+            Ok(s)
+        }
+        Err(error) => {
+            tracing::error!(bucket = %job.bucket, prefix = %job.prefix, hour = %hour, error = %error, "compaction failed; will be retried");
+            Err(HandlerError::Compact {
+                bucket: job.bucket.clone(),
+                prefix: job.prefix.clone(),
+                hour,
+                error,
+            })
+        }
+    }
+}
+
+/// The jobs of a compaction or schedule event.
+fn jobs_of(work: Work, cfg: &IndexerConfig) -> Vec<Job> {
+    match work {
+        Work::Compact(job) => vec![job],
+        Work::Scheduled(now) => {
+            let jobs = compact::scheduled_jobs(&cfg.compact, now);
+            if jobs.is_empty() {
+                tracing::warn!(
+                    "a scheduled event, but COMPACT_BUCKET and COMPACT_SOURCES are not set: nothing to compact"
+                );
+            }
+            jobs
+        }
+        Work::Objects(_) => Vec::new(),
+    }
+}
+
+async fn run(
+    event: Value,
+    s3: &Client,
+    cfg: &IndexerConfig,
+    totals: &mut Totals,
+    function_name: &str,
+    deadline: Option<std::time::Instant>,
+) -> Result<Value, HandlerError> {
     let mut first = None;
     match trigger::parse(event)? {
+        Invocation::Direct(work @ (Work::Compact(_) | Work::Scheduled(_))) => {
+            let mut done = Vec::new();
+            for job in jobs_of(work, cfg) {
+                let s = compact_one(s3, cfg, &job, function_name, deadline).await?;
+                done.push(json!({"bucket": job.bucket, "prefix": job.prefix, "source": job.source, "summary": s}));
+            }
+            Ok(json!({ "compacted": done }))
+        }
         Invocation::Sqs(items) => {
             let mut response = SqsBatchResponse::default();
             for item in items {
-                let ok = match &item.objects {
-                    Ok(objects) => process_all(s3, cfg, objects, totals, &mut first).await,
+                let ok = match item.work {
+                    Ok(Work::Objects(ref objects)) => process_all(s3, cfg, objects, totals, &mut first).await,
+                    Ok(work) => {
+                        let mut ok = true;
+                        for job in jobs_of(work, cfg) {
+                            ok &= compact_one(s3, cfg, &job, function_name, deadline).await.is_ok();
+                        }
+                        ok
+                    }
                     Err(e) => {
                         tracing::error!(message_id = %item.message_id, error = %e, "cannot understand an SQS message");
                         totals.add_failed();
@@ -106,7 +225,7 @@ async fn run(event: Value, s3: &Client, cfg: &IndexerConfig, totals: &mut Totals
             }
             Ok(serde_json::to_value(&response).expect("an SqsBatchResponse always serializes"))
         }
-        Invocation::Direct(objects) => {
+        Invocation::Direct(Work::Objects(objects)) => {
             if process_all(s3, cfg, &objects, totals, &mut first).await {
                 Ok(json!({
                     "objects": totals.objects, "indexed": totals.indexed, "quarantined": totals.quarantined,

@@ -74,10 +74,11 @@ pub fn decoder<'a, R: Read + 'a>(encoding: Encoding, r: R) -> io::Result<Box<dyn
 }
 
 /// Remembers that the reader below failed, so a network error while
-/// streaming is told apart from a corrupt stream (retry, not quarantine).
-struct SourceTag<R> {
-    inner: R,
-    failed: Arc<AtomicBool>,
+/// streaming is told apart from a corrupt stream (retry, not quarantine;
+/// for the compactor: retry, not an incomplete input).
+pub(crate) struct SourceTag<R> {
+    pub(crate) inner: R,
+    pub(crate) failed: Arc<AtomicBool>,
 }
 
 impl<R: Read> Read for SourceTag<R> {

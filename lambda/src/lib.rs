@@ -13,6 +13,10 @@
 //! retry can fix (S3 unreachable, throttling) are reported as failures.
 
 pub mod bloom;
+#[cfg(feature = "parquet")]
+pub mod compact;
+#[cfg(feature = "parquet-read")]
+pub mod compacted;
 pub mod config;
 pub mod doc;
 pub mod emf;

@@ -33,7 +33,11 @@ async fn main() -> Result<(), Error> {
     let (s3, cfg, function_name) = (&s3, &cfg, function_name.as_str());
     lambda_runtime::run(service_fn(move |ev: LambdaEvent<Value>| async move {
         // Named errors: `errorType` is what operators filter and alarm on.
-        handler::handle(ev.payload, s3, cfg, function_name)
+        // The invocation's deadline (ms since the epoch), as an Instant.
+        let now_ms = chrono::Utc::now().timestamp_millis();
+        let left = u64::try_from(i64::try_from(ev.context.deadline).unwrap_or(i64::MAX) - now_ms).unwrap_or(0);
+        let deadline = Some(std::time::Instant::now() + std::time::Duration::from_millis(left));
+        handler::handle(ev.payload, s3, cfg, function_name, deadline)
             .await
             .map_err(|e| Diagnostic {
                 error_type: e.error_type().into(),

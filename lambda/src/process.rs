@@ -51,6 +51,41 @@ pub struct ProcessError {
     pub message: String,
 }
 
+impl ProcessError {
+    pub fn new(kind: FailureKind, op: &'static str, bucket: &str, key: &str, message: impl Into<String>) -> Self {
+        ProcessError {
+            kind,
+            op,
+            bucket: bucket.to_string(),
+            key: key.to_string(),
+            message: message.into(),
+        }
+    }
+
+    /// A failed S3 call: its kind by [`FailureKind::classify`] (`otherwise`
+    /// when the error says neither throttling nor access), and its full message.
+    pub fn from_sdk<E>(
+        otherwise: FailureKind,
+        op: &'static str,
+        bucket: &str,
+        key: &str,
+        e: &SdkError<E, HttpResponse>,
+    ) -> Self
+    where
+        E: ProvideErrorMetadata + std::error::Error + 'static,
+    {
+        let code = e.as_service_error().and_then(|s| s.code());
+        let status = e.raw_response().map(|r| r.status().as_u16());
+        Self::new(
+            FailureKind::classify(code, status, otherwise),
+            op,
+            bucket,
+            key,
+            DisplayErrorContext(e).to_string(),
+        )
+    }
+}
+
 /// What failed, as operators filter and alarm on it: the invocation's
 /// `errorType` (see `handler`). A retry may fix every one of them.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -102,20 +137,11 @@ impl FailureKind {
     }
 }
 
-/// A failed S3 call: its kind by [`FailureKind::classify`] (`otherwise`
-/// when the error says neither throttling nor access), and its full message.
 fn sdk_err<E>(otherwise: FailureKind, op: &'static str, obj: &ObjectRef, e: &SdkError<E, HttpResponse>) -> ProcessError
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
-    let code = e.as_service_error().and_then(|s| s.code());
-    let status = e.raw_response().map(|r| r.status().as_u16());
-    err(
-        FailureKind::classify(code, status, otherwise),
-        op,
-        obj,
-        DisplayErrorContext(e).to_string(),
-    )
+    ProcessError::from_sdk(otherwise, op, &obj.bucket, &obj.key, e)
 }
 
 /// Characters escaped in a CopyObject source (everything but unreserved and `/`).
@@ -127,13 +153,7 @@ const COPY_SOURCE: &AsciiSet = &NON_ALPHANUMERIC
     .remove(b'~');
 
 fn err(kind: FailureKind, op: &'static str, obj: &ObjectRef, message: impl Into<String>) -> ProcessError {
-    ProcessError {
-        kind,
-        op,
-        bucket: obj.bucket.clone(),
-        key: obj.key.clone(),
-        message: message.into(),
-    }
+    ProcessError::new(kind, op, &obj.bucket, &obj.key, message)
 }
 
 /// Indexes (or quarantines, or ignores) one object.

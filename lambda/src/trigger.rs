@@ -13,7 +13,7 @@ use serde_json::Value;
 
 use crate::process::ObjectRef;
 
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum TriggerError {
     #[error("not an event this function handles: {0}")]
     Unknown(String),
@@ -27,7 +27,19 @@ pub enum TriggerError {
 #[derive(Debug)]
 pub struct SqsItem {
     pub message_id: String,
-    pub objects: Result<Vec<ObjectRef>, TriggerError>,
+    pub work: Result<Work, TriggerError>,
+}
+
+/// What one event (or SQS message) asks for.
+#[derive(Debug)]
+pub enum Work {
+    /// Index these objects.
+    Objects(Vec<ObjectRef>),
+    /// Compact one partition (`{"compact": {...}}`).
+    Compact(crate::compact::Job),
+    /// The hourly schedule (an EventBridge `Scheduled Event`): compact the
+    /// configured sources' last closed hour, as of this time.
+    Scheduled(chrono::DateTime<chrono::Utc>),
 }
 
 /// An invocation's work.
@@ -35,8 +47,57 @@ pub struct SqsItem {
 pub enum Invocation {
     /// SQS batch: failures are reported per message (`batchItemFailures`).
     Sqs(Vec<SqsItem>),
-    /// S3 direct or EventBridge: a failure fails the invocation (Lambda retries it).
-    Direct(Vec<ObjectRef>),
+    /// Direct or EventBridge: a failure fails the invocation (Lambda retries it).
+    Direct(Work),
+}
+
+/// `{"compact": {"bucket": B, "prefix": P, "hour": "2026-12-03T14", "source": S?}}`
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CompactRequest {
+    bucket: String,
+    prefix: String,
+    hour: String,
+    #[serde(default)]
+    source: Option<String>,
+}
+
+fn compact_job(v: Value) -> Result<crate::compact::Job, TriggerError> {
+    let r: CompactRequest = serde_json::from_value(v).map_err(|e| malformed("compact request", e))?;
+    let hour = crate::compact::parse_hour(&r.hour).ok_or_else(|| {
+        malformed(
+            "compact request",
+            format!("hour {:?} is not like 2026-12-03T14", r.hour),
+        )
+    })?;
+    if r.bucket.is_empty() {
+        return Err(malformed("compact request", "empty bucket"));
+    }
+    let prefix = r.prefix.trim_start_matches('/').to_string();
+    Ok(crate::compact::Job {
+        bucket: r.bucket,
+        source: r
+            .source
+            .as_deref()
+            .map(crate::config::source_name)
+            .unwrap_or_else(|| crate::compact::default_source(&prefix)),
+        prefix,
+        hour,
+    })
+}
+
+/// The work of one event document (a direct payload or an SQS body).
+pub fn work_of(mut v: Value) -> Result<Work, TriggerError> {
+    if let Some(req) = v.get_mut("compact").map(Value::take) {
+        return compact_job(req).map(Work::Compact);
+    }
+    if v.get("detail-type").and_then(Value::as_str) == Some("Scheduled Event") {
+        let time = v.get("time").and_then(Value::as_str).unwrap_or_default();
+        let t = chrono::DateTime::parse_from_rfc3339(time)
+            .map_err(|e| malformed("scheduled event", format!("time {time:?}: {e}")))?;
+        return Ok(Work::Scheduled(t.with_timezone(&chrono::Utc)));
+    }
+    objects_of(v).map(Work::Objects)
 }
 
 /// Decodes a key as S3 notifications carry it: `+` is a space, then
@@ -136,18 +197,18 @@ pub fn parse(event: Value) -> Result<Invocation, TriggerError> {
             .into_iter()
             .map(|m| {
                 let message_id = m.message_id.unwrap_or_default();
-                let objects = m
+                let work = m
                     .body
                     .as_deref()
                     .ok_or_else(|| malformed("SQS message", "no body"))
                     .and_then(|b| serde_json::from_str(b).map_err(|e| malformed("SQS message body", e)))
-                    .and_then(objects_of);
-                SqsItem { message_id, objects }
+                    .and_then(work_of);
+                SqsItem { message_id, work }
             })
             .collect();
         return Ok(Invocation::Sqs(items));
     }
-    objects_of(event).map(Invocation::Direct)
+    work_of(event).map(Invocation::Direct)
 }
 
 #[cfg(test)]
@@ -177,8 +238,8 @@ mod tests {
 
     fn direct(ev: Value) -> Vec<ObjectRef> {
         match parse(ev).expect("parses") {
-            Invocation::Direct(objs) => objs,
-            Invocation::Sqs(_) => panic!("not a direct invocation"),
+            Invocation::Direct(Work::Objects(objs)) => objs,
+            other => panic!("not a direct invocation for objects: {other:?}"),
         }
     }
 
@@ -222,18 +283,23 @@ mod tests {
         let Invocation::Sqs(items) = parse(ev).expect("parses") else {
             panic!("not sqs")
         };
+        let objects = |i: usize| match &items[i].work {
+            Ok(Work::Objects(o)) => Ok(o.as_slice()),
+            Ok(other) => panic!("{other:?}"),
+            Err(e) => Err(e.clone()),
+        };
         assert_eq!(items.len(), 4);
         assert_eq!(
-            items[0].objects.as_ref().expect("ok"),
+            objects(0).expect("ok"),
             &[ObjectRef {
                 bucket: "b".into(),
                 key: "ké".into()
             }]
         );
-        assert_eq!(items[1].objects.as_ref().expect("ok"), &[]);
-        assert!(items[2].objects.is_err());
+        assert_eq!(objects(1).expect("ok"), &[]);
+        assert!(objects(2).is_err());
         assert_eq!(items[2].message_id, "3");
-        assert_eq!(items[3].objects.as_ref().expect("ok")[0].key, "sns");
+        assert_eq!(objects(3).expect("ok")[0].key, "sns");
     }
 
     #[test]
@@ -244,5 +310,45 @@ mod tests {
                        "request-id": "r", "requester": "1", "reason": "PutObject"}});
         assert_eq!(direct(ev), [obj("b", "logs/x y z.gz")]);
         assert!(matches!(parse(json!({"hello": 1})), Err(TriggerError::Unknown(_))));
+    }
+
+    #[test]
+    fn compact_requests_and_the_schedule() {
+        let ev = json!({"compact": {"bucket": "b", "prefix": "/logs/2026/12/03/14/", "hour": "2026-12-03T14"}});
+        let Invocation::Direct(Work::Compact(job)) = parse(ev).expect("parses") else {
+            panic!("not a compaction")
+        };
+        assert_eq!(
+            (job.bucket.as_str(), job.prefix.as_str(), job.source.as_str()),
+            ("b", "logs/2026/12/03/14/", "logs")
+        );
+        assert_eq!(job.hour.to_rfc3339(), "2026-12-03T14:00:00+00:00");
+        let ev = json!({"compact": {"bucket": "b", "prefix": "p/", "hour": "2026-12-03T14", "source": "web app"}});
+        let Invocation::Direct(Work::Compact(job)) = parse(ev).expect("parses") else {
+            panic!("not a compaction")
+        };
+        assert_eq!(job.source, "web_app");
+        for bad in [
+            json!({"compact": {"bucket": "b", "prefix": "p/", "hour": "today"}}),
+            json!({"compact": {"bucket": "b", "hour": "2026-12-03T14"}}),
+            json!({"compact": {"bucket": "b", "prefix": "p/", "hour": "2026-12-03T14", "extra": 1}}),
+        ] {
+            assert!(matches!(parse(bad), Err(TriggerError::Malformed { .. })));
+        }
+        let sched = json!({"version": "0", "id": "i", "detail-type": "Scheduled Event", "source": "aws.events",
+            "account": "1", "time": "2026-12-03T15:15:00Z", "region": "us-east-1",
+            "resources": ["arn:aws:events:us-east-1:1:rule/hourly"], "detail": {}});
+        let Invocation::Direct(Work::Scheduled(t)) = parse(sched).expect("parses") else {
+            panic!("not the schedule")
+        };
+        assert_eq!(t.to_rfc3339(), "2026-12-03T15:15:00+00:00");
+        // An SQS message can carry a compaction too.
+        let msg = json!({"Records": [{"messageId": "m", "receiptHandle": "r", "eventSource": "aws:sqs",
+            "body": json!({"compact": {"bucket": "b", "prefix": "p/", "hour": "2026-12-03T14"}}).to_string(),
+            "attributes": {}, "messageAttributes": {}}]});
+        let Invocation::Sqs(items) = parse(msg).expect("parses") else {
+            panic!("not sqs")
+        };
+        assert!(matches!(items[0].work, Ok(Work::Compact(_))));
     }
 }

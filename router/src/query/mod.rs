@@ -8,10 +8,16 @@
 //!    stream each through the indexer's decoder line by line, and print its
 //!    matching records in time order; objects in order of their first record;
 //! 4. print a summary on stderr.
+//!
+//! Closed hours the compactor turned into Parquet are read from there
+//! instead ([`parquet`]): an object that a manifest covers is never fetched;
+//! its records come from the compacted file, opened when one of its objects
+//! can match.
 
+pub mod parquet;
 pub mod plan;
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::io::{IsTerminal, Write};
 use std::process::ExitCode;
 
@@ -31,6 +37,15 @@ use self::plan::{Query, Verdict, partitions};
 
 /// The matching records of one object: time and the stored line.
 type Matches = Vec<(DateTime<Utc>, Vec<u8>)>;
+
+/// A scan's result: the matches and the row groups skipped by statistics.
+type Scan = JoinHandle<Result<(Matches, u64), String>>;
+
+/// Something to read: a stored object, or a compacted file.
+enum Target {
+    Object(Box<IndexDoc>),
+    Compacted(self::parquet::CompactedFile),
+}
 
 /// Objects fetched at once.
 pub const FETCH_CONCURRENCY: usize = 8;
@@ -55,6 +70,9 @@ pub struct QueryArgs {
     /// Where the indexer writes its documents (its INDEX_PREFIX).
     #[arg(long, default_value = "_index/")]
     pub index_prefix: String,
+    /// Where the compactor writes Parquet and manifests (its COMPACT_PREFIX).
+    #[arg(long, default_value = "compacted/")]
+    pub compact_prefix: String,
     /// From this long ago until now (`2h`, `30m`, `1d`).
     #[arg(long, value_parser = humantime::parse_duration, conflicts_with_all = ["from", "until"])]
     pub since: Option<std::time::Duration>,
@@ -108,6 +126,11 @@ pub struct Summary {
     pub records_matched: u64,
     /// Objects that could not be fetched or decoded.
     pub failed: u64,
+    /// Compacted (Parquet) files read, and their row groups skipped by statistics.
+    pub compacted_files: u64,
+    pub row_groups_skipped: u64,
+    /// Manifests that could not be read (their objects are read as stored).
+    pub unreadable_manifests: u64,
 }
 
 impl std::fmt::Display for Summary {
@@ -125,6 +148,16 @@ impl std::fmt::Display for Summary {
         )?;
         if self.unreadable_documents > 0 {
             write!(f, ", {} unreadable", self.unreadable_documents)?;
+        }
+        if self.compacted_files > 0 {
+            write!(
+                f,
+                ", {} compacted files read, {} row groups skipped",
+                self.compacted_files, self.row_groups_skipped
+            )?;
+        }
+        if self.unreadable_manifests > 0 {
+            write!(f, ", {} manifests unreadable", self.unreadable_manifests)?;
         }
         if self.failed > 0 {
             write!(f, ", {} objects failed", self.failed)?;
@@ -211,19 +244,60 @@ pub async fn run(args: &QueryArgs, out: &mut dyn Write) -> Result<Summary, Query
     };
     let s3 = client(args).await;
     let mut summary = Summary::default();
-    let prefix = match args.index_prefix.trim_start_matches('/') {
+    let slash = |p: &str| match p.trim_start_matches('/') {
         p if p.ends_with('/') => p.to_string(),
         p => format!("{p}/"),
     };
+    let (prefix, compact_prefix) = (slash(&args.index_prefix), slash(&args.compact_prefix));
 
-    // 1. Index documents of the range.
+    // 1. Index documents and compaction manifests of the range.
     let mut doc_keys = Vec::new();
+    let mut manifest_keys = Vec::new();
     for part in partitions(from, until) {
         summary.partitions += 1;
         doc_keys.extend(list(&s3, &args.bucket, &format!("{prefix}{part}")).await?);
+        manifest_keys.extend(
+            list(&s3, &args.bucket, &format!("{compact_prefix}{part}"))
+                .await?
+                .into_iter()
+                .filter(|k| k.rsplit('/').next().is_some_and(|n| n.starts_with("_manifest-"))),
+        );
     }
     summary.index_documents = doc_keys.len() as u64;
-    let docs = fetch_docs(&s3, &args.bucket, doc_keys, &mut summary).await;
+    let (docs, unreadable) = fetch_json(
+        &s3,
+        &args.bucket,
+        doc_keys,
+        "index document",
+        |d: &IndexDoc| d.version,
+        INDEX_VERSION,
+    )
+    .await;
+    summary.unreadable_documents += unreadable;
+    // A manifest that cannot be read leaves its objects to be read as stored.
+    let (manifests, unreadable) = fetch_json(
+        &s3,
+        &args.bucket,
+        manifest_keys,
+        "manifest",
+        |m: &logferry_indexer::compacted::Manifest| m.version,
+        logferry_indexer::compacted::MANIFEST_VERSION,
+    )
+    .await;
+    summary.unreadable_manifests += unreadable;
+    // (key, ETag) of every compacted object -> its manifest.
+    let mut covered: HashMap<(&str, &str), usize> = HashMap::new();
+    for (i, m) in manifests.iter().enumerate() {
+        for input in self::parquet::covered(m) {
+            covered.insert(input, i);
+        }
+    }
+    // Per manifest: open it?, the earliest time of its objects that can match,
+    // how many of its objects have a document here, and --grep's fields.
+    let mut open = vec![false; manifests.len()];
+    let mut first: Vec<Option<DateTime<Utc>>> = vec![None; manifests.len()];
+    let mut documented = vec![0usize; manifests.len()];
+    let mut token_fields: Vec<Option<Vec<String>>> = vec![None; manifests.len()];
 
     // 2. Prune.
     let mut candidates = Vec::new();
@@ -233,6 +307,11 @@ pub async fn run(args: &QueryArgs, out: &mut dyn Write) -> Result<Summary, Query
         if !seen.insert((doc.bucket.clone(), doc.key.clone())) {
             continue;
         }
+        let compacted = covered.get(&(doc.key.as_str(), doc.etag.as_str())).copied();
+        if let Some(m) = compacted {
+            documented[m] += 1;
+            token_fields[m].get_or_insert_with(|| doc.tokens.fields.clone());
+        }
         match query.verdict(&doc) {
             Verdict::OutOfRange => {}
             Verdict::Skip => {
@@ -241,32 +320,76 @@ pub async fn run(args: &QueryArgs, out: &mut dyn Write) -> Result<Summary, Query
             }
             Verdict::Open => {
                 summary.objects_in_range += 1;
-                candidates.push(doc);
+                match compacted {
+                    // Counted as opened: its records are read, from the compacted file.
+                    Some(m) => {
+                        summary.opened += 1;
+                        open[m] = true;
+                        first[m] = match (first[m], doc.min_time()) {
+                            (Some(a), Some(b)) => Some(a.min(b)),
+                            (a, b) => a.or(b),
+                        };
+                    }
+                    None => candidates.push((doc.min_time(), doc.key.clone(), Target::Object(Box::new(doc)))),
+                }
             }
         }
     }
-    candidates.sort_by(|a, b| (a.min_time(), &a.key).cmp(&(b.min_time(), &b.key)));
-    tracing::debug!(candidates = candidates.len(), "objects to open");
+    for (i, m) in manifests.iter().enumerate() {
+        // An object without a document here cannot be ruled out.
+        if open[i] || documented[i] < self::parquet::covered(m).count() {
+            for out in &m.outputs {
+                let file = self::parquet::CompactedFile {
+                    bucket: m.bucket.clone(),
+                    key: out.key.clone(),
+                    token_fields: token_fields[i]
+                        .clone()
+                        .unwrap_or_else(|| logferry_indexer::config::IndexOptions::default().token_fields),
+                };
+                candidates.push((first[i].or(Some(from)), out.key.clone(), Target::Compacted(file)));
+            }
+        }
+    }
+    candidates.sort_by(|a, b| (a.0, &a.1).cmp(&(b.0, &b.1)));
+    let candidates: Vec<Target> = candidates.into_iter().map(|(_, _, t)| t).collect();
+    tracing::debug!(candidates = candidates.len(), "objects and compacted files to open");
 
     // 3. Fetch, match, print.
     let progress = progress_bar(candidates.len() as u64);
-    let mut pending: VecDeque<JoinHandle<Result<Matches, String>>> = VecDeque::new();
+    // (compacted?, its scan)
+    let mut pending: VecDeque<(bool, Scan)> = VecDeque::new();
     let mut next = candidates.into_iter();
     let per_object_limit = args.limit.unwrap_or(u64::MAX);
     let mut remaining = args.limit.unwrap_or(u64::MAX);
     let mut text_line = String::new();
     'objects: loop {
         while pending.len() < FETCH_CONCURRENCY {
-            let Some(doc) = next.next() else { break };
+            let Some(target) = next.next() else { break };
             let (s3, q) = (s3.clone(), query.clone());
-            pending.push_back(tokio::spawn(async move {
-                scan_object(&s3, &doc, &q, per_object_limit).await
-            }));
+            let compacted = matches!(target, Target::Compacted(_));
+            pending.push_back((
+                compacted,
+                tokio::spawn(async move {
+                    match target {
+                        Target::Object(doc) => scan_object(&s3, &doc, &q, per_object_limit).await.map(|m| (m, 0)),
+                        Target::Compacted(f) => scan_compacted(&s3, &f, &q, per_object_limit).await,
+                    }
+                }),
+            ));
         }
-        let Some(handle) = pending.pop_front() else { break };
-        summary.opened += 1;
+        let Some((compacted, handle)) = pending.pop_front() else {
+            break;
+        };
+        if compacted {
+            summary.compacted_files += 1;
+        } else {
+            summary.opened += 1;
+        }
         let matches = match handle.await {
-            Ok(Ok(m)) => m,
+            Ok(Ok((m, skipped))) => {
+                summary.row_groups_skipped += skipped;
+                m
+            }
             Ok(Err(e)) => {
                 tracing::error!("{e}");
                 summary.failed += 1;
@@ -304,7 +427,7 @@ pub async fn run(args: &QueryArgs, out: &mut dyn Write) -> Result<Summary, Query
             break;
         }
     }
-    for h in pending {
+    for (_, h) in pending {
         h.abort();
     }
     if let Some(p) = progress {
@@ -368,8 +491,21 @@ async fn get_bytes(s3: &Client, bucket: &str, key: &str) -> Result<Vec<u8>, Stri
     Ok(body.into_bytes().to_vec())
 }
 
-async fn fetch_docs(s3: &Client, bucket: &str, keys: Vec<String>, summary: &mut Summary) -> Vec<IndexDoc> {
-    let mut docs = Vec::with_capacity(keys.len());
+/// Reads the versioned JSON documents at `keys`, [`DOC_CONCURRENCY`] at a
+/// time (index documents, compaction manifests). One that cannot be read,
+/// or has another version, is warned about and counted in the second value.
+async fn fetch_json<T>(
+    s3: &Client,
+    bucket: &str,
+    keys: Vec<String>,
+    what: &'static str,
+    version: fn(&T) -> u32,
+    want: u32,
+) -> (Vec<T>, u64)
+where
+    T: serde::de::DeserializeOwned + Send + 'static,
+{
+    let (mut out, mut unreadable) = (Vec::with_capacity(keys.len()), 0);
     let mut pending = VecDeque::new();
     let mut next = keys.into_iter();
     loop {
@@ -378,31 +514,51 @@ async fn fetch_docs(s3: &Client, bucket: &str, keys: Vec<String>, summary: &mut 
             let (s3, bucket) = (s3.clone(), bucket.to_string());
             pending.push_back(tokio::spawn(async move {
                 let bytes = get_bytes(&s3, &bucket, &key).await?;
-                let doc: IndexDoc =
-                    serde_json::from_slice(&bytes).map_err(|e| format!("index document s3://{bucket}/{key}: {e}"))?;
-                if doc.version != INDEX_VERSION {
-                    return Err(format!(
-                        "index document s3://{bucket}/{key} has version {}",
-                        doc.version
-                    ));
+                let doc: T = serde_json::from_slice(&bytes).map_err(|e| format!("{what} s3://{bucket}/{key}: {e}"))?;
+                match version(&doc) {
+                    v if v == want => Ok(doc),
+                    v => Err(format!("{what} s3://{bucket}/{key} has version {v}")),
                 }
-                Ok(doc)
             }));
         }
         let Some(h) = pending.pop_front() else { break };
         match h.await {
-            Ok(Ok(doc)) => docs.push(doc),
+            Ok(Ok(doc)) => out.push(doc),
             Ok(Err(e)) => {
                 tracing::warn!("{e}");
-                summary.unreadable_documents += 1;
+                unreadable += 1;
             }
             Err(e) => {
-                tracing::warn!("index document task failed: {e}");
-                summary.unreadable_documents += 1;
+                tracing::warn!("{what} task failed: {e}");
+                unreadable += 1;
             }
         }
     }
-    docs
+    (out, unreadable)
+}
+
+/// Downloads a compacted file to a temporary file (row groups are read from
+/// it, one at a time) and returns its matching records in time order.
+async fn scan_compacted(
+    s3: &Client,
+    f: &self::parquet::CompactedFile,
+    q: &Query,
+    limit: u64,
+) -> Result<(Matches, u64), String> {
+    let got = get_object(s3, &f.bucket, &f.key).await?;
+    let mut body = SyncIoBridge::new(got.body.into_async_read());
+    let (q, fields, name) = (
+        q.clone(),
+        f.token_fields.clone(),
+        format!("s3://{}/{}", f.bucket, f.key),
+    );
+    tokio::task::spawn_blocking(move || {
+        let mut tmp = tempfile::tempfile().map_err(|e| format!("{name}: a temporary file: {e}"))?;
+        std::io::copy(&mut body, &mut tmp).map_err(|e| format!("{name}: {e}"))?;
+        self::parquet::scan_file(tmp, &q, &fields, limit).map_err(|e| format!("{name}: {e}"))
+    })
+    .await
+    .map_err(|e| format!("scanning task failed: {e}"))?
 }
 
 /// Streams one object and returns its matching records (the stored lines),

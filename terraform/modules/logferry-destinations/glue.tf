@@ -158,3 +158,133 @@ resource "aws_glue_catalog_table" "index" {
     }
   }
 }
+
+# The compactor's Parquet: <compact_prefix>dt=YYYY-MM-DD/hour=HH/source=<name>/part-<id>.parquet
+# (files named _manifest-*, _pending-*, _done-* are skipped by Athena). Closed hours; the
+# NDJSON `logs` table keeps serving the open one.
+locals {
+  # The Parquet schema, in the file's column order (lambda/README.md, "Columns").
+  parquet_columns = [
+    ["timestamp", "timestamp"],
+    ["level", "string"],
+    ["log", "string"],
+    ["message", "string"],
+    ["msg", "string"],
+    ["ecs_cluster", "string"],
+    ["ecs_task_arn", "string"],
+    ["ecs_task_id", "string"],
+    ["ecs_task_definition", "string"],
+    ["container_name", "string"],
+    ["container_id", "string"],
+    ["aws_region", "string"],
+    ["availability_zone", "string"],
+    ["launch_type", "string"],
+    ["ec2_instance_id", "string"],
+    ["ec2_instance_type", "string"],
+    ["az", "string"],
+    ["private_ip", "string"],
+    ["ami_id", "string"],
+    ["account_id", "string"],
+    ["hostname", "string"],
+    ["kubernetes", "struct<pod_name:string,namespace_name:string,pod_id:string,host:string,container_name:string,container_id:string,container_image:string,container_hash:string,docker_id:string,labels:map<string,string>,annotations:map<string,string>>"],
+    ["rest", "string"],
+  ]
+  parquet_tables = var.create_glue_tables && local.compactor ? 1 : 0
+  # The named queries' sample source; empty sources fail the rule's precondition instead.
+  parquet_example_source = length(var.compact_sources) > 0 ? keys(var.compact_sources)[0] : "<source>"
+}
+
+resource "aws_glue_catalog_table" "logs_parquet" {
+  count         = local.parquet_tables
+  database_name = aws_glue_catalog_database.logs[0].name
+  name          = "logs_parquet"
+  table_type    = "EXTERNAL_TABLE"
+
+  parameters = {
+    classification                = "parquet"
+    EXTERNAL                      = "TRUE"
+    "parquet.compression"         = "ZSTD"
+    "projection.enabled"          = "true"
+    "projection.dt.type"          = "date"
+    "projection.dt.format"        = "yyyy-MM-dd"
+    "projection.dt.range"         = "${local.glue_index_start},NOW"
+    "projection.dt.interval"      = "1"
+    "projection.dt.interval.unit" = "DAYS"
+    "projection.hour.type"        = "integer"
+    "projection.hour.range"       = "0,23"
+    "projection.hour.digits"      = "2"
+    "projection.source.type"      = "enum"
+    "projection.source.values"    = join(",", keys(var.compact_sources))
+    "storage.location.template"   = "s3://${local.bucket_id}/${var.compact_prefix}dt=$${dt}/hour=$${hour}/source=$${source}/"
+  }
+
+  partition_keys {
+    name = "dt"
+    type = "string"
+  }
+  partition_keys {
+    name = "hour"
+    type = "string"
+  }
+  partition_keys {
+    name = "source"
+    type = "string"
+  }
+
+  storage_descriptor {
+    location      = "s3://${local.bucket_id}/${var.compact_prefix}"
+    input_format  = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetInputFormat"
+    output_format = "org.apache.hadoop.hive.ql.io.parquet.MapredParquetOutputFormat"
+
+    ser_de_info {
+      serialization_library = "org.apache.hadoop.hive.ql.io.parquet.serde.ParquetHiveSerDe"
+      parameters = {
+        "serialization.format" = "1"
+      }
+    }
+
+    dynamic "columns" {
+      for_each = local.parquet_columns
+      content {
+        name = columns.value[0]
+        type = columns.value[1]
+      }
+    }
+  }
+}
+
+# Named queries over the Parquet table; each names its dt, hour and source partitions, so
+# Athena reads one hour of one source.
+resource "aws_athena_named_query" "errors_by_task" {
+  count       = local.parquet_tables
+  name        = "${var.name_prefix}-errors-by-task"
+  description = "Errors per ECS task in one hour of one source (logs_parquet)."
+  workgroup   = var.athena_workgroup
+  database    = aws_glue_catalog_database.logs[0].name
+  query       = <<-SQL
+    SELECT ecs_task_id, container_name, count(*) AS errors,
+           min("timestamp") AS first_seen, max("timestamp") AS last_seen
+    FROM logs_parquet
+    WHERE dt = '2026-12-03' AND hour = '14' AND source = '${local.parquet_example_source}'
+      AND level = 'error'
+    GROUP BY ecs_task_id, container_name
+    ORDER BY errors DESC
+    LIMIT 100;
+  SQL
+}
+
+resource "aws_athena_named_query" "by_label" {
+  count       = local.parquet_tables
+  name        = "${var.name_prefix}-by-label"
+  description = "Records of the pods with a Kubernetes label, in one hour of one source (logs_parquet)."
+  workgroup   = var.athena_workgroup
+  database    = aws_glue_catalog_database.logs[0].name
+  query       = <<-SQL
+    SELECT "timestamp", kubernetes.namespace_name, kubernetes.pod_name, level, coalesce(message, msg, log) AS text
+    FROM logs_parquet
+    WHERE dt = '2026-12-03' AND hour = '14' AND source = '${local.parquet_example_source}'
+      AND kubernetes.labels['app'] = 'checkout'
+    ORDER BY "timestamp"
+    LIMIT 100;
+  SQL
+}

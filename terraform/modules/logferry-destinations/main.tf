@@ -12,6 +12,22 @@ locals {
   # The bucket this module made, or the existing one named by bucket_name.
   bucket_id  = var.create_bucket ? aws_s3_bucket.logs[0].id : var.bucket_name
   bucket_arn = "arn:${local.partition}:s3:::${local.bucket_id}"
+  # The compactor runs in the indexer's function, so it needs the indexer.
+  compactor = local.indexer && var.compactor_enabled
+  # Static part of each source's template (up to its first strftime field): what the
+  # compactor lists, reads, tags or deletes under.
+  compact_source_prefixes = distinct([for t in values(var.compact_sources) : regex("^[^%]*", t)])
+  compact_quarantine      = "${var.quarantine_prefix}compact/"
+  # The function is shared: it gets what the larger of its two jobs needs.
+  function_timeout = local.compactor ? max(var.indexer_timeout, var.compactor_timeout) : var.indexer_timeout
+  function_memory  = local.compactor ? max(var.indexer_memory_size, var.compactor_memory_size) : var.indexer_memory_size
+  compact_environment = local.compactor ? {
+    COMPACT_PREFIX  = var.compact_prefix
+    COMPACT_INPUTS  = var.compact_inputs
+    COMPACT_BUCKET  = local.bucket_id
+    COMPACT_SOURCES = join(",", [for name, tpl in var.compact_sources : "${name}=${tpl}"])
+    COMPACT_DELAY   = var.compact_delay
+  } : {}
 }
 
 # -- S3 --------------------------------------------------------------------------------------
@@ -118,6 +134,46 @@ resource "aws_s3_bucket_lifecycle_configuration" "logs" {
         content {
           days = var.expiration_days
         }
+      }
+    }
+  }
+
+  # The compactor's output: uploads of a killed run go after a day (also covered by the
+  # bucket-wide rule; stated here for the prefix), Parquet expires with the logs.
+  dynamic "rule" {
+    for_each = local.compactor ? [1] : []
+    content {
+      id     = "compacted"
+      status = "Enabled"
+      filter {
+        prefix = var.compact_prefix
+      }
+      abort_incomplete_multipart_upload {
+        days_after_initiation = 1
+      }
+      dynamic "expiration" {
+        for_each = var.expiration_days > 0 ? [1] : []
+        content {
+          days = var.expiration_days
+        }
+      }
+    }
+  }
+
+  # Inputs the compactor tagged (compact_inputs = "tag") expire once compacted.
+  dynamic "rule" {
+    for_each = local.compactor && var.compact_inputs == "tag" && var.compacted_input_expiration_days > 0 ? [1] : []
+    content {
+      id     = "compacted-inputs"
+      status = "Enabled"
+      filter {
+        and {
+          prefix = var.logs_prefix
+          tags   = { "logferry-compacted" = "true" }
+        }
+      }
+      expiration {
+        days = var.compacted_input_expiration_days
       }
     }
   }
@@ -242,7 +298,7 @@ resource "aws_sqs_queue" "indexer_dlq" {
 resource "aws_sqs_queue" "indexer" {
   count                      = local.indexer ? 1 : 0
   name                       = local.indexer_name
-  visibility_timeout_seconds = 6 * var.indexer_timeout
+  visibility_timeout_seconds = 6 * local.function_timeout
   message_retention_seconds  = 345600
   sqs_managed_sse_enabled    = true
   redrive_policy = jsonencode({
@@ -341,6 +397,55 @@ data "aws_iam_policy_document" "indexer" {
     actions   = ["logs:CreateLogStream", "logs:PutLogEvents"]
     resources = ["${aws_cloudwatch_log_group.indexer[0].arn}:*"]
   }
+  # The compactor's calls (lambda/README.md), only when it is on.
+  dynamic "statement" {
+    for_each = local.compactor ? [1] : []
+    content {
+      sid       = "CompactList"
+      actions   = ["s3:ListBucket"]
+      resources = [local.bucket_arn]
+      condition {
+        test     = "StringLike"
+        variable = "s3:prefix"
+        values = concat(
+          ["${var.compact_prefix}*", "${var.index_prefix}*", "${local.compact_quarantine}*"],
+          [for p in local.compact_source_prefixes : "${p}*"],
+        )
+      }
+    }
+  }
+  dynamic "statement" {
+    for_each = local.compactor ? [1] : []
+    content {
+      sid       = "CompactRead"
+      actions   = ["s3:GetObject"]
+      resources = concat(["${local.bucket_arn}/${var.compact_prefix}*", "${local.bucket_arn}/${var.index_prefix}*"], [for p in local.compact_source_prefixes : "${local.bucket_arn}/${p}*"])
+    }
+  }
+  dynamic "statement" {
+    for_each = local.compactor ? [1] : []
+    content {
+      sid       = "CompactWriteOwn"
+      actions   = ["s3:PutObject", "s3:DeleteObject"]
+      resources = ["${local.bucket_arn}/${var.compact_prefix}*", "${local.bucket_arn}/${local.compact_quarantine}*"]
+    }
+  }
+  dynamic "statement" {
+    for_each = local.compactor && var.compact_inputs == "tag" ? [1] : []
+    content {
+      sid       = "CompactTagInputs"
+      actions   = ["s3:GetObjectTagging", "s3:PutObjectTagging"]
+      resources = [for p in local.compact_source_prefixes : "${local.bucket_arn}/${p}*"]
+    }
+  }
+  dynamic "statement" {
+    for_each = local.compactor && var.compact_inputs == "delete" ? [1] : []
+    content {
+      sid       = "CompactDeleteInputs"
+      actions   = ["s3:DeleteObject"]
+      resources = [for p in local.compact_source_prefixes : "${local.bucket_arn}/${p}*"]
+    }
+  }
   dynamic "statement" {
     for_each = var.kms_key_arn == "" ? [] : [1]
     content {
@@ -372,15 +477,15 @@ resource "aws_lambda_function" "indexer" {
   runtime                        = "provided.al2023"
   handler                        = "bootstrap"
   architectures                  = ["x86_64"]
-  memory_size                    = var.indexer_memory_size
-  timeout                        = var.indexer_timeout
+  memory_size                    = local.function_memory
+  timeout                        = local.function_timeout
   reserved_concurrent_executions = var.indexer_reserved_concurrency
 
   environment {
     variables = merge(var.indexer_environment, {
       INDEX_PREFIX      = var.index_prefix
       QUARANTINE_PREFIX = var.quarantine_prefix
-    })
+    }, local.compact_environment)
   }
 
   logging_config {
@@ -400,4 +505,48 @@ resource "aws_lambda_event_source_mapping" "indexer" {
   maximum_batching_window_in_seconds = 5
   # Only the messages the function names are retried; the rest of the batch is done.
   function_response_types = ["ReportBatchItemFailures"]
+}
+
+# -- the compactor: an hourly EventBridge schedule invoking the same function ---------------
+
+resource "aws_cloudwatch_event_rule" "compactor" {
+  count               = local.compactor ? 1 : 0
+  name                = "${local.indexer_name}-compact"
+  description         = "Compacts each closed hour of the log archive into Parquet (logferry)."
+  schedule_expression = var.compact_schedule
+  tags                = var.tags
+
+  lifecycle {
+    precondition {
+      condition     = length(var.compact_sources) > 0
+      error_message = "compactor_enabled needs compact_sources (source name -> key template, e.g. { app = \"logs/app/%Y/%m/%d/%H/\" })."
+    }
+    precondition {
+      condition     = alltrue([for t in values(var.compact_sources) : startswith(t, var.logs_prefix)])
+      error_message = "Every compact_sources template must lie under logs_prefix (the function reads only there)."
+    }
+    precondition {
+      # Parquet under logs_prefix would notify the indexer; under the index or quarantine
+      # prefix it would be read as index documents or overlap quarantined copies.
+      condition = !anytrue([for p in [var.logs_prefix, var.index_prefix, var.quarantine_prefix] :
+      startswith(var.compact_prefix, p) || startswith(p, var.compact_prefix)])
+      error_message = "compact_prefix must not overlap logs_prefix, index_prefix or quarantine_prefix."
+    }
+  }
+}
+
+resource "aws_cloudwatch_event_target" "compactor" {
+  count     = local.compactor ? 1 : 0
+  rule      = aws_cloudwatch_event_rule.compactor[0].name
+  target_id = "compactor"
+  arn       = aws_lambda_function.indexer[0].arn
+}
+
+resource "aws_lambda_permission" "compactor" {
+  count         = local.compactor ? 1 : 0
+  statement_id  = "AllowCompactSchedule"
+  action        = "lambda:InvokeFunction"
+  function_name = aws_lambda_function.indexer[0].function_name
+  principal     = "events.amazonaws.com"
+  source_arn    = aws_cloudwatch_event_rule.compactor[0].arn
 }

@@ -44,6 +44,21 @@ output "indexer_dlq_url" {
 }
 
 output "glue_database_name" {
-  description = "Glue database holding the `logs` and `log_index` tables (empty when not created)."
+  description = "Glue database holding the `logs` and `log_index` tables, and `logs_parquet` with the compactor (empty when not created)."
   value       = var.create_glue_tables ? aws_glue_catalog_database.logs[0].name : ""
+}
+
+output "compact_prefix" {
+  description = "Where the compactor writes Parquet (empty when the compactor is off)."
+  value       = local.compactor ? var.compact_prefix : ""
+}
+
+output "compactor_schedule_rule_arn" {
+  description = "ARN of the compactor's EventBridge rule (empty when the compactor is off)."
+  value       = local.compactor ? aws_cloudwatch_event_rule.compactor[0].arn : ""
+}
+
+output "athena_named_query_ids" {
+  description = "IDs of the Athena named queries over logs_parquet, by name (empty when not created)."
+  value       = { for q in concat(aws_athena_named_query.errors_by_task, aws_athena_named_query.by_label) : q.name => q.id }
 }

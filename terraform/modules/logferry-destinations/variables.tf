@@ -208,7 +208,7 @@ variable "quarantine_prefix" {
 }
 
 variable "indexer_environment" {
-  description = "Further indexer settings: MAX_DECOMPRESSED_BYTES, MAX_BAD_LINE_RATIO, DISTINCT_FIELDS, DISTINCT_CAP, TOKEN_FIELDS, BLOOM_FP_RATE."
+  description = "Further indexer settings: MAX_DECOMPRESSED_BYTES, MAX_BAD_LINE_RATIO, DISTINCT_FIELDS, DISTINCT_CAP, TOKEN_FIELDS, BLOOM_FP_RATE; and the compactor's COMPACT_ROW_GROUP_BYTES, COMPACT_FILE_INPUT_BYTES."
   type        = map(string)
   default = {
     DISTINCT_FIELDS = "ecs_cluster,ecs_task_id,container_name,kubernetes.pod_name,level"
@@ -217,9 +217,10 @@ variable "indexer_environment" {
 
   validation {
     condition = alltrue([for k in keys(var.indexer_environment) : contains(
-      ["MAX_DECOMPRESSED_BYTES", "MAX_BAD_LINE_RATIO", "DISTINCT_FIELDS", "DISTINCT_CAP", "TOKEN_FIELDS", "BLOOM_FP_RATE"], k
+      ["MAX_DECOMPRESSED_BYTES", "MAX_BAD_LINE_RATIO", "DISTINCT_FIELDS", "DISTINCT_CAP", "TOKEN_FIELDS", "BLOOM_FP_RATE",
+      "COMPACT_ROW_GROUP_BYTES", "COMPACT_FILE_INPUT_BYTES"], k
     )])
-    error_message = "indexer_environment takes only MAX_DECOMPRESSED_BYTES, MAX_BAD_LINE_RATIO, DISTINCT_FIELDS, DISTINCT_CAP, TOKEN_FIELDS, BLOOM_FP_RATE (the prefixes have their own variables)."
+    error_message = "indexer_environment takes only MAX_DECOMPRESSED_BYTES, MAX_BAD_LINE_RATIO, DISTINCT_FIELDS, DISTINCT_CAP, TOKEN_FIELDS, BLOOM_FP_RATE, COMPACT_ROW_GROUP_BYTES, COMPACT_FILE_INPUT_BYTES (the prefixes and the other COMPACT_* settings have their own variables)."
   }
 }
 
@@ -265,6 +266,108 @@ variable "indexer_max_receive_count" {
     condition     = var.indexer_max_receive_count >= 1 && var.indexer_max_receive_count <= 1000
     error_message = "indexer_max_receive_count must be 1-1000."
   }
+}
+
+# -- the Parquet compactor (same function as the indexer) -----------------------------------
+
+variable "compactor_enabled" {
+  description = "Run the compactor in the indexer function (needs indexer_zip_path): an hourly EventBridge schedule, COMPACT_* settings, its IAM statements and, with create_glue_tables, the logs_parquet table and Athena named queries."
+  type        = bool
+  default     = false
+}
+
+variable "compact_prefix" {
+  description = "Where the compactor writes Parquet files and manifests (COMPACT_PREFIX): <compact_prefix>dt=YYYY-MM-DD/hour=HH/source=<name>/. Must not lie under logs_prefix, index_prefix or quarantine_prefix."
+  type        = string
+  default     = "compacted/"
+
+  validation {
+    condition     = can(regex("^[A-Za-z0-9!_.*'()/-]+/$", var.compact_prefix)) && !startswith(var.compact_prefix, "/")
+    error_message = "compact_prefix must be a relative key prefix ending with /."
+  }
+}
+
+variable "compact_sources" {
+  description = "What the schedule compacts (COMPACT_SOURCES): source name -> key template in strftime form under logs_prefix, e.g. { app = \"logs/app/%Y/%m/%d/%H/\" }; with the index, the layout root (\"logs/\") is enough. The names are the logs_parquet table's source partition. Required when compactor_enabled."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for k, v in var.compact_sources : can(regex("^[A-Za-z0-9._-]+$", k)) && can(regex("^[^,=/][^,=]*/$", v))])
+    error_message = "compact_sources: names are letters, digits, . _ -; templates are relative key prefixes ending with / and hold no , or =."
+  }
+}
+
+variable "compact_inputs" {
+  description = "What happens to compacted inputs once their manifest exists (COMPACT_INPUTS): tag (logferry-compacted=true), delete, or keep. Only delete gives the function s3:DeleteObject under the sources' prefixes."
+  type        = string
+  default     = "tag"
+
+  validation {
+    condition     = contains(["tag", "delete", "keep"], var.compact_inputs)
+    error_message = "compact_inputs must be tag, delete or keep."
+  }
+}
+
+variable "compact_schedule" {
+  description = "EventBridge schedule of the compactor: each run compacts, for every source, the last hour that ended at least compact_delay before it."
+  type        = string
+  default     = "cron(15 * * * ? *)"
+
+  validation {
+    condition     = can(regex("^(cron|rate)\\(.+\\)$", var.compact_schedule))
+    error_message = "compact_schedule must be a cron(...) or rate(...) expression."
+  }
+}
+
+variable "compact_delay" {
+  description = "How long after an hour ends the schedule waits for late objects (COMPACT_DELAY, e.g. 10m); keep it below the schedule's offset into the hour."
+  type        = string
+  default     = "10m"
+
+  validation {
+    condition     = can(regex("^[0-9]+(s|m|h)$", var.compact_delay))
+    error_message = "compact_delay must be a duration like 600s, 10m or 1h."
+  }
+}
+
+variable "compactor_timeout" {
+  description = "Timeout (seconds) the compactor needs. The function is shared: with the compactor on, its timeout is max(indexer_timeout, compactor_timeout) and the queue's visibility timeout six times that."
+  type        = number
+  default     = 900
+
+  validation {
+    condition     = var.compactor_timeout >= 60 && var.compactor_timeout <= 900
+    error_message = "compactor_timeout must be 60-900 seconds."
+  }
+}
+
+variable "compactor_memory_size" {
+  description = "Memory (MiB) the compactor needs (it stays under 512 MiB; Lambda CPU grows with memory). With the compactor on, the shared function gets max(indexer_memory_size, compactor_memory_size)."
+  type        = number
+  default     = 1024
+
+  validation {
+    condition     = var.compactor_memory_size >= 512 && var.compactor_memory_size <= 10240
+    error_message = "compactor_memory_size must be 512-10240 MiB."
+  }
+}
+
+variable "compacted_input_expiration_days" {
+  description = "Days after which inputs the compactor tagged logferry-compacted=true expire (0: never; with compact_inputs = \"tag\")."
+  type        = number
+  default     = 0
+
+  validation {
+    condition     = var.compacted_input_expiration_days >= 0
+    error_message = "compacted_input_expiration_days must be >= 0."
+  }
+}
+
+variable "athena_workgroup" {
+  description = "Athena workgroup of the named queries."
+  type        = string
+  default     = "primary"
 }
 
 # -- Glue / Athena ---------------------------------------------------------------------------

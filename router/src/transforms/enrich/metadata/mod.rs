@@ -506,6 +506,13 @@ mod tests {
                 "kubernetes",
             ]
         );
+        // Each has a typed column in the compacted archive (the rest would land in `rest`).
+        for name in &names {
+            assert!(
+                *name == "kubernetes" || logferry_indexer::compacted::STRING_COLUMNS.contains(name),
+                "{name} has no column in logferry_indexer::compacted"
+            );
+        }
         assert!(
             collected.report.iter().all(|s| s.outcome == Outcome::Found),
             "{collected:?}"
