@@ -203,7 +203,7 @@ def test_daemonset_node_contract():
     assert varlog["readOnly"] is True and volumes[varlog["name"]]["hostPath"]["path"] == "/var/log"
     (include,) = re.findall(r'include = \["([^"]+)"\]', config)
     assert include == "/var/log/containers/*.log"
-    assert 'parser = "cri"' in config and 'kubernetes_metadata = "path"' in config
+    assert 'parser = "cri"' in config and 'kubernetes_metadata = "api"' in config
     assert re.search(r"^kubernetes = false$", config, re.M), "the downward API would describe the daemon itself"
     # Checkpoints on the host, writable.
     (data_dir,) = re.findall(r'data_dir = "([^"]+)"', config)
@@ -232,6 +232,31 @@ def test_daemonset_node_contract():
     assert sc["readOnlyRootFilesystem"] and sc["allowPrivilegeEscalation"] is False
     assert sc["capabilities"] == {"drop": ["ALL"]}, "reads root-owned logs as their owner, no capability needed"
     assert sc["seccompProfile"]["type"] == "RuntimeDefault"
+
+
+def test_daemonset_reads_its_node_pods_with_the_least_rbac():
+    spec, router, config = daemon_parts()
+    (sa,) = docs(DAEMON / "serviceaccount.yaml")
+    role, binding = docs(DAEMON / "rbac.yaml")
+    assert role["kind"] == "ClusterRole" and binding["kind"] == "ClusterRoleBinding"
+    # get/list/watch on pods and namespaces, nothing more.
+    assert role["rules"] == [{"apiGroups": [""], "resources": ["pods", "namespaces"], "verbs": ["get", "list", "watch"]}]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role["metadata"]["name"]}
+    (k,) = docs(DAEMON / "kustomization.yaml")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": sa["metadata"]["name"], "namespace": k["namespace"]}]
+    # The node from the downward API; the router's default for node_name is $NODE_NAME.
+    env = {e["name"]: e for e in router["env"]}
+    assert env["NODE_NAME"]["valueFrom"]["fieldRef"]["fieldPath"] == "spec.nodeName"
+    assert 'kubernetes_metadata = "api"' in config and "[sources.containers.kubernetes_api]" in config
+    assert "endpoint" not in config.split("[sources.containers.kubernetes_api]")[1].split("[")[0], "in-cluster default"
+    # Token and CA projected where in-cluster clients look, read-only; no automount.
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m for m in router["volumeMounts"]}
+    sa_mount = mounts["/var/run/secrets/kubernetes.io/serviceaccount"]
+    assert sa_mount["readOnly"] is True
+    sources = volumes[sa_mount["name"]]["projected"]["sources"]
+    assert {"serviceAccountToken"} <= {k for s in sources for k in s}
+    assert any(s.get("configMap", {}).get("name") == "kube-root-ca.crt" for s in sources)
 
 
 def test_daemonset_takes_sidecars_on_the_node_port():

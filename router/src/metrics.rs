@@ -120,6 +120,12 @@ pub struct Metrics {
     checkpoint_corrupt: Family<SinkLabels, Counter>,
     /// Records a route sent to each of its named outputs.
     route_output_events: Family<OutputLabels, Counter>,
+    /// Failed list/watch requests to the Kubernetes API, by reason.
+    kubernetes_api_errors: Family<ReasonLabels, Counter>,
+    /// Pods in a file source's cache (deleted ones in their grace too).
+    kubernetes_pods: Family<ComponentLabels, Gauge>,
+    /// `memory_limit` bytes the pod cache holds.
+    kubernetes_cache_bytes: Family<ComponentLabels, Gauge>,
     /// Handles given out, for the summary logged at exit.
     components: std::sync::Mutex<Vec<ComponentMetrics>>,
     /// Checkpoint handles given out, for the watchdog.
@@ -174,6 +180,9 @@ impl Metrics {
             checkpoint_write_errors: Family::default(),
             checkpoint_save_failing: Family::default(),
             checkpoint_corrupt: Family::default(),
+            kubernetes_api_errors: Family::default(),
+            kubernetes_pods: Family::default(),
+            kubernetes_cache_bytes: Family::default(),
             route_output_events: Family::default(),
             registry: Registry::default(),
             components: std::sync::Mutex::new(Vec::new()),
@@ -365,7 +374,44 @@ impl Metrics {
             "Records a route transform sent to one of its outputs (a record matching several routes counts in each)",
             m.route_output_events.clone(),
         );
+        registry.register(
+            "logferry_kubernetes_api_errors",
+            "Failed requests of a file source's watch of the Kubernetes API (records keep the path's fields meanwhile), by reason: list, watch_start, watch, watch_event, gone (410, relisted), memory (a pod refused for want of memory_limit)",
+            m.kubernetes_api_errors.clone(),
+        );
+        registry.register(
+            "logferry_kubernetes_pods",
+            "Pods in a file source's metadata cache, deleted ones within their grace included",
+            m.kubernetes_pods.clone(),
+        );
+        registry.register(
+            "logferry_kubernetes_cache_bytes",
+            "memory_limit bytes a file source's pod metadata cache holds",
+            m.kubernetes_cache_bytes.clone(),
+        );
         Metrics { registry, ..m }
+    }
+
+    /// The pod count and charged bytes of source `id`'s pod cache.
+    pub fn kubernetes_cache(&self, id: &str) -> (Gauge, Gauge) {
+        let l = ComponentLabels {
+            component: id.to_string(),
+            kind: "file".to_string(),
+        };
+        (
+            self.kubernetes_pods.get_or_create(&l).clone(),
+            self.kubernetes_cache_bytes.get_or_create(&l).clone(),
+        )
+    }
+
+    /// The Kubernetes API error counter of source `id` for `reason`.
+    pub fn kubernetes_api_error(&self, id: &str, reason: &'static str) -> Counter {
+        self.kubernetes_api_errors
+            .get_or_create(&ReasonLabels {
+                component: id.to_string(),
+                reason: reason.to_string(),
+            })
+            .clone()
     }
 
     /// Handles of the disk buffer in front of sink `id`.

@@ -258,12 +258,12 @@ fn kubernetes_metadata_rejects_unknown_values() {
     let cfg = config(&env, &["cri"], "");
     let text = std::fs::read_to_string(&cfg)
         .unwrap()
-        .replace("kubernetes_metadata = \"path\"", "kubernetes_metadata = \"api\"");
+        .replace("kubernetes_metadata = \"path\"", "kubernetes_metadata = \"kubelet\"");
     let cfg = env.write_config(&text);
     let (code, _, err) = validate_config(&cfg);
     assert_ne!(code, Some(0));
     assert!(err.contains("kubernetes_metadata"), "{err}");
-    assert!(err.contains("path"), "{err}");
+    assert!(err.contains("path") && err.contains("api"), "{err}");
 }
 
 #[test]

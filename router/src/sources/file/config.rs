@@ -5,6 +5,7 @@ use std::time::Duration;
 use bytesize::ByteSize;
 use serde::Deserialize;
 
+use super::kube_api::KubernetesApiConfig;
 use super::parse::{Parser, ParserKind, ParserOptions, TimeFormat};
 use crate::confdiag::{Ctx, Seg};
 
@@ -28,6 +29,9 @@ pub enum KubernetesMetadata {
     /// The kubelet's container log name,
     /// `<pod>_<namespace>_<container>-<id>.log` (see `kubernetes.rs`).
     Path,
+    /// The path's fields plus the pod's from a watch of the Kubernetes API
+    /// (see `kube_api.rs`), configured by `kubernetes_api`.
+    Api,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -71,6 +75,8 @@ pub struct FileSourceConfig {
     /// over `/var/log/containers/*.log`).
     #[serde(default)]
     pub kubernetes_metadata: KubernetesMetadata,
+    /// The API server, token and node for `kubernetes_metadata = "api"`.
+    pub kubernetes_api: Option<KubernetesApiConfig>,
 }
 
 fn default_time_format() -> String {
@@ -166,6 +172,14 @@ impl FileSourceConfig {
         if self.glob_interval < Duration::from_millis(10) {
             ctx.error(&at("glob_interval"), "must be at least 10ms");
             ok = false;
+        }
+        match (&self.kubernetes_api, self.kubernetes_metadata) {
+            (Some(_), m) if m != KubernetesMetadata::Api => {
+                ctx.error(&at("kubernetes_api"), "is only used with kubernetes_metadata = \"api\"");
+                ok = false;
+            }
+            (Some(api), _) => ok &= api.validate(ctx, &at("kubernetes_api")),
+            _ => {}
         }
         ok
     }

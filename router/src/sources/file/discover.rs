@@ -11,7 +11,7 @@ use super::parse::Parser;
 use super::rotation::Verdict;
 use super::tail::LineSplitter;
 use super::world::{Stat, World};
-use super::{FileSource, KubernetesMetadata, Link, ReadFrom, UNREADABLE, Watched, kubernetes};
+use super::{FileSource, KubernetesMetadata, Link, ReadFrom, UNREADABLE, Watched, kube_api, kubernetes};
 use crate::checkpoint::{AckTracker, Checkpoint, Position};
 use crate::metrics::FileLabels;
 
@@ -150,8 +150,23 @@ impl<W: World> FileSource<W> {
             component: self.cx.id.clone(),
             file: path.display().to_string(),
         };
+        let mut k8s = None;
         let fields = match self.cfg.kubernetes_metadata {
             KubernetesMetadata::None => None,
+            KubernetesMetadata::Api => {
+                match path
+                    .file_name()
+                    .and_then(|n| n.to_str())
+                    .and_then(kubernetes::parse_name)
+                {
+                    Some(c) => k8s = Some(kube_api::FileMeta::new(&c)),
+                    None => {
+                        self.counters.kubernetes_name.inc();
+                        tracing::debug!(file = %path.display(), "not a kubelet container log name; no kubernetes fields");
+                    }
+                }
+                None
+            }
             KubernetesMetadata::Path => {
                 let f = kubernetes::fields_for(&path);
                 if f.is_none() {
@@ -190,6 +205,7 @@ impl<W: World> FileSource<W> {
             labels,
             identity_pending,
             fields,
+            k8s,
         };
         self.start_at(&mut w, start);
         self.by_key.insert(key, stream);

@@ -24,6 +24,7 @@ mod acks;
 pub mod config;
 mod discover;
 pub mod identity;
+pub mod kube_api;
 pub mod kubernetes;
 pub mod parse;
 mod read;
@@ -117,6 +118,24 @@ pub fn spawn(
     cfg: FileSourceConfig,
     cx: SourceContext,
 ) -> std::io::Result<std::thread::JoinHandle<Result<(), SourceError>>> {
+    let pods = match (cfg.kubernetes_metadata, &cfg.kubernetes_api) {
+        (KubernetesMetadata::Api, api) => {
+            let api = api.clone().unwrap_or_default();
+            let watch = {
+                let _rt = cx.rt.enter();
+                kube_api::Watch::new(&api).map_err(std::io::Error::other)?
+            };
+            // A quarter of the limit at most: batches always find room.
+            let max = cx.memory_limit / 4;
+            let cache = Arc::new(kube_api::PodCache::new(cx.memory.clone(), max, &cx.metrics, &cx.id));
+            // The watch ends with the source (`force`) or when the process stops.
+            let stop = cx.force.child_token();
+            cx.rt
+                .spawn(watch.run(cache.clone(), cx.metrics.clone(), cx.id.clone(), stop));
+            Some((cache, api.sync_wait))
+        }
+        _ => None,
+    };
     std::thread::Builder::new()
         .name(format!("source-{}", cx.id))
         .spawn(move || {
@@ -126,6 +145,7 @@ pub fn spawn(
                 store: CheckpointStore::new(&cx.data_dir, &cx.id),
             };
             let mut s = FileSource::new(cfg, cx, world, Waker::inotify())?;
+            s.pods = pods;
             let result = s.run();
             if let Err(e) = &result {
                 tracing::error!(error = %e, "source stopped");
@@ -182,8 +202,10 @@ struct Watched<F> {
     labels: FileLabels,
     /// Opened before it had enough bytes to be told apart from a copy.
     identity_pending: bool,
-    /// Added to every batch of this file (`kubernetes_metadata`).
+    /// Added to every batch of this file (`kubernetes_metadata = "path"`).
     fields: Option<Arc<Fields>>,
+    /// The file's pod, resolved at batch time (`kubernetes_metadata = "api"`).
+    k8s: Option<kube_api::FileMeta>,
 }
 
 struct SourceCounters {
@@ -194,6 +216,9 @@ struct SourceCounters {
     time_missing: Counter,
     kubernetes_name: Counter,
 }
+
+/// Records of excluded pods are dropped with this reason.
+const KUBERNETES_EXCLUDED: &str = "kubernetes_excluded";
 
 struct FileSource<W: World> {
     cfg: FileSourceConfig,
@@ -222,6 +247,9 @@ struct FileSource<W: World> {
     /// Failed saves, told once per outage and to `/readyz`.
     checkpoint_health: SaveHealth,
     last_scan: Instant,
+    /// This node's pods and how long to wait for their first list
+    /// (`kubernetes_metadata = "api"`).
+    pods: Option<(Arc<kube_api::PodCache>, Duration)>,
 }
 
 impl<W: World> FileSource<W> {
@@ -286,10 +314,12 @@ impl<W: World> FileSource<W> {
             last_checkpoint: now,
             checkpoint_health: SaveHealth::new(checkpoint_metrics),
             last_scan: now,
+            pods: None,
         })
     }
 
     fn run(&mut self) -> Result<(), SourceError> {
+        self.wait_for_pods();
         self.discover(true);
         let mut last_progress = self.world.now();
         let mut drain_started: Option<Instant> = None;
@@ -362,6 +392,20 @@ impl<W: World> FileSource<W> {
         }
         self.save_checkpoints();
         result
+    }
+
+    /// Records read before the first list of pods is in would carry only
+    /// the path's fields: wait for it a little (an API that is down does
+    /// not hold the logs back for longer than `sync_wait`).
+    fn wait_for_pods(&self) {
+        let Some((cache, wait)) = &self.pods else { return };
+        let deadline = Instant::now() + *wait;
+        while !cache.synced() && Instant::now() < deadline && !self.cx.shutdown.is_cancelled() {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        if !cache.synced() {
+            tracing::warn!(waited = ?wait, "no pod list from the Kubernetes API yet; reading anyway, with the path's fields until it comes");
+        }
     }
 
     /// One round: acks in, new files found (when `scan`), a fair share of

@@ -166,6 +166,24 @@ impl<W: World> FileSource<W> {
             }
             return Ok(());
         }
+        let mut k8s_fields = None;
+        if let (Some(meta), Some((cache, _))) = (w.k8s.as_mut(), self.pods.as_ref()) {
+            meta.refresh(cache);
+            if meta.exclude {
+                // Dropped on purpose: counted, and the checkpoint passes them.
+                let count = self.records.len() as u64;
+                self.records.buf.clear();
+                self.records.meta.clear();
+                self.counters.m.received_events.inc_by(count);
+                self.counters.m.discarded(super::KUBERNETES_EXCLUDED, count);
+                let at = self.position_here(w);
+                let seq = w.push_mark(at);
+                w.tracker.ack(seq, true);
+                self.checkpoints_dirty = true;
+                return Ok(());
+            }
+            k8s_fields = Some(meta.fields.clone());
+        }
         let mut records = std::mem::replace(
             &mut self.records,
             Records {
@@ -182,7 +200,7 @@ impl<W: World> FileSource<W> {
         let memory = self.cx.memory.clone();
         let force = self.cx.force.clone();
         let outputs = self.cx.outputs.clone();
-        let fields = w.fields.clone();
+        let fields = w.fields.clone().or(k8s_fields);
         let sent = self.cx.rt.block_on(async move {
             let permit = tokio::select! {
                 p = memory.acquire_many_owned(bytes as u32) => p.ok(),

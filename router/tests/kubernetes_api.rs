@@ -1,0 +1,706 @@
+//! `kubernetes_metadata = "api"` through the real binary, against a small
+//! Kubernetes API emulator (hyper on its own runtime thread): the pod list
+//! and watch of `GET /api/v1/pods` with `fieldSelector`, ADDED / MODIFIED /
+//! DELETED events with resource versions, a `410 Gone` that forces a relist,
+//! and a server answering 500 until it recovers.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::convert::Infallible;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use common::*;
+use http_body_util::{BodyExt, Full, combinators::BoxBody};
+use hyper::{Request, Response, StatusCode};
+use serde_json::{Value, json};
+
+const LONG: Duration = Duration::from_secs(90);
+const NODE: &str = "node-a";
+
+#[derive(Default)]
+struct State {
+    /// Every pod the "cluster" has, on any node, by (namespace, name).
+    pods: BTreeMap<(String, String), Value>,
+    rv: u64,
+    /// (resourceVersion, type, object) of every change.
+    events: Vec<(u64, &'static str, Value)>,
+    /// A watch from before this version gets `410 Gone`.
+    compacted: u64,
+    /// Answer every request with 500.
+    failing: bool,
+    /// Request targets seen (path and query).
+    requests: Vec<String>,
+    lists: usize,
+    /// Bearer tokens seen.
+    tokens: Vec<String>,
+}
+
+/// The emulator: the test thread changes `state`, open watches follow.
+struct Api {
+    state: Arc<Mutex<State>>,
+    changed: tokio::sync::watch::Sender<u64>,
+    port: u16,
+}
+
+impl Api {
+    fn start() -> Api {
+        let state = Arc::new(Mutex::new(State::default()));
+        let (changed, _) = tokio::sync::watch::channel(0u64);
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        listener.set_nonblocking(true).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let (st, tx) = (state.clone(), changed.clone());
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+                loop {
+                    let Ok((tcp, _)) = listener.accept().await else {
+                        continue;
+                    };
+                    let (st, tx) = (st.clone(), tx.clone());
+                    tokio::spawn(async move {
+                        let svc = hyper::service::service_fn(move |req| handle(req, st.clone(), tx.subscribe()));
+                        let _ = hyper::server::conn::http1::Builder::new()
+                            .serve_connection(hyper_util::rt::TokioIo::new(tcp), svc)
+                            .await;
+                    });
+                }
+            });
+        });
+        Api { state, changed, port }
+    }
+
+    fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    fn change(&self, f: impl FnOnce(&mut State)) {
+        f(&mut self.state.lock().unwrap());
+        self.changed.send_modify(|v| *v += 1);
+    }
+
+    fn put(&self, pod: Value) {
+        self.change(|s| {
+            s.rv += 1;
+            let mut pod = pod;
+            pod["metadata"]["resourceVersion"] = json!(s.rv.to_string());
+            let key = (
+                pod["metadata"]["namespace"].as_str().unwrap().to_string(),
+                pod["metadata"]["name"].as_str().unwrap().to_string(),
+            );
+            let kind = if s.pods.contains_key(&key) { "MODIFIED" } else { "ADDED" };
+            s.pods.insert(key, pod.clone());
+            s.events.push((s.rv, kind, pod));
+        });
+    }
+
+    fn delete(&self, ns: &str, name: &str) {
+        self.change(|s| {
+            s.rv += 1;
+            if let Some(mut pod) = s.pods.remove(&(ns.to_string(), name.to_string())) {
+                pod["metadata"]["resourceVersion"] = json!(s.rv.to_string());
+                s.events.push((s.rv, "DELETED", pod));
+            }
+        });
+    }
+
+    /// Forgets history: open and later watches from an older version get
+    /// `410 Gone`, and only a relist shows what changed.
+    fn compact(&self) {
+        self.change(|s| s.compacted = s.rv + 1);
+    }
+
+    fn set_failing(&self, failing: bool) {
+        self.change(|s| s.failing = failing);
+    }
+
+    fn lists(&self) -> usize {
+        self.state.lock().unwrap().lists
+    }
+}
+
+fn query(uri: &hyper::Uri) -> BTreeMap<String, String> {
+    let decode = |s: &str| {
+        let b = s.as_bytes();
+        let mut out = Vec::new();
+        let mut i = 0;
+        while i < b.len() {
+            if b[i] == b'%' && i + 2 < b.len() {
+                out.push(u8::from_str_radix(&s[i + 1..i + 3], 16).unwrap());
+                i += 3;
+            } else {
+                out.push(if b[i] == b'+' { b' ' } else { b[i] });
+                i += 1;
+            }
+        }
+        String::from_utf8(out).unwrap()
+    };
+    uri.query()
+        .unwrap_or("")
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_string(), decode(v)))
+        .collect()
+}
+
+type Body = BoxBody<Bytes, Infallible>;
+
+fn full(status: StatusCode, v: Value) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(v.to_string())).boxed())
+        .unwrap()
+}
+
+fn status(code: u16, reason: &str) -> Value {
+    json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure", "message": reason, "reason": reason, "code": code})
+}
+
+/// The node a field selector asks for, if it is `spec.nodeName=<node>`.
+fn on_node(pod: &Value, selector: Option<&String>) -> bool {
+    match selector.and_then(|s| s.strip_prefix("spec.nodeName=")) {
+        Some(node) => pod["spec"]["nodeName"] == node,
+        None => true,
+    }
+}
+
+async fn handle(
+    req: Request<hyper::body::Incoming>,
+    st: Arc<Mutex<State>>,
+    mut changed: tokio::sync::watch::Receiver<u64>,
+) -> Result<Response<Body>, Infallible> {
+    let q = query(req.uri());
+    let selector = q.get("fieldSelector").cloned();
+    {
+        let mut s = st.lock().unwrap();
+        s.requests.push(req.uri().to_string());
+        if let Some(t) = req.headers().get("authorization") {
+            s.tokens.push(t.to_str().unwrap_or("").to_string());
+        }
+        if s.failing {
+            return Ok(full(StatusCode::INTERNAL_SERVER_ERROR, status(500, "InternalError")));
+        }
+    }
+    if req.uri().path() != "/api/v1/pods" {
+        return Ok(full(StatusCode::NOT_FOUND, status(404, "NotFound")));
+    }
+    if q.get("watch").map(String::as_str) != Some("true") && q.get("watch").map(String::as_str) != Some("1") {
+        let mut s = st.lock().unwrap();
+        s.lists += 1;
+        let items: Vec<Value> = s
+            .pods
+            .values()
+            .filter(|p| on_node(p, selector.as_ref()))
+            .cloned()
+            .collect();
+        return Ok(full(
+            StatusCode::OK,
+            json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}),
+        ));
+    }
+    let mut from: u64 = q.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let timeout = Duration::from_secs(q.get("timeoutSeconds").and_then(|v| v.parse().ok()).unwrap_or(290));
+    let (mut tx, body) = http_body_util::channel::Channel::<Bytes, Infallible>::new(64);
+    tokio::spawn(async move {
+        let end = tokio::time::Instant::now() + timeout;
+        loop {
+            let (lines, gone, failing) = {
+                let s = st.lock().unwrap();
+                let lines: Vec<(u64, String)> = s
+                    .events
+                    .iter()
+                    .filter(|(rv, _, p)| *rv > from && on_node(p, selector.as_ref()))
+                    .map(|(rv, t, p)| (*rv, json!({"type": t, "object": p}).to_string()))
+                    .collect();
+                (lines, from < s.compacted, s.failing)
+            };
+            if failing {
+                return;
+            }
+            if gone {
+                let e = json!({"type": "ERROR", "object": status(410, "Expired")}).to_string();
+                let _ = tx.send_data(Bytes::from(e + "\n")).await;
+                return;
+            }
+            for (rv, l) in lines {
+                if tx.send_data(Bytes::from(l + "\n")).await.is_err() {
+                    return;
+                }
+                from = rv;
+            }
+            tokio::select! {
+                r = changed.changed() => if r.is_err() { return },
+                _ = tokio::time::sleep_until(end) => return,
+            }
+        }
+    });
+    Ok(Response::builder()
+        .header("content-type", "application/json")
+        .body(body.boxed())
+        .unwrap())
+}
+
+const ID_WEB: &str = "1111111111111111111111111111111111111111111111111111111111111111";
+
+fn cid(n: u64) -> String {
+    format!("{n:064x}")
+}
+
+fn pod(ns: &str, name: &str, node: &str, labels: Value, annotations: Value) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {
+            "name": name, "namespace": ns, "uid": format!("uid-{ns}-{name}"),
+            "labels": labels, "annotations": annotations,
+            "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": format!("{name}-rs"), "uid": "x", "controller": true}],
+        },
+        "spec": {"nodeName": node, "containers": [{"name": "app", "image": format!("registry/{name}:1")}]},
+    })
+}
+
+/// The kubelet's name of a container log, linked as on a node.
+fn log_path(env: &Env, ns: &str, pod: &str, id: &str) -> PathBuf {
+    env.logs().join(format!("{pod}_{ns}_app-{id}.log"))
+}
+
+fn write_lines(path: &PathBuf, tag: &str, range: std::ops::Range<u64>) {
+    use std::io::Write;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)
+        .unwrap();
+    for i in range {
+        writeln!(f, "{{\"tag\":\"{tag}\",\"n\":{i}}}").unwrap();
+    }
+}
+
+fn config(env: &Env, api: &Api, api_port: u16, extra: &str) -> PathBuf {
+    std::fs::write(env.path("token"), "secret-token").unwrap();
+    env.write_config(&format!(
+        r#"
+[global]
+data_dir = "{data}"
+{extra_global}
+[api]
+address = "127.0.0.1:{api_port}"
+
+[sources.containers]
+type = "file"
+include = ["{logs}/*.log"]
+glob_interval = "100ms"
+kubernetes_metadata = "api"
+[sources.containers.kubernetes_api]
+endpoint = "{endpoint}"
+token_file = "{token}"
+node_name = "{NODE}"
+{extra}
+
+[sinks.out]
+type = "file"
+inputs = ["containers"]
+path = "{out}"
+key_prefix = "x/"
+compression = "none"
+flush_interval = "100ms"
+"#,
+        data = env.path("data").display(),
+        logs = env.logs().display(),
+        endpoint = api.endpoint(),
+        token = env.path("token").display(),
+        out = env.path("out").display(),
+        extra_global = if extra.contains("#memory") {
+            "memory_limit = \"4MiB\""
+        } else {
+            ""
+        },
+    ))
+}
+
+fn metrics(port: u16) -> String {
+    http_get(port, "/metrics").map(|(_, b)| b).unwrap_or_default()
+}
+
+fn by_tag(env: &Env, tag: &str) -> Vec<Value> {
+    env.records().into_iter().filter(|r| r["tag"] == tag).collect()
+}
+
+#[test]
+fn pods_of_this_node_enrich_their_records_and_excluded_pods_are_dropped() {
+    let env = Env::new();
+    let api = Api::start();
+    api.put(pod(
+        "prod",
+        "web-1",
+        NODE,
+        json!({"app": "web", "team": "core"}),
+        json!({"note": "hello", "kubectl.kubernetes.io/last-applied-configuration": "{\"big\":1}"}),
+    ));
+    api.put(pod(
+        "prod",
+        "muted-1",
+        NODE,
+        json!({"app": "m"}),
+        json!({"logferry.io/exclude": "true"}),
+    ));
+    api.put(pod(
+        "prod",
+        "muted-2",
+        NODE,
+        json!({"app": "m"}),
+        json!({"fluentbit.io/exclude": "true"}),
+    ));
+    // A pod of another node: its name matches a local file, but the watch
+    // must not see it (the field selector).
+    api.put(pod("prod", "far-1", "node-b", json!({"app": "far"}), json!({})));
+    for (name, id, tag, n) in [
+        ("web-1", ID_WEB.to_string(), "web", 50),
+        ("muted-1", cid(2), "muted1", 40),
+        ("muted-2", cid(3), "muted2", 30),
+        ("far-1", cid(4), "far", 20),
+        ("ghost-1", cid(5), "ghost", 10),
+    ] {
+        write_lines(&log_path(&env, "prod", name, &id), tag, 0..n);
+    }
+    let port = free_port();
+    let cfg = config(&env, &api, port, "");
+    let router = spawn(&cfg, &[]);
+    wait_for("the web and far records", LONG, || {
+        by_tag(&env, "web").len() == 50 && by_tag(&env, "far").len() == 20 && by_tag(&env, "ghost").len() == 10
+    });
+    wait_for("the excluded records counted", LONG, || {
+        metric(
+            &metrics(port),
+            "logferry_component_discarded_events_total",
+            &["reason=\"kubernetes_excluded\""],
+        ) == Some(70.0)
+    });
+    let web = by_tag(&env, "web");
+    for r in &web {
+        assert_eq!(
+            r["kubernetes"],
+            json!({
+                "pod_name": "web-1", "namespace_name": "prod", "container_name": "app", "container_id": ID_WEB,
+                "pod_id": "uid-prod-web-1", "host": NODE,
+                "labels": {"app": "web", "team": "core"},
+                "annotations": {"note": "hello"},
+                "ownerReferences": [{"kind": "ReplicaSet", "name": "web-1-rs"}],
+                "container_image": "registry/web-1:1",
+            }),
+        );
+    }
+    // Not on this node, or not in the API: the path's fields only.
+    for (tag, pod) in [("far", "far-1"), ("ghost", "ghost-1")] {
+        for r in by_tag(&env, tag) {
+            let k = r["kubernetes"].as_object().unwrap();
+            assert_eq!(k["pod_name"], pod);
+            assert_eq!(k.len(), 4, "{r}");
+        }
+    }
+    assert!(by_tag(&env, "muted1").is_empty() && by_tag(&env, "muted2").is_empty());
+    let s = api.state.lock().unwrap();
+    assert!(
+        s.requests
+            .iter()
+            .all(|r| r.contains("fieldSelector=spec.nodeName%3Dnode-a")
+                || r.contains("fieldSelector=spec.nodeName=node-a")),
+        "{:?}",
+        s.requests
+    );
+    assert!(s.tokens.iter().all(|t| t == "Bearer secret-token") && !s.tokens.is_empty());
+    drop(s);
+    let text = metrics(port);
+    assert_eq!(
+        metric(&text, "logferry_kubernetes_pods", &["component=\"containers\""]),
+        Some(3.0)
+    );
+    let charged = metric(&text, "logferry_kubernetes_cache_bytes", &[]).unwrap();
+    assert!(charged > 3.0 * 500.0 && charged < 3.0 * 8192.0, "{charged}");
+    router.signal(libc::SIGTERM);
+    let (st, _) = router.wait(LONG);
+    assert!(st.success());
+}
+
+#[test]
+fn late_pods_changes_relists_and_deleted_pods_last_lines() {
+    let env = Env::new();
+    let api = Api::start();
+    let path = log_path(&env, "prod", "late-1", ID_WEB);
+    // The log exists before its pod is in the API.
+    write_lines(&path, "before", 0..5);
+    let port = free_port();
+    let cfg = config(&env, &api, port, "delete_grace = \"15s\"\nsync_wait = \"30s\"");
+    let router = spawn(&cfg, &[]);
+    wait_for("the early lines", LONG, || by_tag(&env, "before").len() == 5);
+    for r in by_tag(&env, "before") {
+        assert_eq!(r["kubernetes"].as_object().unwrap().len(), 4, "no pod yet: {r}");
+    }
+    let pods = |want: f64| metric(&metrics(port), "logferry_kubernetes_pods", &[]) == Some(want);
+
+    // The pod starts: later lines of the same open file carry it.
+    api.put(pod("prod", "late-1", NODE, json!({"app": "v1"}), json!({})));
+    wait_for("the pod cached", LONG, || pods(1.0));
+    write_lines(&path, "after", 0..5);
+    wait_for("the later lines", LONG, || by_tag(&env, "after").len() == 5);
+    for r in by_tag(&env, "after") {
+        assert_eq!(r["kubernetes"]["labels"], json!({"app": "v1"}));
+        assert_eq!(r["kubernetes"]["pod_id"], "uid-prod-late-1");
+    }
+
+    // A MODIFIED event reaches the file's fields.
+    api.put(pod("prod", "late-1", NODE, json!({"app": "v2"}), json!({})));
+    let mut n = 0;
+    wait_for("a record with the new label", LONG, || {
+        write_lines(&path, "mod", n..n + 1);
+        n += 1;
+        std::thread::sleep(Duration::from_millis(100));
+        by_tag(&env, "mod")
+            .iter()
+            .any(|r| r["kubernetes"]["labels"]["app"] == "v2")
+    });
+
+    // History compacted and the label changed: only a relist after the
+    // 410 shows v3.
+    let lists = api.lists();
+    api.compact();
+    api.put(pod("prod", "late-1", NODE, json!({"app": "v3"}), json!({})));
+    api.compact();
+    wait_for("a relist", LONG, || api.lists() > lists);
+    let mut n = 0;
+    wait_for("a record with the relisted label", LONG, || {
+        write_lines(&path, "relist", n..n + 1);
+        n += 1;
+        std::thread::sleep(Duration::from_millis(100));
+        by_tag(&env, "relist")
+            .iter()
+            .any(|r| r["kubernetes"]["labels"]["app"] == "v3")
+    });
+    assert!(
+        metric(
+            &metrics(port),
+            "logferry_kubernetes_api_errors_total",
+            &["reason=\"gone\""]
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+
+    // Deleted: the events after the delete (a marker pod) show it was
+    // seen; the last lines written after it still carry the pod.
+    api.delete("prod", "late-1");
+    api.put(pod("prod", "marker", NODE, json!({}), json!({})));
+    wait_for("the marker", LONG, || pods(2.0));
+    write_lines(&path, "last", 0..5);
+    wait_for("the last lines", LONG, || by_tag(&env, "last").len() == 5);
+    for r in by_tag(&env, "last") {
+        assert_eq!(r["kubernetes"]["labels"], json!({"app": "v3"}), "within the grace: {r}");
+    }
+    // After the grace the pod is forgotten.
+    wait_for("the deleted pod forgotten", LONG, || pods(1.0));
+    write_lines(&path, "forgotten", 0..3);
+    wait_for("the lines after the grace", LONG, || {
+        by_tag(&env, "forgotten").len() == 3
+    });
+    for r in by_tag(&env, "forgotten") {
+        assert_eq!(r["kubernetes"].as_object().unwrap().len(), 4, "{r}");
+    }
+    drop(router);
+}
+
+#[test]
+fn a_failing_api_leaves_the_path_fields_and_is_warned_about_once() {
+    let env = Env::new();
+    let api = Api::start();
+    api.put(pod("prod", "web-1", NODE, json!({"app": "web"}), json!({})));
+    api.set_failing(true);
+    let path = log_path(&env, "prod", "web-1", ID_WEB);
+    write_lines(&path, "down", 0..10);
+    let port = free_port();
+    let cfg = config(&env, &api, port, "sync_wait = \"1s\"");
+    let router = spawn(&cfg, &[]);
+    wait_for("the lines, while the API fails", LONG, || {
+        by_tag(&env, "down").len() == 10
+    });
+    for r in by_tag(&env, "down") {
+        assert_eq!(r["kubernetes"].as_object().unwrap().len(), 4, "{r}");
+    }
+    wait_for("three failed lists", LONG, || {
+        metric(
+            &metrics(port),
+            "logferry_kubernetes_api_errors_total",
+            &["reason=\"list\""],
+        )
+        .unwrap_or(0.0)
+            >= 3.0
+    });
+    api.set_failing(false);
+    wait_for("the pod cached after recovery", LONG, || {
+        metric(&metrics(port), "logferry_kubernetes_pods", &[]) == Some(1.0)
+    });
+    write_lines(&path, "up", 0..10);
+    wait_for("the lines after recovery", LONG, || by_tag(&env, "up").len() == 10);
+    for r in by_tag(&env, "up") {
+        assert_eq!(r["kubernetes"]["labels"], json!({"app": "web"}));
+    }
+    let err = router.stderr();
+    assert_eq!(
+        err.matches("Kubernetes API request failed; records keep").count(),
+        1,
+        "warned once per outage:\n{err}"
+    );
+    assert!(err.contains("the Kubernetes API answers again"), "{err}");
+    assert!(!err.contains("secret-token"), "no credentials in the logs");
+    drop(router);
+}
+
+fn many_pods(api: &Api, n: u64) {
+    let big = "x".repeat(4096);
+    for i in 0..n {
+        let labels: serde_json::Map<String, Value> = (0..10)
+            .map(|l| (format!("label-{l}"), json!(format!("value-{i}-{l}"))))
+            .collect();
+        api.put(pod(
+            "load",
+            &format!("pod-{i}"),
+            NODE,
+            Value::Object(labels),
+            json!({"team": "core", "kubectl.kubernetes.io/last-applied-configuration": big}),
+        ));
+    }
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    s.lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap()
+}
+
+#[test]
+fn two_thousand_pods_stay_charged_and_bounded() {
+    let env = Env::new();
+    let api = Api::start();
+    let port = free_port();
+    let cfg = config(&env, &api, port, "");
+    // The same router with no pod, for the RSS baseline.
+    let router = spawn(&cfg, &[]);
+    wait_for("the empty list", LONG, || {
+        http_get(port, "/metrics").is_some() && api.lists() >= 1
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    let base = rss_kib(router.pid());
+    many_pods(&api, 2000);
+    wait_for("2,000 pods cached", LONG, || {
+        metric(&metrics(port), "logferry_kubernetes_pods", &[]) == Some(2000.0)
+    });
+    let text = metrics(port);
+    let charged = metric(&text, "logferry_kubernetes_cache_bytes", &[]).unwrap();
+    let rss = rss_kib(router.pid());
+    eprintln!(
+        "2,000 pods: charged {:.1} KiB ({:.0} B/pod); RSS {base} KiB with none, {rss} KiB with them (+{} KiB)",
+        charged / 1024.0,
+        charged / 2000.0,
+        rss.saturating_sub(base)
+    );
+    // The 4 KiB manifest annotations are not kept, and the charge covers
+    // what is: the RSS growth stays within a small factor of it.
+    assert!(charged < 2000.0 * 3072.0, "{charged}");
+    assert!(((rss.saturating_sub(base)) as f64) < 3.0 * charged / 1024.0 + 8192.0);
+    drop(router);
+
+    // With 4 MiB of memory_limit the cache refuses what does not fit in its
+    // quarter and says so.
+    let env = Env::new();
+    let api = Api::start();
+    many_pods(&api, 2000);
+    let port = free_port();
+    let cfg = config(&env, &api, port, "#memory");
+    let router = spawn(&cfg, &[]);
+    wait_for("pods refused for memory", LONG, || {
+        metric(
+            &metrics(port),
+            "logferry_kubernetes_api_errors_total",
+            &["reason=\"memory\""],
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    });
+    let text = metrics(port);
+    let pods = metric(&text, "logferry_kubernetes_pods", &[]).unwrap();
+    let charged = metric(&text, "logferry_kubernetes_cache_bytes", &[]).unwrap();
+    eprintln!("memory_limit 4MiB: {pods} pods cached, {charged} bytes charged");
+    assert!(pods > 0.0 && pods < 2000.0, "{pods}");
+    assert!(
+        charged <= 1024.0 * 1024.0,
+        "a quarter of memory_limit at most: {charged}"
+    );
+    // Reading goes on with a full cache: a pod's file is read and shipped.
+    write_lines(&log_path(&env, "load", "pod-1999", &cid(7)), "full", 0..100);
+    wait_for("records while the cache is full", LONG, || {
+        by_tag(&env, "full").len() == 100
+    });
+    drop(router);
+}
+
+#[test]
+fn kubernetes_api_keys_are_checked_at_their_place() {
+    let env = Env::new();
+    for (source, want) in [
+        (
+            "kubernetes_metadata = \"path\"\n[sources.containers.kubernetes_api]\nnode_name = \"n\"",
+            "sources.containers.kubernetes_api",
+        ),
+        (
+            "kubernetes_metadata = \"api\"\n[sources.containers.kubernetes_api]\nendpoint = \"ftp://x\"",
+            "sources.containers.kubernetes_api.endpoint",
+        ),
+        (
+            "kubernetes_metadata = \"api\"\n[sources.containers.kubernetes_api]\nnode_name = \"\"",
+            "sources.containers.kubernetes_api.node_name",
+        ),
+        (
+            "kubernetes_metadata = \"api\"\n[sources.containers.kubernetes_api]\nannotations_exclude = [\"a[\"]",
+            "sources.containers.kubernetes_api.annotations_exclude[0]",
+        ),
+        (
+            "kubernetes_metadata = \"api\"\n[sources.containers.kubernetes_api]\nendpont = \"http://x\"",
+            "endpont",
+        ),
+    ] {
+        let cfg = env.write_config(&format!(
+            "[sources.containers]\ntype = \"file\"\ninclude = [\"/tmp/x/*.log\"]\n{source}\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"containers\"]\n"
+        ));
+        let (code, out, err) = validate_config(&cfg);
+        assert_ne!(code, Some(0), "{source}");
+        assert!(
+            err.contains(want) || out.contains(want),
+            "{source}: want {want} in\n{err}{out}"
+        );
+    }
+    // Without an endpoint nor the in-cluster environment, `run` says which key.
+    let cfg = env.write_config(
+        "[global]\ndata_dir = \"DATA\"\n[sources.containers]\ntype = \"file\"\ninclude = [\"/tmp/x/*.log\"]\nkubernetes_metadata = \"api\"\n[sinks.out]\ntype = \"blackhole\"\ninputs = [\"containers\"]\n"
+            .replace("DATA", &env.path("data").display().to_string())
+            .as_str(),
+    );
+    let out = std::process::Command::new(BIN)
+        .args(["run", "--config"])
+        .arg(&cfg)
+        .env_remove("KUBERNETES_SERVICE_HOST")
+        .env("NODE_NAME", "n1")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("kubernetes_api.endpoint is not set"), "{err}");
+}
