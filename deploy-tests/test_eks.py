@@ -25,6 +25,8 @@ HEALTHCHECK = ["/usr/local/bin/logferry", "healthcheck"]
 VARIANTS = [
     (EKS / "deployment.yaml", EKS / "configmap.yaml", "native"),
     (EKS / "classic" / "deployment.yaml", EKS / "classic" / "configmap.yaml", "classic"),
+    # Seed 002: the sidecar forwards to the node daemon (eks/daemonset/).
+    (EKS / "sidecar-forward" / "deployment.yaml", EKS / "sidecar-forward" / "configmap.yaml", "forward"),
 ]
 
 
@@ -42,7 +44,7 @@ def pod_spec(deployment: Path) -> dict:
 
 
 def router_container(spec: dict, variant: str) -> dict:
-    pool = spec.get("initContainers", []) if variant == "native" else spec["containers"]
+    pool = spec.get("initContainers", []) if variant in ("native", "forward") else spec["containers"]
     (router,) = [c for c in pool if c["name"] == "logferry"]
     return router
 
@@ -107,7 +109,7 @@ def test_irsa_overlay_names_the_service_account_it_ships():
 def test_sidecar_contract(deployment, configmap, variant):
     spec = pod_spec(deployment)
     router = router_container(spec, variant)
-    if variant == "native":
+    if variant in ("native", "forward"):
         assert router["restartPolicy"] == "Always", "a native sidecar is an init container with restartPolicy Always"
         assert not spec.get("shareProcessNamespace")
     else:
@@ -167,8 +169,9 @@ def mounts_at(container: dict, path: str) -> dict:
 @pytest.mark.parametrize("deployment,configmap,variant", VARIANTS, ids=[v[2] for v in VARIANTS])
 def test_configmap_config_passes_logferry_validate(deployment, configmap, variant, validate):
     router = router_container(pod_spec(deployment), variant)
-    # The literal env of the container (LOGFERRY_BUCKET feeds ${LOGFERRY_BUCKET}).
-    env = {e["name"]: e["value"] for e in router["env"] if "value" in e}
+    # The literal env of the container (LOGFERRY_BUCKET feeds ${LOGFERRY_BUCKET}); what the
+    # kubelet fills in (downward API, Secrets) gets a stand-in.
+    env = {e["name"]: e.get("value", "10.0.1.23") for e in router["env"]}
     result = validate(configmap_config(configmap), f"eks-{variant}.toml", env)
     assert_valid(result, rel(configmap))
 
@@ -273,7 +276,32 @@ def test_daemonset_takes_sidecars_on_the_node_port():
     assert rule["ports"] == [{"protocol": "TCP", "port": port}], "nothing else is open"
 
 
+def test_forwarding_sidecars_and_the_daemon_agree(validate):
+    """Seed 002: eks/sidecar-forward/'s sidecar reaches the daemon's forward source, proves the
+    same Secret's key, and is acknowledged before its ack_timeout (the daemon's S3 sink has a
+    disk buffer: acks on fsync, not after its 60 s flush and the upload)."""
+    _, daemon, daemon_config = daemon_parts()
+    spec = pod_spec(EKS / "sidecar-forward" / "deployment.yaml")
+    sidecar = router_container(spec, "forward")
+    config = configmap_config(EKS / "sidecar-forward" / "configmap.yaml")
+    (address,) = re.findall(r'address = "(\$\{POD_IP[^"]*)"', daemon_config)
+    assert re.search(rf'^port = {address.rsplit(":", 1)[1]}$', config, re.M)
+    assert 'host = "${NODE_IP}"' in config
+    env = {e["name"]: e for e in sidecar["env"]}
+    assert env["NODE_IP"]["valueFrom"]["fieldRef"]["fieldPath"] == "status.hostIP"
+    denv = {e["name"]: e for e in daemon["env"]}
+    for text, e in ((config, env), (daemon_config, denv)):
+        assert 'shared_key = "${FORWARD_SHARED_KEY}"' in text
+        assert e["FORWARD_SHARED_KEY"]["valueFrom"]["secretKeyRef"] == {"name": "logferry-forward", "key": "shared_key"}
+    assert "require_ack = true" in config and "ack_timeout" not in config
+    archive = daemon_config.split("[sinks.archive]")[1]
+    assert re.search(r'^buffer = \{ type = "disk"', archive, re.M), "acks would wait for the 60 s flush"
+    # The pod holds no AWS access: its egress is the daemon's port only.
+    (np,) = docs(EKS / "sidecar-forward" / "networkpolicy.yaml")
+    assert np["spec"]["egress"] == [{"ports": [{"protocol": "TCP", "port": int(address.rsplit(":", 1)[1])}]}]
+
+
 def test_daemonset_config_passes_logferry_validate(validate):
     _, router, config = daemon_parts()
-    env = {e["name"]: e["value"] for e in router["env"] if "value" in e}
+    env = {e["name"]: e.get("value", "10.0.1.23") for e in router["env"]}
     assert_valid(validate(config, "eks-daemonset.toml", env), rel(DAEMON / "configmap.yaml"))

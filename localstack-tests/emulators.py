@@ -30,7 +30,7 @@ from datetime import datetime, timedelta, timezone
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
 
-__all__ = ["Request", "ImdsEmulator", "EcsMetadataEmulator", "TcpProxy"]
+__all__ = ["Request", "ImdsEmulator", "EcsMetadataEmulator", "KubernetesApiEmulator", "TcpProxy"]
 
 
 @dataclass(frozen=True)
@@ -578,3 +578,129 @@ class TcpProxy:
                     s.shutdown(socket.SHUT_RDWR)
                 except OSError:
                     pass
+
+
+class KubernetesApiEmulator:
+    """The slice of the Kubernetes API a node daemon uses: `GET /api/v1/pods` with a
+    `fieldSelector=spec.nodeName=<node>`, as a list (a `PodList` with its resourceVersion) and as
+    a watch (newline-delimited `{"type", "object"}` events, chunked, held open like the API
+    server holds it). Pods are added with `put`; open watches are sent the change. Every request
+    is recorded, with its bearer token, so a test can prove the router watched only its node.
+
+    Not `_Emulator`: a watch is a response without Content-Length that stays open."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._rv = 1
+        self._pods: dict[tuple[str, str], dict] = {}
+        self._events: list[tuple[int, str, dict]] = []
+        self._closing = False
+        self.requests: list[Request] = []
+        emulator = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+            sys_version = ""
+
+            def do_GET(self) -> None:  # noqa: N802
+                from urllib.parse import parse_qs, urlsplit
+
+                url = urlsplit(self.path)
+                q = {k: v[0] for k, v in parse_qs(url.query).items()}
+                headers = {k.lower(): v for k, v in self.headers.items()}
+                with emulator._cond:
+                    emulator.requests.append(Request("GET", self.path, headers, 200))
+                if url.path != "/api/v1/pods":
+                    return self._json(404, {"kind": "Status", "code": 404, "reason": "NotFound"})
+                node = q.get("fieldSelector", "").removeprefix("spec.nodeName=")
+                if q.get("watch") not in ("true", "1"):
+                    with emulator._cond:
+                        items = [p for p in emulator._pods.values() if p["spec"].get("nodeName") == node]
+                        rv = emulator._rv
+                    return self._json(200, {"kind": "PodList", "apiVersion": "v1",
+                                            "metadata": {"resourceVersion": str(rv)}, "items": items})
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Transfer-Encoding", "chunked")
+                self.end_headers()
+                since = int(q.get("resourceVersion") or 0)
+                deadline = time.monotonic() + min(float(q.get("timeoutSeconds") or 60), 60)
+                try:
+                    while time.monotonic() < deadline:
+                        with emulator._cond:
+                            news = [e for e in emulator._events if e[0] > since]
+                            if not news and not emulator._closing:
+                                emulator._cond.wait(0.2)
+                                continue
+                            if emulator._closing:
+                                break
+                        for rv, kind, pod in news:
+                            since = rv
+                            if pod["spec"].get("nodeName") == node:
+                                line = json.dumps({"type": kind, "object": pod}).encode() + b"\n"
+                                self.wfile.write(b"%x\r\n%s\r\n" % (len(line), line))
+                        self.wfile.flush()
+                    self.wfile.write(b"0\r\n\r\n")
+                except OSError:
+                    pass
+
+            def _json(self, status: int, body: dict) -> None:
+                data = json.dumps(body).encode()
+                self.send_response(status)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, format, *args):  # noqa: A002
+                pass
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True
+        self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.05},
+                                        name="KubernetesApiEmulator", daemon=True)
+        self._thread.start()
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self._server.server_address[1]}"
+
+    def put(self, namespace: str, name: str, node: str, labels: dict[str, str],
+            annotations: dict[str, str] | None = None, containers: dict[str, str] | None = None,
+            uid: str | None = None) -> dict:
+        """Adds (or replaces) a pod; returns it as served."""
+        with self._cond:
+            self._rv += 1
+            key = (namespace, name)
+            pod = {
+                "apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": name, "namespace": namespace, "uid": uid or secrets.token_hex(8),
+                             "resourceVersion": str(self._rv), "labels": labels,
+                             "annotations": annotations or {}},
+                "spec": {"nodeName": node,
+                         "containers": [{"name": c, "image": i} for c, i in (containers or {}).items()]},
+            }
+            kind = "MODIFIED" if key in self._pods else "ADDED"
+            self._pods[key] = pod
+            self._events.append((self._rv, kind, pod))
+            self._cond.notify_all()
+            return pod
+
+    def watched_nodes(self) -> set[str]:
+        from urllib.parse import parse_qs, urlsplit
+
+        return {parse_qs(urlsplit(r.path).query).get("fieldSelector", [""])[0] for r in self.requests}
+
+    def close(self) -> None:
+        with self._cond:
+            self._closing = True
+            self._cond.notify_all()
+        self._server.shutdown()
+        self._server.server_close()
+        self._thread.join(timeout=5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
