@@ -430,6 +430,116 @@ fn pods_of_this_node_enrich_their_records_and_excluded_pods_are_dropped() {
     assert!(st.success());
 }
 
+/// `logferry.io/parser` (or `fluentbit.io/parser`) parses the `log` text of
+/// a pod's CRI lines; a line that is not in that format, and a parser name
+/// the router does not have, pass as they were, counted.
+#[test]
+fn the_parser_annotation_parses_each_pods_log_text() {
+    let env = Env::new();
+    let api = Api::start();
+    api.put(pod(
+        "prod",
+        "json-1",
+        NODE,
+        json!({}),
+        json!({"logferry.io/parser": "json"}),
+    ));
+    api.put(pod(
+        "prod",
+        "kv-1",
+        NODE,
+        json!({}),
+        json!({"fluentbit.io/parser": "logfmt"}),
+    ));
+    api.put(pod(
+        "prod",
+        "odd-1",
+        NODE,
+        json!({}),
+        json!({"logferry.io/parser": "apache2"}),
+    ));
+    api.put(pod("prod", "plain-1", NODE, json!({}), json!({})));
+    let cri = |path: &PathBuf, lines: Vec<String>| {
+        let text: String = lines
+            .iter()
+            .map(|l| format!("2026-12-04T10:00:00.000000000Z stdout F {l}\n"))
+            .collect();
+        std::fs::write(path, text).unwrap();
+    };
+    let json_lines = |tag: &str| {
+        (0..20)
+            .map(|i| format!("{{\"tag\":\"{tag}\",\"n\":{i}}}"))
+            .collect::<Vec<_>>()
+    };
+    let mut j = json_lines("j");
+    j.push("not json at all".into());
+    cri(&log_path(&env, "prod", "json-1", &cid(1)), j);
+    cri(
+        &log_path(&env, "prod", "kv-1", &cid(2)),
+        (0..20)
+            .map(|i| format!("tag=kv n={i} msg=\"order {i} paid\""))
+            .collect(),
+    );
+    cri(&log_path(&env, "prod", "odd-1", &cid(3)), json_lines("odd"));
+    cri(&log_path(&env, "prod", "plain-1", &cid(4)), json_lines("plain"));
+    let port = free_port();
+    let cfg = config(&env, &api, port, "");
+    let text = std::fs::read_to_string(&cfg).unwrap().replace(
+        "kubernetes_metadata = \"api\"",
+        "parser = \"cri\"\nkubernetes_metadata = \"api\"",
+    );
+    std::fs::write(&cfg, text).unwrap();
+    let router = spawn(&cfg, &[]);
+    wait_for("81 records", LONG, || env.records().len() == 81);
+    let records = env.records();
+    let pod_of = |r: &Value| r["kubernetes"]["pod_name"].as_str().unwrap().to_string();
+    let of = |p: &str| records.iter().filter(|r| pod_of(r) == p).cloned().collect::<Vec<_>>();
+    // json: the payload's fields replace `log`, next to the CRI fields.
+    let json = of("json-1");
+    let parsed: Vec<_> = json.iter().filter(|r| r.get("log").is_none()).collect();
+    assert_eq!(parsed.len(), 20, "{json:?}");
+    for r in &parsed {
+        assert_eq!(r["tag"], "j");
+        assert!(
+            r["n"].is_u64() && r["stream"] == "stdout" && r["kubernetes"]["pod_id"] == "uid-prod-json-1",
+            "{r}"
+        );
+    }
+    let unparsed: Vec<_> = json.iter().filter(|r| r.get("log").is_some()).collect();
+    assert_eq!(unparsed.len(), 1);
+    assert_eq!(unparsed[0]["log"], "not json at all");
+    // logfmt, by Fluent Bit's annotation.
+    let kv = of("kv-1");
+    assert_eq!(kv.len(), 20);
+    for r in &kv {
+        assert!(r.get("log").is_none() && r["tag"] == "kv", "{r}");
+        assert!(r["msg"].as_str().unwrap().starts_with("order "), "{r}");
+    }
+    // An unknown parser and no annotation: `log` kept as the runtime wrote it.
+    for p in ["odd-1", "plain-1"] {
+        let rs = of(p);
+        assert_eq!(rs.len(), 20);
+        assert!(
+            rs.iter().all(|r| r["log"].as_str().unwrap().starts_with("{\"tag\"")),
+            "{rs:?}"
+        );
+    }
+    let text = metrics(port);
+    let issue = |reason: &str| {
+        metric(
+            &text,
+            "logferry_source_line_issues_total",
+            &[&format!("reason=\"{reason}\"")],
+        )
+        .unwrap_or(0.0)
+    };
+    assert_eq!(issue("parse_failed"), 1.0);
+    assert_eq!(issue("kubernetes_parser_unknown"), 20.0);
+    router.signal(libc::SIGTERM);
+    let (st, _) = router.wait(LONG);
+    assert!(st.success());
+}
+
 #[test]
 fn late_pods_changes_relists_and_deleted_pods_last_lines() {
     let env = Env::new();

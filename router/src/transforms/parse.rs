@@ -36,6 +36,7 @@
 
 use std::sync::Arc;
 
+use prometheus_client::metrics::counter::Counter;
 use serde::Deserialize;
 use tokio::sync::{Semaphore, mpsc};
 
@@ -292,6 +293,33 @@ impl Reparser {
         debug_assert!(out.len() > start);
         Ok((ts_ms, mask))
     }
+
+    /// Every record of `old` rewritten, or as it was when it does not parse
+    /// (counted in `missing` or `failed`); the result holds no permit.
+    pub fn rewrite_all(&mut self, old: &Records, missing: &Counter, failed: &Counter) -> Records {
+        let mut r = Records {
+            buf: Vec::with_capacity(old.buf.len() + old.buf.len() / 2),
+            meta: Vec::with_capacity(old.len()),
+            permit: None,
+        };
+        for i in 0..old.len() {
+            let start = r.buf.len();
+            let meta = old.meta[i];
+            match self.rewrite(old.text(i), meta.ts_ms, &mut r.buf) {
+                Ok((ts_ms, mask)) => r.push_written(start, ts_ms, mask),
+                Err(why) => {
+                    match why {
+                        Unparsed::FieldMissing => missing.inc(),
+                        Unparsed::Failed => failed.inc(),
+                    };
+                    r.buf.truncate(start);
+                    r.buf.extend_from_slice(old.text(i));
+                    r.push_written(start, meta.ts_ms, meta.key_mask);
+                }
+            }
+        }
+        r
+    }
 }
 
 pub async fn run(
@@ -324,27 +352,7 @@ pub async fn run(
             }
             Err(shared) => (shared, None),
         };
-        let mut r = Records {
-            buf: Vec::with_capacity(old.buf.len() + old.buf.len() / 2),
-            meta: Vec::with_capacity(old.len()),
-            permit: None,
-        };
-        for i in 0..old.len() {
-            let start = r.buf.len();
-            let meta = old.meta[i];
-            match reparser.rewrite(old.text(i), meta.ts_ms, &mut r.buf) {
-                Ok((ts_ms, mask)) => r.push_written(start, ts_ms, mask),
-                Err(why) => {
-                    match why {
-                        Unparsed::FieldMissing => missing.inc(),
-                        Unparsed::Failed => failed.inc(),
-                    };
-                    r.buf.truncate(start);
-                    r.buf.extend_from_slice(old.text(i));
-                    r.push_written(start, meta.ts_ms, meta.key_mask);
-                }
-            }
-        }
+        let mut r = reparser.rewrite_all(&old, &missing, &failed);
         drop(old);
         // Charge what the new records hold beyond the permit they inherit.
         let held = permit.as_ref().map_or(0, |p| p.num_permits());

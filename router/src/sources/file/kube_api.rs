@@ -44,10 +44,15 @@
 //! so the projected service-account token (rotated hourly by the kubelet)
 //! keeps working without a restart.
 //!
-//! Left out: the `logferry.io/parser` / `fluentbit.io/parser` annotations
-//! (the parser is fixed per source; picking one per file would change the
-//! parser of a file mid-stream when its pod shows up late), the kubelet's
-//! `/pods` endpoint (`use_kubelet`) and namespace labels.
+//! Why the `logferry.io/parser` (or `fluentbit.io/parser`) annotation parses
+//! the `log` text and not the line: the line's format is the runtime's (CRI
+//! or json-file) and fixed per source; what varies by pod is its
+//! application's format inside `log`. It is applied per batch like the other
+//! fields, so lines read before the pod is known pass unparsed, as they
+//! pass without labels.
+//!
+//! Left out: the kubelet's `/pods` endpoint (`use_kubelet`) and namespace
+//! labels.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -68,13 +73,77 @@ use tokio_util::sync::CancellationToken;
 
 use super::kubernetes::ContainerLog;
 use crate::confdiag::{Ctx, Seg};
-use crate::event::Fields;
+use crate::event::{Fields, Records};
 use crate::memory::Charge;
 use crate::metrics::Metrics;
+use crate::transforms::parse::Reparser;
 
 const SA_DIR: &str = "/var/run/secrets/kubernetes.io/serviceaccount";
 /// Annotations that say "drop this pod's records" when `"true"`.
 const EXCLUDE_ANNOTATIONS: [&str; 2] = ["logferry.io/exclude", "fluentbit.io/exclude"];
+/// Annotations naming the parser of a pod's `log` text; the first present wins.
+const PARSER_ANNOTATIONS: [&str; 2] = ["logferry.io/parser", "fluentbit.io/parser"];
+
+/// Parses the `log` text of annotated pods' records, as a `parse` transform
+/// with `reserve_data = true` would: the parsed fields join the record's
+/// others and replace `log`. A record that does not parse passes as it was,
+/// counted (`parse_failed`, `parse_field_missing`).
+pub struct AnnotatedParsers {
+    json: Option<Reparser>,
+    logfmt: Option<Reparser>,
+    missing: Counter,
+    failed: Counter,
+    unknown: Counter,
+}
+
+impl AnnotatedParsers {
+    pub fn new(m: &crate::metrics::ComponentMetrics) -> Self {
+        AnnotatedParsers {
+            json: None,
+            logfmt: None,
+            missing: m.line_issue("parse_field_missing"),
+            failed: m.line_issue("parse_failed"),
+            unknown: m.line_issue("kubernetes_parser_unknown"),
+        }
+    }
+
+    pub fn apply(&mut self, parser: LogParser, records: Records) -> Records {
+        let (slot, name) = match parser {
+            LogParser::Json => (&mut self.json, "json"),
+            LogParser::Logfmt => (&mut self.logfmt, "logfmt"),
+            LogParser::Unknown => {
+                self.unknown.inc_by(records.len() as u64);
+                return records;
+            }
+        };
+        let reparser = slot.get_or_insert_with(|| {
+            let cfg = serde_json::from_value(serde_json::json!({"parser": name, "reserve_data": true}))
+                .expect("a built-in parser's config");
+            Reparser::new(cfg).expect("a built-in parser")
+        });
+        reparser.rewrite_all(&records, &self.missing, &self.failed)
+    }
+}
+
+/// The parser a pod's annotation picks for the `log` text of its records.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogParser {
+    Json,
+    Logfmt,
+    /// A name this router has no parser for: records pass unparsed, counted
+    /// (`kubernetes_parser_unknown`).
+    Unknown,
+}
+
+impl LogParser {
+    fn named(name: &str) -> LogParser {
+        match name.trim().to_ascii_lowercase().as_str() {
+            "json" => LogParser::Json,
+            "logfmt" => LogParser::Logfmt,
+            _ => LogParser::Unknown,
+        }
+    }
+}
 const BACKOFF_MIN: Duration = Duration::from_millis(500);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often deleted pods past their grace are forgotten.
@@ -117,6 +186,10 @@ pub struct KubernetesApiConfig {
     /// `fluentbit.io/exclude`), counted as `kubernetes_excluded`.
     #[serde(default = "default_true")]
     pub exclude_by_annotation: bool,
+    /// Parse the `log` text of pods annotated `logferry.io/parser` (or
+    /// `fluentbit.io/parser`) with the parser it names: `json` or `logfmt`.
+    #[serde(default = "default_true")]
+    pub parser_by_annotation: bool,
 }
 
 impl Default for KubernetesApiConfig {
@@ -133,6 +206,7 @@ impl Default for KubernetesApiConfig {
             annotations_include: Vec::new(),
             annotations_exclude: default_annotations_exclude(),
             exclude_by_annotation: true,
+            parser_by_annotation: true,
         }
     }
 }
@@ -221,6 +295,8 @@ pub struct PodMeta {
     pub images: BTreeMap<String, String>,
     /// Annotated to be dropped.
     pub exclude: bool,
+    /// Annotated with a parser for its `log` text.
+    pub parser: Option<LogParser>,
     /// Bytes charged to `memory_limit` for this entry (an estimate of the
     /// heap it holds).
     pub bytes: usize,
@@ -234,6 +310,7 @@ pub struct Filters {
     include: Option<globset::GlobSet>,
     exclude: globset::GlobSet,
     exclude_by_annotation: bool,
+    parser_by_annotation: bool,
 }
 
 fn glob_set(pats: &[String]) -> globset::GlobSet {
@@ -254,6 +331,7 @@ impl Filters {
             include: (!cfg.annotations_include.is_empty()).then(|| glob_set(&cfg.annotations_include)),
             exclude: glob_set(&cfg.annotations_exclude),
             exclude_by_annotation: cfg.exclude_by_annotation,
+            parser_by_annotation: cfg.parser_by_annotation,
         }
     }
 }
@@ -376,10 +454,17 @@ pub fn pod_meta(pod: &Pod, f: &Filters) -> PodMeta {
             }
         }
     }
+    let parser = if f.parser_by_annotation {
+        all.and_then(|a| PARSER_ANNOTATIONS.iter().find_map(|k| a.get(*k)))
+            .map(|name| LogParser::named(name))
+    } else {
+        None
+    };
     let mut meta = PodMeta {
         object,
         images,
         exclude,
+        parser,
         bytes: 0,
     };
     meta.bytes = estimate_bytes(&meta) + md.name.as_ref().map_or(0, String::len) * 2;
@@ -593,6 +678,7 @@ pub struct FileMeta {
     version: Option<u64>,
     pub fields: Arc<Fields>,
     pub exclude: bool,
+    pub parser: Option<LogParser>,
 }
 
 impl FileMeta {
@@ -606,6 +692,7 @@ impl FileMeta {
             version: None,
             fields: fields_for(c, None),
             exclude: false,
+            parser: None,
         }
     }
 
@@ -629,7 +716,8 @@ impl FileMeta {
             container_id: &self.container_id,
         };
         self.fields = fields_for(&c, found.as_ref().map(|l| &*l.meta));
-        self.exclude = found.is_some_and(|l| l.meta.exclude);
+        self.exclude = found.as_ref().is_some_and(|l| l.meta.exclude);
+        self.parser = found.and_then(|l| l.meta.parser);
     }
 }
 
@@ -989,6 +1077,31 @@ mod tests {
         let p =
             pod(json!({"metadata": {"name": "a", "namespace": "n", "annotations": {"logferry.io/exclude": "true"}}}));
         assert!(!pod_meta(&p, &off).exclude);
+    }
+
+    #[test]
+    fn the_parser_annotation_names_a_parser_and_ours_wins() {
+        let f = Filters::new(&KubernetesApiConfig::default());
+        for (annotations, want) in [
+            (json!({"logferry.io/parser": "json"}), Some(LogParser::Json)),
+            (json!({"fluentbit.io/parser": " LogFmt "}), Some(LogParser::Logfmt)),
+            (
+                json!({"fluentbit.io/parser": "json", "logferry.io/parser": "logfmt"}),
+                Some(LogParser::Logfmt),
+            ),
+            (json!({"logferry.io/parser": "apache2"}), Some(LogParser::Unknown)),
+            (json!({"logferry.io/parsers": "json"}), None),
+        ] {
+            let p = pod(json!({"metadata": {"name": "a", "namespace": "n", "annotations": annotations.clone()}}));
+            assert_eq!(pod_meta(&p, &f).parser, want, "{annotations}");
+        }
+        let off = Filters::new(&KubernetesApiConfig {
+            parser_by_annotation: false,
+            ..KubernetesApiConfig::default()
+        });
+        let p =
+            pod(json!({"metadata": {"name": "a", "namespace": "n", "annotations": {"logferry.io/parser": "json"}}}));
+        assert_eq!(pod_meta(&p, &off).parser, None);
     }
 
     #[test]

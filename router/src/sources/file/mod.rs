@@ -250,6 +250,8 @@ struct FileSource<W: World> {
     /// This node's pods and how long to wait for their first list
     /// (`kubernetes_metadata = "api"`).
     pods: Option<(Arc<kube_api::PodCache>, Duration)>,
+    /// Parsers the pods' `logferry.io/parser` annotations pick.
+    annotated: Option<Box<kube_api::AnnotatedParsers>>,
 }
 
 impl<W: World> FileSource<W> {
@@ -315,6 +317,7 @@ impl<W: World> FileSource<W> {
             checkpoint_health: SaveHealth::new(checkpoint_metrics),
             last_scan: now,
             pods: None,
+            annotated: None,
         })
     }
 

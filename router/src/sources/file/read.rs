@@ -3,6 +3,7 @@
 //! the bytes they came from.
 
 use super::identity::{FINGERPRINT_BYTES, Point, fingerprint_of, read_head, tail_at};
+use super::kube_api;
 use super::parse::{self, Parsed, Parser, Step};
 use super::rotation::Verdict;
 use super::tail::{LineSplitter, utf8_prefix};
@@ -167,6 +168,7 @@ impl<W: World> FileSource<W> {
             return Ok(());
         }
         let mut k8s_fields = None;
+        let mut parser = None;
         if let (Some(meta), Some((cache, _))) = (w.k8s.as_mut(), self.pods.as_ref()) {
             meta.refresh(cache);
             if meta.exclude {
@@ -183,6 +185,7 @@ impl<W: World> FileSource<W> {
                 return Ok(());
             }
             k8s_fields = Some(meta.fields.clone());
+            parser = meta.parser;
         }
         let mut records = std::mem::replace(
             &mut self.records,
@@ -191,6 +194,13 @@ impl<W: World> FileSource<W> {
                 ..Records::default()
             },
         );
+        if let Some(p) = parser {
+            let m = &self.counters.m;
+            let parsers = self
+                .annotated
+                .get_or_insert_with(|| Box::new(kube_api::AnnotatedParsers::new(m)));
+            records = parsers.apply(p, records);
+        }
         let count = records.len() as u64;
         tracing::trace!(file = %w.path.display(), records = count, end = w.consumed, read_pos = w.read_pos, "sending batch");
         let bytes = records.buf.len().min(self.cx.memory_limit).max(1);
