@@ -93,7 +93,7 @@ impl Api {
             let mut pod = pod;
             pod["metadata"]["resourceVersion"] = json!(s.rv.to_string());
             let key = (
-                pod["metadata"]["namespace"].as_str().unwrap().to_string(),
+                pod["metadata"]["namespace"].as_str().unwrap_or("").to_string(),
                 pod["metadata"]["name"].as_str().unwrap().to_string(),
             );
             let kind = if s.pods.contains_key(&key) { "MODIFIED" } else { "ADDED" };
@@ -190,21 +190,24 @@ async fn handle(
             return Ok(full(StatusCode::INTERNAL_SERVER_ERROR, status(500, "InternalError")));
         }
     }
-    if req.uri().path() != "/api/v1/pods" {
-        return Ok(full(StatusCode::NOT_FOUND, status(404, "NotFound")));
-    }
+    // Pods and namespaces live in one map; the path picks the kind.
+    let kind = match req.uri().path() {
+        "/api/v1/pods" => "Pod",
+        "/api/v1/namespaces" => "Namespace",
+        _ => return Ok(full(StatusCode::NOT_FOUND, status(404, "NotFound"))),
+    };
     if q.get("watch").map(String::as_str) != Some("true") && q.get("watch").map(String::as_str) != Some("1") {
         let mut s = st.lock().unwrap();
         s.lists += 1;
         let items: Vec<Value> = s
             .pods
             .values()
-            .filter(|p| on_node(p, selector.as_ref()))
+            .filter(|p| p["kind"] == kind && on_node(p, selector.as_ref()))
             .cloned()
             .collect();
         return Ok(full(
             StatusCode::OK,
-            json!({"kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}),
+            json!({"kind": format!("{kind}List"), "apiVersion": "v1", "metadata": {"resourceVersion": s.rv.to_string()}, "items": items}),
         ));
     }
     let mut from: u64 = q.get("resourceVersion").and_then(|v| v.parse().ok()).unwrap_or(0);
@@ -218,7 +221,7 @@ async fn handle(
                 let lines: Vec<(u64, String)> = s
                     .events
                     .iter()
-                    .filter(|(rv, _, p)| *rv > from && on_node(p, selector.as_ref()))
+                    .filter(|(rv, _, p)| *rv > from && p["kind"] == kind && on_node(p, selector.as_ref()))
                     .map(|(rv, t, p)| (*rv, json!({"type": t, "object": p}).to_string()))
                     .collect();
                 (lines, from < s.compacted, s.failing)
@@ -538,6 +541,81 @@ fn the_parser_annotation_parses_each_pods_log_text() {
     router.signal(libc::SIGTERM);
     let (st, _) = router.wait(LONG);
     assert!(st.success());
+}
+
+/// `namespace_labels = true`: records carry their namespace's labels, and a
+/// relabelled namespace's new labels reach the records read after it.
+#[test]
+fn namespace_labels_follow_the_namespace() {
+    let env = Env::new();
+    let api = Api::start();
+    let ns = |name: &str, labels: Value| json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name, "labels": labels}});
+    api.put(ns("prod", json!({"env": "production", "team": "core"})));
+    api.put(ns("bare", json!({})));
+    api.put(pod("prod", "web-1", NODE, json!({"app": "web"}), json!({})));
+    api.put(pod("bare", "job-1", NODE, json!({"app": "job"}), json!({})));
+    let web = log_path(&env, "prod", "web-1", ID_WEB);
+    write_lines(&web, "first", 0..10);
+    write_lines(&log_path(&env, "bare", "job-1", &cid(2)), "bare", 0..10);
+    let port = free_port();
+    let cfg = config(&env, &api, port, "namespace_labels = true");
+    let router = spawn(&cfg, &[]);
+    wait_for("the first records", LONG, || {
+        by_tag(&env, "first").len() == 10 && by_tag(&env, "bare").len() == 10
+    });
+    for r in by_tag(&env, "first") {
+        assert_eq!(
+            r["kubernetes"]["namespace_labels"],
+            json!({"env": "production", "team": "core"}),
+            "{r}"
+        );
+        assert_eq!(r["kubernetes"]["labels"], json!({"app": "web"}), "{r}");
+    }
+    for r in by_tag(&env, "bare") {
+        assert!(r["kubernetes"].get("namespace_labels").is_none(), "{r}");
+    }
+    api.put(ns("prod", json!({"env": "staging"})));
+    // The change reaches the cache before the next lines are read.
+    wait_for("the relabelled namespace", LONG, || {
+        write_lines(&web, "probe", 0..1);
+        std::thread::sleep(Duration::from_millis(200));
+        by_tag(&env, "probe")
+            .iter()
+            .any(|r| r["kubernetes"]["namespace_labels"] == json!({"env": "staging"}))
+    });
+    router.signal(libc::SIGTERM);
+    let (st, _) = router.wait(LONG);
+    assert!(st.success());
+    // Without the key, the namespaces are never asked for.
+    assert!(
+        api.state
+            .lock()
+            .unwrap()
+            .requests
+            .iter()
+            .any(|r| r.starts_with("/api/v1/namespaces"))
+    );
+    let env2 = Env::new();
+    write_lines(&log_path(&env2, "prod", "web-1", ID_WEB), "off", 0..5);
+    let before = api.state.lock().unwrap().requests.len();
+    let port = free_port();
+    let router = spawn(&config(&env2, &api, port, ""), &[]);
+    wait_for("the records without namespace labels", LONG, || {
+        by_tag(&env2, "off").len() == 5
+    });
+    assert!(
+        by_tag(&env2, "off")
+            .iter()
+            .all(|r| r["kubernetes"].get("namespace_labels").is_none())
+    );
+    router.signal(libc::SIGTERM);
+    let (st, _) = router.wait(LONG);
+    assert!(st.success());
+    assert!(
+        !api.state.lock().unwrap().requests[before..]
+            .iter()
+            .any(|r| r.starts_with("/api/v1/namespaces"))
+    );
 }
 
 #[test]

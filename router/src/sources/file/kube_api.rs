@@ -51,8 +51,11 @@
 //! fields, so lines read before the pod is known pass unparsed, as they
 //! pass without labels.
 //!
-//! Left out: the kubelet's `/pods` endpoint (`use_kubelet`) and namespace
-//! labels.
+//! Why namespace labels come from a watch of all namespaces and not a get
+//! per namespace seen: a cluster has tens of namespaces, which change
+//! rarely, and a watch costs the API server nothing per record or file.
+//!
+//! Left out: the kubelet's `/pods` endpoint (`use_kubelet`).
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -190,6 +193,10 @@ pub struct KubernetesApiConfig {
     /// `fluentbit.io/parser`) with the parser it names: `json` or `logfmt`.
     #[serde(default = "default_true")]
     pub parser_by_annotation: bool,
+    /// Add `kubernetes.namespace_labels`: the labels of the pod's namespace,
+    /// from a second watch (of all namespaces: there are few).
+    #[serde(default)]
+    pub namespace_labels: bool,
 }
 
 impl Default for KubernetesApiConfig {
@@ -207,6 +214,7 @@ impl Default for KubernetesApiConfig {
             annotations_exclude: default_annotations_exclude(),
             exclude_by_annotation: true,
             parser_by_annotation: true,
+            namespace_labels: false,
         }
     }
 }
@@ -367,6 +375,36 @@ pub struct Container {
     pub image: Option<String>,
 }
 
+/// A namespace as the namespace watch decodes it: its labels are all it needs.
+#[derive(Clone, Debug, Default, Deserialize)]
+pub struct Namespace {
+    pub metadata: ObjectMeta,
+}
+
+impl kube::Resource for Namespace {
+    type DynamicType = ();
+    type Scope = k8s_openapi::ClusterResourceScope;
+
+    fn kind(_: &()) -> Cow<'_, str> {
+        "Namespace".into()
+    }
+    fn group(_: &()) -> Cow<'_, str> {
+        "".into()
+    }
+    fn version(_: &()) -> Cow<'_, str> {
+        "v1".into()
+    }
+    fn plural(_: &()) -> Cow<'_, str> {
+        "namespaces".into()
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.metadata
+    }
+}
+
 impl kube::Resource for Pod {
     type DynamicType = ();
     type Scope = k8s_openapi::NamespaceResourceScope;
@@ -488,7 +526,11 @@ fn estimate_bytes(m: &PodMeta) -> usize {
 }
 
 /// The `kubernetes` fragment of a file: its path's fields, plus its pod's.
-pub fn fields_for(c: &ContainerLog<'_>, pod: Option<&PodMeta>) -> Arc<Fields> {
+pub fn fields_for(
+    c: &ContainerLog<'_>,
+    pod: Option<&PodMeta>,
+    namespace_labels: Option<&Map<String, Value>>,
+) -> Arc<Fields> {
     let mut o = Map::new();
     o.insert("pod_name".into(), c.pod_name.into());
     o.insert("namespace_name".into(), c.namespace_name.into());
@@ -502,6 +544,9 @@ pub fn fields_for(c: &ContainerLog<'_>, pod: Option<&PodMeta>) -> Arc<Fields> {
             o.insert("container_image".into(), Value::String(i.clone()));
         }
     }
+    if let Some(l) = namespace_labels.filter(|l| !l.is_empty()) {
+        o.insert("namespace_labels".into(), Value::Object(l.clone()));
+    }
     Arc::new(Fields::new([("kubernetes".to_string(), Value::Object(o))]))
 }
 
@@ -513,8 +558,18 @@ struct Entry {
     deleted: Option<Instant>,
 }
 
+struct NsEntry {
+    labels: Arc<Map<String, Value>>,
+    /// The cache generation of their last change.
+    version: u64,
+    /// Charged to `memory_limit` for them.
+    bytes: usize,
+}
+
 struct Inner {
     pods: HashMap<(String, String), Entry>,
+    /// Namespace labels (`namespace_labels = true`).
+    namespaces: HashMap<String, NsEntry>,
     charge: Charge,
     /// Sum of the entries' `bytes`.
     bytes: usize,
@@ -539,6 +594,12 @@ pub struct Lookup {
     pub meta: Arc<PodMeta>,
 }
 
+/// A namespace's labels as a file of the source sees them.
+pub struct NamespaceLookup {
+    pub version: u64,
+    pub labels: Arc<Map<String, Value>>,
+}
+
 impl PodCache {
     /// `max`: the most bytes the cache may hold.
     pub fn new(memory: Arc<Semaphore>, max: usize, metrics: &Metrics, id: &str) -> Self {
@@ -546,6 +607,7 @@ impl PodCache {
         PodCache {
             inner: RwLock::new(Inner {
                 pods: HashMap::new(),
+                namespaces: HashMap::new(),
                 charge: Charge::new(memory),
                 bytes: 0,
                 max,
@@ -573,6 +635,70 @@ impl PodCache {
             version: e.version,
             meta: e.meta.clone(),
         })
+    }
+
+    pub fn namespace(&self, namespace: &str) -> Option<NamespaceLookup> {
+        let g = self.inner.read().unwrap_or_else(|e| e.into_inner());
+        g.namespaces.get(namespace).map(|e| NamespaceLookup {
+            version: e.version,
+            labels: e.labels.clone(),
+        })
+    }
+
+    /// Sets a namespace's labels; false when `memory_limit` has no room.
+    pub fn apply_namespace(&self, name: &str, labels: Map<String, Value>) -> bool {
+        let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let old = g.namespaces.get(name);
+        if old.is_some_and(|e| *e.labels == labels) {
+            return true;
+        }
+        let old_bytes = old.map_or(0, |e| e.bytes);
+        let bytes = 96
+            + name.len()
+            + labels
+                .iter()
+                .map(|(k, v)| 96 + k.len() + v.as_str().map_or(0, str::len))
+                .sum::<usize>();
+        let want = g.bytes - old_bytes + bytes;
+        if want > g.max || !g.charge.resize(want) {
+            return false;
+        }
+        g.bytes = want;
+        let version = self.bump();
+        g.namespaces.insert(
+            name.to_string(),
+            NsEntry {
+                labels: Arc::new(labels),
+                version,
+                bytes,
+            },
+        );
+        self.publish(&g);
+        true
+    }
+
+    /// Forgets a deleted namespace, or, with `keep`, every one not in it
+    /// (after a relist).
+    pub fn remove_namespaces(&self, gone: Option<&str>, keep: Option<&HashSet<String>>) {
+        let mut g = self.inner.write().unwrap_or_else(|e| e.into_inner());
+        let drop: Vec<String> = g
+            .namespaces
+            .keys()
+            .filter(|k| gone == Some(k.as_str()) || keep.is_some_and(|l| !l.contains(*k)))
+            .cloned()
+            .collect();
+        if drop.is_empty() {
+            return;
+        }
+        for k in drop {
+            if let Some(e) = g.namespaces.remove(&k) {
+                g.bytes -= e.bytes;
+            }
+        }
+        let want = g.bytes;
+        g.charge.resize(want);
+        self.bump();
+        self.publish(&g);
     }
 
     /// Bytes charged to `memory_limit` now.
@@ -674,8 +800,9 @@ pub struct FileMeta {
     container_id: String,
     /// The cache generation `fields` was resolved at.
     generation: u64,
-    /// The pod entry's version `fields` was built from (`None`: path only).
-    version: Option<u64>,
+    /// The versions of the pod entry and of the namespace's labels `fields`
+    /// was built from (`None`: path only).
+    version: (Option<u64>, Option<u64>),
     pub fields: Arc<Fields>,
     pub exclude: bool,
     pub parser: Option<LogParser>,
@@ -689,8 +816,8 @@ impl FileMeta {
             container: c.container_name.to_string(),
             container_id: c.container_id.to_string(),
             generation: 0,
-            version: None,
-            fields: fields_for(c, None),
+            version: (None, None),
+            fields: fields_for(c, None, None),
             exclude: false,
             parser: None,
         }
@@ -704,7 +831,8 @@ impl FileMeta {
         }
         self.generation = g;
         let found = cache.lookup(&self.namespace, &self.pod);
-        let version = found.as_ref().map(|l| l.version);
+        let ns = cache.namespace(&self.namespace);
+        let version = (found.as_ref().map(|l| l.version), ns.as_ref().map(|n| n.version));
         if version == self.version {
             return;
         }
@@ -715,7 +843,7 @@ impl FileMeta {
             container_name: &self.container,
             container_id: &self.container_id,
         };
-        self.fields = fields_for(&c, found.as_ref().map(|l| &*l.meta));
+        self.fields = fields_for(&c, found.as_ref().map(|l| &*l.meta), ns.as_ref().map(|n| &*n.labels));
         self.exclude = found.as_ref().is_some_and(|l| l.meta.exclude);
         self.parser = found.and_then(|l| l.meta.parser);
     }
@@ -739,6 +867,7 @@ pub struct Watch {
     node: String,
     filters: Filters,
     grace: Duration,
+    namespace_labels: bool,
 }
 
 /// The in-cluster defaults, or what the config says. Errors name the key.
@@ -811,6 +940,7 @@ impl Watch {
             node,
             filters: Filters::new(cfg),
             grace: cfg.delete_grace,
+            namespace_labels: cfg.namespace_labels,
         })
     }
 
@@ -823,6 +953,16 @@ impl Watch {
             .any_semantic();
         let errors = |r: &'static str| -> Counter { metrics.kubernetes_api_error(&id, r) };
         let mut stream = watcher(api.clone(), wc.clone()).boxed();
+        // Namespace labels: a watch of every namespace, retried by kube's
+        // own backoff (its errors only leave the labels as they were).
+        let mut namespaces = self.namespace_labels.then(|| {
+            use kube::runtime::WatchStreamExt;
+            let api: kube::Api<Namespace> = kube::Api::all(self.client.clone());
+            watcher(api, watcher::Config::default().any_semantic())
+                .default_backoff()
+                .boxed()
+        });
+        let mut ns_listed: Option<HashSet<String>> = None;
         let mut sweep = tokio::time::interval(SWEEP);
         let mut listed: Option<HashSet<(String, String)>> = None;
         let mut failures: u32 = 0;
@@ -843,6 +983,39 @@ impl Watch {
                     continue;
                 }
                 ev = stream.next() => ev,
+                Some(ev) = async {
+                    match namespaces.as_mut() {
+                        Some(s) => s.next().await,
+                        None => std::future::pending().await,
+                    }
+                } => {
+                    match ev {
+                        Ok(watcher::Event::Init) => ns_listed = Some(HashSet::new()),
+                        Ok(watcher::Event::InitApply(n) | watcher::Event::Apply(n)) => {
+                            if let Some(name) = n.metadata.name {
+                                let labels = n.metadata.labels.unwrap_or_default()
+                                    .into_iter().map(|(k, v)| (k, Value::String(v))).collect();
+                                if !cache.apply_namespace(&name, labels) {
+                                    errors("memory").inc();
+                                }
+                                if let Some(l) = ns_listed.as_mut() {
+                                    l.insert(name);
+                                }
+                            }
+                        }
+                        Ok(watcher::Event::InitDone) => {
+                            if let Some(l) = ns_listed.take() {
+                                cache.remove_namespaces(None, Some(&l));
+                            }
+                        }
+                        Ok(watcher::Event::Delete(n)) => cache.remove_namespaces(n.metadata.name.as_deref(), None),
+                        Err(e) => {
+                            errors("namespaces").inc();
+                            tracing::debug!(error = %e, "the namespace watch failed; retrying");
+                        }
+                    }
+                    continue;
+                }
             };
             let Some(ev) = ev else {
                 // The watcher stream never ends; start over if it does.
@@ -981,7 +1154,7 @@ mod tests {
     fn a_pod_maps_to_fluent_bit_names_next_to_the_path_fields() {
         let m = pod_meta(&web(), &Filters::new(&KubernetesApiConfig::default()));
         assert!(!m.exclude);
-        let f = fields_for(&log(), Some(&m));
+        let f = fields_for(&log(), Some(&m), None);
         let mut b = crate::event::batch_of(&[r#"{"log":"x"}"#]);
         b.fields.push(f);
         let mut out = Vec::new();
@@ -1004,7 +1177,7 @@ mod tests {
             ..log()
         };
         assert_eq!(
-            fields_for(&side, Some(&m))
+            fields_for(&side, Some(&m), None)
                 .lookup("kubernetes.container_image")
                 .as_deref(),
             Some("envoy:1")
@@ -1013,9 +1186,12 @@ mod tests {
             container_name: "gone",
             ..log()
         };
-        assert_eq!(fields_for(&gone, Some(&m)).lookup("kubernetes.container_image"), None);
         assert_eq!(
-            fields_for(&log(), None).lookup("kubernetes.pod_id"),
+            fields_for(&gone, Some(&m), None).lookup("kubernetes.container_image"),
+            None
+        );
+        assert_eq!(
+            fields_for(&log(), None, None).lookup("kubernetes.pod_id"),
             None,
             "no pod: the path's fields only"
         );
@@ -1110,8 +1286,8 @@ mod tests {
         let m = pod_meta(&p, &Filters::new(&KubernetesApiConfig::default()));
         assert!(m.object.is_empty() && m.images.is_empty() && !m.exclude);
         assert_eq!(
-            format!("{:?}", fields_for(&log(), Some(&m))),
-            format!("{:?}", fields_for(&log(), None))
+            format!("{:?}", fields_for(&log(), Some(&m), None)),
+            format!("{:?}", fields_for(&log(), None, None))
         );
     }
 
