@@ -193,6 +193,21 @@ async fn handle(
     // Pods and namespaces live in one map; the path picks the kind.
     let kind = match req.uri().path() {
         "/api/v1/pods" => "Pod",
+        // The kubelet's `/pods`: this node's pods, list only.
+        "/pods" => {
+            let s = st.lock().unwrap();
+            let node = format!("spec.nodeName={NODE}");
+            let items: Vec<Value> = s
+                .pods
+                .values()
+                .filter(|p| p["kind"] == "Pod" && on_node(p, Some(&node)))
+                .cloned()
+                .collect();
+            return Ok(full(
+                StatusCode::OK,
+                json!({"kind": "PodList", "apiVersion": "v1", "metadata": {}, "items": items}),
+            ));
+        }
         "/api/v1/namespaces" => "Namespace",
         _ => return Ok(full(StatusCode::NOT_FOUND, status(404, "NotFound"))),
     };
@@ -618,6 +633,57 @@ fn namespace_labels_follow_the_namespace() {
     );
 }
 
+/// `use_kubelet = true`: the pods come from the kubelet's `/pods`, polled,
+/// and the API server is never asked; a pod that appears later is picked up
+/// by the next poll, and a failing kubelet leaves the path's fields, counted.
+#[test]
+fn use_kubelet_reads_the_pods_from_the_kubelet() {
+    let env = Env::new();
+    let api = Api::start();
+    api.put(pod("prod", "web-1", NODE, json!({"app": "web"}), json!({})));
+    api.put(pod("prod", "far-1", "node-b", json!({"app": "far"}), json!({})));
+    write_lines(&log_path(&env, "prod", "web-1", ID_WEB), "web", 0..10);
+    let port = free_port();
+    let extra = format!(
+        "use_kubelet = true\nkubelet_endpoint = \"{}\"\nkubelet_interval = \"1s\"",
+        api.endpoint()
+    );
+    let cfg = config(&env, &api, port, &extra);
+    let router = spawn(&cfg, &[]);
+    wait_for("the web records", LONG, || by_tag(&env, "web").len() == 10);
+    for r in by_tag(&env, "web") {
+        assert_eq!(r["kubernetes"]["labels"], json!({"app": "web"}), "{r}");
+        assert_eq!(r["kubernetes"]["pod_id"], "uid-prod-web-1", "{r}");
+    }
+    // A pod the kubelet starts later: its lines get its labels once a poll saw it.
+    api.put(pod("prod", "late-1", NODE, json!({"app": "late"}), json!({})));
+    let late = log_path(&env, "prod", "late-1", &cid(7));
+    wait_for("the late pod's labels", LONG, || {
+        write_lines(&late, "late", 0..1);
+        std::thread::sleep(Duration::from_millis(300));
+        by_tag(&env, "late")
+            .iter()
+            .any(|r| r["kubernetes"]["labels"] == json!({"app": "late"}))
+    });
+    api.set_failing(true);
+    wait_for("a failed poll counted", LONG, || {
+        metric(
+            &metrics(port),
+            "logferry_kubernetes_api_errors_total",
+            &["reason=\"kubelet\""],
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    });
+    api.set_failing(false);
+    router.signal(libc::SIGTERM);
+    let (st, _) = router.wait(LONG);
+    assert!(st.success());
+    let s = api.state.lock().unwrap();
+    assert!(s.requests.iter().all(|r| r == "/pods"), "{:?}", s.requests);
+    assert!(s.tokens.iter().all(|t| t == "Bearer secret-token") && !s.tokens.is_empty());
+}
+
 #[test]
 fn late_pods_changes_relists_and_deleted_pods_last_lines() {
     let env = Env::new();
@@ -863,6 +929,18 @@ fn kubernetes_api_keys_are_checked_at_their_place() {
         (
             "kubernetes_metadata = \"api\"\n[sources.containers.kubernetes_api]\nendpont = \"http://x\"",
             "endpont",
+        ),
+        (
+            "kubernetes_metadata = \"api\"\n[sources.containers.kubernetes_api]\nkubelet_endpoint = \"https://10.0.0.1:10250\"",
+            "sources.containers.kubernetes_api.kubelet_endpoint",
+        ),
+        (
+            "kubernetes_metadata = \"api\"\n[sources.containers.kubernetes_api]\nuse_kubelet = true\nnamespace_labels = true",
+            "sources.containers.kubernetes_api.namespace_labels",
+        ),
+        (
+            "kubernetes_metadata = \"api\"\n[sources.containers.kubernetes_api]\nuse_kubelet = true\nkubelet_endpoint = \"10250\"",
+            "sources.containers.kubernetes_api.kubelet_endpoint",
         ),
     ] {
         let cfg = env.write_config(&format!(

@@ -76,7 +76,7 @@ pub struct FileSourceConfig {
     #[serde(default)]
     pub kubernetes_metadata: KubernetesMetadata,
     /// The API server, token and node for `kubernetes_metadata = "api"`.
-    pub kubernetes_api: Option<KubernetesApiConfig>,
+    pub kubernetes_api: Option<Box<KubernetesApiConfig>>,
 }
 
 fn default_time_format() -> String {

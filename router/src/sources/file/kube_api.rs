@@ -55,7 +55,10 @@
 //! per namespace seen: a cluster has tens of namespaces, which change
 //! rarely, and a watch costs the API server nothing per record or file.
 //!
-//! Left out: the kubelet's `/pods` endpoint (`use_kubelet`).
+//! Why `use_kubelet` polls: the kubelet's `/pods` has no watch. It costs
+//! the API server nothing, and the kubelet answers from memory; a pod
+//! created between two polls is enriched from the next one on, as a late
+//! watch event would be.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::path::PathBuf;
@@ -197,6 +200,21 @@ pub struct KubernetesApiConfig {
     /// from a second watch (of all namespaces: there are few).
     #[serde(default)]
     pub namespace_labels: bool,
+    /// Read this node's pods from the kubelet's `/pods` instead of watching
+    /// the API server (Fluent Bit's `Use_Kubelet`): no load on the API server
+    /// at all, at the price of a poll. Needs `nodes/proxy` in the RBAC.
+    #[serde(default)]
+    pub use_kubelet: bool,
+    /// The kubelet. Default: `https://$NODE_IP:10250` (the downward API's
+    /// `status.hostIP`), else `https://127.0.0.1:10250` (host network).
+    pub kubelet_endpoint: Option<String>,
+    /// How often the kubelet's `/pods` is read.
+    #[serde(default = "default_kubelet_interval", with = "humantime_serde")]
+    pub kubelet_interval: Duration,
+    /// Verify the kubelet's certificate against `ca_file`. A kubelet whose
+    /// serving certificate is self-signed needs `false`.
+    #[serde(default = "default_true")]
+    pub kubelet_tls_verify: bool,
 }
 
 impl Default for KubernetesApiConfig {
@@ -215,8 +233,16 @@ impl Default for KubernetesApiConfig {
             exclude_by_annotation: true,
             parser_by_annotation: true,
             namespace_labels: false,
+            use_kubelet: false,
+            kubelet_endpoint: None,
+            kubelet_interval: default_kubelet_interval(),
+            kubelet_tls_verify: true,
         }
     }
+}
+
+fn default_kubelet_interval() -> Duration {
+    Duration::from_secs(10)
 }
 
 fn default_delete_grace() -> Duration {
@@ -246,21 +272,43 @@ impl KubernetesApiConfig {
             p
         };
         let mut ok = true;
-        if let Some(e) = &self.endpoint {
+        for (key, value) in [
+            ("endpoint", &self.endpoint),
+            ("kubelet_endpoint", &self.kubelet_endpoint),
+        ] {
+            let Some(e) = value else { continue };
             match e.parse::<http::Uri>() {
                 Ok(u) if matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some() => {}
                 Ok(_) => {
-                    ctx.error(
-                        &at("endpoint"),
-                        format!("`{e}` is not an http:// or https:// URL with a host"),
-                    );
+                    ctx.error(&at(key), format!("`{e}` is not an http:// or https:// URL with a host"));
                     ok = false;
                 }
                 Err(err) => {
-                    ctx.error(&at("endpoint"), format!("`{e}` is not a URL: {err}"));
+                    ctx.error(&at(key), format!("`{e}` is not a URL: {err}"));
                     ok = false;
                 }
             }
+        }
+        if !self.use_kubelet {
+            for (key, set) in [
+                ("kubelet_endpoint", self.kubelet_endpoint.is_some()),
+                ("kubelet_tls_verify", !self.kubelet_tls_verify),
+            ] {
+                if set {
+                    ctx.error(&at(key), "is only read with use_kubelet = true");
+                    ok = false;
+                }
+            }
+        } else if self.namespace_labels {
+            ctx.error(
+                &at("namespace_labels"),
+                "needs the API server's watch of namespaces: not with use_kubelet = true (the kubelet knows only pods)",
+            );
+            ok = false;
+        }
+        if self.kubelet_interval < Duration::from_secs(1) && self.use_kubelet {
+            ctx.error(&at("kubelet_interval"), "must be at least 1s");
+            ok = false;
         }
         if let Some(n) = &self.node_name
             && n.trim().is_empty()
@@ -868,6 +916,8 @@ pub struct Watch {
     filters: Filters,
     grace: Duration,
     namespace_labels: bool,
+    /// Poll the kubelet's `/pods` this often instead of watching.
+    kubelet: Option<Duration>,
 }
 
 /// The in-cluster defaults, or what the config says. Errors name the key.
@@ -880,8 +930,14 @@ pub fn resolve(cfg: &KubernetesApiConfig) -> Result<(kube::Config, String), Stri
             return Err("kubernetes_api.node_name is not set and NODE_NAME is empty: set it from the downward API (fieldRef spec.nodeName)".into());
         }
     };
+    let kubelet = cfg.use_kubelet.then(|| match (&cfg.kubelet_endpoint, env("NODE_IP")) {
+        (Some(e), _) => e.clone(),
+        (None, Some(ip)) if ip.contains(':') => format!("https://[{ip}]:10250"),
+        (None, Some(ip)) => format!("https://{ip}:10250"),
+        (None, None) => "https://127.0.0.1:10250".to_string(),
+    });
     let endpoint = match (
-        &cfg.endpoint,
+        kubelet.as_ref().or(cfg.endpoint.as_ref()),
         env("KUBERNETES_SERVICE_HOST"),
         env("KUBERNETES_SERVICE_PORT"),
     ) {
@@ -915,6 +971,11 @@ pub fn resolve(cfg: &KubernetesApiConfig) -> Result<(kube::Config, String), Stri
         kc.root_cert_file = Some(ca);
     }
     kc.read_timeout = None;
+    if kubelet.is_some() {
+        // A poll, not a watch: a request that hangs is an error.
+        kc.read_timeout = Some(Duration::from_secs(30));
+        kc.accept_invalid_certs = !cfg.kubelet_tls_verify;
+    }
     Ok((kc, node))
 }
 
@@ -941,11 +1002,15 @@ impl Watch {
             filters: Filters::new(cfg),
             grace: cfg.delete_grace,
             namespace_labels: cfg.namespace_labels,
+            kubelet: cfg.use_kubelet.then_some(cfg.kubelet_interval),
         })
     }
 
     /// Keeps `cache` in step with this node's pods until `stop`.
     pub async fn run(self, cache: Arc<PodCache>, metrics: Arc<Metrics>, id: String, stop: CancellationToken) {
+        if let Some(every) = self.kubelet {
+            return self.poll_kubelet(every, cache, metrics, id, stop).await;
+        }
         use futures_util::StreamExt;
         let api: kube::Api<Pod> = kube::Api::all(self.client.clone());
         let wc = watcher::Config::default()
@@ -1089,6 +1154,74 @@ impl Watch {
                     tokio::select! {
                         _ = stop.cancelled() => return,
                         _ = tokio::time::sleep(delay) => {}
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl Watch {
+    /// `use_kubelet`: the kubelet's `/pods` (every pod of this node, and only
+    /// those) every `every`; a pod gone from it is deleted, kept for
+    /// `delete_grace` like one the watch saw deleted.
+    async fn poll_kubelet(
+        self,
+        every: Duration,
+        cache: Arc<PodCache>,
+        metrics: Arc<Metrics>,
+        id: String,
+        stop: CancellationToken,
+    ) {
+        let errors = |r: &'static str| -> Counter { metrics.kubernetes_api_error(&id, r) };
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut failures: u32 = 0;
+        let mut failing = false;
+        tracing::info!(node = %self.node, "reading this node's pods from the kubelet");
+        loop {
+            tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = tick.tick() => {}
+            }
+            cache.sweep(Instant::now(), self.grace);
+            let req = http::Request::get("/pods").body(Vec::new()).expect("a static request");
+            match self.client.request::<kube::core::ObjectList<Pod>>(req).await {
+                Ok(list) => {
+                    if failing {
+                        tracing::info!("the kubelet answers again");
+                        failing = false;
+                    }
+                    failures = 0;
+                    let now = Instant::now();
+                    let mut listed = HashSet::new();
+                    let mut missed = false;
+                    for p in &list.items {
+                        if let Some(k) = key(p) {
+                            missed |= !cache.apply(k.clone(), pod_meta(p, &self.filters));
+                            listed.insert(k);
+                        }
+                    }
+                    cache.retain_listed(&listed, now);
+                    cache.bump();
+                    cache.synced.store(true, Ordering::Release);
+                    if missed {
+                        errors("memory").inc();
+                        tracing::warn!(
+                            "memory_limit has no room for more pod metadata; those pods' records carry only the path's fields until there is"
+                        );
+                    }
+                }
+                Err(e) => {
+                    errors("kubelet").inc();
+                    if !failing {
+                        tracing::warn!(error = %e, "reading the kubelet's pods failed; records keep the path's fields, retrying with backoff");
+                        failing = true;
+                    }
+                    failures = failures.saturating_add(1);
+                    tokio::select! {
+                        _ = stop.cancelled() => return,
+                        _ = tokio::time::sleep(backoff(failures)) => {}
                     }
                 }
             }
