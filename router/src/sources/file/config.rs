@@ -30,7 +30,7 @@ pub enum KubernetesMetadata {
     /// `<pod>_<namespace>_<container>-<id>.log` (see `kubernetes.rs`).
     Path,
     /// The path's fields plus the pod's from a watch of the Kubernetes API
-    /// (see `kube_api.rs`), configured by `kubernetes_api`.
+    /// (see `kube_api/`), configured by `kubernetes_api`.
     Api,
 }
 
