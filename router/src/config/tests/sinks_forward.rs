@@ -45,6 +45,7 @@ fn defaults_and_env_host() {
     assert_eq!(f.ack_timeout, Duration::from_secs(30));
     assert_eq!(f.compression, ForwardCompression::None);
     assert_eq!(f.max_chunk_size.as_u64(), 1024 * 1024);
+    assert_eq!(f.max_in_flight, 4);
     assert_eq!(f.flush_interval, Duration::from_secs(1));
     assert!(f.tag.is_none() && f.shared_key.is_none() && !f.tls.enabled && f.tls.verify);
     assert_eq!(f.server_name(), "10.0.3.7");
@@ -116,6 +117,8 @@ fn errors_name_the_key() {
         e[0].contains("`sinks.fw.username`") && e[0].contains("shared_key"),
         "{e:?}"
     );
+    let e = errs("host = \"h\"\nmax_in_flight = 0");
+    assert!(e[0].contains("`sinks.fw.max_in_flight`"), "{e:?}");
     let e = errs("host = \"h\"\nack_timeout = \"1ms\"");
     assert!(e[0].contains("`sinks.fw.ack_timeout`"), "{e:?}");
 }

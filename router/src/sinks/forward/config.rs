@@ -35,6 +35,11 @@ pub struct ForwardSinkConfig {
     pub ack_timeout: Duration,
     #[serde(default)]
     pub compression: ForwardCompression,
+    /// Chunks written and not yet acknowledged on one connection (with
+    /// `require_ack`); acks are matched by chunk id. 1 waits for each ack
+    /// before the next chunk is written.
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
     /// Uncompressed bytes of events in one chunk.
     #[serde(default = "default_max_chunk_size")]
     pub max_chunk_size: ByteSize,
@@ -104,6 +109,13 @@ fn default_ack_timeout() -> Duration {
     Duration::from_secs(30)
 }
 
+/// Largest `max_in_flight`: unacked chunks are held in memory.
+pub const MAX_IN_FLIGHT: usize = 256;
+
+fn default_max_in_flight() -> usize {
+    4
+}
+
 fn default_max_chunk_size() -> ByteSize {
     ByteSize::mib(1)
 }
@@ -139,6 +151,10 @@ impl ForwardSinkConfig {
         }
         if self.ack_timeout < Duration::from_millis(100) {
             ctx.error(&at("ack_timeout"), "must be at least 100ms");
+            ok = false;
+        }
+        if !(1..=MAX_IN_FLIGHT).contains(&self.max_in_flight) {
+            ctx.error(&at("max_in_flight"), format!("must be between 1 and {MAX_IN_FLIGHT}"));
             ok = false;
         }
         if !(1024..=MAX_CHUNK_SIZE).contains(&self.max_chunk_size.as_u64()) {

@@ -1,11 +1,15 @@
 //! One connection to the forward server, and the task that delivers closed
-//! chunks over it one at a time.
+//! chunks over it.
 //!
-//! Why one chunk in flight: a chunk is acknowledged (or, without
-//! `require_ack`, written and flushed) before the next is written, so a
-//! failure never leaves a gap behind a later success, and what must be sent
-//! again after a reconnect is exactly one chunk. The sink keeps encoding the
-//! next chunk meanwhile, so the network wait and the encoding overlap.
+//! Why pipelining: across nodes a round trip costs milliseconds, and with one
+//! chunk waiting for its ack at a time the sink moves one chunk per round
+//! trip. Up to `max_in_flight` chunks are written ahead; each ack names its
+//! chunk (`{"ack": id}`), so acks may come in any order and release exactly
+//! their chunk. A file's checkpoint still never passes an unacked record:
+//! the source orders its acks itself. After a reconnect the unacked chunks
+//! are written again in their order, before anything new, so what the
+//! server sees twice is only what it had not confirmed. `max_in_flight = 1`
+//! is the old behaviour: no chunk is written before the previous one's ack.
 //!
 //! Why any error drops the connection: after a timeout or a short write the
 //! stream's state is unknown (a late ack, half a message on the wire), and a
@@ -18,6 +22,7 @@
 //! it said and which setting to change, once per streak of retries, is what
 //! lets an operator fix it from our log alone.
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -319,8 +324,8 @@ impl Conn {
             && matches!(proto::try_decode(&self.rbuf), Ok(Some((v, _))) if proto::parse_helo(&v).is_ok())
     }
 
-    /// Writes one chunk and, when it asked for one, waits for its ack.
-    pub async fn send(&mut self, chunk: &Chunk, ack_timeout: Duration) -> Result<(), SendError> {
+    /// Writes one chunk (head, event stream, options) and flushes it.
+    pub async fn write_chunk(&mut self, chunk: &Chunk, timeout: Duration) -> Result<(), SendError> {
         let head = proto::message_head(&chunk.tag, chunk.body.len());
         let tail = proto::message_tail(chunk.events, chunk.id.as_deref(), chunk.gzip);
         // A server that stops reading (or a path that went dark without a
@@ -330,9 +335,9 @@ impl Conn {
         for part in [&head[..], &chunk.body[..], &tail[..]] {
             let mut rest = part;
             while !rest.is_empty() {
-                let n = tokio::time::timeout(ack_timeout, self.io.write(rest))
+                let n = tokio::time::timeout(timeout, self.io.write(rest))
                     .await
-                    .map_err(|_| SendError::Timeout(ack_timeout))?
+                    .map_err(|_| SendError::Timeout(timeout))?
                     .map_err(SendError::Write)?;
                 if n == 0 {
                     return Err(SendError::Write(std::io::ErrorKind::WriteZero.into()));
@@ -340,16 +345,39 @@ impl Conn {
                 rest = &rest[n..];
             }
         }
-        tokio::time::timeout(ack_timeout, self.io.flush())
+        tokio::time::timeout(timeout, self.io.flush())
             .await
-            .map_err(|_| SendError::Timeout(ack_timeout))?
-            .map_err(SendError::Write)?;
-        let Some(id) = &chunk.id else {
-            return Ok(());
-        };
-        loop {
-            let reply = self.read_msg(ack_timeout).await?;
-            let acked = proto::ack_of(&reply).map_err(|e| match e {
+            .map_err(|_| SendError::Timeout(timeout))?
+            .map_err(SendError::Write)
+    }
+
+    /// The chunk ids of the acks the server sent: those already read, else
+    /// those of one read (possibly none, when a reply is still partial).
+    /// Cancel-safe: bytes read are kept in `rbuf` before any other await.
+    pub async fn read_acks(&mut self) -> Result<Vec<String>, SendError> {
+        let mut ids = self.decode_acks()?;
+        if ids.is_empty() {
+            let mut buf = [0u8; 4096];
+            let n = self.io.read(&mut buf).await.map_err(SendError::Read)?;
+            if n == 0 {
+                return Err(SendError::Closed(if self.rbuf.is_empty() {
+                    ""
+                } else {
+                    " in the middle of a reply"
+                }));
+            }
+            self.rbuf.extend_from_slice(&buf[..n]);
+            ids = self.decode_acks()?;
+        }
+        Ok(ids)
+    }
+
+    /// Takes every complete reply out of `rbuf` as an acked chunk id.
+    fn decode_acks(&mut self) -> Result<Vec<String>, SendError> {
+        let mut ids = Vec::new();
+        while let Some((v, used)) = proto::try_decode(&self.rbuf).map_err(SendError::Protocol)? {
+            self.rbuf.drain(..used);
+            let acked = proto::ack_of(&v).map_err(|e| match e {
                 // A server that speaks first wants a handshake.
                 ProtoError::Unexpected(m) if m.contains("HELO") => SendError::Auth {
                     peer: self.peer.clone(),
@@ -357,12 +385,9 @@ impl Conn {
                 },
                 e => SendError::Protocol(e),
             })?;
-            // An ack of an earlier, resent chunk can still arrive: skip it.
-            if acked == id {
-                return Ok(());
-            }
-            tracing::debug!(ack = acked, "ack of another chunk ignored");
+            ids.push(acked.to_string());
         }
+        Ok(ids)
     }
 }
 
@@ -384,95 +409,493 @@ pub struct Sender {
     pub stop: CancellationToken,
 }
 
+/// What the delivery task is waiting for next.
+enum Event {
+    Chunk(Option<Chunk>),
+    Acks(Result<Vec<String>, SendError>),
+    AckTimeout,
+    Stop,
+}
+
 impl Sender {
     /// Delivers chunks in order until the input closes or the sink is told to
-    /// stop. A chunk is retried, over new connections, until it is delivered;
-    /// when abandoned, its acks drop as failed (see `HeldAck`).
+    /// stop. Up to `max_in_flight` chunks are written ahead of their acks;
+    /// an ack releases the chunk of its id, whatever the order. After any
+    /// error the connection is dropped and, over a new one, the unacked
+    /// chunks are written again in their order, before any new chunk. A
+    /// chunk is retried until it is delivered; when abandoned (stop), its
+    /// acks drop as failed (see `HeldAck`).
     pub async fn run(self, mut chunks: mpsc::Receiver<Chunk>) {
         let mut conn: Option<Conn> = None;
         let mut tls: Option<tokio_rustls::TlsConnector> = None;
-        // What the last warning said: one line per streak of failures, and
-        // one more whenever the cause changes, never one per retry.
-        let mut logged: Option<String> = None;
-        while let Some(chunk) = chunks.recv().await {
-            let mut attempt = 0u32;
-            loop {
+        // Written, waiting for their ack, oldest first.
+        let mut in_flight: VecDeque<Chunk> = VecDeque::new();
+        // Taken from the channel, not yet written.
+        let mut next: Option<Chunk> = None;
+        let mut input_open = true;
+        // When the oldest unacked chunk times out: `ack_timeout` after it was
+        // written or after the last ack, whichever is later.
+        let mut deadline = tokio::time::Instant::now();
+        let mut failures = Failures::default();
+        let max = self.cfg.max_in_flight.max(1);
+        loop {
+            if conn.is_none() && (next.is_some() || !in_flight.is_empty()) {
                 let r = tokio::select! {
-                    r = self.deliver(&mut conn, &mut tls, &chunk) => r,
+                    r = self.connect(&mut tls) => r,
                     _ = self.stop.cancelled() => return,
                 };
-                match r {
-                    Ok(()) => {
-                        if logged.take().is_some() {
-                            tracing::info!(sink = %self.id, "forward server accepts chunks again");
+                let r = match r {
+                    Ok(mut c) => {
+                        // The unacked chunks again, in their order.
+                        let mut r = Ok(());
+                        for ch in &in_flight {
+                            let w = tokio::select! {
+                                w = c.write_chunk(ch, self.cfg.ack_timeout) => w,
+                                _ = self.stop.cancelled() => return,
+                            };
+                            if let Err(e) = w {
+                                r = Err(e);
+                                break;
+                            }
                         }
-                        self.health.set_sink(&self.id, true);
-                        chunk.delivered(&self.m);
-                        break;
+                        if r.is_ok() {
+                            conn = Some(c);
+                            deadline = tokio::time::Instant::now() + self.cfg.ack_timeout;
+                        }
+                        r
                     }
-                    Err(e) => {
+                    Err(e) => Err(e),
+                };
+                if let Err(e) = r
+                    && !self.failed(&mut failures, e, &mut conn).await
+                {
+                    return;
+                }
+                continue;
+            }
+            if let Some(ch) = next.take() {
+                if in_flight.is_empty()
+                    && let Some(c) = conn.as_mut()
+                    && let Err(e) = self.check_idle(c).await
+                {
+                    next = Some(ch);
+                    if matches!(e, SendError::Closed(_)) {
                         conn = None;
-                        attempt += 1;
-                        self.m.sink_error(e.reason());
-                        self.m.retries.inc();
-                        if let SendError::Auth { cause, .. } = &e {
-                            self.m.handshake_failure(cause.reason());
+                    } else if !self.failed(&mut failures, e, &mut conn).await {
+                        return;
+                    }
+                    continue;
+                }
+                let Some(c) = conn.as_mut() else {
+                    next = Some(ch);
+                    continue;
+                };
+                let w = tokio::select! {
+                    w = c.write_chunk(&ch, self.cfg.ack_timeout) => w,
+                    _ = self.stop.cancelled() => return,
+                };
+                match w {
+                    Err(e) => {
+                        next = Some(ch);
+                        if !self.failed(&mut failures, e, &mut conn).await {
+                            return;
                         }
-                        if e.needs_operator() {
-                            self.health.set_sink(&self.id, false);
+                    }
+                    // Without an ack asked for, written and flushed is delivered.
+                    Ok(()) if ch.id.is_none() => self.delivered(&mut failures, ch),
+                    Ok(()) => {
+                        if in_flight.is_empty() {
+                            deadline = tokio::time::Instant::now() + self.cfg.ack_timeout;
                         }
-                        let text = e.to_string();
-                        if logged.as_deref() == Some(text.as_str()) {
-                            tracing::debug!(sink = %self.id, error = %text, attempt, "forward delivery failed again");
-                        } else if let SendError::Auth { cause, .. } = &e {
-                            tracing::error!(sink = %self.id, error = %text, reason = cause.reason(),
-                                "forward handshake refused; retrying with backoff until the configuration is fixed, records are kept");
-                        } else {
-                            tracing::warn!(sink = %self.id, error = %text, host = %self.cfg.host, port = self.cfg.port,
-                                "forward delivery failed; reconnecting and sending the chunk again with backoff, records are kept");
-                        }
-                        logged = Some(text);
-                        tokio::select! {
-                            _ = tokio::time::sleep(backoff(attempt, RETRY_CAP)) => {}
-                            _ = self.stop.cancelled() => return,
+                        in_flight.push_back(ch);
+                    }
+                }
+                continue;
+            }
+            if !input_open && in_flight.is_empty() {
+                return;
+            }
+            let take = input_open && in_flight.len() < max;
+            let ev = tokio::select! {
+                c = chunks.recv(), if take => Event::Chunk(c),
+                r = async { conn.as_mut().expect("connected while chunks are in flight").read_acks().await },
+                    if !in_flight.is_empty() => Event::Acks(r),
+                _ = tokio::time::sleep_until(deadline), if !in_flight.is_empty() => Event::AckTimeout,
+                _ = self.stop.cancelled() => Event::Stop,
+            };
+            match ev {
+                Event::Chunk(Some(c)) => next = Some(c),
+                Event::Chunk(None) => input_open = false,
+                Event::Acks(Ok(ids)) => {
+                    for id in ids {
+                        match in_flight.iter().position(|c| c.id.as_deref() == Some(id.as_str())) {
+                            Some(i) => {
+                                let ch = in_flight.remove(i).expect("position is in range");
+                                self.delivered(&mut failures, ch);
+                                deadline = tokio::time::Instant::now() + self.cfg.ack_timeout;
+                            }
+                            // An ack of a chunk sent twice, already released.
+                            None => tracing::debug!(ack = %id, "ack of no chunk in flight ignored"),
                         }
                     }
                 }
+                Event::Acks(Err(e)) => {
+                    if !self.failed(&mut failures, e, &mut conn).await {
+                        return;
+                    }
+                }
+                Event::AckTimeout => {
+                    if !self
+                        .failed(&mut failures, SendError::Timeout(self.cfg.ack_timeout), &mut conn)
+                        .await
+                    {
+                        return;
+                    }
+                }
+                Event::Stop => return,
             }
         }
     }
 
-    async fn deliver(
-        &self,
-        conn: &mut Option<Conn>,
-        tls: &mut Option<tokio_rustls::TlsConnector>,
-        chunk: &Chunk,
-    ) -> Result<(), SendError> {
+    async fn connect(&self, tls: &mut Option<tokio_rustls::TlsConnector>) -> Result<Conn, SendError> {
         if self.cfg.tls.enabled && tls.is_none() {
             *tls = Some(tls::connector(&self.cfg.tls).map_err(SendError::Tls)?);
         }
-        if let Some(c) = conn.as_mut() {
-            let closed = c.closed_by_peer().await;
-            // Without `shared_key` (else the HELO was read in `open`), a
-            // server that wants a handshake greets us with an unasked HELO
-            // and drops what we send; without acks that is the only sign.
-            if c.holds_helo() {
-                let peer = c.peer.clone();
-                *conn = None;
-                return Err(SendError::Auth {
-                    peer,
-                    cause: AuthError::KeyRequired,
-                });
-            }
-            if closed {
-                tracing::debug!(sink = %self.id, "the server closed the idle connection; reconnecting");
-                *conn = None;
+        Conn::open(&self.cfg, tls.as_ref()).await
+    }
+
+    /// Before writing into a connection with nothing in flight: has the
+    /// server closed it (`Closed`), or greeted us with an unasked HELO?
+    async fn check_idle(&self, c: &mut Conn) -> Result<(), SendError> {
+        let closed = c.closed_by_peer().await;
+        // Without `shared_key` (else the HELO was read in `open`), a
+        // server that wants a handshake greets us with an unasked HELO
+        // and drops what we send; without acks that is the only sign.
+        if c.holds_helo() {
+            return Err(SendError::Auth {
+                peer: c.peer.clone(),
+                cause: AuthError::KeyRequired,
+            });
+        }
+        if closed {
+            tracing::debug!(sink = %self.id, "the server closed the idle connection; reconnecting");
+            return Err(SendError::Closed(""));
+        }
+        Ok(())
+    }
+
+    fn delivered(&self, failures: &mut Failures, chunk: Chunk) {
+        failures.attempt = 0;
+        if failures.logged.take().is_some() {
+            tracing::info!(sink = %self.id, "forward server accepts chunks again");
+        }
+        self.health.set_sink(&self.id, true);
+        chunk.delivered(&self.m);
+    }
+
+    /// Counts and reports a failure, drops the connection and waits the
+    /// backoff; false when told to stop meanwhile.
+    async fn failed(&self, failures: &mut Failures, e: SendError, conn: &mut Option<Conn>) -> bool {
+        *conn = None;
+        failures.attempt += 1;
+        let attempt = failures.attempt;
+        self.m.sink_error(e.reason());
+        self.m.retries.inc();
+        if let SendError::Auth { cause, .. } = &e {
+            self.m.handshake_failure(cause.reason());
+        }
+        if e.needs_operator() {
+            self.health.set_sink(&self.id, false);
+        }
+        let text = e.to_string();
+        if failures.logged.as_deref() == Some(text.as_str()) {
+            tracing::debug!(sink = %self.id, error = %text, attempt, "forward delivery failed again");
+        } else if let SendError::Auth { cause, .. } = &e {
+            tracing::error!(sink = %self.id, error = %text, reason = cause.reason(),
+                "forward handshake refused; retrying with backoff until the configuration is fixed, records are kept");
+        } else {
+            tracing::warn!(sink = %self.id, error = %text, host = %self.cfg.host, port = self.cfg.port,
+                "forward delivery failed; reconnecting and sending the unacked chunks again with backoff, records are kept");
+        }
+        failures.logged = Some(text);
+        tokio::select! {
+            _ = tokio::time::sleep(backoff(attempt, RETRY_CAP)) => true,
+            _ = self.stop.cancelled() => false,
+        }
+    }
+}
+
+/// The current streak of failures: its length (for the backoff) and what
+/// the last warning said (one line per streak, and one more whenever the
+/// cause changes, never one per retry).
+#[derive(Default)]
+struct Failures {
+    attempt: u32,
+    logged: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::event::{Ack, AckToken, HeldAck};
+    use crate::memory::Charge;
+    use crate::metrics::Metrics;
+    use tokio::net::TcpListener;
+
+    /// The server side of one connection: reads PackedForward messages and
+    /// answers acks when told to.
+    struct Peer {
+        io: TcpStream,
+        buf: Vec<u8>,
+    }
+
+    impl Peer {
+        /// The chunk id of the next message; None at EOF.
+        async fn next_chunk(&mut self) -> Option<String> {
+            loop {
+                let mut cur = std::io::Cursor::new(&self.buf[..]);
+                if let Ok(v) = rmpv::decode::read_value(&mut cur) {
+                    let used = cur.position() as usize;
+                    self.buf.drain(..used);
+                    let opts = v.as_array().expect("a message is an array")[2]
+                        .as_map()
+                        .unwrap()
+                        .clone();
+                    let id = opts
+                        .iter()
+                        .find(|(k, _)| k.as_str() == Some("chunk"))
+                        .unwrap()
+                        .1
+                        .clone();
+                    return Some(id.as_str().unwrap().to_string());
+                }
+                let mut b = [0u8; 4096];
+                let n = self.io.read(&mut b).await.ok()?;
+                if n == 0 {
+                    return None;
+                }
+                self.buf.extend_from_slice(&b[..n]);
             }
         }
-        if conn.is_none() {
-            *conn = Some(Conn::open(&self.cfg, tls.as_ref()).await?);
+
+        async fn ack(&mut self, id: &str) {
+            let v = Value::Map(vec![(Value::from("ack"), Value::from(id))]);
+            let mut out = Vec::new();
+            rmpv::encode::write_value(&mut out, &v).unwrap();
+            self.io.write_all(&out).await.unwrap();
         }
-        let c = conn.as_mut().expect("connected just above");
-        c.send(chunk, self.cfg.ack_timeout).await
+    }
+
+    struct Rig {
+        listener: TcpListener,
+        chunks: mpsc::Sender<Chunk>,
+        acks: std::sync::mpsc::Receiver<Ack>,
+        ack_tx: std::sync::mpsc::Sender<Ack>,
+        m: ComponentMetrics,
+        memory: Arc<tokio::sync::Semaphore>,
+        task: tokio::task::JoinHandle<()>,
+        stop: CancellationToken,
+    }
+
+    async fn rig(max_in_flight: usize) -> Rig {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cfg: ForwardSinkConfig = toml::from_str(&format!(
+            "host = \"127.0.0.1\"\nport = {port}\nmax_in_flight = {max_in_flight}\nack_timeout = \"60s\""
+        ))
+        .unwrap();
+        let m = Metrics::new().component("fw", "forward");
+        let stop = CancellationToken::new();
+        let sender = Sender {
+            id: "fw".into(),
+            cfg: Arc::new(cfg),
+            m: m.clone(),
+            health: Arc::new(Health::default()),
+            stop: stop.clone(),
+        };
+        let (tx, rx) = mpsc::channel(1);
+        let task = tokio::spawn(sender.run(rx));
+        let (ack_tx, acks) = std::sync::mpsc::channel();
+        Rig {
+            listener,
+            chunks: tx,
+            acks,
+            ack_tx,
+            m,
+            memory: Arc::new(tokio::sync::Semaphore::new(1 << 20)),
+            task,
+            stop,
+        }
+    }
+
+    impl Rig {
+        /// Chunk `seq`, its own ack token numbered `seq`, 100 bytes charged.
+        fn chunk(&self, seq: u64) -> Chunk {
+            let mut charge = Charge::new(self.memory.clone());
+            assert!(charge.resize(100));
+            Chunk {
+                tag: "t".into(),
+                body: vec![0xc0; 100],
+                events: 1,
+                gzip: false,
+                id: Some(format!("chunk-{seq}")),
+                acks: vec![HeldAck(Some(AckToken::new(1, seq, self.ack_tx.clone())))],
+                _charge: charge,
+            }
+        }
+
+        async fn peer(&self) -> Peer {
+            let (io, _) = tokio::time::timeout(Duration::from_secs(30), self.listener.accept())
+                .await
+                .expect("the sink connects")
+                .unwrap();
+            Peer { io, buf: Vec::new() }
+        }
+
+        /// The next batch ack, waiting generously.
+        async fn next_ack(&self) -> Ack {
+            for _ in 0..3000 {
+                if let Ok(a) = self.acks.try_recv() {
+                    return a;
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            panic!("no ack within 30s");
+        }
+
+        fn charged(&self) -> usize {
+            (1 << 20) - self.memory.available_permits()
+        }
+    }
+
+    #[tokio::test]
+    async fn acks_out_of_order_release_exactly_their_chunks() {
+        let r = rig(4).await;
+        for seq in 0..4 {
+            r.chunks.send(r.chunk(seq)).await.unwrap();
+        }
+        let mut p = r.peer().await;
+        // All four are written before any ack: pipelined.
+        let mut ids = Vec::new();
+        for _ in 0..4 {
+            ids.push(p.next_chunk().await.unwrap());
+        }
+        assert_eq!(ids, ["chunk-0", "chunk-1", "chunk-2", "chunk-3"]);
+        assert_eq!(r.charged(), 400, "unacked chunks stay charged");
+        // Acked 2, 3, 0, 1 (and one unknown id, ignored): each releases its own.
+        p.ack("chunk-2").await;
+        let a = r.next_ack().await;
+        assert_eq!((a.seq, a.delivered), (2, true));
+        assert!(r.acks.try_recv().is_err(), "only chunk 2 was acked");
+        p.ack("nobody").await;
+        p.ack("chunk-3").await;
+        assert_eq!(r.next_ack().await.seq, 3);
+        p.ack("chunk-0").await;
+        assert_eq!(r.next_ack().await.seq, 0);
+        assert!(r.acks.try_recv().is_err(), "chunk 1 is still unacked");
+        assert_eq!(r.charged(), 100);
+        p.ack("chunk-1").await;
+        let a = r.next_ack().await;
+        assert_eq!((a.seq, a.delivered), (1, true));
+        assert_eq!(r.m.sent_events.get(), 4);
+        assert_eq!(r.charged(), 0);
+        drop(r.chunks);
+        tokio::time::timeout(Duration::from_secs(30), r.task)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(r.m.retries.get(), 0);
+    }
+
+    #[tokio::test]
+    async fn a_dropped_connection_resends_the_unacked_chunks_in_order() {
+        let r = rig(4).await;
+        for seq in 0..4 {
+            r.chunks.send(r.chunk(seq)).await.unwrap();
+        }
+        let mut p = r.peer().await;
+        for _ in 0..4 {
+            p.next_chunk().await.unwrap();
+        }
+        p.ack("chunk-1").await;
+        assert_eq!(r.next_ack().await.seq, 1);
+        // Hang up with 0, 2 and 3 in flight; more chunks queue meanwhile.
+        drop(p);
+        let feeder = {
+            let more: Vec<Chunk> = (4..8).map(|s| r.chunk(s)).collect();
+            let tx = r.chunks.clone();
+            tokio::spawn(async move {
+                for c in more {
+                    tx.send(c).await.unwrap();
+                }
+            })
+        };
+        let mut p = r.peer().await;
+        let mut ids = Vec::new();
+        while ids.len() < 7 {
+            let id = p.next_chunk().await.unwrap();
+            ids.push(id.clone());
+            p.ack(&id).await;
+        }
+        // The unacked ones first, in their order, then the new ones.
+        assert_eq!(
+            ids,
+            [
+                "chunk-0", "chunk-2", "chunk-3", "chunk-4", "chunk-5", "chunk-6", "chunk-7"
+            ]
+        );
+        let mut seqs: Vec<u64> = Vec::new();
+        for _ in 0..7 {
+            let a = r.next_ack().await;
+            assert!(a.delivered);
+            seqs.push(a.seq);
+        }
+        seqs.sort();
+        assert_eq!(seqs, [0, 2, 3, 4, 5, 6, 7]);
+        assert_eq!(r.m.sent_events.get(), 8);
+        assert!(r.m.retries.get() >= 1);
+        feeder.await.unwrap();
+        drop(r.chunks);
+        tokio::time::timeout(Duration::from_secs(30), r.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn max_in_flight_one_writes_each_chunk_after_the_last_ack() {
+        let r = rig(1).await;
+        let feeder = {
+            let all: Vec<Chunk> = (0..5).map(|s| r.chunk(s)).collect();
+            let tx = r.chunks.clone();
+            tokio::spawn(async move {
+                for c in all {
+                    tx.send(c).await.unwrap();
+                }
+            })
+        };
+        let mut p = r.peer().await;
+        for seq in 0..5u64 {
+            let id = p.next_chunk().await.unwrap();
+            assert_eq!(id, format!("chunk-{seq}"));
+            // Give a sink that does not wait every chance to write ahead.
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            let mut b = [0u8; 1];
+            let early = tokio::time::timeout(Duration::ZERO, p.io.peek(&mut b)).await;
+            assert!(
+                !matches!(early, Ok(Ok(n)) if n > 0) && p.buf.is_empty(),
+                "chunk {} written before chunk {seq} was acked",
+                seq + 1
+            );
+            p.ack(&id).await;
+            assert_eq!(r.next_ack().await.seq, seq);
+        }
+        feeder.await.unwrap();
+        drop(r.chunks);
+        tokio::time::timeout(Duration::from_secs(30), r.task)
+            .await
+            .unwrap()
+            .unwrap();
+        r.stop.cancel();
     }
 }

@@ -15,10 +15,11 @@
 //! checkpoint never passes records the server has not confirmed. A chunk
 //! abandoned at shutdown drops its clones as failed.
 //!
-//! Delivery (`conn.rs`) never drops data: one chunk is in flight, retried
-//! over new connections with capped, jittered backoff while the sink takes no
+//! Delivery (`conn.rs`) never drops data: up to `max_in_flight` chunks are
+//! unacked on the connection, and after an error they are sent again over a
+//! new connection with capped, jittered backoff while the sink takes no
 //! input (one more closed chunk waits, then the sources stop reading). Memory
-//! held here (the open chunk, the waiting one, the one in flight) is charged
+//! held here (the open chunk, the waiting one, those in flight) is charged
 //! to `memory_limit`.
 
 mod config;
