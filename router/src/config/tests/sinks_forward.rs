@@ -122,3 +122,37 @@ fn errors_name_the_key() {
     let e = errs("host = \"h\"\nack_timeout = \"1ms\"");
     assert!(e[0].contains("`sinks.fw.ack_timeout`"), "{e:?}");
 }
+
+#[test]
+fn servers_list_for_failover() {
+    use crate::sinks::forward::ServerAddr;
+    let f = load(
+        r#"servers = [{ host = "10.0.0.1" }, { host = "10.0.0.2", port = 24225 }]"#,
+        &no_env,
+    );
+    let want = [("10.0.0.1", 24224), ("10.0.0.2", 24225)].map(|(h, p)| ServerAddr {
+        host: h.into(),
+        port: p,
+    });
+    assert_eq!(f.endpoints(), want);
+    // `host`/`port` alone: one server.
+    let f = load("host = \"h\"\nport = 7", &no_env);
+    assert_eq!(
+        f.endpoints(),
+        [ServerAddr {
+            host: "h".into(),
+            port: 7
+        }]
+    );
+    let e = errs("host = \"h\"\nservers = [{ host = \"a\" }]");
+    assert!(
+        e[0].contains("`sinks.fw.servers`") && e[0].contains("not both"),
+        "{e:?}"
+    );
+    let e = errs("servers = [{ host = \"a\" }, { host = \"\" }]");
+    assert!(e[0].contains("`sinks.fw.servers[1].host`"), "{e:?}");
+    let e = errs("servers = [{ host = \"a\", prot = 1 }]");
+    assert!(e[0].contains("unknown field `prot`"), "{e:?}");
+    let e = errs("servers = []");
+    assert!(e[0].contains("host"), "{e:?}");
+}

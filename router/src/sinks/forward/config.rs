@@ -18,10 +18,16 @@ pub const MAX_CHUNK_SIZE: u64 = 16 * 1024 * 1024;
 #[serde(deny_unknown_fields)]
 pub struct ForwardSinkConfig {
     /// Host name or address of the forward server (`${NODE_IP}` for the
-    /// node's daemon). Resolved at every connect.
+    /// node's daemon). Resolved at every connect. Either this or `servers`.
+    #[serde(default)]
     pub host: String,
     #[serde(default = "default_port")]
     pub port: u16,
+    /// Forward servers in order of preference (Fluent Bit's upstream
+    /// nodes): the sink uses one at a time and, on an error, moves to the
+    /// next, backing off once every server has failed in a row.
+    #[serde(default)]
+    pub servers: Vec<ServerAddr>,
     /// Fluent tag of the events; a template (`app.{container_name}`). Default:
     /// the tag the batch arrived with (forward source), else `logferry`.
     pub tag: Option<String>,
@@ -59,6 +65,21 @@ pub struct ForwardSinkConfig {
     pub self_hostname: Option<String>,
     #[serde(default)]
     pub tls: TlsOptions,
+}
+
+/// One server of `servers`.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerAddr {
+    pub host: String,
+    #[serde(default = "default_port")]
+    pub port: u16,
+}
+
+impl std::fmt::Display for ServerAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}:{}", self.host, self.port)
+    }
 }
 
 /// How the events of a chunk are sent.
@@ -136,9 +157,26 @@ impl ForwardSinkConfig {
             p
         };
         let mut ok = true;
-        if self.host.trim().is_empty() {
-            ctx.error(&at("host"), "must not be empty");
+        if self.servers.is_empty() && self.host.trim().is_empty() {
+            ctx.error(&at("host"), "must not be empty (set `host`, or a list of `servers`)");
             ok = false;
+        }
+        if !self.servers.is_empty() && !self.host.is_empty() {
+            ctx.error(&at("servers"), "set either `host` (and `port`) or `servers`, not both");
+            ok = false;
+        }
+        for (i, srv) in self.servers.iter().enumerate() {
+            let mut p = at("servers");
+            p.push(Seg::Index(i));
+            if srv.host.trim().is_empty() {
+                p.push(Seg::Key("host".into()));
+                ctx.error(&p, "must not be empty");
+                ok = false;
+            } else if srv.port == 0 {
+                p.push(Seg::Key("port".into()));
+                ctx.error(&p, "must be between 1 and 65535");
+                ok = false;
+            }
         }
         if self.port == 0 {
             ctx.error(&at("port"), "must be between 1 and 65535");
@@ -213,5 +251,17 @@ impl ForwardSinkConfig {
     /// The name TLS checks the server's certificate against.
     pub fn server_name(&self) -> &str {
         self.tls.server_name.as_deref().unwrap_or(&self.host)
+    }
+
+    /// The servers to deliver to, in order: `servers`, else `host`/`port`.
+    pub fn endpoints(&self) -> Vec<ServerAddr> {
+        if self.servers.is_empty() {
+            vec![ServerAddr {
+                host: self.host.clone(),
+                port: self.port,
+            }]
+        } else {
+            self.servers.clone()
+        }
     }
 }

@@ -32,7 +32,7 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
-use super::config::ForwardSinkConfig;
+use super::config::{ForwardSinkConfig, ServerAddr};
 use super::proto::{self, ProtoError};
 use super::{Chunk, tls};
 use crate::api::Health;
@@ -176,9 +176,15 @@ pub struct Conn {
 impl Conn {
     /// TCP (resolving `host` now), TLS if enabled, and the handshake if a
     /// shared key is set.
-    pub async fn open(cfg: &ForwardSinkConfig, tls: Option<&tokio_rustls::TlsConnector>) -> Result<Conn, SendError> {
-        let addr = format!("{}:{}", cfg.host, cfg.port);
-        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((cfg.host.as_str(), cfg.port))).await {
+    pub async fn open(
+        cfg: &ForwardSinkConfig,
+        server: &ServerAddr,
+        tls: Option<&tokio_rustls::TlsConnector>,
+    ) -> Result<Conn, SendError> {
+        let addr = server.to_string();
+        let tcp = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((server.host.as_str(), server.port)))
+            .await
+        {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => return Err(SendError::Connect { addr, source }),
             Err(_) => {
@@ -196,8 +202,9 @@ impl Conn {
         let io: Box<dyn Io> = match tls {
             None => Box::new(tcp),
             Some(connector) => {
-                let name = rustls::pki_types::ServerName::try_from(cfg.server_name().to_string())
-                    .map_err(|e| SendError::Tls(format!("invalid server name `{}`: {e}", cfg.server_name())))?;
+                let want = cfg.tls.server_name.as_deref().unwrap_or(&server.host);
+                let name = rustls::pki_types::ServerName::try_from(want.to_string())
+                    .map_err(|e| SendError::Tls(format!("invalid server name `{want}`: {e}")))?;
                 match tokio::time::timeout(CONNECT_TIMEOUT, connector.connect(name, tcp)).await {
                     Ok(Ok(s)) => Box::new(s),
                     Ok(Err(e)) => return Err(SendError::Tls(e.to_string())),
@@ -407,6 +414,8 @@ pub struct Sender {
     pub m: ComponentMetrics,
     pub health: Arc<Health>,
     pub stop: CancellationToken,
+    /// `cfg.endpoints()`: tried in order, the next one after an error.
+    pub servers: Vec<ServerAddr>,
 }
 
 /// What the delivery task is waiting for next.
@@ -437,11 +446,13 @@ impl Sender {
         // written or after the last ack, whichever is later.
         let mut deadline = tokio::time::Instant::now();
         let mut failures = Failures::default();
+        // The server connections go to; the next one after any error.
+        let mut current = 0usize;
         let max = self.cfg.max_in_flight.max(1);
         loop {
             if conn.is_none() && (next.is_some() || !in_flight.is_empty()) {
                 let r = tokio::select! {
-                    r = self.connect(&mut tls) => r,
+                    r = self.connect(&mut tls, current) => r,
                     _ = self.stop.cancelled() => return,
                 };
                 let r = match r {
@@ -467,7 +478,7 @@ impl Sender {
                     Err(e) => Err(e),
                 };
                 if let Err(e) = r
-                    && !self.failed(&mut failures, e, &mut conn).await
+                    && !self.failed(&mut failures, &mut current, e, &mut conn).await
                 {
                     return;
                 }
@@ -481,7 +492,7 @@ impl Sender {
                     next = Some(ch);
                     if matches!(e, SendError::Closed(_)) {
                         conn = None;
-                    } else if !self.failed(&mut failures, e, &mut conn).await {
+                    } else if !self.failed(&mut failures, &mut current, e, &mut conn).await {
                         return;
                     }
                     continue;
@@ -497,7 +508,7 @@ impl Sender {
                 match w {
                     Err(e) => {
                         next = Some(ch);
-                        if !self.failed(&mut failures, e, &mut conn).await {
+                        if !self.failed(&mut failures, &mut current, e, &mut conn).await {
                             return;
                         }
                     }
@@ -540,13 +551,18 @@ impl Sender {
                     }
                 }
                 Event::Acks(Err(e)) => {
-                    if !self.failed(&mut failures, e, &mut conn).await {
+                    if !self.failed(&mut failures, &mut current, e, &mut conn).await {
                         return;
                     }
                 }
                 Event::AckTimeout => {
                     if !self
-                        .failed(&mut failures, SendError::Timeout(self.cfg.ack_timeout), &mut conn)
+                        .failed(
+                            &mut failures,
+                            &mut current,
+                            SendError::Timeout(self.cfg.ack_timeout),
+                            &mut conn,
+                        )
                         .await
                     {
                         return;
@@ -557,11 +573,15 @@ impl Sender {
         }
     }
 
-    async fn connect(&self, tls: &mut Option<tokio_rustls::TlsConnector>) -> Result<Conn, SendError> {
+    async fn connect(&self, tls: &mut Option<tokio_rustls::TlsConnector>, current: usize) -> Result<Conn, SendError> {
         if self.cfg.tls.enabled && tls.is_none() {
             *tls = Some(tls::connector(&self.cfg.tls).map_err(SendError::Tls)?);
         }
-        Conn::open(&self.cfg, tls.as_ref()).await
+        let c = Conn::open(&self.cfg, &self.servers[current], tls.as_ref()).await?;
+        if self.servers.len() > 1 {
+            tracing::debug!(sink = %self.id, server = %self.servers[current], "connected to forward server");
+        }
+        Ok(c)
     }
 
     /// Before writing into a connection with nothing in flight: has the
@@ -595,10 +615,20 @@ impl Sender {
 
     /// Counts and reports a failure, drops the connection and waits the
     /// backoff; false when told to stop meanwhile.
-    async fn failed(&self, failures: &mut Failures, e: SendError, conn: &mut Option<Conn>) -> bool {
+    async fn failed(
+        &self,
+        failures: &mut Failures,
+        current: &mut usize,
+        e: SendError,
+        conn: &mut Option<Conn>,
+    ) -> bool {
         *conn = None;
         failures.attempt += 1;
         let attempt = failures.attempt;
+        let server = self.servers[*current].clone();
+        // Fail over: the next connection goes to the next server.
+        let n = self.servers.len() as u32;
+        *current = (*current + 1) % self.servers.len();
         self.m.sink_error(e.reason());
         self.m.retries.inc();
         if let SendError::Auth { cause, .. } = &e {
@@ -614,12 +644,16 @@ impl Sender {
             tracing::error!(sink = %self.id, error = %text, reason = cause.reason(),
                 "forward handshake refused; retrying with backoff until the configuration is fixed, records are kept");
         } else {
-            tracing::warn!(sink = %self.id, error = %text, host = %self.cfg.host, port = self.cfg.port,
+            tracing::warn!(sink = %self.id, error = %text, %server, next = %self.servers[*current],
                 "forward delivery failed; reconnecting and sending the unacked chunks again with backoff, records are kept");
         }
         failures.logged = Some(text);
+        // The next server is tried at once; a backoff once each has failed.
+        if !attempt.is_multiple_of(n) {
+            return !self.stop.is_cancelled();
+        }
         tokio::select! {
-            _ = tokio::time::sleep(backoff(attempt, RETRY_CAP)) => true,
+            _ = tokio::time::sleep(backoff(attempt / n, RETRY_CAP)) => true,
             _ = self.stop.cancelled() => false,
         }
     }
@@ -687,7 +721,7 @@ mod tests {
     }
 
     struct Rig {
-        listener: TcpListener,
+        listeners: Vec<TcpListener>,
         chunks: mpsc::Sender<Chunk>,
         acks: std::sync::mpsc::Receiver<Ack>,
         ack_tx: std::sync::mpsc::Sender<Ack>,
@@ -700,14 +734,35 @@ mod tests {
     async fn rig(max_in_flight: usize) -> Rig {
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let cfg: ForwardSinkConfig = toml::from_str(&format!(
-            "host = \"127.0.0.1\"\nport = {port}\nmax_in_flight = {max_in_flight}\nack_timeout = \"60s\""
-        ))
-        .unwrap();
+        rig_with(
+            vec![listener],
+            &format!("host = \"127.0.0.1\"\nport = {port}\nmax_in_flight = {max_in_flight}"),
+        )
+        .await
+    }
+
+    /// A port nothing listens on.
+    async fn dead_port() -> u16 {
+        let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        l.local_addr().unwrap().port()
+    }
+
+    /// `servers = [...]` of these ports.
+    fn servers(ports: &[u16]) -> String {
+        let list: Vec<String> = ports
+            .iter()
+            .map(|p| format!("{{ host = \"127.0.0.1\", port = {p} }}"))
+            .collect();
+        format!("servers = [{}]", list.join(", "))
+    }
+
+    async fn rig_with(listeners: Vec<TcpListener>, cfg: &str) -> Rig {
+        let cfg: ForwardSinkConfig = toml::from_str(&format!("{cfg}\nack_timeout = \"60s\"")).unwrap();
         let m = Metrics::new().component("fw", "forward");
         let stop = CancellationToken::new();
         let sender = Sender {
             id: "fw".into(),
+            servers: cfg.endpoints(),
             cfg: Arc::new(cfg),
             m: m.clone(),
             health: Arc::new(Health::default()),
@@ -717,7 +772,7 @@ mod tests {
         let task = tokio::spawn(sender.run(rx));
         let (ack_tx, acks) = std::sync::mpsc::channel();
         Rig {
-            listener,
+            listeners,
             chunks: tx,
             acks,
             ack_tx,
@@ -745,7 +800,11 @@ mod tests {
         }
 
         async fn peer(&self) -> Peer {
-            let (io, _) = tokio::time::timeout(Duration::from_secs(30), self.listener.accept())
+            self.peer_at(0).await
+        }
+
+        async fn peer_at(&self, i: usize) -> Peer {
+            let (io, _) = tokio::time::timeout(Duration::from_secs(30), self.listeners[i].accept())
                 .await
                 .expect("the sink connects")
                 .unwrap();
@@ -897,5 +956,109 @@ mod tests {
             .unwrap()
             .unwrap();
         r.stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn a_dead_first_server_sends_everything_to_the_second() {
+        let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let live_port = live.local_addr().unwrap().port();
+        let dead = dead_port().await;
+        let r = rig_with(
+            vec![live],
+            &format!("{}\nmax_in_flight = 4", servers(&[dead, live_port])),
+        )
+        .await;
+        let feeder = {
+            let all: Vec<Chunk> = (0..10).map(|s| r.chunk(s)).collect();
+            let tx = r.chunks.clone();
+            tokio::spawn(async move {
+                for c in all {
+                    tx.send(c).await.unwrap();
+                }
+            })
+        };
+        let mut p = r.peer_at(0).await;
+        let mut ids = Vec::new();
+        while ids.len() < 10 {
+            let id = p.next_chunk().await.unwrap();
+            p.ack(&id).await;
+            ids.push(id);
+        }
+        let want: Vec<String> = (0..10).map(|s| format!("chunk-{s}")).collect();
+        assert_eq!(ids, want);
+        let mut seqs: Vec<u64> = Vec::new();
+        for _ in 0..10 {
+            let a = r.next_ack().await;
+            assert!(a.delivered);
+            seqs.push(a.seq);
+        }
+        seqs.sort();
+        assert_eq!(seqs, (0..10).collect::<Vec<_>>());
+        // One refused connect to the dead server, no more: the sink stays on
+        // the live one.
+        assert_eq!(r.m.retries.get(), 1);
+        feeder.await.unwrap();
+        drop(r.chunks);
+        tokio::time::timeout(Duration::from_secs(30), r.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_server_dying_mid_stream_loses_nothing() {
+        let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let b = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ports = [a.local_addr().unwrap().port(), b.local_addr().unwrap().port()];
+        let mut r = rig_with(vec![a, b], &format!("{}\nmax_in_flight = 4", servers(&ports))).await;
+        let feeder = {
+            let all: Vec<Chunk> = (0..12).map(|s| r.chunk(s)).collect();
+            let tx = r.chunks.clone();
+            tokio::spawn(async move {
+                for c in all {
+                    tx.send(c).await.unwrap();
+                }
+            })
+        };
+        // A takes four, acks 0 and 2, and dies (its listener too).
+        let mut p = r.peer_at(0).await;
+        for _ in 0..4 {
+            p.next_chunk().await.unwrap();
+        }
+        p.ack("chunk-0").await;
+        p.ack("chunk-2").await;
+        let mut early = vec![r.next_ack().await.seq, r.next_ack().await.seq];
+        early.sort();
+        assert_eq!(early, [0, 2]);
+        drop(p);
+        drop(r.listeners.remove(0));
+        // B gets the unacked 1 and 3 first, in order, then the rest.
+        let mut p = r.peer_at(0).await;
+        let mut ids = Vec::new();
+        while ids.len() < 10 {
+            let id = p.next_chunk().await.unwrap();
+            p.ack(&id).await;
+            ids.push(id);
+        }
+        let want: Vec<String> = [1, 3, 4, 5, 6, 7, 8, 9, 10, 11]
+            .iter()
+            .map(|s| format!("chunk-{s}"))
+            .collect();
+        assert_eq!(ids, want);
+        let mut seqs: Vec<u64> = Vec::new();
+        for _ in 0..10 {
+            let a = r.next_ack().await;
+            assert!(a.delivered, "chunk {} failed", a.seq);
+            seqs.push(a.seq);
+        }
+        seqs.sort();
+        assert_eq!(seqs, [1, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+        assert_eq!(r.m.sent_events.get(), 12);
+        feeder.await.unwrap();
+        drop(r.chunks);
+        tokio::time::timeout(Duration::from_secs(30), r.task)
+            .await
+            .unwrap()
+            .unwrap();
     }
 }

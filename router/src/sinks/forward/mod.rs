@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use tokio::sync::mpsc;
 
-pub use config::{ForwardCompression, ForwardSinkConfig, TlsOptions};
+pub use config::{ForwardCompression, ForwardSinkConfig, ServerAddr, TlsOptions};
 
 use super::SinkContext;
 use super::encoding::{Compression, Encoder};
@@ -120,6 +120,7 @@ pub async fn run(cfg: ForwardSinkConfig, mut input: mpsc::Receiver<Batch>, cx: S
     let (tx, rx) = mpsc::channel::<Chunk>(1);
     let sender = conn::Sender {
         id: id.clone(),
+        servers: cfg.endpoints(),
         cfg: cfg.clone(),
         m: m.clone(),
         health,
@@ -160,10 +161,19 @@ pub async fn check(cfg: &ForwardSinkConfig) -> Result<(), String> {
     } else {
         None
     };
-    conn::Conn::open(cfg, tls.as_ref())
-        .await
-        .map(drop)
-        .map_err(|e| e.to_string())
+    // Every server must answer: a standby that cannot is found now, not
+    // at the failover.
+    let mut errors = Vec::new();
+    for server in cfg.endpoints() {
+        if let Err(e) = conn::Conn::open(cfg, &server, tls.as_ref()).await {
+            errors.push(e.to_string());
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
 }
 
 impl Open {
