@@ -156,3 +156,16 @@ fn servers_list_for_failover() {
     let e = errs("servers = []");
     assert!(e[0].contains("host"), "{e:?}");
 }
+
+#[test]
+fn a_client_certificate_needs_its_key() {
+    let f = load(
+        "host = \"h\"\ntls = { enabled = true, cert_file = \"/c.pem\", key_file = \"/k.pem\" }",
+        &no_env,
+    );
+    assert_eq!(f.tls.cert_file.as_deref(), Some(std::path::Path::new("/c.pem")));
+    let e = errs("host = \"h\"\ntls = { enabled = true, cert_file = \"/c.pem\" }");
+    assert!(e[0].contains("`sinks.fw.tls`") && e[0].contains("key_file"), "{e:?}");
+    let e = errs("host = \"h\"\ntls = { cert_file = \"/c.pem\", key_file = \"/k.pem\" }");
+    assert!(e[0].contains("`enabled`"), "{e:?}");
+}

@@ -105,6 +105,11 @@ pub struct TlsOptions {
     /// Check the server's certificate; `false` accepts any (tests only).
     #[serde(default = "default_true")]
     pub verify: bool,
+    /// PEM: our client certificate (and chain), for a server that asks for
+    /// one (mutual TLS); with `key_file`.
+    pub cert_file: Option<PathBuf>,
+    /// PEM: the private key of `cert_file`.
+    pub key_file: Option<PathBuf>,
 }
 
 impl Default for TlsOptions {
@@ -114,6 +119,8 @@ impl Default for TlsOptions {
             ca_file: None,
             server_name: None,
             verify: true,
+            cert_file: None,
+            key_file: None,
         }
     }
 }
@@ -240,7 +247,18 @@ impl ForwardSinkConfig {
             }
             _ => {}
         }
-        let tls_set = self.tls.ca_file.is_some() || self.tls.server_name.is_some() || !self.tls.verify;
+        if self.tls.cert_file.is_some() != self.tls.key_file.is_some() {
+            ctx.error(
+                &at("tls"),
+                "set both `cert_file` and `key_file` (a client certificate and its key)",
+            );
+            ok = false;
+        }
+        let tls_set = self.tls.ca_file.is_some()
+            || self.tls.server_name.is_some()
+            || !self.tls.verify
+            || self.tls.cert_file.is_some()
+            || self.tls.key_file.is_some();
         if tls_set && !self.tls.enabled {
             ctx.error(&at("tls"), "TLS options given but `enabled` is not true");
             ok = false;
