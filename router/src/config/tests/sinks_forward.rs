@@ -155,6 +155,20 @@ fn servers_list_for_failover() {
     assert!(e[0].contains("unknown field `prot`"), "{e:?}");
     let e = errs("servers = []");
     assert!(e[0].contains("host"), "{e:?}");
+    use crate::sinks::forward::LoadBalance;
+    assert_eq!(f.load_balance, LoadBalance::Failover);
+    let f = load(
+        "servers = [{ host = \"a\" }, { host = \"b\" }]\nload_balance = \"round_robin\"",
+        &no_env,
+    );
+    assert_eq!(f.load_balance, LoadBalance::RoundRobin);
+    let e = errs("host = \"a\"\nload_balance = \"round_robin\"");
+    assert!(
+        e[0].contains("`sinks.fw.load_balance`") && e[0].contains("two"),
+        "{e:?}"
+    );
+    let e = errs("host = \"a\"\nload_balance = \"random\"");
+    assert!(e[0].contains("load_balance"), "{e:?}");
 }
 
 #[test]

@@ -28,6 +28,11 @@ pub struct ForwardSinkConfig {
     /// next, backing off once every server has failed in a row.
     #[serde(default)]
     pub servers: Vec<ServerAddr>,
+    /// `failover` (default): one server at a time, the next on errors.
+    /// `round_robin`: chunks go to the servers in turn, one connection
+    /// each, a server's chunks failing over to the others when it fails.
+    #[serde(default)]
+    pub load_balance: LoadBalance,
     /// Fluent tag of the events; a template (`app.{container_name}`). Default:
     /// the tag the batch arrived with (forward source), else `logferry`.
     pub tag: Option<String>,
@@ -80,6 +85,15 @@ impl std::fmt::Display for ServerAddr {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}:{}", self.host, self.port)
     }
+}
+
+/// How chunks are spread over `servers`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum LoadBalance {
+    #[default]
+    Failover,
+    RoundRobin,
 }
 
 /// How the events of a chunk are sent.
@@ -170,6 +184,10 @@ impl ForwardSinkConfig {
         }
         if !self.servers.is_empty() && !self.host.is_empty() {
             ctx.error(&at("servers"), "set either `host` (and `port`) or `servers`, not both");
+            ok = false;
+        }
+        if self.load_balance == LoadBalance::RoundRobin && self.servers.len() < 2 {
+            ctx.error(&at("load_balance"), "`round_robin` needs at least two `servers`");
             ok = false;
         }
         for (i, srv) in self.servers.iter().enumerate() {

@@ -418,6 +418,55 @@ pub struct Sender {
     pub servers: Vec<ServerAddr>,
 }
 
+/// `load_balance = "round_robin"`: one delivery task per server, each
+/// preferring its own server and failing over to the others in turn, and
+/// chunks handed to them in turn (to the next with room when one is
+/// busy). Order holds per server, not across them.
+pub async fn run_balanced(template: Sender, mut chunks: mpsc::Receiver<Chunk>) {
+    let n = template.servers.len();
+    let mut txs = Vec::with_capacity(n);
+    let mut tasks = Vec::with_capacity(n);
+    for i in 0..n {
+        let mut servers = template.servers.clone();
+        servers.rotate_left(i);
+        let s = Sender {
+            id: template.id.clone(),
+            cfg: template.cfg.clone(),
+            m: template.m.clone(),
+            health: template.health.clone(),
+            stop: template.stop.clone(),
+            servers,
+        };
+        let (tx, rx) = mpsc::channel::<Chunk>(1);
+        txs.push(tx);
+        tasks.push(tokio_util::task::AbortOnDropHandle::new(tokio::spawn(
+            tracing::Instrument::in_current_span(s.run(rx)),
+        )));
+    }
+    let mut next = 0usize;
+    'chunks: while let Some(mut chunk) = chunks.recv().await {
+        // The next server in turn, or the first after it with room.
+        for k in 0..n {
+            match txs[(next + k) % n].try_send(chunk) {
+                Ok(()) => {
+                    next = (next + k + 1) % n;
+                    continue 'chunks;
+                }
+                Err(mpsc::error::TrySendError::Full(c) | mpsc::error::TrySendError::Closed(c)) => chunk = c,
+            }
+        }
+        // All busy: wait for the one in turn.
+        if txs[next].send(chunk).await.is_err() {
+            return;
+        }
+        next = (next + 1) % n;
+    }
+    drop(txs);
+    for t in tasks {
+        let _ = t.await;
+    }
+}
+
 /// What the delivery task is waiting for next.
 enum Event {
     Chunk(Option<Chunk>),
@@ -716,7 +765,8 @@ mod tests {
             let v = Value::Map(vec![(Value::from("ack"), Value::from(id))]);
             let mut out = Vec::new();
             rmpv::encode::write_value(&mut out, &v).unwrap();
-            self.io.write_all(&out).await.unwrap();
+            // The client may be gone (a test stopping it): nothing to do.
+            let _ = self.io.write_all(&out).await;
         }
     }
 
@@ -769,7 +819,11 @@ mod tests {
             stop: stop.clone(),
         };
         let (tx, rx) = mpsc::channel(1);
-        let task = tokio::spawn(sender.run(rx));
+        let task = if sender.cfg.load_balance == super::super::LoadBalance::RoundRobin {
+            tokio::spawn(run_balanced(sender, rx))
+        } else {
+            tokio::spawn(sender.run(rx))
+        };
         let (ack_tx, acks) = std::sync::mpsc::channel();
         Rig {
             listeners,
@@ -1060,5 +1114,112 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
+    }
+
+    /// Accepts one connection on `l`, acks every chunk until EOF; the ids.
+    async fn serve_all(l: &TcpListener) -> Vec<String> {
+        let (io, _) = tokio::time::timeout(Duration::from_secs(30), l.accept())
+            .await
+            .expect("the sink connects")
+            .unwrap();
+        let mut p = Peer { io, buf: Vec::new() };
+        let mut ids = Vec::new();
+        while let Some(id) = p.next_chunk().await {
+            p.ack(&id).await;
+            ids.push(id);
+        }
+        ids
+    }
+
+    fn seq_of(id: &str) -> u64 {
+        id.trim_start_matches("chunk-").parse().unwrap()
+    }
+
+    #[tokio::test]
+    async fn round_robin_spreads_chunks_over_the_servers_and_delivers_all() {
+        let a = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let b = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ports = [a.local_addr().unwrap().port(), b.local_addr().unwrap().port()];
+        let r = rig_with(
+            vec![a, b],
+            &format!("{}\nload_balance = \"round_robin\"\nmax_in_flight = 2", servers(&ports)),
+        )
+        .await;
+        let feeder = {
+            let all: Vec<Chunk> = (0..20).map(|s| r.chunk(s)).collect();
+            let tx = r.chunks.clone();
+            tokio::spawn(async move {
+                for c in all {
+                    tx.send(c).await.unwrap();
+                }
+            })
+        };
+        let acks = async {
+            let mut seqs = Vec::new();
+            for _ in 0..20 {
+                let a = r.next_ack().await;
+                assert!(a.delivered);
+                seqs.push(a.seq);
+            }
+            // Everything acked: stop, so the servers see EOF.
+            r.stop.cancel();
+            seqs
+        };
+        let (on_a, on_b, mut seqs) = tokio::join!(serve_all(&r.listeners[0]), serve_all(&r.listeners[1]), acks);
+        seqs.sort();
+        assert_eq!(seqs, (0..20).collect::<Vec<_>>());
+        assert!(!on_a.is_empty() && !on_b.is_empty(), "a: {on_a:?}, b: {on_b:?}");
+        let mut all: Vec<u64> = on_a.iter().chain(&on_b).map(|i| seq_of(i)).collect();
+        all.sort();
+        assert_eq!(all, (0..20).collect::<Vec<_>>(), "each chunk to one server, once");
+        for side in [&on_a, &on_b] {
+            let s: Vec<u64> = side.iter().map(|i| seq_of(i)).collect();
+            assert!(s.windows(2).all(|w| w[0] < w[1]), "order per server: {s:?}");
+        }
+        assert_eq!(r.m.sent_events.get(), 20);
+        feeder.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn round_robin_with_a_dead_server_delivers_everything_to_the_other() {
+        let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let ports = [dead_port().await, live.local_addr().unwrap().port()];
+        let r = rig_with(
+            vec![live],
+            &format!("{}\nload_balance = \"round_robin\"", servers(&ports)),
+        )
+        .await;
+        let feeder = {
+            let all: Vec<Chunk> = (0..10).map(|s| r.chunk(s)).collect();
+            let tx = r.chunks.clone();
+            tokio::spawn(async move {
+                for c in all {
+                    tx.send(c).await.unwrap();
+                }
+            })
+        };
+        // The dead server's task fails over to the live one: two connections there.
+        let serve_two = async {
+            let (x, y) = tokio::join!(serve_all(&r.listeners[0]), serve_all(&r.listeners[0]));
+            [x, y].concat()
+        };
+        let acks = async {
+            let mut seqs = Vec::new();
+            for _ in 0..10 {
+                let a = r.next_ack().await;
+                assert!(a.delivered);
+                seqs.push(a.seq);
+            }
+            r.stop.cancel();
+            seqs
+        };
+        let (ids, mut seqs) = tokio::join!(serve_two, acks);
+        seqs.sort();
+        assert_eq!(seqs, (0..10).collect::<Vec<_>>());
+        let mut got: Vec<u64> = ids.iter().map(|i| seq_of(i)).collect();
+        got.sort();
+        got.dedup();
+        assert_eq!(got, (0..10).collect::<Vec<_>>());
+        feeder.await.unwrap();
     }
 }

@@ -33,7 +33,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use tokio::sync::mpsc;
 
-pub use config::{ForwardCompression, ForwardSinkConfig, ServerAddr, TlsOptions};
+pub use config::{ForwardCompression, ForwardSinkConfig, LoadBalance, ServerAddr, TlsOptions};
 
 use super::SinkContext;
 use super::encoding::{Compression, Encoder};
@@ -127,8 +127,13 @@ pub async fn run(cfg: ForwardSinkConfig, mut input: mpsc::Receiver<Batch>, cx: S
         stop,
     };
     // Aborted with the sink's task (a forced stop), not left behind.
-    let delivery =
-        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tracing::Instrument::in_current_span(sender.run(rx))));
+    let delivery = if cfg.load_balance == LoadBalance::RoundRobin {
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tracing::Instrument::in_current_span(
+            conn::run_balanced(sender, rx),
+        )))
+    } else {
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tracing::Instrument::in_current_span(sender.run(rx))))
+    };
     let mut sink = ForwardSink::new(cfg, tx, memory, m, dead);
     let tick_every = (sink.cfg.flush_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut tick = tokio::time::interval(tick_every);
