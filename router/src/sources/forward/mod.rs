@@ -358,15 +358,18 @@ async fn accept_loop(
         };
         match accepted {
             Ok((raw, peer)) => {
+                // Counted as reading from the accept on (`--exit-on-eof`
+                // must not end between the accept and the task).
+                sh.reading.fetch_add(1, Ordering::AcqRel);
+                sh.had_connection.store(true, Ordering::Release);
                 let (sh, outputs) = (sh.clone(), outputs.clone());
                 tracker.spawn(async move {
                     let Some((reader, writer)) = open_stream(&sh, raw, &peer).await else {
+                        sh.reading.fetch_sub(1, Ordering::AcqRel);
                         drop(permit);
                         return;
                     };
                     let id = sh.next_conn.fetch_add(1, Ordering::AcqRel);
-                    sh.reading.fetch_add(1, Ordering::AcqRel);
-                    sh.had_connection.store(true, Ordering::Release);
                     tracing::debug!(conn = id, peer = %peer.addr, "connection accepted");
                     let conn = Conn::new(sh.clone(), id, outputs, reader, writer, peer);
                     let open = sh.m.connections.clone();
