@@ -27,7 +27,14 @@ pub async fn check(config: &Config) -> Vec<SinkCheck> {
             SinkConfig::Firehose(f) => (format!("firehose:{}", f.delivery_stream), check_firehose(f).await),
             SinkConfig::Kinesis(k) => (format!("kinesis_streams:{}", k.stream), check_kinesis(k).await),
             SinkConfig::Forward(f) => (
-                format!("forward {}:{}", f.host, f.port),
+                format!(
+                    "forward {}",
+                    f.endpoints()
+                        .iter()
+                        .map(ToString::to_string)
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
                 crate::sinks::forward::check(f).await,
             ),
             SinkConfig::Http(h) => match crate::sinks::http::check(h).await {

@@ -253,6 +253,19 @@ fn sink_to_fluent_bit_with_shared_key_gzip_50000_records() {
 }
 
 #[test]
+fn sink_to_fluent_bit_pipelined_small_chunks() {
+    // 1 KiB chunks, 16 unacked on the connection: Fluent Bit's acks are
+    // matched by chunk id, every record arrives exactly once.
+    let Some(fb) = fluent_bit() else { return };
+    deliver_to_fluent_bit(
+        &fb,
+        5_000,
+        "",
+        "require_ack = true\nmax_in_flight = 16\nmax_chunk_size = \"1KiB\"",
+    );
+}
+
+#[test]
 fn sink_to_fluent_bit_with_security_users() {
     let Some(fb) = fluent_bit() else { return };
     deliver_to_fluent_bit(

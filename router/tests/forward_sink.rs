@@ -1040,6 +1040,31 @@ fn check_connects_with_the_handshake_and_reports_an_unreachable_server() {
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(!out.status.success());
     assert!(text.contains("FAIL") && text.contains("cannot connect"), "{text}");
+    // A failover list: every server is checked, the unreachable one named.
+    let dead = free_port();
+    let list = format!(
+        r#"
+[sources.app]
+type = "file"
+include = ["{}/*.log"]
+
+[sinks.fw]
+type = "forward"
+inputs = ["app"]
+shared_key = "k"
+servers = [{{ host = "127.0.0.1", port = {} }}, {{ host = "127.0.0.1", port = {dead} }}]
+"#,
+        env.logs().display(),
+        server.port
+    );
+    let out = check(&env.write_config(&list));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains(&format!("127.0.0.1:{}", server.port))
+            && text.contains(&format!("cannot connect to 127.0.0.1:{dead}")),
+        "{text}"
+    );
 }
 
 #[test]

@@ -45,6 +45,7 @@ fn defaults_and_env_host() {
     assert_eq!(f.ack_timeout, Duration::from_secs(30));
     assert_eq!(f.compression, ForwardCompression::None);
     assert_eq!(f.max_chunk_size.as_u64(), 1024 * 1024);
+    assert_eq!(f.max_in_flight, 16);
     assert_eq!(f.flush_interval, Duration::from_secs(1));
     assert!(f.tag.is_none() && f.shared_key.is_none() && !f.tls.enabled && f.tls.verify);
     assert_eq!(f.server_name(), "10.0.3.7");
@@ -116,6 +117,69 @@ fn errors_name_the_key() {
         e[0].contains("`sinks.fw.username`") && e[0].contains("shared_key"),
         "{e:?}"
     );
+    let e = errs("host = \"h\"\nmax_in_flight = 0");
+    assert!(e[0].contains("`sinks.fw.max_in_flight`"), "{e:?}");
     let e = errs("host = \"h\"\nack_timeout = \"1ms\"");
     assert!(e[0].contains("`sinks.fw.ack_timeout`"), "{e:?}");
+}
+
+#[test]
+fn servers_list_for_failover() {
+    use crate::sinks::forward::ServerAddr;
+    let f = load(
+        r#"servers = [{ host = "10.0.0.1" }, { host = "10.0.0.2", port = 24225 }]"#,
+        &no_env,
+    );
+    let want = [("10.0.0.1", 24224), ("10.0.0.2", 24225)].map(|(h, p)| ServerAddr {
+        host: h.into(),
+        port: p,
+    });
+    assert_eq!(f.endpoints(), want);
+    // `host`/`port` alone: one server.
+    let f = load("host = \"h\"\nport = 7", &no_env);
+    assert_eq!(
+        f.endpoints(),
+        [ServerAddr {
+            host: "h".into(),
+            port: 7
+        }]
+    );
+    let e = errs("host = \"h\"\nservers = [{ host = \"a\" }]");
+    assert!(
+        e[0].contains("`sinks.fw.servers`") && e[0].contains("not both"),
+        "{e:?}"
+    );
+    let e = errs("servers = [{ host = \"a\" }, { host = \"\" }]");
+    assert!(e[0].contains("`sinks.fw.servers[1].host`"), "{e:?}");
+    let e = errs("servers = [{ host = \"a\", prot = 1 }]");
+    assert!(e[0].contains("unknown field `prot`"), "{e:?}");
+    let e = errs("servers = []");
+    assert!(e[0].contains("host"), "{e:?}");
+    use crate::sinks::forward::LoadBalance;
+    assert_eq!(f.load_balance, LoadBalance::Failover);
+    let f = load(
+        "servers = [{ host = \"a\" }, { host = \"b\" }]\nload_balance = \"round_robin\"",
+        &no_env,
+    );
+    assert_eq!(f.load_balance, LoadBalance::RoundRobin);
+    let e = errs("host = \"a\"\nload_balance = \"round_robin\"");
+    assert!(
+        e[0].contains("`sinks.fw.load_balance`") && e[0].contains("two"),
+        "{e:?}"
+    );
+    let e = errs("host = \"a\"\nload_balance = \"random\"");
+    assert!(e[0].contains("load_balance"), "{e:?}");
+}
+
+#[test]
+fn a_client_certificate_needs_its_key() {
+    let f = load(
+        "host = \"h\"\ntls = { enabled = true, cert_file = \"/c.pem\", key_file = \"/k.pem\" }",
+        &no_env,
+    );
+    assert_eq!(f.tls.cert_file.as_deref(), Some(std::path::Path::new("/c.pem")));
+    let e = errs("host = \"h\"\ntls = { enabled = true, cert_file = \"/c.pem\" }");
+    assert!(e[0].contains("`sinks.fw.tls`") && e[0].contains("key_file"), "{e:?}");
+    let e = errs("host = \"h\"\ntls = { cert_file = \"/c.pem\", key_file = \"/k.pem\" }");
+    assert!(e[0].contains("`enabled`"), "{e:?}");
 }

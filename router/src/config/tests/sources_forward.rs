@@ -133,3 +133,28 @@ fn bad_values_name_their_key_and_line() {
     let errs = load("adress = \"127.0.0.1:1\"").unwrap_err();
     assert!(errs.iter().any(|e| e.contains("adress")), "{errs:?}");
 }
+
+#[test]
+fn tls_table_is_checked() {
+    let c =
+        load("tls = { cert_file = \"/c.pem\", key_file = \"/k.pem\", ca_file = \"/ca.pem\", verify_client = true }")
+            .unwrap();
+    let crate::sources::SourceConfig::Forward(f) = &c.sources[0].inner else {
+        panic!("not a forward source")
+    };
+    let t = f.tls.as_ref().unwrap();
+    assert!(t.verify_client && t.ca_file.is_some());
+    // Still loopback unless asked.
+    assert_eq!(f.tcp_address(), Some("127.0.0.1:24224".parse().unwrap()));
+    assert!(
+        f.describe().contains("TLS with client certificates"),
+        "{}",
+        f.describe()
+    );
+    let e = load("tls = { cert_file = \"/c.pem\", key_file = \"/k.pem\", verify_client = true }").unwrap_err();
+    assert!(e[0].contains("`sources.fw.tls`") && e[0].contains("ca_file"), "{e:?}");
+    let e = load("tls = { cert_file = \"/c.pem\" }").unwrap_err();
+    assert!(e[0].contains("key_file"), "{e:?}");
+    let e = load("path = \"/tmp/x.sock\"\ntls = { cert_file = \"/c.pem\", key_file = \"/k.pem\" }").unwrap_err();
+    assert!(e[0].contains("`sources.fw.tls`") && e[0].contains("address"), "{e:?}");
+}

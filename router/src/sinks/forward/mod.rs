@@ -15,10 +15,11 @@
 //! checkpoint never passes records the server has not confirmed. A chunk
 //! abandoned at shutdown drops its clones as failed.
 //!
-//! Delivery (`conn.rs`) never drops data: one chunk is in flight, retried
-//! over new connections with capped, jittered backoff while the sink takes no
+//! Delivery (`conn.rs`) never drops data: up to `max_in_flight` chunks are
+//! unacked on the connection, and after an error they are sent again over a
+//! new connection with capped, jittered backoff while the sink takes no
 //! input (one more closed chunk waits, then the sources stop reading). Memory
-//! held here (the open chunk, the waiting one, the one in flight) is charged
+//! held here (the open chunk, the waiting one, those in flight) is charged
 //! to `memory_limit`.
 
 mod config;
@@ -32,7 +33,7 @@ use std::time::{Duration, Instant};
 use base64::Engine as _;
 use tokio::sync::mpsc;
 
-pub use config::{ForwardCompression, ForwardSinkConfig, TlsOptions};
+pub use config::{ForwardCompression, ForwardSinkConfig, LoadBalance, ServerAddr, TlsOptions};
 
 use super::SinkContext;
 use super::encoding::{Compression, Encoder};
@@ -119,14 +120,20 @@ pub async fn run(cfg: ForwardSinkConfig, mut input: mpsc::Receiver<Batch>, cx: S
     let (tx, rx) = mpsc::channel::<Chunk>(1);
     let sender = conn::Sender {
         id: id.clone(),
+        servers: cfg.endpoints(),
         cfg: cfg.clone(),
         m: m.clone(),
         health,
         stop,
     };
     // Aborted with the sink's task (a forced stop), not left behind.
-    let delivery =
-        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tracing::Instrument::in_current_span(sender.run(rx))));
+    let delivery = if cfg.load_balance == LoadBalance::RoundRobin {
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tracing::Instrument::in_current_span(
+            conn::run_balanced(sender, rx),
+        )))
+    } else {
+        tokio_util::task::AbortOnDropHandle::new(tokio::spawn(tracing::Instrument::in_current_span(sender.run(rx))))
+    };
     let mut sink = ForwardSink::new(cfg, tx, memory, m, dead);
     let tick_every = (sink.cfg.flush_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     let mut tick = tokio::time::interval(tick_every);
@@ -159,10 +166,19 @@ pub async fn check(cfg: &ForwardSinkConfig) -> Result<(), String> {
     } else {
         None
     };
-    conn::Conn::open(cfg, tls.as_ref())
-        .await
-        .map(drop)
-        .map_err(|e| e.to_string())
+    // Every server must answer: a standby that cannot is found now, not
+    // at the failover.
+    let mut errors = Vec::new();
+    for server in cfg.endpoints() {
+        if let Err(e) = conn::Conn::open(cfg, &server, tls.as_ref()).await {
+            errors.push(e.to_string());
+        }
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors.join("; "))
+    }
 }
 
 impl Open {

@@ -20,7 +20,8 @@ use super::config::TlsOptions;
 /// Builds the connector; the error says what is wrong with the options or
 /// files.
 pub fn connector(opts: &TlsOptions) -> Result<tokio_rustls::TlsConnector, String> {
-    let config = client_config(opts.ca_file.as_deref(), opts.verify, "forward server")?;
+    let client = opts.cert_file.as_deref().zip(opts.key_file.as_deref());
+    let config = client_config_with_cert(opts.ca_file.as_deref(), opts.verify, "forward server", client)?;
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
@@ -28,6 +29,17 @@ pub fn connector(opts: &TlsOptions) -> Result<tokio_rustls::TlsConnector, String
 /// `ca_file` alone when given, else the system's roots; `verify = false`
 /// accepts any certificate. `peer` names the server in the warning.
 pub fn client_config(ca_file: Option<&Path>, verify: bool, peer: &str) -> Result<rustls::ClientConfig, String> {
+    client_config_with_cert(ca_file, verify, peer, None)
+}
+
+/// `client_config`, presenting the certificate and key of `client` (PEM
+/// files) when the server asks for one (mutual TLS).
+pub fn client_config_with_cert(
+    ca_file: Option<&Path>,
+    verify: bool,
+    peer: &str,
+    client: Option<(&Path, &Path)>,
+) -> Result<rustls::ClientConfig, String> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
     let builder = rustls::ClientConfig::builder_with_provider(provider.clone())
         .with_safe_default_protocol_versions()
@@ -37,7 +49,6 @@ pub fn client_config(ca_file: Option<&Path>, verify: bool, peer: &str) -> Result
         builder
             .dangerous()
             .with_custom_certificate_verifier(Arc::new(AnyCert(provider.signature_verification_algorithms)))
-            .with_no_client_auth()
     } else {
         let mut roots = rustls::RootCertStore::empty();
         match ca_file {
@@ -65,9 +76,24 @@ pub fn client_config(ca_file: Option<&Path>, verify: bool, peer: &str) -> Result
                 }
             }
         }
-        builder.with_root_certificates(roots).with_no_client_auth()
+        builder.with_root_certificates(roots)
     };
-    Ok(config)
+    match client {
+        None => Ok(config.with_no_client_auth()),
+        Some((cert, key)) => {
+            let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(cert)
+                .and_then(|it| it.collect::<Result<_, _>>())
+                .map_err(|e| format!("cannot read cert_file {}: {e}", cert.display()))?;
+            if chain.is_empty() {
+                return Err(format!("cert_file {} holds no PEM certificate", cert.display()));
+            }
+            let key = rustls::pki_types::PrivateKeyDer::from_pem_file(key)
+                .map_err(|e| format!("cannot read a private key from key_file {}: {e}", key.display()))?;
+            config
+                .with_client_auth_cert(chain, key)
+                .map_err(|e| format!("client certificate {}: {e}", cert.display()))
+        }
+    }
 }
 
 /// Accepts any server certificate, still checking the handshake signatures.

@@ -55,6 +55,9 @@ pub struct ForwardSourceConfig {
     /// defaults, or a table with the `partial_message` transform's keys.
     #[serde(default, deserialize_with = "crate::transforms::partial_message::deserialize_option")]
     pub partial: Option<crate::transforms::partial_message::PartialMessageConfig>,
+    /// TLS on the TCP listener (not the unix socket): certificate, key and,
+    /// for mutual TLS, the CA of the clients.
+    pub tls: Option<super::tls::SourceTls>,
 }
 
 /// One `users` entry.
@@ -190,6 +193,22 @@ impl ForwardSourceConfig {
         if let Some(p) = &self.partial {
             ok &= p.validate(ctx, &at("partial"));
         }
+        if let Some(t) = &self.tls {
+            if t.verify_client && t.ca_file.is_none() {
+                ctx.error(
+                    &at("tls"),
+                    "`verify_client = true` needs `ca_file`: the CA client certificates must be signed by",
+                );
+                ok = false;
+            } else if t.ca_file.is_some() && !t.verify_client {
+                ctx.error(&at("tls"), "`ca_file` is only used with `verify_client = true`");
+                ok = false;
+            }
+            if self.tcp_address().is_none() {
+                ctx.error(&at("tls"), "TLS is for the TCP listener: set `address`");
+                ok = false;
+            }
+        }
         ok
     }
 
@@ -209,6 +228,11 @@ impl ForwardSourceConfig {
             (None, _) => "no handshake".to_string(),
             (Some(_), 0) => "shared_key handshake".to_string(),
             (Some(_), n) => format!("shared_key handshake with {n} user(s)"),
+        };
+        let auth = match &self.tls {
+            Some(t) if t.verify_client => format!("TLS with client certificates, {auth}"),
+            Some(_) => format!("TLS, {auth}"),
+            None => auth,
         };
         let partial = match &self.partial {
             Some(p) => format!(", then {}", p.describe()),

@@ -42,6 +42,7 @@ mod auth;
 pub mod config;
 mod conn;
 pub mod proto;
+pub mod tls;
 
 use std::collections::HashMap;
 use std::os::unix::fs::{FileTypeExt, PermissionsExt};
@@ -86,11 +87,21 @@ pub fn spawn(
     cx: SourceContext,
 ) -> std::io::Result<std::thread::JoinHandle<Result<(), SourceError>>> {
     let _rt = cx.rt.enter();
+    // Certificate problems fail start-up, naming the file.
+    let tls = match cfg.tls.clone().map(tls::Reloading::new).transpose() {
+        Ok(t) => t.map(Arc::new),
+        Err(e) => {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                format!("tls: {e}"),
+            ));
+        }
+    };
     let mut listeners = Vec::new();
     if let Some(addr) = cfg.tcp_address() {
         let l = std::net::TcpListener::bind(addr)?;
         l.set_nonblocking(true)?;
-        listeners.push(Listener::Tcp(tokio::net::TcpListener::from_std(l)?));
+        listeners.push(Listener::Tcp(tokio::net::TcpListener::from_std(l)?, tls));
     }
     let mut socket_file = None;
     if let Some(path) = &cfg.path {
@@ -130,7 +141,7 @@ pub fn spawn(
 }
 
 enum Listener {
-    Tcp(tokio::net::TcpListener),
+    Tcp(tokio::net::TcpListener, Option<Arc<tls::Reloading>>),
     Unix(tokio::net::UnixListener),
 }
 
@@ -346,22 +357,23 @@ async fn accept_loop(
             _ = stop.cancelled() => return,
         };
         match accepted {
-            Ok((reader, writer, Peer { addr: peer, host })) => {
-                let id = sh.next_conn.fetch_add(1, Ordering::AcqRel);
+            Ok((raw, peer)) => {
+                // Counted as reading from the accept on (`--exit-on-eof`
+                // must not end between the accept and the task).
                 sh.reading.fetch_add(1, Ordering::AcqRel);
                 sh.had_connection.store(true, Ordering::Release);
-                tracing::debug!(conn = id, %peer, "connection accepted");
-                let conn = Conn::new(
-                    sh.clone(),
-                    id,
-                    outputs.clone(),
-                    reader,
-                    writer,
-                    Peer { addr: peer, host },
-                );
-                let open = sh.m.connections.clone();
-                open.inc();
+                let (sh, outputs) = (sh.clone(), outputs.clone());
                 tracker.spawn(async move {
+                    let Some((reader, writer)) = open_stream(&sh, raw, &peer).await else {
+                        sh.reading.fetch_sub(1, Ordering::AcqRel);
+                        drop(permit);
+                        return;
+                    };
+                    let id = sh.next_conn.fetch_add(1, Ordering::AcqRel);
+                    tracing::debug!(conn = id, peer = %peer.addr, "connection accepted");
+                    let conn = Conn::new(sh.clone(), id, outputs, reader, writer, peer);
+                    let open = sh.m.connections.clone();
+                    open.inc();
                     conn.serve().await;
                     open.dec();
                     drop(permit);
@@ -389,17 +401,22 @@ struct Peer {
     host: String,
 }
 
-async fn accept(l: &Listener) -> std::io::Result<(BoxRead, BoxWrite, Peer)> {
+/// An accepted connection before TLS and the split.
+enum Raw {
+    Tcp(tokio::net::TcpStream, Option<Arc<tls::Reloading>>),
+    Unix(tokio::net::UnixStream),
+}
+
+async fn accept(l: &Listener) -> std::io::Result<(Raw, Peer)> {
     Ok(match l {
-        Listener::Tcp(l) => {
+        Listener::Tcp(l, tls) => {
             let (s, peer) = l.accept().await?;
             let _ = s.set_nodelay(true);
-            let (r, w) = s.into_split();
             let peer = Peer {
                 addr: peer.to_string(),
                 host: peer.ip().to_string(),
             };
-            (Box::new(r), Box::new(w), peer)
+            (Raw::Tcp(s, tls.clone()), peer)
         }
         Listener::Unix(l) => {
             let (s, _) = l.accept().await?;
@@ -408,11 +425,9 @@ async fn accept(l: &Listener) -> std::io::Result<(BoxRead, BoxWrite, Peer)> {
                 .ok()
                 .and_then(|a| a.as_pathname().map(|p| p.display().to_string()))
                 .unwrap_or_default();
-            let (r, w) = s.into_split();
             let addr = format!("unix:{path}");
             (
-                Box::new(r),
-                Box::new(w),
+                Raw::Unix(s),
                 Peer {
                     addr: addr.clone(),
                     host: addr,
@@ -420,6 +435,55 @@ async fn accept(l: &Listener) -> std::io::Result<(BoxRead, BoxWrite, Peer)> {
             )
         }
     })
+}
+
+/// The connection's halves, after the TLS handshake when the listener has
+/// TLS (in the connection's task: a slow client does not hold up accepts).
+/// A failed handshake is counted (`reason="tls"`), logged once a minute per
+/// client host, and closes the connection: nothing was read from it.
+async fn open_stream(sh: &Shared, raw: Raw, peer: &Peer) -> Option<(BoxRead, BoxWrite)> {
+    match raw {
+        Raw::Unix(s) => {
+            let (r, w) = s.into_split();
+            Some((Box::new(r), Box::new(w)))
+        }
+        Raw::Tcp(s, None) => {
+            let (r, w) = s.into_split();
+            Some((Box::new(r), Box::new(w)))
+        }
+        Raw::Tcp(s, Some(tls)) => {
+            // A connection closed before its first byte is a port probe (a
+            // load balancer's or Kubernetes' TCP check), not a failure.
+            let mut first = [0u8; 1];
+            let peeked = tokio::select! {
+                r = tokio::time::timeout(HANDSHAKE_TIMEOUT, s.peek(&mut first)) => r,
+                _ = sh.kill.cancelled() => return None,
+            };
+            if matches!(peeked, Ok(Ok(0)) | Ok(Err(_))) {
+                tracing::debug!(peer = %peer.addr, "connection closed before the TLS handshake");
+                return None;
+            }
+            let accepted = tokio::select! {
+                r = tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor().accept(s)) => r,
+                _ = sh.kill.cancelled() => return None,
+            };
+            let err = match accepted {
+                Ok(Ok(stream)) => {
+                    let (r, w) = tokio::io::split(stream);
+                    return Some((Box::new(r), Box::new(w)));
+                }
+                Ok(Err(e)) => e.to_string(),
+                Err(_) => format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}"),
+            };
+            sh.m.handshake_failure("tls");
+            if sh.auth_log_due(&peer.host, "tls") {
+                tracing::warn!(peer = %peer.addr, error = %err, "forward client failed the TLS handshake; connection closed");
+            } else {
+                tracing::debug!(peer = %peer.addr, error = %err, "forward client failed the TLS handshake");
+            }
+            None
+        }
+    }
 }
 
 /// The host name PONG carries by default.
