@@ -45,7 +45,7 @@ fn defaults_and_env_host() {
     assert_eq!(f.ack_timeout, Duration::from_secs(30));
     assert_eq!(f.compression, ForwardCompression::None);
     assert_eq!(f.max_chunk_size.as_u64(), 1024 * 1024);
-    assert_eq!(f.max_in_flight, 16);
+    assert_eq!(f.max_in_flight, 4);
     assert_eq!(f.flush_interval, Duration::from_secs(1));
     assert!(f.tag.is_none() && f.shared_key.is_none() && !f.tls.enabled && f.tls.verify);
     assert_eq!(f.server_name(), "10.0.3.7");
