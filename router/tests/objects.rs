@@ -9,6 +9,14 @@
 //! `ru_maxrss` also counts the memory the child started from before `exec`
 //! (Linux keeps the peak across it), here this test process: a few MiB,
 //! printed with the result, so the figure can only err high.
+//!
+//! It also counts the executable's own code as it is paged in (`RssFile`),
+//! which is not memory the router holds and depends on the build: the test
+//! binary's unoptimized router maps 83 MB and pages in several MiB more code
+//! than the shipped one, enough to move this test's peak between 58 and 65
+//! MiB from run to run. So the bound is checked on the peak less the largest
+//! file-backed RSS sampled during the run (every 20 ms; code, once paged in,
+//! stays), and both figures are printed.
 
 mod common;
 
@@ -82,6 +90,8 @@ flush_interval = "60s"
 struct Exit {
     success: bool,
     peak_kib: u64,
+    /// The largest `RssFile` seen while it ran: mapped code, not held memory.
+    file_kib: u64,
     /// This process's own peak when it spawned the router.
     parent_kib: u64,
     stderr: String,
@@ -115,6 +125,7 @@ fn run(config: &Path, exit_on_eof: bool, during: impl FnOnce(i32)) -> Exit {
     during(pid);
     let start = Instant::now();
     let mut status = 0;
+    let mut file_kib = 0;
     // SAFETY: a zeroed rusage is a valid value to be overwritten.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     loop {
@@ -124,6 +135,7 @@ fn run(config: &Path, exit_on_eof: bool, during: impl FnOnce(i32)) -> Exit {
             break;
         }
         assert_eq!(r, 0, "wait4 failed");
+        file_kib = file_kib.max(rss_file_kib(pid));
         if start.elapsed() > DEADLINE {
             // SAFETY: not reaped yet, so the pid is still our child's.
             unsafe { libc::kill(pid, libc::SIGKILL) };
@@ -138,9 +150,20 @@ fn run(config: &Path, exit_on_eof: bool, during: impl FnOnce(i32)) -> Exit {
     Exit {
         success: libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0,
         peak_kib: usage.ru_maxrss as u64,
+        file_kib,
         parent_kib,
         stderr: std::fs::read_to_string(&stderr_path).unwrap_or_default(),
     }
+}
+
+/// `RssFile` of a running process, 0 once it is gone.
+fn rss_file_kib(pid: i32) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("RssFile:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0)
 }
 
 fn objects(env: &Env) -> usize {
@@ -149,16 +172,19 @@ fn objects(env: &Env) -> usize {
 
 fn check(env: &Env, exit: &Exit, n: u64, what: &str) {
     assert!(exit.success, "{what}: logferry failed\n{}", exit.stderr);
+    let held = exit.peak_kib.saturating_sub(exit.file_kib);
     eprintln!(
-        "{what}: peak RSS {:.1} MiB (test process {:.1} MiB), {} objects",
+        "{what}: peak RSS {:.1} MiB, of which code and other mapped files {:.1} MiB (test process {:.1} MiB), {} objects",
         exit.peak_kib as f64 / 1024.0,
+        exit.file_kib as f64 / 1024.0,
         exit.parent_kib as f64 / 1024.0,
         objects(env)
     );
     assert!(
-        exit.peak_kib < PEAK_MAX_KIB,
-        "{what}: peak RSS {} KiB, over memory_limit + 32 MiB",
-        exit.peak_kib
+        held < PEAK_MAX_KIB,
+        "{what}: peak RSS {} KiB less {} KiB of mapped files, over memory_limit + 32 MiB",
+        exit.peak_kib,
+        exit.file_kib
     );
     assert_each_once(&env.records(), n);
 }
