@@ -76,8 +76,9 @@ def test_sidecar_to_daemon_survives_a_daemon_kill(router, s3, bucket, endpoint, 
     counts = numbers.wait_for(total, daemon)
     # The tag travelled with the records: it names the key prefix on the daemon.
     assert numbers.seen_keys and all(k.startswith("relay/app.relay/") for k in numbers.seen_keys)
-    # The kill hit mid-stream: the sidecar saw the connection fail and sent chunks again.
-    assert "forward delivery failed" in sidecar.stderr, sidecar.stderr[-4000:]
+    # Whether the sidecar logs a failed delivery depends on where the kill fell: with chunks
+    # in flight it warns and sends them again; between chunks it finds the connection closed
+    # before its next write and reconnects without a warning. Either way nothing is lost.
     for r in (sidecar, daemon):
         stderr = r.terminate()
         assert r.returncode == 0, stderr[-4000:]
