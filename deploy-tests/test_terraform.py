@@ -75,6 +75,11 @@ def test_terraform_validate(root, tmp_path):
     if mirror is None:
         pytest.skip("the hashicorp/aws provider is not available offline here (no TF_PLUGIN_CACHE_DIR or "
                     "~/.terraform.d/plugins mirror): terraform validate skipped")
+    missing = [p for p in _required_providers(root) if not (mirror / "registry.terraform.io" / "hashicorp" / p).is_dir()]
+    if missing:
+        # eks-daemonset needs hashicorp/kubernetes, which no mirror here holds: its files are
+        # still parsed, reference-checked, checkov-scanned and compared with eks/daemonset/.
+        pytest.skip(f"provider(s) {missing} not in the mirror {mirror}: terraform validate skipped")
     # A copy, so no .terraform/ or lock file lands in the repository.
     work = tmp_path / "terraform"
     shutil.copytree(TF, work)
@@ -114,14 +119,27 @@ def test_module_layout_and_documentation(root):
     )
 
 
+def _required_providers(root: Path) -> list[str]:
+    """Names of the providers a root needs: its own and those of the local modules it calls."""
+    names = set(hcl.load_file(root / "versions.tf")["terraform"][0]["required_providers"][0])
+    for body in hcl.blocks(hcl.load_dir(root), "module").values():
+        source = hcl.value(body["source"], hcl.no_refs)
+        if source.startswith("."):
+            names |= set(_required_providers((root / source).resolve()))
+    return sorted(n for n in names if not n.startswith("__"))
+
+
 @pytest.mark.parametrize("root", ROOTS, ids=lambda p: rel(p))
-def test_aws_provider_is_pinned(root):
+def test_providers_are_pinned(root):
     tf = hcl.load_file(root / "versions.tf")["terraform"][0]
-    providers = tf["required_providers"][0]
-    aws = providers["aws"]
-    assert hcl.value(aws["source"], hcl.no_refs) == "hashicorp/aws"
-    constraint = hcl.value(aws["version"], hcl.no_refs)
-    assert re.search(r"(~>|<)\s*\d", constraint), f"{rel(root)}: the AWS provider needs an upper bound, got {constraint!r}"
+    providers = {k: v for k, v in tf["required_providers"][0].items() if not k.startswith("__")}
+    assert providers, f"{rel(root)}: no required_providers"
+    for name, p in providers.items():
+        assert hcl.value(p["source"], hcl.no_refs) == f"hashicorp/{name}"
+        constraint = hcl.value(p["version"], hcl.no_refs)
+        assert re.search(r"(~>|<)\s*\d", constraint), f"{rel(root)}: provider {name} needs an upper bound, got {constraint!r}"
+    # A root that calls a module declares every provider the module needs (so init pins it).
+    assert set(_required_providers(root)) == set(providers), f"{rel(root)}: declare {set(_required_providers(root)) - set(providers)}"
 
 
 def test_every_variable_with_a_closed_set_of_values_is_validated():
@@ -391,7 +409,7 @@ def test_references_resolve(root):
 
     assert set(re.findall(r"\bvar\.(\w+)", text)) <= variables, set(re.findall(r"\bvar\.(\w+)", text)) - variables
     assert set(re.findall(r"\blocal\.(\w+)", text)) <= locals_, set(re.findall(r"\blocal\.(\w+)", text)) - locals_
-    refs = set(re.findall(r"(?<![\w.])((?:data\.)?aws_\w+\.\w+)", text))
+    refs = set(re.findall(r"(?<![\w.])((?:data\.)?(?:aws|kubernetes)_\w+\.\w+)", text))
     assert refs <= declared, f"{rel(root)}: undeclared {sorted(refs - declared)}"
     for mod, out in re.findall(r"\bmodule\.(\w+)\.(\w+)", text):
         assert mod in modules, f"{rel(root)}: module.{mod} is not declared"
@@ -533,3 +551,51 @@ def test_destinations_plan_with_the_compactor(tmp_path):
     assert done.returncode == 0, done.stdout + done.stderr
     assert re.search(r"Success! (\d+) passed, 0 failed", done.stdout), done.stdout
     assert int(re.search(r"(\d+) passed", done.stdout).group(1)) >= 8, done.stdout
+
+
+# -- the node daemon's RBAC: Terraform and eks/daemonset/ agree ------------------------------
+
+NODE_RBAC = TF / "modules" / "logferry-eks-node-rbac"
+
+
+def test_node_rbac_module_is_the_daemonsets_rbac():
+    """logferry-eks-node-rbac grants what eks/daemonset/rbac.yaml grants, to the same service
+    account: get/list/watch on pods and namespaces, nothing more."""
+    import yaml
+
+    docs = {d["kind"]: d for d in yaml.safe_load_all((REPO / "eks" / "daemonset" / "rbac.yaml").read_text())}
+    parsed = hcl.load_dir(NODE_RBAC)
+    variables = {k: hcl.value(v["default"], hcl.no_refs) for k, v in hcl.blocks(parsed, "variable").items()}
+    resources = hcl.resources(parsed)
+    role = resources["kubernetes_cluster_role_v1.node"]
+    (rule,) = role["rule"]
+    # `resources` is local.resources: pods, plus namespaces with namespace_labels (default on).
+    assert rule["resources"] == "${local.resources}"
+    (locals_,) = parsed["locals"]
+    assert locals_["resources"] == '${var.namespace_labels ? ["pods", "namespaces"] : ["pods"]}'
+    assert variables["namespace_labels"] is True
+    (yaml_rule,) = docs["ClusterRole"]["rules"]
+    assert yaml_rule == {"apiGroups": hcl.value(rule["api_groups"], hcl.no_refs),
+                         "resources": ["pods", "namespaces"],
+                         "verbs": hcl.value(rule["verbs"], hcl.no_refs)}
+    assert set(yaml_rule["verbs"]) == {"get", "list", "watch"}
+    assert variables["name"] == docs["ClusterRole"]["metadata"]["name"]
+
+    binding = resources["kubernetes_cluster_role_binding_v1.node"]
+    (subject,) = binding["subject"]
+    (yaml_subject,) = docs["ClusterRoleBinding"]["subjects"]
+    assert hcl.value(subject["kind"], hcl.no_refs) == yaml_subject["kind"] == "ServiceAccount"
+    assert variables["service_account"] == yaml_subject["name"]
+    assert variables["namespace"] == yaml_subject["namespace"]
+    (role_ref,) = binding["role_ref"]
+    assert role_ref["name"] == "${kubernetes_cluster_role_v1.node.metadata[0].name}"
+
+    # The example binds it to the account its IRSA role trusts, in the kustomization's namespace.
+    example = hcl.load_dir(TF / "examples" / "eks-daemonset")
+    ex_vars = {k: hcl.value(v["default"], hcl.no_refs) for k, v in hcl.blocks(example, "variable").items()
+               if "default" in v}
+    kustomization = yaml.safe_load((REPO / "eks" / "daemonset" / "kustomization.yaml").read_text())
+    assert ex_vars["namespace"] == kustomization["namespace"] == yaml_subject["namespace"]
+    assert ex_vars["service_account"] == yaml_subject["name"]
+    rbac = hcl.blocks(example, "module")["rbac"]
+    assert rbac["service_account"] == "${var.service_account}" and rbac["namespace"] == "${var.namespace}"
