@@ -1,7 +1,9 @@
 //! The forward protocol against a real Fluent Bit 5.1.1, both ways: our
 //! forward sink into its `in_forward` (counting what its `file` output
 //! writes) and its `out_forward` into our forward source (counting what our
-//! file sink writes), plain, with `Shared_Key`, with users, gzip and acks;
+//! file sink writes), plain, with `Shared_Key`, with users, gzip and acks,
+//! and over TLS with client certificates (made here with rcgen, checked by
+//! Fluent Bit's OpenSSL and by our rustls);
 //! and our http sink into its `http`, `splunk` and `elasticsearch` inputs.
 //!
 //! The binary comes from `../shared/peers/fluent-bit-5.1.1.xz` beside the
@@ -17,6 +19,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::tls;
 use common::*;
 
 const LONG: Duration = Duration::from_secs(120);
@@ -700,4 +703,130 @@ fn http_sink_opensearch_bulk_into_fluent_bit_in_elasticsearch() {
         })
         .collect();
     assert_exactly(&docs, 3000);
+}
+
+// -- TLS, with client certificates, against Fluent Bit's OpenSSL ----------
+
+/// The name in the server certificates (and 127.0.0.1 as an IP SAN).
+const TLS_NAME: &str = "fwd.test";
+
+/// A CA in `env`, a server certificate for [`TLS_NAME`] and a client one.
+struct Pki {
+    ca_pem: PathBuf,
+    server: (PathBuf, PathBuf),
+    client: (PathBuf, PathBuf),
+}
+
+fn pki(env: &Env) -> Pki {
+    let dir = env.path("pki");
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = tls::Ca::new("logferry test ca");
+    let ca_pem = ca.write(&dir.join("ca.pem"));
+    let server = ca.issue(&dir, "server", &[TLS_NAME, "127.0.0.1"]);
+    let client = ca.issue(&dir, "client", &["fluent-bit.node-a"]);
+    Pki { ca_pem, server, client }
+}
+
+/// Fluent Bit `out_forward` options for TLS to our source, presenting
+/// `client` and checking the server against `ca`.
+fn fb_tls_output(ca: &Path, client: &(PathBuf, PathBuf)) -> String {
+    format!(
+        "    tls on\n    tls.verify on\n    tls.vhost {TLS_NAME}\n    tls.ca_file {}\n    tls.crt_file {}\n    tls.key_file {}\n",
+        ca.display(),
+        client.0.display(),
+        client.1.display()
+    )
+}
+
+fn source_tls(p: &Pki) -> String {
+    format!(
+        "tls = {{ cert_file = \"{}\", key_file = \"{}\", ca_file = \"{}\", verify_client = true }}",
+        p.server.0.display(),
+        p.server.1.display(),
+        p.ca_pem.display()
+    )
+}
+
+#[test]
+fn fluent_bit_to_source_over_mutual_tls_with_shared_key_and_acks() {
+    let Some(fb) = fluent_bit() else { return };
+    let env = Env::new();
+    let p = pki(&env);
+    let n = 5000;
+    write_lines(&env, n);
+    let (port, api) = (free_port(), free_port());
+    let router = spawn(
+        &source_config(&env, port, api, &format!("shared_key = \"s3cret\"\n{}", source_tls(&p))),
+        &[],
+    );
+    wait_for("the source listening", LONG, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let output = format!(
+        "{}    Shared_Key s3cret\n    Compress gzip\n    Require_ack_response true",
+        fb_tls_output(&p.ca_pem, &p.client)
+    );
+    let client = FluentBit::start(&fb, &env, &fb_client_conf(&env, port, &output));
+    wait_for("every record in our file sink", LONG, || {
+        env.records().len() as u64 >= n
+    });
+    drop(client);
+    router.signal(libc::SIGTERM);
+    let (status, err) = router.wait(LONG);
+    assert!(status.success(), "{err}");
+    assert_exactly(&received_lines(&env), n);
+    let (_, m) = http_get(api, "/metrics").unwrap_or_default();
+    assert_eq!(
+        metric(&m, "logferry_forward_handshake_failures_total", &["reason=\"tls\""]).unwrap_or(0.0),
+        0.0
+    );
+}
+
+#[test]
+fn fluent_bit_with_a_certificate_of_another_ca_is_refused_by_the_tls_source() {
+    let Some(fb) = fluent_bit() else { return };
+    let env = Env::new();
+    let p = pki(&env);
+    write_lines(&env, 100);
+    let other = tls::Ca::new("another ca");
+    let stranger = other.issue(&env.path("pki"), "stranger", &["fluent-bit.node-x"]);
+    let (port, api) = (free_port(), free_port());
+    let router = spawn(&source_config(&env, port, api, &source_tls(&p)), &[]);
+    wait_for("the source listening", LONG, || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let output = format!("{}    Require_ack_response true", fb_tls_output(&p.ca_pem, &stranger));
+    let client = FluentBit::start(&fb, &env, &fb_client_conf(&env, port, &output));
+    let tls_failures = || {
+        http_get(api, "/metrics")
+            .and_then(|(_, m)| metric(&m, "logferry_forward_handshake_failures_total", &["reason=\"tls\""]))
+            .unwrap_or(0.0)
+    };
+    // Fluent Bit retries (Retry_Limit no_limits): every attempt refused.
+    wait_for("two refused attempts", LONG, || tls_failures() >= 2.0);
+    drop(client);
+    drop(router);
+    assert!(env.records().is_empty(), "records arrived: {:?}", env.records());
+}
+
+#[test]
+fn sink_to_fluent_bit_over_tls() {
+    // Fluent Bit's in_forward with a server certificate; our sink checks it
+    // against the CA (and the name) and presents a client certificate, which
+    // Fluent Bit's input does not ask for.
+    let Some(fb) = fluent_bit() else { return };
+    let env = Env::new();
+    let p = pki(&env);
+    let input = format!(
+        "    tls on\n    tls.verify off\n    tls.crt_file {}\n    tls.key_file {}\n",
+        p.server.0.display(),
+        p.server.1.display()
+    );
+    let sink = format!(
+        "require_ack = true\ntls = {{ enabled = true, ca_file = \"{}\", server_name = \"{TLS_NAME}\", cert_file = \"{}\", key_file = \"{}\" }}",
+        p.ca_pem.display(),
+        p.client.0.display(),
+        p.client.1.display()
+    );
+    deliver_to_fluent_bit(&fb, 3000, &input, &sink);
 }

@@ -10,38 +10,11 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::tls::Ca;
 use common::*;
-use rcgen::{BasicConstraints, CertificateParams, CertifiedIssuer, IsCa, KeyPair};
 
 const LONG: Duration = Duration::from_secs(90);
 const NAME: &str = "fwd.test";
-
-struct Ca(CertifiedIssuer<'static, KeyPair>);
-
-impl Ca {
-    fn new(cn: &str) -> Ca {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
-        Ca(CertifiedIssuer::self_signed(p, KeyPair::generate().unwrap()).unwrap())
-    }
-
-    /// `<stem>.pem` (certificate) and `<stem>.key` signed by this CA.
-    fn issue(&self, dir: &Path, stem: &str, names: &[&str]) -> (PathBuf, PathBuf) {
-        let key = KeyPair::generate().unwrap();
-        let p = CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
-        let cert = p.signed_by(&key, &self.0).unwrap();
-        let (c, k) = (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}.key")));
-        std::fs::write(&c, cert.pem()).unwrap();
-        std::fs::write(&k, key.serialize_pem()).unwrap();
-        (c, k)
-    }
-
-    fn write(&self, path: &Path) -> PathBuf {
-        std::fs::write(path, self.0.pem()).unwrap();
-        path.to_path_buf()
-    }
-}
 
 /// B: a forward source with TLS (client certificates from `client_ca`) ->
 /// file sink, with its API for metrics.

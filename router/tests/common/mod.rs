@@ -1,6 +1,8 @@
 //! Helpers for tests that run the real `logferry` binary.
 #![allow(dead_code)]
 
+pub mod tls;
+
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
