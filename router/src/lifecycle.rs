@@ -86,11 +86,7 @@ impl Default for LifecycleConfig {
 
 impl LifecycleConfig {
     pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
-        let at = |k: &str| {
-            let mut p = base.to_vec();
-            p.push(Seg::Key(k.to_string()));
-            p
-        };
+        let at = |k: &str| crate::confdiag::key(base, k);
         let mut ok = true;
         if self.drain_timeout < Duration::from_secs(1) {
             ctx.error(&at("drain_timeout"), "must be at least 1s");

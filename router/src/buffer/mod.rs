@@ -70,11 +70,7 @@ impl BufferConfig {
     /// the `buffer` key). `None` when an error was reported.
     pub fn build(ctx: &mut Ctx<'_>, base: &[Seg], value: toml::Value) -> Option<Self> {
         let raw: RawBuffer = deserialize_at(ctx, base, value)?;
-        let at = |k: &str| {
-            let mut p = base.to_vec();
-            p.push(Seg::Key(k.into()));
-            p
-        };
+        let at = |k: &str| crate::confdiag::key(base, k);
         match raw.kind {
             Kind::Memory => {
                 for (key, set) in [

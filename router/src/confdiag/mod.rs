@@ -54,6 +54,15 @@ pub fn path(parts: &[&str]) -> Vec<Seg> {
     parts.iter().map(|p| Seg::Key((*p).to_string())).collect()
 }
 
+/// The path of key `k` below `base` (a component's table): what a
+/// `validate` names in its errors.
+pub fn key(base: &[Seg], k: &str) -> Vec<Seg> {
+    let mut p = Vec::with_capacity(base.len() + 1);
+    p.extend_from_slice(base);
+    p.push(Seg::Key(k.into()));
+    p
+}
+
 /// `sinks.archive.inputs[0]`, as errors name a key.
 pub(crate) fn path_string(path: &[Seg]) -> String {
     let mut s = String::new();

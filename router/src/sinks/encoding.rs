@@ -113,9 +113,10 @@ impl RecordFormat {
     /// `validate` of the options: a `log_key` is a non-empty field name.
     pub fn validate(log_key: Option<&str>, ctx: &mut crate::confdiag::Ctx<'_>, base: &[crate::confdiag::Seg]) -> bool {
         if log_key == Some("") {
-            let mut p = base.to_vec();
-            p.push(crate::confdiag::Seg::Key("log_key".into()));
-            ctx.error(&p, "must name a field (leave it out to send whole records)");
+            ctx.error(
+                &crate::confdiag::key(base, "log_key"),
+                "must name a field (leave it out to send whole records)",
+            );
             return false;
         }
         true

@@ -149,8 +149,7 @@ pub fn holds_all_or_any(conditions: &[Condition], m: Match, batch: &Batch, i: us
 /// Validates a list of conditions found under `base.key`.
 pub fn validate_list(ctx: &mut Ctx<'_>, base: &[Seg], key: &str, conditions: &[Condition]) -> bool {
     let mut ok = true;
-    let mut p = base.to_vec();
-    p.push(Seg::Key(key.into()));
+    let mut p = crate::confdiag::key(base, key);
     if conditions.is_empty() {
         ctx.error(&p, "must hold at least one condition");
         ok = false;

@@ -107,11 +107,7 @@ mod opt_regex {
 
 impl MultilineConfig {
     pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
-        let at = |k: &str| {
-            let mut p = base.to_vec();
-            p.push(Seg::Key(k.into()));
-            p
-        };
+        let at = |k: &str| crate::confdiag::key(base, k);
         let mut ok = true;
         if self.start_pattern.is_some() == self.preset.is_some() {
             ctx.error(base, "needs exactly one of `start_pattern` and `preset`");

@@ -116,11 +116,7 @@ fn default_true() -> bool {
 
 impl ParseConfig {
     pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
-        let at = |k: &'static str| {
-            let mut p = base.to_vec();
-            p.push(Seg::Key(k.into()));
-            p
-        };
+        let at = |k: &str| crate::confdiag::key(base, k);
         let mut ok = true;
         if self.field.is_empty() {
             ok = false;

@@ -117,11 +117,7 @@ impl Default for PartialMessageConfig {
 
 impl PartialMessageConfig {
     pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
-        let at = |k: &str| {
-            let mut p = base.to_vec();
-            p.push(Seg::Key(k.into()));
-            p
-        };
+        let at = |k: &str| crate::confdiag::key(base, k);
         let mut ok = true;
         if self.key.is_empty() {
             ctx.error(&at("key"), "must not be empty");

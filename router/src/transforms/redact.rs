@@ -120,11 +120,7 @@ pub enum Mode {
 
 impl RedactConfig {
     pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
-        let at = |k: &str| {
-            let mut p = base.to_vec();
-            p.push(Seg::Key(k.into()));
-            p
-        };
+        let at = |k: &str| crate::confdiag::key(base, k);
         let mut ok = true;
         if self.detectors.is_empty() && self.custom.is_empty() {
             ctx.error(

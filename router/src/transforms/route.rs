@@ -52,8 +52,7 @@ pub struct Route {
 impl RouteConfig {
     /// The checked transform, or `None` after reporting every problem.
     pub fn build(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> Option<Route> {
-        let mut p = base.to_vec();
-        p.push(Seg::Key("routes".into()));
+        let mut p = crate::confdiag::key(base, "routes");
         if self.routes.is_empty() {
             ctx.error(&p, "must name at least one route");
             return None;

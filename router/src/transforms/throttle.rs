@@ -68,11 +68,7 @@ pub struct Throttle {
 impl ThrottleConfig {
     /// The checked transform, or `None` after reporting every problem.
     pub fn build(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> Option<Throttle> {
-        let at = |key: &str| {
-            let mut p = base.to_vec();
-            p.push(Seg::Key(key.into()));
-            p
-        };
+        let at = |key: &str| crate::confdiag::key(base, key);
         let mut ok = true;
         if self.threshold == 0 {
             ctx.error(&at("threshold"), "must be at least 1 (use a filter to drop everything)");

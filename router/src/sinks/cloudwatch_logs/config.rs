@@ -70,11 +70,7 @@ impl CloudWatchLogsSinkConfig {
     }
 
     pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
-        let at = |k: &str| {
-            let mut p = base.to_vec();
-            p.push(Seg::Key(k.into()));
-            p
-        };
+        let at = |k: &str| crate::confdiag::key(base, k);
         let mut ok = true;
         for (key, value) in [("log_group", &self.log_group), ("log_stream", &self.log_stream)] {
             if value.is_empty() {

@@ -86,11 +86,7 @@ impl FileSinkConfig {
     }
 
     pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
-        let at = |k: &str| {
-            let mut p = base.to_vec();
-            p.push(Seg::Key(k.into()));
-            p
-        };
+        let at = |k: &str| crate::confdiag::key(base, k);
         let mut ok = true;
         if let Err(e) = Template::parse(&self.key_prefix) {
             ctx.error(&at("key_prefix"), e.to_string());

@@ -60,11 +60,7 @@ impl FirehoseSinkConfig {
     }
 
     pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
-        let at = |k: &str| {
-            let mut p = base.to_vec();
-            p.push(Seg::Key(k.into()));
-            p
-        };
+        let at = |k: &str| crate::confdiag::key(base, k);
         let mut ok = true;
         let name = &self.delivery_stream;
         let name_ok = (1..=64).contains(&name.len())

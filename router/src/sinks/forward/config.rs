@@ -174,11 +174,7 @@ fn default_flush_interval() -> Duration {
 
 impl ForwardSinkConfig {
     pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
-        let at = |k: &str| {
-            let mut p = base.to_vec();
-            p.push(Seg::Key(k.into()));
-            p
-        };
+        let at = |k: &str| crate::confdiag::key(base, k);
         let mut ok = true;
         if self.servers.is_empty() && self.host.trim().is_empty() {
             ctx.error(&at("host"), "must not be empty (set `host`, or a list of `servers`)");

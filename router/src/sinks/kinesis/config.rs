@@ -57,11 +57,7 @@ impl KinesisSinkConfig {
     }
 
     pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
-        let at = |k: &str| {
-            let mut p = base.to_vec();
-            p.push(Seg::Key(k.into()));
-            p
-        };
+        let at = |k: &str| crate::confdiag::key(base, k);
         let mut ok = true;
         let name = &self.stream;
         let name_ok = (1..=128).contains(&name.len())

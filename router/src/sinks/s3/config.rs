@@ -85,11 +85,7 @@ impl S3SinkConfig {
     }
 
     pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
-        let at = |k: &str| {
-            let mut p = base.to_vec();
-            p.push(Seg::Key(k.into()));
-            p
-        };
+        let at = |k: &str| crate::confdiag::key(base, k);
         let mut ok = true;
         let b = &self.bucket;
         let bucket_ok = (3..=63).contains(&b.len())

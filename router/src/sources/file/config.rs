@@ -116,11 +116,7 @@ impl FileSourceConfig {
 
     /// Checks what serde cannot; returns false after reporting problems.
     pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
-        let at = |k: &str| {
-            let mut p = base.to_vec();
-            p.push(Seg::Key(k.to_string()));
-            p
-        };
+        let at = |k: &str| crate::confdiag::key(base, k);
         let mut ok = true;
         if self.include.is_empty() {
             ctx.error(&at("include"), "must list at least one glob pattern");

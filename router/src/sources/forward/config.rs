@@ -103,11 +103,7 @@ impl ForwardSourceConfig {
 
     /// Checks what serde cannot; returns false after reporting problems.
     pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
-        let at = |k: &str| {
-            let mut p = base.to_vec();
-            p.push(Seg::Key(k.to_string()));
-            p
-        };
+        let at = |k: &str| crate::confdiag::key(base, k);
         let mut ok = true;
         if let Some(a) = &self.address
             && a.parse::<SocketAddr>().is_err()

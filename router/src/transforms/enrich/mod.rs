@@ -79,17 +79,14 @@ impl EnrichConfig {
         let mut ok = true;
         for (k, v) in &self.fields {
             if k.is_empty() || v.is_null() {
-                let mut p = base.to_vec();
-                p.push(Seg::Key("fields".into()));
+                let mut p = crate::confdiag::key(base, "fields");
                 p.push(Seg::Key(k.clone()));
                 ctx.error(&p, "field names must be non-empty and values non-null");
                 ok = false;
             }
         }
         if self.timeout > Duration::from_secs(30) || self.timeout < Duration::from_millis(10) {
-            let mut p = base.to_vec();
-            p.push(Seg::Key("timeout".into()));
-            ctx.error(&p, "must be between 10ms and 30s");
+            ctx.error(&crate::confdiag::key(base, "timeout"), "must be between 10ms and 30s");
             ok = false;
         }
         ok

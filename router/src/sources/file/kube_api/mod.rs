@@ -201,11 +201,7 @@ fn default_annotations_exclude() -> Vec<String> {
 impl KubernetesApiConfig {
     /// Checks what serde cannot; `base` is the path of this table.
     pub fn validate(&self, ctx: &mut Ctx<'_>, base: &[Seg]) -> bool {
-        let at = |k: &str| {
-            let mut p = base.to_vec();
-            p.push(Seg::Key(k.to_string()));
-            p
-        };
+        let at = |k: &str| crate::confdiag::key(base, k);
         let mut ok = true;
         for (key, value) in [
             ("endpoint", &self.endpoint),
