@@ -32,66 +32,29 @@
 //! attempts goes to the dead letters (`retries_exhausted`) so that one
 //! poisoned record cannot hold the stream forever; whole-call failures
 //! (stream missing, access denied, network) are retried until the sink is
-//! told to stop, since they say nothing about the records. That call loop
-//! lives in `records.rs`, shared with the Kinesis sink.
+//! told to stop, since they say nothing about the records. That call loop,
+//! and the event loop around it (queueing, flushing, the memory charge),
+//! live in `records/`, shared with the Kinesis sink; this file keeps the
+//! packing and the SDK call.
 
 mod config;
 
-use std::collections::VecDeque;
-use std::sync::Arc;
-use std::time::{Duration, Instant};
-
 use aws_sdk_firehose::primitives::Blob;
 use aws_sdk_firehose::types::Record;
-use prometheus_client::metrics::counter::Counter;
 use tokio::sync::mpsc;
-use tokio_util::sync::CancellationToken;
 
 pub use config::{FirehoseSinkConfig, MAX_RECORD_SIZE};
 
 use super::SinkContext;
-use super::aws::{self, Abandoned};
-use super::encoding::{MissingKey, RecordFormat};
-use super::records::{self, Answer, CallLimits, Caller, Settled};
-use crate::api::Health;
+use super::aws;
+use super::records::sink::{self, Pushed, Rec, Service, Settings};
+use super::records::{Answer, CallLimits};
 use crate::dead_letter::DeadLetters;
 use crate::event::{Batch, HeldAck};
-use crate::memory::Charge;
-use crate::metrics::ComponentMetrics;
 
 /// PutRecordBatch limits: records per call, and data bytes per call.
 pub const MAX_CALL_RECORDS: usize = 500;
 pub const MAX_CALL_BYTES: usize = 4 * 1024 * 1024;
-
-/// One Firehose record: log records, each ending in `\n`, and the tags (ack
-/// clones) of the batches they came from, one per batch.
-#[derive(Debug)]
-struct Rec<T> {
-    data: Vec<u8>,
-    lines: u64,
-    tags: Vec<T>,
-}
-
-impl<T> Rec<T> {
-    fn new() -> Self {
-        Rec {
-            data: Vec::new(),
-            lines: 0,
-            tags: Vec::new(),
-        }
-    }
-}
-
-/// What [`Packer::push`] did with a log record.
-#[derive(Debug)]
-enum Pushed<T> {
-    /// Appended to the open record.
-    Added,
-    /// The open record was full: here it is; the log record starts the next.
-    Closed(Rec<T>),
-    /// Longer than a Firehose record may be: not taken.
-    Oversize,
-}
 
 /// Packs log records into Firehose records of at most `limit` bytes, in
 /// order. No I/O; the tag type is generic so tests can follow batches.
@@ -155,38 +118,87 @@ impl<T: Clone> Packer<T> {
 
     fn take_open(&mut self) -> Rec<T> {
         self.tagged = false;
-        std::mem::replace(&mut self.open, Rec::new())
+        std::mem::take(&mut self.open)
     }
 }
 
-/// PutRecordBatch's limits.
-const LIMITS: CallLimits = CallLimits {
-    records: MAX_CALL_RECORDS,
-    bytes: MAX_CALL_BYTES,
-};
-
-struct FirehoseSink {
-    id: String,
-    cfg: FirehoseSinkConfig,
+/// The Firehose side of the record sink loop (`records/sink.rs`).
+struct Firehose {
     client: aws_sdk_firehose::Client,
+    stream: String,
     packer: Packer<HeldAck>,
-    /// Closed records waiting for a call, and their bytes.
-    queue: VecDeque<Rec<HeldAck>>,
-    queued_bytes: usize,
-    /// When the oldest log record not yet sent arrived.
-    oldest: Option<Instant>,
-    m: ComponentMetrics,
-    records_sent: Counter,
-    health: Arc<Health>,
-    stop: CancellationToken,
-    line: Vec<u8>,
-    /// What each record becomes (`log_key`, `timestamp_key`).
-    format: RecordFormat,
-    missing: MissingKey,
-    failing: bool,
-    dead: Arc<DeadLetters>,
-    /// Queued and packed bytes, against `memory_limit`.
-    charge: Charge,
+}
+
+impl Service for Firehose {
+    const SERVICE: &'static str = "Firehose";
+    const CALL: &'static str = "PutRecordBatch";
+    const LIMITS: CallLimits = CallLimits {
+        records: MAX_CALL_RECORDS,
+        bytes: MAX_CALL_BYTES,
+    };
+    type Entry = Record;
+    type Error = aws_sdk_firehose::operation::put_record_batch::PutRecordBatchError;
+
+    fn record_limit(&self) -> usize {
+        self.packer.limit
+    }
+
+    fn begin(&mut self, tag: Option<HeldAck>) {
+        self.packer.begin(tag);
+    }
+
+    fn end(&mut self) -> Option<HeldAck> {
+        self.packer.end()
+    }
+
+    fn push(&mut self, _: &Batch, _: usize, line: &[u8]) -> Pushed<HeldAck> {
+        self.packer.push(line)
+    }
+
+    fn take_open(&mut self) -> Option<Rec<HeldAck>> {
+        self.packer.take()
+    }
+
+    fn open_size(&self) -> usize {
+        self.packer.open.data.len()
+    }
+
+    fn entry(&self, _: String, data: Vec<u8>) -> Option<Record> {
+        // `data`, the only required field, is set: building cannot fail.
+        Record::builder()
+            .data(Blob::new(data))
+            .build()
+            .inspect_err(|e| tracing::error!(error = %e, "cannot build a Firehose record"))
+            .ok()
+    }
+
+    fn send(
+        &self,
+        records: Vec<Record>,
+    ) -> impl std::future::Future<Output = Result<Answer, sink::SdkErrorOf<Self::Error>>> + Send + 'static {
+        let call = self
+            .client
+            .put_record_batch()
+            .delivery_stream_name(&self.stream)
+            .set_records(Some(records));
+        async move {
+            call.send().await.map(|out| Answer {
+                failed_count: out.failed_put_count(),
+                codes: out
+                    .request_responses()
+                    .iter()
+                    .map(|e| e.error_code().map(str::to_string))
+                    .collect(),
+            })
+        }
+    }
+
+    fn exhausted(&self, rec: &Record, dead: &DeadLetters) {
+        dead.send(
+            "retries_exhausted",
+            rec.data().as_ref().split_inclusive(|b| *b == b'\n'),
+        );
+    }
 }
 
 pub async fn run(cfg: FirehoseSinkConfig, input: mpsc::Receiver<Batch>, cx: SinkContext) {
@@ -202,224 +214,38 @@ pub async fn run(cfg: FirehoseSinkConfig, input: mpsc::Receiver<Batch>, cx: Sink
 async fn run_with_client(
     cfg: FirehoseSinkConfig,
     client: aws_sdk_firehose::Client,
-    mut input: mpsc::Receiver<Batch>,
+    input: mpsc::Receiver<Batch>,
     cx: SinkContext,
 ) {
-    let SinkContext {
-        id,
-        m,
-        health,
-        stop,
-        dead,
-        memory,
-        ..
-    } = cx;
-    let tick_every = (cfg.flush_interval / 4).clamp(Duration::from_millis(10), Duration::from_secs(1));
     // Validated to be at most MAX_RECORD_SIZE, so it fits a usize.
     let limit = cfg.max_record_size.as_u64().min(MAX_RECORD_SIZE) as usize;
-    let mut sink = FirehoseSink {
-        client,
-        packer: Packer::new(limit),
-        queue: VecDeque::new(),
-        queued_bytes: 0,
-        oldest: None,
-        records_sent: m.firehose_records_sent(),
-        m,
-        health,
-        stop,
-        line: Vec::with_capacity(4096),
+    let settings = Settings {
+        flush_interval: cfg.flush_interval,
+        max_record_retries: cfg.max_record_retries,
         format: cfg.record_format(),
-        missing: MissingKey::default(),
-        failing: false,
-        dead,
-        charge: Charge::new(memory),
-        id,
-        cfg,
+        records_sent: cx.m.firehose_records_sent(),
     };
-    sink.health.set_sink(&sink.id, true);
-    let mut tick = tokio::time::interval(tick_every);
-    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    let abandoned = loop {
-        let r = tokio::select! {
-            b = input.recv() => match b {
-                Some(batch) => sink.write_batch(batch).await,
-                None => break false,
-            },
-            _ = tick.tick() => sink.flush_if_due().await,
-        };
-        // Without room in memory_limit for what waits here, send it now.
-        let r = match r {
-            Ok(()) if !sink.charge.resize(sink.queued_bytes + sink.packer.open.data.len()) => sink.flush_all().await,
-            r => r,
-        };
-        if r.is_err() {
-            break true;
-        }
+    let svc = Firehose {
+        client,
+        stream: cfg.delivery_stream,
+        packer: Packer::new(limit),
     };
-    // Abandoned: the records still held drop as failed (see `HeldAck`).
-    if !abandoned {
-        let _ = sink.flush_all().await;
-    }
-    tracing::info!(
-        records_sent = sink.records_sent.get(),
-        events_sent = sink.m.sent_events.get(),
-        "firehose sink finished"
-    );
-}
-
-impl FirehoseSink {
-    /// Packs a batch; sends every call that became full on the way.
-    async fn write_batch(&mut self, batch: Batch) -> Result<(), Abandoned> {
-        let n = batch.len();
-        self.m.received_events.inc_by(n as u64);
-        self.packer.begin(batch.ack.clone().map(|a| HeldAck(Some(a))));
-        let mut result = Ok(());
-        for i in 0..n {
-            self.line.clear();
-            if !self.format.encode(&batch, i, &mut self.line) {
-                self.missing.record();
-                continue;
-            }
-            self.line.push(b'\n');
-            self.m.received_bytes.inc_by(self.line.len() as u64);
-            match self.packer.push(&self.line) {
-                Pushed::Oversize => {
-                    self.dead.send("over_size_limit", [&self.line[..]]);
-                    continue;
-                }
-                Pushed::Added => {}
-                Pushed::Closed(rec) => {
-                    self.enqueue(rec);
-                    if let Err(a) = self.send_ready().await {
-                        result = Err(a);
-                        break;
-                    }
-                }
-            }
-            self.oldest.get_or_insert_with(Instant::now);
-        }
-        self.missing.flush(&self.m, &self.format);
-        if let Some(tag) = self.packer.end() {
-            tag.release();
-        }
-        if result.is_err() {
-            // Not all of its records were packed.
-            batch.fail();
-        }
-        result
-    }
-
-    fn enqueue(&mut self, rec: Rec<HeldAck>) {
-        self.queued_bytes += rec.data.len();
-        self.queue.push_back(rec);
-    }
-
-    /// Sends full calls while the queue has them.
-    async fn send_ready(&mut self) -> Result<(), Abandoned> {
-        while records::call_ready(self.queue.len(), self.queued_bytes, self.packer.limit, LIMITS) {
-            self.send_next().await?;
-        }
-        Ok(())
-    }
-
-    async fn flush_if_due(&mut self) -> Result<(), Abandoned> {
-        match self.oldest {
-            Some(t) if t.elapsed() >= self.cfg.flush_interval => self.flush_all().await,
-            _ => Ok(()),
-        }
-    }
-
-    /// Closes the open record and sends everything.
-    async fn flush_all(&mut self) -> Result<(), Abandoned> {
-        if let Some(rec) = self.packer.take() {
-            self.enqueue(rec);
-        }
-        while !self.queue.is_empty() {
-            self.send_next().await?;
-        }
-        self.oldest = None;
-        Ok(())
-    }
-
-    async fn send_next(&mut self) -> Result<(), Abandoned> {
-        let n = records::next_call(self.queue.iter().map(|r| r.data.len()), LIMITS);
-        let recs: Vec<Rec<HeldAck>> = self.queue.drain(..n).collect();
-        self.queued_bytes -= recs.iter().map(|r| r.data.len()).sum::<usize>();
-        self.put(recs).await
-    }
-
-    /// One PutRecordBatch call, until every record is accepted: rejected
-    /// records alone are sent again after a backoff (see `records.rs`).
-    async fn put(&mut self, recs: Vec<Rec<HeldAck>>) -> Result<(), Abandoned> {
-        // The record data moves into the request; `held` keeps the rest.
-        let mut held = Vec::with_capacity(recs.len());
-        let mut records = Vec::with_capacity(recs.len());
-        for r in recs {
-            let bytes = r.data.len();
-            // `data`, the only required field, is set: building cannot fail.
-            // Should it, the record is dropped here and its acks fail.
-            match Record::builder().data(Blob::new(r.data)).build() {
-                Ok(rec) => {
-                    records.push(rec);
-                    held.push((r.lines, bytes, r.tags));
-                }
-                Err(e) => tracing::error!(error = %e, "cannot build a Firehose record"),
-            }
-        }
-        let (client, stream) = (self.client.clone(), self.cfg.delivery_stream.clone());
-        let send = |records: Vec<Record>| {
-            let call = client
-                .put_record_batch()
-                .delivery_stream_name(&stream)
-                .set_records(Some(records));
-            async move {
-                call.send().await.map(|out| Answer {
-                    failed_count: out.failed_put_count(),
-                    codes: out
-                        .request_responses()
-                        .iter()
-                        .map(|e| e.error_code().map(str::to_string))
-                        .collect(),
-                })
-            }
-        };
-        let caller = Caller {
-            id: &self.id,
-            service: "Firehose",
-            what: "PutRecordBatch",
-            m: &self.m,
-            health: &self.health,
-            stop: &self.stop,
-            failing: &mut self.failing,
-            max_record_retries: self.cfg.max_record_retries,
-        };
-        let (m, records_sent, dead) = (&self.m, &self.records_sent, &self.dead);
-        records::put_all(caller, records, held, send, |settled, rec, (lines, bytes, tags)| {
-            match settled {
-                Settled::Accepted => {
-                    m.sent_events.inc_by(lines);
-                    m.sent_bytes.inc_by(bytes as u64);
-                    records_sent.inc();
-                }
-                Settled::Exhausted => {
-                    let lines = rec.data().as_ref().split_inclusive(|b| *b == b'\n');
-                    dead.send("retries_exhausted", lines);
-                }
-            }
-            // Delivered, or dropped on purpose and counted: the batches may
-            // move on.
-            for t in tags {
-                t.release();
-            }
-        })
-        .await
-    }
+    sink::run(svc, settings, input, cx).await;
 }
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
     use super::*;
     use crate::event::AckToken;
+    use tokio_util::sync::CancellationToken;
+
+    use crate::api::Health;
+    use crate::sinks::records;
+
+    const LIMITS: CallLimits = <Firehose as Service>::LIMITS;
 
     fn line(id: usize, len: usize) -> Vec<u8> {
         // `{"i":N,"p":"xxx"}\n` padded to exactly `len` bytes.
@@ -547,7 +373,7 @@ mod tests {
         }
     }
 
-    // `call_ready` and `failed_indices` are tested in `records.rs`.
+    // `call_ready` and `failed_indices` are tested in `records/`.
 
     #[test]
     fn dropped_unreleased_acks_fail_their_batch() {
@@ -567,146 +393,7 @@ mod tests {
         assert!(rx.try_recv().unwrap().delivered);
     }
 
-    /// A scripted Firehose endpoint: answers the PutRecordBatch calls in
-    /// order, records the data each call carried.
-    mod server {
-        use std::io::{BufRead, BufReader, Read, Write};
-        use std::net::{TcpListener, TcpStream};
-        use std::sync::{Arc, Mutex};
-
-        #[derive(Debug, Clone)]
-        pub enum Answer {
-            /// Accept every record.
-            Ok,
-            /// `FailedPutCount > 0`: reject the records at these indices.
-            Reject(Vec<usize>),
-            /// The whole call fails with this status and error type.
-            Error(u16, &'static str),
-        }
-
-        #[derive(Default)]
-        pub struct State {
-            pub script: Vec<Answer>,
-            /// The records (decoded data) of every call, in order.
-            pub calls: Vec<Vec<Vec<u8>>>,
-        }
-
-        pub fn start(script: Vec<Answer>) -> (String, Arc<Mutex<State>>) {
-            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-            let url = format!("http://{}", listener.local_addr().unwrap());
-            let state = Arc::new(Mutex::new(State {
-                script,
-                calls: Vec::new(),
-            }));
-            let st = state.clone();
-            std::thread::spawn(move || {
-                for conn in listener.incoming().flatten() {
-                    let st = st.clone();
-                    std::thread::spawn(move || serve(conn, st));
-                }
-            });
-            (url, state)
-        }
-
-        fn serve(conn: TcpStream, st: Arc<Mutex<State>>) {
-            let mut w = conn.try_clone().unwrap();
-            let mut r = BufReader::new(conn);
-            loop {
-                let mut len = 0usize;
-                let mut first = true;
-                loop {
-                    let mut l = String::new();
-                    if r.read_line(&mut l).unwrap_or(0) == 0 {
-                        return;
-                    }
-                    let l = l.trim_end();
-                    if l.is_empty() && !first {
-                        break;
-                    }
-                    first = false;
-                    if let Some((k, v)) = l.split_once(':')
-                        && k.eq_ignore_ascii_case("content-length")
-                    {
-                        len = v.trim().parse().unwrap();
-                    }
-                }
-                let mut body = vec![0; len];
-                r.read_exact(&mut body).unwrap();
-                let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
-                let records: Vec<Vec<u8>> = req["Records"]
-                    .as_array()
-                    .unwrap()
-                    .iter()
-                    .map(|rec| base64(rec["Data"].as_str().unwrap()))
-                    .collect();
-                let n = records.len();
-                let answer = {
-                    let mut s = st.lock().unwrap();
-                    s.calls.push(records);
-                    if s.script.is_empty() {
-                        Answer::Ok
-                    } else {
-                        s.script.remove(0)
-                    }
-                };
-                let (status, text) = match answer {
-                    Answer::Ok => (200, put_response(n, &[])),
-                    Answer::Reject(idx) => (200, put_response(n, &idx)),
-                    Answer::Error(status, kind) => (
-                        status,
-                        serde_json::json!({"__type": kind, "message": "scripted"}).to_string(),
-                    ),
-                };
-                let head = format!(
-                    "HTTP/1.1 {status} X\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n",
-                    text.len()
-                );
-                if w.write_all(head.as_bytes())
-                    .and_then(|_| w.write_all(text.as_bytes()))
-                    .is_err()
-                {
-                    return;
-                }
-            }
-        }
-
-        fn put_response(n: usize, rejected: &[usize]) -> String {
-            let entries: Vec<serde_json::Value> = (0..n)
-                .map(|i| {
-                    if rejected.contains(&i) {
-                        serde_json::json!({"ErrorCode": "ServiceUnavailableException", "ErrorMessage": "slow down"})
-                    } else {
-                        serde_json::json!({"RecordId": format!("r{i}")})
-                    }
-                })
-                .collect();
-            serde_json::json!({"FailedPutCount": rejected.len(), "Encrypted": false, "RequestResponses": entries})
-                .to_string()
-        }
-
-        fn base64(s: &str) -> Vec<u8> {
-            let val = |c: u8| match c {
-                b'A'..=b'Z' => c - b'A',
-                b'a'..=b'z' => c - b'a' + 26,
-                b'0'..=b'9' => c - b'0' + 52,
-                b'+' => 62,
-                b'/' => 63,
-                _ => panic!("not base64: {c}"),
-            };
-            let mut out = Vec::new();
-            for chunk in s.as_bytes().chunks(4) {
-                let digits: Vec<u8> = chunk.iter().filter(|&&c| c != b'=').map(|&c| val(c)).collect();
-                let mut acc = 0u32;
-                for (i, d) in digits.iter().enumerate() {
-                    acc |= (*d as u32) << (18 - 6 * i);
-                }
-                out.extend_from_slice(&acc.to_be_bytes()[1..digits.len()]);
-            }
-            out
-        }
-    }
-
-    use server::Answer;
+    use records::scripted::{self, Answer};
 
     struct Outcome {
         calls: Vec<Vec<Vec<u8>>>,
@@ -728,7 +415,7 @@ mod tests {
         max_record_retries: u32,
         dead_letter_dir: Option<&std::path::Path>,
     ) -> Outcome {
-        let (url, state) = server::start(script);
+        let (url, state) = scripted::start(scripted::FIREHOSE, script);
         let conf = aws_sdk_firehose::Config::builder()
             .behavior_version_latest()
             .region(aws_sdk_firehose::config::Region::new("us-east-1"))
@@ -788,7 +475,7 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        let calls = state.lock().unwrap().calls.clone();
+        let calls = state.lock().unwrap().data();
         Outcome {
             calls,
             acks: ack_rx.try_iter().collect(),

@@ -1,7 +1,16 @@
 use std::collections::BTreeSet;
 
+use std::sync::Arc;
+use std::time::Duration;
+
 use super::*;
 use crate::event::AckToken;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::Health;
+use crate::sinks::records;
+
+const LIMITS: CallLimits = <Kinesis as Service>::LIMITS;
 
 /// `{"i":N,"k":"K","p":"xxx"}\n` padded to exactly `len` bytes; `k` left
 /// out when `key` is `None`.
@@ -27,7 +36,7 @@ fn id_of(data: &[u8]) -> usize {
 
 /// Builds from batches of (key, line length); returns the records (tag =
 /// batch number) and how many lines were refused.
-fn build(aggregation: bool, batches: &[Vec<(&str, usize)>]) -> (Vec<KRec<usize>>, usize) {
+fn build(aggregation: bool, batches: &[Vec<(&str, usize)>]) -> (Vec<Rec<usize>>, usize) {
     let mut b = Builder::new(aggregation);
     let (mut out, mut oversize, mut id) = (Vec::new(), 0, 0);
     for (n, lines) in batches.iter().enumerate() {
@@ -52,7 +61,7 @@ fn one_record_per_log_record_up_to_one_mib_with_the_key() {
     let m = MAX_RECORD_BYTES;
     let (recs, oversize) = build(false, &[vec![("abcd", m - 4), ("abcd", m - 3), ("k", 100), ("", m)]]);
     assert_eq!(oversize, 1);
-    let sizes: Vec<usize> = recs.iter().map(KRec::size).collect();
+    let sizes: Vec<usize> = recs.iter().map(Rec::size).collect();
     assert_eq!(sizes, [m, 101, m]);
     assert_eq!(recs.iter().map(|r| id_of(&r.data)).collect::<Vec<_>>(), [1, 3, 4]);
     assert!(recs.iter().all(|r| r.lines == 1 && r.tags == [0]));
@@ -181,141 +190,7 @@ fn calls_hold_at_most_500_records_and_5_mib() {
 
 // ---- Against a scripted Kinesis endpoint ----
 
-/// A scripted Kinesis endpoint: answers the PutRecords calls in order,
-/// records what each call carried.
-mod server {
-    use std::io::{BufRead, BufReader, Read, Write};
-    use std::net::{TcpListener, TcpStream};
-    use std::sync::{Arc, Mutex};
-
-    use base64::Engine;
-
-    #[derive(Debug, Clone)]
-    pub enum Answer {
-        /// Accept every record.
-        Ok,
-        /// `FailedRecordCount > 0`: reject the records at these indices.
-        Reject(Vec<usize>),
-        /// The whole call fails with this status and error type.
-        Error(u16, &'static str),
-    }
-
-    #[derive(Default)]
-    pub struct State {
-        pub script: Vec<Answer>,
-        /// (partition key, data) of every record of every call, in order.
-        pub calls: Vec<Vec<(String, Vec<u8>)>>,
-        /// Request body sizes.
-        pub bodies: Vec<usize>,
-    }
-
-    pub fn start(script: Vec<Answer>) -> (String, Arc<Mutex<State>>) {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let state = Arc::new(Mutex::new(State {
-            script,
-            ..State::default()
-        }));
-        let st = state.clone();
-        std::thread::spawn(move || {
-            for conn in listener.incoming().flatten() {
-                let st = st.clone();
-                std::thread::spawn(move || serve(conn, st));
-            }
-        });
-        (url, state)
-    }
-
-    fn serve(conn: TcpStream, st: Arc<Mutex<State>>) {
-        let mut w = conn.try_clone().unwrap();
-        let mut r = BufReader::new(conn);
-        loop {
-            let mut len = 0usize;
-            let mut target = String::new();
-            let mut first = true;
-            loop {
-                let mut l = String::new();
-                if r.read_line(&mut l).unwrap_or(0) == 0 {
-                    return;
-                }
-                let l = l.trim_end();
-                if l.is_empty() && !first {
-                    break;
-                }
-                first = false;
-                if let Some((k, v)) = l.split_once(':') {
-                    if k.eq_ignore_ascii_case("content-length") {
-                        len = v.trim().parse().unwrap();
-                    }
-                    if k.eq_ignore_ascii_case("x-amz-target") {
-                        target = v.trim().to_string();
-                    }
-                }
-            }
-            let mut body = vec![0; len];
-            r.read_exact(&mut body).unwrap();
-            assert_eq!(target, "Kinesis_20131202.PutRecords");
-            let req: serde_json::Value = serde_json::from_slice(&body).unwrap();
-            assert_eq!(req["StreamName"], "s");
-            let b64 = base64::engine::general_purpose::STANDARD;
-            let records: Vec<(String, Vec<u8>)> = req["Records"]
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|rec| {
-                    (
-                        rec["PartitionKey"].as_str().unwrap().to_string(),
-                        b64.decode(rec["Data"].as_str().unwrap()).unwrap(),
-                    )
-                })
-                .collect();
-            let n = records.len();
-            let answer = {
-                let mut s = st.lock().unwrap();
-                s.calls.push(records);
-                s.bodies.push(len);
-                if s.script.is_empty() {
-                    Answer::Ok
-                } else {
-                    s.script.remove(0)
-                }
-            };
-            let (status, text) = match answer {
-                Answer::Ok => (200, put_response(n, &[])),
-                Answer::Reject(idx) => (200, put_response(n, &idx)),
-                Answer::Error(status, kind) => (
-                    status,
-                    serde_json::json!({"__type": kind, "message": "scripted"}).to_string(),
-                ),
-            };
-            let head = format!(
-                "HTTP/1.1 {status} X\r\nContent-Type: application/x-amz-json-1.1\r\nContent-Length: {}\r\n\r\n",
-                text.len()
-            );
-            if w.write_all(head.as_bytes())
-                .and_then(|_| w.write_all(text.as_bytes()))
-                .is_err()
-            {
-                return;
-            }
-        }
-    }
-
-    fn put_response(n: usize, rejected: &[usize]) -> String {
-        let entries: Vec<serde_json::Value> = (0..n)
-            .map(|i| {
-                if rejected.contains(&i) {
-                    serde_json::json!({"ErrorCode": "ProvisionedThroughputExceededException", "ErrorMessage": "slow down"})
-                } else {
-                    serde_json::json!({"SequenceNumber": format!("{i}"), "ShardId": "shardId-000000000000"})
-                }
-            })
-            .collect();
-        serde_json::json!({"FailedRecordCount": rejected.len(), "Records": entries}).to_string()
-    }
-}
-
-use server::Answer as Script;
+use records::scripted::{self, Answer as Script};
 
 struct Outcome {
     calls: Vec<Vec<(String, Vec<u8>)>>,
@@ -352,7 +227,7 @@ impl Default for Run<'_> {
 }
 
 async fn scenario(run: Run<'_>) -> Outcome {
-    let (url, state) = server::start(run.script);
+    let (url, state) = scripted::start(scripted::KINESIS, run.script);
     let conf = aws_sdk_kinesis::Config::builder()
         .behavior_version_latest()
         .region(aws_sdk_kinesis::config::Region::new("us-east-1"))

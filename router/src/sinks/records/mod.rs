@@ -8,7 +8,12 @@
 //! retried until the sink is told to stop; a response that does not line up
 //! with the request resends everything, since a duplicate is better than a
 //! loss) must not drift apart between the two sinks. Each sink keeps what is
-//! its own: how log records become service records, and the SDK call.
+//! its own: how log records become service records, and the SDK call
+//! ([`sink::Service`]); the event loop around the calls is [`sink::run`].
+
+#[cfg(test)]
+pub mod scripted;
+pub mod sink;
 
 use std::future::Future;
 
