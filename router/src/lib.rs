@@ -20,6 +20,7 @@ pub mod query;
 pub mod sinks;
 pub mod sources;
 pub mod template;
+pub mod timer;
 pub mod topology;
 pub mod transforms;
 pub mod watchdog;

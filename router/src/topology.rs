@@ -603,7 +603,7 @@ impl Running {
                     self.forced_seen = Some(now);
                     give_up = Some(now + SOURCE_STOP);
                 }
-                _ = sleep_until(give_up), if give_up.is_some() => {
+                _ = crate::timer::sleep_until(give_up), if give_up.is_some() => {
                     return Err(StopError::SourcesStuck(waiting.into_iter().map(|(_, id)| id).collect()));
                 }
             }
@@ -645,13 +645,6 @@ impl Running {
 async fn sleep_for(d: Option<Duration>) {
     match d {
         Some(d) => tokio::time::sleep(d).await,
-        None => std::future::pending().await,
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t.into()).await,
         None => std::future::pending().await,
     }
 }

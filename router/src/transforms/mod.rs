@@ -3,6 +3,7 @@
 pub mod condition;
 pub mod enrich;
 pub mod filter;
+pub mod joining;
 pub mod multiline;
 pub mod parse;
 pub mod partial_message;

@@ -641,54 +641,32 @@ impl Joiner {
     }
 }
 
+impl crate::transforms::joining::Join for Joiner {
+    fn push(&mut self, batch: Batch, now: Instant) -> Vec<Batch> {
+        Joiner::push(self, batch, now)
+    }
+    fn expire(&mut self, now: Instant) -> Vec<Batch> {
+        Joiner::expire(self, now)
+    }
+    fn flush_all(&mut self) -> Vec<Batch> {
+        Joiner::flush_all(self)
+    }
+    fn next_deadline(&self) -> Option<Instant> {
+        Joiner::next_deadline(self)
+    }
+}
+
 pub async fn run(
     id: String,
     cfg: MultilineConfig,
-    mut input: mpsc::Receiver<Batch>,
+    input: mpsc::Receiver<Batch>,
     output: Fanout,
     metrics: Arc<Metrics>,
     memory: Arc<Semaphore>,
 ) {
     let m = metrics.component(&id, "multiline");
-    let mut joiner = Joiner::new(cfg, Some(m.clone()), Some(memory));
-    let send = |batches: Vec<Batch>| {
-        let (output, m) = (&output, &m);
-        async move {
-            for b in batches {
-                let (n, bytes) = (b.len() as u64, b.bytes());
-                output.send(b).await?;
-                m.sent_events.inc_by(n);
-                m.sent_bytes.inc_by(bytes);
-            }
-            Ok::<(), crate::topology::Closed>(())
-        }
-    };
-    loop {
-        let deadline = joiner.next_deadline();
-        let batches = tokio::select! {
-            b = input.recv() => match b {
-                Some(b) => {
-                    m.received_events.inc_by(b.len() as u64);
-                    m.received_bytes.inc_by(b.bytes());
-                    joiner.push(b, Instant::now())
-                }
-                None => break,
-            },
-            () = sleep_until(deadline) => joiner.expire(Instant::now()),
-        };
-        if send(batches).await.is_err() {
-            return;
-        }
-    }
-    // Input closed: every held line goes out before this task ends.
-    let _ = send(joiner.flush_all()).await;
-}
-
-pub(crate) async fn sleep_until(deadline: Option<Instant>) {
-    match deadline {
-        Some(d) => tokio::time::sleep_until(d).await,
-        None => std::future::pending().await,
-    }
+    let joiner = Joiner::new(cfg, Some(m.clone()), Some(memory));
+    crate::transforms::joining::run(joiner, input, output, m, true).await
 }
 
 #[cfg(test)]

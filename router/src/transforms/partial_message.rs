@@ -69,7 +69,7 @@ use crate::event::{AckToken, Batch, Fields};
 use crate::metrics::{ComponentMetrics, Metrics};
 use crate::sources::file::parse::{key_bit, lookup_field, lookup_string, members, write_str};
 use crate::topology::Fanout;
-use crate::transforms::multiline::{Budget, Out, sleep_until};
+use crate::transforms::multiline::{Budget, Out};
 
 /// The Docker keys of a partial message.
 const MESSAGE: &str = "partial_message";
@@ -571,6 +571,21 @@ fn emit(
     slot.records.push_written(start, g.ts_ms, mask);
 }
 
+impl crate::transforms::joining::Join for PartialJoiner {
+    fn push(&mut self, batch: Batch, now: Instant) -> Vec<Batch> {
+        PartialJoiner::push(self, batch, now)
+    }
+    fn expire(&mut self, now: Instant) -> Vec<Batch> {
+        PartialJoiner::expire(self, now)
+    }
+    fn flush_all(&mut self) -> Vec<Batch> {
+        PartialJoiner::flush_all(self)
+    }
+    fn next_deadline(&self) -> Option<Instant> {
+        PartialJoiner::next_deadline(self)
+    }
+}
+
 /// The transform's task.
 pub async fn run(
     id: String,
@@ -589,48 +604,14 @@ pub async fn run(
 /// transform does; a source whose batches pass through here already did).
 pub async fn join(
     cfg: PartialMessageConfig,
-    mut input: mpsc::Receiver<Batch>,
+    input: mpsc::Receiver<Batch>,
     output: Fanout,
     m: ComponentMetrics,
     count: bool,
     memory: Arc<Semaphore>,
 ) {
-    let mut joiner = PartialJoiner::new(cfg, Some(m.clone()), Some(memory));
-    let send = |batches: Vec<Batch>| {
-        let (output, m) = (&output, &m);
-        async move {
-            for b in batches {
-                let (n, bytes) = (b.len() as u64, b.bytes());
-                output.send(b).await?;
-                if count {
-                    m.sent_events.inc_by(n);
-                    m.sent_bytes.inc_by(bytes);
-                }
-            }
-            Ok::<(), crate::topology::Closed>(())
-        }
-    };
-    loop {
-        let deadline = joiner.next_deadline();
-        let batches = tokio::select! {
-            b = input.recv() => match b {
-                Some(b) => {
-                    if count {
-                        m.received_events.inc_by(b.len() as u64);
-                        m.received_bytes.inc_by(b.bytes());
-                    }
-                    joiner.push(b, Instant::now())
-                }
-                None => break,
-            },
-            () = sleep_until(deadline) => joiner.expire(Instant::now()),
-        };
-        if send(batches).await.is_err() {
-            return;
-        }
-    }
-    // Input closed: every held part goes out before this task ends.
-    let _ = send(joiner.flush_all()).await;
+    let joiner = PartialJoiner::new(cfg, Some(m.clone()), Some(memory));
+    crate::transforms::joining::run(joiner, input, output, m, count).await
 }
 
 #[cfg(test)]

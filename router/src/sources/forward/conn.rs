@@ -253,8 +253,8 @@ impl Conn {
                 _ = self.sh.shutdown.cancelled(), if draining.is_none() => {
                     draining = Some(Instant::now());
                 }
-                _ = sleep_until(wake), if wake.is_some() => {}
-                _ = sleep_until(silent_hint), if silent_hint.is_some() && draining.is_none() => {
+                _ = crate::timer::sleep_until(wake), if wake.is_some() => {}
+                _ = crate::timer::sleep_until(silent_hint), if silent_hint.is_some() && draining.is_none() => {
                     silent_hint = None;
                     if self.sh.auth_log_due(&self.peer.host, "silent") {
                         tracing::info!(source = %self.sh.m.id, conn = self.id, peer = %self.peer.addr,
@@ -567,12 +567,5 @@ impl Conn {
                 },
             }
         }
-    }
-}
-
-async fn sleep_until(at: Option<tokio::time::Instant>) {
-    match at {
-        Some(t) => tokio::time::sleep_until(t).await,
-        None => std::future::pending().await,
     }
 }
