@@ -155,15 +155,21 @@ impl<W: World> FileSource<W> {
 
     /// Sends the records parsed so far, with an ack token covering
     /// everything up to `w.consumed`.
+    /// Lets the checkpoint pass what was consumed without a batch (empty
+    /// lines, an excluded pod's records): an empty batch, acked at once.
+    fn pass_consumed(&mut self, w: &mut Watched<W::File>) {
+        let at = self.position_here(w);
+        let seq = w.push_mark(at);
+        w.tracker.ack(seq, true);
+        self.checkpoints_dirty = true;
+    }
+
     pub(super) fn send_batch(&mut self, w: &mut Watched<W::File>) -> Result<(), SourceError> {
         if self.records.is_empty() {
             // Lines that produced no record (empty lines) are still consumed:
             // track an empty batch so the checkpoint can pass them.
             if w.consumed != w.mark.offset {
-                let at = self.position_here(w);
-                let seq = w.push_mark(at);
-                w.tracker.ack(seq, true);
-                self.checkpoints_dirty = true;
+                self.pass_consumed(w);
             }
             return Ok(());
         }
@@ -178,10 +184,7 @@ impl<W: World> FileSource<W> {
                 self.records.meta.clear();
                 self.counters.m.received_events.inc_by(count);
                 self.counters.m.discarded(super::KUBERNETES_EXCLUDED, count);
-                let at = self.position_here(w);
-                let seq = w.push_mark(at);
-                w.tracker.ack(seq, true);
-                self.checkpoints_dirty = true;
+                self.pass_consumed(w);
                 return Ok(());
             }
             k8s_fields = Some(meta.fields.clone());
@@ -225,12 +228,9 @@ impl<W: World> FileSource<W> {
             records.permit = Some(permit);
             let mut batch = Batch::new(records, Some(ack));
             batch.fields.extend(fields);
-            let n = outputs.len();
-            for (i, tx) in outputs.iter().enumerate() {
-                let b = if i + 1 == n { None } else { Some(batch.clone()) };
-                let b = b.unwrap_or_else(|| batch.clone());
+            for tx in outputs.iter() {
                 let sent = tokio::select! {
-                    r = tx.send(b) => r.is_ok(),
+                    r = tx.send(batch.clone()) => r.is_ok(),
                     _ = force.cancelled() => false,
                 };
                 if !sent {
