@@ -155,6 +155,41 @@ impl Rig {
         panic!("no ack within 30s");
     }
 
+    /// Sends chunks `seqs` from a task of their own (the sink takes one at
+    /// a time, so a test can serve and ack meanwhile).
+    fn feed(&self, seqs: std::ops::Range<u64>) -> tokio::task::JoinHandle<()> {
+        let all: Vec<Chunk> = seqs.map(|s| self.chunk(s)).collect();
+        let tx = self.chunks.clone();
+        tokio::spawn(async move {
+            for c in all {
+                tx.send(c).await.unwrap();
+            }
+        })
+    }
+
+    /// The next `n` batch acks, each delivered; their seqs, sorted.
+    async fn delivered(&self, n: usize) -> Vec<u64> {
+        let mut seqs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let a = self.next_ack().await;
+            assert!(a.delivered, "chunk {} failed", a.seq);
+            seqs.push(a.seq);
+        }
+        seqs.sort();
+        seqs
+    }
+
+    /// Closes the sink's input and waits for its task to end (having
+    /// delivered what it held).
+    async fn input_ends(&mut self) {
+        let (tx, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.chunks, tx));
+        tokio::time::timeout(Duration::from_secs(30), &mut self.task)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+
     fn charged(&self) -> usize {
         (1 << 20) - self.memory.available_permits()
     }
@@ -162,7 +197,7 @@ impl Rig {
 
 #[tokio::test]
 async fn acks_out_of_order_release_exactly_their_chunks() {
-    let r = rig(4).await;
+    let mut r = rig(4).await;
     for seq in 0..4 {
         r.chunks.send(r.chunk(seq)).await.unwrap();
     }
@@ -191,17 +226,13 @@ async fn acks_out_of_order_release_exactly_their_chunks() {
     assert_eq!((a.seq, a.delivered), (1, true));
     assert_eq!(r.m.sent_events.get(), 4);
     assert_eq!(r.charged(), 0);
-    drop(r.chunks);
-    tokio::time::timeout(Duration::from_secs(30), r.task)
-        .await
-        .unwrap()
-        .unwrap();
+    r.input_ends().await;
     assert_eq!(r.m.retries.get(), 0);
 }
 
 #[tokio::test]
 async fn a_dropped_connection_resends_the_unacked_chunks_in_order() {
-    let r = rig(4).await;
+    let mut r = rig(4).await;
     for seq in 0..4 {
         r.chunks.send(r.chunk(seq)).await.unwrap();
     }
@@ -213,15 +244,7 @@ async fn a_dropped_connection_resends_the_unacked_chunks_in_order() {
     assert_eq!(r.next_ack().await.seq, 1);
     // Hang up with 0, 2 and 3 in flight; more chunks queue meanwhile.
     drop(p);
-    let feeder = {
-        let more: Vec<Chunk> = (4..8).map(|s| r.chunk(s)).collect();
-        let tx = r.chunks.clone();
-        tokio::spawn(async move {
-            for c in more {
-                tx.send(c).await.unwrap();
-            }
-        })
-    };
+    let feeder = r.feed(4..8);
     let mut p = r.peer().await;
     let mut ids = Vec::new();
     while ids.len() < 7 {
@@ -236,36 +259,17 @@ async fn a_dropped_connection_resends_the_unacked_chunks_in_order() {
             "chunk-0", "chunk-2", "chunk-3", "chunk-4", "chunk-5", "chunk-6", "chunk-7"
         ]
     );
-    let mut seqs: Vec<u64> = Vec::new();
-    for _ in 0..7 {
-        let a = r.next_ack().await;
-        assert!(a.delivered);
-        seqs.push(a.seq);
-    }
-    seqs.sort();
-    assert_eq!(seqs, [0, 2, 3, 4, 5, 6, 7]);
+    assert_eq!(r.delivered(7).await, [0, 2, 3, 4, 5, 6, 7]);
     assert_eq!(r.m.sent_events.get(), 8);
     assert!(r.m.retries.get() >= 1);
     feeder.await.unwrap();
-    drop(r.chunks);
-    tokio::time::timeout(Duration::from_secs(30), r.task)
-        .await
-        .unwrap()
-        .unwrap();
+    r.input_ends().await;
 }
 
 #[tokio::test]
 async fn max_in_flight_one_writes_each_chunk_after_the_last_ack() {
-    let r = rig(1).await;
-    let feeder = {
-        let all: Vec<Chunk> = (0..5).map(|s| r.chunk(s)).collect();
-        let tx = r.chunks.clone();
-        tokio::spawn(async move {
-            for c in all {
-                tx.send(c).await.unwrap();
-            }
-        })
-    };
+    let mut r = rig(1).await;
+    let feeder = r.feed(0..5);
     let mut p = r.peer().await;
     for seq in 0..5u64 {
         let id = p.next_chunk().await.unwrap();
@@ -283,11 +287,7 @@ async fn max_in_flight_one_writes_each_chunk_after_the_last_ack() {
         assert_eq!(r.next_ack().await.seq, seq);
     }
     feeder.await.unwrap();
-    drop(r.chunks);
-    tokio::time::timeout(Duration::from_secs(30), r.task)
-        .await
-        .unwrap()
-        .unwrap();
+    r.input_ends().await;
     r.stop.cancel();
 }
 
@@ -296,20 +296,12 @@ async fn a_dead_first_server_sends_everything_to_the_second() {
     let live = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let live_port = live.local_addr().unwrap().port();
     let dead = dead_port().await;
-    let r = rig_with(
+    let mut r = rig_with(
         vec![live],
         &format!("{}\nmax_in_flight = 4", servers(&[dead, live_port])),
     )
     .await;
-    let feeder = {
-        let all: Vec<Chunk> = (0..10).map(|s| r.chunk(s)).collect();
-        let tx = r.chunks.clone();
-        tokio::spawn(async move {
-            for c in all {
-                tx.send(c).await.unwrap();
-            }
-        })
-    };
+    let feeder = r.feed(0..10);
     let mut p = r.peer_at(0).await;
     let mut ids = Vec::new();
     while ids.len() < 10 {
@@ -319,23 +311,12 @@ async fn a_dead_first_server_sends_everything_to_the_second() {
     }
     let want: Vec<String> = (0..10).map(|s| format!("chunk-{s}")).collect();
     assert_eq!(ids, want);
-    let mut seqs: Vec<u64> = Vec::new();
-    for _ in 0..10 {
-        let a = r.next_ack().await;
-        assert!(a.delivered);
-        seqs.push(a.seq);
-    }
-    seqs.sort();
-    assert_eq!(seqs, (0..10).collect::<Vec<_>>());
+    assert_eq!(r.delivered(10).await, (0..10).collect::<Vec<_>>());
     // One refused connect to the dead server, no more: the sink stays on
     // the live one.
     assert_eq!(r.m.retries.get(), 1);
     feeder.await.unwrap();
-    drop(r.chunks);
-    tokio::time::timeout(Duration::from_secs(30), r.task)
-        .await
-        .unwrap()
-        .unwrap();
+    r.input_ends().await;
 }
 
 #[tokio::test]
@@ -344,15 +325,7 @@ async fn a_server_dying_mid_stream_loses_nothing() {
     let b = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let ports = [a.local_addr().unwrap().port(), b.local_addr().unwrap().port()];
     let mut r = rig_with(vec![a, b], &format!("{}\nmax_in_flight = 4", servers(&ports))).await;
-    let feeder = {
-        let all: Vec<Chunk> = (0..12).map(|s| r.chunk(s)).collect();
-        let tx = r.chunks.clone();
-        tokio::spawn(async move {
-            for c in all {
-                tx.send(c).await.unwrap();
-            }
-        })
-    };
+    let feeder = r.feed(0..12);
     // A takes four, acks 0 and 2, and dies (its listener too).
     let mut p = r.peer_at(0).await;
     for _ in 0..4 {
@@ -378,21 +351,10 @@ async fn a_server_dying_mid_stream_loses_nothing() {
         .map(|s| format!("chunk-{s}"))
         .collect();
     assert_eq!(ids, want);
-    let mut seqs: Vec<u64> = Vec::new();
-    for _ in 0..10 {
-        let a = r.next_ack().await;
-        assert!(a.delivered, "chunk {} failed", a.seq);
-        seqs.push(a.seq);
-    }
-    seqs.sort();
-    assert_eq!(seqs, [1, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
+    assert_eq!(r.delivered(10).await, [1, 3, 4, 5, 6, 7, 8, 9, 10, 11]);
     assert_eq!(r.m.sent_events.get(), 12);
     feeder.await.unwrap();
-    drop(r.chunks);
-    tokio::time::timeout(Duration::from_secs(30), r.task)
-        .await
-        .unwrap()
-        .unwrap();
+    r.input_ends().await;
 }
 
 /// Accepts one connection on `l`, acks every chunk until EOF; the ids.
@@ -424,28 +386,14 @@ async fn round_robin_spreads_chunks_over_the_servers_and_delivers_all() {
         &format!("{}\nload_balance = \"round_robin\"\nmax_in_flight = 2", servers(&ports)),
     )
     .await;
-    let feeder = {
-        let all: Vec<Chunk> = (0..20).map(|s| r.chunk(s)).collect();
-        let tx = r.chunks.clone();
-        tokio::spawn(async move {
-            for c in all {
-                tx.send(c).await.unwrap();
-            }
-        })
-    };
+    let feeder = r.feed(0..20);
     let acks = async {
-        let mut seqs = Vec::new();
-        for _ in 0..20 {
-            let a = r.next_ack().await;
-            assert!(a.delivered);
-            seqs.push(a.seq);
-        }
+        let seqs = r.delivered(20).await;
         // Everything acked: stop, so the servers see EOF.
         r.stop.cancel();
         seqs
     };
-    let (on_a, on_b, mut seqs) = tokio::join!(serve_all(&r.listeners[0]), serve_all(&r.listeners[1]), acks);
-    seqs.sort();
+    let (on_a, on_b, seqs) = tokio::join!(serve_all(&r.listeners[0]), serve_all(&r.listeners[1]), acks);
     assert_eq!(seqs, (0..20).collect::<Vec<_>>());
     assert!(!on_a.is_empty() && !on_b.is_empty(), "a: {on_a:?}, b: {on_b:?}");
     let mut all: Vec<u64> = on_a.iter().chain(&on_b).map(|i| seq_of(i)).collect();
@@ -468,32 +416,18 @@ async fn round_robin_with_a_dead_server_delivers_everything_to_the_other() {
         &format!("{}\nload_balance = \"round_robin\"", servers(&ports)),
     )
     .await;
-    let feeder = {
-        let all: Vec<Chunk> = (0..10).map(|s| r.chunk(s)).collect();
-        let tx = r.chunks.clone();
-        tokio::spawn(async move {
-            for c in all {
-                tx.send(c).await.unwrap();
-            }
-        })
-    };
+    let feeder = r.feed(0..10);
     // The dead server's task fails over to the live one: two connections there.
     let serve_two = async {
         let (x, y) = tokio::join!(serve_all(&r.listeners[0]), serve_all(&r.listeners[0]));
         [x, y].concat()
     };
     let acks = async {
-        let mut seqs = Vec::new();
-        for _ in 0..10 {
-            let a = r.next_ack().await;
-            assert!(a.delivered);
-            seqs.push(a.seq);
-        }
+        let seqs = r.delivered(10).await;
         r.stop.cancel();
         seqs
     };
-    let (ids, mut seqs) = tokio::join!(serve_two, acks);
-    seqs.sort();
+    let (ids, seqs) = tokio::join!(serve_two, acks);
     assert_eq!(seqs, (0..10).collect::<Vec<_>>());
     let mut got: Vec<u64> = ids.iter().map(|i| seq_of(i)).collect();
     got.sort();
