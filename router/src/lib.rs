@@ -11,6 +11,7 @@ pub mod confdiag;
 pub mod config;
 pub mod config_s3;
 pub mod dead_letter;
+pub mod drain;
 pub mod event;
 pub mod healthcheck;
 pub mod lifecycle;

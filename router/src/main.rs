@@ -366,7 +366,7 @@ async fn pipeline(config: Config, opts: RunOptions) -> anyhow::Result<()> {
             return;
         };
         tokio::select! { _ = term.recv() => {}, _ = int.recv() => {} }
-        shutdown.cancel();
+        shutdown.begin();
         tracing::info!(
             drain_quiet = %humantime::format_duration(quiet),
             drain_timeout = %humantime::format_duration(timeout),

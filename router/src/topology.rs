@@ -30,6 +30,7 @@ use crate::buffer::BufferConfig;
 use crate::buffer::disk::{self, DiskBuffer};
 use crate::config::Config;
 use crate::dead_letter::DeadLetters;
+use crate::drain::Drain;
 use crate::event::Batch;
 use crate::metrics::{BufferMetrics, ComponentMetrics, Metrics};
 use crate::sinks::{SinkConfig, SinkContext};
@@ -101,8 +102,8 @@ pub struct Running {
     /// Each source's id and thread.
     sources: Vec<(String, std::thread::JoinHandle<Result<(), SourceError>>)>,
     tasks: JoinSet<()>,
-    /// Stop reading, drain, save checkpoints.
-    pub shutdown: CancellationToken,
+    /// Stop reading, drain, save checkpoints (`begin()`).
+    pub shutdown: Drain,
     /// Stop now: save checkpoints without waiting for acks.
     pub force: CancellationToken,
     /// Sinks stop retrying: the sources have saved their checkpoints.
@@ -177,7 +178,7 @@ pub fn start(
     let data_dir_lock = lock_data_dir(&config.global.data_dir)?;
     let limit = (config.global.memory_limit.as_u64() as usize).min(u32::MAX as usize);
     let memory = Arc::new(Semaphore::new(limit));
-    let shutdown = CancellationToken::new();
+    let shutdown = Drain::new(config.lifecycle.drain_timeout);
     let force = CancellationToken::new();
     let sinks_stop = CancellationToken::new();
 
@@ -368,12 +369,11 @@ pub fn start(
             memory: memory.clone(),
             memory_limit: limit,
             metrics: metrics.clone(),
-            shutdown: shutdown.clone(),
+            drain: shutdown.clone(),
             force: force.clone(),
             exit_on_eof: opts.exit_on_eof,
             drain_quiet: config.lifecycle.drain_quiet,
             drain_read_budget: config.lifecycle.read_budget(),
-            drain_timeout: config.lifecycle.drain_timeout,
             rt: tokio::runtime::Handle::current(),
         };
         match &c.inner {
@@ -398,14 +398,10 @@ pub fn start(
     let lifecycle = if opts.exit_on_eof {
         tokio::spawn(async {})
     } else {
-        tokio::spawn(crate::lifecycle::watch(config.lifecycle.clone(), env, shutdown.clone()))
+        tokio::spawn(crate::lifecycle::watch(config.lifecycle.clone(), env, shutdown.token()))
     };
     // Also with `--exit-on-eof`: a signal there starts the same drain.
-    let deadline = tokio::spawn(enforce_deadline(
-        shutdown.clone(),
-        force.clone(),
-        config.lifecycle.drain_timeout,
-    ));
+    let deadline = tokio::spawn(enforce_deadline(shutdown.clone(), force.clone()));
     let watchdog = tokio::spawn(crate::watchdog::run(
         crate::config::ApiConfig::thresholds(config.api.as_ref()),
         metrics,
@@ -475,15 +471,14 @@ fn lock_data_dir(dir: &std::path::Path) -> Result<std::fs::File, StartError> {
 /// [`EXIT_GRACE`] and [`RUNTIME_SHUTDOWN`]. Nothing is lost by it: the
 /// sources save checkpoints at what was acknowledged, and what was not is
 /// read again at the next start (or stays in a disk buffer).
-async fn enforce_deadline(shutdown: CancellationToken, force: CancellationToken, drain_timeout: Duration) {
+async fn enforce_deadline(drain: Drain, force: CancellationToken) {
     tokio::select! {
         _ = force.cancelled() => {}
-        _ = shutdown.cancelled() => {
+        _ = drain.begun() => {
             tokio::select! {
                 _ = force.cancelled() => {}
-                _ = tokio::time::sleep(drain_timeout) => {
+                _ = crate::timer::sleep_until(drain.deadline()) => {
                     tracing::warn!(
-                        drain_timeout = %humantime::format_duration(drain_timeout),
                         "drain_timeout reached: saving checkpoints at what was delivered and stopping the sinks"
                     );
                     force.cancel();

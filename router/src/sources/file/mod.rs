@@ -58,6 +58,7 @@ use world::{RealWorld, World};
 use crate::checkpoint::{
     self, AckTracker, Checkpoint, CheckpointError, CheckpointStore, Fingerprint, Position, SaveHealth, Saved,
 };
+use crate::drain::Drain;
 use crate::event::{Ack, Batch, Fields, Records};
 use crate::metrics::{ComponentMetrics, FileLabels, Metrics};
 
@@ -101,15 +102,15 @@ pub struct SourceContext {
     pub memory: Arc<Semaphore>,
     pub memory_limit: usize,
     pub metrics: Arc<Metrics>,
-    pub shutdown: CancellationToken,
+    /// The stop request, its instant and `drain_timeout` (see `drain.rs`).
+    pub drain: Drain,
     pub force: CancellationToken,
     pub exit_on_eof: bool,
-    /// Drain on `shutdown` (see `lifecycle.rs`): read until quiet this long...
+    /// Drain (see `lifecycle.rs`): read until quiet this long...
     pub drain_quiet: Duration,
-    /// ...but stop reading this long after the stop request at the latest...
+    /// ...but stop reading this long after the stop request at the latest,
+    /// and stop waiting for acks at `drain.deadline()`.
     pub drain_read_budget: Duration,
-    /// ...and stop waiting for acks this long after it.
-    pub drain_timeout: Duration,
     pub rt: tokio::runtime::Handle,
 }
 
@@ -325,18 +326,13 @@ impl<W: World> FileSource<W> {
         self.wait_for_pods();
         self.discover(true);
         let mut last_progress = self.world.now();
-        let mut drain_started: Option<Instant> = None;
         let result = loop {
             if self.cx.force.is_cancelled() {
                 break Ok(());
             }
             let now = self.world.now();
-            if self.cx.shutdown.is_cancelled() {
+            if let Some(started) = self.cx.drain.started() {
                 // Draining: the app may still be writing its last lines.
-                let started = *drain_started.get_or_insert_with(|| {
-                    tracing::debug!("draining: reading until the files are quiet");
-                    now
-                });
                 let quiet_since = last_progress.max(started);
                 if now.saturating_duration_since(quiet_since) >= self.cx.drain_quiet
                     || now.saturating_duration_since(started) >= self.cx.drain_read_budget
@@ -369,10 +365,11 @@ impl<W: World> FileSource<W> {
         };
         // Closing our senders lets the pipeline drain; then wait for the acks.
         self.cx.outputs.clear();
-        let deadline = match drain_started {
-            Some(t) => t + self.cx.drain_timeout,
-            None => self.world.now() + ACK_DRAIN_TIMEOUT,
-        };
+        let deadline = self
+            .cx
+            .drain
+            .deadline()
+            .unwrap_or_else(|| self.world.now() + ACK_DRAIN_TIMEOUT);
         while self.files.values().any(|w| w.tracker.unsettled() > 0)
             && !self.cx.force.is_cancelled()
             && self.world.now() < deadline
@@ -403,7 +400,7 @@ impl<W: World> FileSource<W> {
     fn wait_for_pods(&self) {
         let Some((cache, wait)) = &self.pods else { return };
         let deadline = Instant::now() + *wait;
-        while !cache.synced() && Instant::now() < deadline && !self.cx.shutdown.is_cancelled() {
+        while !cache.synced() && Instant::now() < deadline && !self.cx.drain.is_started() {
             std::thread::sleep(Duration::from_millis(20));
         }
         if !cache.synced() {

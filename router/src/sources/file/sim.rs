@@ -428,12 +428,11 @@ impl Sim {
             memory: Arc::new(Semaphore::new(1 << 30)),
             memory_limit: 1 << 30,
             metrics: Arc::new(Metrics::new()),
-            shutdown: CancellationToken::new(),
+            drain: crate::drain::Drain::new(Duration::from_secs(1)),
             force: CancellationToken::new(),
             exit_on_eof: false,
             drain_quiet: Duration::from_secs(1),
             drain_read_budget: Duration::from_secs(1),
-            drain_timeout: Duration::from_secs(1),
             rt: self.rt.handle().clone(),
         };
         let mut s = FileSource::new(self.cfg.clone(), cx, self.world.clone(), Waker::none())

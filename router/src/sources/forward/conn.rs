@@ -250,8 +250,8 @@ impl Conn {
                         return End::Broken;
                     }
                 }
-                _ = self.sh.shutdown.cancelled(), if draining.is_none() => {
-                    draining = Some(Instant::now());
+                _ = self.sh.drain.begun(), if draining.is_none() => {
+                    draining = self.sh.drain.started();
                 }
                 _ = crate::timer::sleep_until(wake), if wake.is_some() => {}
                 _ = crate::timer::sleep_until(silent_hint), if silent_hint.is_some() && draining.is_none() => {
@@ -551,12 +551,12 @@ impl Conn {
     /// After reading stopped: answer pending chunks until they are settled,
     /// the drain deadline, or the client goes away.
     async fn wait_acks(&mut self) {
-        let deadline = tokio::time::Instant::now()
-            + if self.sh.shutdown.is_cancelled() {
-                self.sh.drain_timeout
-            } else {
-                ACK_DRAIN_TIMEOUT
-            };
+        let deadline: tokio::time::Instant = self
+            .sh
+            .drain
+            .deadline()
+            .unwrap_or_else(|| std::time::Instant::now() + ACK_DRAIN_TIMEOUT)
+            .into();
         while !self.chunks.is_empty() {
             tokio::select! {
                 _ = self.sh.kill.cancelled() => return,

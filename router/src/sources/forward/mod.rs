@@ -153,12 +153,11 @@ struct Shared {
     unsupported_type: Counter,
     memory: Arc<Semaphore>,
     memory_limit: usize,
-    shutdown: CancellationToken,
+    drain: crate::drain::Drain,
     /// Cancelled when the source ends (force, or the drain is over).
     kill: CancellationToken,
     drain_quiet: Duration,
     drain_read_budget: Duration,
-    drain_timeout: Duration,
     ack_tx: Mutex<std_mpsc::Sender<Ack>>,
     /// Where each connection's acks go, by connection id.
     routes: Mutex<HashMap<u64, mpsc::UnboundedSender<Ack>>>,
@@ -220,11 +219,10 @@ fn run(
         m,
         memory: cx.memory.clone(),
         memory_limit: cx.memory_limit,
-        shutdown: cx.shutdown.clone(),
+        drain: cx.drain.clone(),
         kill: kill.clone(),
         drain_quiet: cx.drain_quiet,
         drain_read_budget: cx.drain_read_budget,
-        drain_timeout: cx.drain_timeout,
         ack_tx: Mutex::new(ack_tx),
         routes: Mutex::new(HashMap::new()),
         reading: AtomicUsize::new(0),
@@ -289,13 +287,9 @@ fn run(
         }
         let idle_eof =
             cx.exit_on_eof && sh.had_connection.load(Ordering::Acquire) && sh.reading.load(Ordering::Acquire) == 0;
-        if stopping.is_none() && (cx.shutdown.is_cancelled() || idle_eof) {
+        if stopping.is_none() && (cx.drain.is_started() || idle_eof) {
             let now = Instant::now();
-            let deadline = if cx.shutdown.is_cancelled() {
-                now + cx.drain_timeout
-            } else {
-                now + ACK_DRAIN_TIMEOUT
-            };
+            let deadline = cx.drain.deadline().unwrap_or(now + ACK_DRAIN_TIMEOUT);
             tracing::debug!("forward source stopping: no new connections");
             stop_accept.cancel();
             tracker.close();
