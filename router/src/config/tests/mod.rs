@@ -16,6 +16,23 @@ fn no_env(_: &str) -> Option<String> {
     None
 }
 
+/// A whole config for one sink's tests: the file source `app` and sink
+/// `id` of type `kind`, with `body` as the rest of its table.
+fn one_sink(id: &str, kind: &str, body: &str) -> String {
+    format!(
+        r#"
+[sources.app]
+type = "file"
+include = ["/var/log/app/*.log"]
+
+[sinks.{id}]
+type = "{kind}"
+inputs = ["app"]
+{body}
+"#
+    )
+}
+
 fn errs(text: &str) -> Vec<String> {
     match load_str(text, "t.toml", &no_env) {
         Ok(_) => panic!("expected errors for:\n{text}"),

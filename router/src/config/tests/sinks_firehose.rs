@@ -1,25 +1,11 @@
 //! `[sinks.x] type = "firehose"` through the loader.
 
+use super::no_env;
 use crate::config::load_str;
 use crate::sinks::SinkConfig;
 
-fn no_env(_: &str) -> Option<String> {
-    None
-}
-
 fn config(sink: &str) -> String {
-    format!(
-        r#"
-[sources.app]
-type = "file"
-include = ["/var/log/app/*.log"]
-
-[sinks.fh]
-type = "firehose"
-inputs = ["app"]
-{sink}
-"#
-    )
+    super::one_sink("fh", "firehose", sink)
 }
 
 #[test]

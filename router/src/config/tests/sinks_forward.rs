@@ -1,5 +1,6 @@
 //! `[sinks.x] type = "forward"` through the loader: defaults, options, secrets, errors.
 
+use super::no_env;
 use crate::config::load_str;
 use crate::sinks::SinkConfig;
 
@@ -8,23 +9,8 @@ use std::time::Duration;
 use crate::confdiag::Secret;
 use crate::sinks::forward::{ForwardCompression, ForwardSinkConfig};
 
-fn no_env(_: &str) -> Option<String> {
-    None
-}
-
 fn config(sink: &str) -> String {
-    format!(
-        r#"
-[sources.app]
-type = "file"
-include = ["/var/log/app/*.log"]
-
-[sinks.fw]
-type = "forward"
-inputs = ["app"]
-{sink}
-"#
-    )
+    super::one_sink("fw", "forward", sink)
 }
 
 fn load(sink: &str, env: &dyn Fn(&str) -> Option<String>) -> ForwardSinkConfig {

@@ -8,18 +8,7 @@ use std::time::Duration;
 use crate::sinks::http::{Framing, HttpAuth, HttpCompression, HttpEncoding, HttpMethod, HttpSinkConfig};
 
 fn config(sink: &str) -> String {
-    format!(
-        r#"
-[sources.app]
-type = "file"
-include = ["/var/log/app/*.log"]
-
-[sinks.h]
-type = "http"
-inputs = ["app"]
-{sink}
-"#
-    )
+    super::one_sink("h", "http", sink)
 }
 
 fn load(sink: &str, env: &dyn Fn(&str) -> Option<String>) -> HttpSinkConfig {

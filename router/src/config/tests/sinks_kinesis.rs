@@ -1,25 +1,11 @@
 //! `[sinks.x] type = "kinesis_streams"` through the loader.
 
+use super::no_env;
 use crate::config::load_str;
 use crate::sinks::SinkConfig;
 
-fn no_env(_: &str) -> Option<String> {
-    None
-}
-
 fn config(sink: &str) -> String {
-    format!(
-        r#"
-[sources.app]
-type = "file"
-include = ["/var/log/app/*.log"]
-
-[sinks.ks]
-type = "kinesis_streams"
-inputs = ["app"]
-{sink}
-"#
-    )
+    super::one_sink("ks", "kinesis_streams", sink)
 }
 
 #[test]
