@@ -37,6 +37,7 @@ use crate::event::{AckToken, Batch, Fields, Records};
 use crate::metrics::{ComponentMetrics, Metrics};
 use crate::sources::file::parse::{key_bit, lookup_field};
 use crate::topology::Fanout;
+use crate::transforms::joining::Join;
 
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -446,10 +447,68 @@ impl Joiner {
         self.groups.len()
     }
 
+    fn take_where(&mut self, due: impl Fn(&Group) -> bool) -> Vec<Batch> {
+        let keys: Vec<Key> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| due(g))
+            .map(|(k, _)| k.clone())
+            .collect();
+        let mut out = Out::default();
+        for k in keys {
+            if let Some(g) = self.groups.remove(&k) {
+                self.emit(g, &mut out);
+            }
+        }
+        let held = self.held;
+        if let Some(b) = self.budget.as_mut() {
+            b.resize(held, None);
+        }
+        out.into_batches().collect()
+    }
+
+    /// Writes group `g` as one record into its slot of `out`.
+    fn emit(&mut self, g: Group, out: &mut Out) {
+        self.held = self.held.saturating_sub(g.held());
+        let slot = out.slot(&g.fields, &g.tag);
+        for a in g.acks {
+            if !slot.acks.iter().any(|h| h.same(&a)) {
+                slot.acks.push(a);
+            }
+        }
+        let buf = &mut slot.records.buf;
+        let start = buf.len();
+        if g.lines > 1 {
+            let field = self.cfg.field.as_str();
+            let mut joined = Some(g.joined);
+            let replaced = crate::transforms::redact::rewrite_string_values(&g.first, buf, |path, _| {
+                if path.len() == 1 && path[0] == field {
+                    joined.take()
+                } else {
+                    None
+                }
+            });
+            if !matches!(replaced, Ok(true)) {
+                // The field was not a string after all: the continuation
+                // lines cannot be put back; counted, never silent.
+                buf.truncate(start);
+                buf.extend_from_slice(&g.first);
+                if let Some(m) = &self.m {
+                    m.discarded("multiline_not_string", (g.lines - 1) as u64);
+                }
+            }
+        } else {
+            buf.extend_from_slice(&g.first);
+        }
+        slot.records.push_like(start, &g.meta);
+    }
+}
+
+impl Join for Joiner {
     /// Takes in the records of `batch`; returns the batches to send now
     /// (completed groups and records that are not lines). The first one
     /// carries `batch`'s memory permit when the batch was not shared.
-    pub fn push(&mut self, batch: Batch, now: Instant) -> Vec<Batch> {
+    fn push(&mut self, batch: Batch, now: Instant) -> Vec<Batch> {
         let mut out = Out::default();
         {
             let own = out.slot(&batch.fields, &batch.tag);
@@ -569,90 +628,19 @@ impl Joiner {
     }
 
     /// Emits the groups whose last line is older than `flush_timeout`.
-    pub fn expire(&mut self, now: Instant) -> Vec<Batch> {
+    fn expire(&mut self, now: Instant) -> Vec<Batch> {
         let timeout = self.cfg.flush_timeout;
         self.take_where(|g| g.touched + timeout <= now)
     }
 
     /// Emits every open group (shutdown, or no room in the memory limit).
-    pub fn flush_all(&mut self) -> Vec<Batch> {
+    fn flush_all(&mut self) -> Vec<Batch> {
         self.take_where(|_| true)
     }
 
     /// When the oldest open group is due.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.groups.values().map(|g| g.touched + self.cfg.flush_timeout).min()
-    }
-
-    fn take_where(&mut self, due: impl Fn(&Group) -> bool) -> Vec<Batch> {
-        let keys: Vec<Key> = self
-            .groups
-            .iter()
-            .filter(|(_, g)| due(g))
-            .map(|(k, _)| k.clone())
-            .collect();
-        let mut out = Out::default();
-        for k in keys {
-            if let Some(g) = self.groups.remove(&k) {
-                self.emit(g, &mut out);
-            }
-        }
-        let held = self.held;
-        if let Some(b) = self.budget.as_mut() {
-            b.resize(held, None);
-        }
-        out.into_batches().collect()
-    }
-
-    /// Writes group `g` as one record into its slot of `out`.
-    fn emit(&mut self, g: Group, out: &mut Out) {
-        self.held = self.held.saturating_sub(g.held());
-        let slot = out.slot(&g.fields, &g.tag);
-        for a in g.acks {
-            if !slot.acks.iter().any(|h| h.same(&a)) {
-                slot.acks.push(a);
-            }
-        }
-        let buf = &mut slot.records.buf;
-        let start = buf.len();
-        if g.lines > 1 {
-            let field = self.cfg.field.as_str();
-            let mut joined = Some(g.joined);
-            let replaced = crate::transforms::redact::rewrite_string_values(&g.first, buf, |path, _| {
-                if path.len() == 1 && path[0] == field {
-                    joined.take()
-                } else {
-                    None
-                }
-            });
-            if !matches!(replaced, Ok(true)) {
-                // The field was not a string after all: the continuation
-                // lines cannot be put back; counted, never silent.
-                buf.truncate(start);
-                buf.extend_from_slice(&g.first);
-                if let Some(m) = &self.m {
-                    m.discarded("multiline_not_string", (g.lines - 1) as u64);
-                }
-            }
-        } else {
-            buf.extend_from_slice(&g.first);
-        }
-        slot.records.push_like(start, &g.meta);
-    }
-}
-
-impl crate::transforms::joining::Join for Joiner {
-    fn push(&mut self, batch: Batch, now: Instant) -> Vec<Batch> {
-        Joiner::push(self, batch, now)
-    }
-    fn expire(&mut self, now: Instant) -> Vec<Batch> {
-        Joiner::expire(self, now)
-    }
-    fn flush_all(&mut self) -> Vec<Batch> {
-        Joiner::flush_all(self)
-    }
     fn next_deadline(&self) -> Option<Instant> {
-        Joiner::next_deadline(self)
+        self.groups.values().map(|g| g.touched + self.cfg.flush_timeout).min()
     }
 }
 

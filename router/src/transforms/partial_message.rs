@@ -69,6 +69,7 @@ use crate::event::{AckToken, Batch, Fields};
 use crate::metrics::{ComponentMetrics, Metrics};
 use crate::sources::file::parse::{key_bit, lookup_field, lookup_string, members, write_str};
 use crate::topology::Fanout;
+use crate::transforms::joining::Join;
 use crate::transforms::multiline::{Budget, Out};
 
 /// The Docker keys of a partial message.
@@ -305,11 +306,125 @@ impl PartialJoiner {
         })
     }
 
+    fn settle_budget(&mut self) {
+        let held = self.held;
+        if let Some(b) = self.budget.as_mut() {
+            b.resize(held, None);
+        }
+    }
+
+    fn take_where(&mut self, out: &mut Out, why: Cut, due: impl Fn(&Group) -> bool) {
+        let mut keys: Vec<(Instant, Key)> = self
+            .groups
+            .iter()
+            .filter(|(_, g)| due(g))
+            .map(|(k, g)| (g.touched, k.clone()))
+            .collect();
+        // Oldest first, so lines leave in the order they went quiet.
+        keys.sort_by_key(|(t, _)| *t);
+        for (_, k) in keys {
+            if let Some(mut g) = self.groups.remove(&k) {
+                if !g.parts.is_empty() {
+                    emit(&self.cfg, &mut g, Some(why), out, &mut self.held, self.m.as_ref());
+                    bump(&self.counters, why);
+                }
+                self.held -= g.template.len();
+            }
+        }
+    }
+}
+
+fn bump(c: &Option<Counters>, why: Cut) {
+    if let Some(c) = c {
+        match why {
+            Cut::Timeout => c.timeout.inc(),
+            Cut::MaxSize => c.max_size.inc(),
+            Cut::Memory => c.memory.inc(),
+            Cut::Shutdown => c.shutdown.inc(),
+        };
+    }
+}
+
+/// Writes the pieces `g` holds as one record into its slot of `out`, moves
+/// its acks there, and empties it of them (its template stays, for the
+/// pieces still to come after a `max_size` cut).
+fn emit(
+    cfg: &PartialMessageConfig,
+    g: &mut Group,
+    cut: Option<Cut>,
+    out: &mut Out,
+    held: &mut usize,
+    m: Option<&ComponentMetrics>,
+) {
+    *held -= g.bytes;
+    let mut joined = String::with_capacity(g.bytes);
+    for p in std::mem::take(&mut g.parts).into_values() {
+        joined.push_str(&p);
+    }
+    g.bytes = 0;
+    if cut.is_some() {
+        g.cut = true;
+    }
+    let template = &g.template;
+    let slot = out.slot(&g.fields, &g.tag);
+    for a in std::mem::take(&mut g.acks) {
+        if !slot.acks.iter().any(|h| h.same(&a)) {
+            slot.acks.push(a);
+        }
+    }
+    let buf = &mut slot.records.buf;
+    let start = buf.len();
+    let mut mask = g.key_mask;
+    match members(template) {
+        Some(ms) => {
+            buf.push(b'{');
+            let mut first = true;
+            let mut sep = |buf: &mut Vec<u8>| {
+                if !std::mem::take(&mut first) {
+                    buf.push(b',');
+                }
+            };
+            for (k, r) in &ms {
+                let k: &str = k;
+                if k == cfg.key {
+                    sep(buf);
+                    write_str(buf, k);
+                    buf.push(b':');
+                    write_str(buf, &joined);
+                } else if k == MESSAGE || k == ORDINAL || k == LAST || (k == ID && cut.is_none()) || k == MARK {
+                    continue;
+                } else {
+                    sep(buf);
+                    buf.extend_from_slice(template.get(r.clone()).unwrap_or_default());
+                }
+            }
+            if let Some(c) = cut {
+                sep(buf);
+                write_str(buf, MARK);
+                buf.push(b':');
+                write_str(buf, c.name());
+                mask |= key_bit(MARK.as_bytes());
+            }
+            buf.push(b'}');
+        }
+        None => {
+            // The template parsed as a record before; if it does not now,
+            // keep it whole rather than lose it (counted, never silent).
+            buf.extend_from_slice(template);
+            if let Some(m) = m {
+                m.discarded("partial_unjoinable", 1);
+            }
+        }
+    }
+    slot.records.push_written(start, g.ts_ms, mask);
+}
+
+impl Join for PartialJoiner {
     /// Takes in the records of `batch`; returns the batches to send now
     /// (completed lines, cut lines and records that are no parts). The
     /// first one carries `batch`'s memory permit when the batch was not
     /// shared.
-    pub fn push(&mut self, batch: Batch, now: Instant) -> Vec<Batch> {
+    fn push(&mut self, batch: Batch, now: Instant) -> Vec<Batch> {
         let mut out = Out::default();
         out.slot(&batch.fields, &batch.tag).acks.extend(batch.ack.clone());
         let records = &batch.records;
@@ -437,7 +552,7 @@ impl PartialJoiner {
     }
 
     /// Emits the lines with no new part for `flush_timeout`.
-    pub fn expire(&mut self, now: Instant) -> Vec<Batch> {
+    fn expire(&mut self, now: Instant) -> Vec<Batch> {
         let timeout = self.cfg.flush_timeout;
         let mut out = Out::default();
         self.take_where(&mut out, Cut::Timeout, |g| g.touched + timeout <= now);
@@ -446,7 +561,7 @@ impl PartialJoiner {
     }
 
     /// Emits every open line (input closed).
-    pub fn flush_all(&mut self) -> Vec<Batch> {
+    fn flush_all(&mut self) -> Vec<Batch> {
         let mut out = Out::default();
         self.take_where(&mut out, Cut::Shutdown, |_| true);
         self.settle_budget();
@@ -454,135 +569,8 @@ impl PartialJoiner {
     }
 
     /// When the oldest open line is due.
-    pub fn next_deadline(&self) -> Option<Instant> {
-        self.groups.values().map(|g| g.touched + self.cfg.flush_timeout).min()
-    }
-
-    fn settle_budget(&mut self) {
-        let held = self.held;
-        if let Some(b) = self.budget.as_mut() {
-            b.resize(held, None);
-        }
-    }
-
-    fn take_where(&mut self, out: &mut Out, why: Cut, due: impl Fn(&Group) -> bool) {
-        let mut keys: Vec<(Instant, Key)> = self
-            .groups
-            .iter()
-            .filter(|(_, g)| due(g))
-            .map(|(k, g)| (g.touched, k.clone()))
-            .collect();
-        // Oldest first, so lines leave in the order they went quiet.
-        keys.sort_by_key(|(t, _)| *t);
-        for (_, k) in keys {
-            if let Some(mut g) = self.groups.remove(&k) {
-                if !g.parts.is_empty() {
-                    emit(&self.cfg, &mut g, Some(why), out, &mut self.held, self.m.as_ref());
-                    bump(&self.counters, why);
-                }
-                self.held -= g.template.len();
-            }
-        }
-    }
-}
-
-fn bump(c: &Option<Counters>, why: Cut) {
-    if let Some(c) = c {
-        match why {
-            Cut::Timeout => c.timeout.inc(),
-            Cut::MaxSize => c.max_size.inc(),
-            Cut::Memory => c.memory.inc(),
-            Cut::Shutdown => c.shutdown.inc(),
-        };
-    }
-}
-
-/// Writes the pieces `g` holds as one record into its slot of `out`, moves
-/// its acks there, and empties it of them (its template stays, for the
-/// pieces still to come after a `max_size` cut).
-fn emit(
-    cfg: &PartialMessageConfig,
-    g: &mut Group,
-    cut: Option<Cut>,
-    out: &mut Out,
-    held: &mut usize,
-    m: Option<&ComponentMetrics>,
-) {
-    *held -= g.bytes;
-    let mut joined = String::with_capacity(g.bytes);
-    for p in std::mem::take(&mut g.parts).into_values() {
-        joined.push_str(&p);
-    }
-    g.bytes = 0;
-    if cut.is_some() {
-        g.cut = true;
-    }
-    let template = &g.template;
-    let slot = out.slot(&g.fields, &g.tag);
-    for a in std::mem::take(&mut g.acks) {
-        if !slot.acks.iter().any(|h| h.same(&a)) {
-            slot.acks.push(a);
-        }
-    }
-    let buf = &mut slot.records.buf;
-    let start = buf.len();
-    let mut mask = g.key_mask;
-    match members(template) {
-        Some(ms) => {
-            buf.push(b'{');
-            let mut first = true;
-            let mut sep = |buf: &mut Vec<u8>| {
-                if !std::mem::take(&mut first) {
-                    buf.push(b',');
-                }
-            };
-            for (k, r) in &ms {
-                let k: &str = k;
-                if k == cfg.key {
-                    sep(buf);
-                    write_str(buf, k);
-                    buf.push(b':');
-                    write_str(buf, &joined);
-                } else if k == MESSAGE || k == ORDINAL || k == LAST || (k == ID && cut.is_none()) || k == MARK {
-                    continue;
-                } else {
-                    sep(buf);
-                    buf.extend_from_slice(template.get(r.clone()).unwrap_or_default());
-                }
-            }
-            if let Some(c) = cut {
-                sep(buf);
-                write_str(buf, MARK);
-                buf.push(b':');
-                write_str(buf, c.name());
-                mask |= key_bit(MARK.as_bytes());
-            }
-            buf.push(b'}');
-        }
-        None => {
-            // The template parsed as a record before; if it does not now,
-            // keep it whole rather than lose it (counted, never silent).
-            buf.extend_from_slice(template);
-            if let Some(m) = m {
-                m.discarded("partial_unjoinable", 1);
-            }
-        }
-    }
-    slot.records.push_written(start, g.ts_ms, mask);
-}
-
-impl crate::transforms::joining::Join for PartialJoiner {
-    fn push(&mut self, batch: Batch, now: Instant) -> Vec<Batch> {
-        PartialJoiner::push(self, batch, now)
-    }
-    fn expire(&mut self, now: Instant) -> Vec<Batch> {
-        PartialJoiner::expire(self, now)
-    }
-    fn flush_all(&mut self) -> Vec<Batch> {
-        PartialJoiner::flush_all(self)
-    }
     fn next_deadline(&self) -> Option<Instant> {
-        PartialJoiner::next_deadline(self)
+        self.groups.values().map(|g| g.touched + self.cfg.flush_timeout).min()
     }
 }
 
