@@ -80,6 +80,18 @@ pub(crate) fn path_string(path: &[Seg]) -> String {
     s
 }
 
+/// A component's config: deserialized at `base`, then checked by
+/// `validate` (which reports what serde cannot); `None` after any error.
+pub fn checked<T: DeserializeOwned>(
+    ctx: &mut Ctx<'_>,
+    base: &[Seg],
+    value: toml::Value,
+    validate: impl FnOnce(&T, &mut Ctx<'_>, &[Seg]) -> bool,
+) -> Option<T> {
+    let c: T = deserialize_at(ctx, base, value)?;
+    validate(&c, ctx, base).then_some(c)
+}
+
 /// Deserializes `value` into `T`, reporting the failing field's path.
 pub fn deserialize_at<T: DeserializeOwned>(ctx: &mut Ctx<'_>, base: &[Seg], value: toml::Value) -> Option<T> {
     match serde_path_to_error::deserialize::<_, T>(value) {

@@ -20,7 +20,7 @@ use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::Health;
-use crate::confdiag::{Ctx, Seg, deserialize_at};
+use crate::confdiag::{Ctx, Seg, checked, deserialize_at};
 use crate::dead_letter::DeadLetters;
 use crate::metrics::ComponentMetrics;
 
@@ -59,38 +59,17 @@ const KINDS: &str = "s3, cloudwatch_logs, firehose, kinesis_streams, forward, ht
 impl SinkConfig {
     pub fn build(ctx: &mut Ctx<'_>, base: &[Seg], kind: &str, value: toml::Value) -> Option<Self> {
         match kind {
-            "file" => {
-                let c: file::FileSinkConfig = deserialize_at(ctx, base, value)?;
-                c.validate(ctx, base).then_some(SinkConfig::File(c))
-            }
-            "s3" => {
-                let c: s3::S3SinkConfig = deserialize_at(ctx, base, value)?;
-                c.validate(ctx, base).then_some(SinkConfig::S3(c))
-            }
-            "cloudwatch_logs" => {
-                let c: cloudwatch_logs::CloudWatchLogsSinkConfig = deserialize_at(ctx, base, value)?;
-                c.validate(ctx, base).then_some(SinkConfig::CloudWatchLogs(c))
-            }
-            "firehose" => {
-                let c: firehose::FirehoseSinkConfig = deserialize_at(ctx, base, value)?;
-                c.validate(ctx, base).then_some(SinkConfig::Firehose(c))
-            }
+            "file" => checked(ctx, base, value, file::FileSinkConfig::validate).map(SinkConfig::File),
+            "s3" => checked(ctx, base, value, s3::S3SinkConfig::validate).map(SinkConfig::S3),
+            "cloudwatch_logs" => checked(ctx, base, value, cloudwatch_logs::CloudWatchLogsSinkConfig::validate)
+                .map(SinkConfig::CloudWatchLogs),
+            "firehose" => checked(ctx, base, value, firehose::FirehoseSinkConfig::validate).map(SinkConfig::Firehose),
             "kinesis_streams" => {
-                let c: kinesis::KinesisSinkConfig = deserialize_at(ctx, base, value)?;
-                c.validate(ctx, base).then_some(SinkConfig::Kinesis(c))
+                checked(ctx, base, value, kinesis::KinesisSinkConfig::validate).map(SinkConfig::Kinesis)
             }
-            "forward" => {
-                let c: forward::ForwardSinkConfig = deserialize_at(ctx, base, value)?;
-                c.validate(ctx, base).then_some(SinkConfig::Forward(c))
-            }
-            "http" => {
-                let c: http::HttpSinkConfig = deserialize_at(ctx, base, value)?;
-                c.validate(ctx, base).then_some(SinkConfig::Http(c))
-            }
-            "stdout" => {
-                let c: stdout::StdoutSinkConfig = deserialize_at(ctx, base, value)?;
-                c.validate(ctx, base).then_some(SinkConfig::Stdout(c))
-            }
+            "forward" => checked(ctx, base, value, forward::ForwardSinkConfig::validate).map(SinkConfig::Forward),
+            "http" => checked(ctx, base, value, http::HttpSinkConfig::validate).map(SinkConfig::Http),
+            "stdout" => checked(ctx, base, value, stdout::StdoutSinkConfig::validate).map(SinkConfig::Stdout),
             "blackhole" => deserialize_at(ctx, base, value).map(SinkConfig::Blackhole),
             other => {
                 ctx.error(base, format!("unknown sink type `{other}`, expected one of: {KINDS}"));

@@ -3,7 +3,7 @@
 pub mod file;
 pub mod forward;
 
-use crate::confdiag::{Ctx, Seg, deserialize_at};
+use crate::confdiag::{Ctx, Seg, checked};
 
 /// The configuration of one source, by `type`.
 #[derive(Debug, Clone)]
@@ -15,14 +15,8 @@ pub enum SourceConfig {
 impl SourceConfig {
     pub fn build(ctx: &mut Ctx<'_>, base: &[Seg], kind: &str, value: toml::Value) -> Option<Self> {
         match kind {
-            "file" => {
-                let c: file::FileSourceConfig = deserialize_at(ctx, base, value)?;
-                c.validate(ctx, base).then_some(SourceConfig::File(c))
-            }
-            "forward" => {
-                let c: forward::ForwardSourceConfig = deserialize_at(ctx, base, value)?;
-                c.validate(ctx, base).then_some(SourceConfig::Forward(c))
-            }
+            "file" => checked(ctx, base, value, file::FileSourceConfig::validate).map(SourceConfig::File),
+            "forward" => checked(ctx, base, value, forward::ForwardSourceConfig::validate).map(SourceConfig::Forward),
             other => {
                 ctx.error(
                     base,

@@ -11,7 +11,7 @@ pub mod redact;
 pub mod route;
 pub mod throttle;
 
-use crate::confdiag::{Ctx, Seg, deserialize_at};
+use crate::confdiag::{Ctx, Seg, checked, deserialize_at};
 
 /// The configuration of one transform, by `type`.
 #[derive(Debug, Clone)]
@@ -30,13 +30,9 @@ impl TransformConfig {
     pub fn build(ctx: &mut Ctx<'_>, base: &[Seg], kind: &str, value: toml::Value) -> Option<Self> {
         match kind {
             "enrich" => {
-                let c: enrich::EnrichConfig = deserialize_at(ctx, base, value)?;
-                c.validate(ctx, base).then_some(TransformConfig::Enrich(Box::new(c)))
+                checked(ctx, base, value, enrich::EnrichConfig::validate).map(|c| TransformConfig::Enrich(Box::new(c)))
             }
-            "filter" => {
-                let c: filter::FilterConfig = deserialize_at(ctx, base, value)?;
-                c.validate(ctx, base).then_some(TransformConfig::Filter(c))
-            }
+            "filter" => checked(ctx, base, value, filter::FilterConfig::validate).map(TransformConfig::Filter),
             "route" => {
                 let c: route::RouteConfig = deserialize_at(ctx, base, value)?;
                 c.build(ctx, base).map(TransformConfig::Route)
@@ -46,21 +42,15 @@ impl TransformConfig {
                 c.build(ctx, base).map(TransformConfig::Throttle)
             }
             "redact" => {
-                let c: redact::RedactConfig = deserialize_at(ctx, base, value)?;
-                c.validate(ctx, base).then_some(TransformConfig::Redact(Box::new(c)))
+                checked(ctx, base, value, redact::RedactConfig::validate).map(|c| TransformConfig::Redact(Box::new(c)))
             }
-            "multiline" => {
-                let c: multiline::MultilineConfig = deserialize_at(ctx, base, value)?;
-                c.validate(ctx, base).then_some(TransformConfig::Multiline(Box::new(c)))
-            }
+            "multiline" => checked(ctx, base, value, multiline::MultilineConfig::validate)
+                .map(|c| TransformConfig::Multiline(Box::new(c))),
             "parse" => {
-                let c: parse::ParseConfig = deserialize_at(ctx, base, value)?;
-                c.validate(ctx, base).then_some(TransformConfig::Parse(Box::new(c)))
+                checked(ctx, base, value, parse::ParseConfig::validate).map(|c| TransformConfig::Parse(Box::new(c)))
             }
-            "partial_message" => {
-                let c: partial_message::PartialMessageConfig = deserialize_at(ctx, base, value)?;
-                c.validate(ctx, base).then_some(TransformConfig::PartialMessage(c))
-            }
+            "partial_message" => checked(ctx, base, value, partial_message::PartialMessageConfig::validate)
+                .map(TransformConfig::PartialMessage),
             other => {
                 ctx.error(
                     base,
