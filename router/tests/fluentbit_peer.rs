@@ -170,27 +170,7 @@ fn fb_server_conf(env: &Env, port: u16, input_extra: &str) -> String {
 
 /// Logferry: the file source over `logs/` -> forward sink with `sink_extra`.
 fn sink_config(env: &Env, port: u16, sink_extra: &str) -> PathBuf {
-    env.write_config(&format!(
-        r#"
-[global]
-data_dir = "{data}"
-
-[sources.app]
-type = "file"
-include = ["{logs}/*.log"]
-glob_interval = "100ms"
-
-[sinks.fw]
-type = "forward"
-inputs = ["app"]
-host = "127.0.0.1"
-port = {port}
-flush_interval = "100ms"
-{sink_extra}
-"#,
-        data = env.path("data").display(),
-        logs = env.logs().display(),
-    ))
+    env.file_to_forward(None, "", &format!("host = \"127.0.0.1\"\nport = {port}\n{sink_extra}"))
 }
 
 /// Runs the sink to the end of its input (it exits once Fluent Bit acked
@@ -332,32 +312,13 @@ fn fb_client_conf(env: &Env, port: u16, output_extra: &str) -> String {
     )
 }
 
-/// Logferry: forward source with `source_extra` -> file sink.
+/// Logferry: forward source with `source_extra` -> file sink (by tag).
 fn source_config(env: &Env, port: u16, api: u16, source_extra: &str) -> PathBuf {
-    env.write_config(&format!(
-        r#"
-[global]
-data_dir = "{data}"
-
-[api]
-address = "127.0.0.1:{api}"
-
-[sources.fw]
-type = "forward"
-address = "127.0.0.1:{port}"
-{source_extra}
-
-[sinks.out]
-type = "file"
-inputs = ["fw"]
-path = "{out}"
-key_prefix = "{{tag}}/"
-compression = "none"
-flush_interval = "200ms"
-"#,
-        data = env.path("data").display(),
-        out = env.path("out").display(),
-    ))
+    env.forward_to(
+        Some(api),
+        &format!("address = \"127.0.0.1:{port}\"\n{source_extra}"),
+        ForwardInto::Files,
+    )
 }
 
 /// The records our file sink wrote, each `log` line parsed back.
@@ -561,7 +522,7 @@ fn fluent_bit_partial_messages_are_joined_by_the_source() {
     );
     let client = FluentBit::start(&fb, &env, &conf);
     wait_for("both joined lines in our file sink", LONG, || env.records().len() >= 2);
-    let want = ["component=\"fw\""];
+    let want = ["component=\"in\""];
     wait_for("every part acknowledged", LONG, || {
         let m = http_get(api, "/metrics").map(|r| r.1).unwrap_or_default();
         metric(&m, "logferry_source_acked_events_total", &want) == Some(5.0)

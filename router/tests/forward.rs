@@ -242,12 +242,6 @@ flush_interval = "300ms"
     ))
 }
 
-fn wait_listening(port: u16) {
-    wait_for("the listener", Duration::from_secs(60), || {
-        TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-}
-
 fn ids_with(records: &[Value], log: &str) -> Vec<u64> {
     let mut ids: Vec<u64> = records
         .iter()

@@ -21,8 +21,6 @@ use common::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-const LONG: Duration = Duration::from_secs(300);
-
 /// What the proxy saw, over all connections.
 #[derive(Default)]
 struct Stats {
@@ -171,52 +169,21 @@ fn write_lines(env: &Env, n: u64) {
 
 /// A Logferry forward source on `port` into a blackhole.
 fn server(env: &Env, port: u16) -> Router {
-    let cfg = env.write_config(&format!(
-        r#"
-[global]
-data_dir = "{data}"
-
-[sources.in]
-type = "forward"
-address = "127.0.0.1:{port}"
-
-[sinks.out]
-type = "blackhole"
-inputs = ["in"]
-"#,
-        data = env.path("data").display(),
-    ));
-    let r = spawn(&cfg, &[]);
-    wait_for("the forward source listening", LONG, || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let r = spawn(
+        &env.forward_to(None, &format!("address = \"127.0.0.1:{port}\""), ForwardInto::Blackhole),
+        &[],
+    );
+    wait_listening(port);
     r
 }
 
 /// file -> forward sink to `port`, with `max_in_flight` and 16 KiB chunks.
 fn sink_config(env: &Env, port: u16, max_in_flight: usize, chunk: &str) -> PathBuf {
-    env.write_config(&format!(
-        r#"
-[global]
-data_dir = "{data}"
-
-[sources.app]
-type = "file"
-include = ["{logs}/*.log"]
-glob_interval = "100ms"
-
-[sinks.fw]
-type = "forward"
-inputs = ["app"]
-host = "127.0.0.1"
-port = {port}
-max_in_flight = {max_in_flight}
-max_chunk_size = "{chunk}"
-flush_interval = "100ms"
-"#,
-        data = env.path("data").display(),
-        logs = env.logs().display(),
-    ))
+    env.file_to_forward(
+        None,
+        "",
+        &format!("host = \"127.0.0.1\"\nport = {port}\nmax_in_flight = {max_in_flight}\nmax_chunk_size = \"{chunk}\""),
+    )
 }
 
 /// Sends `n` records through a proxy with `rtt`; returns what it saw.

@@ -307,39 +307,13 @@ fn write_logs(env: &Env, n: u64) {
     std::fs::write(env.logs().join("app.log"), s).unwrap();
 }
 
-/// file source -> forward sink with `sink` options.
+/// file source (event time from `ts`) -> forward sink with `sink` options.
 fn config(env: &Env, port: u16, sink: &str, api: Option<u16>) -> std::path::PathBuf {
-    let api = api
-        .map(|p| format!("[api]\naddress = \"127.0.0.1:{p}\"\n"))
-        .unwrap_or_default();
-    env.write_config(&format!(
-        r#"
-[global]
-data_dir = "{data}"
-{api}
-[sources.app]
-type = "file"
-include = ["{logs}/*.log"]
-glob_interval = "100ms"
-time_key = "ts"
-time_format = "epoch_ms"
-
-[sinks.fw]
-type = "forward"
-inputs = ["app"]
-host = "127.0.0.1"
-port = {port}
-{flush}
-{sink}
-"#,
-        data = env.path("data").display(),
-        logs = env.logs().display(),
-        flush = if sink.contains("flush_interval") {
-            ""
-        } else {
-            "flush_interval = \"100ms\""
-        },
-    ))
+    env.file_to_forward(
+        api,
+        "time_key = \"ts\"\ntime_format = \"epoch_ms\"",
+        &format!("host = \"127.0.0.1\"\nport = {port}\n{sink}"),
+    )
 }
 
 /// Every id `0..n` received at least once, each with its own fields and

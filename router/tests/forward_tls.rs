@@ -19,65 +19,30 @@ const NAME: &str = "fwd.test";
 /// B: a forward source with TLS (client certificates from `client_ca`) ->
 /// file sink, with its API for metrics.
 fn server(b: &Env, port: u16, api: u16, cert: &Path, key: &Path, client_ca: &Path) -> Router {
-    let cfg = b.write_config(&format!(
-        r#"
-[global]
-data_dir = "{data}"
-[api]
-address = "127.0.0.1:{api}"
-
-[sources.in]
-type = "forward"
-address = "127.0.0.1:{port}"
-tls = {{ cert_file = "{cert}", key_file = "{key}", ca_file = "{ca}", verify_client = true }}
-
-[sinks.out]
-type = "file"
-inputs = ["in"]
-path = "{out}"
-compression = "none"
-flush_interval = "100ms"
-"#,
-        data = b.path("data").display(),
-        out = b.path("out").display(),
-        cert = cert.display(),
-        key = key.display(),
-        ca = client_ca.display(),
-    ));
-    let r = spawn(&cfg, &[]);
-    wait_for("B listening", LONG, || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let source = format!(
+        "address = \"127.0.0.1:{port}\"\ntls = {{ cert_file = \"{}\", key_file = \"{}\", ca_file = \"{}\", verify_client = true }}",
+        cert.display(),
+        key.display(),
+        client_ca.display(),
+    );
+    let r = spawn(&b.forward_to(Some(api), &source, ForwardInto::Files), &[]);
+    wait_listening(port);
     r
 }
 
 /// A: ids `0..n` -> forward sink over TLS trusting `ca`, presenting `client`.
 fn sink(a: &Env, port: u16, n: u64, ca: &Path, client: (&Path, &Path)) -> PathBuf {
     append_ids(&a.logs().join("app.log"), 0..n);
-    a.write_config(&format!(
-        r#"
-[global]
-data_dir = "{data}"
-
-[sources.app]
-type = "file"
-include = ["{logs}/*.log"]
-glob_interval = "100ms"
-
-[sinks.fw]
-type = "forward"
-inputs = ["app"]
-host = "127.0.0.1"
-port = {port}
-flush_interval = "100ms"
-tls = {{ enabled = true, ca_file = "{ca}", server_name = "{NAME}", cert_file = "{cert}", key_file = "{key}" }}
-"#,
-        data = a.path("data").display(),
-        logs = a.logs().display(),
-        ca = ca.display(),
-        cert = client.0.display(),
-        key = client.1.display(),
-    ))
+    a.file_to_forward(
+        None,
+        "",
+        &format!(
+            "host = \"127.0.0.1\"\nport = {port}\ntls = {{ enabled = true, ca_file = \"{}\", server_name = \"{NAME}\", cert_file = \"{}\", key_file = \"{}\" }}",
+            ca.display(),
+            client.0.display(),
+            client.1.display(),
+        ),
+    )
 }
 
 fn tls_failures(api: u16) -> f64 {

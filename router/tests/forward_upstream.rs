@@ -12,31 +12,13 @@ use common::*;
 
 const LONG: Duration = Duration::from_secs(120);
 
-/// A forward server: forward source on `port` -> file sink (no compression).
+/// A forward server: forward source on `port` -> file sink.
 fn server(env: &Env, port: u16) -> Router {
-    let cfg = env.write_config(&format!(
-        r#"
-[global]
-data_dir = "{data}"
-
-[sources.in]
-type = "forward"
-address = "127.0.0.1:{port}"
-
-[sinks.out]
-type = "file"
-inputs = ["in"]
-path = "{out}"
-compression = "none"
-flush_interval = "100ms"
-"#,
-        data = env.path("data").display(),
-        out = env.path("out").display(),
-    ));
-    let r = spawn(&cfg, &[]);
-    wait_for("the server listening", LONG, || {
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
+    let r = spawn(
+        &env.forward_to(None, &format!("address = \"127.0.0.1:{port}\""), ForwardInto::Files),
+        &[],
+    );
+    wait_listening(port);
     r
 }
 
@@ -47,30 +29,14 @@ fn client(env: &Env, ports: &[u16], load_balance: &str) -> PathBuf {
         .iter()
         .map(|p| format!("{{ host = \"127.0.0.1\", port = {p} }}"))
         .collect();
-    env.write_config(&format!(
-        r#"
-[global]
-data_dir = "{data}"
-
-[sources.app]
-type = "file"
-include = ["{logs}/*.log"]
-glob_interval = "100ms"
-
-[sinks.fw]
-type = "forward"
-inputs = ["app"]
-servers = [{servers}]
-load_balance = "{load_balance}"
-require_ack = true
-ack_timeout = "5s"
-max_chunk_size = "4KiB"
-flush_interval = "50ms"
-"#,
-        data = env.path("data").display(),
-        logs = env.logs().display(),
-        servers = servers.join(", "),
-    ))
+    env.file_to_forward(
+        None,
+        "",
+        &format!(
+            "servers = [{}]\nload_balance = \"{load_balance}\"\nrequire_ack = true\nack_timeout = \"5s\"\nmax_chunk_size = \"4KiB\"\nflush_interval = \"50ms\"",
+            servers.join(", ")
+        ),
+    )
 }
 
 /// Ids in both servers' outputs, with how often each arrived.

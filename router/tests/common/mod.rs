@@ -66,6 +66,67 @@ flush_interval = "200ms"
         p
     }
 
+    /// `[global]` (and `[api]` on `api`), the file source `app` over
+    /// `logs/*.log` with `source_extra`, and a forward sink `fw` with
+    /// `sink` (host and port or servers, options; `flush_interval` 100ms
+    /// unless it says otherwise).
+    pub fn file_to_forward(&self, api: Option<u16>, source_extra: &str, sink: &str) -> PathBuf {
+        let flush = if sink.contains("flush_interval") {
+            ""
+        } else {
+            "flush_interval = \"100ms\""
+        };
+        self.write_config(&format!(
+            r#"{head}
+[sources.app]
+type = "file"
+include = ["{logs}/*.log"]
+glob_interval = "100ms"
+{source_extra}
+
+[sinks.fw]
+type = "forward"
+inputs = ["app"]
+{flush}
+{sink}
+"#,
+            head = self.head(api),
+            logs = self.logs().display(),
+        ))
+    }
+
+    /// `[global]` (and `[api]`), the forward source `in` with `source`
+    /// (its address, options), into a file sink under `out/{tag}/`
+    /// (uncompressed, flushing every 100ms), or a blackhole.
+    pub fn forward_to(&self, api: Option<u16>, source: &str, into: ForwardInto) -> PathBuf {
+        let sink = match into {
+            ForwardInto::Files => format!(
+                "type = \"file\"\npath = \"{}\"\nkey_prefix = \"{{tag}}/\"\ncompression = \"none\"\nflush_interval = \"100ms\"",
+                self.path("out").display()
+            ),
+            ForwardInto::Blackhole => "type = \"blackhole\"".to_string(),
+        };
+        self.write_config(&format!(
+            r#"{head}
+[sources.in]
+type = "forward"
+{source}
+
+[sinks.out]
+inputs = ["in"]
+{sink}
+"#,
+            head = self.head(api),
+        ))
+    }
+
+    fn head(&self, api: Option<u16>) -> String {
+        let api = api
+            .map(|p| format!("[api]\naddress = \"127.0.0.1:{p}\"\n"))
+            .unwrap_or_default();
+        format!("[global]\ndata_dir = \"{}\"\n{api}", self.path("data").display())
+    }
+
     pub fn write_config(&self, text: &str) -> PathBuf {
         let p = self.path("logferry.toml");
         std::fs::write(&p, text).unwrap();
@@ -204,6 +265,20 @@ impl Drop for Router {
             }
         }
     }
+}
+
+/// Where [`Env::forward_to`] delivers.
+#[derive(Debug, Clone, Copy)]
+pub enum ForwardInto {
+    Files,
+    Blackhole,
+}
+
+/// Waits until something accepts TCP connections on `port` (a hang guard).
+pub fn wait_listening(port: u16) {
+    wait_for(&format!("a listener on port {port}"), Duration::from_secs(90), || {
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
 }
 
 /// Polls `cond` until true; panics after `limit` (a hang guard, not a timing assertion).
