@@ -599,3 +599,23 @@ def test_node_rbac_module_is_the_daemonsets_rbac():
     assert ex_vars["service_account"] == yaml_subject["name"]
     rbac = hcl.blocks(example, "module")["rbac"]
     assert rbac["service_account"] == "${var.service_account}" and rbac["namespace"] == "${var.namespace}"
+
+
+def test_irsa_role_trusts_exactly_one_service_account():
+    """logferry-irsa-role: only `namespace:service_account` of the cluster's OIDC provider may
+    assume the role (sub and aud pinned), and both EKS examples build their role with it."""
+    parsed = hcl.load_dir(TF / "modules" / "logferry-irsa-role")
+    trust = hcl.resources(parsed, "data")["aws_iam_policy_document.trust"]
+    (statement,) = trust["statement"]
+    assert hcl.value(statement["actions"], hcl.no_refs) == ["sts:AssumeRoleWithWebIdentity"]
+    unq = lambda v: [unq(x) for x in v] if isinstance(v, list) else v.strip('"')  # noqa: E731
+    conditions = {unq(c["variable"]): (unq(c["test"]), unq(c["values"])) for c in statement["condition"]}
+    assert conditions == {
+        "${local.issuer}:sub": ("StringEquals", ["system:serviceaccount:${var.namespace}:${var.service_account}"]),
+        "${local.issuer}:aud": ("StringEquals", ["sts.amazonaws.com"]),
+    }
+    for example in ["eks-irsa", "eks-daemonset"]:
+        role = hcl.blocks(hcl.load_dir(TF / "examples" / example), "module")["role"]
+        assert unq(role["source"]) == "../../modules/logferry-irsa-role"
+        assert unq(role["service_account"]) == "${var.service_account}" and unq(role["namespace"]) == "${var.namespace}"
+        assert unq(role["policy_json"]) == "${module.iam.json}"

@@ -5,26 +5,14 @@
 # - the RBAC of `kubernetes_metadata = "api"` (module logferry-eks-node-rbac): get/list/watch
 #   on pods and namespaces, nothing more, bound to that service account.
 
-data "aws_eks_cluster" "this" {
-  name = var.cluster_name
+provider "kubernetes" {
+  host                   = module.role.cluster_endpoint
+  cluster_ca_certificate = base64decode(module.role.cluster_ca)
+  token                  = data.aws_eks_cluster_auth.this.token
 }
 
 data "aws_eks_cluster_auth" "this" {
   name = var.cluster_name
-}
-
-data "aws_iam_openid_connect_provider" "cluster" {
-  url = data.aws_eks_cluster.this.identity[0].oidc[0].issuer
-}
-
-provider "kubernetes" {
-  host                   = data.aws_eks_cluster.this.endpoint
-  cluster_ca_certificate = base64decode(data.aws_eks_cluster.this.certificate_authority[0].data)
-  token                  = data.aws_eks_cluster_auth.this.token
-}
-
-locals {
-  issuer = replace(data.aws_eks_cluster.this.identity[0].oidc[0].issuer, "https://", "")
 }
 
 module "destinations" {
@@ -43,35 +31,14 @@ module "iam" {
   s3_key_prefix = "logs/{kubernetes.namespace_name}/{kubernetes.pod_name}/%Y/%m/%d/%H/"
 }
 
-data "aws_iam_policy_document" "irsa_trust" {
-  statement {
-    actions = ["sts:AssumeRoleWithWebIdentity"]
-    principals {
-      type        = "Federated"
-      identifiers = [data.aws_iam_openid_connect_provider.cluster.arn]
-    }
-    condition {
-      test     = "StringEquals"
-      variable = "${local.issuer}:sub"
-      values   = ["system:serviceaccount:${var.namespace}:${var.service_account}"]
-    }
-    condition {
-      test     = "StringEquals"
-      variable = "${local.issuer}:aud"
-      values   = ["sts.amazonaws.com"]
-    }
-  }
-}
+module "role" {
+  source = "../../modules/logferry-irsa-role"
 
-resource "aws_iam_role" "router" {
-  name               = "${var.name}-node-router"
-  assume_role_policy = data.aws_iam_policy_document.irsa_trust.json
-}
-
-resource "aws_iam_role_policy" "router" {
-  name   = "logferry"
-  role   = aws_iam_role.router.id
-  policy = module.iam.json
+  name            = "${var.name}-node-router"
+  cluster_name    = var.cluster_name
+  namespace       = var.namespace
+  service_account = var.service_account
+  policy_json     = module.iam.json
 }
 
 module "rbac" {

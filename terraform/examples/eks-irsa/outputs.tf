@@ -1,6 +1,6 @@
 output "role_arn" {
   description = "Put it in eks/irsa/serviceaccount.yaml (annotation eks.amazonaws.com/role-arn)."
-  value       = aws_iam_role.router.arn
+  value       = module.role.role_arn
 }
 
 output "bucket_name" {
