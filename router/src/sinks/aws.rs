@@ -124,7 +124,20 @@ pub struct RetryCtx<'a> {
 impl RetryCtx<'_> {
     /// Runs `op` until it succeeds or the sink is told to stop. Never drops
     /// data: while this waits, the sink takes no input.
-    pub async fn run<T, E, F, Fut>(&mut self, what: &'static str, mut op: F) -> Result<T, Abandoned>
+    pub async fn run<T, E, F, Fut>(&mut self, what: &'static str, op: F) -> Result<T, Abandoned>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, SdkError<E, Response>>>,
+        E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
+    {
+        let v = self.retry(what, op).await?;
+        self.recovered();
+        Ok(v)
+    }
+
+    /// [`RetryCtx::run`] without ending the failure burst on success: a
+    /// record call can succeed with rejected records, so its caller decides.
+    pub async fn retry<T, E, F, Fut>(&mut self, what: &'static str, mut op: F) -> Result<T, Abandoned>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, SdkError<E, Response>>>,
@@ -133,20 +146,22 @@ impl RetryCtx<'_> {
         let mut attempt = 0u32;
         loop {
             match op().await {
-                Ok(v) => {
-                    self.recovered();
-                    return Ok(v);
-                }
+                Ok(v) => return Ok(v),
                 Err(e) => {
                     attempt += 1;
                     self.failed(what, e.code(), &DisplayErrorContext(&e));
-                    let pause = backoff(attempt, RETRY_CAP);
-                    tokio::select! {
-                        _ = tokio::time::sleep(pause) => {}
-                        _ = self.stop.cancelled() => return Err(Abandoned),
-                    }
+                    self.back_off(attempt).await?;
                 }
             }
+        }
+    }
+
+    /// The capped, jittered pause before attempt `attempt + 1`; `Err` when
+    /// the sink is told to stop meanwhile.
+    pub async fn back_off(&self, attempt: u32) -> Result<(), Abandoned> {
+        tokio::select! {
+            _ = tokio::time::sleep(backoff(attempt, RETRY_CAP)) => Ok(()),
+            _ = self.stop.cancelled() => Err(Abandoned),
         }
     }
 

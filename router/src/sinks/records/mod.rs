@@ -19,13 +19,9 @@ use std::future::Future;
 
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_smithy_runtime_api::client::result::SdkError;
-use aws_smithy_types::error::display::DisplayErrorContext;
 use aws_smithy_types::error::metadata::ProvideErrorMetadata;
-use tokio_util::sync::CancellationToken;
 
-use super::aws::{self, Abandoned, Failure, RETRY_CAP};
-use crate::api::Health;
-use crate::metrics::ComponentMetrics;
+use super::aws::{Abandoned, RetryCtx};
 
 /// A service's limits on one call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -101,17 +97,10 @@ pub enum Settled {
 
 /// The sink state a call loop reports to.
 pub struct Caller<'a> {
-    pub id: &'a str,
-    /// For log lines: "Firehose", "Kinesis".
-    pub service: &'static str,
+    /// Counts, logs and backs off failures, and marks readiness.
+    pub retry: RetryCtx<'a>,
     /// For log lines: "PutRecordBatch", "PutRecords".
     pub what: &'static str,
-    pub m: &'a ComponentMetrics,
-    pub health: &'a Health,
-    pub stop: &'a CancellationToken,
-    /// Set while calls fail or records are rejected, so a burst is logged
-    /// once and readiness comes back when it ends.
-    pub failing: &'a mut bool,
     /// 0: retry rejected records forever.
     pub max_record_retries: u32,
 }
@@ -136,20 +125,16 @@ where
 {
     debug_assert_eq!(records.len(), held.len());
     let Caller {
-        id,
-        service,
+        mut retry,
         what,
-        m,
-        health,
-        stop,
-        failing,
         max_record_retries,
     } = cx;
     let mut attempt = 0u32;
     while !records.is_empty() {
-        let out = retry_call(id, service, what, failing, m, health, stop, || send(records.clone())).await?;
+        let out = retry.retry(what, || send(records.clone())).await?;
         let failed = failed_indices(records.len(), out.failed_count, &out.codes);
         let first_code = failed.first().and_then(|&i| out.codes.get(i).cloned().flatten());
+        let sent = records.len();
         let (mut again_records, mut again_held) = (Vec::new(), Vec::new());
         let mut next_failed = failed.iter().peekable();
         for (i, (rec, h)) in records.drain(..).zip(held.drain(..)).enumerate() {
@@ -172,88 +157,20 @@ where
             }
             break;
         }
-        let class = aws::classify(first_code.as_deref());
-        m.retries.inc();
-        m.sink_error(if class == Failure::Permanent {
-            "permanent"
-        } else {
-            "transient"
-        });
-        if class == Failure::Permanent {
-            health.set_sink(id, false);
-        }
-        if !*failing {
-            tracing::warn!(
-                sink = %id,
-                rejected = records.len(),
-                code = first_code.as_deref().unwrap_or("none"),
-                "{service} rejected records; sending those again with backoff, records are kept"
-            );
-            *failing = true;
-        }
-        let pause = aws::backoff(attempt, RETRY_CAP);
-        tokio::select! {
-            _ = tokio::time::sleep(pause) => {}
-            _ = stop.cancelled() => return Err(Abandoned),
-        }
+        let code = first_code.as_deref();
+        retry.failed(
+            what,
+            code,
+            &format_args!(
+                "{} of {sent} records rejected ({}); sending those again",
+                records.len(),
+                code.unwrap_or("no code")
+            ),
+        );
+        retry.back_off(attempt).await?;
     }
-    if *failing {
-        tracing::info!(sink = %id, "{service} accepts records again");
-        *failing = false;
-        health.set_sink(id, true);
-    }
+    retry.recovered();
     Ok(())
-}
-
-/// Runs `op` until it succeeds or the sink is told to stop. Never drops
-/// data: while this waits, the sink takes no input. Unlike
-/// [`aws::RetryCtx::run`], success does not end a failure burst: a call can
-/// succeed with rejected records, so [`put_all`] decides.
-#[allow(clippy::too_many_arguments)]
-async fn retry_call<T, E, F, Fut>(
-    id: &str,
-    service: &'static str,
-    what: &'static str,
-    failing: &mut bool,
-    m: &ComponentMetrics,
-    health: &Health,
-    stop: &CancellationToken,
-    mut op: F,
-) -> Result<T, Abandoned>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, SdkError<E, HttpResponse>>>,
-    E: ProvideErrorMetadata + std::error::Error + Send + Sync + 'static,
-{
-    let mut attempt = 0u32;
-    loop {
-        match op().await {
-            Ok(v) => return Ok(v),
-            Err(e) => {
-                attempt += 1;
-                let class = aws::classify(e.code());
-                m.retries.inc();
-                m.sink_error(if class == Failure::Permanent {
-                    "permanent"
-                } else {
-                    "transient"
-                });
-                if class == Failure::Permanent {
-                    health.set_sink(id, false);
-                }
-                if !*failing {
-                    tracing::warn!(sink = id, request = what, error = %DisplayErrorContext(&e),
-                        "{service} request failed; retrying with backoff, records are kept");
-                    *failing = true;
-                }
-                let pause = aws::backoff(attempt, RETRY_CAP);
-                tokio::select! {
-                    _ = tokio::time::sleep(pause) => {}
-                    _ = stop.cancelled() => return Err(Abandoned),
-                }
-            }
-        }
-    }
 }
 
 #[cfg(test)]

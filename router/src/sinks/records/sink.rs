@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::sync::Arc;
+use std::sync::atomic::AtomicBool;
 use std::time::{Duration, Instant};
 
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
@@ -25,7 +26,7 @@ use crate::event::{Batch, HeldAck};
 use crate::memory::Charge;
 use crate::metrics::ComponentMetrics;
 use crate::sinks::SinkContext;
-use crate::sinks::aws::Abandoned;
+use crate::sinks::aws::{Abandoned, RetryCtx};
 use crate::sinks::encoding::{MissingKey, RecordFormat};
 
 /// One service record: its partition key (empty for Firehose), its data,
@@ -140,7 +141,8 @@ struct RecordSink<S: Service> {
     /// `log_key` / `timestamp_key`, and the records dropped for want of the key.
     format: RecordFormat,
     missing: MissingKey,
-    failing: bool,
+    /// Calls fail or records are rejected: logged once, readiness back when it ends.
+    failing: AtomicBool,
     dead: Arc<DeadLetters>,
     /// Queued and packed bytes, against `memory_limit`.
     charge: Charge,
@@ -175,7 +177,7 @@ pub async fn run<S: Service>(svc: S, settings: Settings, mut input: mpsc::Receiv
         line: Vec::with_capacity(4096),
         format: settings.format,
         missing: MissingKey::default(),
-        failing: false,
+        failing: AtomicBool::new(false),
         dead,
         charge: Charge::new(memory),
     };
@@ -306,13 +308,15 @@ impl<S: Service> RecordSink<S> {
             }
         }
         let caller = Caller {
-            id: &self.id,
-            service: S::SERVICE,
+            retry: RetryCtx {
+                id: &self.id,
+                service: S::SERVICE,
+                m: &self.m,
+                health: &self.health,
+                stop: &self.stop,
+                failing: &self.failing,
+            },
             what: S::CALL,
-            m: &self.m,
-            health: &self.health,
-            stop: &self.stop,
-            failing: &mut self.failing,
             max_record_retries: self.max_record_retries,
         };
         let (svc, m, records_sent, dead) = (&self.svc, &self.m, &self.records_sent, &self.dead);
