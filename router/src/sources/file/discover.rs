@@ -84,6 +84,19 @@ impl<W: World> FileSource<W> {
                 return;
             }
         };
+        // The path was stat'ed during the scan, opened only now: a rotation
+        // in between (rename, new file under the old name) hands us another
+        // file than `key` names. Tracked under `key`, it would be read in
+        // place of the renamed file, which then was never read (and its
+        // copy continued as if it had been). Leave it to the next scan.
+        let st = match self.world.fstat(&file) {
+            Ok(now) if (now.dev, now.ino) == key => now,
+            _ => {
+                tracing::debug!(file = %path.display(), "file replaced between scan and open; looking again");
+                self.waker.rescan.store(true, std::sync::atomic::Ordering::Release);
+                return;
+            }
+        };
         let size = st.len;
         let head = read_head(&self.world, &file, size);
         let fp = fingerprint_of(&head);
