@@ -290,16 +290,7 @@ impl Conn {
                     self.rbuf.drain(..used);
                     return Ok(v);
                 }
-                let mut buf = [0u8; 4096];
-                let n = self.io.read(&mut buf).await.map_err(SendError::Read)?;
-                if n == 0 {
-                    return Err(SendError::Closed(if self.rbuf.is_empty() {
-                        ""
-                    } else {
-                        " in the middle of a reply"
-                    }));
-                }
-                self.rbuf.extend_from_slice(&buf[..n]);
+                self.fill().await?;
             }
         };
         tokio::time::timeout(timeout, read)
@@ -364,19 +355,27 @@ impl Conn {
     pub async fn read_acks(&mut self) -> Result<Vec<String>, SendError> {
         let mut ids = self.decode_acks()?;
         if ids.is_empty() {
-            let mut buf = [0u8; 4096];
-            let n = self.io.read(&mut buf).await.map_err(SendError::Read)?;
-            if n == 0 {
-                return Err(SendError::Closed(if self.rbuf.is_empty() {
-                    ""
-                } else {
-                    " in the middle of a reply"
-                }));
-            }
-            self.rbuf.extend_from_slice(&buf[..n]);
+            self.fill().await?;
             ids = self.decode_acks()?;
         }
         Ok(ids)
+    }
+
+    /// One read into `rbuf` (kept there before any other await, so callers
+    /// stay cancel-safe); a closed connection is an error that says whether
+    /// it cut a reply.
+    async fn fill(&mut self) -> Result<(), SendError> {
+        let mut buf = [0u8; 4096];
+        let n = self.io.read(&mut buf).await.map_err(SendError::Read)?;
+        if n == 0 {
+            return Err(SendError::Closed(if self.rbuf.is_empty() {
+                ""
+            } else {
+                " in the middle of a reply"
+            }));
+        }
+        self.rbuf.extend_from_slice(&buf[..n]);
+        Ok(())
     }
 
     /// Takes every complete reply out of `rbuf` as an acked chunk id.
