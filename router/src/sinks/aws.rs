@@ -55,6 +55,16 @@ pub async fn sdk_config(region: Option<&str>, endpoint_url: Option<&str>) -> aws
     loader.load().await
 }
 
+/// [`sdk_config`] for a sink, warning once at start when no region is
+/// found anywhere (every call would fail).
+pub async fn sink_sdk_config(region: Option<&str>, endpoint_url: Option<&str>) -> aws_config::SdkConfig {
+    let sdk = sdk_config(region, endpoint_url).await;
+    if sdk.region().is_none() {
+        tracing::warn!("no AWS region configured (sink `region`, AWS_REGION, profile or instance metadata)");
+    }
+    sdk
+}
+
 /// How a failed call should be handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Failure {

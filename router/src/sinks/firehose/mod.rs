@@ -202,10 +202,7 @@ impl Service for Firehose {
 }
 
 pub async fn run(cfg: FirehoseSinkConfig, input: mpsc::Receiver<Batch>, cx: SinkContext) {
-    let sdk = aws::sdk_config(cfg.region.as_deref(), cfg.endpoint_url.as_deref()).await;
-    if sdk.region().is_none() {
-        tracing::warn!("no AWS region configured (sink `region`, AWS_REGION, profile or instance metadata)");
-    }
+    let sdk = aws::sink_sdk_config(cfg.region.as_deref(), cfg.endpoint_url.as_deref()).await;
     let client = aws_sdk_firehose::Client::new(&sdk);
     run_with_client(cfg, client, input, cx).await;
 }

@@ -255,10 +255,7 @@ impl Service for Kinesis {
 }
 
 pub async fn run(cfg: KinesisSinkConfig, input: mpsc::Receiver<Batch>, cx: SinkContext) {
-    let sdk = aws::sdk_config(cfg.region.as_deref(), cfg.endpoint_url.as_deref()).await;
-    if sdk.region().is_none() {
-        tracing::warn!("no AWS region configured (sink `region`, AWS_REGION, profile or instance metadata)");
-    }
+    let sdk = aws::sink_sdk_config(cfg.region.as_deref(), cfg.endpoint_url.as_deref()).await;
     let client = aws_sdk_kinesis::Client::new(&sdk);
     run_with_client(cfg, client, input, cx).await;
 }

@@ -84,10 +84,7 @@ pub async fn run(cfg: S3SinkConfig, input: mpsc::Receiver<Batch>, cx: SinkContex
     .map(|b| b.with_format(cfg.record_format())) else {
         return;
     };
-    let sdk = aws::sdk_config(cfg.region.as_deref(), cfg.endpoint_url.as_deref()).await;
-    if sdk.region().is_none() {
-        tracing::warn!("no AWS region configured (sink `region`, AWS_REGION, profile or instance metadata)");
-    }
+    let sdk = aws::sink_sdk_config(cfg.region.as_deref(), cfg.endpoint_url.as_deref()).await;
     let s3conf = aws_sdk_s3::config::Builder::from(&sdk)
         .force_path_style(cfg.force_path_style)
         .build();
