@@ -46,7 +46,13 @@ def app_line(i: int, app: str) -> str:
     }
     if i % 50 == 0:
         rec["level"] = 40  # a numeric level: kept in `rest`, not quarantined
+    if i % 100 == 1:
+        rec["latency_ms"] = "n/a"  # not the declared bigint: kept in `rest`
     return json.dumps(rec)
+
+
+# The deployment's own fields as columns of their own (the rest stays in `rest`).
+DECLARED = "id:string,latency_ms:bigint"
 
 
 def run_router(router, tmp: Path, bucket: str, endpoint: str, task: str, lines: list[str]) -> None:
@@ -122,7 +128,7 @@ def test_an_hour_compacts_to_parquet_that_duckdb_and_pyarrow_read(router, indexe
 
     objects = list_keys(s3, bucket, "logs/")
     messages = receive(sqs, queue_url, set(objects))
-    fn = indexer()
+    fn = indexer(COMPACT_COLUMNS=DECLARED)
     result = fn.invoke(sqs_event(queue_url, messages))
     assert result.payload == {"batchItemFailures": []}, result.payload
     delete_done(sqs, queue_url, messages, [])
@@ -132,11 +138,13 @@ def test_an_hour_compacts_to_parquet_that_duckdb_and_pyarrow_read(router, indexe
         "all": ["--since", "3h"],
         "web-grep": ["--since", "3h", "--where", "ecs_task_id=task-web", "--grep", "in 42 ms"],
         "numeric-level": ["--since", "3h", "--where", "level=40"],
+        "declared-id": ["--since", "3h", "--where", "id=web-0042"],
     }
     before = {name: query(router, bucket, endpoint, args) for name, args in queries.items()}
     assert len(before["all"][0]) == 700 + 500, "the manual records have no time: no time range matches them"
     assert len(before["web-grep"][0]) == len([i for i in range(700) if i % 97 == 42])
     assert len(before["numeric-level"][0]) == 14 + 10
+    assert len(before["declared-id"][0]) == 1
     want = [r for key in objects for r in ndjson[key]]
     assert len(want) == 700 + 500 + 20
     # The hours the index put the objects in (a run can straddle an hour).
@@ -172,6 +180,7 @@ def test_an_hour_compacts_to_parquet_that_duckdb_and_pyarrow_read(router, indexe
         assert schema.field("timestamp").type == pa.timestamp("us", tz="UTC")
         labels = schema.field("kubernetes").type.field("labels").type
         assert pa.types.is_map(labels) and labels.key_type == pa.string() and labels.item_type == pa.string()
+        assert schema.field("id").type == pa.string() and schema.field("latency_ms").type == pa.int64()
         col = f.metadata.row_group(0).column(0)
         assert col.compression == "ZSTD" and col.statistics.has_min_max
         rows.extend(f.read().to_pylist())
@@ -208,6 +217,18 @@ def test_an_hour_compacts_to_parquet_that_duckdb_and_pyarrow_read(router, indexe
         "WHERE json_extract_string(rest, '$.level') = '40'"
     ).fetchone()[0]
     assert numeric == sum(1 for r in want if r.get("level") == 40) == 14 + 10
+    # Declared columns: typed values in the column, the others in `rest`, none lost.
+    one = con.execute(
+        f"SELECT id, latency_ms, rest FROM read_parquet('{glob}', hive_partitioning = true) WHERE id = 'web-0042'"
+    ).fetchall()
+    assert one == [("web-0042", 42 % 97, None)], one
+    in_column, in_rest, typed_sum = con.execute(
+        f"SELECT count(latency_ms), count(json_extract_string(rest, '$.latency_ms')), sum(latency_ms) "
+        f"FROM read_parquet('{glob}', hive_partitioning = true)"
+    ).fetchone()
+    ints = [r["latency_ms"] for r in want if isinstance(r.get("latency_ms"), int)]
+    assert (in_column, typed_sum) == (len(ints), sum(ints)), (in_column, typed_sum)
+    assert in_rest == sum(1 for r in want if r.get("latency_ms") == "n/a") == 7 + 5
 
     # The bad line is in the compactor's quarantine, with its reason and place.
     q = [k for k in list_keys(s3, bucket, "_quarantine/compact/")]

@@ -64,6 +64,98 @@ pub const TIMESTAMP_COLUMN: &str = "timestamp";
 pub const KUBERNETES: &str = "kubernetes";
 pub const REST: &str = "rest";
 
+/// Partition columns of the compacted layout (`dt=…/hour=…/source=…/`).
+pub const PARTITION_COLUMNS: &[&str] = &["dt", "hour", "source"];
+
+/// Most columns a deployment may declare.
+pub const MAX_DECLARED: usize = 32;
+
+/// The type of a declared column (`COMPACT_COLUMNS`), by its Athena name.
+///
+/// A field takes its declared column only when its JSON value is of that
+/// type exactly: `string` a JSON string, `bigint` an integer written as one
+/// (`12`, not `12.0`), `double` a number written with a fraction or an
+/// exponent (`12.5`, `1e3`, not `12`), `boolean` `true` or `false`. Any
+/// other value stays in `rest` as it was, so a record always comes back
+/// unchanged, number forms included.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ColumnType {
+    String,
+    Bigint,
+    Double,
+    Boolean,
+}
+
+impl ColumnType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ColumnType::String => "string",
+            ColumnType::Bigint => "bigint",
+            ColumnType::Double => "double",
+            ColumnType::Boolean => "boolean",
+        }
+    }
+}
+
+/// A column the deployment declared for one of its own top-level fields.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Declared {
+    pub name: String,
+    pub ty: ColumnType,
+}
+
+/// Parses `COMPACT_COLUMNS` (`request_id:string,latency_ms:double`):
+/// names are lower case (Athena folds them) `[a-z_][a-z0-9_]*` of at most
+/// 64 characters, unique, neither a fixed nor a partition column. The
+/// columns come back sorted by name, so the schema does not depend on how
+/// the list was written.
+pub fn parse_declared(s: &str) -> Result<Vec<Declared>, String> {
+    let mut out: Vec<Declared> = Vec::new();
+    for item in s.split(',').map(str::trim).filter(|i| !i.is_empty()) {
+        let (name, ty) = item
+            .split_once(':')
+            .map(|(n, t)| (n.trim(), t.trim()))
+            .ok_or_else(|| format!("`{item}` is not name:type"))?;
+        let ty = match ty {
+            "string" => ColumnType::String,
+            "bigint" => ColumnType::Bigint,
+            "double" => ColumnType::Double,
+            "boolean" => ColumnType::Boolean,
+            other => {
+                return Err(format!(
+                    "`{name}`: unknown type `{other}` (string, bigint, double or boolean)"
+                ));
+            }
+        };
+        let valid = name.len() <= 64
+            && name.starts_with(|c: char| c.is_ascii_lowercase() || c == '_')
+            && name
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_');
+        if !valid {
+            return Err(format!(
+                "`{name}` is not a column name: lower-case letters, digits and _, not starting with a digit, at most 64"
+            ));
+        }
+        let fixed = STRING_COLUMNS.iter().chain(&[TIMESTAMP_COLUMN, KUBERNETES, REST]);
+        if fixed.chain(PARTITION_COLUMNS).any(|f| *f == name) {
+            return Err(format!("`{name}` is already a column of the compacted layout"));
+        }
+        if out.iter().any(|d| d.name == name) {
+            return Err(format!("`{name}` is declared twice"));
+        }
+        out.push(Declared {
+            name: name.to_string(),
+            ty,
+        });
+    }
+    if out.len() > MAX_DECLARED {
+        return Err(format!("{} columns declared; at most {MAX_DECLARED}", out.len()));
+    }
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    Ok(out)
+}
+
 /// The router's form of a time: RFC 3339, UTC, milliseconds.
 pub fn canonical_time(t: DateTime<Utc>) -> String {
     t.to_rfc3339_opts(SecondsFormat::Millis, true)
@@ -124,6 +216,10 @@ fn value_of(f: &Field) -> Option<Value> {
     match f {
         Field::Null => None,
         Field::Str(s) => Some(Value::String(s.clone())),
+        // Declared columns.
+        Field::Long(n) => Some(Value::from(*n)),
+        Field::Double(d) => serde_json::Number::from_f64(*d).map(Value::Number),
+        Field::Bool(b) => Some(Value::Bool(*b)),
         Field::MapInternal(m) => {
             let mut out = Map::new();
             for (k, v) in m.entries() {

@@ -63,6 +63,8 @@ pub struct CompactConfig {
     /// Bytes per upload part of a Parquet file (not a variable: S3 wants 5 MiB or more;
     /// tests use tiny parts).
     pub part_bytes: usize,
+    /// Columns declared for the deployment's own fields (`COMPACT_COLUMNS`), by name.
+    pub columns: Vec<crate::compacted::Declared>,
 }
 
 pub const DEFAULT_COMPACT_PREFIX: &str = "compacted/";
@@ -79,6 +81,7 @@ impl Default for CompactConfig {
             delay: std::time::Duration::from_secs(600),
             hours: 3,
             part_bytes: 16 << 20,
+            columns: Vec::new(),
         }
     }
 }
@@ -131,6 +134,13 @@ impl CompactConfig {
                     });
                 }
             };
+        }
+        if let Some(v) = get("COMPACT_COLUMNS") {
+            c.columns = crate::compacted::parse_declared(&v).map_err(|reason| ConfigError {
+                name: "COMPACT_COLUMNS",
+                value: v.clone(),
+                reason,
+            })?;
         }
         if let Some(v) = get("COMPACT_ROW_GROUP_BYTES") {
             c.row_group_bytes = size("COMPACT_ROW_GROUP_BYTES", &v)?;
@@ -388,8 +398,11 @@ mod tests {
             ("COMPACT_SOURCES", "logs/%Y/%m/%d/%H/, web=web logs/%Y/%m/%d/%H/"),
             ("COMPACT_INPUTS", "delete"),
             ("COMPACT_DELAY", "5m"),
+            ("COMPACT_COLUMNS", " trace_id:string, latency_ms : double,"),
         ])
         .expect("valid");
+        let declared: Vec<(&str, &str)> = c.compact.columns.iter().map(|d| (&*d.name, d.ty.as_str())).collect();
+        assert_eq!(declared, [("latency_ms", "double"), ("trace_id", "string")]);
         assert_eq!(
             c.compact.sources,
             [
@@ -418,6 +431,14 @@ mod tests {
             ("COMPACT_SOURCES", "=logs/"),
             ("COMPACT_DELAY", "soon"),
             ("COMPACT_HOURS", "0"),
+            ("COMPACT_COLUMNS", "trace_id"),
+            ("COMPACT_COLUMNS", "trace_id:uuid"),
+            ("COMPACT_COLUMNS", "Trace:string"),
+            ("COMPACT_COLUMNS", "1a:string"),
+            ("COMPACT_COLUMNS", "msg:string"),
+            ("COMPACT_COLUMNS", "hour:bigint"),
+            ("COMPACT_COLUMNS", "rest:string"),
+            ("COMPACT_COLUMNS", "a:string,a:bigint"),
         ] {
             let e = cfg(&[(name, bad)]).expect_err(bad);
             assert_eq!(e.name, name);

@@ -44,7 +44,7 @@
 pub mod rows;
 pub mod store;
 
-pub use crate::compacted::{InputEntry, MANIFEST_VERSION, Manifest, OutputEntry};
+pub use crate::compacted::{ColumnType, Declared, InputEntry, MANIFEST_VERSION, Manifest, OutputEntry};
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{self, BufReader, Write};
@@ -362,10 +362,12 @@ pub async fn compact<S: Store>(
         let out_key = format!("{dir}part-{id}.parquet");
         let q_base = format!("{qdir}{id}");
         let (st, j, rg, pb) = (store.clone(), job.clone(), cc.row_group_bytes, cc.part_bytes);
-        let max_bytes = cfg.index.max_decompressed_bytes;
+        let (max_bytes, declared) = (cfg.index.max_decompressed_bytes, cc.columns.clone());
         let handle = Handle::current();
         let written = tokio::task::spawn_blocking(move || {
-            encode_group(&handle, &*st, &j, &group, &out_key, &q_base, rg, pb, max_bytes)
+            encode_group(
+                &handle, &*st, &j, &group, &out_key, &q_base, rg, pb, max_bytes, &declared,
+            )
         })
         .await
         .map_err(|e| internal("compact", job, &dir, format!("the compaction task died: {e}")))??;
@@ -596,8 +598,8 @@ fn new_gz() -> flate2::write::GzEncoder<Vec<u8>> {
     flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default())
 }
 
-fn writer_properties(row_group_bytes: u64) -> WriterProperties {
-    WriterProperties::builder()
+fn writer_properties(row_group_bytes: u64, declared: &[Declared]) -> WriterProperties {
+    let mut b = WriterProperties::builder()
         .set_compression(Compression::ZSTD(ZstdLevel::try_new(3).expect("a valid level")))
         .set_statistics_enabled(EnabledStatistics::Page)
         // Row groups close by encoded size, as `parquet.block.size` does, not by count.
@@ -612,8 +614,36 @@ fn writer_properties(row_group_bytes: u64) -> WriterProperties {
             ParquetEncoding::DELTA_BINARY_PACKED,
         )
         // `rest` is nearly unique per row: a dictionary would only cost hashing.
-        .set_column_dictionary_enabled(ColumnPath::from(rows::REST), false)
-        .build()
+        .set_column_dictionary_enabled(ColumnPath::from(rows::REST), false);
+    // Free text (a message with a user id or a path in it) is rarely one of a
+    // few values: zstd at level 9 takes 6% off it for about 1 s of CPU in
+    // 13 on the benchmark's hour. Levels above 9 cost far more; the other
+    // columns gain little from any.
+    for name in ["log", "message", "msg"] {
+        b = b.set_column_compression(
+            ColumnPath::from(name),
+            Compression::ZSTD(ZstdLevel::try_new(9).expect("a valid level")),
+        );
+    }
+    // Declared columns keep the dictionary (a status, a route), but an id
+    // overflows it: a string column gives up at 64 KiB of dictionary. What
+    // follows is better than PLAIN: string bytes without their length
+    // prefixes in between (17.7 against 20.5 bytes a row for two 64-bit hex
+    // ids), doubles split by byte, integers as deltas.
+    for d in declared {
+        let col = || ColumnPath::from(d.name.as_str());
+        match d.ty {
+            ColumnType::String => {
+                b = b
+                    .set_column_encoding(col(), ParquetEncoding::DELTA_LENGTH_BYTE_ARRAY)
+                    .set_column_dictionary_page_size_limit(col(), 64 << 10);
+            }
+            ColumnType::Double => b = b.set_column_encoding(col(), ParquetEncoding::BYTE_STREAM_SPLIT),
+            ColumnType::Bigint => b = b.set_column_encoding(col(), ParquetEncoding::DELTA_BINARY_PACKED),
+            ColumnType::Boolean => {}
+        }
+    }
+    b.build()
 }
 
 /// Reads a group's inputs into one Parquet file (runs on a blocking thread).
@@ -628,6 +658,7 @@ fn encode_group<S: Store>(
     row_group_bytes: u64,
     part_bytes: usize,
     max_decompressed: u64,
+    declared: &[Declared],
 ) -> Result<Written, ProcessError> {
     let sink = PartWriter {
         handle,
@@ -641,8 +672,8 @@ fn encode_group<S: Store>(
         written: 0,
         failed: None,
     };
-    let schema = Rows::schema();
-    let mut writer = ArrowWriter::try_new(sink, schema, Some(writer_properties(row_group_bytes)))
+    let schema = Rows::schema(declared);
+    let mut writer = ArrowWriter::try_new(sink, schema, Some(writer_properties(row_group_bytes, declared)))
         .map_err(|e| internal("parquet", job, out_key, e))?;
     let mut q = Quarantine {
         handle,
@@ -653,7 +684,7 @@ fn encode_group<S: Store>(
         lines: 0,
         keys: Vec::new(),
     };
-    let mut rows = Rows::new();
+    let mut rows = Rows::new(declared);
     let mut inputs = Vec::with_capacity(group.len());
     let mut total_rows = 0u64;
 

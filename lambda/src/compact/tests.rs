@@ -22,6 +22,7 @@ fn cfg(inputs: InputAction, file_input_bytes: u64) -> IndexerConfig {
     c.compact.file_input_bytes = file_input_bytes;
     c.compact.part_bytes = 1024;
     c.compact.row_group_bytes = 16 << 10;
+    c.compact.columns = crate::compacted::parse_declared("id:string,latency:double").expect("valid");
     c
 }
 
@@ -48,6 +49,7 @@ fn record(obj: usize, i: usize) -> Value {
         "ecs_task_id": format!("task-{}", obj % 3),
         "kubernetes": {"pod_name": format!("web-{obj}"), "labels": {"app": "web", "n": i.to_string()}},
         "id": format!("{obj}-{i}"),
+        "latency": i as f64 + 0.25,
     })
 }
 
@@ -232,6 +234,17 @@ fn parquet_is_zstd_with_page_statistics_and_row_groups_by_size() {
         ts.column_index_offset().is_some(),
         "page index (page statistics) written"
     );
+    // The declared columns, typed, and every row's value in them (none left in `rest`).
+    let schema = meta.file_metadata().schema_descr();
+    let column = |name: &str| (0..schema.num_columns()).find(|&i| schema.column(i).path().string() == name);
+    let (id, latency) = (column("id").expect("id"), column("latency").expect("latency"));
+    assert_eq!(schema.column(id).physical_type(), parquet::basic::Type::BYTE_ARRAY);
+    assert_eq!(schema.column(latency).physical_type(), parquet::basic::Type::DOUBLE);
+    for g in meta.row_groups() {
+        for c in [id, latency] {
+            assert_eq!(g.column(c).statistics().and_then(|s| s.null_count_opt()), Some(0));
+        }
+    }
 }
 
 #[test]

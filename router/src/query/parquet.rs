@@ -20,7 +20,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use chrono::{DateTime, Utc};
-use logferry_indexer::compacted::{Manifest, STRING_COLUMNS, TIMESTAMP_COLUMN, record_of};
+use logferry_indexer::compacted::{Manifest, REST, TIMESTAMP_COLUMN, record_of};
 use parquet::file::metadata::RowGroupMetaData;
 use parquet::file::reader::FileReader;
 use parquet::file::serialized_reader::{ReadOptionsBuilder, SerializedFileReader};
@@ -58,7 +58,8 @@ fn row_group_can_match(rg: &RowGroupMetaData, q: &Query) -> bool {
         return false;
     }
     for (field, value) in &q.wheres {
-        if !STRING_COLUMNS.contains(&field.as_str()) {
+        // A top-level string column: a fixed one or one the deployment declared.
+        if field == REST || field.contains('.') {
             continue;
         }
         // A row whose column is null may still carry the field in `rest` (a number, a
@@ -124,6 +125,7 @@ mod tests {
                     "ecs_task_id": format!("t{}", i % 3),
                     "msg": if i % 10 == 0 { format!("read timeout {i}") } else { format!("ok {i}") },
                     "n": i,
+                    "req": format!("r{i:05}"),
                 });
                 if i % 500 == 7 {
                     r["ecs_task_id"] = json!(5); // a number: in `rest`, not in the column
@@ -135,13 +137,14 @@ mod tests {
 
     /// The records as the compactor writes them: small row groups, page statistics.
     fn file(records: &[Value]) -> File {
-        let mut rows = Rows::new();
+        let declared = logferry_indexer::compacted::parse_declared("n:bigint,req:string").unwrap();
+        let mut rows = Rows::new(&declared);
         let props = WriterProperties::builder()
             .set_statistics_enabled(EnabledStatistics::Page)
             .set_max_row_group_row_count(Some(250))
             .build();
         let tmp = tempfile::tempfile().unwrap();
-        let mut w = ArrowWriter::try_new(tmp.try_clone().unwrap(), Rows::schema(), Some(props)).unwrap();
+        let mut w = ArrowWriter::try_new(tmp.try_clone().unwrap(), Rows::schema(&declared), Some(props)).unwrap();
         for chunk in records.chunks(100) {
             for r in chunk {
                 rows.push(r.to_string().as_bytes()).unwrap();
@@ -206,6 +209,16 @@ mod tests {
                 6,
             ),
             (q("2026-03-07T05:00:01Z", "2026-03-07T06:00:00Z", &[], None), 12),
+            // A declared column prunes too: one row group can hold r00042.
+            (
+                q(
+                    "2026-03-07T04:00:00Z",
+                    "2026-03-07T05:00:00Z",
+                    &[("req", "r00042")],
+                    None,
+                ),
+                11,
+            ),
         ] {
             let (got, skipped) = scan_file(file(&recs), &query, &fields, u64::MAX).unwrap();
             let got: Vec<Value> = got.iter().map(|(_, l)| serde_json::from_slice(l).unwrap()).collect();
