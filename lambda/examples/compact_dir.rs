@@ -4,6 +4,9 @@
 //!
 //! `compact_dir <root> <prefix> <hour>` (e.g. `data logs/2026/12/03/14/ 2026-12-03T14`);
 //! prints the run's summary as JSON. Inputs are kept (`COMPACT_INPUTS=keep`).
+//!
+//! `COMPACT_DIR_GET_LATENCY_MS=20` sleeps that long in each GET before its
+//! body is returned: S3's first-byte latency, which a local disk does not have.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -18,6 +21,7 @@ use logferry_indexer::process::{FailureKind, ProcessError};
 struct DirStore {
     root: PathBuf,
     uploads: AtomicU64,
+    get_latency: std::time::Duration,
 }
 
 fn io_err(op: &'static str, key: &str, e: std::io::Error) -> ProcessError {
@@ -102,6 +106,9 @@ impl Store for DirStore {
             return Ok(None);
         }
         let file = tokio::fs::File::open(&path).await.map_err(|e| io_err("Get", key, e))?;
+        if !self.get_latency.is_zero() {
+            tokio::time::sleep(self.get_latency).await;
+        }
         Ok(Some(Got {
             etag: tag,
             content_encoding: None,
@@ -129,7 +136,10 @@ impl Store for DirStore {
 
     async fn upload_start(&self, _bucket: &str, key: &str) -> Result<String, ProcessError> {
         let id = self.uploads.fetch_add(1, Ordering::Relaxed).to_string();
-        std::fs::create_dir_all(self.root.join(".uploads").join(&id)).map_err(|e| io_err("UploadStart", key, e))?;
+        let dir = self.root.join(".uploads").join(&id);
+        std::fs::create_dir_all(&dir)
+            .and_then(|()| std::fs::write(dir.join("key"), key))
+            .map_err(|e| io_err("UploadStart", key, e))?;
         Ok(id)
     }
 
@@ -163,9 +173,31 @@ impl Store for DirStore {
                 std::io::copy(&mut std::fs::File::open(&part)?, &mut out)?;
                 std::fs::remove_file(part)?;
             }
-            std::fs::remove_dir(&dir)
+            std::fs::remove_dir_all(&dir)
         };
         run().map_err(|e| io_err("UploadComplete", key, e))
+    }
+
+    async fn upload_abort(&self, _bucket: &str, key: &str, upload: &str) -> Result<(), ProcessError> {
+        match std::fs::remove_dir_all(self.root.join(".uploads").join(upload)) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(io_err("UploadAbort", key, e)),
+            _ => Ok(()),
+        }
+    }
+
+    async fn uploads_list(&self, _bucket: &str, prefix: &str) -> Result<Vec<(String, String)>, ProcessError> {
+        let Ok(entries) = std::fs::read_dir(self.root.join(".uploads")) else {
+            return Ok(Vec::new());
+        };
+        let mut out = Vec::new();
+        for e in entries.flatten() {
+            if let Ok(key) = std::fs::read_to_string(e.path().join("key"))
+                && key.starts_with(prefix)
+            {
+                out.push((key, e.file_name().to_string_lossy().into_owned()));
+            }
+        }
+        Ok(out)
     }
 }
 
@@ -186,6 +218,10 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = Arc::new(DirStore {
         root: PathBuf::from(root),
         uploads: AtomicU64::new(0),
+        get_latency: std::time::Duration::from_millis(match std::env::var("COMPACT_DIR_GET_LATENCY_MS") {
+            Ok(v) => v.parse().map_err(|e| format!("COMPACT_DIR_GET_LATENCY_MS={v}: {e}"))?,
+            Err(_) => 0,
+        }),
     });
     let summary = compact(store, &cfg, &job, None).await?;
     println!("{}", serde_json::to_string(&summary)?);

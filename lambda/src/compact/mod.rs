@@ -41,6 +41,7 @@
 //! once could remove each other's pending output. The hourly schedule makes
 //! one event per hour, and a backfill should not overlap it.
 
+pub mod ahead;
 pub mod rows;
 pub mod store;
 
@@ -65,6 +66,7 @@ use crate::config::{CompactConfig, IndexerConfig, InputAction, source_name};
 use crate::doc::{IndexDoc, partition};
 use crate::index::{Encoding, Limited, Line, MAX_LINE_BYTES, SourceTag, decoder, read_line};
 use crate::process::{FailureKind, ProcessError};
+use ahead::{READ_AHEAD_BYTES, READ_AHEAD_GETS, ReadAhead};
 use rows::Rows;
 use store::{Store, read_all};
 
@@ -298,6 +300,11 @@ pub async fn compact<S: Store>(
             );
             summary.orphans_removed += orphans.len() as u64;
             tracing::warn!(partition = %dir, id = %id, objects = orphans.len(), "removing the output of a run that did not finish");
+            // Its Parquet upload, if it was killed mid-way (a group that
+            // failed aborted its own).
+            for (key, upload) in store.uploads_list(&job.bucket, &format!("{dir}part-{id}")).await? {
+                store.upload_abort(&job.bucket, &key, &upload).await?;
+            }
             store.delete(&job.bucket, &orphans).await?;
             store.delete(&job.bucket, &[format!("{dir}_pending-{id}.json")]).await?;
         }
@@ -366,7 +373,7 @@ pub async fn compact<S: Store>(
         let handle = Handle::current();
         let written = tokio::task::spawn_blocking(move || {
             encode_group(
-                &handle, &*st, &j, &group, &out_key, &q_base, rg, pb, max_bytes, &declared,
+                &handle, &st, &j, &group, &out_key, &q_base, rg, pb, max_bytes, &declared,
             )
         })
         .await
@@ -497,6 +504,8 @@ struct PartWriter<'s, S> {
     written: u64,
     /// The S3 error behind an `io::Error` the writer returned.
     failed: Option<ProcessError>,
+    /// The upload started and not completed, to abort if the group fails.
+    open: &'s std::sync::Mutex<Option<String>>,
 }
 
 impl<S: Store> PartWriter<'_, S> {
@@ -506,6 +515,7 @@ impl<S: Store> PartWriter<'_, S> {
             None => {
                 let u = self.handle.block_on(self.store.upload_start(self.bucket, self.key))?;
                 self.upload = Some(u.clone());
+                *self.open.lock().expect("not poisoned") = Some(u.clone());
                 u
             }
         };
@@ -531,6 +541,7 @@ impl<S: Store> PartWriter<'_, S> {
             let parts = std::mem::take(&mut self.parts);
             self.handle
                 .block_on(self.store.upload_complete(self.bucket, self.key, &upload, parts))?;
+            *self.open.lock().expect("not poisoned") = None;
         }
         Ok(self.written)
     }
@@ -647,10 +658,12 @@ fn writer_properties(row_group_bytes: u64, declared: &[Declared]) -> WriterPrope
 }
 
 /// Reads a group's inputs into one Parquet file (runs on a blocking thread).
+/// When it fails after its upload started, the upload is aborted (a run
+/// killed before that leaves it to the next run's recovery).
 #[allow(clippy::too_many_arguments)]
 fn encode_group<S: Store>(
     handle: &Handle,
-    store: &S,
+    store: &Arc<S>,
     job: &Job,
     group: &[Candidate],
     out_key: &str,
@@ -660,6 +673,53 @@ fn encode_group<S: Store>(
     max_decompressed: u64,
     declared: &[Declared],
 ) -> Result<Written, ProcessError> {
+    let open = std::sync::Mutex::new(None);
+    let r = encode_group_inner(
+        handle,
+        store,
+        job,
+        group,
+        out_key,
+        q_base,
+        row_group_bytes,
+        part_bytes,
+        max_decompressed,
+        declared,
+        &open,
+    );
+    if r.is_err()
+        && let Some(upload) = open.lock().expect("not poisoned").take()
+        && let Err(e) = handle.block_on(store.upload_abort(&job.bucket, out_key, &upload))
+    {
+        // The next run's recovery aborts it.
+        tracing::warn!(key = %out_key, error = %e, "the failed group's upload could not be aborted");
+    }
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+fn encode_group_inner<S: Store>(
+    handle: &Handle,
+    store: &Arc<S>,
+    job: &Job,
+    group: &[Candidate],
+    out_key: &str,
+    q_base: &str,
+    row_group_bytes: u64,
+    part_bytes: usize,
+    max_decompressed: u64,
+    declared: &[Declared],
+    open: &std::sync::Mutex<Option<String>>,
+) -> Result<Written, ProcessError> {
+    let mut ahead = ReadAhead::new(
+        handle,
+        store.clone(),
+        &job.bucket,
+        group.to_vec(),
+        READ_AHEAD_GETS,
+        READ_AHEAD_BYTES,
+    );
+    let store = &**store;
     let sink = PartWriter {
         handle,
         store,
@@ -671,6 +731,7 @@ fn encode_group<S: Store>(
         parts: Vec::new(),
         written: 0,
         failed: None,
+        open,
     };
     let schema = Rows::schema(declared);
     let mut writer = ArrowWriter::try_new(sink, schema, Some(writer_properties(row_group_bytes, declared)))
@@ -707,7 +768,9 @@ fn encode_group<S: Store>(
             complete: true,
             error: None,
         };
-        let Some(got) = handle.block_on(store.get(&job.bucket, &c.key, Some(&c.etag)))? else {
+        // Held until this input is decoded: its share of the read-ahead budget.
+        let mut read = ahead.next(c)?;
+        let Some(got) = read.got.take() else {
             tracing::warn!(key = %c.key, "input gone or replaced before it was read; not compacted");
             entry.complete = false;
             entry.error = Some("gone".into());

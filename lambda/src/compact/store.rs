@@ -67,6 +67,19 @@ pub trait Store: Send + Sync + 'static {
         upload: &str,
         parts: Vec<(i32, String)>,
     ) -> impl Future<Output = Result<(), ProcessError>> + Send;
+    /// Abandons a multipart upload and frees its parts; one already gone is fine.
+    fn upload_abort(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload: &str,
+    ) -> impl Future<Output = Result<(), ProcessError>> + Send;
+    /// The incomplete multipart uploads of keys under `prefix`, as (key, upload id).
+    fn uploads_list(
+        &self,
+        bucket: &str,
+        prefix: &str,
+    ) -> impl Future<Output = Result<Vec<(String, String)>, ProcessError>> + Send;
 }
 
 /// Reads a whole small object (manifests, index documents).
@@ -275,10 +288,58 @@ impl Store for S3Store {
             .map(|_| ())
             .map_err(|e| sdk(FailureKind::S3Write, "CompleteMultipartUpload", bucket, key, e))
     }
+
+    async fn upload_abort(&self, bucket: &str, key: &str, upload: &str) -> Result<(), ProcessError> {
+        match self
+            .0
+            .abort_multipart_upload()
+            .bucket(bucket)
+            .key(key)
+            .upload_id(upload)
+            .send()
+            .await
+        {
+            Ok(_) => Ok(()),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_upload()) => Ok(()),
+            Err(e) => Err(sdk(FailureKind::S3Write, "AbortMultipartUpload", bucket, key, e)),
+        }
+    }
+
+    async fn uploads_list(&self, bucket: &str, prefix: &str) -> Result<Vec<(String, String)>, ProcessError> {
+        let mut out = Vec::new();
+        let (mut key_marker, mut id_marker) = (None, None);
+        loop {
+            let page = self
+                .0
+                .list_multipart_uploads()
+                .bucket(bucket)
+                .prefix(prefix)
+                .set_key_marker(key_marker.take())
+                .set_upload_id_marker(id_marker.take())
+                .send()
+                .await
+                .map_err(|e| sdk(FailureKind::S3Read, "ListMultipartUploads", bucket, prefix, e))?;
+            for u in page.uploads() {
+                out.push((
+                    u.key().unwrap_or_default().to_string(),
+                    u.upload_id().unwrap_or_default().to_string(),
+                ));
+            }
+            if !page.is_truncated().unwrap_or(false) {
+                return Ok(out);
+            }
+            key_marker = page.next_key_marker().map(str::to_string);
+            id_marker = page.next_upload_id_marker().map(str::to_string);
+            if key_marker.is_none() && id_marker.is_none() {
+                return Ok(out);
+            }
+        }
+    }
 }
 
 /// An in-memory bucket that can die at a chosen write: after `crash_after`
-/// successful writes (put, delete, tag, part, complete), every call fails,
+/// successful writes (put, delete, tag, upload start, part, complete,
+/// abort), every call fails,
 /// as if the function had been killed there.
 #[derive(Default)]
 pub struct MemoryStore {
@@ -291,7 +352,8 @@ pub type MemoryObject = (Vec<u8>, String, BTreeMap<String, String>);
 #[derive(Default, Clone)]
 pub struct MemoryState {
     pub objects: BTreeMap<String, MemoryObject>,
-    uploads: BTreeMap<String, BTreeMap<i32, Vec<u8>>>,
+    /// Incomplete multipart uploads: id -> (key, parts).
+    uploads: BTreeMap<String, (String, BTreeMap<i32, Vec<u8>>)>,
     next: u64,
     /// Writes done so far.
     pub writes: u64,
@@ -335,6 +397,11 @@ impl MemoryState {
         self.next += 1;
         let etag = format!("\"{:x}-{}\"", xxhash_rust::xxh3::xxh3_64(&body), self.next);
         self.objects.insert(key, (body, etag, BTreeMap::new()));
+    }
+
+    /// The keys of the multipart uploads started and neither completed nor aborted.
+    pub fn incomplete_uploads(&self) -> Vec<String> {
+        self.uploads.values().map(|(k, _)| k.clone()).collect()
     }
 }
 
@@ -392,7 +459,7 @@ impl Store for MemoryStore {
         self.write("UploadStart", key, |st| {
             st.next += 1;
             let id = format!("u{}", st.next);
-            st.uploads.insert(id.clone(), BTreeMap::new());
+            st.uploads.insert(id.clone(), (key.to_string(), BTreeMap::new()));
             id
         })
     }
@@ -406,7 +473,7 @@ impl Store for MemoryStore {
         body: Vec<u8>,
     ) -> Result<String, ProcessError> {
         self.write("UploadPart", key, |st| {
-            st.uploads.get_mut(upload).expect("started").insert(n, body);
+            st.uploads.get_mut(upload).expect("started").1.insert(n, body);
             format!("\"p{n}\"")
         })
     }
@@ -419,12 +486,28 @@ impl Store for MemoryStore {
         parts: Vec<(i32, String)>,
     ) -> Result<(), ProcessError> {
         self.write("UploadComplete", key, |st| {
-            let mut stored = st.uploads.remove(upload).expect("started");
+            let (_, mut stored) = st.uploads.remove(upload).expect("started");
             let mut body = Vec::new();
             for (n, _) in parts {
                 body.extend(stored.remove(&n).expect("part uploaded"));
             }
             st.insert(key.to_string(), body);
+        })
+    }
+
+    async fn upload_abort(&self, _bucket: &str, key: &str, upload: &str) -> Result<(), ProcessError> {
+        self.write("UploadAbort", key, |st| {
+            st.uploads.remove(upload);
+        })
+    }
+
+    async fn uploads_list(&self, _bucket: &str, prefix: &str) -> Result<Vec<(String, String)>, ProcessError> {
+        self.read("ListUploads", prefix, |st| {
+            st.uploads
+                .iter()
+                .filter(|(_, (k, _))| k.starts_with(prefix))
+                .map(|(id, (k, _))| (k.clone(), id.clone()))
+                .collect()
         })
     }
 }

@@ -12,6 +12,7 @@ use serde_json::{Value, json};
 use super::store::MemoryStore;
 use super::*;
 use crate::config::IndexerConfig;
+use std::sync::atomic::Ordering;
 
 const BUCKET: &str = "logs-bucket";
 const PREFIX: &str = "logs/2026/12/03/14/";
@@ -123,7 +124,7 @@ fn sorted(mut v: Vec<Value>) -> Vec<Value> {
     v
 }
 
-fn run(store: &Arc<MemoryStore>, cfg: &IndexerConfig) -> Result<Summary, ProcessError> {
+fn run<S: Store>(store: &Arc<S>, cfg: &IndexerConfig) -> Result<Summary, ProcessError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
@@ -175,6 +176,11 @@ fn check(store: &MemoryStore, cfg: &IndexerConfig, want: &[Value], ctx: &str) {
     assert!(
         st.objects.contains_key("logs/2026/12/03/15/later.ndjson.gz"),
         "{ctx}: outside the prefix"
+    );
+    assert_eq!(
+        st.incomplete_uploads(),
+        Vec::<String>::new(),
+        "{ctx}: incomplete uploads left"
     );
 }
 
@@ -477,4 +483,309 @@ fn a_near_deadline_leaves_groups_to_the_next_run() {
     let rest = rt.block_on(compact(store.clone(), &c, &job(), None)).unwrap();
     assert_eq!((rest.files, rest.groups_left), (5, 0));
     check(&store, &c, &want, "after a run cut short by its deadline");
+}
+
+/// How [`Shaky`] fails a GET.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Fail {
+    /// GetObject returns an error.
+    Get,
+    /// The body breaks after a few bytes.
+    Body,
+}
+
+/// A [`MemoryStore`] whose GETs take a while (a delay from a hash of the key,
+/// so later GETs often finish first), can fail one key, and count what they
+/// hand out: bodies' bytes read, GETs at once, uploads started.
+#[derive(Default)]
+struct Shaky {
+    inner: MemoryStore,
+    max_delay_ms: u64,
+    fail: std::sync::Mutex<Option<(String, Fail)>>,
+    handed_out: Arc<std::sync::atomic::AtomicU64>,
+    gets_now: std::sync::atomic::AtomicU64,
+    gets_max: std::sync::atomic::AtomicU64,
+    uploads_started: std::sync::atomic::AtomicU64,
+}
+
+/// A body that counts the bytes read out of it.
+struct Counted<R> {
+    inner: R,
+    count: Arc<std::sync::atomic::AtomicU64>,
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for Counted<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let r = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        let n = (buf.filled().len() - before) as u64;
+        self.count.fetch_add(n, Ordering::SeqCst);
+        r
+    }
+}
+
+/// A body that fails when read.
+struct Broken;
+
+impl tokio::io::AsyncRead for Broken {
+    fn poll_read(
+        self: std::pin::Pin<&mut Self>,
+        _: &mut std::task::Context<'_>,
+        _: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<io::Result<()>> {
+        std::task::Poll::Ready(Err(io::Error::other("connection reset")))
+    }
+}
+
+impl Store for Shaky {
+    async fn list(&self, bucket: &str, prefix: &str) -> Result<Vec<store::Listed>, ProcessError> {
+        self.inner.list(bucket, prefix).await
+    }
+
+    async fn get(&self, bucket: &str, key: &str, if_match: Option<&str>) -> Result<Option<store::Got>, ProcessError> {
+        let now = self.gets_now.fetch_add(1, Ordering::SeqCst) + 1;
+        self.gets_max.fetch_max(now, Ordering::SeqCst);
+        if self.max_delay_ms > 0 {
+            let ms = xxhash_rust::xxh3::xxh3_64(key.as_bytes()) % (self.max_delay_ms + 1);
+            tokio::time::sleep(std::time::Duration::from_millis(ms)).await;
+        }
+        let fail = self.fail.lock().unwrap().clone();
+        let r = match fail {
+            Some((ref k, Fail::Get)) if k == key => Err(ProcessError::new(
+                FailureKind::S3Read,
+                "GetObject",
+                bucket,
+                key,
+                "503 SlowDown",
+            )),
+            _ => self.inner.get(bucket, key, if_match).await,
+        };
+        self.gets_now.fetch_sub(1, Ordering::SeqCst);
+        let mut got = match r? {
+            Some(g) => g,
+            None => return Ok(None),
+        };
+        if fail.is_some_and(|(k, f)| k == key && f == Fail::Body) {
+            use tokio::io::AsyncReadExt as _;
+            got.body = Box::new(got.body.take(10).chain(Broken));
+        }
+        got.body = Box::new(Counted {
+            inner: got.body,
+            count: self.handed_out.clone(),
+        });
+        Ok(Some(got))
+    }
+
+    async fn put(&self, bucket: &str, key: &str, body: Vec<u8>) -> Result<(), ProcessError> {
+        self.inner.put(bucket, key, body).await
+    }
+
+    async fn delete(&self, bucket: &str, keys: &[String]) -> Result<(), ProcessError> {
+        self.inner.delete(bucket, keys).await
+    }
+
+    async fn tag(&self, bucket: &str, key: &str, tag: (&str, &str)) -> Result<(), ProcessError> {
+        self.inner.tag(bucket, key, tag).await
+    }
+
+    async fn upload_start(&self, bucket: &str, key: &str) -> Result<String, ProcessError> {
+        self.uploads_started.fetch_add(1, Ordering::SeqCst);
+        self.inner.upload_start(bucket, key).await
+    }
+
+    async fn upload_part(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload: &str,
+        n: i32,
+        body: Vec<u8>,
+    ) -> Result<String, ProcessError> {
+        self.inner.upload_part(bucket, key, upload, n, body).await
+    }
+
+    async fn upload_complete(
+        &self,
+        bucket: &str,
+        key: &str,
+        upload: &str,
+        parts: Vec<(i32, String)>,
+    ) -> Result<(), ProcessError> {
+        self.inner.upload_complete(bucket, key, upload, parts).await
+    }
+
+    async fn upload_abort(&self, bucket: &str, key: &str, upload: &str) -> Result<(), ProcessError> {
+        self.inner.upload_abort(bucket, key, upload).await
+    }
+
+    async fn uploads_list(&self, bucket: &str, prefix: &str) -> Result<Vec<(String, String)>, ProcessError> {
+        self.inner.uploads_list(bucket, prefix).await
+    }
+}
+
+fn shaky(objs: Vec<(String, Vec<u8>)>, max_delay_ms: u64) -> Arc<Shaky> {
+    Arc::new(Shaky {
+        inner: MemoryStore::with(objs),
+        max_delay_ms,
+        ..Shaky::default()
+    })
+}
+
+fn parquet_files(s: &MemoryStore) -> BTreeMap<String, Vec<u8>> {
+    let st = s.state.lock().unwrap();
+    st.objects
+        .iter()
+        .filter(|(k, _)| k.ends_with(".parquet") || k.contains("_manifest-"))
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect()
+}
+
+/// GETs that finish in another order than they started: rows come out in
+/// input order, and the files and manifests are the bytes a store without
+/// delays gives.
+#[test]
+fn read_ahead_keeps_the_input_order_whatever_order_gets_finish_in() {
+    let (objs, want) = inputs(24, 50);
+    let c = cfg(InputAction::Keep, 1 << 30);
+    let plain = Arc::new(MemoryStore::with(objs.clone()));
+    run(&plain, &c).unwrap();
+    let slow = shaky(objs, 15);
+    let s = run(&slow, &c).unwrap();
+    assert_eq!(s.objects, 24);
+    assert_eq!(compacted(&slow.inner, &c), want, "rows in input order");
+    check(&slow.inner, &c, &want, "delayed GETs");
+    assert_eq!(parquet_files(&slow.inner), parquet_files(&plain));
+    let gets = slow.gets_max.load(Ordering::SeqCst);
+    assert!(gets > 1, "GETs overlapped ({gets} at most)");
+    assert!(gets <= READ_AHEAD_GETS as u64 + 1, "{gets} GETs at once");
+}
+
+/// A GET that fails mid-pipeline (the call or its body) fails the group as
+/// before: no manifest, the started upload aborted; a re-run then gives
+/// every record once.
+#[test]
+fn a_failing_get_mid_pipeline_fails_the_group_and_a_rerun_gives_every_record_once() {
+    for fail in [Fail::Get, Fail::Body] {
+        // Over 8,192 rows before the seventh: a row group is under way.
+        let (objs, want) = inputs(10, 1400);
+        let c = cfg(InputAction::Delete, 1 << 30);
+        let store = shaky(objs, 5);
+        *store.fail.lock().unwrap() = Some((format!("{PREFIX}o-007.ndjson.gz"), fail));
+        let e = run(&store, &c).expect_err("the seventh input cannot be read");
+        assert_eq!(e.kind, FailureKind::S3Read, "{fail:?}: {e}");
+        assert!(e.to_string().contains("o-007"), "{fail:?}: {e}");
+        {
+            let st = store.inner.state.lock().unwrap();
+            assert!(
+                !st.objects.keys().any(|k| k.contains("_manifest-")),
+                "{fail:?}: no manifest"
+            );
+            assert_eq!(
+                st.objects.keys().filter(|k| k.starts_with(PREFIX)).count(),
+                10,
+                "{fail:?}: inputs kept"
+            );
+            assert_eq!(
+                st.incomplete_uploads(),
+                Vec::<String>::new(),
+                "{fail:?}: the upload is aborted"
+            );
+        }
+        assert!(
+            store.uploads_started.load(Ordering::SeqCst) > 0,
+            "{fail:?}: an upload was under way"
+        );
+        *store.fail.lock().unwrap() = None;
+        run(&store, &c).unwrap();
+        check(&store.inner, &c, &want, &format!("{fail:?}: re-run"));
+    }
+}
+
+/// The read-ahead buffers no more than its budget: stored bytes handed out
+/// by the store and not yet consumed stay within the budget plus one object
+/// (an object over the budget streams), with sizes the listing got wrong
+/// and GETs finishing out of order.
+#[test]
+fn read_ahead_stays_within_its_byte_budget() {
+    use tokio::io::AsyncReadExt as _;
+    const BUDGET: u64 = 6000;
+    const GETS: usize = 4;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut objs = Vec::new();
+    let mut cands = Vec::new();
+    for i in 0..60u64 {
+        // Mostly small, a few over the budget.
+        let len = if i % 17 == 5 {
+            9000
+        } else {
+            (xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()) % 2500) as usize
+        };
+        let body: Vec<u8> = (0..len).map(|j| (j as u64 * 31 + i) as u8).collect();
+        objs.push((format!("{PREFIX}b-{i:03}"), body));
+    }
+    let store = shaky(objs.clone(), 3);
+    {
+        let st = store.inner.state.lock().unwrap();
+        for (i, (k, b)) in objs.iter().enumerate() {
+            // Every seventh listed at half its size.
+            let size = if i % 7 == 3 { b.len() as u64 / 2 } else { b.len() as u64 };
+            cands.push(Candidate {
+                key: k.clone(),
+                etag: st.objects[k].1.clone(),
+                size,
+            });
+        }
+    }
+    let biggest = objs.iter().map(|(_, b)| b.len() as u64).max().unwrap();
+    let mut ra = ahead::ReadAhead::new(rt.handle(), store.clone(), BUCKET, cands.clone(), GETS, BUDGET);
+    let mut consumed = 0u64;
+    let mut most = 0u64;
+    for (n, c) in cands.iter().enumerate() {
+        // Let the read-ahead run ahead of a slow decoder now and then.
+        if n % 5 == 0 {
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
+        let outstanding = store.handed_out.load(Ordering::SeqCst) - consumed;
+        most = most.max(outstanding);
+        assert!(outstanding <= BUDGET + biggest, "input {n}: {outstanding} bytes held");
+        let mut read = ra.next(c).unwrap();
+        let mut got = read.got.take().expect("present");
+        let mut body = Vec::new();
+        rt.block_on(got.body.read_to_end(&mut body)).unwrap();
+        assert_eq!(body, objs[n].1, "input {n}: its own bytes");
+        consumed += body.len() as u64;
+        drop(read);
+    }
+    assert_eq!(store.handed_out.load(Ordering::SeqCst), consumed);
+    assert!(most > 2500, "inputs were buffered ahead ({most} bytes at most)");
+    let gets = store.gets_max.load(Ordering::SeqCst);
+    assert!((2..=GETS as u64 + 1).contains(&gets), "{gets} GETs at once");
+}
+
+/// A run killed in the middle of its upload leaves an incomplete upload;
+/// the next run's recovery aborts it.
+#[test]
+fn recovery_aborts_the_upload_a_killed_run_left() {
+    let (objs, want) = inputs(6, 300);
+    let c = cfg(InputAction::Tag, 1 << 30);
+    let store = Arc::new(MemoryStore::with(objs));
+    // Dies at the third write: pending marker, upload start, first part.
+    store.state.lock().unwrap().crash_after = Some(2);
+    run(&store, &c).expect_err("killed");
+    {
+        let mut st = store.state.lock().unwrap();
+        assert_eq!(st.incomplete_uploads().len(), 1, "the killed run's upload is left");
+        st.crash_after = None;
+        st.crashed = false;
+    }
+    run(&store, &c).unwrap();
+    check(&store, &c, &want, "after recovery");
 }
