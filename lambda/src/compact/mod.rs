@@ -7,8 +7,9 @@
 //! a bucket that dies at every write in turn). One run of a partition:
 //!
 //! 1. **Recover.** A `_pending-<id>.json` without its `_manifest-<id>.json`
-//!    is a run that died: its Parquet and quarantine objects are deleted
-//!    (they are invisible to nobody, so they must not stay). A manifest
+//!    is a run that died: its Parquet upload, if incomplete, is aborted
+//!    and its Parquet and quarantine objects are deleted (they are
+//!    invisible to nobody, so they must not stay). A manifest
 //!    without `_done-<id>` is a run that died after its output was complete:
 //!    its input action (tag or delete) is finished.
 //! 2. **Find the inputs.** The index documents of the hour
@@ -20,12 +21,14 @@
 //! 3. **Compact.** Inputs sorted by key are cut into groups of at most
 //!    `COMPACT_FILE_INPUT_BYTES` stored bytes, one output file each. A
 //!    group's id is a hash of its inputs' keys and ETags, so its output
-//!    names are the same on every run over the same inputs. For each group:
+//!    names are the same on every run over the same inputs. Inputs are read
+//!    ahead of the decoder ([`ahead`]) and decoded in order. For each group:
 //!    `_pending-<id>.json`; then `part-<id>.parquet` (a multipart upload,
 //!    invisible until complete, read with `If-Match` on each input's ETag)
 //!    and the quarantined lines; then `_manifest-<id>.json` (inputs with
 //!    ETags and counts, outputs), written last; then the input action;
-//!    then `_done-<id>` and the pending marker's removal.
+//!    then `_done-<id>` and the pending marker's removal. A group that
+//!    fails aborts its multipart upload.
 //!
 //! Nothing is dropped: a line that cannot be a row (not a JSON object, over
 //! the line limit) goes to `<QUARANTINE_PREFIX>compact/...` with its reason,
@@ -34,8 +37,9 @@
 //!
 //! Memory: one input line, one batch of rows (8,192 rows or 8 MiB of lines),
 //! the open row group's encoded pages (closed at `COMPACT_ROW_GROUP_BYTES`),
-//! one upload part (16 MiB) and the quarantine buffer (8 MiB): about
-//! 170 MiB at the defaults, whatever the hour's size.
+//! one upload part (16 MiB), the quarantine buffer (8 MiB) and the inputs
+//! read ahead (32 MiB of stored bytes): about 200 MiB at the defaults,
+//! whatever the hour's size.
 //!
 //! One run per partition at a time: two runs of the same hour and source at
 //! once could remove each other's pending output. The hourly schedule makes
@@ -301,9 +305,10 @@ pub async fn compact<S: Store>(
             summary.orphans_removed += orphans.len() as u64;
             tracing::warn!(partition = %dir, id = %id, objects = orphans.len(), "removing the output of a run that did not finish");
             // Its Parquet upload, if it was killed mid-way (a group that
-            // failed aborted its own).
-            for (key, upload) in store.uploads_list(&job.bucket, &format!("{dir}part-{id}")).await? {
-                store.upload_abort(&job.bucket, &key, &upload).await?;
+            // failed aborted its own). Best effort: without the permissions
+            // the bucket's lifecycle rule still removes it.
+            if let Err(e) = abort_uploads(&*store, &job.bucket, &format!("{dir}part-{id}")).await {
+                tracing::warn!(partition = %dir, id = %id, error = %e, "the incomplete upload of a run that did not finish is left to the lifecycle rule");
             }
             store.delete(&job.bucket, &orphans).await?;
             store.delete(&job.bucket, &[format!("{dir}_pending-{id}.json")]).await?;
@@ -409,6 +414,14 @@ pub async fn compact<S: Store>(
         longest = longest.max(started.elapsed());
     }
     Ok(summary)
+}
+
+/// Aborts the incomplete multipart uploads of keys under `prefix`.
+async fn abort_uploads<S: Store>(store: &S, bucket: &str, prefix: &str) -> Result<(), ProcessError> {
+    for (key, upload) in store.uploads_list(bucket, prefix).await? {
+        store.upload_abort(bucket, &key, &upload).await?;
+    }
+    Ok(())
 }
 
 /// Applies the input action to a manifest's complete inputs.
