@@ -712,8 +712,8 @@ fn a_failing_get_mid_pipeline_fails_the_group_and_a_rerun_gives_every_record_onc
 #[test]
 fn read_ahead_stays_within_its_byte_budget() {
     use tokio::io::AsyncReadExt as _;
-    const BUDGET: u64 = 6000;
-    const GETS: usize = 4;
+    const BUDGET: u64 = 3000;
+    const GETS: usize = 16;
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -724,7 +724,7 @@ fn read_ahead_stays_within_its_byte_budget() {
     for i in 0..60u64 {
         // Mostly small, a few over the budget.
         let len = if i % 17 == 5 {
-            9000
+            4000
         } else {
             (xxhash_rust::xxh3::xxh3_64(&i.to_le_bytes()) % 2500) as usize
         };
@@ -765,7 +765,7 @@ fn read_ahead_stays_within_its_byte_budget() {
         drop(read);
     }
     assert_eq!(store.handed_out.load(Ordering::SeqCst), consumed);
-    assert!(most > 2500, "inputs were buffered ahead ({most} bytes at most)");
+    assert!(most > 1000, "inputs were buffered ahead ({most} bytes at most)");
     let gets = store.gets_max.load(Ordering::SeqCst);
     assert!((2..=GETS as u64 + 1).contains(&gets), "{gets} GETs at once");
 }
