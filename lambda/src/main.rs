@@ -1,5 +1,9 @@
 //! `bootstrap`: the indexer Lambda for the `provided.al2023` runtime.
 
+// The compactor's read-ahead nests the handler's future deeper than rustc's
+// default layout depth allows.
+#![recursion_limit = "256"]
+
 use lambda_runtime::{Diagnostic, Error, LambdaEvent, service_fn};
 use logferry_indexer::config::IndexerConfig;
 use logferry_indexer::handler;
