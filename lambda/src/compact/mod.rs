@@ -376,13 +376,30 @@ pub async fn compact<S: Store>(
         let (st, j, rg, pb) = (store.clone(), job.clone(), cc.row_group_bytes, cc.part_bytes);
         let (max_bytes, declared) = (cfg.index.max_decompressed_bytes, cc.columns.clone());
         let handle = Handle::current();
+        // The Parquet upload while it is started and not completed.
+        let open = Arc::new(std::sync::Mutex::new(None));
+        let (o, key) = (open.clone(), out_key.clone());
         let written = tokio::task::spawn_blocking(move || {
             encode_group(
-                &handle, &st, &j, &group, &out_key, &q_base, rg, pb, max_bytes, &declared,
+                &handle, &st, &j, &group, &key, &q_base, rg, pb, max_bytes, &declared, &o,
             )
         })
         .await
-        .map_err(|e| internal("compact", job, &dir, format!("the compaction task died: {e}")))??;
+        .map_err(|e| internal("compact", job, &dir, format!("the compaction task died: {e}")))?;
+        let written = match written {
+            Ok(w) => w,
+            Err(e) => {
+                // A failed group aborts its upload (one killed before this
+                // is left to the next run's recovery).
+                let upload = open.lock().expect("not poisoned").take();
+                if let Some(upload) = upload
+                    && let Err(a) = store.upload_abort(&job.bucket, &out_key, &upload).await
+                {
+                    tracing::warn!(key = %out_key, error = %a, "the failed group's upload could not be aborted");
+                }
+                return Err(e);
+            }
+        };
         let m = Manifest {
             version: MANIFEST_VERSION,
             id: id.clone(),
@@ -671,47 +688,10 @@ fn writer_properties(row_group_bytes: u64, declared: &[Declared]) -> WriterPrope
 }
 
 /// Reads a group's inputs into one Parquet file (runs on a blocking thread).
-/// When it fails after its upload started, the upload is aborted (a run
-/// killed before that leaves it to the next run's recovery).
+/// `open` holds the Parquet upload while it is started and not completed,
+/// for the caller to abort if the group fails.
 #[allow(clippy::too_many_arguments)]
 fn encode_group<S: Store>(
-    handle: &Handle,
-    store: &Arc<S>,
-    job: &Job,
-    group: &[Candidate],
-    out_key: &str,
-    q_base: &str,
-    row_group_bytes: u64,
-    part_bytes: usize,
-    max_decompressed: u64,
-    declared: &[Declared],
-) -> Result<Written, ProcessError> {
-    let open = std::sync::Mutex::new(None);
-    let r = encode_group_inner(
-        handle,
-        store,
-        job,
-        group,
-        out_key,
-        q_base,
-        row_group_bytes,
-        part_bytes,
-        max_decompressed,
-        declared,
-        &open,
-    );
-    if r.is_err()
-        && let Some(upload) = open.lock().expect("not poisoned").take()
-        && let Err(e) = handle.block_on(store.upload_abort(&job.bucket, out_key, &upload))
-    {
-        // The next run's recovery aborts it.
-        tracing::warn!(key = %out_key, error = %e, "the failed group's upload could not be aborted");
-    }
-    r
-}
-
-#[allow(clippy::too_many_arguments)]
-fn encode_group_inner<S: Store>(
     handle: &Handle,
     store: &Arc<S>,
     job: &Job,
