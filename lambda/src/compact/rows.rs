@@ -101,9 +101,24 @@ fn as_string_map<'a>(v: &'a RawValue) -> Option<Vec<(Cow<'a, str>, Cow<'a, str>)
     Some(out)
 }
 
-/// How many times `name` occurs among `members`.
-fn count(members: &[(Key, &RawValue)], name: &str) -> usize {
-    members.iter().filter(|(k, _)| k.0 == name).count()
+/// Where `name` is among `members`, if it occurs exactly once (a duplicated
+/// key is never typed).
+fn once(members: &[(Key, &RawValue)], name: &str) -> Option<usize> {
+    let mut at = members
+        .iter()
+        .enumerate()
+        .filter(|(_, (k, _))| k.0 == name)
+        .map(|(i, _)| i);
+    at.next().filter(|_| at.next().is_none())
+}
+
+/// The string value of `name` if it occurs once and is a string; it then
+/// leaves `rest` (`keep[i] = false`).
+fn take_str<'a>(members: &[(Key<'a>, &'a RawValue)], keep: &mut [bool], name: &str) -> Option<Cow<'a, str>> {
+    let i = once(members, name)?;
+    let s = as_str(members[i].1)?;
+    keep[i] = false;
+    Some(s)
 }
 
 /// The builder of a declared column.
@@ -283,39 +298,28 @@ impl Rows {
 
         // @timestamp
         let mut ts = None;
-        if count(&members, TIMESTAMP) == 1 {
-            let i = members.iter().position(|(k, _)| k.0 == TIMESTAMP).expect("counted");
-            if let Some(text) = as_str(members[i].1)
-                && let Ok(t) = DateTime::parse_from_rfc3339(&text)
-            {
-                let t = t.with_timezone(&Utc);
-                let micros = t.timestamp_micros();
-                // Typed; the text stays in `rest` too unless the column gives it back.
-                let back = DateTime::<Utc>::from_timestamp_micros(micros).map(canonical_time);
-                if back.as_deref() == Some(&*text) {
-                    rest[i] = false;
-                }
-                ts = Some(micros);
+        if let Some(i) = once(&members, TIMESTAMP)
+            && let Some(text) = as_str(members[i].1)
+            && let Ok(t) = DateTime::parse_from_rfc3339(&text)
+        {
+            let t = t.with_timezone(&Utc);
+            let micros = t.timestamp_micros();
+            // Typed; the text stays in `rest` too unless the column gives it back.
+            let back = DateTime::<Utc>::from_timestamp_micros(micros).map(canonical_time);
+            if back.as_deref() == Some(&*text) {
+                rest[i] = false;
             }
+            ts = Some(micros);
         }
         self.ts.append_option(ts);
 
         for (col, name) in STRING_COLUMNS.iter().enumerate() {
-            let mut value = None;
-            if count(&members, name) == 1 {
-                let i = members.iter().position(|(k, _)| k.0 == *name).expect("counted");
-                if let Some(s) = as_str(members[i].1) {
-                    rest[i] = false;
-                    value = Some(s);
-                }
-            }
-            self.strings[col].append_option(value);
+            self.strings[col].append_option(take_str(&members, &mut rest, name));
         }
 
         for (d, b) in &mut self.declared {
             let mut taken = false;
-            if count(&members, &d.name) == 1 {
-                let i = members.iter().position(|(k, _)| k.0 == d.name).expect("counted");
+            if let Some(i) = once(&members, &d.name) {
                 taken = b.take(members[i].1);
                 rest[i] = !taken;
             }
@@ -326,37 +330,26 @@ impl Rows {
 
         // kubernetes: its typed parts; what is left of it stays in `rest`.
         let mut k8s_rest: Option<(usize, String)> = None;
-        let k8s = (count(&members, KUBERNETES) == 1)
-            .then(|| members.iter().position(|(k, _)| k.0 == KUBERNETES).expect("counted"))
-            .and_then(|i| {
-                let raw = members[i].1.get();
-                let inner: Members = raw.starts_with('{').then(|| serde_json::from_str(raw).ok())??;
-                Some((i, inner.0))
-            });
+        let k8s = once(&members, KUBERNETES).and_then(|i| {
+            let raw = members[i].1.get();
+            let inner: Members = raw.starts_with('{').then(|| serde_json::from_str(raw).ok())??;
+            Some((i, inner.0))
+        });
         match k8s {
             Some((i, inner)) => {
                 rest[i] = false;
                 let mut left = vec![true; inner.len()];
                 for (col, name) in KUBERNETES_STRINGS.iter().enumerate() {
-                    let mut value = None;
-                    if count(&inner, name) == 1 {
-                        let j = inner.iter().position(|(k, _)| k.0 == *name).expect("counted");
-                        if let Some(s) = as_str(inner[j].1) {
-                            left[j] = false;
-                            value = Some(s);
-                        }
-                    }
-                    self.k8s_strings[col].append_option(value);
+                    self.k8s_strings[col].append_option(take_str(&inner, &mut left, name));
                 }
                 for (col, name) in KUBERNETES_MAPS.iter().enumerate() {
                     let b = &mut self.k8s_maps[col];
                     let mut map = None;
-                    if count(&inner, name) == 1 {
-                        let j = inner.iter().position(|(k, _)| k.0 == *name).expect("counted");
-                        if let Some(m) = as_string_map(inner[j].1) {
-                            left[j] = false;
-                            map = Some(m);
-                        }
+                    if let Some(j) = once(&inner, name)
+                        && let Some(m) = as_string_map(inner[j].1)
+                    {
+                        left[j] = false;
+                        map = Some(m);
                     }
                     match map {
                         Some(entries) => {
