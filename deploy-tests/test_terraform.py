@@ -465,7 +465,8 @@ def test_compactor_iam_statements_follow_the_settings():
     assert actions == {
         "CompactList": ["s3:ListBucket"],
         "CompactRead": ["s3:GetObject"],
-        "CompactWriteOwn": ["s3:DeleteObject", "s3:PutObject"],
+        "CompactWriteOwn": ["s3:AbortMultipartUpload", "s3:DeleteObject", "s3:PutObject"],
+        "CompactListUploads": ["s3:ListBucketMultipartUploads"],
         "CompactTagInputs": ["s3:GetObjectTagging", "s3:PutObjectTagging"],
         "CompactDeleteInputs": ["s3:DeleteObject"],
     }
@@ -473,7 +474,10 @@ def test_compactor_iam_statements_follow_the_settings():
         assert "local.compactor" in gate, f"{sid} is not gated on the compactor"
     assert 'var.compact_inputs == "delete"' in compact["CompactDeleteInputs"][0]
     assert 'var.compact_inputs == "tag"' in compact["CompactTagInputs"][0]
-    for sid in ["CompactList", "CompactRead", "CompactWriteOwn"]:
+    # Listing uploads names the bucket alone: the call takes no prefix condition.
+    assert compact["CompactListUploads"][1]["resources"] == ['${local.bucket_arn}']
+    assert "condition" not in compact["CompactListUploads"][1]
+    for sid in ["CompactList", "CompactRead", "CompactWriteOwn", "CompactListUploads"]:
         assert "compact_inputs" not in compact[sid][0], f"{sid} does not depend on compact_inputs"
     # Own output only: the prefix and the compactor's quarantine, never the sources.
     own = compact["CompactWriteOwn"][1]["resources"]
@@ -513,12 +517,63 @@ def test_compactor_schedule_targets_the_function():
     assert res["aws_sqs_queue.indexer"]["visibility_timeout_seconds"] == "${6 * local.function_timeout}"
 
 
+def _rust_str_list(source: str, name: str) -> list[str]:
+    """The strings of `pub const NAME: &[&str] = &[...]` in lambda/src/compacted.rs."""
+    body = re.search(rf"pub const {name}: &\[&str\] = &\[(.*?)\];", source, re.S)
+    assert body, name
+    return re.findall(r'"([^"]*)"', re.sub(r"//[^\n]*", "", body.group(1)))
+
+
+def _rust_str(source: str, name: str) -> str:
+    found = re.search(rf'pub const {name}: &str = "([^"]*)";', source)
+    assert found, name
+    return found.group(1)
+
+
+COMPACTED_RS = REPO / "lambda" / "src" / "compacted.rs"
+
+
+def test_parquet_schema_is_the_compactors():
+    """PARQUET_SCHEMA names the columns lambda/src/compacted.rs writes, in its order."""
+    rs = COMPACTED_RS.read_text()
+    k8s = [f"{f}:string" for f in _rust_str_list(rs, "KUBERNETES_STRINGS")] + \
+          [f"{f}:map<string,string>" for f in _rust_str_list(rs, "KUBERNETES_MAPS")]
+    assert [c for c, _ in PARQUET_SCHEMA] == [
+        _rust_str(rs, "TIMESTAMP_COLUMN"), *_rust_str_list(rs, "STRING_COLUMNS"),
+        _rust_str(rs, "KUBERNETES"), _rust_str(rs, "REST")]
+    assert dict(PARQUET_SCHEMA)["kubernetes"] == f"struct<{','.join(k8s)}>"
+
+
+def test_declared_column_rules_are_the_compactors():
+    """compact_columns refuses exactly the names the function refuses at start: the
+    layout's columns and its partitions; the same types; the same cap."""
+    rs = COMPACTED_RS.read_text()
+    reserved = {c for c, _ in PARQUET_SCHEMA} | set(_rust_str_list(rs, "PARTITION_COLUMNS"))
+    var = hcl.blocks(hcl.load_dir(DESTINATIONS), "variable")["compact_columns"]
+    conditions = [v["condition"] for v in var["validation"]]
+    (names,) = [c for c in conditions if "setintersection" in c]
+    assert set(re.findall(r'"([a-z0-9_]+)"', names)) == reserved
+    (types,) = [c for c in conditions if "values(var.compact_columns)" in c]
+    rust_types = set(re.findall(r'"(\w+)" => ColumnType::', rs))
+    assert set(re.findall(r'"(\w+)"', types)) == rust_types == {"string", "bigint", "double", "boolean"}
+    (cap,) = [c for c in conditions if "length(var.compact_columns) <=" in c]
+    assert re.search(r"<= (\d+)", cap).group(1) == re.search(r"pub const MAX_DECLARED: usize = (\d+);", rs).group(1)
+    (pattern,) = [c for c in conditions if "regex" in c]
+    assert "^[a-z_][a-z0-9_]{0,63}$" in pattern
+
+
 def test_parquet_table_columns_are_the_parquet_schema():
     parsed = hcl.load_dir(DESTINATIONS)
     locals_ = {}
     for block in parsed.get("locals", []):
         locals_.update(block)
-    assert [tuple(c) for c in hcl.value(locals_["parquet_columns"], hcl.no_refs)] == PARQUET_SCHEMA
+    # The fixed columns around the declared ones, which come in name order (a map's order).
+    leading = [tuple(c) for c in hcl.value(locals_["parquet_leading_columns"], hcl.no_refs)]
+    trailing = [tuple(c) for c in hcl.value(locals_["parquet_trailing_columns"], hcl.no_refs)]
+    assert leading + trailing == PARQUET_SCHEMA
+    assert trailing == PARQUET_SCHEMA[-2:]
+    assert locals_["parquet_columns"] == "${concat(local.parquet_leading_columns, " \
+        "[for name, ty in var.compact_columns : [name, ty]], local.parquet_trailing_columns)}"
     table = hcl.resources(parsed)["aws_glue_catalog_table.logs_parquet"]
     (dyn,) = table["storage_descriptor"][0]["dynamic"]
     assert dyn['"columns"']["for_each"] == "${local.parquet_columns}"
@@ -619,3 +674,21 @@ def test_irsa_role_trusts_exactly_one_service_account():
         assert unq(role["source"]) == "../../modules/logferry-irsa-role"
         assert unq(role["service_account"]) == "${var.service_account}" and unq(role["namespace"]) == "${var.namespace}"
         assert unq(role["policy_json"]) == "${module.iam.json}"
+
+
+def test_fargate_example_compacts_what_its_router_writes():
+    """The example's compactor source is the key prefix its router writes under, for its
+    own cluster, and the compactor is on by default (it still needs indexer_zip_path)."""
+    parsed = hcl.load_dir(TF / "examples" / "ecs-fargate")
+    modules = hcl.blocks(parsed, "module")
+    written = hcl.value(modules["logferry"]["s3_key_prefix"], hcl.no_refs)
+    assert hcl.resources(parsed)["aws_ecs_cluster.this"]["name"] == "${var.name}"
+    sources = modules["destinations"]["compact_sources"]
+    assert sources == {"${(var.name)}": '"' + written.replace("{ecs_cluster}", "${var.name}") + '"'}, sources
+    assert modules["destinations"]["compactor_enabled"] == "${var.compactor_enabled}"
+    variables = hcl.blocks(parsed, "variable")
+    assert hcl.value(variables["compactor_enabled"]["default"], hcl.no_refs) is True
+    # The declared column is a field the demo app writes, with its type.
+    columns = hcl.value(variables["compact_columns"]["default"], hcl.no_refs)
+    assert columns == {"n": "bigint"}
+    assert '\\"n\\":%d' in (TF / "examples" / "ecs-fargate" / "main.tf").read_text(), "the demo app no longer writes n"

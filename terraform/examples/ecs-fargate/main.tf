@@ -20,6 +20,13 @@ module "destinations" {
   indexer_zip_path         = var.indexer_zip_path
   create_glue_tables       = true
   glue_cluster_names       = [var.name]
+
+  # Each closed hour of this cluster's objects becomes Parquet under compacted/ (table
+  # logs_parquet), once the indexer exists; compacted inputs are tagged, then expire.
+  compactor_enabled               = var.compactor_enabled
+  compact_sources                 = { (var.name) = "logs/${var.name}/%Y/%m/%d/%H/" }
+  compact_columns                 = var.compact_columns
+  compacted_input_expiration_days = var.compacted_input_expiration_days
 }
 
 module "logferry" {

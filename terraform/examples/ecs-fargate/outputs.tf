@@ -24,6 +24,11 @@ output "router_config" {
 }
 
 output "glue_database_name" {
-  description = "Glue database for Athena (tables logs and log_index)."
+  description = "Glue database for Athena (tables logs and log_index, and logs_parquet with the compactor)."
   value       = module.destinations.glue_database_name
+}
+
+output "compact_prefix" {
+  description = "Where the compactor writes Parquet (empty without the indexer)."
+  value       = module.destinations.compact_prefix
 }

@@ -72,3 +72,21 @@ variable "log_retention_days" {
   type        = number
   default     = 30
 }
+
+variable "compactor_enabled" {
+  description = "Compact each closed hour into Parquet (Glue table logs_parquet) in the indexer's function; needs indexer_zip_path."
+  type        = bool
+  default     = true
+}
+
+variable "compact_columns" {
+  description = "Typed Parquet columns of the application's own top-level fields: name -> string, bigint, double or boolean (the demo app's counter n by default)."
+  type        = map(string)
+  default     = { n = "bigint" }
+}
+
+variable "compacted_input_expiration_days" {
+  description = "Days after which compacted NDJSON objects expire (0: keep them)."
+  type        = number
+  default     = 7
+}

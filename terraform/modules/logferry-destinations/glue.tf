@@ -60,7 +60,7 @@ resource "aws_glue_catalog_table" "logs" {
     }
 
     dynamic "columns" {
-      for_each = {
+      for_each = merge({
         timestamp           = "string"
         level               = "string"
         msg                 = "string"
@@ -79,7 +79,10 @@ resource "aws_glue_catalog_table" "logs" {
         az                  = "string"
         private_ip          = "string"
         kubernetes          = "struct<pod_name:string,namespace_name:string,pod_id:string,host:string,pod_ip:string,container_name:string,labels:map<string,string>>"
-      }
+        # The compactor's declared columns, as text: the JSON SerDe fails a whole query on
+        # a value of another type, where the Parquet leaves such a value in `rest`.
+        # `cluster` and `datehour` are this table's partitions.
+      }, { for name, ty in var.compact_columns : name => "string" if !contains(["cluster", "datehour"], name) })
       content {
         name = columns.key
         type = columns.value
@@ -163,8 +166,10 @@ resource "aws_glue_catalog_table" "index" {
 # (files named _manifest-*, _pending-*, _done-* are skipped by Athena). Closed hours; the
 # NDJSON `logs` table keeps serving the open one.
 locals {
-  # The Parquet schema, in the file's column order (lambda/README.md, "Columns").
-  parquet_columns = [
+  # The Parquet schema, in the file's column order (lambda/README.md, "Columns"): the fixed
+  # columns, the declared ones in name order, then kubernetes and rest.
+  parquet_columns = concat(local.parquet_leading_columns, [for name, ty in var.compact_columns : [name, ty]], local.parquet_trailing_columns)
+  parquet_leading_columns = [
     ["timestamp", "timestamp"],
     ["level", "string"],
     ["log", "string"],
@@ -186,6 +191,8 @@ locals {
     ["ami_id", "string"],
     ["account_id", "string"],
     ["hostname", "string"],
+  ]
+  parquet_trailing_columns = [
     ["kubernetes", "struct<pod_name:string,namespace_name:string,pod_id:string,host:string,container_name:string,container_id:string,container_image:string,container_hash:string,docker_id:string,labels:map<string,string>,annotations:map<string,string>>"],
     ["rest", "string"],
   ]

@@ -21,13 +21,14 @@ locals {
   # The function is shared: it gets what the larger of its two jobs needs.
   function_timeout = local.compactor ? max(var.indexer_timeout, var.compactor_timeout) : var.indexer_timeout
   function_memory  = local.compactor ? max(var.indexer_memory_size, var.compactor_memory_size) : var.indexer_memory_size
-  compact_environment = local.compactor ? {
+  compact_environment = local.compactor ? merge({
     COMPACT_PREFIX  = var.compact_prefix
     COMPACT_INPUTS  = var.compact_inputs
     COMPACT_BUCKET  = local.bucket_id
     COMPACT_SOURCES = join(",", [for name, tpl in var.compact_sources : "${name}=${tpl}"])
     COMPACT_DELAY   = var.compact_delay
-  } : {}
+    # A map iterates in name order, the order the function sorts the columns in too.
+  }, length(var.compact_columns) > 0 ? { COMPACT_COLUMNS = join(",", [for name, ty in var.compact_columns : "${name}:${ty}"]) } : {}) : {}
 }
 
 # -- S3 --------------------------------------------------------------------------------------
@@ -425,9 +426,21 @@ data "aws_iam_policy_document" "indexer" {
   dynamic "statement" {
     for_each = local.compactor ? [1] : []
     content {
-      sid       = "CompactWriteOwn"
-      actions   = ["s3:PutObject", "s3:DeleteObject"]
+      sid = "CompactWriteOwn"
+      # PutObject covers the multipart calls that write a file; AbortMultipartUpload ends
+      # the upload of a group that failed, or of a killed run, before it is retried.
+      actions   = ["s3:PutObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
       resources = ["${local.bucket_arn}/${var.compact_prefix}*", "${local.bucket_arn}/${local.compact_quarantine}*"]
+    }
+  }
+  dynamic "statement" {
+    for_each = local.compactor ? [1] : []
+    content {
+      # A re-run lists the uploads a killed run left under compact_prefix to abort them
+      # (ListMultipartUploads takes no s3:prefix condition).
+      sid       = "CompactListUploads"
+      actions   = ["s3:ListBucketMultipartUploads"]
+      resources = [local.bucket_arn]
     }
   }
   dynamic "statement" {

@@ -309,6 +309,35 @@ variable "compact_inputs" {
   }
 }
 
+variable "compact_columns" {
+  description = "Columns of the application's own top-level fields in the Parquet (COMPACT_COLUMNS): name -> string, bigint, double or boolean, e.g. { request_id = \"string\", latency_ms = \"double\" }. A field takes its column only when its value has exactly that type; other values stay in the rest column. Names are lower case [a-z_][a-z0-9_]*, at most 64 characters and 32 columns, and not a column of the layout. The columns are added to logs_parquet with their types and to the NDJSON logs table as string (its JSON SerDe fails a query on a value of another type). Change them only between hours: a re-run of an hour with other columns writes other files."
+  type        = map(string)
+  default     = {}
+
+  validation {
+    condition     = alltrue([for name in keys(var.compact_columns) : can(regex("^[a-z_][a-z0-9_]{0,63}$", name))])
+    error_message = "compact_columns: names are lower-case letters, digits and _, not starting with a digit, at most 64 characters (Athena folds names to lower case)."
+  }
+  validation {
+    condition     = alltrue([for ty in values(var.compact_columns) : contains(["string", "bigint", "double", "boolean"], ty)])
+    error_message = "compact_columns: types are string, bigint, double or boolean."
+  }
+  validation {
+    # The layout's own columns (lambda/src/compacted.rs) and the partitions dt, hour, source.
+    condition = length(setintersection(keys(var.compact_columns), [
+      "timestamp", "level", "log", "message", "msg", "ecs_cluster", "ecs_task_arn", "ecs_task_id",
+      "ecs_task_definition", "container_name", "container_id", "aws_region", "availability_zone",
+      "launch_type", "ec2_instance_id", "ec2_instance_type", "az", "private_ip", "ami_id", "account_id",
+      "hostname", "kubernetes", "rest", "dt", "hour", "source",
+    ])) == 0
+    error_message = "compact_columns: a name is already a column of the compacted layout (timestamp, level, log, message, msg, the ECS and EC2 fields, kubernetes, rest) or a partition (dt, hour, source)."
+  }
+  validation {
+    condition     = length(var.compact_columns) <= 32
+    error_message = "compact_columns: at most 32 columns."
+  }
+}
+
 variable "compact_schedule" {
   description = "EventBridge schedule of the compactor: each run compacts, for every source, the last hour that ended at least compact_delay before it."
   type        = string

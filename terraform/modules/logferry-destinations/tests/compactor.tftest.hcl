@@ -167,3 +167,67 @@ run "bad_source_name" {
   }
   expect_failures = [var.compact_sources]
 }
+
+run "declared_columns_reach_the_function_and_the_tables" {
+  command = plan
+  variables {
+    # Written out of order: the function and the tables get them in name order.
+    compact_columns = { request_id = "string", latency_ms = "double", cache_hit = "boolean", bytes = "bigint", datehour = "string" }
+  }
+  assert {
+    condition     = aws_lambda_function.indexer[0].environment[0].variables["COMPACT_COLUMNS"] == "bytes:bigint,cache_hit:boolean,datehour:string,latency_ms:double,request_id:string"
+    error_message = "COMPACT_COLUMNS: ${aws_lambda_function.indexer[0].environment[0].variables["COMPACT_COLUMNS"]}"
+  }
+  assert {
+    # Between the fixed columns and kubernetes, rest, as in the file.
+    condition = [for c in aws_glue_catalog_table.logs_parquet[0].storage_descriptor[0].columns : "${c.name}:${c.type}"] == concat(
+      [for c in local.parquet_leading_columns : "${c[0]}:${c[1]}"],
+      ["bytes:bigint", "cache_hit:boolean", "datehour:string", "latency_ms:double", "request_id:string"],
+      [for c in local.parquet_trailing_columns : "${c[0]}:${c[1]}"],
+    )
+    error_message = "logs_parquet columns: ${jsonencode([for c in aws_glue_catalog_table.logs_parquet[0].storage_descriptor[0].columns : c.name])}"
+  }
+  assert {
+    condition     = length(aws_glue_catalog_table.logs_parquet[0].storage_descriptor[0].columns) == 28 && local.parquet_trailing_columns[1][0] == "rest"
+    error_message = "23 fixed columns and 5 declared"
+  }
+  assert {
+    # As text in the NDJSON table, but not `datehour`: that is its partition.
+    condition = toset([for c in aws_glue_catalog_table.logs[0].storage_descriptor[0].columns : "${c.name}:${c.type}" if contains(["bytes", "cache_hit", "datehour", "latency_ms", "request_id"], c.name)]) == toset(
+      ["bytes:string", "cache_hit:string", "latency_ms:string", "request_id:string"]
+    )
+    error_message = "logs columns: ${jsonencode([for c in aws_glue_catalog_table.logs[0].storage_descriptor[0].columns : c.name])}"
+  }
+}
+
+run "no_declared_columns_no_setting" {
+  command = plan
+  assert {
+    condition     = !contains(keys(aws_lambda_function.indexer[0].environment[0].variables), "COMPACT_COLUMNS")
+    error_message = "COMPACT_COLUMNS only when columns are declared"
+  }
+}
+
+run "declared_column_of_the_layout" {
+  command = plan
+  variables {
+    compact_columns = { request_id = "string", source = "string" }
+  }
+  expect_failures = [var.compact_columns]
+}
+
+run "declared_column_bad_name" {
+  command = plan
+  variables {
+    compact_columns = { RequestId = "string" }
+  }
+  expect_failures = [var.compact_columns]
+}
+
+run "declared_column_bad_type" {
+  command = plan
+  variables {
+    compact_columns = { latency_ms = "int" }
+  }
+  expect_failures = [var.compact_columns]
+}
