@@ -342,3 +342,60 @@ def test_deadline_sqs_and_schedule_triggers(indexer, s3, bucket):  # noqa: F811
     assert (job["summary"]["objects"], job["summary"]["files"]) == (2, 2), job
     assert compacted_records(s3, bucket) == sorted(map(key, want))
     assert len([k for k in list_keys(s3, bucket, "compacted/") if "/_manifest-" in k]) == 6
+
+
+def open_uploads(s3, bucket: str, prefix: str) -> list[str]:
+    return [u["Key"] for u in s3.list_multipart_uploads(Bucket=bucket, Prefix=prefix).get("Uploads", [])]
+
+
+def test_a_killed_runs_upload_is_aborted_by_the_rerun(indexer, s3, bucket):  # noqa: F811
+    """What a run killed mid-upload leaves: its lease, its `_pending-<id>.json` and an incomplete
+    multipart upload of `part-<id>.parquet` with a part in it (no manifest, so nothing was
+    settled). While the lease lives, another run is `Busy` and changes nothing. Once it has
+    lapsed, the re-run takes it over (a PutObject with If-Match, on LocalStack's S3), finds the
+    pending marker, aborts the upload with the real ListMultipartUploads and
+    AbortMultipartUpload calls, writes the same output and removes the lease; an upload of
+    another id, which no pending marker names, is left alone."""
+    prefix = "logs3/2026/12/03/10/"
+    want = put_objects(s3, bucket, prefix, range(3))
+    fn = indexer(COMPACT_INPUTS="keep")
+    event = {"compact": {"bucket": bucket, "prefix": prefix, "hour": "2026-12-03T10"}}
+    first = fn.invoke(event)
+    assert first.kind == "response", first.payload
+    key = lambda r: json.dumps(r, sort_keys=True)  # noqa: E731
+    assert compacted_records(s3, bucket) == sorted(map(key, want))
+    outputs = list_keys(s3, bucket, "compacted/")
+    (part,) = [k for k in outputs if k.endswith(".parquet")]
+    (manifest,) = [k for k in outputs if "/_manifest-" in k]
+    part_bytes = get(s3, bucket, part)[0]
+
+    # Back to the state of a run killed in its upload.
+    dir_, name = part.rsplit("/", 1)
+    gid = name.removeprefix("part-").removesuffix(".parquet")
+    s3.delete_objects(Bucket=bucket, Delete={"Objects": [{"Key": k} for k in outputs]})
+    s3.put_object(Bucket=bucket, Key=f"{dir_}/_pending-{gid}.json",
+                  Body=json.dumps([f"{prefix}obj-{n:02d}.ndjson.gz" for n in range(3)]).encode())
+    killed = s3.create_multipart_upload(Bucket=bucket, Key=part)["UploadId"]
+    s3.upload_part(Bucket=bucket, Key=part, UploadId=killed, PartNumber=1, Body=part_bytes[: 5 << 20])
+    other = f"{dir_}/part-0000000000000000.parquet"
+    s3.create_multipart_upload(Bucket=bucket, Key=other)
+    assert sorted(open_uploads(s3, bucket, "compacted/")) == sorted([part, other])
+
+    lease = f"{dir_}/_lease.json"
+    s3.put_object(Bucket=bucket, Key=lease, Body=b'{"run":"killed","until":"2999-01-01T00:00:00Z"}')
+    staged = sorted(list_keys(s3, bucket, "compacted/"))
+    busy = fn.invoke(event)
+    assert busy.kind == "error" and busy.payload["errorType"] == "Busy", busy.payload
+    assert "killed" in busy.payload["errorMessage"], busy.payload
+    assert sorted(list_keys(s3, bucket, "compacted/")) == staged, "a busy run changes nothing"
+    assert sorted(open_uploads(s3, bucket, "compacted/")) == sorted([part, other])
+
+    # The killed run's lease lapsed long ago.
+    s3.put_object(Bucket=bucket, Key=lease, Body=b'{"run":"killed","until":"2026-12-03T11:16:00Z"}')
+    again = fn.invoke(event)
+    assert again.kind == "response", again.payload
+    assert open_uploads(s3, bucket, "compacted/") == [other], "the killed run's upload is aborted, no other"
+    assert compacted_records(s3, bucket) == sorted(map(key, want))
+    assert get(s3, bucket, part)[0] == part_bytes, "the re-run writes the same file"
+    assert manifest in list_keys(s3, bucket, "compacted/")
+    assert lease not in list_keys(s3, bucket, "compacted/"), "the run gives its lease up"

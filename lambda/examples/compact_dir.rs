@@ -13,7 +13,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use logferry_indexer::compact::store::{Got, Listed, Store};
-use logferry_indexer::compact::{Job, compact, default_source, parse_hour};
+use logferry_indexer::compact::{Job, compact, default_source, lease, parse_hour};
 use logferry_indexer::config::{IndexerConfig, InputAction};
 use logferry_indexer::process::{FailureKind, ProcessError};
 
@@ -120,6 +120,23 @@ impl Store for DirStore {
         self.write(key, &body)
     }
 
+    async fn put_if(
+        &self,
+        _bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        expected: Option<&str>,
+    ) -> Result<Option<String>, ProcessError> {
+        // One process writes the directory: checking, then writing, is enough here.
+        let now = std::fs::metadata(self.path(key)).ok().map(|m| etag(&m));
+        if now.as_deref() != expected {
+            return Ok(None);
+        }
+        self.write(key, &body)?;
+        let meta = std::fs::metadata(self.path(key)).map_err(|e| io_err("Put", key, e))?;
+        Ok(Some(etag(&meta)))
+    }
+
     async fn delete(&self, _bucket: &str, keys: &[String]) -> Result<(), ProcessError> {
         for k in keys {
             match std::fs::remove_file(self.path(k)) {
@@ -223,7 +240,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             Err(_) => 0,
         }),
     });
-    let summary = compact(store, &cfg, &job, None).await?;
+    let summary = compact(store, &cfg, &job, None, &lease::Claim::new("compact_dir", None)).await?;
     println!("{}", serde_json::to_string(&summary)?);
     Ok(())
 }

@@ -41,6 +41,17 @@ pub enum HandlerError {
         hour: String,
         left: u64,
     },
+    #[error(
+        "s3://{bucket}/{prefix} ({hour}) is being compacted by another run ({run}, until {until} at the \
+         latest); a retry finds it done or takes it over"
+    )]
+    Busy {
+        bucket: String,
+        prefix: String,
+        hour: String,
+        run: String,
+        until: String,
+    },
     #[error("compacting s3://{bucket}/{prefix} ({hour}) failed and will be retried: {error}")]
     Compact {
         bucket: String,
@@ -61,6 +72,7 @@ impl HandlerError {
             Self::Objects { kind, .. } => kind.as_str(),
             Self::Compact { error, .. } => error.kind.as_str(),
             Self::Incomplete { .. } => "Incomplete",
+            Self::Busy { .. } => "Busy",
         }
     }
 }
@@ -120,7 +132,8 @@ async fn compact_one(
 ) -> Result<Summary, HandlerError> {
     let started = std::time::Instant::now();
     let store = Arc::new(S3Store(s3.clone()));
-    let result = compact::compact(store, cfg, job, deadline).await;
+    let claim = compact::lease::Claim::new(format!("{function_name}/{}", run_id()), deadline);
+    let result = compact::compact(store, cfg, job, deadline, &claim).await;
     let seconds = started.elapsed().as_secs_f64();
     let hour = job.hour.format("%Y-%m-%dT%H").to_string();
     let summary = result.as_ref().cloned().unwrap_or_default();
@@ -131,11 +144,18 @@ async fn compact_one(
         let _ = writeln!(
             out,
             "{}",
-            summary.emf_line(function_name, result.is_err(), seconds, now)
+            summary.emf_line(function_name, result.is_err() || summary.busy.is_some(), seconds, now)
         );
         let _ = out.flush();
     }
     match result {
+        Ok(Summary { busy: Some(busy), .. }) => Err(HandlerError::Busy {
+            bucket: job.bucket.clone(),
+            prefix: job.prefix.clone(),
+            hour,
+            run: busy.run,
+            until: crate::compacted::canonical_time(busy.until),
+        }),
         Ok(s) => {
             tracing::info!(
                 bucket = %job.bucket, prefix = %job.prefix, hour = %hour, source = %job.source,
@@ -164,6 +184,13 @@ async fn compact_one(
             })
         }
     }
+}
+
+/// Names this invocation's run in the leases it takes (for people reading
+/// them; the lease's safety rests on S3's conditional writes alone).
+fn run_id() -> String {
+    let nanos = chrono::Utc::now().timestamp_nanos_opt().unwrap_or_default();
+    format!("{:x}-{nanos:x}", std::process::id())
 }
 
 /// The jobs of a compaction or schedule event.
@@ -195,11 +222,20 @@ async fn run(
     match trigger::parse(event)? {
         Invocation::Direct(work @ (Work::Compact(_) | Work::Scheduled(_))) => {
             let mut done = Vec::new();
+            // A partition another run holds does not keep the schedule from the others.
+            let mut busy = None;
             for job in jobs_of(work, cfg) {
-                let s = compact_one(s3, cfg, &job, function_name, deadline).await?;
-                done.push(json!({"bucket": job.bucket, "prefix": job.prefix, "source": job.source, "summary": s}));
+                match compact_one(s3, cfg, &job, function_name, deadline).await {
+                    Ok(s) => done
+                        .push(json!({"bucket": job.bucket, "prefix": job.prefix, "source": job.source, "summary": s})),
+                    Err(e @ HandlerError::Busy { .. }) => busy = busy.or(Some(e)),
+                    Err(e) => return Err(e),
+                }
             }
-            Ok(json!({ "compacted": done }))
+            match busy {
+                Some(e) => Err(e),
+                None => Ok(json!({ "compacted": done })),
+            }
         }
         Invocation::Sqs(items) => {
             let mut response = SqsBatchResponse::default();

@@ -42,10 +42,12 @@
 //! whatever the hour's size.
 //!
 //! One run per partition at a time: two runs of the same hour and source at
-//! once could remove each other's pending output. The hourly schedule makes
-//! one event per hour, and a backfill should not overlap it.
+//! once would remove each other's pending output, so a run first takes the
+//! partition's lease ([`lease`], an S3 conditional write) and a second run
+//! stops as busy, touching nothing.
 
 pub mod ahead;
+pub mod lease;
 pub mod rows;
 pub mod store;
 
@@ -154,6 +156,10 @@ pub struct Summary {
     /// Groups not started because the invocation's deadline was near: the
     /// next run compacts them (the handler reports the run as `Incomplete`).
     pub groups_left: u64,
+    /// Another run holds the partition: this one did nothing (the handler
+    /// reports it as `Busy`, to be retried).
+    #[serde(skip)]
+    pub busy: Option<lease::Busy>,
 }
 
 /// EMF namespace of the compactor's metrics.
@@ -269,15 +275,40 @@ fn read_dir(dir: &str, keys: impl IntoIterator<Item = String>) -> Dir {
     d
 }
 
-/// Compacts one partition (see the module doc for the steps).
 /// Time kept in hand at the deadline: a group starts only when at least this
 /// much, and twice the longest group so far, remain.
 const DEADLINE_MARGIN: std::time::Duration = std::time::Duration::from_secs(60);
 
-/// Compacts one partition (see the module doc for the steps). With a
-/// `deadline` (the Lambda's), groups stop starting when it is near; the
-/// first group always runs.
+/// Compacts one partition (see the module doc for the steps) under its
+/// lease, claimed as `claim`; returns a summary with `busy` set, having
+/// done nothing, when another run holds it. With a `deadline` (the
+/// Lambda's), groups stop starting when it is near; the first group always
+/// runs.
 pub async fn compact<S: Store>(
+    store: Arc<S>,
+    cfg: &IndexerConfig,
+    job: &Job,
+    deadline: Option<std::time::Instant>,
+    claim: &lease::Claim,
+) -> Result<Summary, ProcessError> {
+    let dir = job.dir(&cfg.compact);
+    if let Err(busy) = lease::take(&*store, &job.bucket, &dir, claim).await? {
+        tracing::warn!(partition = %dir, run = %busy.run, until = %busy.until, "another run holds the partition; this one stops");
+        return Ok(Summary {
+            busy: Some(busy),
+            ..Summary::default()
+        });
+    }
+    let result = compact_held(store.clone(), cfg, job, deadline).await;
+    // Given up however the run ended (a killed run's lease lapses instead).
+    // Failing to give it up costs a retry's wait, not the run's work.
+    if let Err(e) = lease::release(&*store, &job.bucket, &dir).await {
+        tracing::warn!(partition = %dir, error = %e, "the partition's lease could not be removed; it lapses at the run's deadline");
+    }
+    result
+}
+
+async fn compact_held<S: Store>(
     store: Arc<S>,
     cfg: &IndexerConfig,
     job: &Job,

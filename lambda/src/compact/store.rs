@@ -46,6 +46,17 @@ pub trait Store: Send + Sync + 'static {
         if_match: Option<&str>,
     ) -> impl Future<Output = Result<Option<Got>, ProcessError>> + Send;
     fn put(&self, bucket: &str, key: &str, body: Vec<u8>) -> impl Future<Output = Result<(), ProcessError>> + Send;
+    /// Writes only where there is no object (`expected` None: `If-None-Match: *`)
+    /// or where it still has ETag `expected` (`If-Match`): S3's conditional
+    /// writes, of which one racing writer wins. The new ETag, or `None` when
+    /// the condition did not hold.
+    fn put_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        expected: Option<&str>,
+    ) -> impl Future<Output = Result<Option<String>, ProcessError>> + Send;
     /// Deletes `keys` (missing ones are fine).
     fn delete(&self, bucket: &str, keys: &[String]) -> impl Future<Output = Result<(), ProcessError>> + Send;
     /// Adds one tag to an object, keeping its others; a missing object is fine.
@@ -163,6 +174,30 @@ impl Store for S3Store {
             .await
             .map(|_| ())
             .map_err(|e| sdk(FailureKind::S3Write, "PutObject", bucket, key, e))
+    }
+
+    async fn put_if(
+        &self,
+        bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        expected: Option<&str>,
+    ) -> Result<Option<String>, ProcessError> {
+        let req = self.0.put_object().bucket(bucket).key(key).body(ByteStream::from(body));
+        let req = match expected {
+            Some(etag) => req.if_match(etag),
+            None => req.if_none_match("*"),
+        };
+        match req.send().await {
+            Ok(out) => Ok(Some(out.e_tag().unwrap_or_default().to_string())),
+            Err(e) => match e.raw_response().map(|r| r.status().as_u16()) {
+                // 412: the condition failed; 409 (ConditionalRequestConflict):
+                // a racing conditional write to the key won; 404 (NoSuchKey):
+                // an If-Match on a key removed meanwhile.
+                Some(404 | 409 | 412) => Ok(None),
+                _ => Err(sdk(FailureKind::S3Write, "PutObject (conditional)", bucket, key, e)),
+            },
+        }
     }
 
     async fn delete(&self, bucket: &str, keys: &[String]) -> Result<(), ProcessError> {
@@ -435,6 +470,23 @@ impl Store for MemoryStore {
 
     async fn put(&self, _bucket: &str, key: &str, body: Vec<u8>) -> Result<(), ProcessError> {
         self.write("Put", key, |st| st.insert(key.to_string(), body))
+    }
+
+    async fn put_if(
+        &self,
+        _bucket: &str,
+        key: &str,
+        body: Vec<u8>,
+        expected: Option<&str>,
+    ) -> Result<Option<String>, ProcessError> {
+        self.write("PutIf", key, |st| {
+            let now = st.objects.get(key).map(|(_, e, _)| e.as_str());
+            if now != expected {
+                return None;
+            }
+            st.insert(key.to_string(), body);
+            st.objects.get(key).map(|(_, e, _)| e.clone())
+        })
     }
 
     async fn delete(&self, _bucket: &str, keys: &[String]) -> Result<(), ProcessError> {
