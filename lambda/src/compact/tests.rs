@@ -138,12 +138,16 @@ fn later() -> lease::Claim {
 }
 
 fn run<S: Store>(store: &Arc<S>, cfg: &IndexerConfig) -> Result<Summary, ProcessError> {
+    run_as(store, cfg, &later())
+}
+
+fn run_as<S: Store>(store: &Arc<S>, cfg: &IndexerConfig, claim: &lease::Claim) -> Result<Summary, ProcessError> {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(1)
         .enable_all()
         .build()
         .unwrap()
-        .block_on(compact(store.clone(), cfg, &job(), None, &later()))
+        .block_on(compact(store.clone(), cfg, &job(), None, claim))
 }
 
 /// What Athena reads of the partition at any moment (every Parquet file,
@@ -154,7 +158,10 @@ fn athena_view_is_sound(store: &MemoryStore, cfg: &IndexerConfig, inputs: &[Valu
     unique.dedup();
     assert_eq!(unique.len(), seen.len(), "{ctx}: a record in two Parquet files");
     let inputs: std::collections::BTreeSet<String> = inputs.iter().map(|r| r.to_string()).collect();
-    assert!(seen.iter().all(|r| inputs.contains(&r.to_string())), "{ctx}: a record no input holds");
+    assert!(
+        seen.iter().all(|r| inputs.contains(&r.to_string())),
+        "{ctx}: a record no input holds"
+    );
 }
 
 /// Asserts the end state of a partition after a run that succeeded.
@@ -307,7 +314,11 @@ fn writes(objs: &[(String, Vec<u8>)], c: &IndexerConfig) -> u64 {
 fn add_late(store: &MemoryStore, n: usize) -> Vec<Value> {
     let recs: Vec<Value> = (0..7).map(|i| record(100 + n, i)).collect();
     let text: String = recs.iter().map(|r| format!("{r}\n")).collect();
-    store.state.lock().unwrap().insert(format!("{PREFIX}z-late-{n}.ndjson.gz"), gz(text.as_bytes()));
+    store
+        .state
+        .lock()
+        .unwrap()
+        .insert(format!("{PREFIX}z-late-{n}.ndjson.gz"), gz(text.as_bytes()));
     recs
 }
 
@@ -341,7 +352,12 @@ fn a_crash_at_any_write_then_a_rerun_loses_and_doubles_nothing() {
                 want.extend(add_late(&store, 1));
             }
             run(&store, &c).unwrap_or_else(|e| panic!("rerun after a crash at write {k}: {e}"));
-            check(&store, &c, &want, &format!("{action:?}, late {late}, crash at write {k} of {total}"));
+            check(
+                &store,
+                &c,
+                &want,
+                &format!("{action:?}, late {late}, crash at write {k} of {total}"),
+            );
         }
     }
 }
@@ -843,14 +859,6 @@ fn recovery_aborts_the_upload_a_killed_run_left() {
     }
     run(&store, &c).unwrap();
     check(&store, &c, &want, "after recovery");
-}
-
-fn run_as<S: Store>(store: &Arc<S>, cfg: &IndexerConfig, claim: &lease::Claim) -> Result<Summary, ProcessError> {
-    tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap()
-        .block_on(compact(store.clone(), cfg, &job(), None, claim))
 }
 
 fn at(minute: i64, run: &str) -> lease::Claim {
