@@ -63,9 +63,10 @@ pub enum HandlerError {
 
 impl HandlerError {
     /// What Lambda reports as `errorType` (and CloudWatch alarms filter on):
-    /// `InvalidEvent` for an event this function cannot read, else the first
-    /// failed object's [`FailureKind`] (`Throttled`, `AccessDenied`,
-    /// `S3Read`, `S3Write`, `Internal`).
+    /// `InvalidEvent` for an event this function cannot read; for a
+    /// compaction, `Incomplete` (stopped at the deadline) or `Busy` (another
+    /// run holds the partition); else the first failure's [`FailureKind`]
+    /// (`Throttled`, `AccessDenied`, `S3Read`, `S3Write`, `Internal`).
     pub fn error_type(&self) -> &'static str {
         match self {
             Self::Event(_) => "InvalidEvent",
