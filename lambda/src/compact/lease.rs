@@ -19,10 +19,9 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use tokio::io::AsyncReadExt;
 
-use super::store::Store;
-use crate::process::{FailureKind, ProcessError};
+use super::store::{Store, read_tagged};
+use crate::process::ProcessError;
 
 /// The lease's name in the partition's directory (Athena skips `_` names).
 pub const LEASE: &str = "_lease.json";
@@ -58,28 +57,23 @@ impl Claim {
     }
 }
 
-#[derive(Serialize, Deserialize)]
-struct Body {
-    run: String,
-    until: DateTime<Utc>,
-}
-
-/// The partition is another run's until `until`.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Busy {
+/// The lease object's content: the partition is `run`'s until `until`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lease {
     pub run: String,
     pub until: DateTime<Utc>,
 }
 
-/// Takes the partition's lease: `Ok(Ok(()))` when this run holds it now.
+/// Takes the partition's lease: `Ok(Ok(()))` when this run holds it now,
+/// `Ok(Err(lease))` with the live lease of another run.
 pub async fn take<S: Store>(
     store: &S,
     bucket: &str,
     dir: &str,
     claim: &Claim,
-) -> Result<Result<(), Busy>, ProcessError> {
+) -> Result<Result<(), Lease>, ProcessError> {
     let key = format!("{dir}{LEASE}");
-    let body = serde_json::to_vec(&Body {
+    let body = serde_json::to_vec(&Lease {
         run: claim.run.clone(),
         until: claim.until,
     })
@@ -90,34 +84,22 @@ pub async fn take<S: Store>(
         if store.put_if(bucket, &key, body.clone(), None).await?.is_some() {
             return Ok(Ok(()));
         }
-        let Some(mut got) = store.get(bucket, &key, None).await? else {
+        let Some((etag, text)) = read_tagged(store, bucket, &key).await? else {
             continue;
         };
-        let mut text = Vec::new();
-        got.body
-            .read_to_end(&mut text)
-            .await
-            .map_err(|e| ProcessError::new(FailureKind::S3Read, "GetObject (body)", bucket, &key, e.to_string()))?;
         // A lease that does not parse (written by hand, or by another
         // version) must not hold the partition for ever: it counts as lapsed.
-        if let Ok(held) = serde_json::from_slice::<Body>(&text)
+        if let Ok(held) = serde_json::from_slice::<Lease>(&text)
             && held.until > claim.now
         {
-            return Ok(Err(Busy {
-                run: held.run,
-                until: held.until,
-            }));
+            return Ok(Err(held));
         }
-        if store
-            .put_if(bucket, &key, body.clone(), Some(&got.etag))
-            .await?
-            .is_some()
-        {
+        if store.put_if(bucket, &key, body.clone(), Some(&etag)).await?.is_some() {
             tracing::warn!(partition = %dir, "took over the lapsed lease of a run that did not finish");
             return Ok(Ok(()));
         }
     }
-    Ok(Err(Busy {
+    Ok(Err(Lease {
         run: "(contended)".to_string(),
         until: claim.now,
     }))

@@ -156,10 +156,10 @@ pub struct Summary {
     /// Groups not started because the invocation's deadline was near: the
     /// next run compacts them (the handler reports the run as `Incomplete`).
     pub groups_left: u64,
-    /// Another run holds the partition: this one did nothing (the handler
-    /// reports it as `Busy`, to be retried).
+    /// The lease of another run, which holds the partition: this one did
+    /// nothing (the handler reports it as `Busy`, to be retried).
     #[serde(skip)]
-    pub busy: Option<lease::Busy>,
+    pub busy: Option<lease::Lease>,
 }
 
 /// EMF namespace of the compactor's metrics.

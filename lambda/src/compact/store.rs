@@ -95,6 +95,15 @@ pub trait Store: Send + Sync + 'static {
 
 /// Reads a whole small object (manifests, index documents).
 pub async fn read_all<S: Store>(store: &S, bucket: &str, key: &str) -> Result<Option<Vec<u8>>, ProcessError> {
+    Ok(read_tagged(store, bucket, key).await?.map(|(_, body)| body))
+}
+
+/// Reads a whole small object with its ETag (for a conditional write over it).
+pub async fn read_tagged<S: Store>(
+    store: &S,
+    bucket: &str,
+    key: &str,
+) -> Result<Option<(String, Vec<u8>)>, ProcessError> {
     use tokio::io::AsyncReadExt;
     let Some(mut got) = store.get(bucket, key, None).await? else {
         return Ok(None);
@@ -104,7 +113,7 @@ pub async fn read_all<S: Store>(store: &S, bucket: &str, key: &str) -> Result<Op
         .read_to_end(&mut out)
         .await
         .map_err(|e| ProcessError::new(FailureKind::S3Read, "GetObject (body)", bucket, key, e.to_string()))?;
-    Ok(Some(out))
+    Ok(Some((got.etag, out)))
 }
 
 /// The real thing.

@@ -124,17 +124,27 @@ fn sorted(mut v: Vec<Value>) -> Vec<Value> {
     v
 }
 
+/// A claim by `run` at `minute` of the test's clock, for 16 minutes.
+fn at(minute: i64, run: &str) -> lease::Claim {
+    let now = DateTime::from_timestamp(1_900_000_000, 0).unwrap() + chrono::TimeDelta::minutes(minute);
+    lease::Claim {
+        run: run.to_string(),
+        now,
+        until: now + chrono::TimeDelta::minutes(16),
+    }
+}
+
 /// A run an hour after the last one: any lease an earlier run left (it was
 /// killed) has lapsed, as it has for a retry.
 fn later() -> lease::Claim {
     static RUNS: std::sync::atomic::AtomicI64 = std::sync::atomic::AtomicI64::new(0);
     let n = RUNS.fetch_add(1, Ordering::SeqCst);
-    let now = DateTime::from_timestamp(1_800_000_000, 0).unwrap() + chrono::TimeDelta::hours(n);
-    lease::Claim {
-        run: format!("run-{n}"),
-        now,
-        until: now + chrono::TimeDelta::minutes(16),
-    }
+    at(60 * n, &format!("run-{n}"))
+}
+
+/// The partition's lease object.
+fn lease_key(c: &IndexerConfig) -> String {
+    format!("{}{}", job().dir(&c.compact), lease::LEASE)
 }
 
 fn run<S: Store>(store: &Arc<S>, cfg: &IndexerConfig) -> Result<Summary, ProcessError> {
@@ -861,15 +871,6 @@ fn recovery_aborts_the_upload_a_killed_run_left() {
     check(&store, &c, &want, "after recovery");
 }
 
-fn at(minute: i64, run: &str) -> lease::Claim {
-    let now = DateTime::from_timestamp(1_900_000_000, 0).unwrap() + chrono::TimeDelta::minutes(minute);
-    lease::Claim {
-        run: run.to_string(),
-        now,
-        until: now + chrono::TimeDelta::minutes(16),
-    }
-}
-
 /// A run killed at each of its writes leaves its lease (unless it died
 /// writing it). A second run while that lease lives stops as busy and
 /// writes nothing at all, whatever the killed run left; one after the lease
@@ -883,7 +884,7 @@ fn a_live_lease_keeps_a_second_run_out_and_a_lapsed_one_is_taken_over() {
         run_as(&store, &c, &at(0, "clean")).unwrap();
         store.state.lock().unwrap().writes
     };
-    let lease_key = format!("{}{}", job().dir(&c.compact), lease::LEASE);
+    let lease_key = lease_key(&c);
     for k in 1..total {
         let store = Arc::new(MemoryStore::with(objs.clone()));
         store.state.lock().unwrap().crash_after = Some(k);
@@ -964,7 +965,7 @@ fn a_lease_that_does_not_parse_counts_as_lapsed() {
     let (objs, want) = inputs(2, 10);
     let c = cfg(InputAction::Tag, 1 << 30);
     let store = Arc::new(MemoryStore::with(objs));
-    let key = format!("{}{}", job().dir(&c.compact), lease::LEASE);
+    let key = lease_key(&c);
     store.state.lock().unwrap().insert(key.clone(), b"not a lease".to_vec());
     let s = run_as(&store, &c, &at(0, "a")).unwrap();
     assert!(s.busy.is_none());
